@@ -1,0 +1,3 @@
+from callmissed.cli import main
+
+raise SystemExit(main())

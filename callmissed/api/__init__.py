@@ -1,0 +1,1 @@
+"""The API edges: one module per client dialect, thin handlers over callmissed.gateway."""

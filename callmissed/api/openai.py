@@ -1,0 +1,99 @@
+"""The OpenAI-compatible edge: POST /v1/chat/completions and GET /v1/models.
+
+Framing follows wire-formats.md §1.6-1.7 and §5: data-only SSE events, `data: [DONE]` at the
+end, and a failure after the first byte sent as `data: {"error": {...}}`, which the SDK raises.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from callmissed.errors import GatewayError, to_openai
+from callmissed.formats.openai import check_chat_request
+from callmissed.gateway import Gateway
+from callmissed.relay import ChatStream
+from callmissed.settings import ModelSettings
+from callmissed.web import Request, Response, StreamResponse, json_response
+
+__all__ = ["create_chat_completion", "list_models"]
+
+log = logging.getLogger("callmissed")
+
+_DONE = b"data: [DONE]\n\n"
+
+
+async def create_chat_completion(gateway: Gateway, request: Request) -> Response | StreamResponse:
+    gateway.auth.authenticate(request.headers.get("authorization"))
+    body = request.json()
+    check_chat_request(body)
+    if not body.get("stream"):
+        completion, info = await gateway.complete(body)
+        return json_response(completion, headers=info.headers())
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    stream, info = await gateway.open_stream(body, include_usage)
+    return StreamResponse(_aiter_sse(stream, request.request_id), info.headers(), stream.close)
+
+
+async def _aiter_sse(stream: ChatStream, request_id: str) -> AsyncIterator[bytes]:
+    try:
+        async for batch in stream.aiter_batches():
+            yield b"".join([b"data: " + chunk.data + b"\n\n" for chunk in batch])
+    except GatewayError as exc:
+        yield _error_event(exc)
+        return
+    except Exception:
+        log.exception("stream failed (%s)", request_id)
+        yield _error_event(GatewayError(f"Internal error ({request_id})."))
+        return
+    yield _DONE
+
+
+def _error_event(exc: GatewayError) -> bytes:
+    _, payload = to_openai(exc)
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+async def list_models(gateway: Gateway, request: Request) -> Response:
+    gateway.auth.authenticate(request.headers.get("authorization"))
+    data = [_describe(gateway, model) for model in gateway.settings.models.values()]
+    return json_response({"object": "list", "data": data})
+
+
+def _describe(gateway: Gateway, model: ModelSettings) -> dict[str, Any]:
+    route = model.routes[0]
+    unavailable = gateway.router.unavailable_reason(model)
+    entry: dict[str, Any] = {
+        "id": model.name,
+        "object": "model",
+        "created": 0,
+        "owned_by": route.provider,
+        "route": route.provider,
+        "upstream_model": route.upstream_model,
+        "routes": [f"{r.provider}:{r.upstream_model}" for r in model.routes],
+        "available": unavailable is None,
+        "reasoning_effort": _reasoning_capability(gateway, model),
+    }
+    if unavailable:
+        entry["unavailable_reason"] = unavailable
+    if model.description:
+        entry["description"] = model.description
+    if model.context:
+        entry["context_length"] = model.context
+    if model.prices:
+        entry["pricing"] = {
+            "input_per_million": model.prices.input,
+            "cached_input_per_million": model.prices.cached_input,
+            "output_per_million": model.prices.output,
+        }
+    return entry
+
+
+def _reasoning_capability(gateway: Gateway, model: ModelSettings) -> dict[str, Any]:
+    if model.reasoning == "passthrough":
+        return {"policy": "passthrough", "accepted": "any", "sent": "as-is"}
+    policy = gateway.settings.reasoning_policies[model.reasoning]
+    return {"policy": model.reasoning, "accepted": list(policy), "sent": dict(policy)}

@@ -1,0 +1,39 @@
+"""build_app(settings): the route table and the lifespan that builds every resource."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+
+from callmissed import __version__
+from callmissed.api import openai
+from callmissed.gateway import Gateway
+from callmissed.settings import Settings, load_settings
+from callmissed.web import ASGIApp, Endpoint, Request, Response, StreamResponse, json_response
+
+__all__ = ["build_app", "create_app"]
+
+GatewayHandler = Callable[[Gateway, Request], Awaitable[Response | StreamResponse]]
+
+
+async def healthz(gateway: Gateway, request: Request) -> Response:
+    return json_response({"status": "ok", "version": __version__})
+
+
+def build_app(settings: Settings) -> ASGIApp:
+    gateway = Gateway(settings)
+
+    def bind(handler: GatewayHandler) -> Callable[[Request], Awaitable[Response | StreamResponse]]:
+        return functools.partial(handler, gateway)
+
+    routes = {
+        ("POST", "/v1/chat/completions"): Endpoint(bind(openai.create_chat_completion)),
+        ("GET", "/v1/models"): Endpoint(bind(openai.list_models)),
+        ("GET", "/healthz"): Endpoint(bind(healthz)),
+    }
+    return ASGIApp(routes, settings.max_body_bytes, gateway.start, gateway.close)
+
+
+def create_app() -> ASGIApp:
+    """The factory `callmissed serve` hands to the server: settings from the environment."""
+    return build_app(load_settings())

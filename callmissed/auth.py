@@ -1,0 +1,81 @@
+"""API keys: their format, hashing, and turning a request's headers into a Principal.
+
+Keys look like `cm_<43 url-safe characters>` and are stored only as SHA-256 digests (they are
+random, so a slow hash would add nothing but latency). Lookups are cached for a second or two,
+so the hot path does not touch the database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+
+from callmissed.errors import AuthenticationFailed
+from callmissed.store import KeyRecord, Store
+
+__all__ = ["KEY_PREFIX", "Authenticator", "Principal", "create_key", "hash_key"]
+
+KEY_PREFIX = "cm_"
+_CACHE_SECONDS = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    key_id: int
+    name: str
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_key(store: Store, name: str, credits: int | None = None) -> tuple[str, KeyRecord]:
+    """Make and store a new key; the key itself is returned here and nowhere else."""
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    record = store.create_key(name, hash_key(key), key[:7], credits)
+    return key, record
+
+
+class Authenticator:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._cache: dict[str, tuple[Principal | None, float]] = {}
+
+    def authenticate(self, authorization: str | None, api_key: str | None = None) -> Principal:
+        """The Principal for `Authorization: Bearer cm_...` (or `x-api-key`), or raise."""
+        key = _bearer(authorization) or api_key
+        if not key:
+            raise AuthenticationFailed("Missing API key: send 'Authorization: Bearer cm_...'.")
+        digest = hash_key(key)
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[1] > now:
+            principal = cached[0]
+        else:
+            principal = self._lookup(digest)
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[digest] = (principal, now + _CACHE_SECONDS)
+        if principal is None:
+            raise AuthenticationFailed("Invalid API key.")
+        return principal
+
+    def forget(self) -> None:
+        """Drop cached lookups (after a key was revoked in this process)."""
+        self._cache.clear()
+
+    def _lookup(self, digest: str) -> Principal | None:
+        record = self._store.find_key(digest)
+        if record is None or not record.active or not hmac.compare_digest(record.key_hash, digest):
+            return None
+        return Principal(record.id, record.name)
+
+
+def _bearer(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None

@@ -1,0 +1,249 @@
+"""Every failure CallMissed reports, and how each client dialect renders it.
+
+* GatewayError                     500 api_error              internal_error
+  x InvalidRequest                 400 invalid_request_error  invalid_request
+    + RequestTooLarge              413 invalid_request_error  request_too_large
+  x AuthenticationFailed           401 authentication_error   invalid_api_key
+  x InsufficientCredits            402 insufficient_credits   insufficient_credits
+  x PermissionDenied               403 permission_error       model_not_allowed
+  x ModelNotFound                  404 not_found_error        model_not_found
+  x RateLimited                    429 rate_limit_error       rate_limit_exceeded (+retry_after)
+  x ProviderNotConfigured          503 api_error              provider_not_configured
+  x UpstreamError                  502 api_error              upstream_error (+provider, status)
+    + UpstreamTimeout              504 timeout_error          upstream_timeout
+    + UpstreamOverloaded           503 overloaded_error       upstream_overloaded
+    + UpstreamRejected             4xx (the upstream's own)   upstream_rejected
+
+Messages are written for a human and never carry an upstream secret or a raw upstream body.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "AuthenticationFailed",
+    "EndpointNotFound",
+    "GatewayError",
+    "InsufficientCredits",
+    "InvalidRequest",
+    "MethodNotAllowed",
+    "ModelNotFound",
+    "PermissionDenied",
+    "ProviderNotConfigured",
+    "RateLimited",
+    "RequestTooLarge",
+    "UpstreamError",
+    "UpstreamOverloaded",
+    "UpstreamRejected",
+    "UpstreamTimeout",
+    "to_anthropic",
+    "to_openai",
+]
+
+
+class GatewayError(Exception):
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "api_error"
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    @property
+    def http_status(self) -> int:
+        return self.status
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return []
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class RequestTooLarge(InvalidRequest):
+    status = 413
+    code = "request_too_large"
+
+
+class AuthenticationFailed(GatewayError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class InsufficientCredits(GatewayError):
+    status = 402
+    type = "insufficient_credits"
+    code = "insufficient_credits"
+
+
+class PermissionDenied(GatewayError):
+    status = 403
+    type = "permission_error"
+    code = "model_not_allowed"
+
+
+class ModelNotFound(GatewayError):
+    status = 404
+    type = "not_found_error"
+    code = "model_not_found"
+
+
+class EndpointNotFound(GatewayError):
+    status = 404
+    type = "not_found_error"
+    code = "endpoint_not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        if self.retry_after is None:
+            return []
+        seconds = max(1, int(self.retry_after + 0.999))
+        return [(b"retry-after", str(seconds).encode())]
+
+
+class ProviderNotConfigured(GatewayError):
+    status = 503
+    code = "provider_not_configured"
+
+
+class UpstreamError(GatewayError):
+    """The upstream failed, answered garbage, or broke its stream."""
+
+    status = 502
+    code = "upstream_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str = "",
+        upstream_status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.upstream_status = upstream_status
+        self.retry_after = retry_after
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    type = "timeout_error"
+    code = "upstream_timeout"
+
+
+class UpstreamOverloaded(UpstreamError):
+    status = 503
+    type = "overloaded_error"
+    code = "upstream_overloaded"
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        if self.retry_after is None:
+            return []
+        return [(b"retry-after", str(max(1, round(self.retry_after))).encode())]
+
+
+# The upstream's 4xx statuses that we hand on as-is, with the error type each maps to.
+_REJECTION_TYPES = {
+    400: ("invalid_request_error", "invalid_request_error"),
+    401: ("upstream_authentication_error", "api_error"),
+    403: ("permission_error", "permission_error"),
+    404: ("not_found_error", "not_found_error"),
+    408: ("timeout_error", "timeout_error"),
+    413: ("invalid_request_error", "request_too_large"),
+    422: ("invalid_request_error", "invalid_request_error"),
+    429: ("rate_limit_error", "rate_limit_error"),
+}
+
+
+class UpstreamRejected(UpstreamError):
+    """The upstream refused the request itself (a 4xx): the client's request, not our fault.
+
+    401 from the upstream means *our* credentials are wrong, so the client sees 502, not 401.
+    """
+
+    code = "upstream_rejected"
+
+    @property
+    def http_status(self) -> int:
+        if self.upstream_status == 401:
+            return 502
+        return self.upstream_status or 502
+
+    @property
+    def openai_type(self) -> str:
+        return _REJECTION_TYPES.get(self.upstream_status or 0, ("api_error", "api_error"))[0]
+
+    @property
+    def anthropic_type(self) -> str:
+        return _REJECTION_TYPES.get(self.upstream_status or 0, ("api_error", "api_error"))[1]
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        if self.upstream_status == 429 and self.retry_after is not None:
+            return [(b"retry-after", str(max(1, round(self.retry_after))).encode())]
+        return []
+
+
+_OPENAI_TYPES = {
+    "not_found_error": "invalid_request_error",
+    "permission_error": "permission_error",
+    "authentication_error": "invalid_request_error",
+    "overloaded_error": "server_error",
+    "timeout_error": "timeout",
+    "api_error": "server_error",
+}
+
+
+def to_openai(exc: GatewayError) -> tuple[int, dict[str, Any]]:
+    """Render as OpenAI does: `{"error": {message, type, param, code}}`."""
+    error_type = exc.openai_type if isinstance(exc, UpstreamRejected) else exc.type
+    body = {
+        "error": {
+            "message": exc.message,
+            "type": _OPENAI_TYPES.get(error_type, error_type),
+            "param": exc.param,
+            "code": exc.code,
+        }
+    }
+    return exc.http_status, body
+
+
+_ANTHROPIC_TYPES = {
+    "insufficient_credits": "billing_error",
+    "timeout_error": "timeout_error",
+}
+
+
+def to_anthropic(exc: GatewayError) -> tuple[int, dict[str, Any]]:
+    """Render as Anthropic does: `{"type": "error", "error": {type, message}}`."""
+    error_type = exc.anthropic_type if isinstance(exc, UpstreamRejected) else exc.type
+    status = exc.http_status
+    if isinstance(exc, UpstreamOverloaded):
+        status = 529
+    body = {
+        "type": "error",
+        "error": {"type": _ANTHROPIC_TYPES.get(error_type, error_type), "message": exc.message},
+    }
+    return status, body

@@ -1,0 +1,274 @@
+"""The OpenAI Chat Completions wire format: request checks and the fixes upstream output needs.
+
+Pass-through is the rule (docs/streaming.md): we check the fields we know, forward everything,
+and edit upstream chunks only where an official SDK would otherwise break
+(wire-formats.md §1.8 and §5): one reasoning field name, integer tool-call indices, tool-call
+id/type/name only on a call's first delta, `role` only on a choice's first delta, string arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from callmissed.errors import InvalidRequest
+
+__all__ = [
+    "ChunkNormaliser",
+    "check_chat_request",
+    "needs_normalising",
+    "normalise_completion",
+]
+
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+def _bool(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "must be a boolean"
+
+
+def _integer(low: int | None = None, high: int | None = None) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if not isinstance(value, int) or isinstance(value, bool):
+            return "must be an integer"
+        if low is not None and value < low:
+            return f"must be at least {low}"
+        if high is not None and value > high:
+            return f"must be at most {high}"
+        return None
+
+    return check
+
+
+def _number(low: float, high: float) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return "must be a number"
+        if not low <= value <= high:
+            return f"must be between {low:g} and {high:g}"
+        return None
+
+    return check
+
+
+def _of_type(kind: type, name: str) -> Callable[[Any], str | None]:
+    return lambda value: None if isinstance(value, kind) else f"must be {name}"
+
+
+def _stop(value: Any) -> str | None:
+    if isinstance(value, str):
+        return None
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return None if len(value) <= 4 else "must hold at most 4 sequences"
+    return "must be a string or an array of strings"
+
+
+def _tool_choice(value: Any) -> str | None:
+    if isinstance(value, str | dict):
+        return None
+    return "must be 'none', 'auto', 'required' or an object naming a tool"
+
+
+def _tools(value: Any) -> str | None:
+    if not isinstance(value, list) or not all(isinstance(tool, dict) for tool in value):
+        return "must be an array of tool objects"
+    return None
+
+
+def _response_format(value: Any) -> str | None:
+    if not isinstance(value, dict) or not isinstance(value.get("type"), str):
+        return "must be an object with a string 'type'"
+    return None
+
+
+def _effort(value: Any) -> str | None:
+    return None if isinstance(value, str) else "must be a string"
+
+
+# Known fields and their checks, in the order of OpenAI's API reference. null is always allowed
+# for optional fields; unknown fields are forwarded untouched.
+_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "frequency_penalty": _number(-2.0, 2.0),
+    "logit_bias": _of_type(dict, "an object"),
+    "logprobs": _bool,
+    "max_completion_tokens": _integer(1),
+    "max_tokens": _integer(1),
+    "metadata": _of_type(dict, "an object"),
+    "n": _integer(1, 128),
+    "parallel_tool_calls": _bool,
+    "presence_penalty": _number(-2.0, 2.0),
+    "reasoning_effort": _effort,
+    "response_format": _response_format,
+    "seed": _integer(),
+    "stop": _stop,
+    "stream": _bool,
+    "stream_options": _of_type(dict, "an object"),
+    "temperature": _number(0.0, 2.0),
+    "tool_choice": _tool_choice,
+    "tools": _tools,
+    "top_logprobs": _integer(0, 20),
+    "top_p": _number(0.0, 1.0),
+    "user": _of_type(str, "a string"),
+}
+
+
+def check_chat_request(body: Any) -> None:
+    """Raise InvalidRequest naming the first field that is missing or of the wrong shape."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("'model' is required and must be a non-empty string.", param="model")
+    _check_messages(body.get("messages"))
+    for name, check in _CHECKS.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        problem = check(value)
+        if problem:
+            raise InvalidRequest(f"'{name}' {problem}.", param=name)
+    options = body.get("stream_options")
+    if options is not None and not body.get("stream"):
+        raise InvalidRequest(
+            "'stream_options' is only allowed when 'stream' is true.", param="stream_options"
+        )
+
+
+def _check_messages(messages: Any) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("'messages' must be a non-empty array.", param="messages")
+    for index, message in enumerate(messages):
+        param = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise InvalidRequest(f"'{param}' must be an object.", param=param)
+        if message.get("role") not in _ROLES:
+            raise InvalidRequest(
+                f"'{param}.role' must be one of {', '.join(sorted(_ROLES))}.",
+                param=f"{param}.role",
+            )
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise InvalidRequest(
+                f"'{param}.content' must be a string or an array of content parts.",
+                param=f"{param}.content",
+            )
+
+
+# Chunks whose bytes contain none of these need no edit and are forwarded as they came.
+_TRIGGERS = (b'"error"', b"tool_calls", b"reasoning", b'"role"')
+# These keys appear as null on most chunks; only a non-null value needs a look.
+_NULLABLE_TRIGGERS = (b'"finish_reason"', b'"usage"')
+
+
+def needs_normalising(data: bytes) -> bool:
+    if any(trigger in data for trigger in _TRIGGERS):
+        return True
+    return any(_has_non_null(data, key) for key in _NULLABLE_TRIGGERS)
+
+
+def _has_non_null(data: bytes, key: bytes) -> bool:
+    start = data.find(key)
+    while start != -1:
+        value = data[start + len(key) :].lstrip(b": ")
+        if not value.startswith(b"null"):
+            return True
+        start = data.find(key, start + len(key))
+    return False
+
+
+class ChunkNormaliser:
+    """Per-stream state for fixing upstream chunks in place. Fresh for every stream."""
+
+    __slots__ = ("_seen_calls", "_seen_roles")
+
+    def __init__(self) -> None:
+        self._seen_roles: set[int] = set()
+        self._seen_calls: set[tuple[int, int]] = set()
+
+    def fix(self, chunk: dict[str, Any]) -> None:
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta")
+            if not isinstance(delta, dict):
+                continue
+            index = choice.get("index", 0)
+            if "role" in delta:
+                if index in self._seen_roles:
+                    del delta["role"]
+                else:
+                    self._seen_roles.add(index)
+            _rename_reasoning(delta)
+            if "tool_calls" in delta:
+                self._fix_tool_deltas(index, delta)
+
+    def _fix_tool_deltas(self, choice: int, delta: dict[str, Any]) -> None:
+        calls = delta["tool_calls"]
+        if not isinstance(calls, list):
+            del delta["tool_calls"]
+            return
+        fixed = []
+        for position, call in enumerate(calls):
+            if not isinstance(call, dict) or _is_null_finalisation(call):
+                continue
+            if not isinstance(call.get("index"), int):
+                call["index"] = position
+            _stringify_arguments(call)
+            key = (choice, call["index"])
+            if key in self._seen_calls:
+                for repeated in ("id", "type"):
+                    call.pop(repeated, None)
+                function = call.get("function")
+                if isinstance(function, dict):
+                    function.pop("name", None)
+            else:
+                self._seen_calls.add(key)
+            fixed.append(call)
+        if fixed:
+            delta["tool_calls"] = fixed
+        else:
+            del delta["tool_calls"]
+
+
+def normalise_completion(body: dict[str, Any]) -> None:
+    """Fix a non-streamed chat.completion in place (same rules as for chunks)."""
+    for choice in body.get("choices") or ():
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            continue
+        _rename_reasoning(message)
+        for call in message.get("tool_calls") or ():
+            if isinstance(call, dict):
+                _stringify_arguments(call)
+
+
+def _rename_reasoning(delta: dict[str, Any]) -> None:
+    # Upstreams name thinking text `reasoning_content` (DeepSeek, Kimi K2.5, Sarvam) or
+    # `reasoning` (OpenRouter, vLLM, Kimi K2.6); our clients always get `reasoning`.
+    if "reasoning_content" in delta:
+        text = delta.pop("reasoning_content")
+        if delta.get("reasoning") is None:
+            delta["reasoning"] = text
+    details = delta.get("reasoning_details")
+    if isinstance(details, list):
+        for position, item in enumerate(details):
+            if isinstance(item, dict) and not isinstance(item.get("index"), int):
+                item["index"] = position
+
+
+def _is_null_finalisation(call: dict[str, Any]) -> bool:
+    # Workers AI ends a tool call with {id: null, type: null, function: {name: null}}.
+    function = call.get("function") or {}
+    return (
+        call.get("id") is None
+        and call.get("type") is None
+        and isinstance(function, dict)
+        and function.get("name") is None
+        and not function.get("arguments")
+    )
+
+
+def _stringify_arguments(call: dict[str, Any]) -> None:
+    function = call.get("function")
+    if isinstance(function, dict) and isinstance(function.get("arguments"), dict | list):
+        function["arguments"] = orjson.dumps(function["arguments"]).decode()

@@ -1,0 +1,136 @@
+"""The provider contract: how a request reaches one upstream API and how its failures read.
+
+A provider is pure translation: it builds the upstream request and turns upstream errors into
+our error tree. It performs no I/O; callmissed/upstream.py does all outbound HTTP.
+The base class speaks the OpenAI-compatible dialect every current upstream shares; a provider
+module overrides only what its upstream does differently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import orjson
+
+from callmissed.errors import (
+    UpstreamError,
+    UpstreamOverloaded,
+    UpstreamRejected,
+    UpstreamTimeout,
+)
+from callmissed.settings import ModelSettings, ProviderSettings, Route
+
+__all__ = ["Provider", "UpstreamRequest"]
+
+# Upstream statuses that are the client's problem and reach it as-is (see errors.UpstreamRejected).
+_CLIENT_STATUSES = frozenset({400, 403, 404, 413, 422, 429})
+_TIMEOUT_STATUSES = frozenset({408, 504, 524})
+_OVERLOADED_STATUSES = frozenset({503, 529})
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    url: str
+    headers: dict[str, str]
+    body: bytes
+    model: str  # the upstream's model id, as in the body
+
+
+class Provider:
+    """An OpenAI-compatible upstream: vLLM, Ollama, llama.cpp, OpenAI itself, ..."""
+
+    type: ClassVar[str] = "openai"
+    label: ClassVar[str] = "OpenAI-compatible upstream"
+
+    def __init__(self, settings: ProviderSettings) -> None:
+        self.name = settings.name
+        self.settings = settings
+        self._url = f"{settings.base_url}/chat/completions"
+        self._headers = {"content-type": "application/json", **self.extra_headers()}
+        self._headers.update(settings.headers)
+        if settings.api_key:
+            self._headers["authorization"] = f"Bearer {settings.api_key}"
+
+    def extra_headers(self) -> dict[str, str]:
+        return {}
+
+    def build_request(
+        self, body: dict[str, Any], route: Route, model: ModelSettings
+    ) -> UpstreamRequest:
+        """The client's body with only the edits this route needs. `body` is not modified."""
+        body = {**body, "model": route.upstream_model}
+        if body.get("stream"):
+            # Always ask for usage so we can account for it; the relay strips it again
+            # when the client did not ask.
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        self.adapt_body(body, model)
+        return UpstreamRequest(self._url, self._headers, orjson.dumps(body), route.upstream_model)
+
+    def adapt_body(self, body: dict[str, Any], model: ModelSettings) -> None:
+        """Upstream-specific edits, in place. The base dialect needs none."""
+
+    def parse_error(self, status: int, body: bytes, retry_after: float | None) -> UpstreamError:
+        """Turn an upstream error response into the right UpstreamError."""
+        payload = _loads(body)
+        message = self.error_message(payload) or f"HTTP {status} with no error message"
+        return self.make_error(self.error_status(status, payload), message, retry_after)
+
+    def error_status(self, status: int, payload: Any) -> int:
+        """The status the failure really means; some upstreams say more in the body."""
+        return status
+
+    def error_message(self, payload: Any) -> str | None:
+        if not isinstance(payload, dict):
+            return None
+        error = payload.get("error", payload.get("detail"))
+        if isinstance(error, dict):
+            message = error.get("message")
+            return str(message) if message is not None else None
+        return str(error) if error is not None else None
+
+    def stream_error(self, chunk: dict[str, Any]) -> UpstreamError | None:
+        """An error reported inside a 200 response (a chunk or the whole body), if any."""
+        error = chunk.get("error")
+        if error:
+            message = self.error_message(chunk) or "the upstream reported an error"
+            code = error.get("code") if isinstance(error, dict) else None
+            status = code if isinstance(code, int) and 400 <= code < 600 else 502
+            return self.make_error(status, message, None)
+        for choice in chunk.get("choices") or ():
+            if isinstance(choice, dict) and choice.get("finish_reason") == "error":
+                message = self.error_message(choice) or "the upstream failed while generating"
+                return self.make_error(502, message, None)
+        return None
+
+    def make_error(self, status: int, message: str, retry_after: float | None) -> UpstreamError:
+        message = self._scrub(message)[:500]
+        text = f"{self.label} ({self.name}) answered {status}: {message}"
+        kwargs: dict[str, Any] = {
+            "provider": self.name,
+            "upstream_status": status,
+            "retry_after": retry_after,
+        }
+        if status == 401:
+            return UpstreamError(
+                f"{self.label} ({self.name}) rejected CallMissed's credentials: check its API key.",
+                **kwargs,
+            )
+        if status in _CLIENT_STATUSES:
+            return UpstreamRejected(text, **kwargs)
+        if status in _TIMEOUT_STATUSES:
+            return UpstreamTimeout(text, **kwargs)
+        if status in _OVERLOADED_STATUSES:
+            return UpstreamOverloaded(text, **kwargs)
+        return UpstreamError(text, **kwargs)
+
+    def _scrub(self, text: str) -> str:
+        key = self.settings.api_key
+        return text.replace(key, "[redacted]") if key else text
+
+
+def _loads(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None

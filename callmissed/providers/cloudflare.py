@@ -1,0 +1,83 @@
+"""Cloudflare Workers AI through its OpenAI-compatible `/ai/v1/chat/completions` endpoint.
+
+What differs from the base dialect (wire-formats.md §3.3-3.4):
+- a missing `max_tokens` means 256 upstream, so we always send the model's real output cap;
+- `content: null` on a message fails Workers AI's schema check, so it becomes "";
+- errors come in Cloudflare's v4 envelope (`errors` as a list or an object) with internal codes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from callmissed.providers.base import Provider
+from callmissed.settings import ModelSettings
+
+__all__ = ["Cloudflare"]
+
+DEFAULT_MAX_TOKENS = 4096
+
+# Workers AI internal error codes and the HTTP status each means (Cloudflare's errors page).
+ERROR_STATUS = {
+    3003: 400,
+    5004: 400,
+    5006: 400,
+    5007: 404,
+    8001: 400,
+    8006: 400,
+    3023: 403,
+    3041: 403,
+    5016: 403,
+    5018: 403,
+    5035: 403,
+    3042: 404,
+    3007: 408,
+    3008: 408,
+    3006: 413,
+    3036: 429,
+    3040: 429,
+    7009: 503,
+}
+
+
+class Cloudflare(Provider):
+    type = "cloudflare"
+    label = "Cloudflare Workers AI"
+
+    def adapt_body(self, body: dict[str, Any], model: ModelSettings) -> None:
+        if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
+            body["max_tokens"] = model.max_output or DEFAULT_MAX_TOKENS
+        messages = body.get("messages")
+        if isinstance(messages, list) and any(_has_null_content(m) for m in messages):
+            body["messages"] = [_with_empty_content(message) for message in messages]
+
+    def error_status(self, status: int, payload: Any) -> int:
+        first = _first_envelope_error(payload)
+        code = first.get("code") if first else None
+        return ERROR_STATUS.get(code, status) if isinstance(code, int) else status
+
+    def error_message(self, payload: Any) -> str | None:
+        first = _first_envelope_error(payload)
+        if first is None:
+            return super().error_message(payload)
+        code, message = first.get("code"), first.get("message", "unknown error")
+        return f"Workers AI error {code}: {message}" if code is not None else str(message)
+
+
+def _has_null_content(message: Any) -> bool:
+    return isinstance(message, dict) and "content" in message and message["content"] is None
+
+
+def _with_empty_content(message: Any) -> Any:
+    return {**message, "content": ""} if _has_null_content(message) else message
+
+
+def _first_envelope_error(payload: Any) -> dict[str, Any] | None:
+    if not isinstance(payload, dict) or "success" not in payload:
+        return None
+    errors = payload.get("errors")
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+        return errors[0]
+    if isinstance(errors, dict):
+        return errors
+    return None

@@ -1,0 +1,21 @@
+"""OpenRouter: OpenAI-compatible, plus attribution headers and its own error habits.
+
+OpenRouter reports errors as `{"error": {"code": <number>, "message", "metadata"}}`; mid-stream
+as a chunk with a top-level `error`, and non-stream failures as HTTP 200 with
+`choices[].finish_reason == "error"` (wire-formats.md §4.6). The base class already checks both;
+`: OPENROUTER PROCESSING` keep-alive comments are skipped by the SSE decoder.
+"""
+
+from __future__ import annotations
+
+from callmissed.providers.base import Provider
+
+__all__ = ["OpenRouter"]
+
+
+class OpenRouter(Provider):
+    type = "openrouter"
+    label = "OpenRouter"
+
+    def extra_headers(self) -> dict[str, str]:
+        return {"http-referer": "https://github.com/callmissed/callmissed", "x-title": "CallMissed"}

@@ -1,0 +1,57 @@
+"""Model name -> the catalog entry and its ordered, usable upstream targets. Pure lookups."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from callmissed.errors import ModelNotFound, ProviderNotConfigured
+from callmissed.providers import Provider
+from callmissed.settings import ModelSettings, Route, Settings
+
+__all__ = ["Router", "Target"]
+
+OPENROUTER = "openrouter"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    provider: Provider
+    route: Route
+
+
+class Router:
+    def __init__(self, settings: Settings, providers: Mapping[str, Provider]) -> None:
+        self._models = settings.models
+        self._providers = providers
+
+    def resolve(self, name: str) -> tuple[ModelSettings, list[Target]]:
+        """The model and its configured targets, in order; raise if there are none."""
+        model = self.model(name)
+        targets = [
+            Target(self._providers[route.provider], route)
+            for route in model.routes
+            if not self._providers[route.provider].settings.missing
+        ]
+        if not targets:
+            reason = self._providers[model.routes[0].provider].settings.missing
+            raise ProviderNotConfigured(f"Model {name!r} is unavailable: {reason}.", param="model")
+        return model, targets
+
+    def model(self, name: str) -> ModelSettings:
+        model = self._models.get(name)
+        if model is not None:
+            return model
+        # Any vendor/model id outside the catalog goes to OpenRouter as-is.
+        if "/" in name and not name.startswith("sim/") and OPENROUTER in self._providers:
+            return ModelSettings(
+                name=name, routes=(Route(OPENROUTER, name),), reasoning="passthrough"
+            )
+        raise ModelNotFound(
+            f"The model {name!r} does not exist. GET /v1/models lists the models you can use.",
+            param="model",
+        )
+
+    def unavailable_reason(self, model: ModelSettings) -> str | None:
+        reasons = [self._providers[route.provider].settings.missing for route in model.routes]
+        return None if any(reason is None for reason in reasons) else reasons[0]

@@ -1,0 +1,263 @@
+"""Settings: read once at start-up from CALLMISSED_* / provider env vars and one optional TOML file.
+
+Everything is parsed into frozen dataclasses and validated here; nothing reads os.environ later.
+The built-in catalog (catalog.toml beside this file) is merged under the config file's entries.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ModelSettings",
+    "Prices",
+    "ProviderSettings",
+    "Route",
+    "Settings",
+    "SettingsError",
+    "SimProfile",
+    "load_settings",
+]
+
+CATALOG_PATH = Path(__file__).with_name("catalog.toml")
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+EFFORT_VALUES = ("none", "minimal", "low", "medium", "high")
+
+
+class SettingsError(ValueError):
+    """The environment or the config file is inconsistent; the message says how to fix it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSettings:
+    name: str
+    type: str
+    base_url: str
+    api_key: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    missing: str | None = None  # why the provider can't be used, naming the variable to set
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    provider: str
+    upstream_model: str
+
+    @classmethod
+    def parse(cls, text: str) -> Route:
+        provider, sep, upstream_model = text.partition(":")
+        if not sep or not provider or not upstream_model:
+            raise SettingsError(f"route {text!r} must look like 'provider:upstream-model'")
+        return cls(provider, upstream_model)
+
+
+@dataclass(frozen=True, slots=True)
+class Prices:
+    """USD per million tokens."""
+
+    input: float
+    cached_input: float
+    output: float
+
+
+@dataclass(frozen=True, slots=True)
+class SimProfile:
+    ttfb_ms: float
+    total_ms: float
+    tokens: int
+    thinking_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSettings:
+    name: str
+    routes: tuple[Route, ...]
+    reasoning: str  # a policy name in Settings.reasoning_policies, or "passthrough"
+    description: str = ""
+    context: int | None = None
+    max_output: int | None = None
+    prices: Prices | None = None
+    simulate: SimProfile | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    providers: Mapping[str, ProviderSettings]
+    models: Mapping[str, ModelSettings]
+    reasoning_policies: Mapping[str, Mapping[str, str]]
+    database_url: str = "sqlite:///callmissed.sqlite3"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    connect_timeout: float = 10.0
+    read_timeout: float = 600.0
+    config_path: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+
+def load_settings(env: Mapping[str, str] | None = None, config_path: str | None = None) -> Settings:
+    """Build validated Settings from the environment and the optional TOML config file."""
+    env = os.environ if env is None else env
+    config_path = config_path or env.get("CALLMISSED_CONFIG") or None
+    catalog = _read_toml(CATALOG_PATH)
+    config = _read_toml(Path(config_path)) if config_path else {}
+    policies = {**catalog.get("reasoning", {}), **config.get("reasoning", {})}
+    providers = _builtin_providers(env)
+    for name, table in config.get("providers", {}).items():
+        providers[name] = _parse_provider(name, table, env)
+    models = {
+        name: _parse_model(name, table)
+        for name, table in {**catalog["models"], **config.get("models", {})}.items()
+    }
+    settings = Settings(
+        providers=providers,
+        models=models,
+        reasoning_policies=policies,
+        database_url=env.get("CALLMISSED_DATABASE_URL", "sqlite:///callmissed.sqlite3"),
+        host=env.get("CALLMISSED_HOST", "127.0.0.1"),
+        port=_int(env, "CALLMISSED_PORT", 8080),
+        workers=_int(env, "CALLMISSED_WORKERS", 1),
+        max_body_bytes=_int(env, "CALLMISSED_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
+        connect_timeout=_float(env, "CALLMISSED_CONNECT_TIMEOUT", 10.0),
+        read_timeout=_float(env, "CALLMISSED_STREAM_IDLE_TIMEOUT", 600.0),
+        config_path=config_path,
+        tls_cert=env.get("CALLMISSED_TLS_CERT") or None,
+        tls_key=env.get("CALLMISSED_TLS_KEY") or None,
+    )
+    validate(settings)
+    return settings
+
+
+def validate(settings: Settings) -> None:
+    """Raise SettingsError if any model names an unknown provider or reasoning policy."""
+    from callmissed.providers import REGISTRY  # late: providers import settings
+
+    for provider in settings.providers.values():
+        if provider.type not in REGISTRY:
+            known = ", ".join(sorted(REGISTRY))
+            raise SettingsError(
+                f"provider {provider.name!r} has unknown type {provider.type!r} (known: {known})"
+            )
+    for model in settings.models.values():
+        if not model.routes:
+            raise SettingsError(f"model {model.name!r} has no routes")
+        for route in model.routes:
+            if route.provider not in settings.providers:
+                raise SettingsError(
+                    f"model {model.name!r} routes to unknown provider {route.provider!r}"
+                )
+        if model.reasoning != "passthrough" and model.reasoning not in settings.reasoning_policies:
+            raise SettingsError(
+                f"model {model.name!r} has unknown reasoning policy {model.reasoning!r}"
+            )
+    for name, policy in settings.reasoning_policies.items():
+        missing = [value for value in EFFORT_VALUES if value not in policy]
+        if missing:
+            raise SettingsError(f"reasoning policy {name!r} does not say what to do with {missing}")
+
+
+def _builtin_providers(env: Mapping[str, str]) -> dict[str, ProviderSettings]:
+    account = env.get("CLOUDFLARE_ACCOUNT_ID", "")
+    cloudflare_base = env.get("CLOUDFLARE_BASE_URL", "https://api.cloudflare.com/client/v4")
+    cloudflare_missing = [
+        name for name in ("CLOUDFLARE_ACCOUNT_ID", "CLOUDFLARE_API_TOKEN") if not env.get(name)
+    ]
+    return {
+        "cloudflare": ProviderSettings(
+            name="cloudflare",
+            type="cloudflare",
+            base_url=f"{cloudflare_base.rstrip('/')}/accounts/{account}/ai/v1",
+            api_key=env.get("CLOUDFLARE_API_TOKEN") or None,
+            missing=_missing_text("Cloudflare Workers AI", cloudflare_missing),
+        ),
+        "openrouter": _keyed_provider(
+            env, "openrouter", "OpenRouter", "OPENROUTER", "https://openrouter.ai/api/v1"
+        ),
+        "sarvam": _keyed_provider(env, "sarvam", "Sarvam AI", "SARVAM", "https://api.sarvam.ai/v1"),
+        "sim": ProviderSettings(name="sim", type="sim", base_url="sim://local"),
+    }
+
+
+def _keyed_provider(
+    env: Mapping[str, str], name: str, label: str, prefix: str, default_base: str
+) -> ProviderSettings:
+    key_var = f"{prefix}_API_KEY"
+    return ProviderSettings(
+        name=name,
+        type=name,
+        base_url=env.get(f"{prefix}_BASE_URL", default_base).rstrip("/"),
+        api_key=env.get(key_var) or None,
+        missing=None if env.get(key_var) else _missing_text(label, [key_var]),
+    )
+
+
+def _missing_text(label: str, variables: list[str]) -> str | None:
+    if not variables:
+        return None
+    return f"{label} is not configured: set {' and '.join(variables)}"
+
+
+def _parse_provider(
+    name: str, table: Mapping[str, Any], env: Mapping[str, str]
+) -> ProviderSettings:
+    if "base_url" not in table:
+        raise SettingsError(f"provider {name!r} needs a base_url")
+    key_env = table.get("api_key_env")
+    api_key = env.get(key_env) if key_env else None
+    missing = None
+    if key_env and not api_key:
+        missing = _missing_text(f"provider {name!r}", [key_env])
+    return ProviderSettings(
+        name=name,
+        type=table.get("type", "openai"),
+        base_url=str(table["base_url"]).rstrip("/"),
+        api_key=api_key or None,
+        headers=dict(table.get("headers", {})),
+        missing=missing,
+    )
+
+
+def _parse_model(name: str, table: Mapping[str, Any]) -> ModelSettings:
+    prices = table.get("prices")
+    simulate = table.get("simulate")
+    return ModelSettings(
+        name=name,
+        routes=tuple(Route.parse(text) for text in table.get("routes", [])),
+        reasoning=table.get("reasoning", "passthrough"),
+        description=table.get("description", ""),
+        context=table.get("context"),
+        max_output=table.get("max_output"),
+        prices=Prices(**prices) if prices else None,
+        simulate=SimProfile(**simulate) if simulate else None,
+    )
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError:
+        raise SettingsError(f"config file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    try:
+        return int(env.get(name, default))
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    try:
+        return float(env.get(name, default))
+    except ValueError:
+        raise SettingsError(f"{name} must be a number") from None

@@ -1,0 +1,131 @@
+"""The in-process simulator upstream: answers `sim/...` models with realistic token timing.
+
+It speaks the OpenAI-compatible wire format as bytes, exactly like a real server would, so the
+whole relay runs unchanged; it only skips the network. Timing comes from each model's
+`simulate` profile in the catalog (first-token and total times from the Getting Started page).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import orjson
+
+from callmissed.settings import SimProfile
+
+__all__ = ["SimulatedResponse", "simulate"]
+
+_ANSWER = """Quicksort picks a pivot element, partitions the array so that smaller elements
+come before the pivot and larger ones after it, and then sorts the two partitions recursively;
+on average it runs in O(n log n) time and sorts in place."""
+_THINKING = "Let me think about what is being asked and answer briefly."
+_TEXT = _ANSWER.split()
+_THOUGHT = _THINKING.split()
+_THINKING_SCALE = {"none": 0.0, "minimal": 0.25, "low": 0.5, "medium": 1.0, "high": 2.0}
+
+
+class SimulatedResponse:
+    """Quacks like upstream.UpstreamResponse; produced without a socket."""
+
+    status = 200
+    retry_after: float | None = None
+
+    def __init__(self, profile: SimProfile, body: Mapping[str, Any]) -> None:
+        self._profile = profile
+        self._body = body
+        self._id = f"chatcmpl-sim{time.monotonic_ns():x}"
+        self._created = int(time.time())
+        self._model = f"sim/{body.get('model', 'model')}"
+        self._thinking, self._text, self._finish = _plan(profile, body)
+
+    async def read(self) -> bytes:
+        await asyncio.sleep(self._profile.total_ms / 1000)
+        message: dict[str, Any] = {"role": "assistant", "content": " ".join(self._text)}
+        if self._thinking:
+            message["reasoning"] = " ".join(self._thinking)
+        return orjson.dumps(
+            {
+                "id": self._id,
+                "object": "chat.completion",
+                "created": self._created,
+                "model": self._model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": message,
+                        "finish_reason": self._finish,
+                        "logprobs": None,
+                    }
+                ],
+                "usage": self._usage(),
+            }
+        )
+
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        tokens = [("reasoning", word) for word in self._thinking]
+        tokens += [("content", word) for word in self._text]
+        gap = max(self._profile.total_ms - self._profile.ttfb_ms, 0) / 1000 / max(len(tokens), 1)
+        await asyncio.sleep(self._profile.ttfb_ms / 1000)
+        yield self._chunk({"role": "assistant", "content": ""})
+        for position, (field, word) in enumerate(tokens):
+            if position and gap:
+                await asyncio.sleep(gap)
+            yield self._chunk({field: word if position == 0 else " " + word})
+        yield self._chunk({}, finish_reason=self._finish)
+        if (self._body.get("stream_options") or {}).get("include_usage"):
+            yield self._frame({**self._envelope(), "choices": [], "usage": self._usage()})
+        yield b"data: [DONE]\n\n"
+
+    def close(self) -> None:
+        pass
+
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+        return self._frame({**self._envelope(), "choices": [choice]})
+
+    def _envelope(self) -> dict[str, Any]:
+        return {
+            "id": self._id,
+            "object": "chat.completion.chunk",
+            "created": self._created,
+            "model": self._model,
+        }
+
+    @staticmethod
+    def _frame(payload: dict[str, Any]) -> bytes:
+        return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+    def _usage(self) -> dict[str, Any]:
+        prompt = max(1, len(orjson.dumps(self._body.get("messages", []))) // 4)
+        completion = len(self._thinking) + len(self._text)
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "completion_tokens_details": {"reasoning_tokens": len(self._thinking)},
+        }
+
+
+def simulate(profile: SimProfile, body: bytes) -> SimulatedResponse:
+    return SimulatedResponse(profile, orjson.loads(body))
+
+
+def _plan(profile: SimProfile, body: Mapping[str, Any]) -> tuple[list[str], list[str], str]:
+    """The thinking and answer words to emit, and the finish reason, honouring max_tokens."""
+    effort = body.get("reasoning_effort")
+    scale = _THINKING_SCALE.get(effort, 1.0) if isinstance(effort, str) else 1.0
+    thinking = _words(_THOUGHT, round(profile.thinking_tokens * scale))
+    text = _words(_TEXT, profile.tokens)
+    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    if isinstance(limit, int) and len(thinking) + len(text) > limit:
+        thinking = thinking[:limit]
+        text = text[: max(0, limit - len(thinking))]
+        return thinking, text, "length"
+    return thinking, text, "stop"
+
+
+def _words(source: list[str], count: int) -> list[str]:
+    return [source[i % len(source)] for i in range(count)]

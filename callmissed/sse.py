@@ -1,0 +1,73 @@
+"""Server-sent events: split an upstream byte stream into events. Knows no provider.
+
+Follows the WHATWG rules the official SDKs follow: CR, LF or CRLF line ends, `:` comments
+ignored, one leading space after the colon stripped, several `data:` lines joined with LF.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["SSEDecoder", "SSEEvent"]
+
+
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    data: bytes
+    event: str | None = None
+
+
+class SSEDecoder:
+    """Feed raw bytes as they arrive; get back every event completed by them."""
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        buffer = self._buffer + chunk
+        if b"\r" in buffer:
+            buffer = _normalise_line_ends(buffer)
+        *blocks, self._buffer = buffer.split(b"\n\n")
+        events = []
+        for block in blocks:
+            # The common case by far: one `data: {...}` line.
+            if block.startswith(b"data: ") and b"\n" not in block:
+                events.append(SSEEvent(block[6:]))
+                continue
+            event = _parse_block(block)
+            if event is not None:
+                events.append(event)
+        return events
+
+    @property
+    def pending(self) -> bytes:
+        """Bytes of an event not yet terminated by a blank line."""
+        return self._buffer
+
+
+def _normalise_line_ends(buffer: bytes) -> bytes:
+    # A trailing CR may be the first half of a CRLF split across two reads: keep it for later.
+    tail = b""
+    if buffer.endswith(b"\r"):
+        buffer, tail = buffer[:-1], b"\r"
+    return buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + tail
+
+
+def _parse_block(block: bytes) -> SSEEvent | None:
+    data_lines: list[bytes] = []
+    event: str | None = None
+    for line in block.split(b"\n"):
+        if not line or line.startswith(b":"):
+            continue
+        name, _, value = line.partition(b":")
+        if value.startswith(b" "):
+            value = value[1:]
+        if name == b"data":
+            data_lines.append(value)
+        elif name == b"event":
+            event = value.decode("utf-8", "replace")
+    if not data_lines:
+        return None
+    return SSEEvent(b"\n".join(data_lines), event)

@@ -1,0 +1,196 @@
+"""Shared fixtures: a fake upstream (real HTTP server) and the real gateway as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fakes.upstream import FakeUpstream, start_fake_upstream
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUIRE_SERVICES = os.environ.get("CALLMISSED_REQUIRE_SERVICES") == "1"
+
+CONFIG = """
+[providers.local]
+type = "openai"
+base_url = "{upstream}/local/v1"
+
+[models."local-model"]
+routes = ["local:hello"]
+description = "A custom OpenAI-compatible upstream from the config file"
+
+[models."local-tools"]
+routes = ["local:tools"]
+
+[models."cf-capacity"]
+routes = ["cloudflare:@cf/error-429-3040"]
+
+[models."cf-no-such-model"]
+routes = ["cloudflare:@cf/error-400-5007"]
+
+[models."cf-bad-input"]
+routes = ["cloudflare:@cf/error-400-5006"]
+
+[models."unconfigured-model"]
+routes = ["ghost:whatever"]
+
+[providers.ghost]
+type = "openai"
+base_url = "http://127.0.0.1:9/v1"
+api_key_env = "GHOST_API_KEY"
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Gateway:
+    """A running `callmissed serve` process."""
+
+    url: str
+    key: str
+    env: dict[str, str]
+    process: subprocess.Popen[bytes]
+    upstream: FakeUpstream
+    workdir: Path
+    log: Path
+    extra_keys: list[str] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "callmissed", *args],
+            env=self.env,
+            cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+    def create_key(self, *args: str) -> str:
+        result = self.cli("keys", "create", "--name", "test", *args)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip().splitlines()[-1]
+
+
+def gateway_env(upstream_url: str, workdir: Path, **extra: str) -> dict[str, str]:
+    config = workdir / "callmissed.toml"
+    config.write_text(CONFIG.format(upstream=upstream_url))
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("CALLMISSED_", "CLOUDFLARE_", "OPENROUTER_", "SARVAM_"))
+    }
+    env.update(
+        CALLMISSED_DATABASE_URL=f"sqlite:///{workdir / 'gateway.sqlite3'}",
+        CALLMISSED_CONFIG=str(config),
+        CLOUDFLARE_BASE_URL=f"{upstream_url}/client/v4",
+        CLOUDFLARE_ACCOUNT_ID="acct123",
+        CLOUDFLARE_API_TOKEN="cf-secret-token",
+        OPENROUTER_BASE_URL=f"{upstream_url}/openrouter/api/v1",
+        OPENROUTER_API_KEY="sk-or-secret",
+        SARVAM_BASE_URL=f"{upstream_url}/sarvam/v1",
+        SARVAM_API_KEY="sarvam-secret",
+        PYTHONPATH=str(ROOT),
+    )
+    env.update(extra)
+    return env
+
+
+def start_gateway(
+    upstream: FakeUpstream, workdir: Path, *serve_args: str, **extra_env: str
+) -> Gateway:
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = gateway_env(upstream.url, workdir, **extra_env)
+    port = free_port()
+    log = workdir / "gateway.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "callmissed", "serve", "--port", str(port), *serve_args],
+            env=env,
+            cwd=workdir,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    scheme = "https" if "--tls-cert" in serve_args else "http"
+    url = f"{scheme}://127.0.0.1:{port}"
+    _wait_healthy(url, process, log)
+    key = _first_key(log)
+    return Gateway(url, key, env, process, upstream, workdir, log)
+
+
+def _wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gateway exited early:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{url}/healthz", verify=False, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"gateway did not become healthy:\n{log.read_text()}")
+
+
+def _first_key(log: Path) -> str:
+    for line in log.read_text().splitlines():
+        if line.strip().startswith("cm_"):
+            return line.strip()
+    raise RuntimeError(f"serve printed no first key:\n{log.read_text()}")
+
+
+def stop_gateway(gateway: Gateway) -> None:
+    gateway.process.terminate()
+    try:
+        gateway.process.wait(10)
+    except subprocess.TimeoutExpired:
+        gateway.process.kill()
+        gateway.process.wait(5)
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[FakeUpstream]:
+    fake, stop = start_fake_upstream()
+    yield fake
+    stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    running = start_gateway(upstream, tmp_path_factory.mktemp("gateway"))
+    yield running
+    stop_gateway(running)
+
+
+@pytest.fixture
+def client(gateway: Gateway):
+    import openai
+
+    with openai.OpenAI(base_url=gateway.base_url, api_key=gateway.key, max_retries=0) as sdk:
+        yield sdk
+
+
+def require_service(name: str, reason: str) -> None:
+    """Skip (or, with CALLMISSED_REQUIRE_SERVICES=1, fail) when a service is missing."""
+    message = f"{name} is not available: {reason}"
+    if REQUIRE_SERVICES:
+        pytest.fail(message)
+    pytest.skip(message)

@@ -1,0 +1,334 @@
+"""A fake LLM upstream: a real aiohttp server on 127.0.0.1 speaking four dialects.
+
+Paths choose the dialect, as the real providers' base URLs would:
+  /client/v4/accounts/{account}/ai/v1/chat/completions   Cloudflare Workers AI (v4 error envelope)
+  /openrouter/api/v1/chat/completions                     OpenRouter (numeric error codes,
+                                                           `: OPENROUTER PROCESSING` comments)
+  /sarvam/v1/chat/completions                             Sarvam AI
+  /local/v1/chat/completions                              any OpenAI-compatible server
+
+The upstream model name picks the behaviour (see BEHAVIOURS); every request is recorded in
+`requests` so tests can assert exactly what an upstream received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+
+@dataclass
+class Received:
+    dialect: str
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+@dataclass
+class FakeUpstream:
+    url: str = ""
+    requests: list[Received] = field(default_factory=list)
+    disconnects: list[float] = field(default_factory=list)  # when a streaming client went away
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    def last(self, model: str | None = None) -> Received:
+        for received in reversed(self.requests):
+            if model is None or received.body.get("model") == model:
+                return received
+        raise AssertionError(f"the upstream received no request for {model!r}")
+
+
+def _dialect(path: str) -> str:
+    if path.startswith("/client/v4/"):
+        return "cloudflare"
+    return path.split("/")[1]
+
+
+def _chunk(model: str, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+    payload = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        **extra,
+    }
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def _usage(prompt: int = 5, completion: int = 6, reasoning: int = 0) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "completion_tokens_details": {"reasoning_tokens": reasoning},
+    }
+
+
+def _usage_chunk(model: str, usage: dict[str, Any] | None = None) -> bytes:
+    payload = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": model,
+        "choices": [],
+        "usage": usage or _usage(),
+    }
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def _completion(model: str, message: dict[str, Any], finish: str = "stop") -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+        "usage": _usage(),
+    }
+
+
+def _error_response(dialect: str, status: int, message: str, code: int = 0) -> web.Response:
+    if dialect == "cloudflare":
+        payload: dict[str, Any] = {
+            "result": None,
+            "success": False,
+            "errors": [{"code": code or 5006, "message": message}],
+            "messages": [],
+        }
+    elif dialect == "openrouter":
+        payload = {"error": {"code": status, "message": message, "metadata": {}}, "user_id": None}
+    else:
+        payload = {"error": {"message": message, "type": "invalid_request_error", "code": None}}
+    headers = {"retry-after": "1"} if status == 429 else {}
+    return web.json_response(payload, status=status, headers=headers)
+
+
+FAKE = web.AppKey("fake", FakeUpstream)
+Script = Callable[[str, dict[str, Any]], list[bytes | float]]
+
+
+def _hello(model: str, body: dict[str, Any]) -> list[bytes | float]:
+    frames: list[bytes | float] = [
+        _chunk(model, {"role": "assistant", "content": ""}),
+        _chunk(model, {"content": "Hello"}),
+        _chunk(model, {"content": " world"}),
+        _chunk(model, {}, "stop"),
+    ]
+    if (body.get("stream_options") or {}).get("include_usage"):
+        frames.append(_usage_chunk(model))
+    return [*frames, b"data: [DONE]\n\n"]
+
+
+def _tools(model: str, body: dict[str, Any]) -> list[bytes | float]:
+    """Workers AI style: object arguments, repeated name, then the null-finalisation delta."""
+    call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather"}}
+    return [
+        _chunk(model, {"role": "assistant", "content": None, "tool_calls": [call]}),
+        _chunk(model, {"tool_calls": [{"index": 0, "function": {"arguments": '{"city":'}}]}),
+        _chunk(
+            model,
+            {
+                "tool_calls": [
+                    {"index": 0, "function": {"name": "get_weather", "arguments": ' "Paris"}'}}
+                ]
+            },
+        ),
+        _chunk(model, {"tool_calls": [{"id": None, "type": None, "function": {"name": None}}]}),
+        _chunk(model, {}, "tool_calls"),
+        _usage_chunk(model),
+        b"data: [DONE]\n\n",
+    ]
+
+
+def _reasoning(model: str, body: dict[str, Any]) -> list[bytes | float]:
+    return [
+        _chunk(model, {"role": "assistant", "content": ""}),
+        _chunk(model, {"reasoning_content": "Two plus two"}),
+        _chunk(model, {"reasoning_content": " is four."}),
+        _chunk(model, {"content": "4"}),
+        _chunk(model, {}, "stop"),
+        _usage_chunk(model, _usage(completion=9, reasoning=7)),
+        b"data: [DONE]\n\n",
+    ]
+
+
+def _processing(model: str, body: dict[str, Any]) -> list[bytes | float]:
+    return [
+        b": OPENROUTER PROCESSING\n\n",
+        0.01,
+        b": OPENROUTER PROCESSING\n\n",
+        *_hello(model, body),
+    ]
+
+
+def _drop_after_2(model: str, body: dict[str, Any]) -> list[bytes | float]:
+    return [*_hello(model, body)[:2], 0.05, b"DROP"]
+
+
+def _midstream_error(model: str, body: dict[str, Any]) -> list[bytes | float]:
+    error = {"code": 502, "message": "Provider returned error", "metadata": {}}
+    return [
+        *_hello(model, body)[:2],
+        0.05,
+        _chunk(model, {"content": ""}, "error", error=error, provider="Fake"),
+    ]
+
+
+def _first_chunk_error(model: str, body: dict[str, Any]) -> list[bytes | float]:
+    error = {"code": 429, "message": "Rate limit exceeded", "metadata": {}}
+    return [_chunk(model, {"content": ""}, "error", error=error)]
+
+
+def _no_finish(model: str, body: dict[str, Any]) -> list[bytes | float]:
+    return _hello(model, body)[:3]
+
+
+def _bad_json(model: str, body: dict[str, Any]) -> list[bytes | float]:
+    return [*_hello(model, body)[:2], 0.05, b"data: {not json\n\n"]
+
+
+def _crlf(model: str, body: dict[str, Any]) -> list[bytes | float]:
+    # CRLF line ends and events split at awkward byte boundaries.
+    raw = b"".join(f for f in _hello(model, body) if isinstance(f, bytes)).replace(b"\n", b"\r\n")
+    return [raw[i : i + 7] for i in range(0, len(raw), 7)]
+
+
+def _slow(model: str, body: dict[str, Any]) -> list[bytes | float]:
+    frames = _hello(model, body)
+    return [frames[0], 0.3, *frames[1:]]
+
+
+def _endless(model: str, body: dict[str, Any]) -> list[bytes | float]:
+    frames: list[bytes | float] = [_chunk(model, {"role": "assistant", "content": ""})]
+    for _ in range(600):
+        frames += [0.05, _chunk(model, {"content": "."})]
+    return frames
+
+
+BEHAVIOURS: dict[str, Script] = {
+    "tools": _tools,
+    "reasoning": _reasoning,
+    "processing": _processing,
+    "drop-after-2": _drop_after_2,
+    "midstream-error": _midstream_error,
+    "first-chunk-error": _first_chunk_error,
+    "no-finish": _no_finish,
+    "bad-json": _bad_json,
+    "crlf": _crlf,
+    "slow": _slow,
+    "endless": _endless,
+}
+
+# "error-<status>[-<code>]" models answer with that status (and Workers AI internal code)
+# in the dialect's error shape.
+ERROR_PREFIX = "error-"
+
+
+async def _chat(request: web.Request) -> web.StreamResponse:
+    fake = request.app[FAKE]
+    dialect = _dialect(request.path)
+    body = await request.json()
+    fake.requests.append(Received(dialect, request.path, dict(request.headers), body))
+    model = str(body.get("model", ""))
+    name = model.rsplit("/", 1)[-1].removeprefix("@cf/")
+    if name.startswith(ERROR_PREFIX):
+        status_text, _, code_text = name.removeprefix(ERROR_PREFIX).partition("-")
+        status, code = int(status_text), int(code_text or 0)
+        return _error_response(dialect, status, f"fake failure {status}", code)
+    if not body.get("stream"):
+        return web.json_response(_non_stream(model, name, body))
+    return await _stream(request, fake, BEHAVIOURS.get(name, _hello)(model, body))
+
+
+def _non_stream(model: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+    if name == "tools":
+        call = {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": {"city": "Paris"}},
+        }
+        return _completion(
+            model, {"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls"
+        )
+    if name == "reasoning":
+        return _completion(
+            model,
+            {"role": "assistant", "content": "4", "reasoning_content": "Two plus two is four."},
+        )
+    if name == "midstream-error":
+        completion = _completion(model, {"role": "assistant", "content": ""}, "error")
+        completion["choices"][0]["error"] = {"code": 502, "message": "Provider returned error"}
+        return completion
+    return _completion(model, {"role": "assistant", "content": "Hello world"})
+
+
+async def _stream(
+    request: web.Request, fake: FakeUpstream, frames: list[bytes | float]
+) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+    await response.prepare(request)
+    try:
+        for frame in frames:
+            if isinstance(frame, float):
+                await asyncio.sleep(frame)
+            elif frame == b"DROP":
+                assert request.transport is not None
+                request.transport.abort()
+                return response
+            else:
+                await response.write(frame)
+        await response.write_eof()
+    except (ConnectionResetError, asyncio.CancelledError):
+        fake.disconnects.append(time.monotonic())
+        raise
+    return response
+
+
+def start_fake_upstream() -> tuple[FakeUpstream, Callable[[], None]]:
+    """Run the fake in a background thread; return it and a function that stops it."""
+    fake = FakeUpstream()
+    ready = threading.Event()
+    loop = asyncio.new_event_loop()
+    runner_box: list[web.AppRunner] = []
+
+    async def start() -> None:
+        app = web.Application()
+        app[FAKE] = fake
+        app.router.add_post("/client/v4/accounts/{account}/ai/v1/chat/completions", _chat)
+        app.router.add_post("/{dialect}/api/v1/chat/completions", _chat)
+        app.router.add_post("/{dialect}/v1/chat/completions", _chat)
+        runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        fake.url = f"http://127.0.0.1:{port}"
+        runner_box.append(runner)
+        ready.set()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(start())
+        loop.run_forever()
+        loop.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    ready.wait(10)
+    fake._loop = loop
+
+    def stop() -> None:
+        asyncio.run_coroutine_threadsafe(runner_box[0].cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+    return fake, stop
