@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from callmissed.auth import Authenticator
+from callmissed.auth import Authenticator, Principal
 from callmissed.providers import REGISTRY, Provider
 from callmissed.reasoning import apply_reasoning_effort
 from callmissed.relay import ChatStream, read_completion
@@ -58,13 +58,15 @@ class Gateway:
         await self.upstream.close()
         self.store.close()
 
-    async def complete(self, body: dict[str, Any]) -> tuple[dict[str, Any], RouteInfo]:
+    async def complete(
+        self, principal: Principal, body: dict[str, Any]
+    ) -> tuple[dict[str, Any], RouteInfo]:
         """A whole chat.completion for a checked OpenAI-format body."""
         target, response, info = await self._send(body)
         return await read_completion(target.provider, response), info
 
     async def open_stream(
-        self, body: dict[str, Any], include_usage: bool
+        self, principal: Principal, body: dict[str, Any], include_usage: bool
     ) -> tuple[ChatStream, RouteInfo]:
         """A started ChatStream: its first chunks are already in, so nothing can fail silently."""
         target, response, info = await self._send(body)

@@ -27,14 +27,14 @@ _DONE = b"data: [DONE]\n\n"
 
 
 async def create_chat_completion(gateway: Gateway, request: Request) -> Response | StreamResponse:
-    gateway.auth.authenticate(request.headers.get("authorization"))
+    principal = gateway.auth.authenticate(request.headers.get("authorization"))
     body = request.json()
     check_chat_request(body)
     if not body.get("stream"):
-        completion, info = await gateway.complete(body)
+        completion, info = await gateway.complete(principal, body)
         return json_response(completion, headers=info.headers())
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    stream, info = await gateway.open_stream(body, include_usage)
+    stream, info = await gateway.open_stream(principal, body, include_usage)
     return StreamResponse(_aiter_sse(stream, request.request_id), info.headers(), stream.close)
 
 
