@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 
 from callmissed import __version__
 from callmissed.auth import create_key
@@ -114,8 +115,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         loop=Loops.uvloop,
         backlog=2048,
         log_access=False,
-        ssl_cert=settings.tls_cert if tls else None,  # type: ignore[arg-type]
-        ssl_key=settings.tls_key if tls else None,  # type: ignore[arg-type]
+        ssl_cert=Path(settings.tls_cert) if settings.tls_cert and tls else None,
+        ssl_key=Path(settings.tls_key) if settings.tls_key and tls else None,
     )
     server.serve()
     return 0

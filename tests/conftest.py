@@ -40,6 +40,11 @@ routes = ["cloudflare:@cf/error-400-5007"]
 [models."cf-bad-input"]
 routes = ["cloudflare:@cf/error-400-5006"]
 
+[models."sim/instant-thinker"]
+routes = ["sim:instant-thinker"]
+reasoning = "toggle"
+simulate = {{ ttfb_ms = 0, total_ms = 0, tokens = 9, thinking_tokens = 92 }}
+
 [models."unconfigured-model"]
 routes = ["ghost:whatever"]
 
