@@ -6,6 +6,8 @@ and what the x-callmissed-reasoning-effort header reports.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import httpx
 import openai
 import pytest
@@ -18,7 +20,7 @@ MANDATORY = {"none": "low", "low": "low", "medium": "medium", "high": "high", "m
 SILENT = dict.fromkeys(TOGGLE, DROPPED)
 AS_IS = {value: value for value in [*TOGGLE, "xhigh", "max"]}
 
-MATRIX: dict[str, tuple[str, dict[str, object]]] = {
+MATRIX: dict[str, tuple[str, Mapping[str, object]]] = {
     "kimi-k2.5": ("@cf/moonshotai/kimi-k2.5", TOGGLE),
     "kimi-k2.6": ("@cf/moonshotai/kimi-k2.6", TOGGLE),
     "gemma-4-26b-a4b-it": ("@cf/google/gemma-4-26b-a4b-it", TOGGLE),
