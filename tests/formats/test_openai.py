@@ -1,0 +1,116 @@
+"""callmissed.formats.openai: request checks and the chunk fixes the SDKs need."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from callmissed.errors import InvalidRequest
+from callmissed.formats.openai import (
+    ChunkNormaliser,
+    check_chat_request,
+    needs_normalising,
+    normalise_completion,
+)
+
+OK = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_a_minimal_request_passes_and_unknown_fields_are_allowed():
+    check_chat_request({**OK, "brand_new": {"x": 1}, "temperature": None})
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
+        ({"top_logprobs": 21}, "top_logprobs"),
+        ({"presence_penalty": -3}, "presence_penalty"),
+        ({"max_completion_tokens": True}, "max_completion_tokens"),
+        ({"response_format": {"schema": {}}}, "response_format"),
+    ],
+)
+def test_bad_fields_name_their_param(extra, param):
+    with pytest.raises(InvalidRequest) as caught:
+        check_chat_request({**OK, **extra})
+    assert caught.value.param == param
+
+
+def test_plain_content_chunks_need_no_edit():
+    chunk = (
+        b'{"id":"x","choices":[{"index":0,"delta":{"content":"usage role"},"finish_reason":null}]}'
+    )
+    assert not needs_normalising(chunk)
+    assert needs_normalising(b'{"choices":[{"delta":{},"finish_reason":"stop"}]}')
+    assert needs_normalising(b'{"choices":[],"usage": {"prompt_tokens":1}}')
+    assert not needs_normalising(b'{"choices":[{"delta":{"content":"a"}}],"usage": null}')
+
+
+def _delta(**delta: Any) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": delta}]}
+
+
+def test_role_only_on_the_first_delta():
+    normaliser = ChunkNormaliser()
+    first, second = _delta(role="assistant", content=""), _delta(role="assistant", content="a")
+    normaliser.fix(first)
+    normaliser.fix(second)
+    assert first["choices"][0]["delta"]["role"] == "assistant"
+    assert "role" not in second["choices"][0]["delta"]
+
+
+def test_tool_call_deltas_are_made_sdk_safe():
+    normaliser = ChunkNormaliser()
+    start = _delta(
+        tool_calls=[
+            {"index": 0, "id": "c1", "type": "function", "function": {"name": "f", "arguments": ""}}
+        ]
+    )
+    repeat = _delta(
+        tool_calls=[{"index": 0, "id": "c1", "function": {"name": "f", "arguments": {"a": 1}}}]
+    )
+    null_final = _delta(tool_calls=[{"id": None, "type": None, "function": {"name": None}}])
+    no_index = _delta(
+        tool_calls=[{"id": "c2", "type": "function", "function": {"name": "g", "arguments": "{}"}}]
+    )
+    for chunk in (start, repeat, null_final, no_index):
+        normaliser.fix(chunk)
+    assert repeat["choices"][0]["delta"]["tool_calls"] == [
+        {"index": 0, "function": {"arguments": '{"a":1}'}}
+    ]
+    assert "tool_calls" not in null_final["choices"][0]["delta"]
+    assert no_index["choices"][0]["delta"]["tool_calls"][0]["index"] == 0
+
+
+def test_reasoning_content_becomes_reasoning_and_details_get_indices():
+    chunk = _delta(reasoning_content="hmm", reasoning_details=[{"type": "reasoning.text"}])
+    ChunkNormaliser().fix(chunk)
+    delta = chunk["choices"][0]["delta"]
+    assert delta == {
+        "reasoning": "hmm",
+        "reasoning_details": [{"type": "reasoning.text", "index": 0}],
+    }
+
+
+def test_completion_arguments_become_strings():
+    body: dict[str, Any] = {
+        "choices": [
+            {
+                "message": {
+                    "reasoning_content": "r",
+                    "tool_calls": [
+                        {
+                            "id": "c",
+                            "type": "function",
+                            "function": {"name": "f", "arguments": {"x": [1]}},
+                        }
+                    ],
+                }
+            }
+        ]
+    }
+    normalise_completion(body)
+    message = body["choices"][0]["message"]
+    assert message["reasoning"] == "r"
+    assert message["tool_calls"][0]["function"]["arguments"] == '{"x":[1]}'

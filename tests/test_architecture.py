@@ -1,0 +1,57 @@
+"""The layout STYLE.md promises, checked: pure providers and formats, modest module sizes."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "callmissed"
+PURE = ["providers", "formats"]
+IO_MODULES = {
+    "aiohttp",
+    "httpx",
+    "asyncpg",
+    "redis",
+    "sqlite3",
+    "callmissed.store",
+    "callmissed.upstream",
+}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for folder in PURE for p in (PACKAGE / folder).glob("*.py")],
+    ids=lambda p: f"{p.parent.name}/{p.name}",
+)
+def test_providers_and_formats_do_no_io(path):
+    leaks = {
+        name for name in _imports(path) if name.split(".")[0] in IO_MODULES or name in IO_MODULES
+    }
+    assert not leaks, f"{path.name} imports {leaks}"
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: p.name)
+def test_no_module_grows_past_600_lines(path):
+    assert len(path.read_text().splitlines()) <= 600
+
+
+def test_every_module_says_what_it_owns():
+    undocumented = [
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if path.name != "__main__.py" and ast.get_docstring(ast.parse(path.read_text())) is None
+    ]
+    assert not undocumented

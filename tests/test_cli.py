@@ -1,0 +1,48 @@
+"""The `callmissed` command: keys, config check, and serve's first key."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.conftest import start_gateway, stop_gateway
+
+
+def test_keys_create_prints_the_key_alone_on_its_last_line(gateway):
+    result = gateway.cli("keys", "create", "--name", "ci", "--credits", "5")
+    assert result.returncode == 0, result.stderr
+    key = result.stdout.splitlines()[-1]
+    assert key.startswith("cm_") and " " not in key
+    response = httpx.get(f"{gateway.base_url}/models", headers={"authorization": f"Bearer {key}"})
+    assert response.status_code == 200
+
+
+def test_keys_list_never_shows_a_key(gateway):
+    key = gateway.create_key()
+    listing = gateway.cli("keys", "list")
+    assert listing.returncode == 0
+    assert key not in listing.stdout
+    assert key[:7] in listing.stdout
+
+
+def test_config_check_reports_each_provider(gateway):
+    result = gateway.cli("config", "check")
+    assert result.returncode == 0
+    assert "provider cloudflare (cloudflare): configured" in result.stdout
+    assert "GHOST_API_KEY" in result.stdout
+
+
+def test_config_check_fails_on_a_bad_config(gateway, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[models.x]\nroutes = ["nowhere:m"]\n')
+    result = gateway.cli("--config", str(bad), "config", "check")
+    assert result.returncode == 2
+    assert "unknown provider 'nowhere'" in result.stderr
+
+
+def test_serve_prints_a_first_key_only_once(upstream, tmp_path):
+    first = start_gateway(upstream, tmp_path)
+    stop_gateway(first)
+    assert first.log.read_text().count("cm_") == 1
+    again = start_gateway(upstream, tmp_path)  # same database
+    stop_gateway(again)
+    assert "cm_" not in again.log.read_text()
