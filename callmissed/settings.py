@@ -41,6 +41,12 @@ class ProviderSettings:
     api_key: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     missing: str | None = None  # why the provider can't be used, naming the variable to set
+    http2: bool | None = None  # None: HTTP/2 via ALPN for https upstreams, HTTP/1.1 for http
+    ca_file: str | None = None  # extra CA certificates (PEM) to trust, for private upstreams
+
+    @property
+    def uses_http2(self) -> bool:
+        return self.base_url.startswith("https://") if self.http2 is None else self.http2
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +227,8 @@ def _parse_provider(
         api_key=api_key or None,
         headers=dict(table.get("headers", {})),
         missing=missing,
+        http2=table.get("http2"),
+        ca_file=table.get("ca_file"),
     )
 
 

@@ -32,6 +32,7 @@ class SimulatedResponse:
 
     status = 200
     retry_after: float | None = None
+    http_version = "in-process"
 
     def __init__(self, profile: SimProfile, body: Mapping[str, Any]) -> None:
         self._profile = profile

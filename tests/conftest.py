@@ -136,25 +136,32 @@ def start_gateway(
         )
     scheme = "https" if "--tls-cert" in serve_args else "http"
     url = f"{scheme}://127.0.0.1:{port}"
-    _wait_healthy(url, process, log)
+    wait_healthy(url, process, log)
     gateway = Gateway(url, _first_key(log) or "", env, process, upstream, workdir, log)
     if not gateway.key:  # a restart on an existing database prints no key
         gateway.key = gateway.create_key()
     return gateway
 
 
-def _wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+def wait_healthy(
+    url: str, process: subprocess.Popen[bytes], log: Path | None, path: str = "/healthz"
+) -> None:
+    """Poll `url + path` until it answers 200; fail early if the process dies."""
+
+    def output() -> str:
+        return log.read_text() if log else "(no log)"
+
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"gateway exited early:\n{log.read_text()}")
+            raise RuntimeError(f"server exited early:\n{output()}")
         try:
-            if httpx.get(f"{url}/healthz", verify=False, timeout=1).status_code == 200:
+            if httpx.get(f"{url}{path}", verify=False, timeout=1).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.05)
-    raise RuntimeError(f"gateway did not become healthy:\n{log.read_text()}")
+    raise RuntimeError(f"server did not become healthy:\n{output()}")
 
 
 def _first_key(log: Path) -> str | None:
@@ -193,6 +200,23 @@ def client(gateway: Gateway):
 
     with openai.OpenAI(base_url=gateway.base_url, api_key=gateway.key, max_retries=0) as sdk:
         yield sdk
+
+
+@pytest.fixture
+def client_for():
+    """Make an openai SDK client for any running Gateway; all are closed after the test."""
+    import openai
+
+    clients: list[openai.OpenAI] = []
+
+    def make(running: Gateway) -> openai.OpenAI:
+        sdk = openai.OpenAI(base_url=running.base_url, api_key=running.key, max_retries=0)
+        clients.append(sdk)
+        return sdk
+
+    yield make
+    for sdk in clients:
+        sdk.close()
 
 
 def require_service(name: str, reason: str) -> None:

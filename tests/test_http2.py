@@ -54,9 +54,9 @@ def test_many_requests_multiplex_over_one_h2_connection(gateway):
 @pytest.fixture(scope="module")
 def tls_gateway(upstream, tmp_path_factory) -> Iterator[tuple[Gateway, Path]]:
     workdir = tmp_path_factory.mktemp("tls")
-    cert, key = _self_signed(workdir)
+    ca, cert, key = self_signed(workdir)
     running = start_gateway(upstream, workdir, "--tls-cert", str(cert), "--tls-key", str(key))
-    yield running, cert
+    yield running, ca
     stop_gateway(running)
 
 
@@ -84,32 +84,55 @@ def test_openai_sdk_over_tls_and_http2(tls_gateway):
             assert text == "Hello world"
 
 
-def _self_signed(folder: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
+def self_signed(folder: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a 127.0.0.1 certificate it signed: (CA cert to trust, server PEM key).
+
+    The server certificate file holds the leaf then the CA, as servers send them.
+    """
+    ca_key, leaf_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
     )
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "CallMissed test CA")])
+    ca = _certificate(ca_name, ca_name, ca_key.public_key(), ca_key, is_ca=True)
+    leaf_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    leaf = _certificate(leaf_name, ca_name, leaf_key.public_key(), ca_key, is_ca=False)
+    ca_path, cert_path, key_path = folder / "ca.pem", folder / "cert.pem", folder / "key.pem"
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(
+        leaf.public_bytes(serialization.Encoding.PEM) + ca.public_bytes(serialization.Encoding.PEM)
+    )
     key_path.write_bytes(
-        key.private_bytes(
+        leaf_key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
     )
-    return cert_path, key_path
+    return ca_path, cert_path, key_path
+
+
+def _certificate(
+    subject: x509.Name,
+    issuer: x509.Name,
+    public_key: ec.EllipticCurvePublicKey,
+    signer: ec.EllipticCurvePrivateKey,
+    is_ca: bool,
+) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
+    )
+    if not is_ca:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+    return builder.sign(signer, hashes.SHA256())
