@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from callmissed import __version__
 from callmissed.api import openai
+from callmissed.api.playground import playground_routes, redirect_home
 from callmissed.gateway import Gateway
 from callmissed.settings import Settings, load_settings
 from callmissed.web import ASGIApp, Endpoint, Request, Response, StreamResponse, json_response
@@ -30,6 +31,8 @@ def build_app(settings: Settings) -> ASGIApp:
         ("POST", "/v1/chat/completions"): Endpoint(bind(openai.create_chat_completion)),
         ("GET", "/v1/models"): Endpoint(bind(openai.list_models)),
         ("GET", "/healthz"): Endpoint(bind(healthz)),
+        ("GET", "/"): Endpoint(redirect_home),
+        **{("GET", path): Endpoint(handler) for path, handler in playground_routes().items()},
     }
     return ASGIApp(routes, settings.max_body_bytes, gateway.start, gateway.close)
 
