@@ -63,6 +63,13 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("key_id", type=int)
     revoke.set_defaults(run=_keys_revoke)
 
+    doctor = commands.add_parser(
+        "doctor", help="check the store, every upstream's reachability and each hop's latency"
+    )
+    doctor.add_argument("--url", help="also check a running gateway, e.g. http://127.0.0.1:8080")
+    doctor.add_argument("--key", help="a cm_ key for the gateway check's streamed request")
+    doctor.set_defaults(run=_doctor)
+
     config = commands.add_parser("config", help="configuration").add_subparsers(title="actions")
     config.add_parser("check", help="validate settings and the config file").set_defaults(
         run=_config_check
@@ -152,6 +159,17 @@ def _keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     print(f"Revoked key {args.key_id}.")
     return 0
+
+
+def _doctor(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from callmissed.doctor import run_doctor
+
+    checks = asyncio.run(run_doctor(settings, args.url, args.key))
+    for check in checks:
+        print(f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
+    return 0 if all(check.ok for check in checks) else 1
 
 
 def _config_check(settings: Settings, args: argparse.Namespace) -> int:

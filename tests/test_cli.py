@@ -46,3 +46,24 @@ def test_serve_prints_a_first_key_only_once(upstream, tmp_path):
     again = start_gateway(upstream, tmp_path)  # same database
     stop_gateway(again)
     assert "cm_" not in again.log.read_text()
+
+
+def test_doctor_checks_store_upstreams_and_a_running_gateway(gateway):
+    result = gateway.cli("doctor", "--url", gateway.url, "--key", gateway.key)
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("ok    database:") for line in lines)
+    cloudflare = next(line for line in lines if "provider cloudflare:" in line)
+    assert cloudflare.startswith("ok") and "connect" in cloudflare and "first byte" in cloudflare
+    assert any(
+        "provider ghost: not configured (" in line and "GHOST_API_KEY" in line for line in lines
+    )
+    assert any(line.startswith("ok    gateway stream: sim/instant first byte") for line in lines)
+    assert result.returncode == 0, result.stdout
+
+
+def test_doctor_fails_when_an_upstream_is_down(gateway, tmp_path):
+    config = tmp_path / "down.toml"
+    config.write_text('[providers.down]\ntype = "openai"\nbase_url = "http://127.0.0.1:9/v1"\n')
+    result = gateway.cli("--config", str(config), "doctor")
+    assert result.returncode == 1
+    assert "FAIL  provider down: http://127.0.0.1:9/v1 unreachable" in result.stdout
