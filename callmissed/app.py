@@ -30,6 +30,7 @@ def build_app(settings: Settings) -> ASGIApp:
     routes = {
         ("POST", "/v1/chat/completions"): Endpoint(bind(openai.create_chat_completion)),
         ("GET", "/v1/models"): Endpoint(bind(openai.list_models)),
+        ("GET", "/v1/models/*"): Endpoint(bind(openai.retrieve_model)),
         ("GET", "/healthz"): Endpoint(bind(healthz)),
         ("GET", "/"): Endpoint(redirect_home),
         **{("GET", path): Endpoint(handler) for path, handler in playground_routes().items()},

@@ -94,8 +94,14 @@ class ASGIApp:
         startup: Callable[[], Awaitable[None]],
         shutdown: Callable[[], Awaitable[None]],
     ) -> None:
-        self._routes = routes
-        self._paths = {path for _, path in routes}
+        # A path ending in "/*" matches everything below it (e.g. model ids with slashes).
+        self._routes = {key: value for key, value in routes.items() if not key[1].endswith("*")}
+        self._prefixes = [
+            (method, path[:-1], endpoint)
+            for (method, path), endpoint in routes.items()
+            if path.endswith("*")
+        ]
+        self._paths = {path for _, path in self._routes}
         self._max_body_bytes = max_body_bytes
         self._startup = startup
         self._shutdown = shutdown
@@ -125,7 +131,9 @@ class ASGIApp:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = "req_" + os.urandom(12).hex()
         path: str = scope["path"]
-        endpoint = self._routes.get((scope["method"], path))
+        endpoint = self._routes.get((scope["method"], path)) or self._match_prefix(
+            scope["method"], path
+        )
         dialect: Dialect = endpoint.dialect if endpoint else "openai"
         try:
             if endpoint is None:
@@ -148,6 +156,12 @@ class ASGIApp:
             await _send_stream(send, receive, response, request_id)
         else:
             await _send_response(send, response, request_id)
+
+    def _match_prefix(self, method: str, path: str) -> Endpoint | None:
+        for route_method, prefix, endpoint in self._prefixes:
+            if route_method == method and path.startswith(prefix) and len(path) > len(prefix):
+                return endpoint
+        return None
 
     async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes:
         limit = self._max_body_bytes
@@ -186,7 +200,11 @@ async def _send_response(send: Send, response: Response, request_id: str) -> Non
 
 
 async def _send_error(send: Send, exc: GatewayError, dialect: Dialect, request_id: str) -> None:
-    status, payload = to_anthropic(exc) if dialect == "anthropic" else to_openai(exc)
+    if dialect == "anthropic":
+        status, payload = to_anthropic(exc)
+        payload["request_id"] = request_id  # Anthropic's error bodies carry it too (§2.6)
+    else:
+        status, payload = to_openai(exc)
     headers = [*exc.headers(), (b"request-id", request_id.encode())]
     await _send_response(send, Response(status, orjson.dumps(payload), headers), request_id)
 

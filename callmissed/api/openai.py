@@ -19,7 +19,7 @@ from callmissed.relay import ChatStream
 from callmissed.settings import ModelSettings
 from callmissed.web import Request, Response, StreamResponse, json_response
 
-__all__ = ["create_chat_completion", "list_models"]
+__all__ = ["create_chat_completion", "list_models", "retrieve_model"]
 
 log = logging.getLogger("callmissed")
 
@@ -61,6 +61,13 @@ async def list_models(gateway: Gateway, request: Request) -> Response:
     gateway.auth.authenticate(request.headers.get("authorization"))
     data = [_describe(gateway, model) for model in gateway.settings.models.values()]
     return json_response({"object": "list", "data": data})
+
+
+async def retrieve_model(gateway: Gateway, request: Request) -> Response:
+    """GET /v1/models/{id}: any id we can route, including vendor/model ids via OpenRouter."""
+    gateway.auth.authenticate(request.headers.get("authorization"))
+    model = gateway.router.model(request.path.removeprefix("/v1/models/"))
+    return json_response(_describe(gateway, model))
 
 
 def _describe(gateway: Gateway, model: ModelSettings) -> dict[str, Any]:

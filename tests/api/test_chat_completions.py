@@ -303,3 +303,12 @@ def test_unknown_path_and_method(gateway):
     response = httpx.get(f"{gateway.base_url}/chat/completions")
     assert response.status_code == 405
     assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_retrieve_a_model_by_id_even_with_slashes(client):
+    assert client.models.retrieve("kimi-k2.6").model_extra["route"] == "cloudflare"
+    vendor = client.models.retrieve("anthropic/claude-opus-4.5")
+    assert vendor.model_extra["route"] == "openrouter"
+    assert vendor.model_extra["upstream_model"] == "anthropic/claude-opus-4.5"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
