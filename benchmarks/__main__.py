@@ -1,0 +1,147 @@
+"""`python -m benchmarks run [--quick] [--systems …] [--scenarios …]`: the benchmark suite.
+
+Starts the fake upstream, the systems and one load generator per measurement as separate
+processes on 127.0.0.1, runs the scenarios, and writes results.json, report.md and PNG charts
+to benchmarks/results/<time>-<profile>/. See docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from benchmarks.litellm_env import LITELLM_VERSION
+from benchmarks.machine import describe_machine, git_revision, package_versions
+from benchmarks.report import write_report
+from benchmarks.scenarios import PROFILES, Suite, hedging_status
+from benchmarks.systems import ROOT, CallMissed, Direct, LiteLLM, Running, System, Upstream
+
+SYSTEMS = ("direct", "callmissed", "litellm")
+SCENARIOS = ("overhead", "throughput", "held", "http2", "startup", "hedging")
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command != "run":
+        return 2
+    profile_name = "quick" if args.quick else "full"
+    systems = _csv(args.systems, SYSTEMS) or (
+        ["direct", "callmissed"] if args.quick else list(SYSTEMS)
+    )
+    scenarios = _csv(args.scenarios, SCENARIOS) or list(SCENARIOS)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else RESULTS / f"{stamp}-{profile_name}"
+    workdir = RESULTS / "tmp" / stamp
+    out.mkdir(parents=True, exist_ok=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    meta = _meta(args, profile_name, systems, scenarios, argv)
+    began = time.perf_counter()
+    rows = _run(args, profile_name, systems, scenarios, workdir)
+    meta["elapsed_s"] = round(time.perf_counter() - began, 1)
+    meta["machine_after"] = {"load_average": describe_machine()["load_average"]}
+    results = {"meta": meta, "rows": rows}
+    (out / "results.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    write_report(results, out)
+    print(f"\nresults: {out.relative_to(ROOT)}/ (report.md, results.json, *.png)")
+    print(f"elapsed: {meta['elapsed_s']} s")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the suite")
+    run.add_argument("--quick", action="store_true", help="short runs (≤ 60 s), no LiteLLM")
+    run.add_argument("--systems", help=f"comma-separated subset of {','.join(SYSTEMS)}")
+    run.add_argument("--scenarios", help=f"comma-separated subset of {','.join(SCENARIOS)}")
+    run.add_argument("--workers", type=int, default=1, help="callmissed worker processes")
+    run.add_argument("--hedge-after-ms", type=float, default=50.0)
+    run.add_argument("--late-ms", type=float, default=500.0, help="how late a late token is")
+    run.add_argument("--late-pct", type=float, default=5.0, help="how often it is late")
+    run.add_argument("--pace-ms", type=float, default=20.0, help="gap between held tokens")
+    run.add_argument("--out", help="results folder (default benchmarks/results/<time>-<profile>)")
+    return parser
+
+
+def _csv(text: str | None, known: tuple[str, ...]) -> list[str]:
+    if not text:
+        return []
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise SystemExit(f"unknown {unknown}; choose from {', '.join(known)}")
+    return [name for name in known if name in names]  # canonical order
+
+
+def _run(
+    args: argparse.Namespace,
+    profile_name: str,
+    systems: list[str],
+    scenarios: list[str],
+    workdir: Path,
+) -> list[dict[str, Any]]:
+    profile = PROFILES[profile_name]
+    callmissed = CallMissed(args.workers, args.hedge_after_ms)
+    makers: dict[str, System] = {"direct": Direct(), "callmissed": callmissed, "litellm": LiteLLM()}
+    with ExitStack() as stack:
+        upstream = Upstream(workdir, args.pace_ms, args.late_pct, args.late_ms)
+        stack.callback(upstream.stop)
+        running: list[Running] = []
+        for name in systems:
+            print(f"starting {name} …", flush=True)
+            system = makers[name].start(upstream, workdir)
+            stack.callback(system.stop)
+            running.append(system)
+        suite = Suite(profile, running, upstream, workdir)
+        for scenario in scenarios:
+            print(f"{scenario}:", flush=True)
+            if scenario == "startup":
+                suite.startup(callmissed if "callmissed" in systems else None)
+            else:
+                getattr(suite, scenario)()
+        return suite.rows
+
+
+def _meta(
+    args: argparse.Namespace,
+    profile: str,
+    systems: list[str],
+    scenarios: list[str],
+    argv: list[str] | None,
+) -> dict[str, Any]:
+    words = argv if argv is not None else sys.argv[1:]
+    return {
+        "command": "python -m benchmarks " + shlex.join(words),
+        "profile": profile,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "systems": systems,
+        "scenarios": scenarios,
+        "callmissed_workers": args.workers,
+        "callmissed_revision": git_revision(ROOT),
+        "hedging": hedging_status(),
+        "upstream": {
+            "chunks": 20,
+            "pace_ms": args.pace_ms,
+            "late_pct": args.late_pct,
+            "late_ms": args.late_ms,
+            "hedge_after_ms": args.hedge_after_ms,
+        },
+        "machine": describe_machine(),
+        "versions": {
+            **package_versions(("granian", "aiohttp", "orjson", "uvloop", "h2")),
+            "litellm": LITELLM_VERSION if "litellm" in systems else "not run",
+        },
+        "profile_settings": repr(PROFILES[profile]),
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

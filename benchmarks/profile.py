@@ -1,0 +1,77 @@
+"""Profile the gateway under load: `python -m benchmarks.profile [--concurrency 64] [--seconds 10]`.
+
+Starts the fake upstream and `callmissed serve` as in the suite, drives them with the load
+generator while py-spy samples the gateway's process tree (granian's workers are children),
+then prints the functions with the most samples, self and inclusive, and writes the collapsed
+stacks (for flamegraph tools or speedscope) to benchmarks/results/tmp/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from benchmarks.systems import ROOT, CallMissed, Upstream
+
+__all__ = ["main"]
+
+
+def _top(collapsed: Path, limit: int) -> str:
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        count = int(count_text)
+        frames = stack.split(";")
+        total += count
+        own[frames[-1]] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+    lines = [f"{total} samples", "", "self:"]
+    lines += [f"{n / total:6.1%}  {frame}" for frame, n in own.most_common(limit)]
+    lines += ["", "inclusive:"]
+    lines += [f"{n / total:6.1%}  {frame}" for frame, n in inclusive.most_common(limit)]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--model", default="fast", choices=("fast", "paced"))
+    parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    args = parser.parse_args()
+    workdir = ROOT / "benchmarks" / "results" / "tmp" / f"profile-{time.strftime('%H%M%S')}"
+    workdir.mkdir(parents=True)
+    upstream = Upstream(workdir, 20.0, 0.0, 0.0)
+    gateway = CallMissed().start(upstream, workdir)
+    collapsed = workdir / "gateway.collapsed"
+    try:
+        assert gateway.process is not None
+        spy = subprocess.Popen(
+            [str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
+             str(gateway.process.pid), "--subprocesses", "--rate", str(args.rate),
+             "--format", "raw", "--output", str(collapsed), "--duration", str(int(args.seconds))],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        load = [sys.executable, "-m", "benchmarks.loadgen", "--url",
+                f"{gateway.base_url}/chat/completions", "--key", gateway.key,
+                "--model", f"bench-{args.model}", "--concurrency", str(args.concurrency),
+                "--warmup", "0", "--duration", str(args.seconds)]  # fmt: skip
+        print(subprocess.run(load, capture_output=True, text=True, check=True).stdout)
+        spy.wait(timeout=30)
+    finally:
+        gateway.stop()
+        upstream.stop()
+    print(_top(collapsed, args.top))
+    print(f"\ncollapsed stacks: {collapsed.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

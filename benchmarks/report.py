@@ -1,0 +1,414 @@
+"""results.json → report.md (tables, headline ratios) and PNG charts (matplotlib, optional)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["headline", "write_report"]
+
+Row = dict[str, Any]
+_NA = "—"
+
+
+def write_report(results: dict[str, Any], out: Path) -> None:
+    rows: list[Row] = results["rows"]
+    sections = [
+        _header(results["meta"]),
+        _headline_section(rows),
+        _overhead(rows),
+        _throughput(rows),
+        _held(rows),
+        _http2(rows),
+        _startup(rows),
+        _hedging(rows, results["meta"]),
+        _noise(rows),
+    ]
+    charts = _charts(rows, out)
+    if charts:
+        sections.append("## Charts\n\n" + "\n".join(f"![{name}]({name})" for name in charts))
+    (out / "report.md").write_text("\n\n".join(s for s in sections if s) + "\n")
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _find(rows: list[Row], scenario: str, system: str, **match: Any) -> Row | None:
+    for row in rows:
+        if row["scenario"] != scenario or row["system"] != system:
+            continue
+        if all(row.get(key) == value for key, value in match.items()):
+            return row
+    return None
+
+
+def _stat(row: Row | None, metric: str, pct: str) -> float | None:
+    if row is None or not row.get(metric):
+        return None
+    value = row[metric].get(pct)
+    return float(value) if value is not None else None
+
+
+def _ms(value: float | None, digits: int = 2) -> str:
+    return _NA if value is None else f"{value:.{digits}f}"
+
+
+def _added(row: Row, base: Row | None, metric: str, pct: str) -> str:
+    ours, floor = _stat(row, metric, pct), _stat(base, metric, pct)
+    if ours is None or floor is None or row is base:
+        return _NA
+    return f"{ours - floor:+.2f}"
+
+
+def _errors(row: Row) -> str:
+    errors = row.get("errors") or {}
+    if not errors:
+        return "0"
+    return ", ".join(f"{kind}: {count}" for kind, count in sorted(errors.items()))
+
+
+def _table(head: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return "\n".join(lines)
+
+
+def _systems(rows: list[Row], scenario: str) -> list[str]:
+    seen: list[str] = []
+    for row in rows:
+        if row["scenario"] == scenario and row["system"] not in seen:
+            seen.append(row["system"])
+    return seen
+
+
+# -- sections ---------------------------------------------------------------------------------
+
+
+def _header(meta: dict[str, Any]) -> str:
+    machine = meta["machine"]
+    versions = ", ".join(f"{name} {version}" for name, version in meta["versions"].items())
+    return "\n".join(
+        [
+            f"# Benchmark report ({meta['profile']})",
+            "",
+            f"- command: `{meta['command']}` ({meta.get('elapsed_s', '?')} s)",
+            f"- started: {meta['started']}; callmissed {meta['callmissed_revision']}, "
+            f"{meta['callmissed_workers']} worker(s), auth on (a real key with a balance)",
+            f"- machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, "
+            f"{machine['os']}, kernel {machine['kernel']}, Python {machine['python']}",
+            f"- load average before: {_loads(machine['load_average'])}; after: "
+            f"{_loads(meta.get('machine_after', {}).get('load_average'))}",
+            f"- versions: {versions}",
+            f"- upstream: {meta['upstream']['chunks']} content chunks per answer; held streams "
+            f"{meta['upstream']['pace_ms']:g} ms apart; late first token "
+            f"{meta['upstream']['late_pct']:g}% of the time by {meta['upstream']['late_ms']:g} ms",
+            f"- hedging: {meta['hedging']}",
+        ]
+    )
+
+
+def _loads(values: list[float] | None) -> str:
+    return " / ".join(f"{value:.2f}" for value in values) if values else _NA
+
+
+def headline(rows: list[Row]) -> dict[str, float | None]:
+    """The ratios the README quotes."""
+    result: dict[str, float | None] = {}
+    ours64 = _find(rows, "throughput", "callmissed", concurrency=64)
+    for other in ("direct", "litellm"):
+        theirs64 = _find(rows, "throughput", other, concurrency=64)
+        if ours64 and theirs64 and theirs64["rps"]:
+            result[f"rps_c64_vs_{other}"] = round(ours64["rps"] / theirs64["rps"], 3)
+    ours1, direct1 = _find(rows, "overhead", "callmissed"), _find(rows, "overhead", "direct")
+    litellm1 = _find(rows, "overhead", "litellm")
+    for pct in ("p50", "p99"):
+        ours, floor = _stat(ours1, "ttfb_ms", pct), _stat(direct1, "ttfb_ms", pct)
+        theirs = _stat(litellm1, "ttfb_ms", pct)
+        result[f"added_ttfb_{pct}_ms"] = round(ours - floor, 3) if ours and floor else None
+        if ours and theirs and floor:
+            result[f"litellm_added_ttfb_{pct}_ms"] = round(theirs - floor, 3)
+    return result
+
+
+def _headline_section(rows: list[Row]) -> str:
+    numbers = headline(rows)
+    if not numbers:
+        return ""
+    lines = ["## Headline", ""]
+    if numbers.get("added_ttfb_p50_ms") is not None:
+        lines.append(
+            f"- CallMissed adds {numbers['added_ttfb_p50_ms']:.3f} ms TTFB at p50 and "
+            f"{numbers['added_ttfb_p99_ms']:.3f} ms at p99 over calling the upstream directly "
+            "(concurrency 1)."
+        )
+    if numbers.get("litellm_added_ttfb_p50_ms") is not None:
+        lines.append(
+            f"- LiteLLM's proxy adds {numbers['litellm_added_ttfb_p50_ms']:.2f} ms at p50 and "
+            f"{numbers['litellm_added_ttfb_p99_ms']:.2f} ms at p99."
+        )
+    if numbers.get("rps_c64_vs_direct") is not None:
+        lines.append(
+            f"- At concurrency 64 CallMissed carries {numbers['rps_c64_vs_direct']:.0%} of the "
+            "direct floor's requests/s."
+        )
+    if numbers.get("rps_c64_vs_litellm") is not None:
+        lines.append(
+            f"- … and {numbers['rps_c64_vs_litellm']:,.0f} times LiteLLM's proxy's requests/s."
+        )
+    return "\n".join(lines)
+
+
+def _overhead(rows: list[Row]) -> str:
+    base = _find(rows, "overhead", "direct")
+    body = []
+    for system in _systems(rows, "overhead"):
+        row = _find(rows, "overhead", system)
+        assert row is not None
+        body.append(
+            [
+                system,
+                f"{row['rps']:,.0f}",
+                *(_ms(_stat(row, "ttfb_ms", p), 3) for p in ("p50", "p90", "p99")),
+                *(_added(row, base, "ttfb_ms", p) for p in ("p50", "p90", "p99")),
+                *(_ms(_stat(row, "total_ms", p), 3) for p in ("p50", "p99")),
+                *(_added(row, base, "total_ms", p) for p in ("p50", "p99")),
+                _errors(row),
+            ]
+        )
+    if not body:
+        return ""
+    head = ["system", "req/s", "TTFB p50", "p90", "p99", "added p50", "added p90", "added p99"]
+    head += ["total p50", "p99", "added total p50", "added p99", "errors"]
+    return "## Overhead (concurrency 1, streaming, ms)\n\n" + _table(head, body)
+
+
+def _throughput(rows: list[Row]) -> str:
+    levels = sorted({row["concurrency"] for row in rows if row["scenario"] == "throughput"})
+    body = []
+    for concurrency in levels:
+        base = _find(rows, "throughput", "direct", concurrency=concurrency)
+        for system in _systems(rows, "throughput"):
+            row = _find(rows, "throughput", system, concurrency=concurrency)
+            if row is None:
+                continue
+            ratio = f"{row['rps'] / base['rps']:.0%}" if base and base["rps"] else _NA
+            body.append(
+                [
+                    str(concurrency),
+                    system,
+                    f"{row['rps']:,.0f}",
+                    ratio,
+                    _ms(_stat(row, "ttfb_ms", "p50")),
+                    _ms(_stat(row, "ttfb_ms", "p99")),
+                    _ms(_stat(row, "total_ms", "p99")),
+                    _errors(row),
+                    str(row["unfinished"]),
+                    _cores(row),
+                ]
+            )
+    if not body:
+        return ""
+    head = ["c", "system", "req/s", "of direct", "TTFB p50 ms", "TTFB p99 ms", "total p99 ms"]
+    head += ["errors", "unfinished", "CPU cores: server / upstream / loadgen / other"]
+    return "## Throughput (streaming, zero-delay upstream)\n\n" + _table(head, body)
+
+
+def _cores(row: Row) -> str:
+    keys = ("server_cpu_cores", "upstream_cpu_cores", "loadgen_cpu_cores", "other_load_cores")
+    return " / ".join(f"{row.get(key, 0):.2f}" for key in keys)
+
+
+def _held(rows: list[Row]) -> str:
+    base = _find(rows, "held", "direct")
+    body = []
+    for system in _systems(rows, "held"):
+        row = _find(rows, "held", system)
+        assert row is not None
+        rss = row.get("server_rss_peak_mib")
+        parts = row.get("server_rss_by_process_mib") or []
+        rss_text = _NA if rss is None else f"{rss:.0f} ({' + '.join(f'{p:.0f}' for p in parts)})"
+        body.append(
+            [
+                system,
+                str(row["concurrency"]),
+                f"{row['ok']:,}",
+                *(_ms(_stat(row, "gap_ms", p)) for p in ("p50", "p99", "p999")),
+                _added(row, base, "gap_ms", "p99"),
+                f"{row['stalls']:,}",
+                _ms(_stat(row, "ttfb_ms", "p99")),
+                rss_text,
+                _cores(row),
+                _errors(row) + (f"; unfinished {row['unfinished']}" if row["unfinished"] else ""),
+            ]
+        )
+    if not body:
+        return ""
+    head = ["system", "streams", "completed", "gap p50 ms", "gap p99", "gap p99.9"]
+    head += ["added gap p99", "stalls ≥ 100 ms", "TTFB p99 ms", "server RSS MiB (per process)"]
+    head += ["CPU cores: server / upstream / loadgen / other", "errors"]
+    return "## Held streams (20 ms between tokens)\n\n" + _table(head, body)
+
+
+def _http2(rows: list[Row]) -> str:
+    body = []
+    for row in rows:
+        if row["scenario"] != "http2":
+            continue
+        same = "overhead" if row["concurrency"] == 1 else "throughput"
+        h1 = _find(rows, same, row["system"], concurrency=row["concurrency"])
+        for each in (row, h1):
+            if each is None:
+                continue
+            body.append(
+                [
+                    each["system"],
+                    each["protocol"],
+                    str(each["concurrency"]),
+                    f"{each['rps']:,.0f}",
+                    _ms(_stat(each, "ttfb_ms", "p50"), 3),
+                    _ms(_stat(each, "ttfb_ms", "p99"), 3),
+                    _ms(_stat(each, "total_ms", "p99"), 3),
+                    _errors(each),
+                    f"{each.get('loadgen_cpu_cores', 0):.2f}",
+                ]
+            )
+    if not body:
+        return ""
+    head = ["system", "protocol", "c", "req/s", "TTFB p50 ms", "p99", "total p99", "errors"]
+    head.append("loadgen CPU cores")
+    note = (
+        "h2c rows use one multiplexed connection and a pure-Python `h2` client; the HTTP/1.1 "
+        "rows beside them (aiohttp, C connections) are from the overhead/throughput scenarios."
+    )
+    return "## HTTP/2\n\n" + note + "\n\n" + _table(head, body)
+
+
+def _startup(rows: list[Row]) -> str:
+    body = [
+        [row["system"], row["label"], f"{row['seconds']:.3f}"]
+        for row in rows
+        if row["scenario"] == "startup"
+    ]
+    if not body:
+        return ""
+    return "## Start-up (launch → healthy)\n\n" + _table(["system", "launch", "seconds"], body)
+
+
+def _hedging(rows: list[Row], meta: dict[str, Any]) -> str:
+    body = []
+    for row in rows:
+        if row["scenario"] != "hedging":
+            continue
+        route = "hedged (2 routes)" if row["model"] == "hedged" else "one route"
+        body.append(
+            [
+                row["system"],
+                route,
+                str(row["concurrency"]),
+                *(_ms(_stat(row, "ttfb_ms", p)) for p in ("p50", "p90", "p99", "max")),
+                _errors(row),
+            ]
+        )
+    if not body:
+        return ""
+    head = ["system", "route", "c", "TTFB p50 ms", "p90", "p99", "max", "errors"]
+    return f"## Hedging ({meta['hedging']})\n\n" + _table(head, body)
+
+
+def _noise(rows: list[Row]) -> str:
+    other = [row["other_load_cores"] for row in rows if "other_load_cores" in row]
+    if not other:
+        return ""
+    return (
+        "## Other load on the machine\n\n"
+        f"CPU used by processes outside this benchmark while it measured: mean "
+        f"{sum(other) / len(other):.2f} cores, max {max(other):.2f} cores (of "
+        "2). Above ~0.1 the numbers are noisy; a quiet run is the one to quote."
+    )
+
+
+# -- charts -----------------------------------------------------------------------------------
+
+
+def _charts(rows: list[Row], out: Path) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no charts (pip install -e '.[bench]')")
+        return []
+    names = []
+    series = _concurrency_series(rows)
+    if series:
+        names += [_plot_rps(plt, series, out), _plot_latency(plt, series, out)]
+    held = [row for row in rows if row["scenario"] == "held" and row.get("gap_ms")]
+    if held:
+        names.append(_plot_held(plt, held, out))
+    return names
+
+
+def _concurrency_series(rows: list[Row]) -> dict[str, list[Row]]:
+    series: dict[str, list[Row]] = {}
+    for row in rows:
+        if row["scenario"] in ("overhead", "throughput") and row.get("ttfb_ms"):
+            series.setdefault(row["system"], []).append(row)
+    for points in series.values():
+        points.sort(key=lambda row: row["concurrency"])
+    return series
+
+
+def _plot_rps(plt: Any, series: dict[str, list[Row]], out: Path) -> str:
+    figure, axes = plt.subplots(figsize=(7, 4.2))
+    for system, points in series.items():
+        axes.plot(
+            [p["concurrency"] for p in points], [p["rps"] for p in points], "o-", label=system
+        )
+    axes.set(xscale="log", yscale="log", xlabel="concurrency", ylabel="streamed requests/s")
+    axes.set_title("Throughput vs concurrency")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(out / "throughput.png", dpi=110)
+    plt.close(figure)
+    return "throughput.png"
+
+
+def _plot_latency(plt: Any, series: dict[str, list[Row]], out: Path) -> str:
+    figure, axes = plt.subplots(figsize=(7, 4.2))
+    for system, points in series.items():
+        x = [p["concurrency"] for p in points]
+        (line,) = axes.plot(x, [p["ttfb_ms"]["p50"] for p in points], "o-", label=f"{system} p50")
+        axes.plot(
+            x,
+            [p["ttfb_ms"]["p99"] for p in points],
+            "s--",
+            color=line.get_color(),
+            label=f"{system} p99",
+        )
+    axes.set(xscale="log", yscale="log", xlabel="concurrency", ylabel="TTFB ms")
+    axes.set_title("Time to first token vs concurrency")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(out / "latency.png", dpi=110)
+    plt.close(figure)
+    return "latency.png"
+
+
+def _plot_held(plt: Any, held: list[Row], out: Path) -> str:
+    figure, axes = plt.subplots(figsize=(7, 4.2))
+    pcts = ("p50", "p90", "p99", "p999")
+    width = 0.8 / len(held)
+    for index, row in enumerate(held):
+        x = [i + index * width for i in range(len(pcts))]
+        axes.bar(x, [row["gap_ms"][p] for p in pcts], width, label=row["system"])
+    axes.set_xticks([i + 0.4 - width / 2 for i in range(len(pcts))], list(pcts))
+    axes.set(ylabel="gap between content chunks, ms")
+    axes.set_title(f"Held streams: {held[0]['concurrency']} concurrent, 20 ms pacing")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(out / "held.png", dpi=110)
+    plt.close(figure)
+    return "held.png"

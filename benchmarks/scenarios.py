@@ -1,0 +1,255 @@
+"""The scenarios of issue 6, each a short function over the running systems.
+
+Systems are measured back to back inside each scenario (direct, callmissed, litellm), so slow
+drift in the machine's other load hits all of them alike. Every measurement is one load
+generator process; while it runs we sample the server's process tree for CPU and RSS and the
+whole machine's busy time, so a report can say how much foreign load it ran next to.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.machine import CpuClock, ProcessTree
+from benchmarks.systems import ROOT, CallMissed, Running, Upstream, hedging_available
+
+__all__ = ["PROFILES", "Profile", "Suite", "hedging_status"]
+
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Timing:
+    warmup: float
+    duration: float
+    grace: float = 2.0
+
+
+@dataclass(frozen=True)
+class Profile:
+    overhead: Timing
+    throughput: Timing
+    levels: tuple[int, ...]
+    held: Timing
+    held_streams: int
+    http2: Timing
+    http2_levels: tuple[int, ...]
+    hedging: Timing
+    hedging_concurrency: int
+    startup_launches: int
+
+
+PROFILES = {
+    "full": Profile(
+        overhead=Timing(1.0, 8.0),
+        throughput=Timing(1.0, 5.0),
+        levels=(16, 64, 256),
+        held=Timing(2.0, 8.0),
+        held_streams=1000,
+        http2=Timing(1.0, 5.0),
+        http2_levels=(1, 64),
+        hedging=Timing(1.0, 10.0),
+        hedging_concurrency=8,
+        startup_launches=3,
+    ),
+    "quick": Profile(
+        overhead=Timing(0.5, 3.0, 1.0),
+        throughput=Timing(0.5, 1.5, 1.0),
+        levels=(16, 64, 256),
+        held=Timing(1.5, 2.5, 1.0),
+        held_streams=1000,
+        http2=Timing(0.5, 1.5, 1.0),
+        http2_levels=(1, 64),
+        hedging=Timing(0.5, 3.0, 1.0),
+        hedging_concurrency=8,
+        startup_launches=1,
+    ),
+}
+
+
+class Suite:
+    """Runs scenarios against started systems; collects one row per measurement."""
+
+    def __init__(
+        self, profile: Profile, systems: list[Running], upstream: Upstream, workdir: Path
+    ) -> None:
+        self.profile = profile
+        self.systems = systems
+        self.upstream = upstream
+        self.workdir = workdir
+        self.rows: list[Row] = []
+
+    # -- scenarios ----------------------------------------------------------------------------
+
+    def overhead(self) -> None:
+        for system in self.systems:
+            self._measure("overhead", system, "fast", 1, self.profile.overhead)
+
+    def throughput(self) -> None:
+        for concurrency in self.profile.levels:
+            for system in self.systems:
+                self._measure("throughput", system, "fast", concurrency, self.profile.throughput)
+
+    def held(self) -> None:
+        for system in self.systems:
+            self._measure(
+                "held", system, "paced", self.profile.held_streams, self.profile.held, gaps=True
+            )
+
+    def http2(self) -> None:
+        for system in self.systems:
+            if system.name != "callmissed":
+                continue  # the fake upstream and LiteLLM's uvicorn speak HTTP/1.1 only
+            for concurrency in self.profile.http2_levels:
+                self._measure("http2", system, "fast", concurrency, self.profile.http2, http2=True)
+
+    def hedging(self) -> None:
+        """A late first token 5% of the time: direct, through us unhedged, through us hedged."""
+        timing, concurrency = self.profile.hedging, self.profile.hedging_concurrency
+        for system in self.systems:
+            if system.name == "litellm":
+                continue
+            self._measure("hedging", system, "late", concurrency, timing)
+            if "hedged" in system.models:
+                self._measure("hedging", system, "hedged", concurrency, timing)
+
+    def startup(self, callmissed: CallMissed | None) -> None:
+        """Launch → healthy: the first start of each system, plus fresh gateway launches."""
+        for system in self.systems:
+            if system.startup_s is not None:
+                self.rows.append(_startup_row(system.name, system.startup_s, "first start"))
+        if callmissed is None:
+            return
+        for index in range(self.profile.startup_launches):
+            extra = callmissed.launch(callmissed.env, self.workdir / f"startup-{index}.log")
+            extra.stop()
+            assert extra.startup_s is not None
+            self.rows.append(_startup_row("callmissed", extra.startup_s, f"launch {index + 1}"))
+
+    # -- one measurement ----------------------------------------------------------------------
+
+    def _measure(
+        self,
+        scenario: str,
+        system: Running,
+        kind: str,
+        concurrency: int,
+        timing: Timing,
+        *,
+        gaps: bool = False,
+        http2: bool = False,
+    ) -> None:
+        command = _loadgen_command(system, kind, concurrency, timing, gaps=gaps, http2=http2)
+        label = f"{scenario:10} {system.name:10} {kind:6} c={concurrency:<5}"
+        print(f"  {label} {'h2' if http2 else 'h1'} …", end="", flush=True)
+        report = self._run_loadgen(command, system.tree, timing)
+        row = {
+            "scenario": scenario,
+            "system": system.name,
+            "model": kind,
+            "protocol": "h2c" if http2 else "http/1.1",
+            **report,
+        }
+        self.rows.append(row)
+        ttfb = report.get("ttfb_ms") or {}
+        print(
+            f" {report['rps']:>8,.0f} req/s  TTFB p50 {ttfb.get('p50', float('nan')):.3f}"
+            f" p99 {ttfb.get('p99', float('nan')):.3f} ms  errors {sum(report['errors'].values())}"
+            f"  unfinished {report['unfinished']}"
+        )
+
+    def _run_loadgen(
+        self, command: list[str], server: ProcessTree | None, timing: Timing
+    ) -> dict[str, Any]:
+        upstream = ProcessTree(self.upstream.process.pid)
+        before = _Snapshot.take(server, upstream)
+        peak: dict[int, float] = {}
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, cwd=ROOT)
+        limit = time.perf_counter() + timing.warmup + timing.duration + timing.grace + 30
+        while process.poll() is None:
+            if time.perf_counter() > limit:
+                process.kill()
+                raise RuntimeError("the load generator overran its time limit")
+            if server is not None:
+                sample = server.rss_mib()
+                if sum(sample.values()) > sum(peak.values()):
+                    peak = sample
+            time.sleep(0.2)
+        assert process.stdout is not None
+        report: dict[str, Any] = json.loads(process.stdout.read())
+        report.update(_Snapshot.take(server, upstream).costs_since(before))
+        report["server_rss_peak_mib"] = round(sum(peak.values()), 1) if peak else None
+        report["server_rss_by_process_mib"] = sorted(peak.values(), reverse=True)
+        return report
+
+
+def _loadgen_command(
+    system: Running, kind: str, concurrency: int, timing: Timing, *, gaps: bool, http2: bool
+) -> list[str]:
+    command = [sys.executable, "-m", "benchmarks.loadgen"]
+    command += ["--url", f"{system.base_url}/chat/completions", "--key", system.key]
+    command += ["--model", system.models[kind], "--concurrency", str(concurrency)]
+    command += ["--warmup", str(timing.warmup), "--duration", str(timing.duration)]
+    command += ["--grace", str(timing.grace)]
+    if gaps:
+        command.append("--gaps")
+    if http2:
+        command.append("--http2")
+    return command
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    at: float
+    machine: float
+    server: float
+    upstream: float
+    children: float
+    own: float
+
+    @classmethod
+    def take(cls, server: ProcessTree | None, upstream: ProcessTree) -> _Snapshot:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        return cls(
+            at=time.perf_counter(),
+            machine=CpuClock.busy_seconds(),
+            server=server.cpu_seconds() if server else 0.0,
+            upstream=upstream.cpu_seconds(),
+            children=children.ru_utime + children.ru_stime,
+            own=own.ru_utime + own.ru_stime,
+        )
+
+    def costs_since(self, before: _Snapshot) -> dict[str, float]:
+        """CPU in cores (1.0 = one core busy) over the interval, ours and everyone else's."""
+        wall = self.at - before.at
+        server = self.server - before.server
+        upstream = self.upstream - before.upstream
+        loadgen = self.children - before.children  # the load generator, reaped meanwhile
+        own = self.own - before.own
+        machine = self.machine - before.machine
+        other = machine - server - upstream - loadgen - own
+        return {
+            "server_cpu_cores": round(server / wall, 3),
+            "upstream_cpu_cores": round(upstream / wall, 3),
+            "loadgen_cpu_cores": round(loadgen / wall, 3),
+            "other_load_cores": round(max(other, 0.0) / wall, 3),
+        }
+
+
+def _startup_row(system: str, seconds: float, label: str) -> Row:
+    print(f"  startup    {system:10} {label}: {seconds:.3f} s")
+    return {"scenario": "startup", "system": system, "label": label, "seconds": round(seconds, 3)}
+
+
+def hedging_status() -> str:
+    if hedging_available():
+        return "available"
+    return "pending: this checkout's callmissed has no per-model hedge_after_ms yet (issue 5)"

@@ -1,0 +1,241 @@
+"""The processes under test, each started on 127.0.0.1 and stopped by its own pid.
+
+* `Upstream`   the fake OpenAI-compatible upstream (benchmarks/upstream.py);
+* `Direct`     no process: the load generator calls the upstream itself (the floor);
+* `CallMissed` `callmissed serve` with auth on (a real key with a balance) and a TOML config
+               routing `bench-*` models to the upstream;
+* `LiteLLM`    LiteLLM's proxy from its own venv (benchmarks/litellm_env.py), master key on.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks.machine import ProcessTree
+
+__all__ = ["CallMissed", "Direct", "LiteLLM", "Running", "System", "Upstream", "free_port"]
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+# Upstream model ids; the fake upstream picks its timing from the prefix.
+MODELS = {"fast": "fast", "paced": "paced", "late": "late"}
+_STRIPPED_ENV = ("CLOUDFLARE_", "OPENROUTER_", "SARVAM_", "OPENAI_", "CALLMISSED_", "LITELLM_")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """Our environment without upstream credentials or gateway settings, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_STRIPPED_ENV)}
+    env.update(extra)
+    return env
+
+
+def wait_healthy(port: int, path: str, process: subprocess.Popen[bytes], limit: float) -> float:
+    """Poll GET path until it answers 200; return that moment's perf_counter().
+
+    Raise if the process exits first or `limit` seconds pass."""
+    deadline = time.perf_counter() + limit
+    while time.perf_counter() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before it was healthy")
+        conn = http.client.HTTPConnection(HOST, port, timeout=1)
+        try:
+            conn.request("GET", path)
+            if conn.getresponse().status == 200:
+                return time.perf_counter()
+        except OSError:
+            pass
+        finally:
+            conn.close()
+        time.sleep(0.005)
+    raise RuntimeError(f"not healthy on {path} within {limit:.0f} s")
+
+
+@dataclass
+class Running:
+    """A started system: where to send requests, how to authenticate, what to measure."""
+
+    name: str
+    base_url: str
+    key: str
+    models: dict[str, str]  # scenario model kind -> the model name to send
+    startup_s: float | None
+    process: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def tree(self) -> ProcessTree | None:
+        return ProcessTree(self.process.pid) if self.process else None
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=log.parent
+        )
+
+
+class Upstream:
+    def __init__(self, workdir: Path, pace_ms: float, late_pct: float, late_ms: float) -> None:
+        self.port = free_port()
+        self.url = f"http://{HOST}:{self.port}/v1"
+        command = [sys.executable, "-m", "benchmarks.upstream", "--port", str(self.port)]
+        command += ["--pace-ms", str(pace_ms), "--late-pct", str(late_pct)]
+        command += ["--late-ms", str(late_ms)]
+        self.process = _spawn(command, clean_env(PYTHONPATH=str(ROOT)), workdir / "upstream.log")
+        wait_healthy(self.port, "/v1/models", self.process, 10)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+class System:
+    name = "system"
+
+    def start(self, upstream: Upstream, workdir: Path) -> Running:
+        raise NotImplementedError
+
+
+class Direct(System):
+    name = "direct"
+
+    def start(self, upstream: Upstream, workdir: Path) -> Running:
+        return Running(self.name, upstream.url, "none", dict(MODELS), startup_s=None)
+
+
+def hedging_available() -> bool:
+    """Whether this checkout's callmissed has per-model `hedge_after_ms` (issue 5)."""
+    from callmissed import settings
+
+    fields = getattr(settings.ModelSettings, "__dataclass_fields__", {})
+    return "hedge_after_ms" in fields
+
+
+class CallMissed(System):
+    name = "callmissed"
+
+    def __init__(self, workers: int = 1, hedge_after_ms: float = 50.0) -> None:
+        self.env: dict[str, str] = {}
+        self.workers = workers
+        self.hedge_after_ms = hedge_after_ms
+
+    def config(self, upstream: Upstream) -> str:
+        prices = "prices = { input = 0.15, cached_input = 0.075, output = 0.6 }"
+        lines = [f'[providers.bench]\ntype = "openai"\nbase_url = "{upstream.url}"\n']
+        for kind, model in MODELS.items():
+            lines.append(f'[models."bench-{kind}"]\nroutes = ["bench:{model}"]\n{prices}\n')
+        if hedging_available():
+            lines.append(
+                '[models."bench-hedged"]\nroutes = ["bench:late-a", "bench:late-b"]\n'
+                f"hedge_after_ms = {self.hedge_after_ms:g}\n{prices}\n"
+            )
+        return "\n".join(lines)
+
+    def start(self, upstream: Upstream, workdir: Path) -> Running:
+        home = workdir / "callmissed"
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "bench.toml").write_text(self.config(upstream))
+        env = clean_env(
+            CALLMISSED_DATABASE_URL=f"sqlite:///{home / 'bench.sqlite3'}",
+            CALLMISSED_CONFIG=str(home / "bench.toml"),
+        )
+        key = self._create_key(env)
+        self.env = env
+        running = self.launch(env, home / "serve.log")
+        running.key = key
+        return running
+
+    def launch(self, env: dict[str, str], log: Path) -> Running:
+        port = free_port()
+        command = [str(ROOT / ".venv" / "bin" / "callmissed"), "serve", "--port", str(port)]
+        command += ["--workers", str(self.workers)]
+        started = time.perf_counter()
+        process = _spawn(command, env, log)
+        healthy = wait_healthy(port, "/healthz", process, 30)
+        models = {kind: f"bench-{kind}" for kind in MODELS}
+        if hedging_available():
+            models["hedged"] = "bench-hedged"
+        return Running(
+            self.name, f"http://{HOST}:{port}/v1", "", models, healthy - started, process, log
+        )
+
+    @staticmethod
+    def _create_key(env: dict[str, str]) -> str:
+        command = [str(ROOT / ".venv" / "bin" / "callmissed"), "keys", "create", "--name", "bench"]
+        command += ["--credits", "1000000"]
+        result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+        return result.stdout.strip().splitlines()[-1]
+
+
+class LiteLLM(System):
+    name = "litellm"
+
+    def config(self, upstream: Upstream, master_key: str) -> str:
+        lines = ["model_list:"]
+        for kind, model in MODELS.items():
+            lines += [
+                f"  - model_name: bench-{kind}",
+                "    litellm_params:",
+                f"      model: openai/{model}",
+                f"      api_base: {upstream.url}",
+                "      api_key: bench",
+            ]
+        lines += ["general_settings:", f"  master_key: {master_key}"]
+        return "\n".join(lines) + "\n"
+
+    def start(self, upstream: Upstream, workdir: Path) -> Running:
+        from benchmarks.litellm_env import ensure_litellm, litellm_python
+
+        version = ensure_litellm()
+        home = workdir / "litellm"
+        home.mkdir(parents=True, exist_ok=True)
+        master_key = "sk-bench-" + secrets.token_hex(16)
+        (home / "config.yaml").write_text(self.config(upstream, master_key))
+        port = free_port()
+        command = [str(litellm_python().parent / "litellm"), "--config", str(home / "config.yaml")]
+        command += ["--host", HOST, "--port", str(port), "--num_workers", "1"]
+        env = clean_env(
+            LITELLM_LOCAL_MODEL_COST_MAP="True",  # no download of the cost map at start-up
+            LITELLM_TELEMETRY="False",
+            HF_HUB_OFFLINE="1",
+        )
+        started = time.perf_counter()
+        process = _spawn(command, env, home / "litellm.log")
+        healthy = wait_healthy(port, "/health/liveliness", process, 120)
+        running = Running(
+            self.name,
+            f"http://{HOST}:{port}/v1",
+            master_key,
+            {kind: f"bench-{kind}" for kind in MODELS},
+            healthy - started,
+            process,
+            home / "litellm.log",
+        )
+        running.notes.append(f"LiteLLM {version}, 1 worker, default settings, no database")
+        return running
