@@ -237,13 +237,19 @@ _ANTHROPIC_TYPES = {
 
 
 def to_anthropic(exc: GatewayError) -> tuple[int, dict[str, Any]]:
-    """Render as Anthropic does: `{"type": "error", "error": {type, message}}`."""
+    """Render as Anthropic does: `{"type": "error", "error": {type, message}}`.
+
+    Statuses follow Anthropic's own (wire-formats.md §2.6, §2.8): 413 is request_too_large,
+    overloaded is 529 (the SDK's OverloadedError), and a failed upstream is a 500 api_error.
+    """
     error_type = exc.anthropic_type if isinstance(exc, UpstreamRejected) else exc.type
+    error_type = _ANTHROPIC_TYPES.get(error_type, error_type)
     status = exc.http_status
-    if isinstance(exc, UpstreamOverloaded):
+    if error_type == "overloaded_error":
         status = 529
-    body = {
-        "type": "error",
-        "error": {"type": _ANTHROPIC_TYPES.get(error_type, error_type), "message": exc.message},
-    }
+    elif status == 413:
+        error_type = "request_too_large"
+    elif status == 502 and error_type == "api_error":
+        status = 500
+    body = {"type": "error", "error": {"type": error_type, "message": exc.message}}
     return status, body
