@@ -1,0 +1,55 @@
+"""A rough input-token count for an OpenAI-format chat body, for when no tokenizer is at hand.
+
+Every upstream tokenizes differently and we ship none of their tokenizers, so this is an
+estimate and says so wherever it is served (docs/anthropic.md, count_tokens). Pure; no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+__all__ = ["estimate_input_tokens"]
+
+_MESSAGE_TOKENS = 4  # role markers and separators around each message
+_IMAGE_TOKENS = 1600  # ~1.15 megapixels, the size Anthropic scales large images down to
+_FILE_TOKENS = 3000  # a few pages; a file's real length is unknown without parsing it
+
+
+def estimate_input_tokens(chat: Mapping[str, Any]) -> int:
+    """About 4 characters per token for ASCII text and 1 per other character (CJK and Indic
+    scripts), plus fixed costs per message, image and file; tools count as their JSON.
+
+    `chat` is a checked body (formats.anthropic.parse_message_request's output, for one).
+    """
+    total = 0
+    for message in chat["messages"]:
+        total += _MESSAGE_TOKENS + _content_tokens(message.get("content"))
+        total += _text_tokens(message.get("reasoning") or "")
+        for call in message.get("tool_calls") or ():
+            function = call["function"]
+            total += _text_tokens(function["name"]) + _text_tokens(function["arguments"])
+    if chat.get("tools"):
+        total += _text_tokens(orjson.dumps(chat["tools"]).decode())
+    return max(total, 1)
+
+
+def _content_tokens(content: Any) -> int:
+    if isinstance(content, str):
+        return _text_tokens(content)
+    total = 0
+    for part in content or ():
+        if part["type"] == "text":
+            total += _text_tokens(part["text"])
+        else:
+            total += _IMAGE_TOKENS if part["type"] == "image_url" else _FILE_TOKENS
+    return total
+
+
+def _text_tokens(text: str) -> int:
+    if text.isascii():
+        return (len(text) + 3) // 4
+    other = sum(1 for character in text if not character.isascii())
+    return (len(text) - other + 3) // 4 + other
