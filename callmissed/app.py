@@ -6,7 +6,7 @@ import functools
 from collections.abc import Awaitable, Callable
 
 from callmissed import __version__
-from callmissed.api import openai
+from callmissed.api import anthropic, openai
 from callmissed.api.playground import playground_routes, redirect_home
 from callmissed.gateway import Gateway
 from callmissed.settings import Settings, load_settings
@@ -31,6 +31,10 @@ def build_app(settings: Settings) -> ASGIApp:
         ("POST", "/v1/chat/completions"): Endpoint(bind(openai.create_chat_completion)),
         ("GET", "/v1/models"): Endpoint(bind(openai.list_models)),
         ("GET", "/v1/models/*"): Endpoint(bind(openai.retrieve_model)),
+        ("POST", "/v1/messages"): Endpoint(bind(anthropic.create_message), dialect="anthropic"),
+        ("POST", "/v1/messages/count_tokens"): Endpoint(
+            bind(anthropic.count_tokens), dialect="anthropic"
+        ),
         ("GET", "/healthz"): Endpoint(bind(healthz)),
         ("GET", "/"): Endpoint(redirect_home),
         **{("GET", path): Endpoint(handler) for path, handler in playground_routes().items()},

@@ -48,7 +48,9 @@ class Authenticator:
         """The Principal for `Authorization: Bearer cm_...` (or `x-api-key`), or raise."""
         key = _bearer(authorization) or api_key
         if not key:
-            raise AuthenticationFailed("Missing API key: send 'Authorization: Bearer cm_...'.")
+            raise AuthenticationFailed(
+                "Missing API key: send 'Authorization: Bearer cm_...' or 'x-api-key: cm_...'."
+            )
         digest = hash_key(key)
         now = time.monotonic()
         cached = self._cache.get(digest)

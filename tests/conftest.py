@@ -31,6 +31,10 @@ description = "A custom OpenAI-compatible upstream from the config file"
 [models."local-tools"]
 routes = ["local:tools"]
 
+[models."local-thinker"]
+routes = ["local:reasoning"]
+reasoning = "toggle"
+
 [models."cf-capacity"]
 routes = ["cloudflare:@cf/error-429-3040"]
 

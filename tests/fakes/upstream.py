@@ -214,6 +214,51 @@ def _endless(model: str, body: dict[str, Any]) -> list[bytes | float]:
     return frames
 
 
+def _weather(model: str, body: dict[str, Any]) -> list[bytes | float]:
+    """A tool round trip: text and a tool call; once a tool result is in, an answer using it."""
+    answer = _weather_answer(body)
+    if answer is not None:
+        frames: list[bytes | float] = [
+            _chunk(model, {"role": "assistant", "content": ""}),
+            _chunk(model, {"content": answer}),
+            _chunk(model, {}, "stop"),
+        ]
+    else:
+        call = {
+            "index": 0,
+            "id": "call_w1",
+            "type": "function",
+            "function": {"name": "get_weather"},
+        }
+        frames = [
+            _chunk(model, {"role": "assistant", "content": "Let me check."}),
+            _chunk(model, {"tool_calls": [call]}),
+            _chunk(model, {"tool_calls": [{"index": 0, "function": {"arguments": '{"city":'}}]}),
+            _chunk(model, {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}),
+            _chunk(model, {}, "tool_calls"),
+        ]
+    return [*frames, _usage_chunk(model), b"data: [DONE]\n\n"]
+
+
+def _weather_answer(body: dict[str, Any]) -> str | None:
+    last = body["messages"][-1]
+    return f"It is {last['content']} in Paris." if last.get("role") == "tool" else None
+
+
+def _stop_sequence(model: str, body: dict[str, Any]) -> list[bytes | float]:
+    """vLLM style: the stop string that ended generation is named in the choice's stop_reason."""
+    choice = {"index": 0, "delta": {}, "finish_reason": "stop", "stop_reason": body["stop"][0]}
+    payload = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": model,
+        "choices": [choice],
+    }
+    finish = b"data: " + orjson.dumps(payload) + b"\n\n"
+    return [*_hello(model, body)[:2], finish, _usage_chunk(model), b"data: [DONE]\n\n"]
+
+
 BEHAVIOURS: dict[str, Script] = {
     "tools": _tools,
     "reasoning": _reasoning,
@@ -226,6 +271,8 @@ BEHAVIOURS: dict[str, Script] = {
     "crlf": _crlf,
     "slow": _slow,
     "endless": _endless,
+    "weather": _weather,
+    "stop-sequence": _stop_sequence,
 }
 
 # "error-<status>[-<code>]" models answer with that status (and Workers AI internal code)
@@ -264,6 +311,21 @@ def _non_stream(model: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
             model,
             {"role": "assistant", "content": "4", "reasoning_content": "Two plus two is four."},
         )
+    if name == "weather":
+        answer = _weather_answer(body)
+        if answer is not None:
+            return _completion(model, {"role": "assistant", "content": answer})
+        call = {
+            "id": "call_w1",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+        }
+        message = {"role": "assistant", "content": "Let me check.", "tool_calls": [call]}
+        return _completion(model, message, "tool_calls")
+    if name == "stop-sequence":
+        completion = _completion(model, {"role": "assistant", "content": "Hello"})
+        completion["choices"][0]["stop_reason"] = body["stop"][0]
+        return completion
     if name == "midstream-error":
         completion = _completion(model, {"role": "assistant", "content": ""}, "error")
         completion["choices"][0]["error"] = {"code": 502, "message": "Provider returned error"}

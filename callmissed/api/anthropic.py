@@ -1,0 +1,83 @@
+"""The Anthropic Messages edge: POST /v1/messages and POST /v1/messages/count_tokens.
+
+A thin edge: it authenticates (`x-api-key` or `Authorization: Bearer`), translates with
+formats/anthropic*.py, and hands the OpenAI-format body to the same gateway use-cases as the
+OpenAI edge, so keys, routing, reasoning and usage are one path. Framing follows wire-formats.md
+§2.4-2.5: `event:` + `data:` on every event, and a failure after the first byte goes out as
+`event: error`, which the SDK raises. `anthropic-version` is accepted and not needed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import orjson
+
+from callmissed.auth import Principal
+from callmissed.errors import GatewayError, to_anthropic
+from callmissed.formats.anthropic import parse_message_request
+from callmissed.formats.anthropic_message import MessageStreamEncoder, build_message
+from callmissed.gateway import Gateway
+from callmissed.relay import ChatStream
+from callmissed.token_estimate import estimate_input_tokens
+from callmissed.web import Request, Response, StreamResponse, json_response
+
+__all__ = ["count_tokens", "create_message"]
+
+log = logging.getLogger("callmissed")
+
+
+async def create_message(gateway: Gateway, request: Request) -> Response | StreamResponse:
+    principal = _authenticate(gateway, request)
+    message = parse_message_request(request.json())
+    headers = [(b"request-id", request.request_id.encode())]
+    if not message.stream:
+        completion, info = await gateway.complete(principal, message.chat)
+        return json_response(build_message(completion, message), headers=info.headers() + headers)
+    stream, info = await gateway.open_stream(principal, message.chat, include_usage=False)
+    events = _aiter_events(stream, MessageStreamEncoder(message), request.request_id)
+    return StreamResponse(events, info.headers() + headers, stream.close)
+
+
+async def count_tokens(gateway: Gateway, request: Request) -> Response:
+    """An estimate (token_estimate.py), marked as one; the model must exist, nothing is billed."""
+    _authenticate(gateway, request)
+    message = parse_message_request(request.json(), count_only=True)
+    gateway.router.model(message.model)
+    headers = [(b"request-id", request.request_id.encode()), (b"x-callmissed-estimate", b"true")]
+    return json_response({"input_tokens": estimate_input_tokens(message.chat)}, headers=headers)
+
+
+def _authenticate(gateway: Gateway, request: Request) -> Principal:
+    # The SDK sends `api_key` as x-api-key and `auth_token` as a bearer token (§2.1).
+    return gateway.auth.authenticate(
+        request.headers.get("authorization"), request.headers.get("x-api-key")
+    )
+
+
+async def _aiter_events(
+    stream: ChatStream, encoder: MessageStreamEncoder, request_id: str
+) -> AsyncIterator[bytes]:
+    # message_start goes out with the first chunks' events, in one write.
+    head = encoder.start()
+    try:
+        async for batch in stream.aiter_batches():
+            events = b"".join([encoder.feed(chunk.json()) for chunk in batch])
+            if head or events:
+                yield head + events
+                head = b""
+    except GatewayError as exc:
+        yield head + _error_event(exc)
+        return
+    except Exception:
+        log.exception("stream failed (%s)", request_id)
+        yield head + _error_event(GatewayError(f"Internal error ({request_id})."))
+        return
+    # ChatStream.usage holds the upstream's usage even though the chunk was not passed on.
+    yield head + encoder.finish(stream.usage)
+
+
+def _error_event(exc: GatewayError) -> bytes:
+    _, payload = to_anthropic(exc)
+    return b"event: error\ndata: " + orjson.dumps(payload) + b"\n\n"
