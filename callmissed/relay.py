@@ -14,7 +14,12 @@ from typing import Any
 import orjson
 
 from callmissed.errors import UpstreamError
-from callmissed.formats.openai import ChunkNormaliser, needs_normalising, normalise_completion
+from callmissed.formats.openai import (
+    ChunkNormaliser,
+    is_plain_content,
+    needs_normalising,
+    normalise_completion,
+)
 from callmissed.providers import Provider
 from callmissed.sse import SSEDecoder
 from callmissed.upstream import UpstreamResponse
@@ -102,7 +107,7 @@ class ChatStream:
             ) from None
         if not isinstance(chunk, dict):
             raise UpstreamError("the upstream sent a chunk that is not an object")
-        if not needs_normalising(data):
+        if is_plain_content(chunk) or not needs_normalising(data):
             return Chunk(data, chunk)
         error = self._provider.stream_error(chunk)
         if error is not None:

@@ -10,6 +10,7 @@ from callmissed.errors import InvalidRequest
 from callmissed.formats.openai import (
     ChunkNormaliser,
     check_chat_request,
+    is_plain_content,
     needs_normalising,
     normalise_completion,
 )
@@ -45,6 +46,27 @@ def test_plain_content_chunks_need_no_edit():
     assert needs_normalising(b'{"choices":[{"delta":{},"finish_reason":"stop"}]}')
     assert needs_normalising(b'{"choices":[],"usage": {"prompt_tokens":1}}')
     assert not needs_normalising(b'{"choices":[{"delta":{"content":"a"}}],"usage": null}')
+
+
+@pytest.mark.parametrize(
+    ("chunk", "plain"),
+    [
+        ({"choices": [{"index": 0, "delta": {"content": "reasoning role"}}]}, True),
+        ({"choices": [{"delta": {"content": "a"}, "finish_reason": None}], "usage": None}, True),
+        ({"choices": []}, True),
+        ({"choices": [{"delta": {"role": "assistant", "content": ""}}]}, False),
+        ({"choices": [{"delta": {}, "finish_reason": "stop"}]}, False),
+        ({"choices": [], "usage": {"prompt_tokens": 1}}, False),
+        ({"choices": [{"delta": {"reasoning_content": "hm"}}]}, False),
+        ({"choices": [{"delta": {"tool_calls": []}}]}, False),
+        ({"choices": [{"delta": {"content": "a"}, "error": {"message": "x"}}]}, False),
+        ({"error": {"message": "x"}}, False),
+        ({"id": "no-choices"}, False),
+        ({"choices": [{"index": 0}]}, False),
+    ],
+)
+def test_only_content_deltas_are_plain(chunk, plain):
+    assert is_plain_content(chunk) is plain
 
 
 def _delta(**delta: Any) -> dict[str, Any]:
