@@ -168,6 +168,7 @@ def test_thinking_on_a_reasoning_model(claude, gateway, stream):
     raw = claude.messages.with_raw_response.create(
         model="local-thinker", max_tokens=4096, messages=MESSAGES, thinking=thinking, stream=stream
     )
+    raw.http_response.close()
     assert raw.headers["x-callmissed-reasoning-effort"] == "medium"
     assert gateway.upstream.last("reasoning").body["reasoning_effort"] == "medium"
     message = _message(
