@@ -70,6 +70,19 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--key", help="a cm_ key for the gateway check's streamed request")
     doctor.set_defaults(run=_doctor)
 
+    bench = commands.add_parser("bench", help="time streamed requests through a running gateway")
+    bench.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway")
+    bench.add_argument("--key", required=True, help="a cm_ key")
+    bench.add_argument("--model", default="sim/instant")
+    bench.add_argument("-n", "--requests", type=int, default=100)
+    bench.add_argument("-c", "--concurrency", type=int, default=1)
+    bench.add_argument("--prompt", default="Explain quicksort in one paragraph.")
+    bench.add_argument("--max-tokens", type=int)
+    bench.add_argument("--direct-url", help="an OpenAI-compatible upstream's /v1 URL to compare")
+    bench.add_argument("--direct-key", default="", help="its API key")
+    bench.add_argument("--direct-model", help="its model id (default: --model)")
+    bench.set_defaults(run=_bench)
+
     config = commands.add_parser("config", help="configuration").add_subparsers(title="actions")
     config.add_parser("check", help="validate settings and the config file").set_defaults(
         run=_config_check
@@ -170,6 +183,22 @@ def _doctor(settings: Settings, args: argparse.Namespace) -> int:
     for check in checks:
         print(f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
     return 0 if all(check.ok for check in checks) else 1
+
+
+def _bench(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from callmissed.bench import Target, format_report, run_bench
+
+    targets = [Target("callmissed", f"{args.url.rstrip('/')}/v1", args.key, args.model)]
+    if args.direct_url:
+        model = args.direct_model or args.model
+        targets.append(Target("direct", args.direct_url, args.direct_key, model))
+    results = asyncio.run(
+        run_bench(targets, args.requests, args.concurrency, args.prompt, args.max_tokens)
+    )
+    print(format_report(results))
+    return 0 if all(not result.errors for result in results) else 1
 
 
 def _config_check(settings: Settings, args: argparse.Namespace) -> int:
