@@ -21,9 +21,18 @@ from benchmarks.litellm_env import LITELLM_VERSION
 from benchmarks.machine import describe_machine, git_revision, package_versions
 from benchmarks.report import write_report
 from benchmarks.scenarios import PROFILES, Suite, hedging_status
-from benchmarks.systems import ROOT, CallMissed, Direct, LiteLLM, Running, System, Upstream
+from benchmarks.systems import (
+    ROOT,
+    CallMissed,
+    Direct,
+    LiteLLM,
+    Passthrough,
+    Running,
+    System,
+    Upstream,
+)
 
-SYSTEMS = ("direct", "callmissed", "litellm")
+SYSTEMS = ("direct", "passthrough", "callmissed", "litellm")
 SCENARIOS = ("overhead", "throughput", "held", "http2", "startup", "hedging")
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -62,7 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quick", action="store_true", help="short runs (≤ 60 s), no LiteLLM")
     run.add_argument("--systems", help=f"comma-separated subset of {','.join(SYSTEMS)}")
     run.add_argument("--scenarios", help=f"comma-separated subset of {','.join(SCENARIOS)}")
-    run.add_argument("--workers", type=int, default=1, help="callmissed worker processes")
+    run.add_argument(
+        "--workers", type=int, default=1, help="worker processes of callmissed and passthrough"
+    )
     run.add_argument("--hedge-after-ms", type=float, default=50.0)
     run.add_argument("--late-ms", type=float, default=500.0, help="how late a late token is")
     run.add_argument("--late-pct", type=float, default=5.0, help="how often it is late")
@@ -90,7 +101,12 @@ def _run(
 ) -> list[dict[str, Any]]:
     profile = PROFILES[profile_name]
     callmissed = CallMissed(args.workers, args.hedge_after_ms)
-    makers: dict[str, System] = {"direct": Direct(), "callmissed": callmissed, "litellm": LiteLLM()}
+    makers: dict[str, System] = {
+        "direct": Direct(),
+        "passthrough": Passthrough(args.workers),
+        "callmissed": callmissed,
+        "litellm": LiteLLM(),
+    }
     with ExitStack() as stack:
         upstream = Upstream(workdir, args.pace_ms, args.late_pct, args.late_ms)
         stack.callback(upstream.stop)

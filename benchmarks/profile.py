@@ -20,14 +20,39 @@ from benchmarks.systems import ROOT, CallMissed, Upstream
 __all__ = ["main"]
 
 
-def _top(collapsed: Path, limit: int) -> str:
+def _read(collapsed: Path) -> list[tuple[list[str], int]]:
+    samples = []
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        samples.append((stack.split(";"), int(count)))
+    return samples
+
+
+def _owner(frames: list[str]) -> str:
+    """The deepest callmissed module on the stack: what the sample was spent for."""
+    for frame in reversed(frames):
+        if "(callmissed/" in frame and "callmissed/cli.py" not in frame:
+            return frame.split("(callmissed/", 1)[1].split(":", 1)[0]
+    if frames and frames[-1].startswith("process "):
+        return "(native: granian's Rust HTTP server, no Python frame)"
+    return "(Python outside callmissed: granian glue, asyncio loop)"
+
+
+def _by_module(samples: list[tuple[list[str], int]]) -> str:
+    owners: Counter[str] = Counter()
+    for frames, count in samples:
+        owners[_owner(frames)] += count
+    total = sum(owners.values())
+    lines = ["where the time goes (deepest callmissed module, libraries it calls included):"]
+    lines += [f"{n / total:6.1%}  {owner}" for owner, n in owners.most_common()]
+    return "\n".join(lines)
+
+
+def _top(samples: list[tuple[list[str], int]], limit: int) -> str:
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     total = 0
-    for line in collapsed.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        count = int(count_text)
-        frames = stack.split(";")
+    for frames, count in samples:
         total += count
         own[frames[-1]] += count
         for frame in set(frames):
@@ -69,7 +94,10 @@ def main() -> None:
     finally:
         gateway.stop()
         upstream.stop()
-    print(_top(collapsed, args.top))
+    samples = _read(collapsed)
+    print(_top(samples, args.top))
+    print()
+    print(_by_module(samples))
     print(f"\ncollapsed stacks: {collapsed.relative_to(ROOT)}")
 
 

@@ -114,7 +114,7 @@ class Suite:
         """A late first token 5% of the time: direct, through us unhedged, through us hedged."""
         timing, concurrency = self.profile.hedging, self.profile.hedging_concurrency
         for system in self.systems:
-            if system.name == "litellm":
+            if system.name in ("litellm", "passthrough"):
                 continue
             self._measure("hedging", system, "late", concurrency, timing)
             if "hedged" in system.models:

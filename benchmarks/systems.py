@@ -2,6 +2,7 @@
 
 * `Upstream`   the fake OpenAI-compatible upstream (benchmarks/upstream.py);
 * `Direct`     no process: the load generator calls the upstream itself (the floor);
+* `Passthrough` a bare granian + aiohttp proxy (benchmarks/passthrough.py): the stack's floor;
 * `CallMissed` `callmissed serve` with auth on (a real key with a balance) and a TOML config
                routing `bench-*` models to the upstream;
 * `LiteLLM`    LiteLLM's proxy from its own venv (benchmarks/litellm_env.py), master key on.
@@ -22,7 +23,16 @@ from pathlib import Path
 
 from benchmarks.machine import ProcessTree
 
-__all__ = ["CallMissed", "Direct", "LiteLLM", "Running", "System", "Upstream", "free_port"]
+__all__ = [
+    "CallMissed",
+    "Direct",
+    "LiteLLM",
+    "Passthrough",
+    "Running",
+    "System",
+    "Upstream",
+    "free_port",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -127,6 +137,24 @@ class Direct(System):
 
     def start(self, upstream: Upstream, workdir: Path) -> Running:
         return Running(self.name, upstream.url, "none", dict(MODELS), startup_s=None)
+
+
+class Passthrough(System):
+    name = "passthrough"
+
+    def __init__(self, workers: int = 1) -> None:
+        self.workers = workers
+
+    def start(self, upstream: Upstream, workdir: Path) -> Running:
+        port = free_port()
+        command = [sys.executable, "-m", "benchmarks.passthrough", "--port", str(port)]
+        command += ["--upstream", upstream.url, "--workers", str(self.workers)]
+        log = workdir / "passthrough.log"
+        started = time.perf_counter()
+        process = _spawn(command, clean_env(PYTHONPATH=str(ROOT)), log)
+        healthy = wait_healthy(port, "/healthz", process, 30)
+        base_url = f"http://{HOST}:{port}/v1"
+        return Running(self.name, base_url, "none", dict(MODELS), healthy - started, process, log)
 
 
 def hedging_available() -> bool:
