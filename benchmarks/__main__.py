@@ -74,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--workers", type=int, default=1, help="worker processes of callmissed and passthrough"
     )
+    run.add_argument(
+        "--server",
+        choices=("granian", "uvicorn"),
+        default="granian",
+        help="server under callmissed and passthrough (uvicorn: comparison only, no HTTP/2)",
+    )
     run.add_argument("--hedge-after-ms", type=float, default=50.0)
     run.add_argument("--late-ms", type=float, default=500.0, help="how late a late token is")
     run.add_argument("--late-pct", type=float, default=5.0, help="how often it is late")
@@ -100,10 +106,10 @@ def _run(
     workdir: Path,
 ) -> list[dict[str, Any]]:
     profile = PROFILES[profile_name]
-    callmissed = CallMissed(args.workers, args.hedge_after_ms)
+    callmissed = CallMissed(args.workers, args.hedge_after_ms, args.server)
     makers: dict[str, System] = {
         "direct": Direct(),
-        "passthrough": Passthrough(args.workers),
+        "passthrough": Passthrough(args.workers, args.server),
         "callmissed": callmissed,
         "litellm": LiteLLM(),
     }
@@ -141,6 +147,7 @@ def _meta(
         "systems": systems,
         "scenarios": scenarios,
         "callmissed_workers": args.workers,
+        "server": args.server,
         "callmissed_revision": git_revision(ROOT),
         "hedging": hedging_status(),
         "upstream": {
@@ -152,7 +159,7 @@ def _meta(
         },
         "machine": describe_machine(),
         "versions": {
-            **package_versions(("granian", "aiohttp", "orjson", "uvloop", "h2")),
+            **package_versions(("granian", "uvicorn", "aiohttp", "orjson", "uvloop", "h2")),
             "litellm": LITELLM_VERSION if "litellm" in systems else "not run",
         },
         "profile_settings": repr(PROFILES[profile]),

@@ -53,15 +53,36 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 def main() -> None:
-    from granian import Granian
-    from granian.constants import HTTPModes, Interfaces, Loops
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--server", choices=("granian", "uvicorn"), default="granian")
+    parser.add_argument("--runtime-mode", choices=("auto", "st", "mt"), default="auto")
+    parser.add_argument("--task-impl", choices=("asyncio", "rust"), default="asyncio")
     args = parser.parse_args()
     os.environ["PASSTHROUGH_UPSTREAM"] = args.upstream
+    if args.server == "uvicorn":
+        import uvicorn
+
+        uvicorn.run(
+            "benchmarks.passthrough:app",
+            host="127.0.0.1",
+            port=args.port,
+            workers=args.workers,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            log_level="warning",
+        )
+        return
+    _granian(args)
+
+
+def _granian(args: argparse.Namespace) -> None:
+    from granian import Granian
+    from granian.constants import HTTPModes, Interfaces, Loops, RuntimeModes, TaskImpl
+
     Granian(
         "benchmarks.passthrough:app",
         address="127.0.0.1",
@@ -72,6 +93,8 @@ def main() -> None:
         loop=Loops.uvloop,
         backlog=2048,
         log_access=False,
+        runtime_mode=RuntimeModes(args.runtime_mode),
+        task_impl=TaskImpl(args.task_impl),
     ).serve()
 
 

@@ -93,7 +93,8 @@ def _header(meta: dict[str, Any]) -> str:
             "",
             f"- command: `{meta['command']}` ({meta.get('elapsed_s', '?')} s)",
             f"- started: {meta['started']}; callmissed {meta['callmissed_revision']}, "
-            f"{meta['callmissed_workers']} worker(s), auth on (a real key with a balance)",
+            f"{meta.get('server', 'granian')}, {meta['callmissed_workers']} worker(s), "
+            "auth on (a real key with a balance)",
             f"- machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, "
             f"{machine['os']}, kernel {machine['kernel']}, Python {machine['python']}",
             f"- load average before: {_loads(machine['load_average'])}; after: "

@@ -142,13 +142,15 @@ class Direct(System):
 class Passthrough(System):
     name = "passthrough"
 
-    def __init__(self, workers: int = 1) -> None:
+    def __init__(self, workers: int = 1, server: str = "granian") -> None:
         self.workers = workers
+        self.server = server
 
     def start(self, upstream: Upstream, workdir: Path) -> Running:
         port = free_port()
         command = [sys.executable, "-m", "benchmarks.passthrough", "--port", str(port)]
         command += ["--upstream", upstream.url, "--workers", str(self.workers)]
+        command += ["--server", self.server]
         log = workdir / "passthrough.log"
         started = time.perf_counter()
         process = _spawn(command, clean_env(PYTHONPATH=str(ROOT)), log)
@@ -168,9 +170,12 @@ def hedging_available() -> bool:
 class CallMissed(System):
     name = "callmissed"
 
-    def __init__(self, workers: int = 1, hedge_after_ms: float = 50.0) -> None:
+    def __init__(
+        self, workers: int = 1, hedge_after_ms: float = 50.0, server: str = "granian"
+    ) -> None:
         self.env: dict[str, str] = {}
         self.workers = workers
+        self.server = server
         self.hedge_after_ms = hedge_after_ms
 
     def config(self, upstream: Upstream) -> str:
@@ -201,9 +206,8 @@ class CallMissed(System):
 
     def launch(self, env: dict[str, str], log: Path) -> Running:
         port = free_port()
-        command = [str(ROOT / ".venv" / "bin" / "callmissed"), "serve", "--port", str(port)]
-        command += ["--workers", str(self.workers)]
         started = time.perf_counter()
+        command = self._command(port)
         process = _spawn(command, env, log)
         healthy = wait_healthy(port, "/healthz", process, 30)
         models = {kind: f"bench-{kind}" for kind in MODELS}
@@ -212,6 +216,16 @@ class CallMissed(System):
         return Running(
             self.name, f"http://{HOST}:{port}/v1", "", models, healthy - started, process, log
         )
+
+    def _command(self, port: int) -> list[str]:
+        if self.server == "uvicorn":  # for comparison only: uvicorn has no HTTP/2
+            command = [str(ROOT / ".venv" / "bin" / "python"), "-m", "uvicorn"]
+            command += ["callmissed.app:create_app", "--factory", "--host", HOST]
+            command += ["--loop", "uvloop", "--http", "httptools", "--no-access-log"]
+            command += ["--log-level", "warning"]
+        else:
+            command = [str(ROOT / ".venv" / "bin" / "callmissed"), "serve"]
+        return [*command, "--port", str(port), "--workers", str(self.workers)]
 
     @staticmethod
     def _create_key(env: dict[str, str]) -> str:
