@@ -16,6 +16,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     sections = [
         _header(results["meta"]),
         _headline_section(rows),
+        _targets(rows),
         _overhead(rows),
         _throughput(rows),
         _held(rows),
@@ -120,14 +121,13 @@ def headline(rows: list[Row]) -> dict[str, float | None]:
         theirs64 = _find(rows, "throughput", other, concurrency=64)
         if ours64 and theirs64 and theirs64["rps"]:
             result[f"rps_c64_vs_{other}"] = round(ours64["rps"] / theirs64["rps"], 3)
-    ours1, direct1 = _find(rows, "overhead", "callmissed"), _find(rows, "overhead", "direct")
-    litellm1 = _find(rows, "overhead", "litellm")
+    direct1 = _find(rows, "overhead", "direct")
     for pct in ("p50", "p99"):
-        ours, floor = _stat(ours1, "ttfb_ms", pct), _stat(direct1, "ttfb_ms", pct)
-        theirs = _stat(litellm1, "ttfb_ms", pct)
-        result[f"added_ttfb_{pct}_ms"] = round(ours - floor, 3) if ours and floor else None
-        if ours and theirs and floor:
-            result[f"litellm_added_ttfb_{pct}_ms"] = round(theirs - floor, 3)
+        floor = _stat(direct1, "ttfb_ms", pct)
+        for system, key in (("callmissed", ""), ("litellm", "litellm_"), ("passthrough", "bare_")):
+            value = _stat(_find(rows, "overhead", system), "ttfb_ms", pct)
+            if value is not None and floor is not None:
+                result[f"{key}added_ttfb_{pct}_ms"] = round(value - floor, 3)
     return result
 
 
@@ -141,6 +141,12 @@ def _headline_section(rows: list[Row]) -> str:
             f"- CallMissed adds {numbers['added_ttfb_p50_ms']:.3f} ms TTFB at p50 and "
             f"{numbers['added_ttfb_p99_ms']:.3f} ms at p99 over calling the upstream directly "
             "(concurrency 1)."
+        )
+    if numbers.get("bare_added_ttfb_p50_ms") is not None:
+        lines.append(
+            f"- A bare pass-through on the same stack (granian + aiohttp, no features) adds "
+            f"{numbers['bare_added_ttfb_p50_ms']:.3f} ms at p50 and "
+            f"{numbers['bare_added_ttfb_p99_ms']:.3f} ms at p99: the stack's floor."
         )
     if numbers.get("litellm_added_ttfb_p50_ms") is not None:
         lines.append(
@@ -157,6 +163,88 @@ def _headline_section(rows: list[Row]) -> str:
             f"- … and {numbers['rps_c64_vs_litellm']:,.0f} times LiteLLM's proxy's requests/s."
         )
     return "\n".join(lines)
+
+
+def _targets(rows: list[Row]) -> str:
+    """Issue 6's targets, each with what this run measured."""
+    checks = [_check_added_ttfb(rows, "p50", 0.5), _check_added_ttfb(rows, "p99", 1.5)]
+    checks += [_check_rps(rows), _check_p99(rows), *_check_held(rows), _check_startup(rows)]
+    checks.append(_check_hedging(rows))
+    body = [list(check) for check in checks if check is not None]
+    if not body:
+        return ""
+    return "## Targets (issue 6)\n\n" + _table(["target", "measured", "met"], body)
+
+
+def _verdict(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def _check_added_ttfb(rows: list[Row], pct: str, limit: float) -> tuple[str, str, str] | None:
+    ours = _stat(_find(rows, "overhead", "callmissed"), "ttfb_ms", pct)
+    floor = _stat(_find(rows, "overhead", "direct"), "ttfb_ms", pct)
+    if ours is None or floor is None:
+        return None
+    added = ours - floor
+    return f"added TTFB {pct} ≤ {limit} ms at c=1", f"{added:+.2f} ms", _verdict(added <= limit)
+
+
+def _check_rps(rows: list[Row]) -> tuple[str, str, str] | None:
+    row = _find(rows, "throughput", "callmissed", concurrency=64)
+    if row is None:
+        return None
+    return "≥ 4,000 req/s at c=64", f"{row['rps']:,.0f} req/s", _verdict(row["rps"] >= 4000)
+
+
+def _check_p99(rows: list[Row]) -> tuple[str, str, str] | None:
+    row = _find(rows, "throughput", "callmissed", concurrency=256)
+    p99 = _stat(row, "ttfb_ms", "p99")
+    if p99 is None:
+        return None
+    return "TTFB p99 ≤ 100 ms at c=200 (measured at 256)", f"{p99:.1f} ms", _verdict(p99 <= 100)
+
+
+def _check_held(rows: list[Row]) -> list[tuple[str, str, str]]:
+    row, base = _find(rows, "held", "callmissed"), _find(rows, "held", "direct")
+    checks = []
+    ours, floor = _stat(row, "gap_ms", "p99"), _stat(base, "gap_ms", "p99")
+    if ours is not None and floor is not None:
+        added = ours - floor
+        checks.append(
+            ("1,000 held streams: added gap p99 ≤ 1 ms", f"{added:+.1f} ms", _verdict(added <= 1))
+        )
+    if row is not None and row.get("server_rss_peak_mib") is not None:
+        rss = row["server_rss_peak_mib"]
+        worker = max(row["server_rss_by_process_mib"])
+        checks.append(
+            (
+                "1,000 held streams: RSS ≤ 100 MB",
+                f"{rss:.0f} MiB all processes, {worker:.0f} MiB the largest",
+                _verdict(rss <= 100),
+            )
+        )
+    return checks
+
+
+def _check_startup(rows: list[Row]) -> tuple[str, str, str] | None:
+    times = [
+        r["seconds"] for r in rows if r["scenario"] == "startup" and r["system"] == "callmissed"
+    ]
+    if not times:
+        return None
+    return "healthy within 1 s of launch", f"max {max(times):.2f} s", _verdict(max(times) <= 1)
+
+
+def _check_hedging(rows: list[Row]) -> tuple[str, str, str] | None:
+    hedged = _stat(_find(rows, "hedging", "callmissed", model="hedged"), "ttfb_ms", "p99")
+    direct = _stat(_find(rows, "hedging", "direct"), "ttfb_ms", "p99")
+    if hedged is None or direct is None:
+        return None
+    return (
+        "hedged TTFB p99 < direct, first token late 5% of the time",
+        f"{hedged:.1f} ms vs {direct:.1f} ms",
+        _verdict(hedged < direct),
+    )
 
 
 def _overhead(rows: list[Row]) -> str:
