@@ -1,7 +1,23 @@
-"""Persistence: API keys (and, later, balances and the usage ledger) behind one Store protocol."""
+"""Persistence: API keys, balances, credit holds and the usage ledger behind one Store protocol."""
 
 from __future__ import annotations
 
-from callmissed.store.base import KeyRecord, Store, open_store
+from callmissed.store.base import (
+    NO_POLICY,
+    KeyPolicy,
+    KeyRecord,
+    LedgerEntry,
+    Reservation,
+    Store,
+    open_store,
+)
 
-__all__ = ["KeyRecord", "Store", "open_store"]
+__all__ = [
+    "NO_POLICY",
+    "KeyPolicy",
+    "KeyRecord",
+    "LedgerEntry",
+    "Reservation",
+    "Store",
+    "open_store",
+]

@@ -1,12 +1,39 @@
-"""The Store protocol every backend implements, and `open_store(url)` that picks one."""
+"""The Store protocol every backend implements, and `open_store(url)` that picks one.
+
+A store owns keys, balances, in-flight credit holds and the usage ledger. Money is integer
+micro-credits. Every method is one short transaction; reserve() is the only one on the hot path.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Protocol
+from typing import Any, Protocol
 
-__all__ = ["KeyRecord", "Store", "migrations", "open_store"]
+__all__ = [
+    "NO_POLICY",
+    "KeyPolicy",
+    "KeyRecord",
+    "LedgerEntry",
+    "Reservation",
+    "Store",
+    "migrations",
+    "open_store",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPolicy:
+    """What a key may do: rate limits (None = no limit) and a model allow-list (None = all)."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrent: int | None = None
+    models: tuple[str, ...] | None = None
+
+
+NO_POLICY = KeyPolicy()
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,25 +42,88 @@ class KeyRecord:
     name: str
     key_hash: str
     key_prefix: str
-    credits: int | None  # micro-credits; None = unlimited
+    credits: int | None  # spendable balance in micro-credits; None = unlimited
     created_at: float
     revoked_at: float | None
+    granted: int | None = None  # micro-credits ever granted (creation + top-ups)
+    spent: int = 0  # micro-credits settled, all time
+    policy: KeyPolicy = NO_POLICY
 
     @property
     def active(self) -> bool:
         return self.revoked_at is None
 
 
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """reserve()'s answer: held (ok), or why not; `balance` is after the hold, or as it stands."""
+
+    ok: bool
+    balance: int | None
+    revoked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One finished request, as journaled and then settled: `cost` is what it used."""
+
+    request_id: str
+    key_id: int
+    created_at: float
+    model: str
+    route: str
+    upstream_model: str
+    stream: bool
+    status: int
+    error_code: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int
+    cached_tokens: int
+    cost: int
+    ttfb_ms: float | None
+    total_ms: float
+
+
 class Store(Protocol):
     def create_key(
-        self, name: str, key_hash: str, key_prefix: str, credits: int | None
+        self,
+        name: str,
+        key_hash: str,
+        key_prefix: str,
+        credits: int | None,
+        policy: KeyPolicy = ...,
     ) -> KeyRecord: ...
 
     def find_key(self, key_hash: str) -> KeyRecord | None: ...
 
+    def get_key(self, key_id: int) -> KeyRecord | None: ...
+
     def list_keys(self) -> list[KeyRecord]: ...
 
     def revoke_key(self, key_id: int) -> bool: ...
+
+    def topup(self, key_id: int, amount: int) -> KeyRecord | None:
+        """Add to an active, metered key's balance; None if there is no such key."""
+
+    def set_policy(self, key_id: int, policy: KeyPolicy) -> KeyRecord | None: ...
+
+    def reserve(
+        self, key_id: int, request_id: str, amount: int, instance: str, model: str
+    ) -> Reservation:
+        """Atomically take `amount` from an active key's balance, never below zero, and record
+        the hold under `instance`. Unlimited keys and zero amounts hold nothing."""
+
+    def settle(self, entries: Sequence[LedgerEntry]) -> None:
+        """In one transaction, per entry: release its hold, charge its cost (never below zero)
+        and write its ledger row. Idempotent: an entry whose row exists is skipped."""
+
+    def hold_owners(self) -> set[str]: ...
+
+    def release_holds(self, instance: str) -> int:
+        """Give back every hold `instance` still owns (it died), writing an interrupted row."""
+
+    def recent_usage(self, key_id: int, limit: int) -> list[dict[str, Any]]: ...
 
     def close(self) -> None: ...
 

@@ -1,15 +1,42 @@
-"""The embedded default store: one SQLite file, WAL mode, no server needed."""
+"""The embedded default store: one SQLite file, WAL mode, no server needed.
+
+Every method runs synchronously on the caller's thread: each is one short transaction of a few
+microseconds (BEGIN IMMEDIATE takes SQLite's single write lock, so a read-check-write inside
+one is atomic across every process sharing the file).
+"""
 
 from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
-from callmissed.store.base import KeyRecord, migrations
+from callmissed.store.base import (
+    NO_POLICY,
+    KeyPolicy,
+    KeyRecord,
+    LedgerEntry,
+    Reservation,
+    migrations,
+)
 
 __all__ = ["SQLiteStore"]
 
-_KEY_COLUMNS = "id, name, key_hash, key_prefix, credits, created_at, revoked_at"
+_KEY_COLUMNS = (
+    "id, name, key_hash, key_prefix, credits, created_at, revoked_at,"
+    " granted, spent, rpm, tpm, max_concurrent, models"
+)
+_LEDGER_COLUMNS = (
+    "request_id, key_id, created_at, model, route, upstream_model, stream, status, error_code,"
+    " prompt_tokens, completion_tokens, reasoning_tokens, cached_tokens, cost, uncharged,"
+    " ttfb_ms, total_ms"
+)
+_RESERVE = (
+    "UPDATE api_keys SET credits = credits - ?"
+    " WHERE id = ? AND revoked_at IS NULL AND credits >= ? RETURNING credits"
+)
 
 
 class SQLiteStore:
@@ -29,30 +56,64 @@ class SQLiteStore:
             if name in applied:
                 continue
             # executescript runs the file as written; the BEGIN/COMMIT make it all-or-nothing.
-            self._db.executescript(
-                f"BEGIN IMMEDIATE;\n{sql}\n;"
-                f"INSERT INTO schema_migrations VALUES ('{name}', {time.time()});\nCOMMIT;"
-            )
+            try:
+                self._db.executescript(
+                    f"BEGIN IMMEDIATE;\n{sql}\n;"
+                    f"INSERT INTO schema_migrations VALUES ('{name}', {time.time()});\nCOMMIT;"
+                )
+            except sqlite3.Error:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                # Another process may have applied it meanwhile; only then is this fine.
+                done = self._db.execute(
+                    "SELECT 1 FROM schema_migrations WHERE name = ?", (name,)
+                ).fetchone()
+                if done is None:
+                    raise
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # Keys
 
     def create_key(
-        self, name: str, key_hash: str, key_prefix: str, credits: int | None
+        self,
+        name: str,
+        key_hash: str,
+        key_prefix: str,
+        credits: int | None,
+        policy: KeyPolicy = NO_POLICY,
     ) -> KeyRecord:
         cursor = self._db.execute(
-            "INSERT INTO api_keys (name, key_hash, key_prefix, credits, created_at)"
-            f" VALUES (?, ?, ?, ?, ?) RETURNING {_KEY_COLUMNS}",
-            (name, key_hash, key_prefix, credits, time.time()),
+            "INSERT INTO api_keys (name, key_hash, key_prefix, credits, granted, created_at,"
+            " rpm, tpm, max_concurrent, models) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            f" RETURNING {_KEY_COLUMNS}",
+            (name, key_hash, key_prefix, credits, credits, time.time(), *_policy_row(policy)),
         )
-        return KeyRecord(*cursor.fetchone())
+        return _key(cursor.fetchone())
 
     def find_key(self, key_hash: str) -> KeyRecord | None:
         row = self._db.execute(
             f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = ?", (key_hash,)
         ).fetchone()
-        return KeyRecord(*row) if row else None
+        return _key(row) if row else None
+
+    def get_key(self, key_id: int) -> KeyRecord | None:
+        row = self._db.execute(
+            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)
+        ).fetchone()
+        return _key(row) if row else None
 
     def list_keys(self) -> list[KeyRecord]:
         rows = self._db.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY id").fetchall()
-        return [KeyRecord(*row) for row in rows]
+        return [_key(row) for row in rows]
 
     def revoke_key(self, key_id: int) -> bool:
         cursor = self._db.execute(
@@ -61,5 +122,117 @@ class SQLiteStore:
         )
         return cursor.rowcount == 1
 
+    def topup(self, key_id: int, amount: int) -> KeyRecord | None:
+        row = self._db.execute(
+            "UPDATE api_keys SET credits = credits + ?, granted = granted + ?"
+            " WHERE id = ? AND revoked_at IS NULL AND credits IS NOT NULL"
+            f" RETURNING {_KEY_COLUMNS}",
+            (amount, amount, key_id),
+        ).fetchone()
+        return _key(row) if row else None
+
+    def set_policy(self, key_id: int, policy: KeyPolicy) -> KeyRecord | None:
+        row = self._db.execute(
+            "UPDATE api_keys SET rpm = ?, tpm = ?, max_concurrent = ?, models = ?"
+            f" WHERE id = ? RETURNING {_KEY_COLUMNS}",
+            (*_policy_row(policy), key_id),
+        ).fetchone()
+        return _key(row) if row else None
+
+    # Credits
+
+    def reserve(
+        self, key_id: int, request_id: str, amount: int, instance: str, model: str
+    ) -> Reservation:
+        if amount > 0:
+            with self._transaction() as db:
+                row = db.execute(_RESERVE, (amount, key_id, amount)).fetchone()
+                if row is not None:
+                    db.execute(
+                        "INSERT INTO holds VALUES (?, ?, ?, ?, ?, ?)",
+                        (request_id, key_id, amount, instance, model, time.time()),
+                    )
+                    return Reservation(True, row[0])
+        row = self._db.execute(
+            "SELECT credits, revoked_at FROM api_keys WHERE id = ?", (key_id,)
+        ).fetchone()
+        if row is None or row[1] is not None:
+            return Reservation(False, None, revoked=True)
+        balance: int | None = row[0]
+        return Reservation(balance is None or amount <= 0, balance)
+
+    def settle(self, entries: Sequence[LedgerEntry]) -> None:
+        with self._transaction() as db:
+            for entry in entries:
+                _settle_one(db, entry)
+
+    def hold_owners(self) -> set[str]:
+        return {row[0] for row in self._db.execute("SELECT DISTINCT instance FROM holds")}
+
+    def release_holds(self, instance: str) -> int:
+        with self._transaction() as db:
+            holds = db.execute(
+                "SELECT request_id, key_id, model, created_at FROM holds WHERE instance = ?",
+                (instance,),
+            ).fetchall()
+            for request_id, key_id, model, created_at in holds:
+                entry = LedgerEntry(
+                    request_id, key_id, created_at, model, "", "", False, 500,
+                    "interrupted", 0, 0, 0, 0, 0, None, 0.0,
+                )  # fmt: skip
+                _settle_one(db, entry)
+        return len(holds)
+
+    def recent_usage(self, key_id: int, limit: int) -> list[dict[str, Any]]:
+        cursor = self._db.execute(
+            f"SELECT {_LEDGER_COLUMNS} FROM ledger WHERE key_id = ?"
+            " ORDER BY created_at DESC LIMIT ?",
+            (key_id, limit),
+        )
+        names = [column[0] for column in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
     def close(self) -> None:
         self._db.close()
+
+
+def _settle_one(db: sqlite3.Connection, entry: LedgerEntry) -> None:
+    """Release the hold, charge at most what the balance (plus the hold) covers, write the row."""
+    if db.execute("SELECT 1 FROM ledger WHERE request_id = ?", (entry.request_id,)).fetchone():
+        return  # already settled: a journal replayed twice
+    hold = db.execute(
+        "DELETE FROM holds WHERE request_id = ? RETURNING amount", (entry.request_id,)
+    ).fetchone()
+    held = hold[0] if hold else 0
+    row = db.execute("SELECT credits FROM api_keys WHERE id = ?", (entry.key_id,)).fetchone()
+    balance = row[0] if row else None
+    charged = entry.cost if balance is None else min(entry.cost, balance + held)
+    db.execute(
+        "UPDATE api_keys SET credits = credits + ? - ?, spent = spent + ? WHERE id = ?",
+        (held, charged, charged, entry.key_id),
+    )
+    db.execute(
+        f"INSERT INTO ledger ({_LEDGER_COLUMNS})"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            entry.request_id, entry.key_id, entry.created_at, entry.model, entry.route,
+            entry.upstream_model, entry.stream, entry.status, entry.error_code,
+            entry.prompt_tokens, entry.completion_tokens, entry.reasoning_tokens,
+            entry.cached_tokens, charged, entry.cost - charged, entry.ttfb_ms, entry.total_ms,
+        ),
+    )  # fmt: skip
+
+
+def _policy_row(policy: KeyPolicy) -> tuple[int | None, int | None, int | None, str | None]:
+    models = ",".join(policy.models) if policy.models is not None else None
+    return policy.rpm, policy.tpm, policy.max_concurrent, models
+
+
+def _key(row: Sequence[Any]) -> KeyRecord:
+    key_id, name, key_hash, prefix, credits, created, revoked, granted, spent = row[:9]
+    rpm, tpm, max_concurrent, models = row[9:]
+    allowed = tuple(name for name in models.split(",") if name) if models is not None else None
+    policy = KeyPolicy(rpm, tpm, max_concurrent, allowed)
+    return KeyRecord(
+        key_id, name, key_hash, prefix, credits, created, revoked, granted, spent, policy
+    )
