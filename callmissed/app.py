@@ -21,6 +21,12 @@ async def healthz(gateway: Gateway, request: Request) -> Response:
     return json_response({"status": "ok", "version": __version__})
 
 
+async def metrics(gateway: Gateway, request: Request) -> Response:
+    """Prometheus text: requests, attempts, first-token times and breaker state per route."""
+    text = gateway.metrics.render(gateway.health.all(), gateway.failover.inflight)
+    return Response(200, text.encode(), content_type=b"text/plain; version=0.0.4; charset=utf-8")
+
+
 def build_app(settings: Settings) -> ASGIApp:
     gateway = Gateway(settings)
 
@@ -36,6 +42,7 @@ def build_app(settings: Settings) -> ASGIApp:
             bind(anthropic.count_tokens), dialect="anthropic"
         ),
         ("GET", "/healthz"): Endpoint(bind(healthz)),
+        ("GET", "/metrics"): Endpoint(bind(metrics)),
         ("GET", "/"): Endpoint(redirect_home),
         **{("GET", path): Endpoint(handler) for path, handler in playground_routes().items()},
     }

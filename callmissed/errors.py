@@ -9,7 +9,9 @@
   x ModelNotFound                  404 not_found_error        model_not_found
   x RateLimited                    429 rate_limit_error       rate_limit_exceeded (+retry_after)
   x ProviderNotConfigured          503 api_error              provider_not_configured
-  x UpstreamError                  502 api_error              upstream_error (+provider, status)
+  x ShuttingDown                   503 overloaded_error       shutting_down (+retry_after)
+  x UpstreamError                  502 api_error              upstream_error (+provider, status,
+                                                                              retryable)
     + UpstreamTimeout              504 timeout_error          upstream_timeout
     + UpstreamOverloaded           503 overloaded_error       upstream_overloaded
     + UpstreamRejected             4xx (the upstream's own)   upstream_rejected
@@ -33,6 +35,7 @@ __all__ = [
     "ProviderNotConfigured",
     "RateLimited",
     "RequestTooLarge",
+    "ShuttingDown",
     "UpstreamError",
     "UpstreamOverloaded",
     "UpstreamRejected",
@@ -128,8 +131,23 @@ class ProviderNotConfigured(GatewayError):
     code = "provider_not_configured"
 
 
+class ShuttingDown(GatewayError):
+    """The gateway is draining after SIGTERM; another instance (or a retry) will answer."""
+
+    status = 503
+    type = "overloaded_error"
+    code = "shutting_down"
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", b"1")]
+
+
 class UpstreamError(GatewayError):
-    """The upstream failed, answered garbage, or broke its stream."""
+    """The upstream failed, answered garbage, or broke its stream.
+
+    `retryable` says whether another route may succeed where this one failed (failover.py);
+    a broken connection or stream is, the client's own bad request is not.
+    """
 
     status = 502
     code = "upstream_error"
@@ -141,11 +159,13 @@ class UpstreamError(GatewayError):
         provider: str = "",
         upstream_status: int | None = None,
         retry_after: float | None = None,
+        retryable: bool = True,
     ) -> None:
         super().__init__(message)
         self.provider = provider
         self.upstream_status = upstream_status
         self.retry_after = retry_after
+        self.retryable = retryable
 
 
 class UpstreamTimeout(UpstreamError):

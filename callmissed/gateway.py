@@ -3,6 +3,7 @@
 Each edge (api/openai.py, api/anthropic.py) authenticates and parses its own dialect, then calls
 `complete()` or `open_stream()` with an OpenAI-format body. Until the first chunk arrives any
 failure is raised as a normal error (a real HTTP status); after that it travels in-band.
+Which route answers (fallback, hedging, timeouts) is failover.py's job.
 """
 
 from __future__ import annotations
@@ -11,24 +12,46 @@ from dataclasses import dataclass
 from typing import Any
 
 from callmissed.auth import Authenticator, Principal
+from callmissed.failover import Failover, Won
+from callmissed.health import Health
+from callmissed.metrics import Metrics
 from callmissed.providers import REGISTRY, Provider
 from callmissed.reasoning import apply_reasoning_effort
-from callmissed.relay import ChatStream, read_completion
+from callmissed.relay import ChatStream
 from callmissed.routing import Router, Target
-from callmissed.settings import Settings
+from callmissed.settings import ModelSettings, Settings
 from callmissed.store import Store, open_store
-from callmissed.upstream import Upstream, UpstreamResponse
+from callmissed.upstream import Upstream
 
 __all__ = ["Gateway", "RouteInfo"]
 
 
 @dataclass(frozen=True, slots=True)
 class RouteInfo:
-    """Where a request went; sent back to the client as headers."""
+    """Where a request went; sent back to the client as headers.
+
+    `provider`/`upstream_model` name the one route that answered: bill only it. Failed attempts
+    and a hedge's cancelled loser delivered nothing to the client (`fallbacks`, `attempts`).
+    """
 
     provider: str
     upstream_model: str
     reasoning_effort: str | None
+    attempts: int = 1  # upstream requests made for this one, the winner included
+    fallbacks: tuple[str, ...] = ()  # "provider:model outcome" of each failed attempt
+    hedged: bool = False
+
+    @classmethod
+    def of(cls, won: Won[Any], reasoning_effort: str | None) -> RouteInfo:
+        route = won.target.route
+        return cls(
+            route.provider,
+            route.upstream_model,
+            reasoning_effort,
+            won.attempts,
+            won.failed,
+            won.hedged,
+        )
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         headers = [
@@ -37,6 +60,8 @@ class RouteInfo:
         ]
         if self.reasoning_effort is not None:
             headers.append((b"x-callmissed-reasoning-effort", self.reasoning_effort.encode()))
+        if self.attempts > 1:
+            headers.append((b"x-callmissed-attempts", str(self.attempts).encode()))
         return headers
 
 
@@ -50,6 +75,9 @@ class Gateway:
         self.store = store or open_store(settings.database_url)
         self.auth = Authenticator(self.store)
         self.upstream = Upstream(settings)
+        self.health = Health(settings.resilience)
+        self.metrics = Metrics()
+        self.failover = Failover(settings, self.upstream, self.health, self.metrics)
 
     async def start(self) -> None:
         await self.upstream.start()
@@ -62,36 +90,19 @@ class Gateway:
         self, principal: Principal, body: dict[str, Any]
     ) -> tuple[dict[str, Any], RouteInfo]:
         """A whole chat.completion for a checked OpenAI-format body."""
-        target, response, info = await self._send(body)
-        return await read_completion(target.provider, response), info
+        model, targets = self._route(body)
+        effort = apply_reasoning_effort(body, model, self.settings.reasoning_policies)
+        won = await self.failover.complete(model, targets, body)
+        return won.result, RouteInfo.of(won, effort)
 
     async def open_stream(
         self, principal: Principal, body: dict[str, Any], include_usage: bool
     ) -> tuple[ChatStream, RouteInfo]:
-        """A started ChatStream: its first chunks are already in, so nothing can fail silently."""
-        target, response, info = await self._send(body)
-        stream = ChatStream(target.provider, response, include_usage)
-        try:
-            await stream.start()
-        except BaseException:
-            stream.close()
-            raise
-        return stream, info
-
-    async def _send(self, body: dict[str, Any]) -> tuple[Target, UpstreamResponse, RouteInfo]:
-        model, targets = self.router.resolve(body["model"])
+        """A started ChatStream: its first token is already in, so nothing can fail silently."""
+        model, targets = self._route(body)
         effort = apply_reasoning_effort(body, model, self.settings.reasoning_policies)
-        target = targets[0]
-        request = target.provider.build_request(body, target.route, model)
-        response = await self.upstream.send(target.provider, request)
-        if response.status >= 400:
-            try:
-                error_body = await response.read()
-            finally:
-                response.close()
-            raise target.provider.parse_error(response.status, error_body, response.retry_after)
-        return (
-            target,
-            response,
-            RouteInfo(target.provider.name, target.route.upstream_model, effort),
-        )
+        won = await self.failover.open_stream(model, targets, body, include_usage)
+        return won.result, RouteInfo.of(won, effort)
+
+    def _route(self, body: dict[str, Any]) -> tuple[ModelSettings, list[Target]]:
+        return self.router.resolve(body["model"])

@@ -3,17 +3,19 @@
 A chunk is decoded only when its bytes show it may need an edit (formats.openai.needs_normalising);
 everything else is forwarded as the upstream sent it. A stream that errors or ends before its
 finish reason raises UpstreamError, so every API edge can end it with an error the SDK raises.
+Which route to stream from, and when a silent upstream has waited too long, is failover.py's call.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from callmissed.errors import UpstreamError
+from callmissed.errors import GatewayError, UpstreamError
 from callmissed.formats.openai import (
     ChunkNormaliser,
     is_plain_content,
@@ -55,23 +57,61 @@ class ChatStream:
         self.finished = False  # a finish_reason was seen
         self.usage: dict[str, Any] | None = None
         self.chunks_delivered = 0
+        self.failure: UpstreamError | None = None  # what ended the stream, if it broke
+        self.on_end: Callable[[ChatStream], None] | None = None  # called once, at close()
+        self.reading = False  # waiting on the upstream right now
+        self.read_started = 0.0  # loop time that wait began (failover.py's idle watchdog)
+        self._aborted: GatewayError | None = None
+        self._reader: asyncio.Task[Any] | None = None
+        self._closed = False
         self._batches = self._aiter_upstream()
         self._first: list[Chunk] = []
 
     async def start(self) -> None:
-        """Wait for the first chunks, so that an early failure can still be an HTTP error."""
-        self._first = await anext(self._batches, [])
+        """Wait for the first token, so that an early failure can still be an HTTP error.
+
+        Chunks without one (a bare role delta, which many servers send at once) are held back
+        with it: until a token has gone out, failover.py may still switch routes unseen.
+        """
+        while (batch := await anext(self._batches, None)) is not None:
+            self._first += batch
+            if any(_has_token(chunk) for chunk in batch):
+                return
 
     async def aiter_batches(self) -> AsyncIterator[list[Chunk]]:
         """The chunks of each upstream read, together, so the edge can write them at once."""
+        self._reader = asyncio.current_task()
         if self._first:
             yield self._first
         async for batch in self._batches:
             yield batch
 
+    def abort(self, error: GatewayError) -> None:
+        """End the stream with `error`: at once if it is waiting on the upstream, else next read."""
+        if self._aborted is not None or self._closed:
+            return
+        self._aborted = error
+        if self.reading and self._reader is not None:
+            self._reader.cancel()
+
     async def _aiter_upstream(self) -> AsyncIterator[list[Chunk]]:
+        loop = asyncio.get_running_loop()
+        reads = self._response.aiter_bytes()
         try:
-            async for raw in self._response.aiter_bytes():
+            while True:
+                if self._aborted is not None:
+                    raise self._aborted
+                self.read_started = loop.time()
+                self.reading = True
+                try:
+                    raw = await anext(reads)
+                except StopAsyncIteration:
+                    break
+                except asyncio.CancelledError:
+                    self._raise_if_aborted()
+                    raise
+                finally:
+                    self.reading = False
                 batch = [
                     chunk
                     for event in self._decoder.feed(raw)
@@ -82,16 +122,30 @@ class ChatStream:
                     yield batch
                 if self._done:
                     return
+            if not self.finished:
+                label = f"{self._provider.label} ({self._provider.name})"
+                raise UpstreamError(
+                    f"{label} ended the stream before it finished", provider=self._provider.name
+                )
+        except UpstreamError as exc:
+            self.failure = exc
+            raise
         finally:
             self.close()
-        if not self.finished:
-            label = f"{self._provider.label} ({self._provider.name})"
-            raise UpstreamError(
-                f"{label} ended the stream before it finished", provider=self._provider.name
-            )
+
+    def _raise_if_aborted(self) -> None:
+        # abort() cancelled the reading task; turn that (and only that) into the abort's error.
+        task = self._reader
+        if self._aborted is not None and task is not None and task.uncancel() == 0:
+            raise self._aborted from None
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self._response.close()
+        if self.on_end is not None:
+            self.on_end(self)
 
     def _accept(self, data: bytes) -> Chunk | None:
         if data == _DONE:
@@ -129,6 +183,20 @@ class ChatStream:
         if choices is None:
             chunk["choices"] = []
         return Chunk(orjson.dumps(chunk), chunk)
+
+
+def _has_token(chunk: Chunk) -> bool:
+    """Whether a chunk carries anything a client would see: not just a role or empty strings."""
+    choices = chunk.json().get("choices")
+    if not choices:
+        return True  # usage, or something we do not know: nothing to hold it back for
+    for choice in choices:
+        if choice.get("finish_reason"):
+            return True
+        delta = choice.get("delta") or {}
+        if any(value for key, value in delta.items() if key != "role"):
+            return True
+    return False
 
 
 async def read_completion(provider: Provider, response: UpstreamResponse) -> dict[str, Any]:

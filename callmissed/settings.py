@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +17,19 @@ __all__ = [
     "ModelSettings",
     "Prices",
     "ProviderSettings",
+    "Resilience",
     "Route",
     "Settings",
     "SettingsError",
     "SimProfile",
+    "Timeouts",
     "load_settings",
 ]
 
 CATALOG_PATH = Path(__file__).with_name("catalog.toml")
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 EFFORT_VALUES = ("none", "minimal", "low", "medium", "high")
+STRATEGIES = ("ordered", "fastest")
 
 
 class SettingsError(ValueError):
@@ -80,6 +83,33 @@ class SimProfile:
 
 
 @dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds; docs/resilience.md. Defaults suit reasoning models: a long think is no failure."""
+
+    connect: float = 10.0  # TCP + TLS to the upstream
+    first_token: float = 120.0  # request sent -> first token, per attempt
+    idle: float = 120.0  # silence between upstream reads once streaming
+    total: float = 1800.0  # the whole request, every attempt included
+
+
+@dataclass(frozen=True, slots=True)
+class Resilience:
+    """Fallback, health, keep-alive and shutdown knobs (docs/resilience.md)."""
+
+    max_attempts: int = 3  # upstream attempts per request, across all routes
+    retry_backoff: float = 0.1  # base of the jittered backoff before retrying the same route
+    max_retry_wait: float = 1.0  # the longest backoff or Retry-After the gateway waits itself
+    breaker_failures: int = 5  # consecutive failures that open a route's breaker
+    breaker_open: float = 30.0  # seconds an open breaker waits before a half-open probe
+    explore_every: int = 20  # every Nth request of a "fastest" model tries the stalest route
+    keepalive_after: float = 5.0  # waiting this long for a first token commits the 200 ...
+    keepalive_interval: float = 15.0  # ... and sends an SSE comment this often
+    shutdown_grace: float = 20.0  # SIGTERM: in-flight requests may finish for this long
+    warm_connections: int = 1  # pre-established connections per upstream
+    warm_interval: float = 30.0  # re-warm an idle upstream this often (0: only at start-up)
+
+
+@dataclass(frozen=True, slots=True)
 class ModelSettings:
     name: str
     routes: tuple[Route, ...]
@@ -89,6 +119,9 @@ class ModelSettings:
     max_output: int | None = None
     prices: Prices | None = None
     simulate: SimProfile | None = None
+    strategy: str = "ordered"  # or "fastest": the healthy route with the best first-token time
+    hedge_after_ms: float | None = None  # start the next route too if no first token by then
+    timeouts: Timeouts | None = None  # None: the global ones
 
 
 @dataclass(frozen=True)
@@ -101,11 +134,21 @@ class Settings:
     port: int = 8080
     workers: int = 1
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    connect_timeout: float = 10.0
-    read_timeout: float = 600.0
+    timeouts: Timeouts = Timeouts()
+    resilience: Resilience = Resilience()
     config_path: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+
+    @property
+    def connect_timeout(self) -> float:
+        return self.timeouts.connect
+
+    @property
+    def read_timeout(self) -> float:
+        """A transport's own read timeout: a backstop that never fires before the gateway's."""
+        every = [self.timeouts, *(m.timeouts for m in self.models.values() if m.timeouts)]
+        return max(t.total for t in every) + 1.0
 
 
 def load_settings(env: Mapping[str, str] | None = None, config_path: str | None = None) -> Settings:
@@ -118,8 +161,9 @@ def load_settings(env: Mapping[str, str] | None = None, config_path: str | None 
     providers = _builtin_providers(env)
     for name, table in config.get("providers", {}).items():
         providers[name] = _parse_provider(name, table, env)
+    timeouts = _from_env(Timeouts(), env, _TIMEOUT_ENV)
     models = {
-        name: _parse_model(name, table)
+        name: _parse_model(name, table, timeouts)
         for name, table in {**catalog["models"], **config.get("models", {})}.items()
     }
     settings = Settings(
@@ -131,8 +175,8 @@ def load_settings(env: Mapping[str, str] | None = None, config_path: str | None 
         port=_int(env, "CALLMISSED_PORT", 8080),
         workers=_int(env, "CALLMISSED_WORKERS", 1),
         max_body_bytes=_int(env, "CALLMISSED_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
-        connect_timeout=_float(env, "CALLMISSED_CONNECT_TIMEOUT", 10.0),
-        read_timeout=_float(env, "CALLMISSED_STREAM_IDLE_TIMEOUT", 600.0),
+        timeouts=timeouts,
+        resilience=_from_env(Resilience(), env, _RESILIENCE_ENV),
         config_path=config_path,
         tls_cert=env.get("CALLMISSED_TLS_CERT") or None,
         tls_key=env.get("CALLMISSED_TLS_KEY") or None,
@@ -163,6 +207,7 @@ def validate(settings: Settings) -> None:
             raise SettingsError(
                 f"model {model.name!r} has unknown reasoning policy {model.reasoning!r}"
             )
+        _validate_resilience(model)
     for name, policy in settings.reasoning_policies.items():
         missing = [value for value in EFFORT_VALUES if value not in policy]
         if missing:
@@ -232,9 +277,12 @@ def _parse_provider(
     )
 
 
-def _parse_model(name: str, table: Mapping[str, Any]) -> ModelSettings:
+def _parse_model(name: str, table: Mapping[str, Any], defaults: Timeouts) -> ModelSettings:
     prices = table.get("prices")
     simulate = table.get("simulate")
+    timeouts = table.get("timeouts")
+    if timeouts is not None and not isinstance(timeouts, dict):
+        raise SettingsError(f"model {name!r}: timeouts must be a table of seconds")
     return ModelSettings(
         name=name,
         routes=tuple(Route.parse(text) for text in table.get("routes", [])),
@@ -244,7 +292,72 @@ def _parse_model(name: str, table: Mapping[str, Any]) -> ModelSettings:
         max_output=table.get("max_output"),
         prices=Prices(**prices) if prices else None,
         simulate=SimProfile(**simulate) if simulate else None,
+        strategy=table.get("strategy", "ordered"),
+        hedge_after_ms=_positive(name, "hedge_after_ms", table.get("hedge_after_ms")),
+        timeouts=_with_timeouts(name, defaults, timeouts) if timeouts else None,
     )
+
+
+# Global timeouts and resilience knobs, each from one environment variable.
+_TIMEOUT_ENV = {
+    "connect": "CALLMISSED_CONNECT_TIMEOUT",
+    "first_token": "CALLMISSED_FIRST_TOKEN_TIMEOUT",
+    "idle": "CALLMISSED_STREAM_IDLE_TIMEOUT",
+    "total": "CALLMISSED_TOTAL_TIMEOUT",
+}
+_RESILIENCE_ENV = {
+    "max_attempts": "CALLMISSED_MAX_ATTEMPTS",
+    "retry_backoff": "CALLMISSED_RETRY_BACKOFF",
+    "max_retry_wait": "CALLMISSED_MAX_RETRY_WAIT",
+    "breaker_failures": "CALLMISSED_BREAKER_FAILURES",
+    "breaker_open": "CALLMISSED_BREAKER_OPEN",
+    "explore_every": "CALLMISSED_EXPLORE_EVERY",
+    "keepalive_after": "CALLMISSED_KEEPALIVE_AFTER",
+    "keepalive_interval": "CALLMISSED_KEEPALIVE_INTERVAL",
+    "shutdown_grace": "CALLMISSED_SHUTDOWN_GRACE",
+    "warm_connections": "CALLMISSED_WARM_CONNECTIONS",
+    "warm_interval": "CALLMISSED_WARM_INTERVAL",
+}
+_MAY_BE_ZERO = frozenset({"warm_connections", "warm_interval", "shutdown_grace", "retry_backoff"})
+
+
+def _from_env(defaults: Any, env: Mapping[str, str], names: Mapping[str, str]) -> Any:
+    """`defaults` with each field its environment variable sets; all must be positive numbers."""
+    values: dict[str, Any] = {}
+    for item in fields(defaults):
+        name = names[item.name]
+        default = getattr(defaults, item.name)
+        value = _int(env, name, default) if isinstance(default, int) else _float(env, name, default)
+        if value < 0 or (value == 0 and item.name not in _MAY_BE_ZERO):
+            raise SettingsError(f"{name} must be positive")
+        values[item.name] = value
+    return replace(defaults, **values)
+
+
+def _with_timeouts(model: str, defaults: Timeouts, table: Mapping[str, Any]) -> Timeouts:
+    known = {item.name for item in fields(Timeouts)}
+    for key, value in table.items():
+        if key not in known:
+            raise SettingsError(f"model {model!r}: unknown timeout {key!r} (known: {known})")
+        _positive(model, f"timeouts.{key}", value)
+    return replace(defaults, **table)
+
+
+def _positive(model: str, name: str, value: Any) -> Any:
+    if value is not None and (
+        not isinstance(value, int | float) or isinstance(value, bool) or value <= 0
+    ):
+        raise SettingsError(f"model {model!r}: {name} must be a positive number")
+    return value
+
+
+def _validate_resilience(model: ModelSettings) -> None:
+    if model.strategy not in STRATEGIES:
+        raise SettingsError(
+            f"model {model.name!r} has unknown strategy {model.strategy!r} (known: {STRATEGIES})"
+        )
+    if model.hedge_after_ms is not None and len(model.routes) < 2:
+        raise SettingsError(f"model {model.name!r}: hedge_after_ms needs at least two routes")
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

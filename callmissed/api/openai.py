@@ -81,6 +81,8 @@ def _describe(gateway: Gateway, model: ModelSettings) -> dict[str, Any]:
         "route": route.provider,
         "upstream_model": route.upstream_model,
         "routes": [f"{r.provider}:{r.upstream_model}" for r in model.routes],
+        "strategy": model.strategy,
+        "health": [gateway.health.describe(r) for r in model.routes],
         "available": unavailable is None,
         "reasoning_effort": _reasoning_capability(gateway, model),
     }

@@ -27,6 +27,11 @@ __all__ = ["Provider", "UpstreamRequest"]
 _CLIENT_STATUSES = frozenset({400, 403, 404, 413, 422, 429})
 _TIMEOUT_STATUSES = frozenset({408, 504, 524})
 _OVERLOADED_STATUSES = frozenset({503, 529})
+# Statuses that say "this route, not this request": another route may well succeed (failover.py).
+# 401/402 are our own credentials or balance at that upstream; 404 is an upstream that does not
+# serve the model id *we* chose for the route.
+RETRYABLE_STATUSES = frozenset({401, 402, 404, 408, 409, 425, 429, 500, 502, 503, 504, 529})
+RETRYABLE_STATUSES |= frozenset(range(520, 527))  # Cloudflare's origin-unreachable family
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +115,7 @@ class Provider:
             "provider": self.name,
             "upstream_status": status,
             "retry_after": retry_after,
+            "retryable": status in RETRYABLE_STATUSES,
         }
         if status == 401:
             return UpstreamError(

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
+from callmissed.errors import UpstreamError
 from callmissed.providers.base import Provider
 from callmissed.settings import ModelSettings
 
@@ -38,6 +41,10 @@ ERROR_STATUS = {
     3040: 429,
     7009: 503,
 }
+# 403s about our account rather than the request (blocked, private model, agreement, Workers
+# Paid only): another route may serve the same model, so they are retryable (failover.py).
+# Capacity (3040), the daily allocation (3036) and 7009 are retryable through their statuses.
+ACCOUNT_CODES = frozenset({3023, 3041, 5016, 5018, 5035})
 
 
 class Cloudflare(Provider):
@@ -50,6 +57,16 @@ class Cloudflare(Provider):
         messages = body.get("messages")
         if isinstance(messages, list) and any(_has_null_content(m) for m in messages):
             body["messages"] = [_with_empty_content(message) for message in messages]
+
+    def parse_error(self, status: int, body: bytes, retry_after: float | None) -> UpstreamError:
+        error = super().parse_error(status, body, retry_after)
+        try:
+            first = _first_envelope_error(orjson.loads(body))
+        except orjson.JSONDecodeError:
+            return error
+        if first is not None and first.get("code") in ACCOUNT_CODES:
+            error.retryable = True
+        return error
 
     def error_status(self, status: int, payload: Any) -> int:
         first = _first_envelope_error(payload)

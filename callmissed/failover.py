@@ -1,0 +1,449 @@
+"""Which route answers a request: fallback, same-route retries, hedging, and its time limits.
+
+A model's routes are tried best first (health.py orders them). The first attempt to produce a first
+token wins and is committed to; before that, a retryable failure moves on to the next route (a
+bounded number of attempts; a route is retried only after a jittered backoff that honours its
+Retry-After) and a non-retryable one goes straight to the client. With `hedge_after_ms`, a slow
+first attempt gets a second one racing it; the loser is cancelled. After commit nothing switches:
+a broken, silent or overdue stream ends with an error the SDK raises. relay.py decodes; upstream.py
+does the I/O. docs/resilience.md has the rules and the defaults.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from callmissed.errors import GatewayError, UpstreamError, UpstreamTimeout
+from callmissed.health import Health, route_name
+from callmissed.metrics import Metrics
+from callmissed.relay import ChatStream, read_completion
+from callmissed.routing import Target
+from callmissed.settings import ModelSettings, Settings, Timeouts
+from callmissed.upstream import Upstream, UpstreamResponse
+
+__all__ = ["TRANSIENT_STATUSES", "Failover", "Won"]
+
+T = TypeVar("T")
+
+# Failures the same route may well not repeat a moment later, so it is worth one more try.
+# No status means the connection broke or the answer was garbage. Timeouts and 429s are not
+# here: waiting them out again is the client's call, and its SDK backs off by itself.
+TRANSIENT_STATUSES = frozenset({None, 500, 502, 503, 520, 521, 522, 523, 525, 526, 529})
+
+
+@dataclass(frozen=True, slots=True)
+class Won(Generic[T]):
+    """The attempt that answered, and what it took: the basis for billing and RouteInfo."""
+
+    target: Target
+    result: T
+    attempts: int  # upstream requests made, the winner and any hedge loser included
+    failed: tuple[str, ...]  # "provider:model status" of each failed attempt, in order
+    hedged: bool
+
+
+class _Inflight:
+    """One request the gateway is serving, so shutdown can end it."""
+
+    __slots__ = ("deadline", "reason", "scope", "stream")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.reason: GatewayError | None = None  # why it was ended early, if it was
+        self.scope: asyncio.Timeout | None = None
+        self.stream: ChatStream | None = None
+
+    def abort(self, reason: GatewayError, now: float) -> None:
+        self.reason = reason
+        if self.stream is not None:
+            self.stream.abort(reason)
+        elif self.scope is not None:
+            self.scope.reschedule(now)
+
+
+class Failover:
+    """Runs requests over their routes. One per gateway; see the module docstring."""
+
+    def __init__(
+        self, settings: Settings, upstream: Upstream, health: Health, metrics: Metrics
+    ) -> None:
+        self._timeouts = settings.timeouts
+        self._policy = settings.resilience
+        self._upstream = upstream
+        self._health = health
+        self._metrics = metrics
+        self._active: set[_Inflight] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def inflight(self) -> int:
+        return len(self._active)
+
+    async def complete(
+        self, model: ModelSettings, targets: list[Target], body: dict[str, Any]
+    ) -> Won[dict[str, Any]]:
+        """A whole chat.completion from the first route that gives one.
+
+        The whole answer is its first token, so only the total timeout bounds an attempt
+        (upstreams send a non-streamed answer's headers when it is done; see resilience.md).
+        """
+
+        async def attempt(target: Target) -> dict[str, Any]:
+            response = await self._send(target, body, model)
+            return await read_completion(target.provider, response)
+
+        request = self._enter(model)
+        try:
+            won = await self._run(request, model, targets, attempt)
+        finally:
+            self._leave(request)
+        self._metrics.inc("callmissed_requests_total", model.name, "ok")
+        return won
+
+    async def open_stream(
+        self,
+        model: ModelSettings,
+        targets: list[Target],
+        body: dict[str, Any],
+        include_usage: bool,
+    ) -> Won[ChatStream]:
+        """A started ChatStream (its first token is in), watched for silence and overtime.
+
+        Closing the stream (ChatStream.close) ends the request's bookkeeping.
+        """
+        timeouts = model.timeouts or self._timeouts
+
+        async def attempt(target: Target) -> ChatStream:
+            try:
+                async with asyncio.timeout(timeouts.first_token):
+                    response = await self._send(target, body, model)
+                    stream = ChatStream(target.provider, response, include_usage)
+                    try:
+                        await stream.start()
+                    except BaseException:
+                        stream.close()
+                        raise
+            except TimeoutError:
+                label = f"{target.provider.label} ({target.provider.name})"
+                raise UpstreamTimeout(
+                    f"{label} sent no first token within {timeouts.first_token:g} s",
+                    provider=target.provider.name,
+                ) from None
+            return stream
+
+        request = self._enter(model)
+        try:
+            won = await self._run(request, model, targets, attempt)
+        except BaseException:
+            self._leave(request)
+            raise
+        self._commit(request, model, won, timeouts)
+        return won
+
+    async def _send(
+        self, target: Target, body: dict[str, Any], model: ModelSettings
+    ) -> UpstreamResponse:
+        request = target.provider.build_request(body, target.route, model)
+        response = await self._upstream.send(target.provider, request)
+        if response.status >= 400:
+            try:
+                error_body = await response.read()
+            finally:
+                response.close()
+            raise target.provider.parse_error(response.status, error_body, response.retry_after)
+        return response
+
+    async def _run(
+        self,
+        request: _Inflight,
+        model: ModelSettings,
+        targets: list[Target],
+        attempt: Callable[[Target], Awaitable[T]],
+    ) -> Won[T]:
+        """The route loop, within the request's total timeout (or until shutdown ends it)."""
+        plan = _Plan(self, model, targets, request.deadline)
+        try:
+            async with asyncio.timeout_at(request.deadline) as request.scope:
+                if model.hedge_after_ms:
+                    won = await _race(plan, attempt, model.hedge_after_ms / 1000)
+                else:
+                    won = await _one_by_one(plan, attempt)
+        except TimeoutError:
+            self._metrics.inc("callmissed_requests_total", model.name, "error")
+            total = (model.timeouts or self._timeouts).total
+            raise request.reason or UpstreamTimeout(
+                f"{model.name} produced no answer within the {total:g} s total timeout"
+            ) from None
+        except GatewayError:
+            self._metrics.inc("callmissed_requests_total", model.name, "error")
+            raise
+        except asyncio.CancelledError:
+            self._metrics.inc("callmissed_requests_total", model.name, "cancelled")
+            raise
+        finally:
+            request.scope = None
+        if won.failed:
+            self._metrics.inc("callmissed_fallbacks_total", model.name)
+        return won
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+
+    def _enter(self, model: ModelSettings) -> _Inflight:
+        loop = asyncio.get_running_loop()
+        request = _Inflight(loop.time() + (model.timeouts or self._timeouts).total)
+        self._active.add(request)
+        self._idle.clear()
+        return request
+
+    def _leave(self, request: _Inflight) -> None:
+        self._active.discard(request)
+        if not self._active:
+            self._idle.set()
+
+    def _commit(
+        self, request: _Inflight, model: ModelSettings, won: Won[ChatStream], timeouts: Timeouts
+    ) -> None:
+        stream = won.result
+        request.stream = stream
+        watchdog = _Watchdog(stream, timeouts.idle, request.deadline)
+        route = won.target.route
+
+        def on_end(ended: ChatStream) -> None:
+            watchdog.cancel()
+            self._leave(request)
+            outcome = "ok" if ended.finished and ended.failure is None else "cancelled"
+            if ended.failure is not None:
+                outcome = "error"
+                self._health.failed(route, ended.failure)
+                self._metrics.inc("callmissed_stream_errors_total", route_name(route))
+            self._metrics.inc("callmissed_requests_total", model.name, outcome)
+
+        stream.on_end = on_end
+
+    async def drain(self, grace: float, reason: GatewayError) -> None:
+        """Let in-flight requests finish for `grace` seconds, then end the rest with `reason`."""
+        try:
+            async with asyncio.timeout(grace):
+                await self._idle.wait()
+            return
+        except TimeoutError:
+            pass
+        now = asyncio.get_running_loop().time()
+        for request in list(self._active):
+            request.abort(reason, now)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):  # their error events still have to be written
+                await self._idle.wait()
+
+
+async def _one_by_one(plan: _Plan, attempt: Callable[[Target], Awaitable[T]]) -> Won[T]:
+    while (target := await plan.next()) is not None:
+        started = asyncio.get_running_loop().time()
+        try:
+            result = await attempt(target)
+        except UpstreamError as exc:
+            plan.failed(target, exc)
+            continue
+        except BaseException:
+            plan.abandoned(target, started)
+            raise
+        return plan.won(target, result, started)
+    raise plan.exhausted()
+
+
+class _Plan:
+    """The attempts of one request: which route next, and what happened to the others."""
+
+    def __init__(
+        self, failover: Failover, model: ModelSettings, targets: list[Target], deadline: float
+    ) -> None:
+        self._deadline = deadline
+        self._health = failover._health
+        self._metrics = failover._metrics
+        self._policy = failover._policy
+        self._model = model
+        self._targets = targets
+        self._queue = deque(self._health.order(model, targets))
+        self._retry: list[tuple[Target, UpstreamError]] = []
+        self._round = 0
+        self.attempts = 0
+        self.failures: list[tuple[Target, UpstreamError]] = []
+        self.hedge: Target | None = None  # the attempt started to race a slow one
+
+    def can_hedge(self) -> bool:
+        return bool(self._queue) and self._round == 0 and self.attempts < self._policy.max_attempts
+
+    def next_now(self) -> Target | None:
+        """The next untried route, if one may be tried right now (no backoff wait)."""
+        while self.can_hedge():
+            target = self._queue.popleft()
+            if self._health.acquire(target.route):
+                self.attempts += 1
+                return target
+        return None
+
+    async def next(self) -> Target | None:
+        """The next route to try, after the backoff a retry needs; None when there is none."""
+        while self.attempts < self._policy.max_attempts:
+            if not self._queue:
+                if not self._retry:
+                    return None
+                self._round += 1
+                await self._backoff()
+                continue
+            target = self._queue.popleft()
+            if self._health.acquire(target.route):
+                self.attempts += 1
+                return target
+        return None
+
+    async def _backoff(self) -> None:
+        """Queue the routes worth retrying, after a jittered wait that honours Retry-After."""
+        cap = self._policy.max_retry_wait
+        delay = min(cap, self._policy.retry_backoff * 2 ** (self._round - 1))
+        delay *= random.uniform(0.5, 1.0)  # jitter: retries from many requests spread out
+        retry = [(t, e) for t, e in self._retry if e.retry_after is None or e.retry_after <= cap]
+        self._retry = []
+        delay = max([delay, *(e.retry_after or 0.0 for _, e in retry)])
+        if not retry or asyncio.get_running_loop().time() + delay >= self._deadline:
+            return  # nothing may be retried, or not before the request's time is up
+        await asyncio.sleep(delay)
+        self._queue.extend(target for target, _ in retry)
+
+    def failed(self, target: Target, error: UpstreamError) -> None:
+        """Record a failed attempt; raise `error` if no other route should be tried after it."""
+        self._health.failed(target.route, error)
+        self.failures.append((target, error))
+        name = route_name(target.route)
+        self._metrics.inc("callmissed_attempts_total", name, _outcome(error))
+        if not error.retryable:
+            raise error
+        if error.upstream_status in TRANSIENT_STATUSES and not isinstance(error, UpstreamTimeout):
+            self._retry.append((target, error))
+
+    def abandoned(self, target: Target, started: float) -> None:
+        waited = asyncio.get_running_loop().time() - started
+        self._health.abandoned(target.route, waited)
+        self._metrics.inc("callmissed_attempts_total", route_name(target.route), "abandoned")
+
+    def won(self, target: Target, result: T, started: float) -> Won[T]:
+        ttfb = asyncio.get_running_loop().time() - started
+        name = route_name(target.route)
+        self._health.succeeded(target.route, ttfb)
+        self._metrics.inc("callmissed_attempts_total", name, "ok")
+        self._metrics.observe("callmissed_ttfb_seconds", ttfb, name)
+        if self.hedge is not None:
+            winner = "hedge" if target is self.hedge else "first"
+            self._metrics.inc("callmissed_hedges_total", self._model.name, winner)
+        failed = tuple(f"{route_name(t.route)} {_outcome(e)}" for t, e in self.failures)
+        return Won(target, result, self.attempts, failed, self.hedge is not None)
+
+    def exhausted(self) -> GatewayError:
+        """The error for a request out of routes or attempts."""
+        if not self.failures:
+            return self._health.unavailable(self._model, self._targets)
+        last = self.failures[-1][1]
+        if len(self.failures) > 1:
+            tried = ", ".join(f"{route_name(t.route)} {_outcome(e)}" for t, e in self.failures)
+            last.message = f"{last.message} (after {len(self.failures)} attempts: {tried})"
+        return last
+
+
+async def _race(
+    plan: _Plan, attempt: Callable[[Target], Awaitable[T]], hedge_after: float
+) -> Won[T]:
+    """Like the plain route loop, but a slow attempt gets the next route racing it."""
+    loop = asyncio.get_running_loop()
+    running: dict[asyncio.Task[T], tuple[Target, float]] = {}
+    try:
+        while True:
+            if not running:
+                target = await plan.next()
+                if target is None:
+                    raise plan.exhausted()
+                running[asyncio.ensure_future(attempt(target))] = (target, loop.time())
+            wait = hedge_after if len(running) == 1 and plan.can_hedge() else None
+            done, _ = await asyncio.wait(running, timeout=wait, return_when="FIRST_COMPLETED")
+            if not done:
+                hedge = plan.next_now()
+                if hedge is not None:
+                    plan.hedge = hedge
+                    running[asyncio.ensure_future(attempt(hedge))] = (hedge, loop.time())
+                continue
+            for task in done:
+                target, started = running.pop(task)
+                error = task.exception()
+                if error is None:
+                    return plan.won(target, task.result(), started)
+                if not isinstance(error, UpstreamError):
+                    raise error
+                plan.failed(target, error)
+    finally:
+        for task, (target, started) in running.items():
+            plan.abandoned(target, started)
+            _discard(task)
+
+
+def _discard(task: asyncio.Task[Any]) -> None:
+    """Cancel a losing attempt; if it won anyway meanwhile, close what it opened."""
+    if not task.done():
+        task.cancel()
+    task.add_done_callback(_close_result)
+
+
+def _close_result(task: asyncio.Task[Any]) -> None:
+    if task.cancelled() or task.exception() is not None:
+        return
+    result = task.result()
+    if isinstance(result, ChatStream):
+        result.close()
+
+
+class _Watchdog:
+    """Ends a committed stream whose upstream is silent for `idle` s or that passes its deadline.
+
+    One timer per stream, re-armed only when it fires: the per-chunk cost is the timestamp
+    ChatStream takes before each read.
+    """
+
+    __slots__ = ("_deadline", "_handle", "_idle", "_loop", "_stream")
+
+    def __init__(self, stream: ChatStream, idle: float, deadline: float) -> None:
+        self._stream = stream
+        self._idle = idle
+        self._deadline = deadline
+        self._loop = asyncio.get_running_loop()
+        self._handle = self._loop.call_at(min(self._loop.time() + idle, deadline), self._check)
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        stream = self._stream
+        if now >= self._deadline:
+            stream.abort(UpstreamTimeout("the answer did not finish within the total timeout"))
+            return
+        if stream.reading and now - stream.read_started >= self._idle:
+            stream.abort(UpstreamTimeout(f"the upstream sent nothing for {self._idle:g} s"))
+            return
+        since = stream.read_started if stream.reading else now
+        self._handle = self._loop.call_at(min(since + self._idle, self._deadline), self._check)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+
+# How a failed attempt is counted in metrics and named in messages.
+_OUTCOMES = {None: "broken", 429: "rate_limited", 408: "timeout", 504: "timeout"}
+
+
+def _outcome(error: UpstreamError) -> str:
+    if isinstance(error, UpstreamTimeout) and error.upstream_status is None:
+        return "timeout"
+    status = error.upstream_status
+    return _OUTCOMES.get(status) or str(status)

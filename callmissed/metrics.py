@@ -1,0 +1,163 @@
+"""Counters and a first-token histogram, rendered as Prometheus text for `GET /metrics`.
+
+Recording is a dict update (no locks: one event loop per worker). Each worker process keeps its
+own numbers, so with `--workers N` a scrape sees the worker that answered it. Route health
+(breaker state, EWMA first-token time, error rate) is read from health.py when rendering.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterable
+
+from callmissed.health import CLOSED, HALF_OPEN, OPEN, RouteHealth
+
+__all__ = ["BUCKETS", "Metrics"]
+
+# name -> (type, help, label names)
+_SCHEMA: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "callmissed_requests_total": (
+        "counter",
+        "Chat requests by model and outcome (ok, error, cancelled).",
+        ("model", "outcome"),
+    ),
+    "callmissed_attempts_total": (
+        "counter",
+        "Upstream attempts by route and outcome (ok, abandoned, timeout, broken, a status).",
+        ("route", "outcome"),
+    ),
+    "callmissed_fallbacks_total": (
+        "counter",
+        "Requests answered after at least one failed attempt.",
+        ("model",),
+    ),
+    "callmissed_hedges_total": (
+        "counter",
+        "Hedged requests by the attempt that won (first or hedge).",
+        ("model", "winner"),
+    ),
+    "callmissed_stream_errors_total": (
+        "counter",
+        "Streams that broke after their first token, by route.",
+        ("route",),
+    ),
+    "callmissed_keepalive_streams_total": (
+        "counter",
+        "Streams committed early (keep-alive comments) while waiting for a first token.",
+        (),
+    ),
+    "callmissed_ttfb_seconds": (
+        "histogram",
+        "Seconds from sending to an upstream to its first token, by route.",
+        ("route",),
+    ),
+}
+BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_STATES = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self._counters: dict[tuple[str, tuple[str, ...]], float] = {}
+        self._histograms: dict[tuple[str, tuple[str, ...]], list[float]] = {}
+
+    def inc(self, name: str, *labels: str, value: float = 1.0) -> None:
+        key = (name, labels)
+        self._counters[key] = self._counters.get(key, 0.0) + value
+
+    def observe(self, name: str, value: float, *labels: str) -> None:
+        """Add a sample; the row is [per-bucket counts..., +Inf count, sum]."""
+        row = self._histograms.get((name, labels))
+        if row is None:
+            row = self._histograms[(name, labels)] = [0.0] * (len(BUCKETS) + 2)
+        row[bisect.bisect_left(BUCKETS, value)] += 1
+        row[-1] += value
+
+    def value(self, name: str, *labels: str) -> float:
+        return self._counters.get((name, labels), 0.0)
+
+    def render(self, routes: Iterable[RouteHealth], inflight: int) -> str:
+        lines: list[str] = []
+        for name, (kind, help_text, label_names) in _SCHEMA.items():
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+            if kind == "counter":
+                lines += _counter_lines(self._counters, name, label_names)
+            else:
+                lines += _histogram_lines(self._histograms, name, label_names)
+        lines += _gauge_lines(routes, inflight)
+        return "\n".join(lines) + "\n"
+
+
+def _labels(names: tuple[str, ...], values: tuple[str, ...], extra: str = "") -> str:
+    pairs = [f'{name}="{_escape(value)}"' for name, value in zip(names, values, strict=True)]
+    if extra:
+        pairs.append(extra)
+    return "{" + ",".join(pairs) + "}" if pairs else ""
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _counter_lines(
+    counters: dict[tuple[str, tuple[str, ...]], float], name: str, label_names: tuple[str, ...]
+) -> list[str]:
+    return [
+        f"{name}{_labels(label_names, labels)} {value:g}"
+        for (metric, labels), value in sorted(counters.items())
+        if metric == name
+    ]
+
+
+def _histogram_lines(
+    histograms: dict[tuple[str, tuple[str, ...]], list[float]],
+    name: str,
+    label_names: tuple[str, ...],
+) -> list[str]:
+    lines = []
+    for (metric, labels), row in sorted(histograms.items()):
+        if metric != name:
+            continue
+        cumulative = 0.0
+        for bound, count in zip([*BUCKETS, "+Inf"], row[:-1], strict=True):
+            cumulative += count
+            le = f'le="{bound}"'
+            lines.append(f"{name}_bucket{_labels(label_names, labels, le)} {cumulative:g}")
+        lines.append(f"{name}_sum{_labels(label_names, labels)} {row[-1]:g}")
+        lines.append(f"{name}_count{_labels(label_names, labels)} {cumulative:g}")
+    return lines
+
+
+def _gauge_lines(routes: Iterable[RouteHealth], inflight: int) -> list[str]:
+    lines = [
+        "# HELP callmissed_inflight_requests Chat requests being served right now.",
+        "# TYPE callmissed_inflight_requests gauge",
+        f"callmissed_inflight_requests {inflight}",
+    ]
+    rows = sorted(routes, key=lambda health: health.name)
+    for name, help_text, read in _ROUTE_GAUGES:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+        for health in rows:
+            value = read(health)
+            if value is not None:
+                lines.append(f'{name}{{route="{_escape(health.name)}"}} {value:g}')
+    return lines
+
+
+_ROUTE_GAUGES: tuple[tuple[str, str, Callable[[RouteHealth], float | None]], ...] = (
+    (
+        "callmissed_route_breaker_state",
+        "Breaker state: 0 closed, 1 half-open, 2 open.",
+        lambda health: _STATES[health.state],
+    ),
+    (
+        "callmissed_route_ttfb_ewma_seconds",
+        "EWMA of the route's first-token time.",
+        lambda health: health.ttfb,
+    ),
+    (
+        "callmissed_route_error_rate",
+        "EWMA of the route's attempt failures (0 to 1).",
+        lambda health: health.error_rate,
+    ),
+)
