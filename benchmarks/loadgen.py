@@ -104,10 +104,14 @@ class Results:
     total: array[float] = field(default_factory=lambda: array("d"))
     gaps: array[float] = field(default_factory=lambda: array("d"))
     ok_in_window: int = 0
+    ok_total: int = 0  # warm-up and grace included
+    last_ok: float = 0.0
     errors: Counter[str] = field(default_factory=Counter)
     unfinished: int = 0
 
     def record(self, start: float, end: float, tally: StreamTally) -> None:
+        self.ok_total += 1
+        self.last_ok = end
         if self.window[0] <= end <= self.window[1]:
             self.ok_in_window += 1
         if start < self.window[0]:
@@ -264,7 +268,7 @@ async def _drive(job: Job, results: Results, send: Any) -> None:
                 tally = await send(start)
             except Failed as exc:
                 results.errors[str(exc)] += 1
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            except Exception as exc:  # any failure counts, and must not end the worker
                 results.errors[type(exc).__name__] += 1
                 await asyncio.sleep(0.01)  # do not spin on a refused connection
             else:
@@ -312,6 +316,11 @@ def _report(job: Job, results: Results, cpu: float, wall: float, stall_ms: float
         "duration_s": job.duration,
         "ok": len(results.ttfb),
         "rps": round(results.ok_in_window / window, 1),
+        # For a server slower than the window (every request outlives it) `rps` says 0; this
+        # counts every completion from the first request sent to the last answer received.
+        "rps_whole_run": round(results.ok_total / (results.last_ok - results.started), 1)
+        if results.ok_total
+        else 0.0,
         "errors": dict(results.errors),
         "unfinished": results.unfinished,
         "ttfb_ms": summarise(results.ttfb),
