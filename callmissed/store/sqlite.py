@@ -2,12 +2,15 @@
 
 Every method runs synchronously on the caller's thread: each is one short transaction of a few
 microseconds (BEGIN IMMEDIATE takes SQLite's single write lock, so a read-check-write inside
-one is atomic across every process sharing the file).
+one is atomic across every process sharing the file). Commits never fsync (WAL, synchronous=
+NORMAL: a commit survives a crash of the process, not of the machine); the WAL checkpoint, which
+does fsync, runs on a background thread instead of inside some request's commit.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -39,13 +42,30 @@ _RESERVE = (
 )
 
 
+_CHECKPOINT_EVERY = 0.5  # seconds
+
+
 class SQLiteStore:
     def __init__(self, path: str) -> None:
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db = _connect(path)
         self._migrate()
+        self._stop = threading.Event()
+        self._checkpointer: threading.Thread | None = None
+        if path != ":memory:":
+            # Checkpoints (the only fsyncs) happen here, never inside a request's commit.
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint, args=(path,), name="sqlite-checkpoint", daemon=True
+            )
+            self._checkpointer.start()
+
+    def _checkpoint(self, path: str) -> None:
+        db = _connect(path)
+        try:
+            while not self._stop.wait(_CHECKPOINT_EVERY):
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            db.close()
 
     def _migrate(self) -> None:
         self._db.execute(
@@ -193,7 +213,18 @@ class SQLiteStore:
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
     def close(self) -> None:
+        self._stop.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join()
         self._db.close()
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA busy_timeout=5000")
+    return db
 
 
 def _settle_one(db: sqlite3.Connection, entry: LedgerEntry) -> None:

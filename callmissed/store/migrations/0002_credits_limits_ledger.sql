@@ -9,7 +9,8 @@ ALTER TABLE api_keys ADD COLUMN models TEXT;                    -- comma-separat
 UPDATE api_keys SET granted = credits;
 
 -- One row per request in flight that reserved credits: what it took from the balance, and which
--- gateway process owns it, so a crashed process's holds can be given back.
+-- gateway process owns it, so a crashed process's holds can be given back. Written on the hot
+-- path, so it has no secondary index (it only ever holds the requests in flight).
 CREATE TABLE IF NOT EXISTS holds (
     request_id  TEXT    PRIMARY KEY,
     key_id      INTEGER NOT NULL REFERENCES api_keys (id),
@@ -18,7 +19,6 @@ CREATE TABLE IF NOT EXISTS holds (
     model       TEXT    NOT NULL,
     created_at  DOUBLE PRECISION NOT NULL
 );
-CREATE INDEX IF NOT EXISTS holds_by_instance ON holds (instance);
 
 -- One row per request that reached an upstream; cost is what the key was charged.
 CREATE TABLE IF NOT EXISTS ledger (
