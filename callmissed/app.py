@@ -6,7 +6,7 @@ import functools
 from collections.abc import Awaitable, Callable
 
 from callmissed import __version__
-from callmissed.api import anthropic, openai
+from callmissed.api import admin, anthropic, keys, openai
 from callmissed.api.playground import playground_routes, redirect_home
 from callmissed.gateway import Gateway
 from callmissed.settings import Settings, load_settings
@@ -41,6 +41,15 @@ def build_app(settings: Settings) -> ASGIApp:
         ("POST", "/v1/messages/count_tokens"): Endpoint(
             bind(anthropic.count_tokens), dialect="anthropic"
         ),
+        ("GET", "/v1/key"): Endpoint(bind(keys.retrieve_current_key)),
+        **{
+            (method, "/admin/keys"): Endpoint(bind(admin.keys_collection))
+            for method in ("GET", "POST")
+        },
+        **{
+            (method, "/admin/keys/*"): Endpoint(bind(admin.keys_item))
+            for method in ("GET", "PATCH", "POST")
+        },
         ("GET", "/healthz"): Endpoint(bind(healthz)),
         ("GET", "/metrics"): Endpoint(bind(metrics)),
         ("GET", "/"): Endpoint(redirect_home),

@@ -2,7 +2,8 @@
 
 Keys look like `cm_<43 url-safe characters>` and are stored only as SHA-256 digests (they are
 random, so a slow hash would add nothing but latency). Lookups are cached for a second or two,
-so the hot path does not touch the database.
+so the hot path does not read the database for them; revocation is still immediate for chat
+requests, because the credit reservation re-checks it in the same statement (credits.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from callmissed.errors import AuthenticationFailed
-from callmissed.store import KeyRecord, Store
+from callmissed.store import NO_POLICY, KeyPolicy, KeyRecord, Store
 
 __all__ = ["KEY_PREFIX", "Authenticator", "Principal", "create_key", "hash_key"]
 
@@ -26,16 +27,20 @@ _CACHE_SECONDS = 2.0
 class Principal:
     key_id: int
     name: str
+    policy: KeyPolicy = NO_POLICY
+    metered: bool = False  # the key has a credit balance (None = unlimited)
 
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create_key(store: Store, name: str, credits: int | None = None) -> tuple[str, KeyRecord]:
+def create_key(
+    store: Store, name: str, credits: int | None = None, policy: KeyPolicy = NO_POLICY
+) -> tuple[str, KeyRecord]:
     """Make and store a new key; the key itself is returned here and nowhere else."""
     key = KEY_PREFIX + secrets.token_urlsafe(32)
-    record = store.create_key(name, hash_key(key), key[:7], credits)
+    record = store.create_key(name, hash_key(key), key[:7], credits, policy)
     return key, record
 
 
@@ -66,14 +71,14 @@ class Authenticator:
         return principal
 
     def forget(self) -> None:
-        """Drop cached lookups (after a key was revoked in this process)."""
+        """Drop cached lookups (after a key was revoked or changed in this process)."""
         self._cache.clear()
 
     def _lookup(self, digest: str) -> Principal | None:
         record = self._store.find_key(digest)
         if record is None or not record.active or not hmac.compare_digest(record.key_hash, digest):
             return None
-        return Principal(record.id, record.name)
+        return Principal(record.id, record.name, record.policy, record.credits is not None)
 
 
 def _bearer(authorization: str | None) -> str | None:

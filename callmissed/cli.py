@@ -1,4 +1,4 @@
-"""The `callmissed` command: serve, keys create|list|revoke, config check."""
+"""The `callmissed` command: serve, keys create|list|show|revoke|topup, config check."""
 
 from __future__ import annotations
 
@@ -6,17 +6,15 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from callmissed import __version__
 from callmissed.auth import create_key
+from callmissed.credits import MICRO, parse_credits
 from callmissed.settings import Settings, SettingsError, load_settings
-from callmissed.store import open_store
+from callmissed.store import KeyPolicy, KeyRecord, Store, open_store
 
 __all__ = ["main"]
-
-MICRO = 1_000_000
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,17 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", dest="config_sub", help=argparse.SUPPRESS)
     serve.set_defaults(run=_serve)
 
-    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(title="actions")
-    create = keys.add_parser("create", help="create a key; the key is printed once, last")
-    create.add_argument("--name", required=True)
-    create.add_argument("--credits", help="starting balance in USD (default: unlimited)")
-    create.set_defaults(run=_keys_create)
-    keys.add_parser("list", help="list keys (never the keys themselves)").set_defaults(
-        run=_keys_list
-    )
-    revoke = keys.add_parser("revoke", help="revoke a key by id")
-    revoke.add_argument("key_id", type=int)
-    revoke.set_defaults(run=_keys_revoke)
+    _add_key_commands(commands)
 
     doctor = commands.add_parser(
         "doctor", help="check the store, every upstream's reachability and each hop's latency"
@@ -142,38 +130,6 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _keys_create(settings: Settings, args: argparse.Namespace) -> int:
-    credits = _micro_credits(args.credits) if args.credits is not None else None
-    store = open_store(settings.database_url)
-    key, record = create_key(store, args.name, credits)
-    store.close()
-    balance = "unlimited" if credits is None else f"${Decimal(credits) / MICRO}"
-    print(f"Created key {record.id} ({record.name}), credits {balance}. It is shown only once:")
-    print(key)
-    return 0
-
-
-def _keys_list(settings: Settings, args: argparse.Namespace) -> int:
-    store = open_store(settings.database_url)
-    for record in store.list_keys():
-        state = "active" if record.active else "revoked"
-        credits = "unlimited" if record.credits is None else f"${Decimal(record.credits) / MICRO}"
-        print(f"{record.id}\t{record.key_prefix}…\t{record.name}\t{credits}\t{state}")
-    store.close()
-    return 0
-
-
-def _keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
-    store = open_store(settings.database_url)
-    revoked = store.revoke_key(args.key_id)
-    store.close()
-    if not revoked:
-        print(f"callmissed: no active key with id {args.key_id}", file=sys.stderr)
-        return 1
-    print(f"Revoked key {args.key_id}.")
-    return 0
-
-
 def _doctor(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
 
@@ -209,11 +165,139 @@ def _config_check(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _micro_credits(text: str) -> int:
+# Keys: the same store the gateway uses, so changes apply to its next request (docs/credits.md).
+
+
+def _add_key_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(title="actions")
+    create = keys.add_parser("create", help="create a key; the key is printed once, last")
+    create.add_argument("--name", default="key", help="a label for the key")
+    create.add_argument("--credits", help="starting balance in USD (default: unlimited)")
+    create.add_argument("--rpm", type=_positive, help="requests per minute")
+    create.add_argument("--tpm", type=_positive, help="tokens per minute")
+    create.add_argument("--max-concurrent", type=_positive, help="requests in flight at once")
+    create.add_argument("--models", help="comma-separated models the key may use (default: all)")
+    create.set_defaults(run=_keys_create)
+    keys.add_parser("list", help="list keys (never the keys themselves)").set_defaults(
+        run=_keys_list
+    )
+    show = keys.add_parser("show", help="a key's balance, limits and latest requests")
+    show.add_argument("key_id", type=int)
+    show.set_defaults(run=_keys_show)
+    revoke = keys.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("key_id", type=int)
+    revoke.set_defaults(run=_keys_revoke)
+    topup = keys.add_parser("topup", help="add credits (USD) to a key")
+    topup.add_argument("key_id", type=int)
+    topup.add_argument("credits")
+    topup.set_defaults(run=_keys_topup)
+
+
+def _keys_create(settings: Settings, args: argparse.Namespace) -> int:
+    credits = _credits(args.credits) if args.credits is not None else None
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else None
+    policy = KeyPolicy(args.rpm, args.tpm, args.max_concurrent, models)
+    store = open_store(settings.database_url)
+    key, record = create_key(store, args.name, credits, policy)
+    store.close()
+    print(f"Created key {record.id} ({record.name}): {_summary(record)}. It is shown only once:")
+    print(key)
+    return 0
+
+
+def _keys_list(settings: Settings, args: argparse.Namespace) -> int:
+    store = open_store(settings.database_url)
+    for record in store.list_keys():
+        state = "active" if record.active else "revoked"
+        print(f"{record.id}\t{record.key_prefix}…\t{record.name}\t{_usd(record.credits)}\t{state}")
+    store.close()
+    return 0
+
+
+def _keys_show(settings: Settings, args: argparse.Namespace) -> int:
+    store = open_store(settings.database_url)
     try:
-        amount = Decimal(text)
-    except InvalidOperation:
-        raise SystemExit(f"callmissed: --credits must be a number of USD, got {text!r}") from None
-    if amount < 0:
-        raise SystemExit("callmissed: --credits must not be negative")
-    return int(amount * MICRO)
+        record = _find(store, args.key_id)
+        if record is None:
+            return 1
+        state = "active" if record.active else "revoked"
+        print(f"key {record.id} ({record.name}, {record.key_prefix}…): {state}")
+        print(f"  {_summary(record)}")
+        print(f"  granted {_usd(record.granted)}, spent {_usd(record.spent)}")
+        for row in store.recent_usage(record.id, 10):
+            print(
+                f"  {row['request_id']}  {row['model']}  {row['status']}  "
+                f"{row['prompt_tokens']}+{row['completion_tokens']} tokens  {_usd(row['cost'])}"
+            )
+    finally:
+        store.close()
+    return 0
+
+
+def _keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    store = open_store(settings.database_url)
+    revoked = store.revoke_key(args.key_id)
+    store.close()
+    if not revoked:
+        print(f"callmissed: no active key with id {args.key_id}", file=sys.stderr)
+        return 1
+    print(f"Revoked key {args.key_id}.")
+    return 0
+
+
+def _keys_topup(settings: Settings, args: argparse.Namespace) -> int:
+    amount = _credits(args.credits)
+    store = open_store(settings.database_url)
+    try:
+        record = store.topup(args.key_id, amount)
+        if record is None:
+            if _find(store, args.key_id) is not None:
+                print("callmissed: only an active key with a credit limit can be topped up",
+                      file=sys.stderr)  # fmt: skip
+            return 1
+    finally:
+        store.close()
+    print(f"Key {record.id}: added {_usd(amount)}, balance {_usd(record.credits)}.")
+    return 0
+
+
+def _find(store: Store, key_id: int) -> KeyRecord | None:
+    record = store.get_key(key_id)
+    if record is None:
+        print(f"callmissed: no key with id {key_id}", file=sys.stderr)
+    return record
+
+
+def _summary(record: KeyRecord) -> str:
+    policy = record.policy
+    limits = [
+        f"{value} {unit}"
+        for value, unit in (
+            (policy.rpm, "rpm"),
+            (policy.tpm, "tpm"),
+            (policy.max_concurrent, "concurrent"),
+        )
+        if value is not None
+    ]
+    models = ", ".join(policy.models) if policy.models is not None else "all models"
+    return f"credits {_usd(record.credits)}, limits {', '.join(limits) or 'none'}, {models}"
+
+
+def _usd(micro: int | None) -> str:
+    if micro is None:
+        return "unlimited"
+    return f"${micro // MICRO}.{micro % MICRO:06d}"
+
+
+def _credits(text: str) -> int:
+    try:
+        return parse_credits(text)
+    except ValueError as exc:
+        raise SystemExit(f"callmissed: {exc}") from None
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be a positive whole number")
+    return value

@@ -6,7 +6,9 @@
   x AuthenticationFailed           401 authentication_error   invalid_api_key
   x InsufficientCredits            402 insufficient_credits   insufficient_credits
   x PermissionDenied               403 permission_error       model_not_allowed
+    + ModelNotPriced               403 permission_error       model_not_priced
   x ModelNotFound                  404 not_found_error        model_not_found
+  x KeyNotFound                    404 not_found_error        key_not_found
   x RateLimited                    429 rate_limit_error       rate_limit_exceeded (+retry_after)
   x ProviderNotConfigured          503 api_error              provider_not_configured
   x ShuttingDown                   503 overloaded_error       shutting_down (+retry_after)
@@ -21,6 +23,7 @@ Messages are written for a human and never carry an upstream secret or a raw ups
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 __all__ = [
@@ -29,8 +32,10 @@ __all__ = [
     "GatewayError",
     "InsufficientCredits",
     "InvalidRequest",
+    "KeyNotFound",
     "MethodNotAllowed",
     "ModelNotFound",
+    "ModelNotPriced",
     "PermissionDenied",
     "ProviderNotConfigured",
     "RateLimited",
@@ -92,10 +97,24 @@ class PermissionDenied(GatewayError):
     code = "model_not_allowed"
 
 
+class ModelNotPriced(PermissionDenied):
+    """A key with a credit limit asked for a model the operator has not priced."""
+
+    code = "model_not_priced"
+
+
 class ModelNotFound(GatewayError):
     status = 404
     type = "not_found_error"
     code = "model_not_found"
+
+
+class KeyNotFound(GatewayError):
+    """The admin API was asked about an API key id that does not exist."""
+
+    status = 404
+    type = "not_found_error"
+    code = "key_not_found"
 
 
 class EndpointNotFound(GatewayError):
@@ -115,15 +134,22 @@ class RateLimited(GatewayError):
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self._headers = list(headers)  # x-ratelimit-* (ratelimit.py)
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         if self.retry_after is None:
-            return []
+            return list(self._headers)
         seconds = max(1, int(self.retry_after + 0.999))
-        return [(b"retry-after", str(seconds).encode())]
+        return [(b"retry-after", str(seconds).encode()), *self._headers]
 
 
 class ProviderNotConfigured(GatewayError):

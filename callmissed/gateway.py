@@ -8,14 +8,18 @@ Which route answers (fallback, hedging, timeouts) is failover.py's job.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from typing import Any
 
 from callmissed.auth import Authenticator, Principal
+from callmissed.credits import Charge, Credits
 from callmissed.failover import Failover, Won
 from callmissed.health import Health
+from callmissed.ledger import Ledger, ledger_directory
 from callmissed.metrics import Metrics
 from callmissed.providers import REGISTRY, Provider
+from callmissed.ratelimit import open_limiter
 from callmissed.reasoning import apply_reasoning_effort
 from callmissed.relay import ChatStream
 from callmissed.routing import Router, Target
@@ -40,6 +44,7 @@ class RouteInfo:
     attempts: int = 1  # upstream requests made for this one, the winner included
     fallbacks: tuple[str, ...] = ()  # "provider:model outcome" of each failed attempt
     hedged: bool = False
+    limits: tuple[tuple[bytes, bytes], ...] = ()  # the key's x-ratelimit-* (credits.py)
 
     @classmethod
     def of(cls, won: Won[Any], reasoning_effort: str | None) -> RouteInfo:
@@ -62,6 +67,7 @@ class RouteInfo:
             headers.append((b"x-callmissed-reasoning-effort", self.reasoning_effort.encode()))
         if self.attempts > 1:
             headers.append((b"x-callmissed-attempts", str(self.attempts).encode()))
+        headers.extend(self.limits)
         return headers
 
 
@@ -74,35 +80,73 @@ class Gateway:
         self.router = Router(settings, self.providers)
         self.store = store or open_store(settings.database_url)
         self.auth = Authenticator(self.store)
+        self.ledger = Ledger(self.store, ledger_directory(settings))
+        self.limiter = open_limiter(settings.accounting.redis_url, settings.accounting.redis_prefix)
+        self.credits = Credits(
+            self.store, self.ledger, self.limiter, self.auth, settings.accounting.prices
+        )
         self.upstream = Upstream(settings)
         self.health = Health(settings.resilience)
         self.metrics = Metrics()
         self.failover = Failover(settings, self.upstream, self.health, self.metrics)
 
     async def start(self) -> None:
+        self.ledger.start()
         await self.upstream.start()
 
     async def close(self) -> None:
         await self.upstream.close()
+        await self.ledger.close()
+        await self.limiter.close()
         self.store.close()
 
     async def complete(
-        self, principal: Principal, body: dict[str, Any]
+        self, principal: Principal, body: dict[str, Any], *, request_id: str | None = None
     ) -> tuple[dict[str, Any], RouteInfo]:
-        """A whole chat.completion for a checked OpenAI-format body."""
+        """A whole chat.completion for a checked OpenAI-format body, `usage.cost` included."""
         model, targets = self._route(body)
         effort = apply_reasoning_effort(body, model, self.settings.reasoning_policies)
-        won = await self.failover.complete(model, targets, body)
-        return won.result, RouteInfo.of(won, effort)
+        charge = await self.credits.begin(principal, model, body, request_id or _request_id())
+        try:
+            won = await self.failover.complete(model, targets, body)
+        except BaseException as exc:
+            charge.fail(exc)
+            raise
+        info = _charged(RouteInfo.of(won, effort), charge, stream=False)
+        charge.complete(won.result)
+        return won.result, info
 
     async def open_stream(
-        self, principal: Principal, body: dict[str, Any], include_usage: bool
+        self,
+        principal: Principal,
+        body: dict[str, Any],
+        include_usage: bool,
+        *,
+        request_id: str | None = None,
     ) -> tuple[ChatStream, RouteInfo]:
-        """A started ChatStream: its first token is already in, so nothing can fail silently."""
+        """A started ChatStream: its first token is already in, so nothing can fail silently.
+
+        The stream settles its charge when it is closed, however it ends."""
         model, targets = self._route(body)
         effort = apply_reasoning_effort(body, model, self.settings.reasoning_policies)
-        won = await self.failover.open_stream(model, targets, body, include_usage)
-        return won.result, RouteInfo.of(won, effort)
+        charge = await self.credits.begin(principal, model, body, request_id or _request_id())
+        try:
+            won = await self.failover.open_stream(model, targets, body, include_usage)
+        except BaseException as exc:
+            charge.fail(exc)
+            raise
+        info = _charged(RouteInfo.of(won, effort), charge, stream=True)
+        won.result.meter_with(charge)
+        return won.result, info
 
     def _route(self, body: dict[str, Any]) -> tuple[ModelSettings, list[Target]]:
         return self.router.resolve(body["model"])
+
+
+def _request_id() -> str:
+    return "req_" + os.urandom(12).hex()
+
+
+def _charged(info: RouteInfo, charge: Charge, stream: bool) -> RouteInfo:
+    charge.routed(info.provider, info.upstream_model, stream)
+    return replace(info, limits=tuple(charge.headers()))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -26,7 +26,7 @@ from callmissed.providers import Provider
 from callmissed.sse import SSEDecoder
 from callmissed.upstream import UpstreamResponse
 
-__all__ = ["ChatStream", "Chunk", "read_completion"]
+__all__ = ["ChatStream", "Chunk", "StreamMeter", "read_completion"]
 
 _DONE = b"[DONE]"
 
@@ -42,6 +42,16 @@ class Chunk:
         if self.parsed is None:
             self.parsed = orjson.loads(self.data)
         return self.parsed
+
+
+class StreamMeter(Protocol):
+    """Accounting for one stream (credits.Charge): sees what reaches the client, and the end."""
+
+    def on_batch(self, batch: list[Chunk]) -> None:
+        """Chunks about to go to the client; may edit them (usage.cost)."""
+
+    def on_close(self, stream: ChatStream) -> None:
+        """The stream ended (finished, broke, or the client left); called exactly once."""
 
 
 class ChatStream:
@@ -64,6 +74,7 @@ class ChatStream:
         self._aborted: GatewayError | None = None
         self._reader: asyncio.Task[Any] | None = None
         self._closed = False
+        self._meter: StreamMeter | None = None
         self._batches = self._aiter_upstream()
         self._first: list[Chunk] = []
 
@@ -82,9 +93,19 @@ class ChatStream:
         """The chunks of each upstream read, together, so the edge can write them at once."""
         self._reader = asyncio.current_task()
         if self._first:
+            if self._meter is not None:
+                self._meter.on_batch(self._first)
             yield self._first
         async for batch in self._batches:
+            if self._meter is not None:
+                self._meter.on_batch(batch)
             yield batch
+
+    def meter_with(self, meter: StreamMeter) -> None:
+        """Account for this stream from here on: every batch delivered, then its end."""
+        self._meter = meter
+        if self._closed:  # it ended inside start(): nothing more will be delivered
+            meter.on_close(self)
 
     def abort(self, error: GatewayError) -> None:
         """End the stream with `error`: at once if it is waiting on the upstream, else next read."""
@@ -146,6 +167,8 @@ class ChatStream:
         self._response.close()
         if self.on_end is not None:
             self.on_end(self)
+        if self._meter is not None:
+            self._meter.on_close(self)
 
     def _accept(self, data: bytes) -> Chunk | None:
         if data == _DONE:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "Accounting",
     "ModelSettings",
     "Prices",
     "ProviderSettings",
@@ -72,6 +73,17 @@ class Prices:
     input: float
     cached_input: float
     output: float
+
+
+@dataclass(frozen=True, slots=True)
+class Accounting:
+    """Credits, limits and admin settings (docs/credits.md)."""
+
+    admin_token: str | None = None  # CALLMISSED_ADMIN_TOKEN; None: /admin is closed
+    redis_url: str | None = None  # CALLMISSED_REDIS_URL: share rate limits across processes
+    redis_prefix: str = "callmissed"  # CALLMISSED_REDIS_PREFIX: one per database sharing Redis
+    ledger_dir: str | None = None  # CALLMISSED_LEDGER_DIR; default: beside the SQLite file
+    prices: Mapping[str, Prices] = field(default_factory=dict)  # the config file's [prices]
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +151,7 @@ class Settings:
     config_path: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    accounting: Accounting = Accounting()
 
     @property
     def connect_timeout(self) -> float:
@@ -180,6 +193,7 @@ def load_settings(env: Mapping[str, str] | None = None, config_path: str | None 
         config_path=config_path,
         tls_cert=env.get("CALLMISSED_TLS_CERT") or None,
         tls_key=env.get("CALLMISSED_TLS_KEY") or None,
+        accounting=_parse_accounting(env, config),
     )
     validate(settings)
     return settings
@@ -290,7 +304,7 @@ def _parse_model(name: str, table: Mapping[str, Any], defaults: Timeouts) -> Mod
         description=table.get("description", ""),
         context=table.get("context"),
         max_output=table.get("max_output"),
-        prices=Prices(**prices) if prices else None,
+        prices=_parse_prices(f"model {name!r}", prices) if prices else None,
         simulate=SimProfile(**simulate) if simulate else None,
         strategy=table.get("strategy", "ordered"),
         hedge_after_ms=_positive(name, "hedge_after_ms", table.get("hedge_after_ms")),
@@ -358,6 +372,33 @@ def _validate_resilience(model: ModelSettings) -> None:
         )
     if model.hedge_after_ms is not None and len(model.routes) < 2:
         raise SettingsError(f"model {model.name!r}: hedge_after_ms needs at least two routes")
+
+
+def _parse_accounting(env: Mapping[str, str], config: Mapping[str, Any]) -> Accounting:
+    prices = config.get("prices", {})
+    if not isinstance(prices, dict):
+        raise SettingsError("[prices] must be a table of model names")
+    return Accounting(
+        admin_token=env.get("CALLMISSED_ADMIN_TOKEN") or None,
+        redis_url=env.get("CALLMISSED_REDIS_URL") or None,
+        redis_prefix=env.get("CALLMISSED_REDIS_PREFIX") or "callmissed",
+        ledger_dir=env.get("CALLMISSED_LEDGER_DIR") or None,
+        prices={name: _parse_prices(f"[prices.{name!r}]", table) for name, table in prices.items()},
+    )
+
+
+def _parse_prices(where: str, table: Any) -> Prices:
+    """USD per million tokens; cached_input defaults to input. All must be numbers >= 0."""
+    if not isinstance(table, dict) or not {"input", "output"} <= table.keys():
+        raise SettingsError(f"{where}: prices need input and output (USD per million tokens)")
+    unknown = table.keys() - {"input", "cached_input", "output"}
+    if unknown:
+        raise SettingsError(f"{where}: unknown price {sorted(unknown)[0]!r}")
+    values = {"cached_input": table["input"], **table}
+    for key, value in values.items():
+        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+            raise SettingsError(f"{where}: price {key} must be a number >= 0")
+    return Prices(float(values["input"]), float(values["cached_input"]), float(values["output"]))
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -31,10 +31,12 @@ async def create_chat_completion(gateway: Gateway, request: Request) -> Response
     body = request.json()
     check_chat_request(body)
     if not body.get("stream"):
-        completion, info = await gateway.complete(principal, body)
+        completion, info = await gateway.complete(principal, body, request_id=request.request_id)
         return json_response(completion, headers=info.headers())
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    stream, info = await gateway.open_stream(principal, body, include_usage)
+    stream, info = await gateway.open_stream(
+        principal, body, include_usage, request_id=request.request_id
+    )
     return StreamResponse(_aiter_sse(stream, request.request_id), info.headers(), stream.close)
 
 

@@ -1,0 +1,145 @@
+"""The admin API under /admin/keys, guarded by CALLMISSED_ADMIN_TOKEN (a bearer token).
+
+  GET   /admin/keys                  every key (never the key itself)
+  POST  /admin/keys                  create: {name, credits, rpm, tpm, max_concurrent, models}
+  GET   /admin/keys/{id}             one key, with its last ledger rows
+  PATCH /admin/keys/{id}             change limits / allow-list (fields as in create)
+  POST  /admin/keys/{id}/revoke      revoke: the next request with it gets 401
+  POST  /admin/keys/{id}/topup       add credits: {credits}
+
+Credits are USD in and out; the store keeps integer micro-credits. Without an admin token
+configured every admin request is refused.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from typing import Any
+
+from callmissed.auth import create_key
+from callmissed.credits import format_credits, parse_credits
+from callmissed.errors import AuthenticationFailed, InvalidRequest, KeyNotFound, PermissionDenied
+from callmissed.gateway import Gateway
+from callmissed.store import NO_POLICY, KeyPolicy, KeyRecord
+from callmissed.web import Request, Response, json_response
+
+__all__ = ["describe_key", "keys_collection", "keys_item", "parse_policy"]
+
+_PREFIX = "/admin/keys/"
+_POLICY_FIELDS = ("rpm", "tpm", "max_concurrent", "models")
+
+
+async def keys_collection(gateway: Gateway, request: Request) -> Response:
+    """GET lists, POST creates."""
+    _authorize(gateway, request)
+    if request.method == "GET":
+        return json_response({"data": [describe_key(r) for r in gateway.store.list_keys()]})
+    body = _object(request)
+    name = body.get("name", "key")
+    if not isinstance(name, str) or not name:
+        raise InvalidRequest("'name' must be a non-empty string.", param="name")
+    credits = _credits(body.get("credits")) if body.get("credits") is not None else None
+    key, record = create_key(gateway.store, name, credits, parse_policy(body))
+    return json_response({"key": key, "data": describe_key(record)}, status=201)
+
+
+async def keys_item(gateway: Gateway, request: Request) -> Response:
+    """/admin/keys/{id}[/revoke|/topup]: GET, PATCH, or POST an action."""
+    _authorize(gateway, request)
+    key_id, _, action = request.path.removeprefix(_PREFIX).partition("/")
+    record = _record(gateway, key_id)
+    match (request.method, action):
+        case ("GET", ""):
+            await gateway.ledger.flush(at_most=1.0)
+            usage = gateway.store.recent_usage(record.id, 100)
+            fresh = gateway.store.get_key(record.id) or record
+            return json_response({"data": describe_key(fresh), "usage": usage})
+        case ("PATCH", ""):
+            policy = parse_policy(_object(request), record.policy)
+            updated = gateway.store.set_policy(record.id, policy) or record
+        case ("POST", "revoke"):
+            gateway.store.revoke_key(record.id)
+            updated = gateway.store.get_key(record.id) or record
+        case ("POST", "topup"):
+            amount = _credits(_object(request).get("credits"))
+            topped = gateway.store.topup(record.id, amount)
+            if topped is None:
+                raise InvalidRequest("Only an active key with a credit limit can be topped up.")
+            updated = topped
+        case _:
+            raise InvalidRequest(f"{request.method} {request.path} is not an admin action.")
+    gateway.auth.forget()  # revocations and new limits apply to the very next request
+    return json_response({"data": describe_key(updated)})
+
+
+def describe_key(record: KeyRecord) -> dict[str, Any]:
+    policy = record.policy
+    return {
+        "id": record.id,
+        "name": record.name,
+        "key_prefix": record.key_prefix,
+        "active": record.active,
+        "created_at": record.created_at,
+        "revoked_at": record.revoked_at,
+        "credits": format_credits(record.credits),
+        "granted": format_credits(record.granted),
+        "spent": format_credits(record.spent),
+        "rpm": policy.rpm,
+        "tpm": policy.tpm,
+        "max_concurrent": policy.max_concurrent,
+        "models": list(policy.models) if policy.models is not None else None,
+    }
+
+
+def parse_policy(body: Mapping[str, Any], current: KeyPolicy = NO_POLICY) -> KeyPolicy:
+    """Limits from a JSON body; absent fields keep `current`, null removes a limit."""
+    values: dict[str, Any] = {name: getattr(current, name) for name in _POLICY_FIELDS}
+    for name in ("rpm", "tpm", "max_concurrent"):
+        if name in body:
+            value = body[name]
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 1
+            ):
+                raise InvalidRequest(f"'{name}' must be a positive integer or null.", param=name)
+            values[name] = value
+    if "models" in body:
+        models = body["models"]
+        if models is not None and (
+            not isinstance(models, list) or not all(isinstance(m, str) and m for m in models)
+        ):
+            raise InvalidRequest("'models' must be a list of model names or null.", param="models")
+        values["models"] = tuple(models) if models is not None else None
+    return KeyPolicy(**values)
+
+
+def _authorize(gateway: Gateway, request: Request) -> None:
+    token = gateway.settings.accounting.admin_token
+    if token is None:
+        raise PermissionDenied("The admin API is off: set CALLMISSED_ADMIN_TOKEN to turn it on.")
+    scheme, _, given = (request.headers.get("authorization") or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    ):
+        raise AuthenticationFailed("The admin API needs 'Authorization: Bearer <admin token>'.")
+
+
+def _record(gateway: Gateway, key_id: str) -> KeyRecord:
+    record = gateway.store.get_key(int(key_id)) if key_id.isdigit() else None
+    if record is None:
+        raise KeyNotFound(f"There is no API key with id {key_id!r}.")
+    return record
+
+
+def _object(request: Request) -> dict[str, Any]:
+    body = request.json() if request.body else {}
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    return body
+
+
+def _credits(value: Any) -> int:
+    try:
+        return parse_credits(value)
+    except ValueError as exc:
+        raise InvalidRequest(f"'credits': {exc}.", param="credits") from None

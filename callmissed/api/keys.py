@@ -1,0 +1,50 @@
+"""GET /v1/key: the calling key's credits and limits, in OpenRouter's shape (`{"data": {...}}`).
+
+`usage`, `limit` and `limit_remaining` are credits (USD); `limit` is everything ever granted
+(null for an unlimited key) and `limit_remaining` the spendable balance now, in-flight holds
+already taken out. This process's finished requests are settled first, so it is exact.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from callmissed.credits import format_credits
+from callmissed.errors import AuthenticationFailed
+from callmissed.gateway import Gateway
+from callmissed.store import KeyRecord
+from callmissed.web import Request, Response, json_response
+
+__all__ = ["describe_limits", "retrieve_current_key"]
+
+
+async def retrieve_current_key(gateway: Gateway, request: Request) -> Response:
+    principal = gateway.auth.authenticate(
+        request.headers.get("authorization"), request.headers.get("x-api-key")
+    )
+    await gateway.ledger.flush(at_most=1.0)
+    record = gateway.store.get_key(principal.key_id)
+    if record is None or not record.active:
+        gateway.auth.forget()
+        raise AuthenticationFailed("This API key has been revoked.")
+    data = {
+        "label": record.name,
+        "usage": format_credits(record.spent),
+        "limit": format_credits(record.granted),
+        "limit_remaining": format_credits(record.credits),
+        "is_free_tier": False,
+        "rate_limit": describe_limits(record),
+        "models": list(record.policy.models) if record.policy.models is not None else None,
+    }
+    return json_response({"data": data})
+
+
+def describe_limits(record: KeyRecord) -> dict[str, Any]:
+    """The key's limits; null means none. All are per key, over a sliding minute."""
+    policy = record.policy
+    return {
+        "requests": policy.rpm,
+        "tokens": policy.tpm,
+        "concurrent": policy.max_concurrent,
+        "interval": "1m",
+    }

@@ -1,0 +1,418 @@
+"""Credits: prices as integers, the worst-case hold before a request, the real charge after it.
+
+Money is integer micro-credits (1 credit = 1 USD, as OpenRouter's). `Credits.begin()` is the
+gateway's seam before the upstream call: allow-list, rate limits, then one atomic reserve of the
+request's worst case. The `Charge` it returns ends exactly once (completed, failed, or the client
+went away), charges what was used, and journals the ledger row before the response ends
+(docs/credits.md). It must not do I/O of its own beyond the store call in begin().
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from callmissed.auth import Authenticator, Principal
+from callmissed.errors import (
+    AuthenticationFailed,
+    GatewayError,
+    InsufficientCredits,
+    ModelNotPriced,
+    PermissionDenied,
+)
+from callmissed.ledger import Ledger
+from callmissed.ratelimit import Lease, Limiter
+from callmissed.settings import ModelSettings, Prices
+from callmissed.store import LedgerEntry, Store
+from callmissed.token_estimate import estimate_input_tokens
+
+if TYPE_CHECKING:
+    from callmissed.relay import ChatStream, Chunk
+
+__all__ = [
+    "DEFAULT_OUTPUT_CAP",
+    "MICRO",
+    "Charge",
+    "Credits",
+    "Rates",
+    "TokenUsage",
+    "cost_of",
+    "format_credits",
+    "parse_credits",
+    "parse_usage",
+    "rates_of",
+]
+
+log = logging.getLogger("callmissed")
+
+MICRO = 1_000_000  # micro-credits per credit (USD)
+DEFAULT_OUTPUT_CAP = 32_768  # output tokens assumed when neither the client nor the model says
+_SCALE = 1_000_000  # a rate is USD per million tokens x 1e6: 1e-12 credits per token
+CLIENT_CLOSED = 499  # the ledger's status for a request the client abandoned (nginx's code)
+
+
+@dataclass(frozen=True, slots=True)
+class Rates:
+    """Integer prices, in 1e-12 credits per token (numerically: micro-USD per million tokens)."""
+
+    input: int
+    cached_input: int
+    output: int
+
+
+FREE = Rates(0, 0, 0)
+
+
+def rates_of(prices: Prices) -> Rates:
+    return Rates(_rate(prices.input), _rate(prices.cached_input), _rate(prices.output))
+
+
+def _rate(per_million: float) -> int:
+    # repr() gives the decimal the operator typed (0.0605, not its binary approximation).
+    exact = Decimal(repr(per_million)) * _SCALE
+    return int(exact.to_integral_value(ROUND_HALF_UP))
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    prompt: int = 0
+    completion: int = 0  # includes reasoning
+    reasoning: int = 0
+    cached: int = 0  # part of prompt
+
+    @property
+    def total(self) -> int:
+        return self.prompt + self.completion
+
+
+def parse_usage(usage: Mapping[str, Any]) -> TokenUsage:
+    """An OpenAI usage object (wire-formats.md §1.5); missing or odd fields count as 0."""
+    prompt_details = usage.get("prompt_tokens_details") or {}
+    completion_details = usage.get("completion_tokens_details") or {}
+    reasoning = _count(completion_details.get("reasoning_tokens"))
+    return TokenUsage(
+        prompt=_count(usage.get("prompt_tokens")),
+        # completion_tokens includes reasoning by the spec; never bill less than the reasoning.
+        completion=max(_count(usage.get("completion_tokens")), reasoning),
+        reasoning=reasoning,
+        cached=_count(prompt_details.get("cached_tokens")),
+    )
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def cost_of(rates: Rates, usage: TokenUsage) -> int:
+    """Micro-credits for `usage`: computed exactly, rounded to the nearest, halves up."""
+    cached = min(usage.cached, usage.prompt)
+    exact = (
+        (usage.prompt - cached) * rates.input
+        + cached * rates.cached_input
+        + usage.completion * rates.output
+    )
+    return (exact + _SCALE // 2) // _SCALE
+
+
+def parse_credits(value: object) -> int:
+    """USD as typed by a person ("5", 2.5) -> micro-credits; ValueError unless a number >= 0
+    with at most six decimals."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError("credits must be a number of USD")
+    try:
+        amount = Decimal(value if isinstance(value, str) else repr(value)) * MICRO
+    except ArithmeticError:
+        raise ValueError(f"credits must be a number of USD, got {value!r}") from None
+    if not amount.is_finite() or amount < 0 or amount != amount.to_integral_value():
+        raise ValueError(f"credits must be >= 0 with at most 6 decimals, got {value!r}")
+    return int(amount)
+
+
+def format_credits(micro: int | None) -> float | None:
+    """Credits (USD) as a JSON number, like OpenRouter's `usage.cost`."""
+    return None if micro is None else micro / MICRO
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    provider: str
+    upstream_model: str
+
+
+class Credits:
+    """Prices, limits and holds: the gateway's accounting, shared by every API edge."""
+
+    def __init__(
+        self,
+        store: Store,
+        ledger: Ledger,
+        limiter: Limiter,
+        auth: Authenticator,
+        price_overrides: Mapping[str, Prices],
+    ) -> None:
+        self._store = store
+        self._ledger = ledger
+        self._limiter = limiter
+        self._auth = auth
+        self._overrides = price_overrides
+
+    def rates_for(self, model: ModelSettings) -> Rates | None:
+        """The model's prices, the config file's [prices] first; None if it has none.
+
+        A model served only by the in-process simulator is free."""
+        prices = self._overrides.get(model.name) or model.prices
+        if prices is not None:
+            return rates_of(prices)
+        if model.routes and all(route.provider == "sim" for route in model.routes):
+            return FREE
+        return None
+
+    async def begin(
+        self, principal: Principal, model: ModelSettings, body: Mapping[str, Any], request_id: str
+    ) -> Charge:
+        """Check the allow-list and limits, then hold the worst case; raise if any refuses."""
+        _check_allowed(principal, model)
+        rates = self.rates_for(model)
+        if rates is None:
+            if principal.metered:
+                raise ModelNotPriced(
+                    f"The model {model.name!r} has no price set, so keys with a credit limit "
+                    "cannot use it. The operator can set one under [prices] in the config file.",
+                    param="model",
+                )
+            rates = FREE
+        prompt = _estimate_prompt(body)
+        output_cap = _output_cap(body, model)
+        lease = await self._limiter.acquire(principal.key_id, principal.policy, prompt + output_cap)
+        try:
+            hold = cost_of(rates, TokenUsage(prompt=prompt, completion=output_cap))
+            await self._reserve(principal, request_id, hold, model.name)
+        except BaseException:
+            lease.release(0)
+            raise
+        return Charge(self._ledger, lease, principal.key_id, model.name, request_id, rates, prompt)
+
+    async def _reserve(self, principal: Principal, request_id: str, hold: int, model: str) -> None:
+        reserve = self._store.reserve
+        held = reserve(principal.key_id, request_id, hold, self._ledger.instance, model)
+        if not held.ok and not held.revoked and self._ledger.pending:
+            # Finished requests of this process may still hold credit until the writer runs.
+            await self._ledger.flush(at_most=1.0)
+            held = reserve(principal.key_id, request_id, hold, self._ledger.instance, model)
+        if held.revoked:
+            self._auth.forget()
+            raise AuthenticationFailed("This API key has been revoked.")
+        if not held.ok:
+            raise InsufficientCredits(
+                f"Insufficient credits: this key has ${format_credits(held.balance or 0):.6f} "
+                f"left, and this request could cost up to ${format_credits(hold):.6f}. "
+                "Top the key up, or lower max_tokens."
+            )
+
+
+def _check_allowed(principal: Principal, model: ModelSettings) -> None:
+    allowed = principal.policy.models
+    if allowed is not None and model.name not in allowed:
+        raise PermissionDenied(
+            f"This API key may not use the model {model.name!r}; "
+            f"it may use: {', '.join(allowed) or 'no models'}.",
+            param="model",
+        )
+
+
+def _estimate_prompt(body: Mapping[str, Any]) -> int:
+    try:
+        return estimate_input_tokens(body)
+    except (KeyError, TypeError, AttributeError):
+        # A shape the estimator does not know: a byte is never less than a token's worth.
+        return len(orjson.dumps(body.get("messages"))) + len(orjson.dumps(body.get("tools")))
+
+
+def _output_cap(body: Mapping[str, Any], model: ModelSettings) -> int:
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return model.max_output or DEFAULT_OUTPUT_CAP
+
+
+class Charge:
+    """One request's accounting, from its hold to its single settlement.
+
+    The gateway calls routed() once a route answers, then either complete() (non-stream) or
+    attaches the charge to the ChatStream as its meter. fail() and on_close() end it otherwise;
+    whichever comes first wins, the rest are no-ops.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        lease: Lease,
+        key_id: int,
+        model: str,
+        request_id: str,
+        rates: Rates,
+        prompt_estimate: int,
+    ) -> None:
+        self._ledger = ledger
+        self._lease = lease
+        self.key_id = key_id
+        self.model = model
+        self.request_id = request_id
+        self.rates = rates
+        self.prompt_estimate = prompt_estimate
+        self.route = Route("", "")
+        self.stream = False
+        self.created_at = time.time()
+        self._started = time.perf_counter()
+        self._ttfb: float | None = None
+        self.delivered_tokens = 0
+        self.settled = False
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """x-ratelimit-* headers for the response."""
+        return self._lease.headers()
+
+    def routed(self, provider: str, upstream_model: str, stream: bool) -> None:
+        self.route = Route(provider, upstream_model)
+        self.stream = stream
+        if self._ttfb is None:
+            self._ttfb = time.perf_counter() - self._started
+
+    # The non-streamed path
+
+    def complete(self, completion: dict[str, Any]) -> None:
+        """Price the completion, put `usage.cost` in it, and settle."""
+        usage = completion.get("usage")
+        if isinstance(usage, dict):
+            tokens = parse_usage(usage)
+        else:
+            delivered = sum(_message_tokens(c.get("message")) for c in completion["choices"])
+            tokens = TokenUsage(prompt=self.prompt_estimate, completion=delivered)
+        cost = cost_of(self.rates, tokens)
+        if isinstance(usage, dict):
+            _put_cost(usage, cost)
+        self._settle(200, None, tokens, cost)
+
+    def fail(self, error: BaseException) -> None:
+        """The request failed before a response: charge what was delivered (nothing)."""
+        if isinstance(error, GatewayError):
+            self._settle(error.http_status, error.code, TokenUsage(), 0)
+        elif isinstance(error, Exception):
+            self._settle(500, "internal_error", TokenUsage(), 0)
+        else:  # cancelled: the client went away while we waited
+            self._settle(CLIENT_CLOSED, "client_closed", TokenUsage(), 0)
+
+    # The streamed path: relay.StreamMeter
+
+    def on_batch(self, batch: list[Chunk]) -> None:
+        """Chunks on their way to the client: count their tokens, price a usage chunk."""
+        if self._ttfb is None:
+            self._ttfb = time.perf_counter() - self._started
+        tokens = 0
+        for chunk in batch:
+            parsed = chunk.json()
+            for choice in parsed.get("choices") or ():
+                delta = choice.get("delta")
+                if delta:
+                    tokens += _delta_tokens(delta)
+            if "usage" in parsed:
+                usage = parsed["usage"]
+                if isinstance(usage, dict) and "cost" not in usage:
+                    _put_cost(usage, cost_of(self.rates, parse_usage(usage)))
+                    chunk.data = orjson.dumps(parsed)
+        self.delivered_tokens += tokens
+
+    def on_close(self, stream: ChatStream) -> None:
+        """The stream ended: used up, broken, or abandoned by the client."""
+        if self.settled:
+            return
+        if stream.failure is None and (stream.finished or stream.usage is not None):
+            if stream.usage is not None:
+                tokens = parse_usage(stream.usage)
+            else:
+                tokens = TokenUsage(prompt=self.prompt_estimate, completion=self.delivered_tokens)
+            self._settle(200, None, tokens, cost_of(self.rates, tokens))
+            return
+        # Broken or cancelled: only what reached the client is billed (the prompt is not).
+        tokens = TokenUsage(completion=self.delivered_tokens)
+        if stream.failure is not None:
+            failure = stream.failure
+            self._settle(failure.http_status, failure.code, tokens, cost_of(self.rates, tokens))
+        else:
+            self._settle(CLIENT_CLOSED, "client_closed", tokens, cost_of(self.rates, tokens))
+
+    def _settle(self, status: int, error_code: str | None, tokens: TokenUsage, cost: int) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        elapsed_ms = (time.perf_counter() - self._started) * 1000
+        entry = LedgerEntry(
+            request_id=self.request_id,
+            key_id=self.key_id,
+            created_at=self.created_at,
+            model=self.model,
+            route=self.route.provider,
+            upstream_model=self.route.upstream_model,
+            stream=self.stream,
+            status=status,
+            error_code=error_code,
+            prompt_tokens=tokens.prompt,
+            completion_tokens=tokens.completion,
+            reasoning_tokens=tokens.reasoning,
+            cached_tokens=tokens.cached,
+            cost=cost,
+            ttfb_ms=None if self._ttfb is None else round(self._ttfb * 1000, 3),
+            total_ms=round(elapsed_ms, 3),
+        )
+        try:
+            self._ledger.append(entry)
+        finally:
+            self._lease.release(tokens.total)
+
+
+def _put_cost(usage: dict[str, Any], cost: int) -> None:
+    usage["cost"] = format_credits(cost)
+    # OpenRouter's breakdown of what *we* paid it is not the client's business.
+    usage.pop("cost_details", None)
+
+
+def _delta_tokens(delta: dict[str, Any]) -> int:
+    # The common chunk, {"content": "..."}, without the general walk.
+    if len(delta) == 1:
+        text = delta.get("content")
+        if text.__class__ is str:
+            return _text_tokens(text) if text else 0
+    return _message_tokens(delta)
+
+
+def _message_tokens(message: Any) -> int:
+    """Tokens in a delta or message, estimated from its text: ~4 ASCII characters per token."""
+    if not isinstance(message, dict):
+        return 0
+    tokens = 0
+    for field in ("content", "reasoning", "reasoning_content", "refusal"):
+        text = message.get(field)
+        if isinstance(text, str) and text:
+            tokens += _text_tokens(text)
+    for call in message.get("tool_calls") or ():
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            for part in (function.get("name"), function.get("arguments")):
+                if isinstance(part, str) and part:
+                    tokens += _text_tokens(part)
+    return tokens
+
+
+def _text_tokens(text: str) -> int:
+    # At least one per piece the upstream sent: most servers stream one token per chunk.
+    if text.isascii():
+        return len(text) >> 2 or 1
+    other = sum(1 for character in text if not character.isascii())
+    return max(1, (len(text) - other) // 4 + other)

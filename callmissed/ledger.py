@@ -1,0 +1,212 @@
+"""The usage ledger: every finished request journaled before its response ends, settled in batches.
+
+`append()` is one write() of a JSON line to this process's journal file: it survives a SIGKILL
+(the kernel holds the page), costs microseconds, and needs no memory per entry. A background
+task reads the journal back and settles it into the store in batches (release the hold, charge
+the cost, write the row, in one transaction); if the database is slow or down the journal grows
+on disk while memory stays flat. A journal whose owner died (its flock is free) is replayed at
+start-up and every few seconds, then its leftover holds are given back. Replays are idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import tempfile
+import uuid
+from pathlib import Path
+
+import orjson
+
+from callmissed.settings import Settings
+from callmissed.store import LedgerEntry, Store
+
+__all__ = ["Ledger", "ledger_directory"]
+
+log = logging.getLogger("callmissed")
+
+_SUFFIX = ".journal"
+_BATCH_ENTRIES = 256  # rows per settling transaction
+_READ_BYTES = 256 * 1024  # journal read per batch: bounds the writer's memory
+_TRUNCATE_AT = 4 * 1024 * 1024  # a fully settled journal larger than this starts over
+_LINGER = 0.002  # seconds the writer waits after a wake-up, so that a burst settles as one batch
+_SWEEP_EVERY = 10.0  # seconds between looks for journals of dead processes
+_MAX_BACKOFF = 5.0
+
+
+class Ledger:
+    """This process's journal and its writer. start() before use; close() at shutdown."""
+
+    def __init__(self, store: Store, directory: Path) -> None:
+        self._store = store
+        self._directory = directory
+        self.instance = uuid.uuid4().hex
+        self._path = directory / f"{self.instance}{_SUFFIX}"
+        self._fd = -1
+        self._base = 0  # total bytes ever appended when the file was last truncated
+        self._appended = 0  # total bytes ever appended
+        self._settled = 0  # total bytes settled into the store
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def pending(self) -> bool:
+        """Whether some appended entries are not in the store yet."""
+        return self._settled < self._appended
+
+    def start(self) -> None:
+        """Open (and lock) this process's journal, replay dead ones, start the writer."""
+        self._directory.mkdir(parents=True, exist_ok=True)
+        # Locked under a name recover() ignores, then renamed: no one can find it unlocked.
+        draft = self._path.with_suffix(".draft")
+        self._fd = os.open(draft, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        draft.rename(self._path)
+        self.recover()
+        self._writer = asyncio.get_running_loop().create_task(self._run(), name="ledger-writer")
+
+    def append(self, entry: LedgerEntry) -> None:
+        """Journal one finished request. Synchronous, so it is durable before the caller goes on."""
+        line = orjson.dumps(entry) + b"\n"  # orjson writes a dataclass as an object, natively
+        if self._closed:
+            self._store.settle([entry])  # a straggler after shutdown: settle it directly
+            return
+        written = os.write(self._fd, line)
+        if written != len(line):  # a full disk; the partial line is ignored by every reader
+            raise OSError(f"ledger journal {self._path}: short write")
+        self._appended += written
+        self._wake.set()
+
+    async def flush(self, at_most: float | None = None) -> bool:
+        """Wait (up to `at_most` s) until everything appended so far is in the store."""
+        target = self._appended
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(at_most):
+                while self._settled < target:
+                    self._wake.set()
+                    self._progress.clear()
+                    await self._progress.wait()
+        return self._settled >= target
+
+    async def close(self) -> None:
+        """Settle what is left, give back this process's outstanding holds, remove the journal."""
+        if self._writer is None:
+            return
+        await self.flush(at_most=10)
+        self._writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer
+        self._closed = True
+        if not self.pending:
+            self._store.release_holds(self.instance)
+            self._path.unlink(missing_ok=True)
+        os.close(self._fd)  # releases the lock: a successor replays whatever is left
+
+    def recover(self) -> int:
+        """Replay the journals of processes that died, then give back their holds."""
+        recovered = 0
+        for path in sorted(self._directory.glob(f"*{_SUFFIX}")):
+            if path != self._path:
+                recovered += self._recover_one(path)
+        return recovered
+
+    def _recover_one(self, path: Path) -> int:
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return 0
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0  # its process is alive
+            entries = _parse(path.read_bytes())[0]
+            for start in range(0, len(entries), _BATCH_ENTRIES):
+                self._store.settle(entries[start : start + _BATCH_ENTRIES])
+            released = self._store.release_holds(path.name.removesuffix(_SUFFIX))
+            path.unlink(missing_ok=True)
+            log.warning(
+                "ledger: replayed %d entries and released %d holds of a dead process (%s)",
+                len(entries),
+                released,
+                path.name,
+            )
+            return len(entries)
+        finally:
+            os.close(fd)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_sweep = loop.time() + _SWEEP_EVERY
+        backoff = 0.05
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), _SWEEP_EVERY)
+            self._wake.clear()
+            await asyncio.sleep(_LINGER)
+            try:
+                await self._drain()
+                if loop.time() >= next_sweep:
+                    next_sweep = loop.time() + _SWEEP_EVERY
+                    self.recover()
+                backoff = 0.05
+            except Exception:
+                log.exception("ledger: settling failed; retrying in %.2f s", backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+                self._wake.set()
+
+    async def _drain(self) -> None:
+        while self._settled < self._appended:
+            offset = self._settled - self._base
+            size = min(self._appended - self._settled, _READ_BYTES)
+            entries, used = _parse(os.pread(self._fd, size, offset), _BATCH_ENTRIES)
+            if used == 0:
+                raise OSError(f"ledger journal {self._path}: an entry larger than {size} bytes")
+            self._store.settle(entries)
+            self._settled += used
+            self._progress.set()
+            await asyncio.sleep(0)  # let requests run between batches
+        if self._appended - self._base > _TRUNCATE_AT:
+            # Everything is settled and nothing can append between these lines (one thread).
+            os.ftruncate(self._fd, 0)
+            self._base = self._appended
+
+
+def ledger_directory(settings: Settings) -> Path:
+    """CALLMISSED_LEDGER_DIR, else `<sqlite file>.ledger/` beside the database.
+
+    It must be on a disk that outlives the process: journals there are what a restart replays.
+    """
+    if settings.accounting.ledger_dir:
+        return Path(settings.accounting.ledger_dir)
+    url = settings.database_url
+    if not url.startswith("sqlite://"):
+        return Path("callmissed-ledger")
+    path = url.removeprefix("sqlite://").removeprefix("/")
+    if path in ("", ":memory:"):
+        # An in-memory database dies with the process; so may its journal.
+        return Path(tempfile.mkdtemp(prefix="callmissed-ledger-"))
+    return Path(f"{path}.ledger")
+
+
+def _parse(data: bytes, limit: int | None = None) -> tuple[list[LedgerEntry], int]:
+    """Entries from whole lines of `data` (at most `limit`), and the bytes they took."""
+    entries: list[LedgerEntry] = []
+    used = 0
+    while limit is None or len(entries) < limit:
+        end = data.find(b"\n", used)
+        if end == -1:
+            break  # a partial last line: its write never finished
+        line = data[used:end]
+        used = end + 1
+        try:
+            entries.append(LedgerEntry(**orjson.loads(line)))
+        except (orjson.JSONDecodeError, TypeError):
+            log.error("ledger: skipping an unreadable journal line: %r", line[:200])
+    return entries, used

@@ -1,0 +1,340 @@
+"""Credits against the real gateway and SQLite: prices, holds, settlement, 402, usage.cost.
+
+Every balance is checked to the micro-credit straight from the database. The priced fake models
+(tests/accounting.py) cost 1 micro-credit per input token and 2 per output token; the fake
+upstream reports 5 prompt and 6 completion tokens unless its behaviour says otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from callmissed.credits import (
+    Rates,
+    TokenUsage,
+    cost_of,
+    format_credits,
+    parse_credits,
+    parse_usage,
+    rates_of,
+)
+from callmissed.settings import Prices
+from tests.accounting import balance, chat, new_key, query, settle, start_billing_gateway
+from tests.conftest import stop_gateway
+
+HELLO_COST = 5 * 1 + 6 * 2  # micro-credits for the fake's usual answer on a priced model
+
+
+@pytest.fixture(scope="module")
+def billing(upstream, tmp_path_factory):
+    running = start_billing_gateway(upstream, tmp_path_factory.mktemp("billing"))
+    yield running
+    stop_gateway(running)
+
+
+# Pricing, pure
+
+
+def test_rates_keep_the_decimal_the_operator_typed():
+    assert rates_of(Prices(0.0605, 0.0605, 0.40)) == Rates(60_500, 60_500, 400_000)
+    assert rates_of(Prices(3.0, 0.3, 15.0)) == Rates(3_000_000, 300_000, 15_000_000)
+
+
+def test_cost_counts_cached_and_reasoning_tokens():
+    rates = rates_of(Prices(input=3.0, cached_input=0.3, output=15.0))
+    usage = parse_usage(
+        {
+            "prompt_tokens": 1000,
+            "completion_tokens": 500,
+            "prompt_tokens_details": {"cached_tokens": 800},
+            "completion_tokens_details": {"reasoning_tokens": 400},
+        }
+    )
+    assert usage == TokenUsage(prompt=1000, completion=500, reasoning=400, cached=800)
+    # 200 uncached x $3/M + 800 cached x $0.30/M + 500 output (reasoning included) x $15/M
+    assert cost_of(rates, usage) == 600 + 240 + 7500
+
+
+def test_cost_rounds_to_the_nearest_micro_credit_halves_up():
+    rates = rates_of(Prices(0.5, 0.5, 0.5))
+    assert cost_of(rates, TokenUsage(prompt=1)) == 1  # 0.5 -> 1
+    assert cost_of(rates, TokenUsage(prompt=2)) == 1
+    assert cost_of(rates_of(Prices(0.4, 0.4, 0.4)), TokenUsage(prompt=1)) == 0
+
+
+def test_reasoning_beyond_completion_tokens_is_still_billed():
+    usage = parse_usage(
+        {
+            "prompt_tokens": 1,
+            "completion_tokens": 2,
+            "completion_tokens_details": {"reasoning_tokens": 9},
+        }
+    )
+    assert usage.completion == 9
+
+
+def test_credits_parse_exactly():
+    assert parse_credits("5") == 5_000_000
+    assert parse_credits(0.1) == 100_000
+    assert parse_credits("0.000001") == 1
+    for bad in ("-1", "x", "0.0000001", True, "nan"):
+        with pytest.raises(ValueError):
+            parse_credits(bad)
+    assert format_credits(17) == 0.000017
+
+
+# Through the gateway
+
+
+def test_zero_balance_is_402_with_the_balance_in_the_message(billing):
+    key, _ = new_key(billing, credits=0)
+    response = chat(billing, key)
+    assert response.status_code == 402
+    error = response.json()["error"]
+    assert error["code"] == "insufficient_credits"
+    assert "$0.000000 left" in error["message"]
+
+
+def test_402_before_any_upstream_call(billing):
+    key, _ = new_key(billing, credits="0.00005")  # less than the 32768-token default cap costs
+    before = len(billing.upstream.requests)
+    assert chat(billing, key).status_code == 402
+    assert len(billing.upstream.requests) == before
+    assert chat(billing, key, max_tokens=10).status_code == 200  # a smaller worst case fits
+
+
+def test_balance_is_limit_minus_settled_cost_to_the_micro_credit(billing):
+    key, key_id = new_key(billing, credits=1)
+    response = chat(billing, key, max_tokens=100)
+    assert response.status_code == 200
+    assert response.json()["usage"]["cost"] == format_credits(HELLO_COST)
+    data = settle(billing, key)
+    assert balance(billing, key_id) == 1_000_000 - HELLO_COST
+    assert data["limit"] == 1.0
+    assert data["usage"] == format_credits(HELLO_COST)
+    assert data["limit_remaining"] == format_credits(1_000_000 - HELLO_COST)
+    assert query(billing, "SELECT count(*) FROM holds WHERE key_id = ?", key_id) == [(0,)]
+
+
+def test_stream_final_usage_chunk_carries_the_cost(billing, client_for):
+    key, key_id = new_key(billing, credits=1)
+    sdk = client_for(billing)
+    stream = sdk.with_options(api_key=key).chat.completions.create(
+        model="priced",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[-1].usage.model_extra["cost"] == format_credits(HELLO_COST)
+    settle(billing, key)
+    assert balance(billing, key_id) == 1_000_000 - HELLO_COST
+
+
+def test_reasoning_tokens_are_billed_as_output(billing):
+    key, key_id = new_key(billing, credits=1)
+    response = chat(billing, key, model="priced-thinker", stream=True)
+    assert response.status_code == 200
+    settle(billing, key)
+    cost = 5 * 1 + 9 * 2  # 9 completion tokens, 7 of them reasoning
+    assert balance(billing, key_id) == 1_000_000 - cost
+    row = query(
+        billing,
+        "SELECT completion_tokens, reasoning_tokens, cost FROM ledger WHERE key_id = ?",
+        key_id,
+    )
+    assert row == [(9, 7, cost)]
+
+
+def test_ledger_row_has_every_field(billing):
+    key, key_id = new_key(billing, credits=1)
+    response = chat(billing, key, max_tokens=50)
+    settle(billing, key)
+    rows = query(
+        billing,
+        "SELECT request_id, model, route, upstream_model, stream, status, prompt_tokens,"
+        " completion_tokens, cost, ttfb_ms, total_ms FROM ledger WHERE key_id = ?",
+        key_id,
+    )
+    request_id, model, route, upstream, stream, status, prompt, completion, cost, ttfb, total = (
+        rows[0]
+    )
+    assert request_id == response.headers["x-request-id"]
+    assert (model, route, upstream, stream, status) == ("priced", "local", "hello", 0, 200)
+    assert (prompt, completion, cost) == (5, 6, HELLO_COST)
+    assert 0 < ttfb <= total
+
+
+def test_midstream_failure_is_billed_only_for_delivered_tokens(billing):
+    key, key_id = new_key(billing, credits=1)
+    response = chat(billing, key, model="priced-midstream", stream=True)
+    assert '"error"' in response.text  # the failure went out in-band
+    settle(billing, key)
+    # Delivered: "" and "Hello" (one token); the prompt is not billed for a failed request.
+    rows = query(
+        billing,
+        "SELECT status, prompt_tokens, completion_tokens, cost FROM ledger WHERE key_id = ?",
+        key_id,
+    )
+    assert rows == [(502, 0, 1, 2)]
+    assert balance(billing, key_id) == 1_000_000 - 2
+
+
+def test_a_dropped_upstream_connection_is_billed_only_for_delivered_tokens(billing):
+    key, key_id = new_key(billing, credits=1)
+    chat(billing, key, model="priced-drop", stream=True)
+    settle(billing, key)
+    assert query(
+        billing, "SELECT completion_tokens, cost FROM ledger WHERE key_id = ?", key_id
+    ) == [(1, 2)]
+    assert balance(billing, key_id) == 1_000_000 - 2
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_upstream_failure_before_any_token_costs_nothing(billing, stream):
+    key, key_id = new_key(billing, credits=1)
+    response = chat(billing, key, model="priced-fails", stream=stream, max_tokens=10)
+    assert response.status_code == 502
+    settle(billing, key)
+    rows = query(billing, "SELECT status, cost FROM ledger WHERE key_id = ?", key_id)
+    assert rows == [(502, 0)]
+    assert balance(billing, key_id) == 1_000_000
+
+
+def test_client_disconnect_is_billed_only_for_delivered_tokens(billing):
+    key, key_id = new_key(billing, credits=1)
+    payload = {
+        "model": "priced-endless",
+        "stream": True,
+        "max_tokens": 1000,
+        "messages": [{"role": "user", "content": "count"}],
+    }
+    seen = 0
+    with httpx.stream(
+        "POST",
+        f"{billing.base_url}/chat/completions",
+        json=payload,
+        headers={"authorization": f"Bearer {key}"},
+        timeout=10,
+    ) as response:
+        for line in response.iter_lines():
+            if '"content":"."' in line:
+                seen += 1
+                if seen == 5:
+                    break
+    rows: list[tuple[int, ...]] = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        rows = query(
+            billing, "SELECT status, completion_tokens, cost FROM ledger WHERE key_id = ?", key_id
+        )
+        if rows:
+            break
+        settle(billing, key)
+        time.sleep(0.05)
+    status, delivered, cost = rows[0]
+    assert status == 499
+    assert 5 <= delivered <= 7  # what reached the client; at most a chunk or two in flight
+    assert cost == delivered * 2
+    assert balance(billing, key_id) == 1_000_000 - cost
+
+
+def test_200_concurrent_requests_never_overdraw_and_every_success_is_billed(billing):
+    # Each request holds 7 (prompt estimate) + 2 x 50 (max_tokens) = 107 micro-credits and
+    # really costs 17: the balance covers ten holds at a time.
+    key, key_id = new_key(billing, credits="0.00107")
+
+    async def one(client: httpx.AsyncClient) -> int:
+        response = await client.post(
+            "/chat/completions",
+            json={
+                "model": "priced-slow",
+                "max_tokens": 50,
+                "stream": True,
+                "messages": [{"role": "user", "content": "Say hello"}],
+            },
+        )
+        return response.status_code
+
+    async def run() -> list[int]:
+        async with httpx.AsyncClient(
+            base_url=billing.base_url,
+            headers={"authorization": f"Bearer {key}"},
+            timeout=30,
+            limits=httpx.Limits(max_connections=200),
+        ) as client:
+            return await asyncio.gather(*(one(client) for _ in range(200)))
+
+    statuses = asyncio.run(run())
+    assert set(statuses) <= {200, 402}
+    successes = statuses.count(200)
+    assert 10 <= successes < 200
+    settle(billing, key)
+    left = balance(billing, key_id)
+    assert left >= 0
+    rows = query(
+        billing,
+        "SELECT count(*), sum(cost) FROM ledger WHERE key_id = ? AND status = 200",
+        key_id,
+    )
+    assert rows == [(successes, successes * HELLO_COST)]
+    assert left == 1070 - successes * HELLO_COST
+    assert query(billing, "SELECT count(*) FROM holds WHERE key_id = ?", key_id) == [(0,)]
+
+
+def test_topup_makes_room(billing):
+    key, key_id = new_key(billing, credits=0)
+    assert chat(billing, key, max_tokens=10).status_code == 402
+    result = billing.cli("keys", "topup", str(key_id), "0.5")
+    assert result.returncode == 0, result.stderr
+    assert chat(billing, key, max_tokens=10).status_code == 200
+    data = settle(billing, key)
+    assert data["limit"] == 0.5
+    assert balance(billing, key_id) == 500_000 - HELLO_COST
+
+
+def test_a_model_without_a_price_is_refused_for_metered_keys_only(billing):
+    key, _ = new_key(billing, credits=1)
+    response = chat(billing, key, model="local-model")
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "model_not_priced"
+    unlimited, _ = new_key(billing)
+    response = chat(billing, unlimited, model="local-model")
+    assert response.status_code == 200
+    assert response.json()["usage"]["cost"] == 0
+
+
+def test_simulator_models_are_free(billing):
+    key, key_id = new_key(billing, credits=0)
+    response = chat(billing, key, model="sim/instant")
+    assert response.status_code == 200
+    assert response.json()["usage"]["cost"] == 0
+    settle(billing, key)
+    assert query(billing, "SELECT cost FROM ledger WHERE key_id = ?", key_id) == [(0,)]
+
+
+def test_model_outside_the_allow_list_is_403(billing):
+    key, _ = new_key(billing, credits=1, models=["priced"])
+    assert chat(billing, key, max_tokens=10).status_code == 200
+    response = chat(billing, key, model="priced-thinker")
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "model_not_allowed"
+    assert "priced" in response.json()["error"]["message"]
+
+
+def test_revoked_key_is_401_on_the_next_request(billing):
+    key, key_id = new_key(billing, credits=1)
+    assert chat(billing, key, max_tokens=10).status_code == 200
+    result = billing.cli("keys", "revoke", str(key_id))  # another process: no cache to clear
+    assert result.returncode == 0
+    response = chat(billing, key, max_tokens=10)
+    assert response.status_code == 401
+    assert "revoked" in response.json()["error"]["message"]
+    assert (
+        httpx.get(f"{billing.base_url}/key", headers={"authorization": f"Bearer {key}"}).status_code
+        == 401
+    )

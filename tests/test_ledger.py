@@ -1,0 +1,245 @@
+"""The usage ledger: journaled before the response ends, settled in batches, replayed after a
+crash, flat in memory while the database is down; and a SIGKILL of the real gateway mid-traffic
+loses no row of a request whose response completed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from callmissed import ledger as ledger_module
+from callmissed.ledger import Ledger
+from callmissed.store import LedgerEntry, Store, open_store
+from tests.accounting import new_key, query, settle, start_billing_gateway
+from tests.conftest import Gateway, stop_gateway
+from tests.store.test_store_contract import entry
+
+
+@pytest.fixture
+def store(tmp_path) -> Iterator[Store]:
+    opened = open_store(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+    yield opened
+    opened.close()
+
+
+def test_append_then_flush_settles(store, tmp_path):
+    key = store.create_key("k", "h", "cm_x", 100)
+
+    async def run() -> None:
+        ledger = Ledger(store, tmp_path / "journal")
+        ledger.start()
+        store.reserve(key.id, "r1", 50, ledger.instance, "m")
+        ledger.append(entry("r1", key.id, 17))
+        waiting = ledger.pending
+        assert waiting
+        assert await ledger.flush(at_most=5)
+        assert not ledger.pending
+        await ledger.close()
+
+    asyncio.run(run())
+    assert store.get_key(key.id).credits == 83
+    assert list((tmp_path / "journal").iterdir()) == []  # a clean shutdown leaves nothing
+
+
+def _crash(ledger: Ledger) -> None:
+    """What SIGKILL leaves behind: the journal file, unlocked, its writer gone."""
+    assert ledger._writer is not None
+    ledger._writer.cancel()
+    os.close(ledger._fd)
+
+
+def test_a_dead_process_journal_is_replayed_and_its_holds_given_back(store, tmp_path):
+    key = store.create_key("k", "h", "cm_x", 1000)
+    directory = tmp_path / "journal"
+
+    async def die() -> None:
+        ledger = Ledger(store, directory)
+        ledger.start()
+        store.reserve(key.id, "done", 100, ledger.instance, "m")
+        store.reserve(key.id, "in-flight", 100, ledger.instance, "m")
+        ledger.append(entry("done", key.id, 17))  # completed: journaled, not yet settled
+        _crash(ledger)
+
+    async def restart() -> None:
+        ledger = Ledger(store, directory)
+        ledger.start()  # replays the dead journal first
+        await ledger.close()
+
+    asyncio.run(die())
+    assert store.get_key(key.id).credits == 800
+    asyncio.run(restart())
+    record = store.get_key(key.id)
+    assert record is not None and (record.credits, record.spent) == (1000 - 17, 17)
+    rows = {row["request_id"]: row for row in store.recent_usage(key.id, 10)}
+    assert rows["done"]["cost"] == 17 and rows["done"]["status"] == 200
+    assert rows["in-flight"]["error_code"] == "interrupted" and rows["in-flight"]["cost"] == 0
+    assert store.hold_owners() == set()
+    assert list(directory.iterdir()) == []
+
+
+def test_replay_is_idempotent_and_ignores_a_torn_last_line(store, tmp_path):
+    key = store.create_key("k", "h", "cm_x", 1000)
+    directory = tmp_path / "journal"
+    directory.mkdir()
+    line = b'{"request_id":"r1","key_id":%d' % key.id
+    good = Ledger(store, directory)
+    journal = directory / "dead.journal"
+    journal.write_bytes(_line(entry("r1", key.id, 10)) * 2 + line)  # twice, then a torn write
+    store.settle([entry("r1", key.id, 10)])  # and it was settled already, before the crash
+
+    async def run() -> None:
+        good.start()
+        await good.close()
+
+    asyncio.run(run())
+    assert store.get_key(key.id).credits == 990
+    assert not journal.exists()
+
+
+def _line(item: LedgerEntry) -> bytes:
+    import orjson
+
+    return orjson.dumps(item) + b"\n"
+
+
+class _FlakyStore:
+    """A store whose settle() fails while `down` is set, like a database that went away."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.down = True
+        self.calls = 0
+
+    def settle(self, entries: Any) -> None:
+        self.calls += 1
+        if self.down:
+            raise OSError("database is down")
+        self.inner.settle(entries)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_database_outage_grows_the_journal_not_memory_and_loses_nothing(store, tmp_path):
+    key = store.create_key("k", "h", "cm_x", None)
+    flaky = _FlakyStore(store)
+
+    async def run() -> None:
+        ledger = Ledger(flaky, tmp_path / "journal")
+        ledger.start()
+        for n in range(2000):
+            ledger.append(entry(f"r{n}", key.id, 1))
+        await asyncio.sleep(0.2)
+        assert ledger.pending and flaky.calls >= 1
+        assert not await ledger.flush(at_most=0.05)  # nothing is lost, nothing settles
+        assert ledger._path.stat().st_size > 2000 * 200  # on disk, not in a queue
+        flaky.down = False
+        assert await ledger.flush(at_most=10)
+        await ledger.close()
+
+    asyncio.run(run())
+    assert store.get_key(key.id).spent == 2000
+    assert len(store.recent_usage(key.id, 5000)) == 2000
+
+
+def test_a_settled_journal_starts_over(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(ledger_module, "_TRUNCATE_AT", 10_000)
+    key = store.create_key("k", "h", "cm_x", None)
+
+    async def run() -> None:
+        ledger = Ledger(store, tmp_path / "journal")
+        ledger.start()
+        for n in range(100):
+            ledger.append(entry(f"r{n}", key.id, 1))
+        await ledger.flush(at_most=5)
+        await asyncio.sleep(0.05)
+        assert ledger._path.stat().st_size == 0
+        ledger.append(entry("after", key.id, 1))  # appends go on at the start of the file
+        await ledger.flush(at_most=5)
+        await ledger.close()
+
+    asyncio.run(run())
+    assert store.get_key(key.id).spent == 101
+
+
+# The real gateway, killed
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry_ in Path("/proc").iterdir():
+        if entry_.name.isdigit():
+            try:
+                stat = (entry_ / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry_.name))
+    return found
+
+
+def _sigkill(gateway: Gateway) -> None:
+    """SIGKILL the server and its worker processes (ours, by pid), workers first."""
+    for child in _children(gateway.process.pid):
+        os.kill(child, signal.SIGKILL)
+    gateway.process.kill()
+    gateway.process.wait(10)
+
+
+def _traffic(gateway: Gateway, key: str, stop: threading.Event, done: list[str]) -> None:
+    body = {"model": "priced", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=gateway.base_url, headers=headers, timeout=5) as client:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            stream = n % 2 == 0
+            try:
+                response = client.post("/chat/completions", json={**body, "stream": stream})
+            except httpx.HTTPError:
+                return  # the server died under us: this request did not complete
+            complete = response.status_code == 200 and (
+                not stream or response.text.endswith("data: [DONE]\n\n")
+            )
+            if complete:
+                done.append(response.headers["x-request-id"])
+
+
+def test_sigkill_mid_traffic_loses_no_completed_row(upstream, tmp_path):
+    first = start_billing_gateway(upstream, tmp_path)
+    key, key_id = new_key(first, credits=10)
+    stop = threading.Event()
+    done: list[str] = []
+    threads = [threading.Thread(target=_traffic, args=(first, key, stop, done)) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.8)
+    _sigkill(first)
+    stop.set()
+    for thread in threads:
+        thread.join(10)
+    assert len(done) > 50
+    second = start_billing_gateway(upstream, tmp_path)  # same database and ledger directory
+    try:
+        settle(second, key)
+        rows = dict(query(second, "SELECT request_id, status FROM ledger WHERE key_id = ?", key_id))
+        missing = [request_id for request_id in done if rows.get(request_id) != 200]
+        assert not missing, f"{len(missing)} completed requests have no ledger row"
+        assert query(second, "SELECT count(*) FROM holds") == [(0,)]
+        [(credits, spent, granted)] = query(
+            second, "SELECT credits, spent, granted FROM api_keys WHERE id = ?", key_id
+        )
+        [(charged,)] = query(second, "SELECT sum(cost) FROM ledger WHERE key_id = ?", key_id)
+        assert spent == charged  # every micro-credit spent is in the ledger
+        assert credits + spent == granted  # and none was created or lost
+    finally:
+        stop_gateway(second)
