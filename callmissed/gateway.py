@@ -8,12 +8,15 @@ Which route answers (fallback, hedging, timeouts) is failover.py's job.
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from callmissed.auth import Authenticator, Principal
 from callmissed.credits import Charge, Credits
+from callmissed.errors import ShuttingDown
 from callmissed.failover import Failover, Won
 from callmissed.health import Health
 from callmissed.ledger import Ledger, ledger_directory
@@ -24,6 +27,7 @@ from callmissed.reasoning import apply_reasoning_effort
 from callmissed.relay import ChatStream
 from callmissed.routing import Router, Target
 from callmissed.settings import ModelSettings, Settings
+from callmissed.shutdown import on_sigterm
 from callmissed.store import Store, open_store
 from callmissed.upstream import Upstream
 
@@ -89,12 +93,28 @@ class Gateway:
         self.health = Health(settings.resilience)
         self.metrics = Metrics()
         self.failover = Failover(settings, self.upstream, self.health, self.metrics)
+        self.draining = False
+        self._drain: asyncio.Task[None] | None = None
+        self._undo_sigterm: Callable[[], None] = _nothing
 
     async def start(self) -> None:
+        self._undo_sigterm = on_sigterm(asyncio.get_running_loop(), self.drain)
         self.ledger.start()
         await self.upstream.start()
 
+    def drain(self) -> None:
+        """Refuse new requests; end the in-flight ones after the shutdown grace (SIGTERM)."""
+        if self.draining:
+            return
+        self.draining = True
+        reason = ShuttingDown("The server is shutting down; send the request again.")
+        grace = self.settings.resilience.shutdown_grace
+        self._drain = asyncio.ensure_future(self.failover.drain(grace, reason))
+
     async def close(self) -> None:
+        self._undo_sigterm()
+        if self._drain is not None:
+            self._drain.cancel()
         await self.upstream.close()
         await self.ledger.close()
         await self.limiter.close()
@@ -140,7 +160,13 @@ class Gateway:
         return won.result, info
 
     def _route(self, body: dict[str, Any]) -> tuple[ModelSettings, list[Target]]:
+        if self.draining:
+            raise ShuttingDown("The server is shutting down; send the request again.")
         return self.router.resolve(body["model"])
+
+
+def _nothing() -> None:
+    pass
 
 
 def _request_id() -> str:

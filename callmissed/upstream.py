@@ -7,12 +7,18 @@ Two transports, chosen per provider (docs/performance.md has the measurements):
   multiplexed connection carries many requests. Its streamed read buffer is set to 0 so
   chunks are handed on as they arrive rather than collected into 64 KiB.
 `sim` providers are answered in-process by callmissed/simulator.py.
+Pools are kept warm (`warm_connections`, `warm_interval`): a HEAD at start-up and whenever an
+upstream sat idle opens its connections ahead of time, so no user request pays the TLS handshake.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import math
 import ssl
+import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -43,8 +49,13 @@ class UpstreamResponse(Protocol):
     def close(self) -> None: ...
 
 
+log = logging.getLogger("callmissed")
+
+
 class _Transport(Protocol):
     async def send(self, provider: Provider, request: UpstreamRequest) -> UpstreamResponse: ...
+
+    async def warm(self, url: str, count: int) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -55,6 +66,8 @@ class Upstream:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._transports: dict[str, _Transport] = {}
+        self._last_used: dict[str, float] = {}
+        self._warmer: asyncio.Task[None] | None = None
         self._profiles: dict[str, SimProfile] = {
             route.upstream_model: model.simulate
             for model in settings.models.values()
@@ -68,8 +81,39 @@ class Upstream:
                 continue
             transport = _Http2Transport if provider.uses_http2 else _AiohttpTransport
             self._transports[provider.name] = transport(provider, self._settings)
+        if self._settings.resilience.warm_connections and self._transports:
+            self._warmer = asyncio.ensure_future(self._keep_warm())
+
+    async def _keep_warm(self) -> None:
+        """Warm every pool now, then each one that has sat idle for `warm_interval` seconds."""
+        policy = self._settings.resilience
+        while True:
+            now = time.monotonic()
+            idle = [
+                name
+                for name in self._transports
+                if now - self._last_used.get(name, -math.inf) >= policy.warm_interval
+            ]
+            await asyncio.gather(*(self._warm(name, policy.warm_connections) for name in idle))
+            if not policy.warm_interval:
+                return
+            await asyncio.sleep(policy.warm_interval)
+
+    async def _warm(self, name: str, count: int) -> None:
+        # Any cheap request opens the connection (and TLS, and h2); its answer does not matter.
+        url = f"{self._settings.providers[name].base_url}/models"
+        try:
+            async with asyncio.timeout(self._settings.timeouts.connect + 5.0):
+                await self._transports[name].warm(url, count)
+        except Exception as exc:  # a cold pool is no error: the next request connects itself
+            log.debug("could not warm %s: %s", name, type(exc).__name__)
+        self._last_used[name] = time.monotonic()
 
     async def close(self) -> None:
+        if self._warmer is not None:
+            self._warmer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._warmer
         for transport in self._transports.values():
             await transport.close()
         self._transports.clear()
@@ -81,6 +125,7 @@ class Upstream:
             if profile is None:
                 raise UpstreamError("the simulator has no such model", provider=provider.name)
             return simulate(profile, request.body)
+        self._last_used[provider.name] = time.monotonic()
         return await self._transports[provider.name].send(provider, request)
 
 
@@ -134,6 +179,13 @@ class _AiohttpTransport:
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _unreachable(provider, exc) from None
         return _AiohttpResponse(response, provider)
+
+    async def warm(self, url: str, count: int) -> None:
+        async def one() -> None:
+            async with self._session.head(url, allow_redirects=False) as response:
+                await response.read()
+
+        await asyncio.gather(*(one() for _ in range(count)), return_exceptions=True)
 
     async def close(self) -> None:
         await self._session.close()
@@ -199,6 +251,11 @@ class _Http2Transport:
         except (TimeoutError, PyreqwestError) as exc:
             raise _unreachable(provider, exc) from None
         return _Http2Response(streamed, response, provider)
+
+    async def warm(self, url: str, count: int) -> None:
+        # One h2 connection carries every request, so one HEAD warms the pool.
+        response = await self._client.head(url).build().send()
+        await response.bytes()
 
     async def close(self) -> None:
         await self._client.close()

@@ -135,6 +135,8 @@ class ASGIApp:
             scope["method"], path
         )
         dialect: Dialect = endpoint.dialect if endpoint else "openai"
+        watch: asyncio.Task[None] | None = None
+        response: Response | StreamResponse | None = None
         try:
             if endpoint is None:
                 raise _not_routed(scope["method"], path, path in self._paths)
@@ -144,7 +146,9 @@ class ASGIApp:
             }
             body = await self._read_body(headers, receive)
             request = Request(scope["method"], path, headers, body, request_id)
-            response = await endpoint.handler(request)
+            # From here on the client may leave at any moment; the upstream call stops with it.
+            watch = asyncio.ensure_future(_wait_for_disconnect(receive))
+            response = await _unless_disconnected(endpoint.handler(request), watch)
         except GatewayError as exc:
             await _send_error(send, exc, dialect, request_id)
             return
@@ -152,9 +156,13 @@ class ASGIApp:
             log.exception("unhandled error in %s %s (%s)", scope["method"], path, request_id)
             await _send_error(send, GatewayError("Internal error."), dialect, request_id)
             return
+        finally:
+            if watch is not None and not isinstance(response, StreamResponse):
+                watch.cancel()
         if isinstance(response, StreamResponse):
-            await _send_stream(send, receive, response, request_id)
-        else:
+            assert watch is not None
+            await _send_stream(send, watch, response, request_id)
+        elif response is not None:
             await _send_response(send, response, request_id)
 
     def _match_prefix(self, method: str, path: str) -> Endpoint | None:
@@ -209,10 +217,35 @@ async def _send_error(send: Send, exc: GatewayError, dialect: Dialect, request_i
     await _send_response(send, Response(status, orjson.dumps(payload), headers), request_id)
 
 
+async def _unless_disconnected(
+    handling: Awaitable[Response | StreamResponse], watch: asyncio.Task[None]
+) -> Response | StreamResponse | None:
+    """Await the handler in this task, cancelling it if the client disconnects (None then).
+
+    The cancellation reaches the upstream request the handler is waiting on, which closes it.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+
+    def cancel(_: asyncio.Task[None]) -> None:
+        if not watch.cancelled():
+            task.cancel()
+
+    watch.add_done_callback(cancel)
+    try:
+        return await handling
+    except asyncio.CancelledError:
+        if watch.done() and not watch.cancelled() and task.uncancel() == 0:
+            return None  # the client left; nobody is waiting for an answer
+        raise
+    finally:
+        watch.remove_done_callback(cancel)
+
+
 async def _send_stream(
-    send: Send, receive: Receive, response: StreamResponse, request_id: str
+    send: Send, watch: asyncio.Task[None], response: StreamResponse, request_id: str
 ) -> None:
-    """Write the stream; if the client goes away first, stop at once and close upstream."""
+    """Write the stream; if the client goes away first (`watch` ends), stop at once."""
     headers = [
         (b"content-type", response.content_type),
         (b"cache-control", b"no-cache"),
@@ -221,7 +254,6 @@ async def _send_stream(
         *response.headers,
     ]
     pump = asyncio.ensure_future(_pump(send, response, headers))
-    watch = asyncio.ensure_future(_wait_for_disconnect(receive))
     try:
         await asyncio.wait((pump, watch), return_when=asyncio.FIRST_COMPLETED)
     finally:

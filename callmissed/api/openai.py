@@ -2,6 +2,7 @@
 
 Framing follows wire-formats.md §1.6-1.7 and §5: data-only SSE events, `data: [DONE]` at the
 end, and a failure after the first byte sent as `data: {"error": {...}}`, which the SDK raises.
+A first token slow to come commits the stream early, with `: keep-alive` comments (keepalive.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import orjson
 
 from callmissed.errors import GatewayError, to_openai
 from callmissed.formats.openai import check_chat_request
-from callmissed.gateway import Gateway
+from callmissed.gateway import Gateway, RouteInfo
+from callmissed.keepalive import Opening, open_or_keepalive
 from callmissed.relay import ChatStream
 from callmissed.settings import ModelSettings
 from callmissed.web import Request, Response, StreamResponse, json_response
@@ -34,10 +36,41 @@ async def create_chat_completion(gateway: Gateway, request: Request) -> Response
         completion, info = await gateway.complete(principal, body, request_id=request.request_id)
         return json_response(completion, headers=info.headers())
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    stream, info = await gateway.open_stream(
-        principal, body, include_usage, request_id=request.request_id
+    policy = gateway.settings.resilience
+    opened = await open_or_keepalive(
+        gateway.open_stream(principal, body, include_usage, request_id=request.request_id),
+        policy.keepalive_after,
+        policy.keepalive_interval,
+        _close_opened,
     )
+    if isinstance(opened, Opening):
+        gateway.metrics.inc("callmissed_keepalive_streams_total")
+        return StreamResponse(_aiter_late_sse(opened, request.request_id), [], opened.close)
+    stream, info = opened
     return StreamResponse(_aiter_sse(stream, request.request_id), info.headers(), stream.close)
+
+
+def _close_opened(opened: tuple[ChatStream, RouteInfo]) -> None:
+    opened[0].close()
+
+
+async def _aiter_late_sse(
+    opening: Opening[tuple[ChatStream, RouteInfo]], request_id: str
+) -> AsyncIterator[bytes]:
+    """Keep-alive comments until the first token, then the stream; a failure goes in-band."""
+    async for comment in opening.aiter_comments():
+        yield comment
+    try:
+        stream, _ = opening.result()
+    except GatewayError as exc:
+        yield _error_event(exc)
+        return
+    except Exception:
+        log.exception("stream failed to open (%s)", request_id)
+        yield _error_event(GatewayError(f"Internal error ({request_id})."))
+        return
+    async for part in _aiter_sse(stream, request_id):
+        yield part
 
 
 async def _aiter_sse(stream: ChatStream, request_id: str) -> AsyncIterator[bytes]:
