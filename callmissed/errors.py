@@ -7,6 +7,7 @@
   x InsufficientCredits            402 insufficient_credits   insufficient_credits
   x PermissionDenied               403 permission_error       model_not_allowed
     + ModelNotPriced               403 permission_error       model_not_priced
+    + AdminDisabled                403 permission_error       admin_disabled
   x ModelNotFound                  404 not_found_error        model_not_found
   x KeyNotFound                    404 not_found_error        key_not_found
   x RateLimited                    429 rate_limit_error       rate_limit_exceeded (+retry_after)
@@ -27,6 +28,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 __all__ = [
+    "AdminDisabled",
     "AuthenticationFailed",
     "EndpointNotFound",
     "GatewayError",
@@ -101,6 +103,12 @@ class ModelNotPriced(PermissionDenied):
     """A key with a credit limit asked for a model the operator has not priced."""
 
     code = "model_not_priced"
+
+
+class AdminDisabled(PermissionDenied):
+    """The admin API was called but no CALLMISSED_ADMIN_TOKEN is configured."""
+
+    code = "admin_disabled"
 
 
 class ModelNotFound(GatewayError):

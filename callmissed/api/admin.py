@@ -19,7 +19,7 @@ from typing import Any
 
 from callmissed.auth import create_key
 from callmissed.credits import format_credits, parse_credits
-from callmissed.errors import AuthenticationFailed, InvalidRequest, KeyNotFound, PermissionDenied
+from callmissed.errors import AdminDisabled, AuthenticationFailed, InvalidRequest, KeyNotFound
 from callmissed.gateway import Gateway
 from callmissed.store import NO_POLICY, KeyPolicy, KeyRecord
 from callmissed.web import Request, Response, json_response
@@ -116,7 +116,7 @@ def parse_policy(body: Mapping[str, Any], current: KeyPolicy = NO_POLICY) -> Key
 def _authorize(gateway: Gateway, request: Request) -> None:
     token = gateway.settings.accounting.admin_token
     if token is None:
-        raise PermissionDenied("The admin API is off: set CALLMISSED_ADMIN_TOKEN to turn it on.")
+        raise AdminDisabled("The admin API is off: set CALLMISSED_ADMIN_TOKEN to turn it on.")
     scheme, _, given = (request.headers.get("authorization") or "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(
         given.strip().encode(), token.encode()

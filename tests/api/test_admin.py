@@ -21,6 +21,7 @@ def test_admin_api_is_off_without_a_token(gateway):
         f"{gateway.url}/admin/keys", headers={"authorization": f"Bearer {ADMIN_TOKEN}"}
     )
     assert response.status_code == 403
+    assert response.json()["error"]["code"] == "admin_disabled"
     assert "CALLMISSED_ADMIN_TOKEN" in response.json()["error"]["message"]
 
 
