@@ -338,3 +338,59 @@ def test_revoked_key_is_401_on_the_next_request(billing):
         httpx.get(f"{billing.base_url}/key", headers={"authorization": f"Bearer {key}"}).status_code
         == 401
     )
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_anthropic_edge_is_billed_the_same_way(billing, stream):
+    key, key_id = new_key(billing, credits=1)
+    response = httpx.post(
+        f"{billing.base_url}/messages",
+        json={
+            "model": "priced",
+            "max_tokens": 50,
+            "stream": stream,
+            "messages": [{"role": "user", "content": "Say hello"}],
+        },
+        headers={"x-api-key": key, "anthropic-version": "2023-06-01"},
+        timeout=10,
+    )
+    assert response.status_code == 200
+    settle(billing, key)
+    rows = query(billing, "SELECT request_id, status, cost FROM ledger WHERE key_id = ?", key_id)
+    assert rows == [(response.headers["request-id"], 200, HELLO_COST)]
+    assert balance(billing, key_id) == 1_000_000 - HELLO_COST
+
+
+def test_keepalive_streams_settle_too(upstream, tmp_path):
+    """A first token slower than CALLMISSED_KEEPALIVE_AFTER commits the 200 early: the charge
+    still settles once, both when the stream completes and when the client leaves first."""
+    running = start_billing_gateway(upstream, tmp_path, CALLMISSED_KEEPALIVE_AFTER="0.05")
+    try:
+        key, key_id = new_key(running, credits=1)
+        response = chat(running, key, model="priced-slow", stream=True, max_tokens=10)
+        assert response.text.startswith(": keep-alive")
+        settle(running, key)
+        assert balance(running, key_id) == 1_000_000 - HELLO_COST
+        payload = {
+            "model": "priced-slow",
+            "stream": True,
+            "max_tokens": 10,
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+        with httpx.stream(
+            "POST",
+            f"{running.base_url}/chat/completions",
+            json=payload,
+            headers={"authorization": f"Bearer {key}"},
+        ) as leaving:
+            next(leaving.iter_lines())  # the first keep-alive comment, then hang up
+        time.sleep(0.5)
+        settle(running, key)
+        rows = query(
+            running, "SELECT status, cost FROM ledger WHERE key_id = ? ORDER BY created_at", key_id
+        )
+        assert rows == [(200, HELLO_COST), (499, 0)]
+        assert balance(running, key_id) == 1_000_000 - HELLO_COST
+        assert query(running, "SELECT count(*) FROM holds") == [(0,)]
+    finally:
+        stop_gateway(running)

@@ -33,9 +33,13 @@ async def create_message(gateway: Gateway, request: Request) -> Response | Strea
     message = parse_message_request(request.json())
     headers = [(b"request-id", request.request_id.encode())]
     if not message.stream:
-        completion, info = await gateway.complete(principal, message.chat)
+        completion, info = await gateway.complete(
+            principal, message.chat, request_id=request.request_id
+        )
         return json_response(build_message(completion, message), headers=info.headers() + headers)
-    stream, info = await gateway.open_stream(principal, message.chat, include_usage=False)
+    stream, info = await gateway.open_stream(
+        principal, message.chat, include_usage=False, request_id=request.request_id
+    )
     events = _aiter_events(stream, MessageStreamEncoder(message), request.request_id)
     return StreamResponse(events, info.headers() + headers, stream.close)
 
