@@ -134,8 +134,14 @@ class RedisLimiter:
             LEASE_TTL_MS,
             self._window_ms,
         ]  # fmt: skip
+        call = asyncio.ensure_future(self._acquire(keys=_keys(self._prefix, key_id), args=args))
         try:
-            reply = await self._acquire(keys=_keys(self._prefix, key_id), args=args)
+            # Shielded: if our caller is cancelled (the client left) while Redis decides, a
+            # lease Redis granted is still handed back, or it would hold a slot for LEASE_TTL.
+            reply = await asyncio.shield(call)
+        except asyncio.CancelledError:
+            call.add_done_callback(lambda done: self._return_unused(done, key_id, lease))
+            raise
         except RedisError as exc:
             self._warn(exc)
             return UNLIMITED
@@ -145,6 +151,10 @@ class RedisLimiter:
             if error is not None:
                 raise error
         return _RedisLease(self, key_id, lease, policy, snapshot)
+
+    def _return_unused(self, call: asyncio.Future[Any], key_id: int, lease: str) -> None:
+        if not call.cancelled() and call.exception() is None and int(call.result()[0]) == 0:
+            self._schedule_release(key_id, lease, 0, False)
 
     def _schedule_release(self, key_id: int, lease: str, tokens: int, count: bool) -> None:
         keys = _keys(self._prefix, key_id)

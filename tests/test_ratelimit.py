@@ -219,6 +219,25 @@ def test_contract_release_turns_a_reservation_into_real_tokens(kind):
     asyncio.run(run())
 
 
+@pytest.mark.services
+def test_redis_gives_back_a_lease_whose_caller_was_cancelled():
+    async def run() -> None:
+        limiter = await _redis_limiter(window=60)
+        try:
+            policy = KeyPolicy(max_concurrent=1)
+            waiting = asyncio.ensure_future(limiter.acquire(11, policy, 1))
+            await asyncio.sleep(0)  # the script is on its way to Redis
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            await asyncio.sleep(0.1)
+            await limiter.acquire(11, policy, 1)  # the slot came back
+        finally:
+            await limiter.close()
+
+    asyncio.run(run())
+
+
 # Through the gateway
 
 
