@@ -246,8 +246,8 @@ class H2Connection(asyncio.Protocol):
 async def _run_h2(job: Job, results: Results) -> None:
     url = urlsplit(job.url)
     loop = asyncio.get_running_loop()
-    authority = url.netloc
-    _, conn = await loop.create_connection(lambda: H2Connection(authority), url.hostname, url.port)
+    authority, host, port = url.netloc, url.hostname or "127.0.0.1", url.port or 80
+    _, conn = await loop.create_connection(lambda: H2Connection(authority), host, port)
     await _drive(job, results, lambda start: conn.request(job, url.path, start))
 
 
