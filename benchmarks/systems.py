@@ -171,11 +171,16 @@ class CallMissed(System):
     name = "callmissed"
 
     def __init__(
-        self, workers: int = 1, hedge_after_ms: float = 50.0, server: str = "granian"
+        self,
+        workers: int = 1,
+        hedge_after_ms: float = 50.0,
+        server: str = "granian",
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.env: dict[str, str] = {}
         self.workers = workers
         self.server = server
+        self.extra_env = extra_env or {}
         self.hedge_after_ms = hedge_after_ms
 
     def config(self, upstream: Upstream) -> str:
@@ -197,6 +202,7 @@ class CallMissed(System):
         env = clean_env(
             CALLMISSED_DATABASE_URL=f"sqlite:///{home / 'bench.sqlite3'}",
             CALLMISSED_CONFIG=str(home / "bench.toml"),
+            **self.extra_env,
         )
         key = self._create_key(env)
         self.env = env
@@ -231,7 +237,9 @@ class CallMissed(System):
     def _create_key(env: dict[str, str]) -> str:
         command = [str(ROOT / ".venv" / "bin" / "callmissed"), "keys", "create", "--name", "bench"]
         command += ["--credits", "1000000"]
-        result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+        result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"callmissed keys create failed: {result.stderr.strip()[-2000:]}")
         return result.stdout.strip().splitlines()[-1]
 
 
