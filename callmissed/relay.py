@@ -116,23 +116,14 @@ class ChatStream:
             self._reader.cancel()
 
     async def _aiter_upstream(self) -> AsyncIterator[list[Chunk]]:
+        # `reading` is false only while a batch is out with the consumer, so a cancel from
+        # abort() lands in the upstream read (the one await in here) and nowhere else.
         loop = asyncio.get_running_loop()
         reads = self._response.aiter_bytes()
+        self.read_started = loop.time()
+        self.reading = True
         try:
-            while True:
-                if self._aborted is not None:
-                    raise self._aborted
-                self.read_started = loop.time()
-                self.reading = True
-                try:
-                    raw = await anext(reads)
-                except StopAsyncIteration:
-                    break
-                except asyncio.CancelledError:
-                    self._raise_if_aborted()
-                    raise
-                finally:
-                    self.reading = False
+            async for raw in reads:
                 batch = [
                     chunk
                     for event in self._decoder.feed(raw)
@@ -140,9 +131,14 @@ class ChatStream:
                 ]
                 if batch:
                     self.chunks_delivered += len(batch)
+                    self.reading = False
                     yield batch
+                    self.reading = True
                 if self._done:
                     return
+                if self._aborted is not None:
+                    raise self._aborted
+                self.read_started = loop.time()
             if not self.finished:
                 label = f"{self._provider.label} ({self._provider.name})"
                 raise UpstreamError(
@@ -151,14 +147,23 @@ class ChatStream:
         except UpstreamError as exc:
             self.failure = exc
             raise
+        except asyncio.CancelledError:
+            aborted = self._abort_error()
+            if aborted is None:
+                raise
+            if isinstance(aborted, UpstreamError):
+                self.failure = aborted
+            raise aborted from None
         finally:
+            self.reading = False
             self.close()
 
-    def _raise_if_aborted(self) -> None:
-        # abort() cancelled the reading task; turn that (and only that) into the abort's error.
+    def _abort_error(self) -> GatewayError | None:
+        """The abort's error if abort() sent the cancel being handled (and nothing else did)."""
         task = self._reader
         if self._aborted is not None and task is not None and task.uncancel() == 0:
-            raise self._aborted from None
+            return self._aborted
+        return None
 
     def close(self) -> None:
         if self._closed:

@@ -8,6 +8,7 @@ SDK's own timeout bounds every call, so a gateway that hangs past its limits fai
 
 from __future__ import annotations
 
+import httpx
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
@@ -71,6 +72,7 @@ def _models() -> str:
         '[models."solo/error-503-ra30"]\nroutes = ["fa:solo/error-503-ra30"]',
         '[models."solo/stall-headers"]\nroutes = ["fa:solo/stall-headers"]',
         '[models."solo/refuse"]\nroutes = ["dead:solo/refuse"]',
+        '[models."solo/stall-mid"]\nroutes = ["fa:solo/stall-mid"]',
     ]
     return "\n".join(lines) + "\n"
 
@@ -181,3 +183,14 @@ def test_a_silent_only_route_times_out_as_a_504(client):
         client.chat.completions.create(model="solo/stall-headers", messages=MESSAGES, stream=True)
     assert caught.value.status_code == 504
     assert "no first token within 0.5 s" in caught.value.message
+
+
+def test_a_stream_silent_after_its_first_token_counts_against_its_route(chain, client):
+    with pytest.raises(openai.APIError, match=r"sent nothing for 0\.5 s"):
+        for _ in client.chat.completions.create(
+            model="solo/stall-mid", messages=MESSAGES, stream=True
+        ):
+            pass
+    metrics = httpx.get(f"{chain.url}/metrics").text
+    assert 'callmissed_stream_errors_total{route="fa:solo/stall-mid"} 1' in metrics
+    assert 'callmissed_requests_total{model="solo/stall-mid",outcome="error"} 1' in metrics
