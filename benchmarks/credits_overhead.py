@@ -77,17 +77,17 @@ async def _in_process(rounds: int, metered: bool) -> tuple[list[float], float]:
     with tempfile.TemporaryDirectory() as folder:
         store = open_store(f"sqlite:///{folder}/bench.sqlite3")
         ledger = Ledger(store, Path(folder) / "ledger")
-        ledger.start()
+        await ledger.start()
         auth = Authenticator(store)
         credits = Credits(store, ledger, MemoryLimiter(), auth, {})
         policy = _LIMITS if metered else KeyPolicy()
-        key, _ = create_key(store, "bench", 10**15 if metered else None, policy)
+        key, _ = await create_key(store, "bench", 10**15 if metered else None, policy)
         model = _PRICED if metered else _FREE
         samples = []
         for n in range(rounds + 500):
             batches = _batches()  # fresh dicts: pricing edits the usage chunk
             began = time.perf_counter_ns()
-            principal = auth.authenticate(f"Bearer {key}")
+            principal = await auth.authenticate(f"Bearer {key}")
             charge = await credits.begin(principal, model, _BODY, f"req_{n}")
             charge.routed("p", "x", stream=True)
             for batch in batches:
@@ -100,7 +100,7 @@ async def _in_process(rounds: int, metered: bool) -> tuple[list[float], float]:
                 await asyncio.sleep(0)  # let the writer run, as a busy server's loop would
         writer = await _writer_cost(store, ledger)
         await ledger.close()
-        store.close()
+        await store.close()
         return samples, writer
 
 
@@ -110,9 +110,9 @@ async def _writer_cost(store: Any, ledger: Ledger) -> float:
     rows = [0]
     settle = store.settle
 
-    def timed(entries: Any) -> None:
+    async def timed(entries: Any) -> None:
         began = time.perf_counter_ns()
-        settle(entries)
+        await settle(entries)
         spent.append(time.perf_counter_ns() - began)
         rows[0] += len(entries)
 

@@ -35,12 +35,12 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create_key(
+async def create_key(
     store: Store, name: str, credits: int | None = None, policy: KeyPolicy = NO_POLICY
 ) -> tuple[str, KeyRecord]:
     """Make and store a new key; the key itself is returned here and nowhere else."""
     key = KEY_PREFIX + secrets.token_urlsafe(32)
-    record = store.create_key(name, hash_key(key), key[:7], credits, policy)
+    record = await store.create_key(name, hash_key(key), key[:7], credits, policy)
     return key, record
 
 
@@ -49,7 +49,9 @@ class Authenticator:
         self._store = store
         self._cache: dict[str, tuple[Principal | None, float]] = {}
 
-    def authenticate(self, authorization: str | None, api_key: str | None = None) -> Principal:
+    async def authenticate(
+        self, authorization: str | None, api_key: str | None = None
+    ) -> Principal:
         """The Principal for `Authorization: Bearer cm_...` (or `x-api-key`), or raise."""
         key = _bearer(authorization) or api_key
         if not key:
@@ -62,7 +64,7 @@ class Authenticator:
         if cached is not None and cached[1] > now:
             principal = cached[0]
         else:
-            principal = self._lookup(digest)
+            principal = await self._lookup(digest)
             if len(self._cache) > 10_000:
                 self._cache.clear()
             self._cache[digest] = (principal, now + _CACHE_SECONDS)
@@ -74,8 +76,8 @@ class Authenticator:
         """Drop cached lookups (after a key was revoked or changed in this process)."""
         self._cache.clear()
 
-    def _lookup(self, digest: str) -> Principal | None:
-        record = self._store.find_key(digest)
+    async def _lookup(self, digest: str) -> Principal | None:
+        record = await self._store.find_key(digest)
         if record is None or not record.active or not hmac.compare_digest(record.key_hash, digest):
             return None
         return Principal(record.id, record.name, record.policy, record.credits is not None)

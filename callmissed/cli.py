@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from callmissed import __version__
 from callmissed.auth import create_key
@@ -98,12 +100,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces, Loops
 
-    store = open_store(settings.database_url)
-    if not store.list_keys():
-        key, _ = create_key(store, "first key")
-        print("Created your first API key (shown once, store it now):", flush=True)
-        print(f"  {key}", flush=True)
-    store.close()
+    _with_store(settings, _first_key)
     tls = bool(settings.tls_cert and settings.tls_key)
     scheme = "https" if tls else "http"
     print(
@@ -177,92 +174,104 @@ def _add_key_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     create.add_argument("--tpm", type=_positive, help="tokens per minute")
     create.add_argument("--max-concurrent", type=_positive, help="requests in flight at once")
     create.add_argument("--models", help="comma-separated models the key may use (default: all)")
-    create.set_defaults(run=_keys_create)
+    create.set_defaults(run=_on_store(_keys_create))
     keys.add_parser("list", help="list keys (never the keys themselves)").set_defaults(
-        run=_keys_list
+        run=_on_store(_keys_list)
     )
     show = keys.add_parser("show", help="a key's balance, limits and latest requests")
     show.add_argument("key_id", type=int)
-    show.set_defaults(run=_keys_show)
+    show.set_defaults(run=_on_store(_keys_show))
     revoke = keys.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("key_id", type=int)
-    revoke.set_defaults(run=_keys_revoke)
+    revoke.set_defaults(run=_on_store(_keys_revoke))
     topup = keys.add_parser("topup", help="add credits (USD) to a key")
     topup.add_argument("key_id", type=int)
     topup.add_argument("credits")
-    topup.set_defaults(run=_keys_topup)
+    topup.set_defaults(run=_on_store(_keys_topup))
 
 
-def _keys_create(settings: Settings, args: argparse.Namespace) -> int:
+async def _first_key(store: Store, args: object = None) -> int:
+    if not await store.list_keys():
+        key, _ = await create_key(store, "first key")
+        print("Created your first API key (shown once, store it now):", flush=True)
+        print(f"  {key}", flush=True)
+    return 0
+
+
+def _with_store(
+    settings: Settings, run: Callable[[Store, Any], Awaitable[int]], args: Any = None
+) -> int:
+    async def main() -> int:
+        store = open_store(settings.database_url)
+        await store.start()
+        try:
+            return await run(store, args)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+def _on_store(run: Callable[[Store, Any], Awaitable[int]]) -> Callable[[Settings, Any], int]:
+    """A key command: `run(store, args)` with the store open, in an event loop."""
+    return lambda settings, args: _with_store(settings, run, args)
+
+
+async def _keys_create(store: Store, args: argparse.Namespace) -> int:
     credits = _credits(args.credits) if args.credits is not None else None
     models = tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else None
     policy = KeyPolicy(args.rpm, args.tpm, args.max_concurrent, models)
-    store = open_store(settings.database_url)
-    key, record = create_key(store, args.name, credits, policy)
-    store.close()
+    key, record = await create_key(store, args.name, credits, policy)
     print(f"Created key {record.id} ({record.name}): {_summary(record)}. It is shown only once:")
     print(key)
     return 0
 
 
-def _keys_list(settings: Settings, args: argparse.Namespace) -> int:
-    store = open_store(settings.database_url)
-    for record in store.list_keys():
+async def _keys_list(store: Store, args: argparse.Namespace) -> int:
+    for record in await store.list_keys():
         state = "active" if record.active else "revoked"
         print(f"{record.id}\t{record.key_prefix}…\t{record.name}\t{_usd(record.credits)}\t{state}")
-    store.close()
     return 0
 
 
-def _keys_show(settings: Settings, args: argparse.Namespace) -> int:
-    store = open_store(settings.database_url)
-    try:
-        record = _find(store, args.key_id)
-        if record is None:
-            return 1
-        state = "active" if record.active else "revoked"
-        print(f"key {record.id} ({record.name}, {record.key_prefix}…): {state}")
-        print(f"  {_summary(record)}")
-        print(f"  granted {_usd(record.granted)}, spent {_usd(record.spent)}")
-        for row in store.recent_usage(record.id, 10):
-            print(
-                f"  {row['request_id']}  {row['model']}  {row['status']}  "
-                f"{row['prompt_tokens']}+{row['completion_tokens']} tokens  {_usd(row['cost'])}"
-            )
-    finally:
-        store.close()
+async def _keys_show(store: Store, args: argparse.Namespace) -> int:
+    record = await _find(store, args.key_id)
+    if record is None:
+        return 1
+    state = "active" if record.active else "revoked"
+    print(f"key {record.id} ({record.name}, {record.key_prefix}…): {state}")
+    print(f"  {_summary(record)}")
+    print(f"  granted {_usd(record.granted)}, spent {_usd(record.spent)}")
+    for row in await store.recent_usage(record.id, 10):
+        print(
+            f"  {row['request_id']}  {row['model']}  {row['status']}  "
+            f"{row['prompt_tokens']}+{row['completion_tokens']} tokens  {_usd(row['cost'])}"
+        )
     return 0
 
 
-def _keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
-    store = open_store(settings.database_url)
-    revoked = store.revoke_key(args.key_id)
-    store.close()
-    if not revoked:
+async def _keys_revoke(store: Store, args: argparse.Namespace) -> int:
+    if not await store.revoke_key(args.key_id):
         print(f"callmissed: no active key with id {args.key_id}", file=sys.stderr)
         return 1
     print(f"Revoked key {args.key_id}.")
     return 0
 
 
-def _keys_topup(settings: Settings, args: argparse.Namespace) -> int:
+async def _keys_topup(store: Store, args: argparse.Namespace) -> int:
     amount = _credits(args.credits)
-    store = open_store(settings.database_url)
-    try:
-        record = store.topup(args.key_id, amount)
-        if record is None:
-            if _find(store, args.key_id) is not None:
-                print("callmissed: only an active key with a credit limit can be topped up",
-                      file=sys.stderr)  # fmt: skip
-            return 1
-    finally:
-        store.close()
+    record = await store.topup(args.key_id, amount)
+    if record is None:
+        if await _find(store, args.key_id) is not None:
+            message = "only an active key with a credit limit can be topped up"
+            print(f"callmissed: {message}", file=sys.stderr)
+        return 1
     print(f"Key {record.id}: added {_usd(amount)}, balance {_usd(record.credits)}.")
     return 0
 
 
-def _find(store: Store, key_id: int) -> KeyRecord | None:
-    record = store.get_key(key_id)
+async def _find(store: Store, key_id: int) -> KeyRecord | None:
+    record = await store.get_key(key_id)
     if record is None:
         print(f"callmissed: no key with id {key_id}", file=sys.stderr)
     return record

@@ -200,11 +200,11 @@ class Credits:
 
     async def _reserve(self, principal: Principal, request_id: str, hold: int, model: str) -> None:
         reserve = self._store.reserve
-        held = reserve(principal.key_id, request_id, hold, self._ledger.instance, model)
+        held = await reserve(principal.key_id, request_id, hold, self._ledger.instance, model)
         if not held.ok and not held.revoked and self._ledger.pending:
             # Finished requests of this process may still hold credit until the writer runs.
             await self._ledger.flush(at_most=1.0)
-            held = reserve(principal.key_id, request_id, hold, self._ledger.instance, model)
+            held = await reserve(principal.key_id, request_id, hold, self._ledger.instance, model)
         if held.revoked:
             self._auth.forget()
             raise AuthenticationFailed("This API key has been revoked.")

@@ -29,7 +29,7 @@ class Check:
 
 
 async def run_doctor(settings: Settings, url: str | None, key: str | None) -> list[Check]:
-    checks = [_check_store(settings)]
+    checks = [await _check_store(settings)]
     probes = [
         _check_provider(provider, settings.connect_timeout)
         for provider in settings.providers.values()
@@ -41,11 +41,12 @@ async def run_doctor(settings: Settings, url: str | None, key: str | None) -> li
     return checks
 
 
-def _check_store(settings: Settings) -> Check:
+async def _check_store(settings: Settings) -> Check:
     try:
         store = open_store(settings.database_url)
-        keys = [record for record in store.list_keys() if record.active]
-        store.close()
+        await store.start()
+        keys = [record for record in await store.list_keys() if record.active]
+        await store.close()
     except Exception as exc:
         return Check("database", False, f"{settings.database_url}: {exc}")
     return Check("database", True, f"{settings.database_url}: {len(keys)} active keys")

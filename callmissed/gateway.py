@@ -99,7 +99,8 @@ class Gateway:
 
     async def start(self) -> None:
         self._undo_sigterm = on_sigterm(asyncio.get_running_loop(), self.drain)
-        self.ledger.start()
+        await self.store.start()
+        await self.ledger.start()
         await self.upstream.start()
 
     def drain(self) -> None:
@@ -118,7 +119,7 @@ class Gateway:
         await self.upstream.close()
         await self.ledger.close()
         await self.limiter.close()
-        self.store.close()
+        await self.store.close()
 
     async def complete(
         self, principal: Principal, body: dict[str, Any], *, request_id: str | None = None

@@ -9,9 +9,9 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -23,21 +23,28 @@ from tests.accounting import new_key, query, settle, start_billing_gateway
 from tests.conftest import Gateway, stop_gateway
 from tests.store.test_store_contract import entry
 
+T = TypeVar("T")
+
 
 @pytest.fixture
 def store(tmp_path) -> Iterator[Store]:
     opened = open_store(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
     yield opened
-    opened.close()
+    call(opened.close())
+
+
+def call(coroutine: Coroutine[Any, Any, T]) -> T:
+    """SQLite's coroutines run synchronously inside, so any event loop will do."""
+    return asyncio.run(coroutine)
 
 
 def test_append_then_flush_settles(store, tmp_path):
-    key = store.create_key("k", "h", "cm_x", 100)
+    key = call(store.create_key("k", "h", "cm_x", 100))
 
     async def run() -> None:
         ledger = Ledger(store, tmp_path / "journal")
-        ledger.start()
-        store.reserve(key.id, "r1", 50, ledger.instance, "m")
+        await ledger.start()
+        await store.reserve(key.id, "r1", 50, ledger.instance, "m")
         ledger.append(entry("r1", key.id, 17))
         waiting = ledger.pending
         assert waiting
@@ -46,7 +53,7 @@ def test_append_then_flush_settles(store, tmp_path):
         await ledger.close()
 
     asyncio.run(run())
-    assert store.get_key(key.id).credits == 83
+    assert call(store.get_key(key.id)).credits == 83
     assert list((tmp_path / "journal").iterdir()) == []  # a clean shutdown leaves nothing
 
 
@@ -58,50 +65,50 @@ def _crash(ledger: Ledger) -> None:
 
 
 def test_a_dead_process_journal_is_replayed_and_its_holds_given_back(store, tmp_path):
-    key = store.create_key("k", "h", "cm_x", 1000)
+    key = call(store.create_key("k", "h", "cm_x", 1000))
     directory = tmp_path / "journal"
 
     async def die() -> None:
         ledger = Ledger(store, directory)
-        ledger.start()
-        store.reserve(key.id, "done", 100, ledger.instance, "m")
-        store.reserve(key.id, "in-flight", 100, ledger.instance, "m")
+        await ledger.start()
+        await store.reserve(key.id, "done", 100, ledger.instance, "m")
+        await store.reserve(key.id, "in-flight", 100, ledger.instance, "m")
         ledger.append(entry("done", key.id, 17))  # completed: journaled, not yet settled
         _crash(ledger)
 
     async def restart() -> None:
         ledger = Ledger(store, directory)
-        ledger.start()  # replays the dead journal first
+        await ledger.start()  # replays the dead journal first
         await ledger.close()
 
     asyncio.run(die())
-    assert store.get_key(key.id).credits == 800
+    assert call(store.get_key(key.id)).credits == 800
     asyncio.run(restart())
-    record = store.get_key(key.id)
+    record = call(store.get_key(key.id))
     assert record is not None and (record.credits, record.spent) == (1000 - 17, 17)
-    rows = {row["request_id"]: row for row in store.recent_usage(key.id, 10)}
+    rows = {row["request_id"]: row for row in call(store.recent_usage(key.id, 10))}
     assert rows["done"]["cost"] == 17 and rows["done"]["status"] == 200
     assert rows["in-flight"]["error_code"] == "interrupted" and rows["in-flight"]["cost"] == 0
-    assert store.hold_owners() == set()
+    assert call(store.hold_owners()) == set()
     assert list(directory.iterdir()) == []
 
 
 def test_replay_is_idempotent_and_ignores_a_torn_last_line(store, tmp_path):
-    key = store.create_key("k", "h", "cm_x", 1000)
+    key = call(store.create_key("k", "h", "cm_x", 1000))
     directory = tmp_path / "journal"
     directory.mkdir()
     line = b'{"request_id":"r1","key_id":%d' % key.id
     good = Ledger(store, directory)
     journal = directory / "dead.journal"
     journal.write_bytes(_line(entry("r1", key.id, 10)) * 2 + line)  # twice, then a torn write
-    store.settle([entry("r1", key.id, 10)])  # and it was settled already, before the crash
+    call(store.settle([entry("r1", key.id, 10)]))  # and it was settled already, before the crash
 
     async def run() -> None:
-        good.start()
+        await good.start()
         await good.close()
 
     asyncio.run(run())
-    assert store.get_key(key.id).credits == 990
+    assert call(store.get_key(key.id)).credits == 990
     assert not journal.exists()
 
 
@@ -119,23 +126,23 @@ class _FlakyStore:
         self.down = True
         self.calls = 0
 
-    def settle(self, entries: Any) -> None:
+    async def settle(self, entries: Any) -> None:
         self.calls += 1
         if self.down:
             raise OSError("database is down")
-        self.inner.settle(entries)
+        await self.inner.settle(entries)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
 
 def test_a_database_outage_grows_the_journal_not_memory_and_loses_nothing(store, tmp_path):
-    key = store.create_key("k", "h", "cm_x", None)
+    key = call(store.create_key("k", "h", "cm_x", None))
     flaky = _FlakyStore(store)
 
     async def run() -> None:
         ledger = Ledger(flaky, tmp_path / "journal")
-        ledger.start()
+        await ledger.start()
         for n in range(2000):
             ledger.append(entry(f"r{n}", key.id, 1))
         await asyncio.sleep(0.2)
@@ -147,17 +154,17 @@ def test_a_database_outage_grows_the_journal_not_memory_and_loses_nothing(store,
         await ledger.close()
 
     asyncio.run(run())
-    assert store.get_key(key.id).spent == 2000
-    assert len(store.recent_usage(key.id, 5000)) == 2000
+    assert call(store.get_key(key.id)).spent == 2000
+    assert len(call(store.recent_usage(key.id, 5000))) == 2000
 
 
 def test_a_settled_journal_starts_over(store, tmp_path, monkeypatch):
     monkeypatch.setattr(ledger_module, "_TRUNCATE_AT", 10_000)
-    key = store.create_key("k", "h", "cm_x", None)
+    key = call(store.create_key("k", "h", "cm_x", None))
 
     async def run() -> None:
         ledger = Ledger(store, tmp_path / "journal")
-        ledger.start()
+        await ledger.start()
         for n in range(100):
             ledger.append(entry(f"r{n}", key.id, 1))
         await ledger.flush(at_most=5)
@@ -168,7 +175,7 @@ def test_a_settled_journal_starts_over(store, tmp_path, monkeypatch):
         await ledger.close()
 
     asyncio.run(run())
-    assert store.get_key(key.id).spent == 101
+    assert call(store.get_key(key.id)).spent == 101
 
 
 # The real gateway, killed

@@ -34,13 +34,13 @@ async def keys_collection(gateway: Gateway, request: Request) -> Response:
     """GET lists, POST creates."""
     _authorize(gateway, request)
     if request.method == "GET":
-        return json_response({"data": [describe_key(r) for r in gateway.store.list_keys()]})
+        return json_response({"data": [describe_key(r) for r in await gateway.store.list_keys()]})
     body = _object(request)
     name = body.get("name", "key")
     if not isinstance(name, str) or not name:
         raise InvalidRequest("'name' must be a non-empty string.", param="name")
     credits = _credits(body.get("credits")) if body.get("credits") is not None else None
-    key, record = create_key(gateway.store, name, credits, parse_policy(body))
+    key, record = await create_key(gateway.store, name, credits, parse_policy(body))
     return json_response({"key": key, "data": describe_key(record)}, status=201)
 
 
@@ -48,22 +48,22 @@ async def keys_item(gateway: Gateway, request: Request) -> Response:
     """/admin/keys/{id}[/revoke|/topup]: GET, PATCH, or POST an action."""
     _authorize(gateway, request)
     key_id, _, action = request.path.removeprefix(_PREFIX).partition("/")
-    record = _record(gateway, key_id)
+    record = await _record(gateway, key_id)
     match (request.method, action):
         case ("GET", ""):
             await gateway.ledger.flush(at_most=1.0)
-            usage = gateway.store.recent_usage(record.id, 100)
-            fresh = gateway.store.get_key(record.id) or record
+            usage = await gateway.store.recent_usage(record.id, 100)
+            fresh = await gateway.store.get_key(record.id) or record
             return json_response({"data": describe_key(fresh), "usage": usage})
         case ("PATCH", ""):
             policy = parse_policy(_object(request), record.policy)
-            updated = gateway.store.set_policy(record.id, policy) or record
+            updated = await gateway.store.set_policy(record.id, policy) or record
         case ("POST", "revoke"):
-            gateway.store.revoke_key(record.id)
-            updated = gateway.store.get_key(record.id) or record
+            await gateway.store.revoke_key(record.id)
+            updated = await gateway.store.get_key(record.id) or record
         case ("POST", "topup"):
             amount = _credits(_object(request).get("credits"))
-            topped = gateway.store.topup(record.id, amount)
+            topped = await gateway.store.topup(record.id, amount)
             if topped is None:
                 raise InvalidRequest("Only an active key with a credit limit can be topped up.")
             updated = topped
@@ -124,8 +124,8 @@ def _authorize(gateway: Gateway, request: Request) -> None:
         raise AuthenticationFailed("The admin API needs 'Authorization: Bearer <admin token>'.")
 
 
-def _record(gateway: Gateway, key_id: str) -> KeyRecord:
-    record = gateway.store.get_key(int(key_id)) if key_id.isdigit() else None
+async def _record(gateway: Gateway, key_id: str) -> KeyRecord:
+    record = await gateway.store.get_key(int(key_id)) if key_id.isdigit() else None
     if record is None:
         raise KeyNotFound(f"There is no API key with id {key_id!r}.")
     return record

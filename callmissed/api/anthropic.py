@@ -29,7 +29,7 @@ log = logging.getLogger("callmissed")
 
 
 async def create_message(gateway: Gateway, request: Request) -> Response | StreamResponse:
-    principal = _authenticate(gateway, request)
+    principal = await _authenticate(gateway, request)
     message = parse_message_request(request.json())
     headers = [(b"request-id", request.request_id.encode())]
     if not message.stream:
@@ -46,16 +46,16 @@ async def create_message(gateway: Gateway, request: Request) -> Response | Strea
 
 async def count_tokens(gateway: Gateway, request: Request) -> Response:
     """An estimate (token_estimate.py), marked as one; the model must exist, nothing is billed."""
-    _authenticate(gateway, request)
+    await _authenticate(gateway, request)
     message = parse_message_request(request.json(), count_only=True)
     gateway.router.model(message.model)
     headers = [(b"request-id", request.request_id.encode()), (b"x-callmissed-estimate", b"true")]
     return json_response({"input_tokens": estimate_input_tokens(message.chat)}, headers=headers)
 
 
-def _authenticate(gateway: Gateway, request: Request) -> Principal:
+async def _authenticate(gateway: Gateway, request: Request) -> Principal:
     # The SDK sends `api_key` as x-api-key and `auth_token` as a bearer token (§2.1).
-    return gateway.auth.authenticate(
+    return await gateway.auth.authenticate(
         request.headers.get("authorization"), request.headers.get("x-api-key")
     )
 

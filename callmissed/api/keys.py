@@ -19,11 +19,11 @@ __all__ = ["describe_limits", "retrieve_current_key"]
 
 
 async def retrieve_current_key(gateway: Gateway, request: Request) -> Response:
-    principal = gateway.auth.authenticate(
+    principal = await gateway.auth.authenticate(
         request.headers.get("authorization"), request.headers.get("x-api-key")
     )
     await gateway.ledger.flush(at_most=1.0)
-    record = gateway.store.get_key(principal.key_id)
+    record = await gateway.store.get_key(principal.key_id)
     if record is None or not record.active:
         gateway.auth.forget()
         raise AuthenticationFailed("This API key has been revoked.")

@@ -86,7 +86,13 @@ class LedgerEntry:
 
 
 class Store(Protocol):
-    def create_key(
+    """Every method is a coroutine, so that a networked backend never blocks the event loop;
+    SQLite's run synchronously inside them (microseconds, no thread hop)."""
+
+    async def start(self) -> None:
+        """Connect and apply migrations; idempotent."""
+
+    async def create_key(
         self,
         name: str,
         key_hash: str,
@@ -95,37 +101,37 @@ class Store(Protocol):
         policy: KeyPolicy = ...,
     ) -> KeyRecord: ...
 
-    def find_key(self, key_hash: str) -> KeyRecord | None: ...
+    async def find_key(self, key_hash: str) -> KeyRecord | None: ...
 
-    def get_key(self, key_id: int) -> KeyRecord | None: ...
+    async def get_key(self, key_id: int) -> KeyRecord | None: ...
 
-    def list_keys(self) -> list[KeyRecord]: ...
+    async def list_keys(self) -> list[KeyRecord]: ...
 
-    def revoke_key(self, key_id: int) -> bool: ...
+    async def revoke_key(self, key_id: int) -> bool: ...
 
-    def topup(self, key_id: int, amount: int) -> KeyRecord | None:
+    async def topup(self, key_id: int, amount: int) -> KeyRecord | None:
         """Add to an active, metered key's balance; None if there is no such key."""
 
-    def set_policy(self, key_id: int, policy: KeyPolicy) -> KeyRecord | None: ...
+    async def set_policy(self, key_id: int, policy: KeyPolicy) -> KeyRecord | None: ...
 
-    def reserve(
+    async def reserve(
         self, key_id: int, request_id: str, amount: int, instance: str, model: str
     ) -> Reservation:
         """Atomically take `amount` from an active key's balance, never below zero, and record
         the hold under `instance`. Unlimited keys and zero amounts hold nothing."""
 
-    def settle(self, entries: Sequence[LedgerEntry]) -> None:
+    async def settle(self, entries: Sequence[LedgerEntry]) -> None:
         """In one transaction, per entry: release its hold, charge its cost (never below zero)
         and write its ledger row. Idempotent: an entry whose row exists is skipped."""
 
-    def hold_owners(self) -> set[str]: ...
+    async def hold_owners(self) -> set[str]: ...
 
-    def release_holds(self, instance: str) -> int:
+    async def release_holds(self, instance: str) -> int:
         """Give back every hold `instance` still owns (it died), writing an interrupted row."""
 
-    def recent_usage(self, key_id: int, limit: int) -> list[dict[str, Any]]: ...
+    async def recent_usage(self, key_id: int, limit: int) -> list[dict[str, Any]]: ...
 
-    def close(self) -> None: ...
+    async def close(self) -> None: ...
 
 
 def migrations() -> list[tuple[str, str]]:

@@ -59,6 +59,9 @@ class SQLiteStore:
             )
             self._checkpointer.start()
 
+    async def start(self) -> None:
+        pass  # connected and migrated in __init__, so that open_store() is ready to use
+
     def _checkpoint(self, path: str) -> None:
         db = _connect(path)
         try:
@@ -103,7 +106,7 @@ class SQLiteStore:
 
     # Keys
 
-    def create_key(
+    async def create_key(
         self,
         name: str,
         key_hash: str,
@@ -119,30 +122,30 @@ class SQLiteStore:
         )
         return _key(cursor.fetchone())
 
-    def find_key(self, key_hash: str) -> KeyRecord | None:
+    async def find_key(self, key_hash: str) -> KeyRecord | None:
         row = self._db.execute(
             f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = ?", (key_hash,)
         ).fetchone()
         return _key(row) if row else None
 
-    def get_key(self, key_id: int) -> KeyRecord | None:
+    async def get_key(self, key_id: int) -> KeyRecord | None:
         row = self._db.execute(
             f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)
         ).fetchone()
         return _key(row) if row else None
 
-    def list_keys(self) -> list[KeyRecord]:
+    async def list_keys(self) -> list[KeyRecord]:
         rows = self._db.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY id").fetchall()
         return [_key(row) for row in rows]
 
-    def revoke_key(self, key_id: int) -> bool:
+    async def revoke_key(self, key_id: int) -> bool:
         cursor = self._db.execute(
             "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
             (time.time(), key_id),
         )
         return cursor.rowcount == 1
 
-    def topup(self, key_id: int, amount: int) -> KeyRecord | None:
+    async def topup(self, key_id: int, amount: int) -> KeyRecord | None:
         row = self._db.execute(
             "UPDATE api_keys SET credits = credits + ?, granted = granted + ?"
             " WHERE id = ? AND revoked_at IS NULL AND credits IS NOT NULL"
@@ -151,7 +154,7 @@ class SQLiteStore:
         ).fetchone()
         return _key(row) if row else None
 
-    def set_policy(self, key_id: int, policy: KeyPolicy) -> KeyRecord | None:
+    async def set_policy(self, key_id: int, policy: KeyPolicy) -> KeyRecord | None:
         row = self._db.execute(
             "UPDATE api_keys SET rpm = ?, tpm = ?, max_concurrent = ?, models = ?"
             f" WHERE id = ? RETURNING {_KEY_COLUMNS}",
@@ -161,7 +164,7 @@ class SQLiteStore:
 
     # Credits
 
-    def reserve(
+    async def reserve(
         self, key_id: int, request_id: str, amount: int, instance: str, model: str
     ) -> Reservation:
         if amount > 0:
@@ -181,15 +184,15 @@ class SQLiteStore:
         balance: int | None = row[0]
         return Reservation(balance is None or amount <= 0, balance)
 
-    def settle(self, entries: Sequence[LedgerEntry]) -> None:
+    async def settle(self, entries: Sequence[LedgerEntry]) -> None:
         with self._transaction() as db:
             for entry in entries:
                 _settle_one(db, entry)
 
-    def hold_owners(self) -> set[str]:
+    async def hold_owners(self) -> set[str]:
         return {row[0] for row in self._db.execute("SELECT DISTINCT instance FROM holds")}
 
-    def release_holds(self, instance: str) -> int:
+    async def release_holds(self, instance: str) -> int:
         with self._transaction() as db:
             holds = db.execute(
                 "SELECT request_id, key_id, model, created_at FROM holds WHERE instance = ?",
@@ -203,7 +206,7 @@ class SQLiteStore:
                 _settle_one(db, entry)
         return len(holds)
 
-    def recent_usage(self, key_id: int, limit: int) -> list[dict[str, Any]]:
+    async def recent_usage(self, key_id: int, limit: int) -> list[dict[str, Any]]:
         cursor = self._db.execute(
             f"SELECT {_LEDGER_COLUMNS} FROM ledger WHERE key_id = ?"
             " ORDER BY created_at DESC LIMIT ?",
@@ -212,7 +215,7 @@ class SQLiteStore:
         names = [column[0] for column in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self._stop.set()
         if self._checkpointer is not None:
             self._checkpointer.join()
