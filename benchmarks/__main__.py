@@ -33,7 +33,7 @@ from benchmarks.systems import (
 )
 
 SYSTEMS = ("direct", "passthrough", "callmissed", "litellm")
-SCENARIOS = ("overhead", "throughput", "held", "http2", "startup", "hedging")
+SCENARIOS = ("overhead", "throughput", "held", "http2", "startup", "hedging", "failover")
 RESULTS = ROOT / "benchmarks" / "results"
 
 
@@ -84,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--late-ms", type=float, default=500.0, help="how late a late token is")
     run.add_argument("--late-pct", type=float, default=5.0, help="how often it is late")
     run.add_argument("--pace-ms", type=float, default=20.0, help="gap between held tokens")
+    run.add_argument(
+        "--fail-pct", type=float, default=30.0, help="how often the failover route fails"
+    )
     run.add_argument("--out", help="results folder (default benchmarks/results/<time>-<profile>)")
     return parser
 
@@ -114,7 +117,7 @@ def _run(
         "litellm": LiteLLM(),
     }
     with ExitStack() as stack:
-        upstream = Upstream(workdir, args.pace_ms, args.late_pct, args.late_ms)
+        upstream = Upstream(workdir, args.pace_ms, args.late_pct, args.late_ms, args.fail_pct)
         stack.callback(upstream.stop)
         running: list[Running] = []
         for name in systems:

@@ -23,6 +23,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         _http2(rows),
         _startup(rows),
         _hedging(rows, results["meta"]),
+        _failover(rows),
         _noise(rows),
     ]
     charts = _charts(rows, out)
@@ -268,9 +269,7 @@ def _overhead(rows: list[Row]) -> str:
         return ""
     head = ["system", "req/s", "TTFB p50", "p90", "p99", "added p50", "added p90", "added p99"]
     head += ["total p50", "p99", "added total p50", "added p99", "errors"]
-    rounds = (base or {}).get("rounds")
-    how = f"; medians of {rounds} interleaved rounds" if rounds else ""
-    return f"## Overhead (concurrency 1, streaming, ms{how})\n\n" + _table(head, body)
+    return "## Overhead (concurrency 1, streaming, ms)\n\n" + _table(head, body)
 
 
 def _throughput(rows: list[Row]) -> str:
@@ -411,6 +410,24 @@ def _hedging(rows: list[Row], meta: dict[str, Any]) -> str:
         return ""
     head = ["system", "route", "c", "TTFB p50 ms", "p90", "p99", "max", "errors"]
     return f"## Hedging ({meta['hedging']})\n\n" + _table(head, body)
+
+
+def _failover(rows: list[Row]) -> str:
+    """Issue 5's target: client error rate ~0, p99 TTFB within the first-token timeout."""
+    body = []
+    for row in rows:
+        if row["scenario"] != "failover":
+            continue
+        failed = sum((row.get("errors") or {}).values()) + row.get("unfinished", 0)
+        total = row.get("ok", 0) + failed
+        rate = f"{100 * failed / total:.2f} %" if total else _NA
+        route = "1 route, 30% failing" if row["model"] == "flaky" else "+ healthy fallback"
+        ttfb = [_ms(_stat(row, "ttfb_ms", p)) for p in ("p50", "p99", "max")]
+        body.append([row["system"], route, str(row["concurrency"]), str(total), rate, *ttfb])
+    if not body:
+        return ""
+    head = ["system", "routes", "c", "requests", "client errors", "TTFB p50 ms", "p99", "max"]
+    return "## Failover\n\n" + _table(head, body)
 
 
 def _noise(rows: list[Row]) -> str:

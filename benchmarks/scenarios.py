@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -36,7 +35,6 @@ class Timing:
 @dataclass(frozen=True)
 class Profile:
     overhead: Timing
-    overhead_rounds: int
     throughput: Timing
     levels: tuple[int, ...]
     held: Timing
@@ -45,13 +43,14 @@ class Profile:
     http2_levels: tuple[int, ...]
     hedging: Timing
     hedging_concurrency: int
+    failover: Timing
+    failover_concurrency: int
     startup_launches: int
 
 
 PROFILES = {
     "full": Profile(
-        overhead=Timing(0.5, 2.0),
-        overhead_rounds=4,
+        overhead=Timing(1.0, 8.0),
         throughput=Timing(1.0, 5.0),
         levels=(16, 64, 256),
         held=Timing(2.0, 8.0),
@@ -60,11 +59,12 @@ PROFILES = {
         http2_levels=(1, 64),
         hedging=Timing(1.0, 10.0),
         hedging_concurrency=8,
+        failover=Timing(1.0, 10.0),
+        failover_concurrency=16,
         startup_launches=3,
     ),
     "quick": Profile(
-        overhead=Timing(0.3, 1.5, 1.0),
-        overhead_rounds=2,
+        overhead=Timing(0.5, 3.0, 1.0),
         throughput=Timing(0.5, 1.5, 1.0),
         levels=(16, 64, 256),
         held=Timing(1.0, 2.0, 1.0),
@@ -73,6 +73,8 @@ PROFILES = {
         http2_levels=(1, 64),
         hedging=Timing(0.5, 2.5, 1.0),
         hedging_concurrency=8,
+        failover=Timing(0.3, 1.0, 0.5),
+        failover_concurrency=16,
         startup_launches=1,
     ),
 }
@@ -93,20 +95,8 @@ class Suite:
     # -- scenarios ----------------------------------------------------------------------------
 
     def overhead(self) -> None:
-        """Short rounds, every system back to back in each, then the median of the rounds:
-        other load on a shared machine drifts, and this keeps it from landing on one system."""
-        rounds = self.profile.overhead_rounds
-        for index in range(rounds):
-            for system in self.systems:
-                self._measure("overhead-round", system, "fast", 1, self.profile.overhead)
-                self.rows[-1]["round"] = index + 1
         for system in self.systems:
-            measured = [
-                row
-                for row in self.rows
-                if row["scenario"] == "overhead-round" and row["system"] == system.name
-            ]
-            self.rows.append({**_median_row(measured), "scenario": "overhead", "rounds": rounds})
+            self._measure("overhead", system, "fast", 1, self.profile.overhead)
 
     def throughput(self) -> None:
         for concurrency in self.profile.levels:
@@ -135,6 +125,15 @@ class Suite:
             self._measure("hedging", system, "late", concurrency, timing)
             if "hedged" in system.models:
                 self._measure("hedging", system, "hedged", concurrency, timing)
+
+    def failover(self) -> None:
+        """One of two routes fails 30% of requests: direct to it, and through us with a fallback."""
+        timing, concurrency = self.profile.failover, self.profile.failover_concurrency
+        for system in self.systems:
+            if system.name == "direct":
+                self._measure("failover", system, "flaky", concurrency, timing)
+            elif "failover" in system.models:
+                self._measure("failover", system, "failover", concurrency, timing)
 
     def startup(self, callmissed: CallMissed | None) -> None:
         """Launch → healthy: the first start of each system, plus fresh gateway launches."""
@@ -204,27 +203,6 @@ class Suite:
         report["server_rss_peak_mib"] = round(sum(peak.values()), 1) if peak else None
         report["server_rss_by_process_mib"] = sorted(peak.values(), reverse=True)
         return report
-
-
-def _median_row(rows: list[Row]) -> Row:
-    """One row from several measurements of the same thing: medians, counts summed."""
-    merged = dict(rows[0])
-    merged.pop("round", None)
-    for key, value in rows[0].items():
-        if isinstance(value, dict) and key.endswith("_ms"):
-            stats = [r[key] for r in rows if isinstance(r.get(key), dict)]
-            merged[key] = {p: statistics.median(x[p] for x in stats) for p in value}
-            merged[key]["count"] = sum(x["count"] for x in stats)
-        elif isinstance(value, int | float) and key not in ("concurrency", "duration_s"):
-            merged[key] = statistics.median(r[key] for r in rows)
-    for key in ("ok", "unfinished"):
-        merged[key] = sum(r[key] for r in rows)
-    errors: dict[str, int] = {}
-    for row in rows:
-        for kind, count in row["errors"].items():
-            errors[kind] = errors.get(kind, 0) + count
-    merged["errors"] = errors
-    return merged
 
 
 def _loadgen_command(

@@ -37,7 +37,7 @@ __all__ = [
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 # Upstream model ids; the fake upstream picks its timing from the prefix.
-MODELS = {"fast": "fast", "paced": "paced", "late": "late"}
+MODELS = {"fast": "fast", "paced": "paced", "late": "late", "flaky": "flaky"}
 _STRIPPED_ENV = ("CLOUDFLARE_", "OPENROUTER_", "SARVAM_", "OPENAI_", "CALLMISSED_", "LITELLM_")
 
 
@@ -111,12 +111,19 @@ def _spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pop
 
 
 class Upstream:
-    def __init__(self, workdir: Path, pace_ms: float, late_pct: float, late_ms: float) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        pace_ms: float,
+        late_pct: float,
+        late_ms: float,
+        fail_pct: float = 30.0,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}/v1"
         command = [sys.executable, "-m", "benchmarks.upstream", "--port", str(self.port)]
         command += ["--pace-ms", str(pace_ms), "--late-pct", str(late_pct)]
-        command += ["--late-ms", str(late_ms)]
+        command += ["--late-ms", str(late_ms), "--fail-pct", str(fail_pct)]
         self.process = _spawn(command, clean_env(PYTHONPATH=str(ROOT)), workdir / "upstream.log")
         wait_healthy(self.port, "/v1/models", self.process, 10)
 
@@ -193,6 +200,11 @@ class CallMissed(System):
                 '[models."bench-hedged"]\nroutes = ["bench:late-a", "bench:late-b"]\n'
                 f"hedge_after_ms = {self.hedge_after_ms:g}\n{prices}\n"
             )
+        # The failover scenario: a first route failing --fail-pct of requests, a healthy second.
+        lines.append(
+            '[models."bench-failover"]\nroutes = ["bench:flaky", "bench:fast-fallback"]\n'
+            f"{prices}\n"
+        )
         return "\n".join(lines)
 
     def start(self, upstream: Upstream, workdir: Path) -> Running:
@@ -219,6 +231,7 @@ class CallMissed(System):
         models = {kind: f"bench-{kind}" for kind in MODELS}
         if hedging_available():
             models["hedged"] = "bench-hedged"
+        models["failover"] = "bench-failover"
         return Running(
             self.name, f"http://{HOST}:{port}/v1", "", models, healthy - started, process, log
         )

@@ -7,7 +7,8 @@ scenario:
 * `fast…`   the whole answer in one write (the overhead and throughput scenarios);
 * `paced…`  `--pace-ms` between content chunks (held streams);
 * `late…`   like fast, but `--late-pct` percent of answers send their first chunk `--late-ms`
-            after the headers (the hedging scenario).
+            after the headers (the hedging scenario);
+* `flaky…`  like fast, but `--fail-pct` percent of requests get a 503 (the failover scenario).
 
 Run: `python -m benchmarks.upstream --port P`; it prints `READY` once listening.
 """
@@ -81,6 +82,7 @@ _COMPLETION = orjson.dumps(
         "usage": {"prompt_tokens": 12, "completion_tokens": CHUNKS, "total_tokens": 32},
     }
 )
+_UNAVAILABLE = b'{"error":{"message":"injected failure","type":"server_error","code":null}}'
 _MODELS = orjson.dumps({"object": "list", "data": [{"id": "fast", "object": "model"}]})
 
 
@@ -101,11 +103,21 @@ def _plain(status: str, body: bytes, content_type: bytes = b"application/json") 
 class Behaviour:
     """Timing knobs shared by every connection."""
 
-    def __init__(self, pace_ms: float, late_pct: float, late_ms: float, seed: int) -> None:
+    def __init__(
+        self, pace_ms: float, late_pct: float, late_ms: float, seed: int, fail_pct: float = 30.0
+    ) -> None:
         self.pace = pace_ms / 1000
         self.late_fraction = late_pct / 100
         self.late = late_ms / 1000
+        self.fail_fraction = fail_pct / 100
         self.random = random.Random(seed)
+
+    def fails(self, body: bytes) -> bool:
+        """Whether this request to a `flaky…` model gets a 503 (seeded, so runs repeat)."""
+        match = _MODEL.search(body)
+        if match is None or not match.group(1).startswith(b"flaky"):
+            return False
+        return self.random.random() < self.fail_fraction
 
 
 class UpstreamProtocol(asyncio.Protocol):
@@ -143,6 +155,10 @@ class UpstreamProtocol(asyncio.Protocol):
     def _answer(self, request_line: list[bytes], body: bytes) -> None:
         method, path = request_line[0], request_line[1]
         if method == b"POST" and path.endswith(b"/chat/completions"):
+            if self._behaviour.fails(body):
+                self._write(_plain("503 Service Unavailable", _UNAVAILABLE))
+                self._next_request()
+                return
             if _STREAM.search(body):
                 self._stream(body)
                 return
@@ -224,10 +240,11 @@ def main() -> None:
     parser.add_argument("--late-pct", type=float, default=5.0)
     parser.add_argument("--late-ms", type=float, default=500.0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--fail-pct", type=float, default=30.0)
     args = parser.parse_args()
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         parser.error("the fake upstream listens on loopback only")
-    behaviour = Behaviour(args.pace_ms, args.late_pct, args.late_ms, args.seed)
+    behaviour = Behaviour(args.pace_ms, args.late_pct, args.late_ms, args.seed, args.fail_pct)
     uvloop.run(serve(args.host, args.port, behaviour))
 
 
