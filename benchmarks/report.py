@@ -269,7 +269,9 @@ def _overhead(rows: list[Row]) -> str:
         return ""
     head = ["system", "req/s", "TTFB p50", "p90", "p99", "added p50", "added p90", "added p99"]
     head += ["total p50", "p99", "added total p50", "added p99", "errors"]
-    return "## Overhead (concurrency 1, streaming, ms)\n\n" + _table(head, body)
+    rounds = (base or {}).get("rounds")
+    how = f"; medians of {rounds} interleaved rounds" if rounds else ""
+    return f"## Overhead (concurrency 1, streaming, ms{how})\n\n" + _table(head, body)
 
 
 def _throughput(rows: list[Row]) -> str:
