@@ -3,14 +3,27 @@ token, an admin client, and direct reads of its SQLite database (exact micro-cre
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import re
 import sqlite3
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
-from tests.conftest import CONFIG, Gateway, start_gateway
+from tests.conftest import CONFIG, Gateway, require_service, start_gateway
 from tests.fakes.upstream import FakeUpstream
+
+POSTGRES_URL = os.environ.get(
+    "CALLMISSED_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+# Gateways in these tests run on each store backend; PostgreSQL ones skip without a server.
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.services)]
 
 ADMIN_TOKEN = "admin-test-token-0123456789"
 
@@ -95,7 +108,50 @@ def new_key(gateway: Gateway, **fields: Any) -> tuple[str, int]:
     return response.json()["key"], response.json()["data"]["id"]
 
 
+@contextlib.contextmanager
+def backend_env(backend: str) -> Iterator[dict[str, str]]:
+    """Environment for a gateway on `backend`: nothing extra for SQLite, a fresh schema else."""
+    if backend == "sqlite":
+        yield {}
+        return
+    with postgres_schema() as url:
+        yield {"CALLMISSED_DATABASE_URL": url}
+
+
+@contextlib.contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A throwaway schema on the test server, as a URL whose search_path points at it."""
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    _postgres(POSTGRES_URL, f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{POSTGRES_URL}?search_path={schema}"
+    finally:
+        _postgres(POSTGRES_URL, f"DROP SCHEMA {schema} CASCADE")
+
+
+def _postgres(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    import asyncpg
+
+    async def fetch() -> list[tuple[Any, ...]]:
+        db = await asyncpg.connect(url, timeout=5)
+        try:
+            return [tuple(row) for row in await db.fetch(sql, *params)]
+        finally:
+            await db.close()
+
+    try:
+        return asyncio.run(fetch())
+    except (OSError, asyncpg.PostgresError) as exc:
+        require_service("PostgreSQL", f"{url}: {exc}")
+        raise
+
+
 def query(gateway: Gateway, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Run SQL (with ? placeholders) on the gateway's own database."""
+    url = gateway.env["CALLMISSED_DATABASE_URL"]
+    if url.startswith("postgresql://"):
+        numbered = iter(range(1, 100))
+        return _postgres(url, re.sub(r"\?", lambda _: f"${next(numbered)}", sql), *params)
     with sqlite3.connect(gateway.workdir / "gateway.sqlite3") as db:
         return db.execute(sql, params).fetchall()
 

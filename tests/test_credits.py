@@ -23,17 +23,27 @@ from callmissed.credits import (
     rates_of,
 )
 from callmissed.settings import Prices
-from tests.accounting import balance, chat, new_key, query, settle, start_billing_gateway
+from tests.accounting import (
+    BACKENDS,
+    backend_env,
+    balance,
+    chat,
+    new_key,
+    query,
+    settle,
+    start_billing_gateway,
+)
 from tests.conftest import stop_gateway
 
 HELLO_COST = 5 * 1 + 6 * 2  # micro-credits for the fake's usual answer on a priced model
 
 
-@pytest.fixture(scope="module")
-def billing(upstream, tmp_path_factory):
-    running = start_billing_gateway(upstream, tmp_path_factory.mktemp("billing"))
-    yield running
-    stop_gateway(running)
+@pytest.fixture(scope="module", params=BACKENDS)
+def billing(request, upstream, tmp_path_factory):
+    with backend_env(request.param) as env:
+        running = start_billing_gateway(upstream, tmp_path_factory.mktemp("billing"), **env)
+        yield running
+        stop_gateway(running)
 
 
 # Pricing, pure

@@ -19,7 +19,14 @@ import pytest
 from callmissed import ledger as ledger_module
 from callmissed.ledger import Ledger
 from callmissed.store import LedgerEntry, Store, open_store
-from tests.accounting import new_key, query, settle, start_billing_gateway
+from tests.accounting import (
+    BACKENDS,
+    backend_env,
+    new_key,
+    query,
+    settle,
+    start_billing_gateway,
+)
 from tests.conftest import Gateway, stop_gateway
 from tests.store.test_store_contract import entry
 
@@ -221,8 +228,14 @@ def _traffic(gateway: Gateway, key: str, stop: threading.Event, done: list[str])
                 done.append(response.headers["x-request-id"])
 
 
-def test_sigkill_mid_traffic_loses_no_completed_row(upstream, tmp_path):
-    first = start_billing_gateway(upstream, tmp_path)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sigkill_mid_traffic_loses_no_completed_row(upstream, tmp_path, backend):
+    with backend_env(backend) as env:
+        _kill_and_restart(upstream, tmp_path, env)
+
+
+def _kill_and_restart(upstream: Any, tmp_path: Path, env: dict[str, str]) -> None:
+    first = start_billing_gateway(upstream, tmp_path, **env)
     key, key_id = new_key(first, credits=10)
     stop = threading.Event()
     done: list[str] = []
@@ -235,7 +248,7 @@ def test_sigkill_mid_traffic_loses_no_completed_row(upstream, tmp_path):
     for thread in threads:
         thread.join(10)
     assert len(done) > 50
-    second = start_billing_gateway(upstream, tmp_path)  # same database and ledger directory
+    second = start_billing_gateway(upstream, tmp_path, **env)  # same database and journals
     try:
         settle(second, key)
         rows = dict(query(second, "SELECT request_id, status FROM ledger WHERE key_id = ?", key_id))

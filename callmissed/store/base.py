@@ -142,8 +142,15 @@ def migrations() -> list[tuple[str, str]]:
 
 
 def open_store(url: str) -> Store:
+    """The store for CALLMISSED_DATABASE_URL: sqlite:///path or postgresql://…; start() it."""
     if url.startswith("sqlite://"):
         from callmissed.store.sqlite import SQLiteStore
 
         return SQLiteStore(url.removeprefix("sqlite://").removeprefix("/") or ":memory:")
-    raise ValueError(f"unsupported CALLMISSED_DATABASE_URL {url!r}; use sqlite:///path")
+    if url.startswith(("postgres://", "postgresql://")):
+        from callmissed.store.postgres import PostgresStore
+
+        return PostgresStore(url)
+    raise ValueError(
+        f"unsupported CALLMISSED_DATABASE_URL {url!r}; use sqlite:///path or postgresql://…"
+    )

@@ -5,15 +5,25 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.accounting import ADMIN_TOKEN, admin, chat, new_key, settle, start_billing_gateway
+from tests.accounting import (
+    ADMIN_TOKEN,
+    BACKENDS,
+    admin,
+    backend_env,
+    chat,
+    new_key,
+    settle,
+    start_billing_gateway,
+)
 from tests.conftest import stop_gateway
 
 
-@pytest.fixture(scope="module")
-def billing(upstream, tmp_path_factory):
-    running = start_billing_gateway(upstream, tmp_path_factory.mktemp("admin"))
-    yield running
-    stop_gateway(running)
+@pytest.fixture(scope="module", params=BACKENDS)
+def billing(request, upstream, tmp_path_factory):
+    with backend_env(request.param) as env:
+        running = start_billing_gateway(upstream, tmp_path_factory.mktemp("admin"), **env)
+        yield running
+        stop_gateway(running)
 
 
 def test_admin_api_is_off_without_a_token(gateway):

@@ -1,8 +1,7 @@
 """The Store contract: keys, atomic reservations, idempotent settlement, crashed holds.
 
-Every backend must pass the same tests; the fixture lists them (SQLite here; a server-backed
-store joins the parametrization and skips, or fails under CALLMISSED_REQUIRE_SERVICES=1, when
-its server is absent).
+Every backend must pass the same tests: SQLite, and PostgreSQL in a throwaway schema (skipped
+when no server answers, a failure under CALLMISSED_REQUIRE_SERVICES=1).
 """
 
 from __future__ import annotations
@@ -10,19 +9,24 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 
 from callmissed.store import KeyPolicy, LedgerEntry, Store, open_store
+from tests.accounting import postgres_schema
 
 Scenario = Callable[[Store], Awaitable[None]]
 
 
-@pytest.fixture(params=["sqlite"])
-def url(request, tmp_path) -> str:
-    """A database URL per test, for each backend."""
-    return f"sqlite:///{tmp_path / 'store.sqlite3'}"
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.services)])
+def url(request, tmp_path) -> Iterator[str]:
+    """A database URL per test, for each backend: a fresh file, or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.sqlite3'}"
+        return
+    with postgres_schema() as schema_url:
+        yield schema_url
 
 
 def run(url: str, scenario: Scenario) -> None:
