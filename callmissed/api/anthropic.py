@@ -5,6 +5,7 @@ formats/anthropic*.py, and hands the OpenAI-format body to the same gateway use-
 OpenAI edge, so keys, routing, reasoning and usage are one path. Framing follows wire-formats.md
 §2.4-2.5: `event:` + `data:` on every event, and a failure after the first byte goes out as
 `event: error`, which the SDK raises. `anthropic-version` is accepted and not needed.
+A first token slow to come commits the stream early, with `: keep-alive` comments (keepalive.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from callmissed.auth import Principal
 from callmissed.errors import GatewayError, to_anthropic
 from callmissed.formats.anthropic import parse_message_request
 from callmissed.formats.anthropic_message import MessageStreamEncoder, build_message
-from callmissed.gateway import Gateway
+from callmissed.gateway import Gateway, RouteInfo
+from callmissed.keepalive import Opening, open_or_keepalive
 from callmissed.relay import ChatStream
 from callmissed.token_estimate import estimate_input_tokens
 from callmissed.web import Request, Response, StreamResponse, json_response
@@ -37,10 +39,22 @@ async def create_message(gateway: Gateway, request: Request) -> Response | Strea
             principal, message.chat, request_id=request.request_id
         )
         return json_response(build_message(completion, message), headers=info.headers() + headers)
-    stream, info = await gateway.open_stream(
-        principal, message.chat, include_usage=False, request_id=request.request_id
+    policy = gateway.settings.resilience
+    opened = await open_or_keepalive(
+        gateway.open_stream(
+            principal, message.chat, include_usage=False, request_id=request.request_id
+        ),
+        policy.keepalive_after,
+        policy.keepalive_interval,
+        _close_opened,
     )
-    events = _aiter_events(stream, MessageStreamEncoder(message), request.request_id)
+    encoder = MessageStreamEncoder(message)
+    if isinstance(opened, Opening):
+        gateway.metrics.inc("callmissed_keepalive_streams_total")
+        late = _aiter_late_events(opened, encoder, request.request_id)
+        return StreamResponse(late, headers, opened.close)
+    stream, info = opened
+    events = _aiter_events(stream, encoder, request.request_id)
     return StreamResponse(events, info.headers() + headers, stream.close)
 
 
@@ -58,6 +72,29 @@ async def _authenticate(gateway: Gateway, request: Request) -> Principal:
     return await gateway.auth.authenticate(
         request.headers.get("authorization"), request.headers.get("x-api-key")
     )
+
+
+def _close_opened(opened: tuple[ChatStream, RouteInfo]) -> None:
+    opened[0].close()
+
+
+async def _aiter_late_events(
+    opening: Opening[tuple[ChatStream, RouteInfo]], encoder: MessageStreamEncoder, request_id: str
+) -> AsyncIterator[bytes]:
+    """Keep-alive comments until the first token, then the events; a failure goes in-band."""
+    async for comment in opening.aiter_comments():
+        yield comment
+    try:
+        stream, _ = opening.result()
+    except GatewayError as exc:
+        yield _error_event(exc)
+        return
+    except Exception:
+        log.exception("stream failed to open (%s)", request_id)
+        yield _error_event(GatewayError(f"Internal error ({request_id})."))
+        return
+    async for part in _aiter_events(stream, encoder, request_id):
+        yield part
 
 
 async def _aiter_events(

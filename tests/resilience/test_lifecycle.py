@@ -8,10 +8,12 @@ import threading
 import time
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import orjson
 import pytest
+from anthropic.types import MessageParam
 from openai.types.chat import ChatCompletionMessageParam
 
 from tests.conftest import Gateway, stop_gateway
@@ -149,6 +151,34 @@ def test_fallback_still_works_after_keepalives_began(edge):
         chunks = client.chat.completions.create(model="ka-fallback", messages=MESSAGES, stream=True)
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "Hello from ka-fallback/ok"
+
+
+CLAUDE_MESSAGES: list[MessageParam] = [{"role": "user", "content": "Say hello"}]
+
+
+def test_keepalives_on_the_anthropic_surface(edge):
+    body = {"model": "ka", "max_tokens": 64, "messages": CLAUDE_MESSAGES, "stream": True}
+    with httpx.stream(
+        "POST", f"{edge.url}/v1/messages", json=body, headers={"x-api-key": edge.key}, timeout=10
+    ) as response:
+        assert response.status_code == 200
+        lines = [line for line in response.iter_lines() if line]
+    first_event = lines.index("event: message_start")
+    assert first_event >= 2
+    assert all(line == ": keep-alive" for line in lines[:first_event])
+    assert lines[-2:] == ["event: message_stop", 'data: {"type":"message_stop"}']
+    with anthropic.Anthropic(base_url=edge.url, api_key=edge.key, max_retries=0) as claude:
+        with claude.messages.stream(model="ka", max_tokens=64, messages=CLAUDE_MESSAGES) as stream:
+            assert "".join(stream.text_stream) == "Hello from ka/slow-first"
+        with (
+            pytest.raises(anthropic.APIStatusError) as caught,
+            claude.messages.stream(
+                model="ka-fail", max_tokens=64, messages=CLAUDE_MESSAGES
+            ) as failing,
+        ):
+            "".join(failing.text_stream)
+    assert caught.value.status_code == 200  # in-band: the 200 had gone out with the comments
+    assert "no first token within 1 s" in caught.value.message
 
 
 def test_a_fast_failure_keeps_its_real_status(edge):
