@@ -45,7 +45,7 @@ _FREE = ModelSettings("free", (Route("sim", "x"),), "passthrough")
 _PRICED = ModelSettings(
     "priced", (Route("p", "x"),), "passthrough", prices=Prices(0.15, 0.075, 0.6)
 )
-_LIMITS = KeyPolicy(rpm=10**9, tpm=10**12, max_concurrent=10**6)
+_LIMITS = KeyPolicy(rpm=10**9, tpm=2 * 10**9, max_concurrent=10**6)
 
 
 _USAGE = {"prompt_tokens": 12, "completion_tokens": CHUNKS, "total_tokens": 32}
@@ -73,9 +73,10 @@ def _batches() -> list[list[Chunk]]:
     return [[Chunk(orjson.dumps(c), c)] for c in [*chunks, usage]]
 
 
-async def _in_process(rounds: int, metered: bool) -> tuple[list[float], float]:
+async def _in_process(rounds: int, metered: bool, url: str | None) -> tuple[list[float], float]:
     with tempfile.TemporaryDirectory() as folder:
-        store = open_store(f"sqlite:///{folder}/bench.sqlite3")
+        store = open_store(url or f"sqlite:///{folder}/bench.sqlite3")
+        await store.start()
         ledger = Ledger(store, Path(folder) / "ledger")
         await ledger.start()
         auth = Authenticator(store)
@@ -152,14 +153,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5000, help="in-process requests per case")
     parser.add_argument("--requests", type=int, default=300, help="end-to-end requests per key")
+    parser.add_argument(
+        "--database-url", help="in-process store (default: a fresh SQLite file), e.g. postgresql://"
+    )
+    parser.add_argument("--in-process-only", action="store_true", help="skip the end-to-end part")
     args = parser.parse_args()
     print(f"accounting per request, in-process, {CHUNKS}-chunk stream:")
     for label, metered in (("unlimited key, free model", False), ("metered + limits", True)):
-        samples, writer = asyncio.run(_in_process(args.rounds, metered))
+        samples, writer = asyncio.run(_in_process(args.rounds, metered, args.database_url))
         print(
             f"  {label:28} p50 {statistics.median(samples):6.1f} us  "
             f"p99 {_percentile(samples, 0.99):6.1f} us   + writer {writer:5.1f} us/request"
         )
+    if args.in_process_only:
+        return
     workdir = ROOT / "benchmarks" / "results" / "tmp" / f"credits-{time.strftime('%H%M%S')}"
     workdir.mkdir(parents=True)
     upstream = Upstream(Path(workdir), 0.0, 0.0, 0.0)

@@ -307,6 +307,6 @@ def _credits(text: str) -> int:
 
 def _positive(text: str) -> int:
     value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be a positive whole number")
+    if not 1 <= value <= 2**31 - 1:
+        raise argparse.ArgumentTypeError("must be a whole number from 1 to 2147483647")
     return value

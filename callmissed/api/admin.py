@@ -28,6 +28,7 @@ __all__ = ["describe_key", "keys_collection", "keys_item", "parse_policy"]
 
 _PREFIX = "/admin/keys/"
 _POLICY_FIELDS = ("rpm", "tpm", "max_concurrent", "models")
+LIMIT_MAX = 2**31 - 1  # the store's INTEGER columns
 
 
 async def keys_collection(gateway: Gateway, request: Request) -> Response:
@@ -99,9 +100,11 @@ def parse_policy(body: Mapping[str, Any], current: KeyPolicy = NO_POLICY) -> Key
         if name in body:
             value = body[name]
             if value is not None and (
-                not isinstance(value, int) or isinstance(value, bool) or value < 1
+                not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= LIMIT_MAX
             ):
-                raise InvalidRequest(f"'{name}' must be a positive integer or null.", param=name)
+                raise InvalidRequest(
+                    f"'{name}' must be an integer from 1 to {LIMIT_MAX}, or null.", param=name
+                )
             values[name] = value
     if "models" in body:
         models = body["models"]

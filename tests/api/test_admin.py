@@ -131,6 +131,7 @@ def test_topup(billing):
         ("POST", "", {"credits": -1}, 400),
         ("POST", "", {"credits": "lots"}, 400),
         ("POST", "", {"rpm": 0}, 400),
+        ("POST", "", {"tpm": 2**31}, 400),
         ("POST", "", {"models": "priced"}, 400),
         ("POST", "", {"name": ""}, 400),
         ("POST", "/1/explode", {}, 400),
