@@ -8,6 +8,7 @@ to benchmarks/results/<time>-<profile>/. See docs/performance.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 import time
@@ -87,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--fail-pct", type=float, default=30.0, help="how often the failover route fails"
     )
+    run.add_argument("--held-streams", type=int, default=1000, help="concurrent held streams")
     run.add_argument("--out", help="results folder (default benchmarks/results/<time>-<profile>)")
     return parser
 
@@ -108,7 +110,7 @@ def _run(
     scenarios: list[str],
     workdir: Path,
 ) -> list[dict[str, Any]]:
-    profile = PROFILES[profile_name]
+    profile = dataclasses.replace(PROFILES[profile_name], held_streams=args.held_streams)
     callmissed = CallMissed(args.workers, args.hedge_after_ms, args.server)
     makers: dict[str, System] = {
         "direct": Direct(),
@@ -156,6 +158,7 @@ def _meta(
         "upstream": {
             "chunks": 20,
             "pace_ms": args.pace_ms,
+            "held_streams": args.held_streams,
             "late_pct": args.late_pct,
             "late_ms": args.late_ms,
             "hedge_after_ms": args.hedge_after_ms,

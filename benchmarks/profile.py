@@ -71,6 +71,9 @@ def main() -> None:
     parser.add_argument("--model", default="fast", choices=("fast", "paced"))
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    parser.add_argument(
+        "--idle", action="store_true", help="sample waiting threads too (where wall time goes)"
+    )
     args = parser.parse_args()
     workdir = ROOT / "benchmarks" / "results" / "tmp" / f"profile-{time.strftime('%H%M%S')}"
     workdir.mkdir(parents=True)
@@ -82,7 +85,8 @@ def main() -> None:
         spy = subprocess.Popen(
             [str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
              str(gateway.process.pid), "--subprocesses", "--rate", str(args.rate),
-             "--format", "raw", "--output", str(collapsed), "--duration", str(int(args.seconds))],
+             "--format", "raw", "--output", str(collapsed), "--duration", str(int(args.seconds)),
+             *(["--idle"] if args.idle else [])],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         load = [sys.executable, "-m", "benchmarks.loadgen", "--url",

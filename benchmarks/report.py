@@ -345,7 +345,7 @@ def _held(rows: list[Row]) -> str:
     head = ["system", "streams", "completed", "gap p50 ms", "gap p99", "gap p99.9"]
     head += ["added gap p99", "stalls ≥ 100 ms", "TTFB p99 ms", "server RSS MiB (per process)"]
     head += ["CPU cores: server / upstream / loadgen / other", "errors"]
-    return "## Held streams (20 ms between tokens)\n\n" + _table(head, body)
+    return "## Held streams (paced tokens)\n\n" + _table(head, body)
 
 
 def _http2(rows: list[Row]) -> str:
@@ -523,7 +523,7 @@ def _plot_held(plt: Any, held: list[Row], out: Path) -> str:
         axes.bar(x, [row["gap_ms"][p] for p in pcts], width, label=row["system"])
     axes.set_xticks([i + 0.4 - width / 2 for i in range(len(pcts))], list(pcts))
     axes.set(ylabel="gap between content chunks, ms")
-    axes.set_title(f"Held streams: {held[0]['concurrency']} concurrent, 20 ms pacing")
+    axes.set_title(f"Held streams: {held[0]['concurrency']} concurrent, paced tokens")
     axes.legend()
     figure.tight_layout()
     figure.savefig(out / "held.png", dpi=110)
