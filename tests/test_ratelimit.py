@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 
 import httpx
@@ -320,6 +321,11 @@ def test_redis_makes_limits_exact_across_worker_processes(upstream, tmp_path):
         CALLMISSED_REDIS_PREFIX=f"test-{uuid.uuid4().hex}",
     )
     try:
+        journals = tmp_path / "gateway.sqlite3.ledger"
+        deadline = time.monotonic() + 10
+        while len(list(journals.glob("*.journal"))) < 2:  # both workers are up and serving
+            assert time.monotonic() < deadline, "the second worker did not start"
+            time.sleep(0.05)
         key, _ = new_key(running, credits=1, rpm=5)
 
         async def run() -> list[int]:
@@ -339,7 +345,5 @@ def test_redis_makes_limits_exact_across_worker_processes(upstream, tmp_path):
         statuses = asyncio.run(run())
         assert statuses.count(200) == 5
         assert statuses.count(429) == 15
-        journals = list((tmp_path / "gateway.sqlite3.ledger").glob("*.journal"))
-        assert len(journals) == 2  # two processes served, each with its own journal
     finally:
         stop_gateway(running)
