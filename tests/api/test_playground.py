@@ -2,57 +2,30 @@
 
 from __future__ import annotations
 
-import re
 import shutil
-import subprocess
-import tempfile
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from tests.browser import Browser
 from tests.conftest import require_service
+
+FINISHED = "['done', 'error'].includes(document.body.dataset.state)"
 
 
 @pytest.fixture(scope="module")
-def chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if path := shutil.which(name):
-            return path
-    require_service("Chromium", "install Debian's chromium package (scripts/setup does, as root)")
-    raise AssertionError("unreachable")
-
-
-def _render(chromium: str, url: str) -> str:
-    with tempfile.TemporaryDirectory() as profile:
-        result = subprocess.run(
-            [
-                chromium,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                f"--user-data-dir={profile}",
-                "--virtual-time-budget=10000",
-                "--dump-dom",
-                url,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=90,
-            check=False,
+def browser() -> Iterator[Browser]:
+    executable = next(
+        (path for name in ("chromium", "chromium-browser") if (path := shutil.which(name))), None
+    )
+    if executable is None:
+        require_service(
+            "Chromium", "install Debian's chromium package (scripts/setup does, as root)"
         )
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
-
-
-def _cell(dom: str, element_id: str) -> str:
-    match = re.search(rf'id="{element_id}"[^>]*>(.*?)</', dom, re.S)
-    assert match, f"#{element_id} not in the page"
-    return match.group(1)
+    assert executable is not None
+    with Browser(executable) as running:
+        yield running
 
 
 def test_root_redirects_to_the_playground(gateway):
@@ -63,20 +36,20 @@ def test_root_redirects_to_the_playground(gateway):
     assert page.headers["content-type"].startswith("text/html")
 
 
-def test_playground_streams_an_answer_in_a_browser(gateway, chromium):
+def test_playground_streams_an_answer_in_a_browser(gateway, browser):
     url = f"{gateway.url}/playground?model=sim/instant&prompt=hi&effort=low&run=1#key={gateway.key}"
-    dom = _render(chromium, url)
-    assert 'data-state="done"' in dom
-    assert _cell(dom, "output").startswith("Quicksort picks a pivot")
-    assert _cell(dom, "stat-route") == "sim"
-    assert _cell(dom, "stat-effort") == "low"
-    assert _cell(dom, "stat-usage").endswith(" / 20 / 0")
-    assert _cell(dom, "stat-ttfb").endswith("ms")
+    page = browser.wait_for(url, FINISHED)
+    assert page["state"] == "done", page["error"]
+    assert page["output"].startswith("Quicksort picks a pivot")
+    assert page["stat-route"] == "sim"
+    assert page["stat-effort"] == "low"
+    assert page["stat-usage"].endswith(" / 20 / 0")
+    assert page["stat-ttfb"].endswith("ms")
 
 
-def test_playground_shows_errors_in_a_browser(gateway, chromium):
-    dom = _render(
-        chromium, f"{gateway.url}/playground?model=fake/error-429&run=1#key={gateway.key}"
+def test_playground_shows_errors_in_a_browser(gateway, browser):
+    page = browser.wait_for(
+        f"{gateway.url}/playground?model=fake/error-400&run=1#key={gateway.key}", FINISHED
     )
-    assert 'data-state="error"' in dom
-    assert "fake failure 429" in _cell(dom, "error")
+    assert page["state"] == "error"
+    assert "fake failure 400" in page["error"]
