@@ -19,6 +19,7 @@ from callmissed.credits import Charge, Credits
 from callmissed.errors import ShuttingDown
 from callmissed.failover import Failover, Won
 from callmissed.health import Health
+from callmissed.keepalive import Opening, open_or_keepalive
 from callmissed.ledger import Ledger, ledger_directory
 from callmissed.metrics import Metrics
 from callmissed.providers import REGISTRY, Provider
@@ -160,6 +161,21 @@ class Gateway:
         won.result.meter_with(charge)
         return won.result, info
 
+    async def open_client_stream(
+        self, principal: Principal, body: dict[str, Any], include_usage: bool, request_id: str
+    ) -> tuple[ChatStream, RouteInfo] | Opening[tuple[ChatStream, RouteInfo]]:
+        """open_stream(); or, if the first token is slow, an Opening that sends keep-alives."""
+        policy = self.settings.resilience
+        opened = await open_or_keepalive(
+            self.open_stream(principal, body, include_usage, request_id=request_id),
+            policy.keepalive_after,
+            policy.keepalive_interval,
+            _close_opened,
+        )
+        if isinstance(opened, Opening):
+            self.metrics.inc("callmissed_keepalive_streams_total")
+        return opened
+
     def _route(self, body: dict[str, Any]) -> tuple[ModelSettings, list[Target]]:
         if self.draining:
             raise ShuttingDown("The server is shutting down; send the request again.")
@@ -168,6 +184,10 @@ class Gateway:
 
 def _nothing() -> None:
     pass
+
+
+def _close_opened(opened: tuple[ChatStream, RouteInfo]) -> None:
+    opened[0].close()
 
 
 def _request_id() -> str:

@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Generic, TypeVar
 
-__all__ = ["COMMENT", "Opening", "open_or_keepalive"]
+from callmissed.errors import GatewayError
+
+__all__ = ["COMMENT", "Opening", "aiter_late", "open_or_keepalive"]
+
+log = logging.getLogger("callmissed")
 
 T = TypeVar("T")
 
@@ -64,6 +69,31 @@ async def open_or_keepalive(
     if done:
         return task.result()
     return Opening(task, interval, close_result)
+
+
+async def aiter_late(
+    opening: Opening[T],
+    aiter_opened: Callable[[T], AsyncIterator[bytes]],
+    error_event: Callable[[GatewayError], bytes],
+    request_id: str,
+) -> AsyncIterator[bytes]:
+    """Keep-alive comments until the opening is done, then its stream; a failure goes in-band.
+
+    Each API edge passes its own stream encoder and error-event renderer.
+    """
+    async for comment in opening.aiter_comments():
+        yield comment
+    try:
+        opened = opening.result()
+    except GatewayError as exc:
+        yield error_event(exc)
+        return
+    except Exception:
+        log.exception("stream failed to open (%s)", request_id)
+        yield error_event(GatewayError(f"Internal error ({request_id})."))
+        return
+    async for part in aiter_opened(opened):
+        yield part
 
 
 def _close(task: asyncio.Task[T], close_result: Callable[[T], None]) -> None:

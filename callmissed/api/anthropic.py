@@ -19,8 +19,8 @@ from callmissed.auth import Principal
 from callmissed.errors import GatewayError, to_anthropic
 from callmissed.formats.anthropic import parse_message_request
 from callmissed.formats.anthropic_message import MessageStreamEncoder, build_message
-from callmissed.gateway import Gateway, RouteInfo
-from callmissed.keepalive import Opening, open_or_keepalive
+from callmissed.gateway import Gateway
+from callmissed.keepalive import Opening, aiter_late
 from callmissed.relay import ChatStream
 from callmissed.token_estimate import estimate_input_tokens
 from callmissed.web import Request, Response, StreamResponse, json_response
@@ -39,22 +39,19 @@ async def create_message(gateway: Gateway, request: Request) -> Response | Strea
             principal, message.chat, request_id=request.request_id
         )
         return json_response(build_message(completion, message), headers=info.headers() + headers)
-    policy = gateway.settings.resilience
-    opened = await open_or_keepalive(
-        gateway.open_stream(
-            principal, message.chat, include_usage=False, request_id=request.request_id
-        ),
-        policy.keepalive_after,
-        policy.keepalive_interval,
-        _close_opened,
-    )
+    request_id = request.request_id
+    opened = await gateway.open_client_stream(principal, message.chat, False, request_id)
     encoder = MessageStreamEncoder(message)
     if isinstance(opened, Opening):
-        gateway.metrics.inc("callmissed_keepalive_streams_total")
-        late = _aiter_late_events(opened, encoder, request.request_id)
+        late = aiter_late(
+            opened,
+            lambda ready: _aiter_events(ready[0], encoder, request_id),
+            _error_event,
+            request_id,
+        )
         return StreamResponse(late, headers, opened.close)
     stream, info = opened
-    events = _aiter_events(stream, encoder, request.request_id)
+    events = _aiter_events(stream, encoder, request_id)
     return StreamResponse(events, info.headers() + headers, stream.close)
 
 
@@ -72,29 +69,6 @@ async def _authenticate(gateway: Gateway, request: Request) -> Principal:
     return await gateway.auth.authenticate(
         request.headers.get("authorization"), request.headers.get("x-api-key")
     )
-
-
-def _close_opened(opened: tuple[ChatStream, RouteInfo]) -> None:
-    opened[0].close()
-
-
-async def _aiter_late_events(
-    opening: Opening[tuple[ChatStream, RouteInfo]], encoder: MessageStreamEncoder, request_id: str
-) -> AsyncIterator[bytes]:
-    """Keep-alive comments until the first token, then the events; a failure goes in-band."""
-    async for comment in opening.aiter_comments():
-        yield comment
-    try:
-        stream, _ = opening.result()
-    except GatewayError as exc:
-        yield _error_event(exc)
-        return
-    except Exception:
-        log.exception("stream failed to open (%s)", request_id)
-        yield _error_event(GatewayError(f"Internal error ({request_id})."))
-        return
-    async for part in _aiter_events(stream, encoder, request_id):
-        yield part
 
 
 async def _aiter_events(

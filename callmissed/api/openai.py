@@ -15,8 +15,8 @@ import orjson
 
 from callmissed.errors import GatewayError, to_openai
 from callmissed.formats.openai import check_chat_request
-from callmissed.gateway import Gateway, RouteInfo
-from callmissed.keepalive import Opening, open_or_keepalive
+from callmissed.gateway import Gateway
+from callmissed.keepalive import Opening, aiter_late
 from callmissed.relay import ChatStream
 from callmissed.settings import ModelSettings
 from callmissed.web import Request, Response, StreamResponse, json_response
@@ -36,41 +36,15 @@ async def create_chat_completion(gateway: Gateway, request: Request) -> Response
         completion, info = await gateway.complete(principal, body, request_id=request.request_id)
         return json_response(completion, headers=info.headers())
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    policy = gateway.settings.resilience
-    opened = await open_or_keepalive(
-        gateway.open_stream(principal, body, include_usage, request_id=request.request_id),
-        policy.keepalive_after,
-        policy.keepalive_interval,
-        _close_opened,
-    )
+    request_id = request.request_id
+    opened = await gateway.open_client_stream(principal, body, include_usage, request_id)
     if isinstance(opened, Opening):
-        gateway.metrics.inc("callmissed_keepalive_streams_total")
-        return StreamResponse(_aiter_late_sse(opened, request.request_id), [], opened.close)
+        late = aiter_late(
+            opened, lambda ready: _aiter_sse(ready[0], request_id), _error_event, request_id
+        )
+        return StreamResponse(late, [], opened.close)
     stream, info = opened
-    return StreamResponse(_aiter_sse(stream, request.request_id), info.headers(), stream.close)
-
-
-def _close_opened(opened: tuple[ChatStream, RouteInfo]) -> None:
-    opened[0].close()
-
-
-async def _aiter_late_sse(
-    opening: Opening[tuple[ChatStream, RouteInfo]], request_id: str
-) -> AsyncIterator[bytes]:
-    """Keep-alive comments until the first token, then the stream; a failure goes in-band."""
-    async for comment in opening.aiter_comments():
-        yield comment
-    try:
-        stream, _ = opening.result()
-    except GatewayError as exc:
-        yield _error_event(exc)
-        return
-    except Exception:
-        log.exception("stream failed to open (%s)", request_id)
-        yield _error_event(GatewayError(f"Internal error ({request_id})."))
-        return
-    async for part in _aiter_sse(stream, request_id):
-        yield part
+    return StreamResponse(_aiter_sse(stream, request_id), info.headers(), stream.close)
 
 
 async def _aiter_sse(stream: ChatStream, request_id: str) -> AsyncIterator[bytes]:
