@@ -13,6 +13,7 @@ shares the same log across processes and replicas with one round-trip per check.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections import deque
@@ -213,7 +214,8 @@ class MemoryLimiter:
             log.requests.append(now)
         log.reserved[lease_id] = tokens
         log.reserved_tokens += tokens
-        return _MemoryLease(self, key_id, lease_id, policy, log.snapshot(now, self._window))
+        snapshot = log.snapshot(now, self._window)
+        return HeldLease(policy, snapshot, functools.partial(self._release, key_id, lease_id))
 
     def _release(self, key_id: int, lease_id: int, tokens: int, count_tokens: bool) -> None:
         log = self._logs.get(key_id)
@@ -232,17 +234,17 @@ class MemoryLimiter:
         self._logs.clear()
 
 
-class _MemoryLease:
-    __slots__ = ("_done", "_key_id", "_lease_id", "_limiter", "_policy", "_snapshot")
+class HeldLease:
+    """A granted lease: its headers, and a release that gives it back exactly once."""
+
+    __slots__ = ("_done", "_give_back", "_policy", "_snapshot")
 
     def __init__(
-        self, limiter: MemoryLimiter, key_id: int, lease_id: int, policy: KeyPolicy, at: Snapshot
+        self, policy: KeyPolicy, at: Snapshot, give_back: Callable[[int, bool], None]
     ) -> None:
-        self._limiter = limiter
-        self._key_id = key_id
-        self._lease_id = lease_id
         self._policy = policy
         self._snapshot = at
+        self._give_back = give_back  # (tokens used, whether tokens are counted)
         self._done = False
 
     def headers(self) -> Headers:
@@ -252,8 +254,7 @@ class _MemoryLease:
         if self._done:
             return
         self._done = True
-        count = self._policy.tpm is not None
-        self._limiter._release(self._key_id, self._lease_id, tokens, count)
+        self._give_back(tokens, self._policy.tpm is not None)
 
 
 def open_limiter(redis_url: str | None, redis_prefix: str = "callmissed") -> Limiter:

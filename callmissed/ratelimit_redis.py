@@ -11,6 +11,7 @@ database regardless, and an outage of the limiter should not become an outage of
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -22,10 +23,9 @@ from redis.exceptions import RedisError
 from callmissed.ratelimit import (
     UNLIMITED,
     WINDOW,
-    Headers,
+    HeldLease,
     Lease,
     Snapshot,
-    rate_limit_headers,
     refusal,
 )
 from callmissed.store import KeyPolicy
@@ -150,7 +150,8 @@ class RedisLimiter:
             error = refusal(policy, snapshot, tokens)
             if error is not None:
                 raise error
-        return _RedisLease(self, key_id, lease, policy, snapshot)
+        give_back = functools.partial(self._schedule_release, key_id, lease)
+        return HeldLease(policy, snapshot, give_back)
 
     def _return_unused(self, call: asyncio.Future[Any], key_id: int, lease: str) -> None:
         if not call.cancelled() and call.exception() is None and int(call.result()[0]) == 0:
@@ -196,27 +197,3 @@ def _read(reply: list[Any], window_ms: int) -> tuple[int, Snapshot]:
         in_flight=flying,
     )
     return verdict, snapshot
-
-
-class _RedisLease:
-    __slots__ = ("_done", "_key_id", "_lease", "_limiter", "_policy", "_snapshot")
-
-    def __init__(
-        self, limiter: RedisLimiter, key_id: int, lease: str, policy: KeyPolicy, at: Snapshot
-    ) -> None:
-        self._limiter = limiter
-        self._key_id = key_id
-        self._lease = lease
-        self._policy = policy
-        self._snapshot = at
-        self._done = False
-
-    def headers(self) -> Headers:
-        return rate_limit_headers(self._policy, self._snapshot)
-
-    def release(self, tokens: int) -> None:
-        if self._done:
-            return
-        self._done = True
-        count = self._policy.tpm is not None
-        self._limiter._schedule_release(self._key_id, self._lease, tokens, count)
