@@ -8,12 +8,11 @@ the route (OpenAI or Anthropic), and turns anything unexpected into a 500 withou
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import orjson
 
@@ -30,6 +29,8 @@ from callmissed.errors import (
 __all__ = ["ASGIApp", "Endpoint", "Request", "Response", "StreamResponse", "json_response"]
 
 log = logging.getLogger("callmissed")
+
+T = TypeVar("T")
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -217,12 +218,11 @@ async def _send_error(send: Send, exc: GatewayError, dialect: Dialect, request_i
     await _send_response(send, Response(status, orjson.dumps(payload), headers), request_id)
 
 
-async def _unless_disconnected(
-    handling: Awaitable[Response | StreamResponse], watch: asyncio.Task[None]
-) -> Response | StreamResponse | None:
-    """Await the handler in this task, cancelling it if the client disconnects (None then).
+async def _unless_disconnected(awaitable: Awaitable[T], watch: asyncio.Task[None]) -> T | None:
+    """Await in this task, cancelling it if the client disconnects (None then).
 
-    The cancellation reaches the upstream request the handler is waiting on, which closes it.
+    The cancellation reaches whatever is awaited — an upstream request, a stream being written —
+    which closes it. Running in this task rather than a new one keeps a request's task count low.
     """
     task = asyncio.current_task()
     assert task is not None
@@ -233,7 +233,7 @@ async def _unless_disconnected(
 
     watch.add_done_callback(cancel)
     try:
-        return await handling
+        return await awaitable
     except asyncio.CancelledError:
         if watch.done() and not watch.cancelled() and task.uncancel() == 0:
             return None  # the client left; nobody is waiting for an answer
@@ -253,14 +253,12 @@ async def _send_stream(
         (b"x-request-id", request_id.encode()),
         *response.headers,
     ]
-    pump = asyncio.ensure_future(_pump(send, response, headers))
     try:
-        await asyncio.wait((pump, watch), return_when=asyncio.FIRST_COMPLETED)
+        await _unless_disconnected(_pump(send, response, headers), watch)
+    except Exception as exc:  # the body encoders report their own failures in-band
+        log.debug("stream %s ended by the transport: %r", request_id, exc)
     finally:
-        for task in (pump, watch):
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await pump
+        watch.cancel()
         if response.on_close is not None:
             response.on_close()
 
