@@ -157,6 +157,11 @@ class ChatStream:
         finally:
             self.reading = False
             self.close()
+            # Close the upstream reader now: left suspended after [DONE], the loop's async-
+            # generator finaliser closes it later with a task of its own (benchmarks.tasks).
+            aclose = getattr(reads, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     def _abort_error(self) -> GatewayError | None:
         """The abort's error if abort() sent the cancel being handled (and nothing else did)."""
