@@ -110,11 +110,11 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         flush=True,
     )
     server = Granian(
-        "callmissed.app:create_app",
+        "callmissed.rsgi:create_app",  # granian's native interface: docs/performance.md
         factory=True,
         address=settings.host,
         port=settings.port,
-        interface=Interfaces.ASGI,
+        interface=Interfaces.RSGI,
         workers=settings.workers,
         http=HTTPModes.auto,
         loop=Loops.uvloop,
