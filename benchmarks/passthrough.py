@@ -1,6 +1,7 @@
 """A bare pass-through proxy on CallMissed's stack: the stack's own floor, for reference.
 
-granian (ASGI, uvloop, as `callmissed serve` runs it) + one aiohttp session: forward the body
+granian (RSGI through callmissed/rsgi.py, uvloop, as `callmissed serve` runs it; `--interface
+asgi` for granian's ASGI) + one aiohttp session: forward the body
 to the upstream and stream its bytes back unchanged. No auth, no parsing, no accounting.
 What CallMissed costs beyond this row is the cost of its features; what this row costs over
 `direct` is the cost of the server and the client library.
@@ -15,6 +16,8 @@ import os
 from typing import Any
 
 import aiohttp
+
+from callmissed.rsgi import RSGIApp
 
 __all__ = ["app", "main"]
 
@@ -52,12 +55,18 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
+def rsgi_app() -> RSGIApp:
+    """The same app behind CallMissed's RSGI shim, as `callmissed serve` runs its own."""
+    return RSGIApp(app)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--server", choices=("granian", "uvicorn"), default="granian")
+    parser.add_argument("--interface", choices=("rsgi", "asgi"), default="rsgi")
     parser.add_argument("--runtime-mode", choices=("auto", "st", "mt"), default="auto")
     parser.add_argument("--task-impl", choices=("asyncio", "rust"), default="asyncio")
     args = parser.parse_args()
@@ -83,11 +92,13 @@ def _granian(args: argparse.Namespace) -> None:
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces, Loops, RuntimeModes, TaskImpl
 
+    rsgi = args.interface == "rsgi"  # as `callmissed serve` runs: through callmissed/rsgi.py
     Granian(
-        "benchmarks.passthrough:app",
+        "benchmarks.passthrough:rsgi_app" if rsgi else "benchmarks.passthrough:app",
+        factory=rsgi,
         address="127.0.0.1",
         port=args.port,
-        interface=Interfaces.ASGI,
+        interface=Interfaces.RSGI if rsgi else Interfaces.ASGI,
         workers=args.workers,
         http=HTTPModes.auto,
         loop=Loops.uvloop,

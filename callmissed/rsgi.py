@@ -10,18 +10,21 @@ init/del hooks to the ASGI lifespan. It knows nothing about the app.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from callmissed.app import create_app as create_asgi_app
-from callmissed.web import ASGIApp, Message, Scope
+from callmissed.web import Message, Receive, Scope, Send
 
 __all__ = ["RSGIApp", "create_app"]
+
+ASGICallable = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class RSGIApp:
     """granian calls `__rsgi_init__(loop)`, then `__rsgi__` per request, then `__rsgi_del__`."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGICallable) -> None:
         self._app = app
         self._lifespan_inbox: asyncio.Queue[Message] | None = None
         self._lifespan_outbox: asyncio.Queue[Message] | None = None
