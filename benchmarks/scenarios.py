@@ -180,6 +180,7 @@ class Suite:
         command = _loadgen_command(system, kind, concurrency, timing, gaps=gaps, http2=http2)
         label = f"{scenario:10} {system.name:10} {kind:6} c={concurrency:<5}"
         print(f"  {label} {'h2' if http2 else 'h1'} …", end="", flush=True)
+        self._settle()
         report = self._run_loadgen(command, system.tree, timing)
         row = {
             "scenario": scenario,
@@ -195,6 +196,18 @@ class Suite:
             f" p99 {ttfb.get('p99', float('nan')):.3f} ms  errors {sum(report['errors'].values())}"
             f"  unfinished {report['unfinished']}"
         )
+
+    def _settle(self, limit: float = 45.0) -> None:
+        """Wait until every system is idle: a slow one (LiteLLM after 1,000 held streams) keeps
+        working through requests its client gave up on, and would load the next measurement."""
+        trees = [tree for system in self.systems if (tree := system.tree) is not None]
+        deadline = time.perf_counter() + limit
+        while time.perf_counter() < deadline:
+            before = sum(tree.cpu_seconds() for tree in trees)
+            time.sleep(0.1)
+            if sum(tree.cpu_seconds() for tree in trees) - before <= 0.03:  # ≤ 3 clock ticks
+                return
+        print(" (systems still busy after settling) …", end="", flush=True)
 
     def _run_loadgen(
         self, command: list[str], server: ProcessTree | None, timing: Timing
