@@ -12,6 +12,8 @@ from importlib import resources
 from typing import Any, Protocol
 
 __all__ = [
+    "KEY_COLUMNS",
+    "LEDGER_COLUMNS",
     "NO_POLICY",
     "KeyPolicy",
     "KeyRecord",
@@ -21,6 +23,17 @@ __all__ = [
     "migrations",
     "open_store",
 ]
+
+# Column lists in the order KeyRecord and LedgerEntry take them; every backend selects these.
+KEY_COLUMNS = (
+    "id, name, key_hash, key_prefix, credits, created_at, revoked_at,"
+    " granted, spent, rpm, tpm, max_concurrent, models"
+)
+LEDGER_COLUMNS = (
+    "request_id, key_id, created_at, model, route, upstream_model, stream, status, error_code,"
+    " prompt_tokens, completion_tokens, reasoning_tokens, cached_tokens, cost, uncharged,"
+    " ttfb_ms, total_ms"
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from callmissed.store.base import (
+    KEY_COLUMNS as _KEY_COLUMNS,
+    LEDGER_COLUMNS as _LEDGER_COLUMNS,
     NO_POLICY,
     KeyPolicy,
     KeyRecord,
@@ -27,15 +29,6 @@ from callmissed.store.base import (
 
 __all__ = ["SQLiteStore"]
 
-_KEY_COLUMNS = (
-    "id, name, key_hash, key_prefix, credits, created_at, revoked_at,"
-    " granted, spent, rpm, tpm, max_concurrent, models"
-)
-_LEDGER_COLUMNS = (
-    "request_id, key_id, created_at, model, route, upstream_model, stream, status, error_code,"
-    " prompt_tokens, completion_tokens, reasoning_tokens, cached_tokens, cost, uncharged,"
-    " ttfb_ms, total_ms"
-)
 _RESERVE = (
     "UPDATE api_keys SET credits = credits - ?"
     " WHERE id = ? AND revoked_at IS NULL AND credits >= ? RETURNING credits"

@@ -22,6 +22,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tests.fakes.upstream import sse_chunk
+
 __all__ = ["Call", "FaultUpstream", "start_fault_upstream"]
 
 STALL = 30.0  # "forever", as far as any test's timeouts are concerned
@@ -55,17 +57,6 @@ class FaultUpstream:
             if time.monotonic() > deadline:
                 raise AssertionError("the fault upstream did not see what was expected")
             time.sleep(0.005)
-
-
-def _chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
-    payload = {
-        "id": "chatcmpl-fault",
-        "object": "chat.completion.chunk",
-        "created": 1700000000,
-        "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-    }
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
 def _usage(model: str) -> bytes:
@@ -211,11 +202,11 @@ def _render(frame: str | bytes, call: Call) -> bytes:
     if not call.stream:
         return _completion(model)
     if frame == ROLE:
-        return _chunk(model, {"role": "assistant", "content": ""})
+        return sse_chunk(model, {"role": "assistant", "content": ""})
     if frame == TOKEN:
-        return _chunk(model, {"content": f"Hello from {model}"})
+        return sse_chunk(model, {"content": f"Hello from {model}"})
     usage = _usage(model) if (call.body.get("stream_options") or {}).get("include_usage") else b""
-    return _chunk(model, {}, "stop") + usage + b"data: [DONE]\n\n"
+    return sse_chunk(model, {}, "stop") + usage + b"data: [DONE]\n\n"
 
 
 async def _warm(request: web.Request) -> web.Response:

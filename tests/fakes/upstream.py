@@ -52,7 +52,7 @@ def _dialect(path: str) -> str:
     return path.split("/")[1]
 
 
-def _chunk(model: str, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+def sse_chunk(model: str, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
     payload = {
         "id": "chatcmpl-fake",
         "object": "chat.completion.chunk",
@@ -118,10 +118,10 @@ Script = Callable[[str, dict[str, Any]], list[bytes | float]]
 
 def _hello(model: str, body: dict[str, Any]) -> list[bytes | float]:
     frames: list[bytes | float] = [
-        _chunk(model, {"role": "assistant", "content": ""}),
-        _chunk(model, {"content": "Hello"}),
-        _chunk(model, {"content": " world"}),
-        _chunk(model, {}, "stop"),
+        sse_chunk(model, {"role": "assistant", "content": ""}),
+        sse_chunk(model, {"content": "Hello"}),
+        sse_chunk(model, {"content": " world"}),
+        sse_chunk(model, {}, "stop"),
     ]
     if (body.get("stream_options") or {}).get("include_usage"):
         frames.append(_usage_chunk(model))
@@ -132,9 +132,9 @@ def _tools(model: str, body: dict[str, Any]) -> list[bytes | float]:
     """Workers AI style: object arguments, repeated name, then the null-finalisation delta."""
     call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather"}}
     return [
-        _chunk(model, {"role": "assistant", "content": None, "tool_calls": [call]}),
-        _chunk(model, {"tool_calls": [{"index": 0, "function": {"arguments": '{"city":'}}]}),
-        _chunk(
+        sse_chunk(model, {"role": "assistant", "content": None, "tool_calls": [call]}),
+        sse_chunk(model, {"tool_calls": [{"index": 0, "function": {"arguments": '{"city":'}}]}),
+        sse_chunk(
             model,
             {
                 "tool_calls": [
@@ -142,8 +142,8 @@ def _tools(model: str, body: dict[str, Any]) -> list[bytes | float]:
                 ]
             },
         ),
-        _chunk(model, {"tool_calls": [{"id": None, "type": None, "function": {"name": None}}]}),
-        _chunk(model, {}, "tool_calls"),
+        sse_chunk(model, {"tool_calls": [{"id": None, "type": None, "function": {"name": None}}]}),
+        sse_chunk(model, {}, "tool_calls"),
         _usage_chunk(model),
         b"data: [DONE]\n\n",
     ]
@@ -151,11 +151,11 @@ def _tools(model: str, body: dict[str, Any]) -> list[bytes | float]:
 
 def _reasoning(model: str, body: dict[str, Any]) -> list[bytes | float]:
     return [
-        _chunk(model, {"role": "assistant", "content": ""}),
-        _chunk(model, {"reasoning_content": "Two plus two"}),
-        _chunk(model, {"reasoning_content": " is four."}),
-        _chunk(model, {"content": "4"}),
-        _chunk(model, {}, "stop"),
+        sse_chunk(model, {"role": "assistant", "content": ""}),
+        sse_chunk(model, {"reasoning_content": "Two plus two"}),
+        sse_chunk(model, {"reasoning_content": " is four."}),
+        sse_chunk(model, {"content": "4"}),
+        sse_chunk(model, {}, "stop"),
         _usage_chunk(model, _usage(completion=9, reasoning=7)),
         b"data: [DONE]\n\n",
     ]
@@ -179,13 +179,13 @@ def _midstream_error(model: str, body: dict[str, Any]) -> list[bytes | float]:
     return [
         *_hello(model, body)[:2],
         0.05,
-        _chunk(model, {"content": ""}, "error", error=error, provider="Fake"),
+        sse_chunk(model, {"content": ""}, "error", error=error, provider="Fake"),
     ]
 
 
 def _first_chunk_error(model: str, body: dict[str, Any]) -> list[bytes | float]:
     error = {"code": 429, "message": "Rate limit exceeded", "metadata": {}}
-    return [_chunk(model, {"content": ""}, "error", error=error)]
+    return [sse_chunk(model, {"content": ""}, "error", error=error)]
 
 
 def _no_finish(model: str, body: dict[str, Any]) -> list[bytes | float]:
@@ -208,9 +208,9 @@ def _slow(model: str, body: dict[str, Any]) -> list[bytes | float]:
 
 
 def _endless(model: str, body: dict[str, Any]) -> list[bytes | float]:
-    frames: list[bytes | float] = [_chunk(model, {"role": "assistant", "content": ""})]
+    frames: list[bytes | float] = [sse_chunk(model, {"role": "assistant", "content": ""})]
     for _ in range(600):
-        frames += [0.05, _chunk(model, {"content": "."})]
+        frames += [0.05, sse_chunk(model, {"content": "."})]
     return frames
 
 
@@ -219,9 +219,9 @@ def _weather(model: str, body: dict[str, Any]) -> list[bytes | float]:
     answer = _weather_answer(body)
     if answer is not None:
         frames: list[bytes | float] = [
-            _chunk(model, {"role": "assistant", "content": ""}),
-            _chunk(model, {"content": answer}),
-            _chunk(model, {}, "stop"),
+            sse_chunk(model, {"role": "assistant", "content": ""}),
+            sse_chunk(model, {"content": answer}),
+            sse_chunk(model, {}, "stop"),
         ]
     else:
         call = {
@@ -231,11 +231,11 @@ def _weather(model: str, body: dict[str, Any]) -> list[bytes | float]:
             "function": {"name": "get_weather"},
         }
         frames = [
-            _chunk(model, {"role": "assistant", "content": "Let me check."}),
-            _chunk(model, {"tool_calls": [call]}),
-            _chunk(model, {"tool_calls": [{"index": 0, "function": {"arguments": '{"city":'}}]}),
-            _chunk(model, {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}),
-            _chunk(model, {}, "tool_calls"),
+            sse_chunk(model, {"role": "assistant", "content": "Let me check."}),
+            sse_chunk(model, {"tool_calls": [call]}),
+            sse_chunk(model, {"tool_calls": [{"index": 0, "function": {"arguments": '{"city":'}}]}),
+            sse_chunk(model, {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}),
+            sse_chunk(model, {}, "tool_calls"),
         ]
     return [*frames, _usage_chunk(model), b"data: [DONE]\n\n"]
 
