@@ -13,7 +13,6 @@ on it; HEAD requests (pool warming) are recorded in `warmups`.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tests.fakes.server import serve_in_thread
 from tests.fakes.upstream import sse_chunk
 
 __all__ = ["Call", "FaultUpstream", "start_fault_upstream"]
@@ -215,42 +215,13 @@ async def _warm(request: web.Request) -> web.Response:
     return web.Response(status=404, text="not here")
 
 
-async def _serve(fake: FaultUpstream, ready: threading.Event, boxes: list[Any]) -> None:
+def start_fault_upstream() -> tuple[FaultUpstream, Callable[[], None]]:
+    """Run the fake in a background thread; return it and a function that stops it."""
+    fake = FaultUpstream()
     app = web.Application()
     app[FAULTS] = fake
     app.router.add_post("/client/v4/accounts/{account}/ai/v1/chat/completions", _chat)
     app.router.add_post("/openai/v1/chat/completions", _chat)
     app.router.add_route("HEAD", "/{tail:.*}", _warm)
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    fake.url = f"http://127.0.0.1:{port}"
-    boxes.append(runner)
-    ready.set()
-
-
-def start_fault_upstream() -> tuple[FaultUpstream, Callable[[], None]]:
-    """Run the fake in a background thread; return it and a function that stops it."""
-    fake = FaultUpstream()
-    ready = threading.Event()
-    loop = asyncio.new_event_loop()
-    boxes: list[Any] = []
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(_serve(fake, ready, boxes))
-        loop.run_forever()
-        loop.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    ready.wait(10)
-
-    def stop() -> None:
-        asyncio.run_coroutine_threadsafe(boxes[0].cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-
+    fake.url, stop = serve_in_thread(app)
     return fake, stop

@@ -14,7 +14,6 @@ The upstream model name picks the behaviour (see BEHAVIOURS); every request is r
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +21,8 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+
+from tests.fakes.server import serve_in_thread
 
 
 @dataclass
@@ -37,7 +38,6 @@ class FakeUpstream:
     url: str = ""
     requests: list[Received] = field(default_factory=list)
     disconnects: list[float] = field(default_factory=list)  # when a streaming client went away
-    _loop: asyncio.AbstractEventLoop | None = None
 
     def last(self, model: str | None = None) -> Received:
         for received in reversed(self.requests):
@@ -358,39 +358,10 @@ async def _stream(
 def start_fake_upstream() -> tuple[FakeUpstream, Callable[[], None]]:
     """Run the fake in a background thread; return it and a function that stops it."""
     fake = FakeUpstream()
-    ready = threading.Event()
-    loop = asyncio.new_event_loop()
-    runner_box: list[web.AppRunner] = []
-
-    async def start() -> None:
-        app = web.Application()
-        app[FAKE] = fake
-        app.router.add_post("/client/v4/accounts/{account}/ai/v1/chat/completions", _chat)
-        app.router.add_post("/{dialect}/api/v1/chat/completions", _chat)
-        app.router.add_post("/{dialect}/v1/chat/completions", _chat)
-        runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        fake.url = f"http://127.0.0.1:{port}"
-        runner_box.append(runner)
-        ready.set()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(start())
-        loop.run_forever()
-        loop.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    ready.wait(10)
-    fake._loop = loop
-
-    def stop() -> None:
-        asyncio.run_coroutine_threadsafe(runner_box[0].cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-
+    app = web.Application()
+    app[FAKE] = fake
+    app.router.add_post("/client/v4/accounts/{account}/ai/v1/chat/completions", _chat)
+    app.router.add_post("/{dialect}/api/v1/chat/completions", _chat)
+    app.router.add_post("/{dialect}/v1/chat/completions", _chat)
+    fake.url, stop = serve_in_thread(app)
     return fake, stop
