@@ -18,9 +18,9 @@ import orjson
 from callmissed.errors import GatewayError, UpstreamError
 from callmissed.formats.openai import (
     ChunkNormaliser,
-    is_plain_content,
     needs_normalising,
     normalise_completion,
+    plain_content,
 )
 from callmissed.providers import Provider
 from callmissed.sse import SSEDecoder
@@ -33,10 +33,15 @@ _DONE = b"[DONE]"
 
 @dataclass(slots=True)
 class Chunk:
-    """One chat.completion.chunk, as JSON bytes ready to forward, parsed if we had to."""
+    """One chat.completion.chunk, as JSON bytes ready to forward, parsed if we had to.
+
+    `text` is set on the common chunk that carries nothing but content (formats.openai.
+    plain_content), so a meter can count it without walking the parsed chunk.
+    """
 
     data: bytes
     parsed: dict[str, Any] | None = None
+    text: str | None = None
 
     def json(self) -> dict[str, Any]:
         if self.parsed is None:
@@ -125,9 +130,7 @@ class ChatStream:
         try:
             async for raw in reads:
                 batch = [
-                    chunk
-                    for event in self._decoder.feed(raw)
-                    if (chunk := self._accept(event.data))
+                    chunk for data in self._decoder.feed_data(raw) if (chunk := self._accept(data))
                 ]
                 if batch:
                     self.chunks_delivered += len(batch)
@@ -192,10 +195,11 @@ class ChatStream:
                 f"{self._provider.label} ({self._provider.name}) sent malformed JSON in its stream",
                 provider=self._provider.name,
             ) from None
-        if not isinstance(chunk, dict):
+        if chunk.__class__ is not dict:
             raise UpstreamError("the upstream sent a chunk that is not an object")
-        if is_plain_content(chunk) or not needs_normalising(data):
-            return Chunk(data, chunk)
+        text = plain_content(chunk)
+        if text is not None or not needs_normalising(data):
+            return Chunk(data, chunk, text)
         error = self._provider.stream_error(chunk)
         if error is not None:
             raise error
@@ -220,6 +224,8 @@ class ChatStream:
 
 def _has_token(chunk: Chunk) -> bool:
     """Whether a chunk carries anything a client would see: not just a role or empty strings."""
+    if chunk.text is not None:
+        return bool(chunk.text) or not chunk.json().get("choices")
     choices = chunk.json().get("choices")
     if not choices:
         return True  # usage, or something we do not know: nothing to hold it back for

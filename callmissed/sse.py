@@ -26,20 +26,32 @@ class SSEDecoder:
         self._buffer = b""
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
+        events = []
+        for block in self._blocks(chunk):
+            # The common case by far: one `data: {...}` line.
+            if block.startswith(b"data: ") and b"\n" not in block:
+                events.append(SSEEvent(block[6:]))
+            elif (event := _parse_block(block)) is not None:
+                events.append(event)
+        return events
+
+    def feed_data(self, chunk: bytes) -> list[bytes]:
+        """Like feed(), but only each event's data: all a relay of unnamed events needs."""
+        datas = []
+        for block in self._blocks(chunk):
+            if block.startswith(b"data: ") and b"\n" not in block:
+                datas.append(block[6:])
+            elif (event := _parse_block(block)) is not None:
+                datas.append(event.data)
+        return datas
+
+    def _blocks(self, chunk: bytes) -> list[bytes]:
+        """The blank-line-terminated blocks `chunk` completes; the rest waits for more."""
         buffer = self._buffer + chunk
         if b"\r" in buffer:
             buffer = _normalise_line_ends(buffer)
         *blocks, self._buffer = buffer.split(b"\n\n")
-        events = []
-        for block in blocks:
-            # The common case by far: one `data: {...}` line.
-            if block.startswith(b"data: ") and b"\n" not in block:
-                events.append(SSEEvent(block[6:]))
-                continue
-            event = _parse_block(block)
-            if event is not None:
-                events.append(event)
-        return events
+        return blocks
 
     @property
     def pending(self) -> bytes:

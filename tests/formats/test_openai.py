@@ -10,9 +10,9 @@ from callmissed.errors import InvalidRequest
 from callmissed.formats.openai import (
     ChunkNormaliser,
     check_chat_request,
-    is_plain_content,
     needs_normalising,
     normalise_completion,
+    plain_content,
 )
 
 OK = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -49,24 +49,26 @@ def test_plain_content_chunks_need_no_edit():
 
 
 @pytest.mark.parametrize(
-    ("chunk", "plain"),
+    ("chunk", "text"),
     [
-        ({"choices": [{"index": 0, "delta": {"content": "reasoning role"}}]}, True),
-        ({"choices": [{"delta": {"content": "a"}, "finish_reason": None}], "usage": None}, True),
-        ({"choices": []}, True),
-        ({"choices": [{"delta": {"role": "assistant", "content": ""}}]}, False),
-        ({"choices": [{"delta": {}, "finish_reason": "stop"}]}, False),
-        ({"choices": [], "usage": {"prompt_tokens": 1}}, False),
-        ({"choices": [{"delta": {"reasoning_content": "hm"}}]}, False),
-        ({"choices": [{"delta": {"tool_calls": []}}]}, False),
-        ({"choices": [{"delta": {"content": "a"}, "error": {"message": "x"}}]}, False),
-        ({"error": {"message": "x"}}, False),
-        ({"id": "no-choices"}, False),
-        ({"choices": [{"index": 0}]}, False),
+        ({"choices": [{"index": 0, "delta": {"content": "reasoning role"}}]}, "reasoning role"),
+        ({"choices": [{"delta": {"content": "a"}, "finish_reason": None}], "usage": None}, "a"),
+        ({"choices": []}, ""),
+        ({"choices": [{"delta": {"role": "assistant", "content": ""}}]}, None),
+        ({"choices": [{"delta": {}, "finish_reason": "stop"}]}, None),
+        ({"choices": [], "usage": {"prompt_tokens": 1}}, None),
+        ({"choices": [{"delta": {"reasoning_content": "hm"}}]}, None),
+        ({"choices": [{"delta": {"tool_calls": []}}]}, None),
+        ({"choices": [{"delta": {"content": "a"}, "error": {"message": "x"}}]}, None),
+        ({"choices": [{"delta": {"content": None}}]}, None),
+        ({"choices": [{"delta": {"content": "a"}}, {"delta": {"content": "b"}}]}, None),
+        ({"error": {"message": "x"}}, None),
+        ({"id": "no-choices"}, None),
+        ({"choices": [{"index": 0}]}, None),
     ],
 )
-def test_only_content_deltas_are_plain(chunk, plain):
-    assert is_plain_content(chunk) is plain
+def test_only_content_deltas_are_plain(chunk, text):
+    assert plain_content(chunk) == text
 
 
 def _delta(**delta: Any) -> dict[str, Any]:
