@@ -8,9 +8,10 @@ from collections.abc import Awaitable, Callable
 from callmissed import __version__
 from callmissed.api import admin, anthropic, keys, openai
 from callmissed.api.playground import playground_routes, redirect_home
+from callmissed.asgi import ASGIApp
 from callmissed.gateway import Gateway
 from callmissed.settings import Settings, load_settings
-from callmissed.web import ASGIApp, Endpoint, Request, Response, StreamResponse, json_response
+from callmissed.web import App, Endpoint, Request, Response, StreamResponse, json_response
 
 __all__ = ["build_app", "create_app"]
 
@@ -27,7 +28,7 @@ async def metrics(gateway: Gateway, request: Request) -> Response:
     return Response(200, text.encode(), content_type=b"text/plain; version=0.0.4; charset=utf-8")
 
 
-def build_app(settings: Settings) -> ASGIApp:
+def build_app(settings: Settings) -> App:
     gateway = Gateway(settings)
 
     def bind(handler: GatewayHandler) -> Callable[[Request], Awaitable[Response | StreamResponse]]:
@@ -55,9 +56,9 @@ def build_app(settings: Settings) -> ASGIApp:
         ("GET", "/"): Endpoint(redirect_home),
         **{("GET", path): Endpoint(handler) for path, handler in playground_routes().items()},
     }
-    return ASGIApp(routes, settings.max_body_bytes, gateway.start, gateway.close)
+    return App(routes, settings.max_body_bytes, gateway.start, gateway.close)
 
 
 def create_app() -> ASGIApp:
-    """The factory `callmissed serve` hands to the server: settings from the environment."""
-    return build_app(load_settings())
+    """The factory for an ASGI server (`callmissed serve` uses rsgi.create_app instead)."""
+    return ASGIApp(build_app(load_settings()))
