@@ -1,7 +1,7 @@
 """A bare pass-through proxy on CallMissed's stack: the stack's own floor, for reference.
 
-granian (RSGI through callmissed/rsgi.py, uvloop, as `callmissed serve` runs it; `--interface
-asgi` for granian's ASGI) + one aiohttp session: forward the body
+granian (its native RSGI interface on uvloop, as `callmissed serve` runs; `--interface asgi` for
+granian's ASGI, `--server uvicorn` for uvicorn) + one aiohttp session: forward the body
 to the upstream and stream its bytes back unchanged. No auth, no parsing, no accounting.
 What CallMissed costs beyond this row is the cost of its features; what this row costs over
 `direct` is the cost of the server and the client library.
@@ -17,9 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from callmissed.rsgi import RSGIApp
-
-__all__ = ["app", "main"]
+__all__ = ["app", "main", "rsgi_app"]
 
 _session: aiohttp.ClientSession | None = None
 
@@ -55,9 +53,35 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-def rsgi_app() -> RSGIApp:
-    """The same app behind CallMissed's RSGI shim, as `callmissed serve` runs its own."""
-    return RSGIApp(app)
+class _RSGIPassthrough:
+    """The same proxy as a native RSGI app, as `callmissed serve` runs its own (rsgi.py)."""
+
+    def __rsgi_init__(self, loop: Any) -> None:
+        pass
+
+    def __rsgi_del__(self, loop: Any) -> None:
+        if _session is not None:
+            loop.run_until_complete(_session.close())
+
+    async def __rsgi__(self, scope: Any, protocol: Any) -> None:
+        global _session
+        if scope.path == "/healthz":
+            protocol.response_bytes(200, [], b"ok")
+            return
+        if _session is None:
+            _session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        body = await protocol()
+        url = os.environ["PASSTHROUGH_UPSTREAM"] + scope.path.removeprefix("/v1")
+        headers = {"content-type": "application/json"}
+        async with _session.post(url, data=body, headers=headers) as upstream:
+            out = [("content-type", "text/event-stream")]
+            transport = protocol.response_stream(upstream.status, out)
+            async for data in upstream.content.iter_any():
+                await transport.send_bytes(data)
+
+
+def rsgi_app() -> _RSGIPassthrough:
+    return _RSGIPassthrough()
 
 
 def main() -> None:
@@ -92,7 +116,7 @@ def _granian(args: argparse.Namespace) -> None:
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces, Loops, RuntimeModes, TaskImpl
 
-    rsgi = args.interface == "rsgi"  # as `callmissed serve` runs: through callmissed/rsgi.py
+    rsgi = args.interface == "rsgi"  # as `callmissed serve` runs
     Granian(
         "benchmarks.passthrough:rsgi_app" if rsgi else "benchmarks.passthrough:app",
         factory=rsgi,
