@@ -1,10 +1,12 @@
 """Credits: prices as integers, the worst-case hold before a request, the real charge after it.
 
 Money is integer micro-credits (1 credit = 1 USD, as OpenRouter's). `Credits.begin()` is the
-gateway's seam before the upstream call: allow-list, rate limits, then one atomic reserve of the
-request's worst case. The `Charge` it returns ends exactly once (completed, failed, or the client
-went away), charges what was used, and journals the ledger row before the response ends
-(docs/credits.md). It must not do I/O of its own beyond the store call in begin().
+gateway's seam before the upstream call: allow-list, rate limits, revocation, then the request's
+worst case held from this process's wallet for the key (wallet.py), in memory unless the wallet
+must be topped up from the store. The `Charge` it returns ends exactly once (completed, failed,
+or the client went away), charges what was used, puts the rest of the hold back in the wallet,
+and journals the ledger row before the response ends (docs/credits.md). Its only I/O is the
+journal's begin and end lines, and the store calls in begin().
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
 
@@ -25,12 +27,14 @@ from callmissed.errors import (
     InsufficientCredits,
     ModelNotPriced,
     PermissionDenied,
+    ShuttingDown,
 )
 from callmissed.ledger import Ledger
 from callmissed.ratelimit import Lease, Limiter
 from callmissed.settings import ModelSettings, Prices
 from callmissed.store import LedgerEntry, Store
 from callmissed.token_estimate import estimate_input_tokens
+from callmissed.wallet import Wallet
 
 if TYPE_CHECKING:
     from callmissed.relay import ChatStream, Chunk
@@ -192,28 +196,52 @@ class Credits:
         lease = await self._limiter.acquire(principal.key_id, principal.policy, prompt + output_cap)
         try:
             hold = cost_of(rates, TokenUsage(prompt=prompt, completion=output_cap))
-            await self._reserve(principal, request_id, hold, model.name)
+            wallet = await self._hold(principal, hold)
         except BaseException:
             lease.release(0)
             raise
-        return Charge(self._ledger, lease, principal.key_id, model.name, request_id, rates, prompt)
+        key_id = principal.key_id
+        charge = Charge(
+            self._ledger, lease, key_id, model.name, request_id, rates, prompt, wallet, hold
+        )
+        self._ledger.begin(request_id, key_id, model.name, charge.created_at)
+        return charge
 
-    async def _reserve(self, principal: Principal, request_id: str, hold: int, model: str) -> None:
-        reserve = self._store.reserve
-        held = await reserve(principal.key_id, request_id, hold, self._ledger.instance, model)
-        if not held.ok and not held.revoked and self._ledger.pending:
-            # Finished requests of this process may still hold credit until the writer runs.
-            await self._ledger.flush(at_most=1.0)
-            held = await reserve(principal.key_id, request_id, hold, self._ledger.instance, model)
+    async def _hold(self, principal: Principal, hold: int) -> Wallet | None:
+        """Check revocation and hold `hold` from the key's wallet; None if it holds nothing."""
+        if await self._store.is_revoked(principal.key_id):
+            self._revoked()
+        if hold <= 0 or not principal.metered:
+            return None
+        wallet = self._ledger.wallets.take(principal.key_id, hold)
+        return wallet if wallet is not None else await self._top_up(principal.key_id, hold)
+
+    async def _top_up(self, key_id: int, hold: int) -> Wallet:
+        wallets = self._ledger.wallets
+        if wallets.closed:
+            raise ShuttingDown("The server is shutting down; send the request again.")
+        held = await wallets.top_up(key_id, hold)
+        if isinstance(held, Wallet):
+            return held
+        # The wallet may undercount what its row holds (a request that cost more than its hold):
+        # once this process's entries are settled, giving it back makes the next top-up exact.
+        retry = not held.revoked and wallets.retirable(key_id)
+        if retry and await self._ledger.flush(at_most=1.0) and await wallets.retire(key_id):
+            held = await wallets.top_up(key_id, hold)
+            if isinstance(held, Wallet):
+                return held
         if held.revoked:
-            self._auth.forget()
-            raise AuthenticationFailed("This API key has been revoked.")
-        if not held.ok:
-            raise InsufficientCredits(
-                f"Insufficient credits: this key has ${format_credits(held.balance or 0):.6f} "
-                f"left, and this request could cost up to ${format_credits(hold):.6f}. "
-                "Top the key up, or lower max_tokens."
-            )
+            self._revoked()
+        left = (held.balance or 0) + wallets.free(key_id)
+        raise InsufficientCredits(
+            f"Insufficient credits: this key has ${format_credits(left):.6f} "
+            f"left, and this request could cost up to ${format_credits(hold):.6f}. "
+            "Top the key up, or lower max_tokens."
+        )
+
+    def _revoked(self) -> NoReturn:
+        self._auth.forget()
+        raise AuthenticationFailed("This API key has been revoked.")
 
 
 def _check_allowed(principal: Principal, model: ModelSettings) -> None:
@@ -259,6 +287,8 @@ class Charge:
         request_id: str,
         rates: Rates,
         prompt_estimate: int,
+        wallet: Wallet | None = None,
+        hold: int = 0,
     ) -> None:
         self._ledger = ledger
         self._lease = lease
@@ -274,6 +304,8 @@ class Charge:
         self._ttfb: float | None = None
         self.delivered_tokens = 0
         self.settled = False
+        self._wallet = wallet  # holds `hold` for it; what it does not use goes back at the end
+        self._hold = hold
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         """x-ratelimit-* headers for the response."""
@@ -370,10 +402,13 @@ class Charge:
             cost=cost,
             ttfb_ms=None if self._ttfb is None else round(self._ttfb * 1000, 3),
             total_ms=round(elapsed_ms, 3),
+            wallet=None if self._wallet is None else self._wallet.hold_id,
         )
         try:
             self._ledger.append(entry)
         finally:
+            if self._wallet is not None:
+                self._wallet.put_back(self._hold, cost)
             self._lease.release(tokens.total)
 
 

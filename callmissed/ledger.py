@@ -1,11 +1,14 @@
 """The usage ledger: every finished request journaled before its response ends, settled in batches.
 
-`append()` is one write() of a JSON line to this process's journal file: it survives a SIGKILL
-(the kernel holds the page), costs microseconds, and needs no memory per entry. A background
-task reads the journal back and settles it into the store in batches (release the hold, charge
-the cost, write the row, in one transaction); if the database is slow or down the journal grows
-on disk while memory stays flat. A journal whose owner died (its flock is free) is replayed at
-start-up and every few seconds, then its leftover holds are given back. Replays are idempotent.
+`begin()` and `append()` are one write() of a JSON line each to this process's journal file:
+they survive a SIGKILL (the kernel holds the page), cost microseconds, and need no memory per
+entry. A background task reads the journal back and settles the finished requests into the
+store in batches (charge the cost from the request's wallet, write the row, in one
+transaction); if the database is slow or down the journal grows on disk while memory stays
+flat. The same task gives idle wallets back (wallet.py). A journal whose owner died (its flock is
+free) is replayed at start-up and every few seconds: its finished requests are settled, each
+begun but unfinished one gets an interrupted row, then its wallets are given back. Replays are
+idempotent.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ import os
 import tempfile
 import uuid
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from callmissed.settings import Settings
 from callmissed.store import LedgerEntry, Store
+from callmissed.wallet import Wallets
 
 __all__ = ["Ledger", "ledger_directory"]
 
@@ -34,7 +39,9 @@ _READ_BYTES = 256 * 1024  # journal read per batch: bounds the writer's memory
 _TRUNCATE_AT = 4 * 1024 * 1024  # a fully settled journal larger than this starts over
 _LINGER = 0.002  # seconds the writer waits after a wake-up, so that a burst settles as one batch
 _SWEEP_EVERY = 10.0  # seconds between looks for journals of dead processes
+_IDLE_EVERY = 0.5  # seconds between looks for idle wallets, while there are any
 _MAX_BACKOFF = 5.0
+_BEGIN = b'{"begin":'  # a begin line: a request that may hold credit, not an entry to settle
 
 
 class Ledger:
@@ -54,6 +61,8 @@ class Ledger:
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
         self._stragglers: set[asyncio.Task[None]] = set()
+        self._flying: dict[str, bytes] = {}  # request id -> its begin line, until it ends
+        self.wallets = Wallets(store, self.instance)
 
     @property
     def pending(self) -> bool:
@@ -71,19 +80,37 @@ class Ledger:
         await self.recover()
         self._writer = asyncio.get_running_loop().create_task(self._run(), name="ledger-writer")
 
+    def begin(self, request_id: str, key_id: int, model: str, created_at: float) -> None:
+        """Journal that a request started: if this process dies before append(), recovery
+        writes it as interrupted. The writer has nothing to settle for it: it is not woken."""
+        if self._closed:
+            return
+        line = orjson.dumps(
+            {"begin": request_id, "key_id": key_id, "model": model, "created_at": created_at}
+        )
+        try:
+            self._write(line + b"\n")
+        except OSError as exc:  # only a crash's interrupted row is lost; the end line will tell
+            log.warning("ledger: %s: cannot journal its start: %s", request_id, exc)
+            return
+        self._flying[request_id] = line
+
     def append(self, entry: LedgerEntry) -> None:
         """Journal one finished request. Synchronous, so it is durable before the caller goes on."""
-        line = orjson.dumps(entry) + b"\n"  # orjson writes a dataclass as an object, natively
         if self._closed:
             task = asyncio.get_running_loop().create_task(self._settle_straggler(entry))
             self._stragglers.add(task)
             task.add_done_callback(self._stragglers.discard)
             return
+        self._write(orjson.dumps(entry) + b"\n")  # orjson writes a dataclass natively
+        self._flying.pop(entry.request_id, None)
+        self._wake.set()
+
+    def _write(self, line: bytes) -> None:
         written = os.write(self._fd, line)
         if written != len(line):  # a full disk; the partial line is ignored by every reader
             raise OSError(f"ledger journal {self._path}: short write")
         self._appended += written
-        self._wake.set()
 
     async def _settle_straggler(self, entry: LedgerEntry) -> None:
         # A request that ended after close(): its hold was given back as interrupted, so this
@@ -107,7 +134,8 @@ class Ledger:
         return self._settled >= target
 
     async def close(self) -> None:
-        """Settle what is left, give back this process's outstanding holds, remove the journal."""
+        """Settle what is left, write requests still in flight as interrupted, give back this
+        process's wallets, remove the journal."""
         if self._writer is None:
             return
         await self.flush(at_most=10)
@@ -115,7 +143,12 @@ class Ledger:
         with contextlib.suppress(asyncio.CancelledError):
             await self._writer
         self._closed = True
+        await self.wallets.close()
         if not self.pending:
+            # A request that ends later settles directly, and finds its row already written.
+            flying = [_interrupted(orjson.loads(line)) for line in self._flying.values()]
+            for start in range(0, len(flying), _BATCH_ENTRIES):
+                await self._store.settle(flying[start : start + _BATCH_ENTRIES])
             await self._store.release_holds(self.instance)
             self._path.unlink(missing_ok=True)
         os.close(self._fd)  # releases the lock: a successor replays whatever is left
@@ -139,15 +172,22 @@ class Ledger:
             except BlockingIOError:
                 return 0  # its process is alive
             # Local-disk reads and unlinks of a few KiB-MiB: cheaper than a thread hop.
-            entries = _parse(os.pread(fd, os.fstat(fd).st_size, 0))[0]
+            begun: dict[str, dict[str, Any]] = {}
+            entries = _parse(os.pread(fd, os.fstat(fd).st_size, 0), begun=begun)[0]
+            ended = {entry.request_id for entry in entries}
+            interrupted = [_interrupted(b) for key, b in begun.items() if key not in ended]
+            entries += interrupted
+            # Finished requests first: they draw on the wallets given back after them.
             for start in range(0, len(entries), _BATCH_ENTRIES):
                 await self._store.settle(entries[start : start + _BATCH_ENTRIES])
             released = await self._store.release_holds(path.name.removesuffix(_SUFFIX))
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
             log.warning(
-                "ledger: replayed %d entries and released %d holds of a dead process (%s)",
+                "ledger: replayed %d entries (%d interrupted) and gave back %d holds of a dead"
+                " process (%s)",
                 len(entries),
+                len(interrupted),
                 released,
                 path.name,
             )
@@ -161,11 +201,15 @@ class Ledger:
         backoff = 0.05
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), _SWEEP_EVERY)
+                await asyncio.wait_for(
+                    self._wake.wait(), _IDLE_EVERY if self.wallets else _SWEEP_EVERY
+                )
             self._wake.clear()
             await asyncio.sleep(_LINGER)
             try:
                 await self._drain()
+                if not self.pending:  # nothing unsettled can still draw on a wallet's row
+                    await self.wallets.give_back_idle()
                 if loop.time() >= next_sweep:
                     next_sweep = loop.time() + _SWEEP_EVERY
                     await self.recover()
@@ -183,14 +227,19 @@ class Ledger:
             entries, used = _parse(os.pread(self._fd, size, offset), _BATCH_ENTRIES)
             if used == 0:
                 raise OSError(f"ledger journal {self._path}: an entry larger than {size} bytes")
-            await self._store.settle(entries)
+            if entries:
+                await self._store.settle(entries)
             self._settled += used
             self._progress.set()
             await asyncio.sleep(0)  # let requests run between batches
         if self._appended - self._base > _TRUNCATE_AT:
-            # Everything is settled and nothing can append between these lines (one thread).
+            # Everything is settled and nothing can append between these lines (one thread);
+            # the requests in flight keep their begin lines, which need no settling.
             os.ftruncate(self._fd, 0)
             self._base = self._appended
+            for line in self._flying.values():
+                self._write(line + b"\n")
+            self._settled = self._appended
 
 
 def ledger_directory(settings: Settings) -> Path:
@@ -210,8 +259,11 @@ def ledger_directory(settings: Settings) -> Path:
     return Path(f"{path}.ledger")
 
 
-def _parse(data: bytes, limit: int | None = None) -> tuple[list[LedgerEntry], int]:
-    """Entries from whole lines of `data` (at most `limit`), and the bytes they took."""
+def _parse(
+    data: bytes, limit: int | None = None, begun: dict[str, dict[str, Any]] | None = None
+) -> tuple[list[LedgerEntry], int]:
+    """Entries from whole lines of `data` (at most `limit`), and the bytes they took; begin
+    lines go to `begun` by request id if given, else are skipped."""
     entries: list[LedgerEntry] = []
     used = 0
     while limit is None or len(entries) < limit:
@@ -221,7 +273,19 @@ def _parse(data: bytes, limit: int | None = None) -> tuple[list[LedgerEntry], in
         line = data[used:end]
         used = end + 1
         try:
-            entries.append(LedgerEntry(**orjson.loads(line)))
-        except (orjson.JSONDecodeError, TypeError):
+            if not line.startswith(_BEGIN):
+                entries.append(LedgerEntry(**orjson.loads(line)))
+            elif begun is not None:
+                begin = orjson.loads(line)
+                begun[begin["begin"]] = begin
+        except (orjson.JSONDecodeError, TypeError, KeyError):
             log.error("ledger: skipping an unreadable journal line: %r", line[:200])
     return entries, used
+
+
+def _interrupted(begin: dict[str, Any]) -> LedgerEntry:
+    """The row of a request that began but never ended: its process died or shut down."""
+    return LedgerEntry(
+        begin["begin"], begin["key_id"], begin["created_at"], begin["model"], "", "", False,
+        500, "interrupted", 0, 0, 0, 0, 0, None, 0.0,
+    )  # fmt: skip

@@ -4,6 +4,7 @@ token, an admin client, and direct reads of its SQLite database (exact micro-cre
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import re
@@ -26,6 +27,7 @@ POSTGRES_URL = os.environ.get(
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.services)]
 
 ADMIN_TOKEN = "admin-test-token-0123456789"
+HELLO_COST = 5 * 1 + 6 * 2  # micro-credits for the fake's usual answer on a priced model
 
 # Priced models on the fake upstream (USD per million tokens): one micro-credit per input token
 # and two per output token, so costs in these tests are easy to check by hand.
@@ -140,7 +142,9 @@ def _postgres(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
             await db.close()
 
     try:
-        return asyncio.run(fetch())
+        # From inside a test's event loop too (the store contract tests): on a thread of its own.
+        with concurrent.futures.ThreadPoolExecutor(1) as thread:
+            return thread.submit(asyncio.run, fetch()).result()
     except (OSError, asyncpg.PostgresError) as exc:
         require_service("PostgreSQL", f"{url}: {exc}")
         raise
@@ -148,11 +152,15 @@ def _postgres(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 
 def query(gateway: Gateway, sql: str, *params: Any) -> list[tuple[Any, ...]]:
     """Run SQL (with ? placeholders) on the gateway's own database."""
-    url = gateway.env["CALLMISSED_DATABASE_URL"]
+    return query_url(gateway.env["CALLMISSED_DATABASE_URL"], sql, *params)
+
+
+def query_url(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Run SQL (with ? placeholders) on the database at a CALLMISSED_DATABASE_URL."""
     if url.startswith("postgresql://"):
         numbered = iter(range(1, 100))
         return _postgres(url, re.sub(r"\?", lambda _: f"${next(numbered)}", sql), *params)
-    with sqlite3.connect(gateway.workdir / "gateway.sqlite3") as db:
+    with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as db, db:
         return db.execute(sql, params).fetchall()
 
 
@@ -166,9 +174,22 @@ def settle(gateway: Gateway, key: str) -> dict[str, Any]:
     return data
 
 
+# The key's unspent credit: its balance plus what gateway processes hold of it in wallets.
+UNSPENT = (
+    "SELECT credits + (SELECT COALESCE(sum(amount), 0) FROM holds"
+    " WHERE holds.key_id = api_keys.id AND holds.wallet) FROM api_keys WHERE id = ?"
+)
+
+
 def balance(gateway: Gateway, key_id: int) -> int:
-    """The key's balance in micro-credits, straight from the database."""
-    return int(query(gateway, "SELECT credits FROM api_keys WHERE id = ?", key_id)[0][0])
+    """The key's unspent micro-credits (wallets included), straight from the database."""
+    return int(query(gateway, UNSPENT, key_id)[0][0])
+
+
+def in_wallets(gateway: Gateway, key_id: int) -> int:
+    """Micro-credits of the key that gateway processes hold in wallets now."""
+    rows = query(gateway, "SELECT sum(amount) FROM holds WHERE key_id = ? AND wallet", key_id)
+    return int(rows[0][0] or 0)
 
 
 def chat(gateway: Gateway, key: str, model: str = "priced", **body: Any) -> httpx.Response:

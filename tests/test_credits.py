@@ -1,8 +1,10 @@
-"""Credits against the real gateway and SQLite: prices, holds, settlement, 402, usage.cost.
+"""Credits against the real gateway, on SQLite and PostgreSQL: prices, wallets, settlement,
+402, usage.cost.
 
-Every balance is checked to the micro-credit straight from the database. The priced fake models
-(tests/accounting.py) cost 1 micro-credit per input token and 2 per output token; the fake
-upstream reports 5 prompt and 6 completion tokens unless its behaviour says otherwise.
+Every balance is checked to the micro-credit straight from the database, wallets included. The
+priced fake models (tests/accounting.py) cost 1 micro-credit per input token and 2 per output
+token; the fake upstream reports 5 prompt and 6 completion tokens unless its behaviour says
+otherwise.
 """
 
 from __future__ import annotations
@@ -25,17 +27,25 @@ from callmissed.credits import (
 from callmissed.settings import Prices
 from tests.accounting import (
     BACKENDS,
+    HELLO_COST,
     backend_env,
     balance,
     chat,
+    in_wallets,
     new_key,
     query,
     settle,
     start_billing_gateway,
 )
-from tests.conftest import stop_gateway
+from tests.conftest import Gateway, stop_gateway
 
-HELLO_COST = 5 * 1 + 6 * 2  # micro-credits for the fake's usual answer on a priced model
+HOLD_50 = 7 + 2 * 50  # the worst case of chat(max_tokens=50): 7 prompt-estimate tokens, 50 out
+
+
+def per_request_holds(gateway: Gateway, key_id: int) -> int:
+    """Holds that are not a wallet: there are none since wallets (one per request before)."""
+    rows = query(gateway, "SELECT count(*) FROM holds WHERE key_id = ? AND NOT wallet", key_id)
+    return int(rows[0][0])
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -127,7 +137,7 @@ def test_balance_is_limit_minus_settled_cost_to_the_micro_credit(billing):
     assert data["limit"] == 1.0
     assert data["usage"] == format_credits(HELLO_COST)
     assert data["limit_remaining"] == format_credits(1_000_000 - HELLO_COST)
-    assert query(billing, "SELECT count(*) FROM holds WHERE key_id = ?", key_id) == [(0,)]
+    assert per_request_holds(billing, key_id) == 0
 
 
 def test_stream_final_usage_chunk_carries_the_cost(billing, client_for):
@@ -293,7 +303,67 @@ def test_200_concurrent_requests_never_overdraw_and_every_success_is_billed(bill
     )
     assert rows == [(successes, successes * HELLO_COST)]
     assert left == 1070 - successes * HELLO_COST
-    assert query(billing, "SELECT count(*) FROM holds WHERE key_id = ?", key_id) == [(0,)]
+    assert per_request_holds(billing, key_id) == 0
+
+
+def test_a_balance_that_covers_exactly_n_requests_gets_n_then_402(billing):
+    # Each request must find its worst case (107) unspent; each really costs 17.
+    key, key_id = new_key(billing, credits=(HELLO_COST * 4 + HOLD_50) / 1_000_000)
+    statuses = [chat(billing, key, max_tokens=50).status_code for _ in range(6)]
+    assert statuses == [200] * 5 + [402]
+    left = HOLD_50 - HELLO_COST  # 90: less than one worst case
+    refused = chat(billing, key, max_tokens=50).json()["error"]
+    assert f"${format_credits(left):.6f} left" in refused["message"]
+    assert chat(billing, key, max_tokens=41).status_code == 200  # 7 + 82 = 89 fits
+    settle(billing, key)
+    assert balance(billing, key_id) == left - HELLO_COST
+    assert query(billing, "SELECT count(*), sum(cost) FROM ledger WHERE key_id = ?", key_id) == [
+        (6, 6 * HELLO_COST)
+    ]
+
+
+def test_many_requests_settle_to_exactly_the_expected_balance(billing):
+    key, key_id = new_key(billing, credits=1)
+
+    async def one(client: httpx.AsyncClient, n: int) -> int:
+        body = {"model": "priced", "max_tokens": 50, "stream": n % 2 == 0}
+        body["messages"] = [{"role": "user", "content": "Say hello"}]
+        response = await client.post("/chat/completions", json=body)
+        return response.status_code
+
+    async def run() -> list[int]:
+        async with httpx.AsyncClient(
+            base_url=billing.base_url, headers={"authorization": f"Bearer {key}"}, timeout=30
+        ) as client:
+            return await asyncio.gather(*(one(client, n) for n in range(300)))
+
+    assert asyncio.run(run()) == [200] * 300
+    data = settle(billing, key)
+    assert balance(billing, key_id) == 1_000_000 - 300 * HELLO_COST
+    assert data["limit_remaining"] == format_credits(1_000_000 - 300 * HELLO_COST)
+    assert data["usage"] == format_credits(300 * HELLO_COST)
+    assert query(billing, "SELECT count(*), sum(cost) FROM ledger WHERE key_id = ?", key_id) == [
+        (300, 300 * HELLO_COST)
+    ]
+    assert per_request_holds(billing, key_id) == 0
+
+
+def test_an_idle_wallet_gives_its_credit_back_to_the_balance(billing):
+    key, key_id = new_key(billing, credits=1)
+    assert chat(billing, key, max_tokens=50).status_code == 200
+    data = settle(billing, key)
+    assert in_wallets(billing, key_id) > 0  # kept for the key's next request
+    assert data["limit_remaining"] == format_credits(1_000_000 - HELLO_COST)  # wallets count
+    deadline = time.monotonic() + 10
+    while in_wallets(billing, key_id) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert in_wallets(billing, key_id) == 0  # idle for ~2 s: back in the balance
+    [(credits,)] = query(billing, "SELECT credits FROM api_keys WHERE id = ?", key_id)
+    assert credits == 1_000_000 - HELLO_COST
+    assert settle(billing, key)["limit_remaining"] == format_credits(1_000_000 - HELLO_COST)
+    assert chat(billing, key, max_tokens=50).status_code == 200  # and a new wallet opens
+    settle(billing, key)
+    assert balance(billing, key_id) == 1_000_000 - 2 * HELLO_COST
 
 
 def test_topup_makes_room(billing):
@@ -401,6 +471,7 @@ def test_keepalive_streams_settle_too(upstream, tmp_path):
         )
         assert rows == [(200, HELLO_COST), (499, 0)]
         assert balance(running, key_id) == 1_000_000 - HELLO_COST
-        assert query(running, "SELECT count(*) FROM holds") == [(0,)]
+        assert per_request_holds(running, key_id) == 0
     finally:
         stop_gateway(running)
+

@@ -16,12 +16,16 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from callmissed import ledger as ledger_module
+from callmissed import ledger as ledger_module, wallet as wallet_module
 from callmissed.ledger import Ledger
 from callmissed.store import LedgerEntry, Store, open_store
+from callmissed.wallet import Wallet
 from tests.accounting import (
     BACKENDS,
+    HELLO_COST,
     backend_env,
+    chat,
+    in_wallets,
     new_key,
     query,
     settle,
@@ -51,8 +55,11 @@ def test_append_then_flush_settles(store, tmp_path):
     async def run() -> None:
         ledger = Ledger(store, tmp_path / "journal")
         await ledger.start()
-        await store.reserve(key.id, "r1", 50, ledger.instance, "m")
-        ledger.append(entry("r1", key.id, 17))
+        wallet = await ledger.wallets.top_up(key.id, 50)
+        assert isinstance(wallet, Wallet)
+        ledger.begin("r1", key.id, "m", time.time())
+        ledger.append(entry("r1", key.id, 17, wallet=wallet.hold_id))
+        wallet.put_back(50, 17)
         waiting = ledger.pending
         assert waiting
         assert await ledger.flush(at_most=5)
@@ -60,7 +67,9 @@ def test_append_then_flush_settles(store, tmp_path):
         await ledger.close()
 
     asyncio.run(run())
-    assert call(store.get_key(key.id)).credits == 83
+    record = call(store.get_key(key.id))
+    assert (record.credits, record.spent) == (83, 17)
+    assert call(store.hold_owners()) == set()  # the wallet went back to the balance
     assert list((tmp_path / "journal").iterdir()) == []  # a clean shutdown leaves nothing
 
 
@@ -71,16 +80,24 @@ def _crash(ledger: Ledger) -> None:
     os.close(ledger._fd)
 
 
-def test_a_dead_process_journal_is_replayed_and_its_holds_given_back(store, tmp_path):
+async def _hold(ledger: Ledger, key_id: int, request_id: str, amount: int) -> Wallet:
+    """What Credits.begin does for a metered request: hold from the wallet, journal the start."""
+    wallet = ledger.wallets.take(key_id, amount) or await ledger.wallets.top_up(key_id, amount)
+    assert isinstance(wallet, Wallet)
+    ledger.begin(request_id, key_id, "m", time.time())
+    return wallet
+
+
+def test_a_dead_process_journal_is_replayed_and_its_wallets_given_back(store, tmp_path):
     key = call(store.create_key("k", "h", "cm_x", 1000))
     directory = tmp_path / "journal"
 
     async def die() -> None:
         ledger = Ledger(store, directory)
         await ledger.start()
-        await store.reserve(key.id, "done", 100, ledger.instance, "m")
-        await store.reserve(key.id, "in-flight", 100, ledger.instance, "m")
-        ledger.append(entry("done", key.id, 17))  # completed: journaled, not yet settled
+        wallet = await _hold(ledger, key.id, "done", 100)
+        await _hold(ledger, key.id, "in-flight", 100)
+        ledger.append(entry("done", key.id, 17, wallet=wallet.hold_id))  # journaled, unsettled
         _crash(ledger)
 
     async def restart() -> None:
@@ -89,15 +106,86 @@ def test_a_dead_process_journal_is_replayed_and_its_holds_given_back(store, tmp_
         await ledger.close()
 
     asyncio.run(die())
-    assert call(store.get_key(key.id)).credits == 800
+    assert call(store.hold_owners()) != set()  # the dead process's wallet, until recovery
     asyncio.run(restart())
     record = call(store.get_key(key.id))
     assert record is not None and (record.credits, record.spent) == (1000 - 17, 17)
     rows = {row["request_id"]: row for row in call(store.recent_usage(key.id, 10))}
     assert rows["done"]["cost"] == 17 and rows["done"]["status"] == 200
     assert rows["in-flight"]["error_code"] == "interrupted" and rows["in-flight"]["cost"] == 0
+    assert rows["in-flight"]["status"] == 500
     assert call(store.hold_owners()) == set()
     assert list(directory.iterdir()) == []
+
+
+def test_a_clean_close_writes_requests_in_flight_as_interrupted(store, tmp_path):
+    key = call(store.create_key("k", "h", "cm_x", 1000))
+
+    async def run() -> None:
+        ledger = Ledger(store, tmp_path / "journal")
+        await ledger.start()
+        wallet = await _hold(ledger, key.id, "done", 100)
+        await _hold(ledger, key.id, "in-flight", 100)
+        ledger.append(entry("done", key.id, 17, wallet=wallet.hold_id))
+        wallet.put_back(100, 17)
+        await ledger.close()
+        # the straggler ends after shutdown: its row is written already, so nothing changes
+        ledger.append(entry("in-flight", key.id, 40, wallet=wallet.hold_id))
+        await asyncio.sleep(0.05)
+
+    asyncio.run(run())
+    record = call(store.get_key(key.id))
+    assert record is not None and (record.credits, record.spent) == (1000 - 17, 17)
+    rows = {row["request_id"]: row for row in call(store.recent_usage(key.id, 10))}
+    assert (rows["in-flight"]["error_code"], rows["in-flight"]["cost"]) == ("interrupted", 0)
+    assert call(store.hold_owners()) == set()
+
+
+def test_an_idle_wallet_goes_back_to_the_balance(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(wallet_module, "IDLE", 0.2)
+    key = call(store.create_key("k", "h", "cm_x", 1000))
+
+    async def run() -> None:
+        ledger = Ledger(store, tmp_path / "journal")
+        await ledger.start()
+        wallet = await _hold(ledger, key.id, "r1", 100)
+        ledger.append(entry("r1", key.id, 17, wallet=wallet.hold_id))
+        wallet.put_back(100, 17)
+        await ledger.flush(at_most=5)
+        assert await store.hold_owners() == {ledger.instance}  # kept for the next request
+        await asyncio.sleep(1.0)  # idle for longer than IDLE, and the writer looked
+        assert await store.hold_owners() == set()
+        assert len(ledger.wallets) == 0
+        again = await _hold(ledger, key.id, "r2", 100)  # the next request opens a new one
+        assert again is not wallet and again.hold_id != wallet.hold_id
+        ledger.append(entry("r2", key.id, 17, wallet=again.hold_id))
+        again.put_back(100, 17)
+        await ledger.close()
+
+    asyncio.run(run())
+    record = call(store.get_key(key.id))
+    assert record is not None and (record.credits, record.spent) == (1000 - 34, 34)
+
+
+def test_a_wallet_in_use_is_not_given_back(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(wallet_module, "IDLE", 0.0)
+    key = call(store.create_key("k", "h", "cm_x", 1000))
+
+    async def run() -> None:
+        ledger = Ledger(store, tmp_path / "journal")
+        await ledger.start()
+        wallet = await _hold(ledger, key.id, "long", 100)
+        await asyncio.sleep(1.0)  # the writer looked, twice: a request still holds part of it
+        assert await store.hold_owners() == {ledger.instance}
+        ledger.append(entry("long", key.id, 90, wallet=wallet.hold_id))
+        wallet.put_back(100, 90)
+        await asyncio.sleep(1.0)
+        assert await store.hold_owners() == set()
+        await ledger.close()
+
+    asyncio.run(run())
+    record = call(store.get_key(key.id))
+    assert record is not None and (record.credits, record.spent) == (910, 90)
 
 
 def test_replay_is_idempotent_and_ignores_a_torn_last_line(store, tmp_path):
@@ -185,6 +273,36 @@ def test_a_settled_journal_starts_over(store, tmp_path, monkeypatch):
     assert call(store.get_key(key.id)).spent == 101
 
 
+def test_a_journal_that_starts_over_keeps_the_requests_in_flight(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(ledger_module, "_TRUNCATE_AT", 10_000)
+    key = call(store.create_key("k", "h", "cm_x", 10_000))
+    directory = tmp_path / "journal"
+
+    async def die() -> None:
+        ledger = Ledger(store, directory)
+        await ledger.start()
+        await _hold(ledger, key.id, "in-flight", 100)
+        for n in range(100):
+            ledger.append(entry(f"r{n}", key.id, 1))
+        await ledger.flush(at_most=5)
+        await asyncio.sleep(0.05)
+        assert ledger._path.read_bytes().startswith(b'{"begin":"in-flight"')
+        assert not ledger.pending
+        _crash(ledger)
+
+    async def restart() -> None:
+        ledger = Ledger(store, directory)
+        await ledger.start()
+        await ledger.close()
+
+    asyncio.run(die())
+    asyncio.run(restart())
+    rows = {row["request_id"]: row for row in call(store.recent_usage(key.id, 200))}
+    assert rows["in-flight"]["error_code"] == "interrupted"
+    record = call(store.get_key(key.id))
+    assert record is not None and (record.credits, record.spent) == (10_000 - 100, 100)
+
+
 # The real gateway, killed
 
 
@@ -263,3 +381,46 @@ def _kill_and_restart(upstream: Any, tmp_path: Path, env: dict[str, str]) -> Non
         assert credits + spent == granted  # and none was created or lost
     finally:
         stop_gateway(second)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sigkill_mid_stream_with_a_wallet_out(upstream, tmp_path, backend):
+    """Killed while a stream holds part of its key's wallet: after a restart the balance is the
+    grant minus what completed requests cost, and the stream is in the ledger as interrupted."""
+    with backend_env(backend) as env:
+        first = start_billing_gateway(upstream, tmp_path, **env)
+        key, key_id = new_key(first, credits=1)
+        done = [chat(first, key, max_tokens=20) for _ in range(3)]
+        assert [response.status_code for response in done] == [200] * 3
+        body = {"model": "priced-endless", "stream": True, "max_tokens": 1000}
+        body["messages"] = [{"role": "user", "content": "count"}]
+        headers = {"authorization": f"Bearer {key}"}
+        with httpx.stream(
+            "POST", f"{first.base_url}/chat/completions", json=body, headers=headers, timeout=10
+        ) as streaming:
+            lines = streaming.iter_lines()  # kept open: closing it would hang up
+            while '"content":"."' not in next(lines):
+                pass  # until a token reached us: the stream holds its worst case
+            interrupted = streaming.headers["x-request-id"]
+            assert in_wallets(first, key_id) > 0
+            _sigkill(first)
+        second = start_billing_gateway(upstream, tmp_path, **env)
+        try:
+            settle(second, key)
+            rows = query(
+                second, "SELECT status, error_code, cost FROM ledger WHERE request_id = ?",
+                interrupted,
+            )  # fmt: skip
+            assert rows == [(500, "interrupted", 0)]
+            assert query(second, "SELECT count(*) FROM holds") == [(0,)]  # wallets given back
+            costs = query(
+                second, "SELECT count(*), sum(cost) FROM ledger WHERE key_id = ? AND status = 200",
+                key_id,
+            )  # fmt: skip
+            assert costs == [(3, 3 * HELLO_COST)]
+            [(credits, spent)] = query(
+                second, "SELECT credits, spent FROM api_keys WHERE id = ?", key_id
+            )
+            assert (credits, spent) == (1_000_000 - 3 * HELLO_COST, 3 * HELLO_COST)
+        finally:
+            stop_gateway(second)

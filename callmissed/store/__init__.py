@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from callmissed.store.base import (
     NO_POLICY,
+    Funding,
     KeyPolicy,
     KeyRecord,
     LedgerEntry,
-    Reservation,
     Store,
     open_store,
 )
 
 __all__ = [
     "NO_POLICY",
+    "Funding",
     "KeyPolicy",
     "KeyRecord",
     "LedgerEntry",
-    "Reservation",
     "Store",
     "open_store",
 ]

@@ -1,7 +1,9 @@
 """The Store protocol every backend implements, and `open_store(url)` that picks one.
 
-A store owns keys, balances, in-flight credit holds and the usage ledger. Money is integer
-micro-credits. Every method is one short transaction; reserve() is the only one on the hot path.
+A store owns keys, balances, wallets (credit a gateway process took out of a key's balance to
+spend from memory) and the usage ledger. Money is integer micro-credits. Every method is one
+short transaction; none is on a request's path except fund(), once per wallet top-up, and
+is_revoked(), which answers from memory unless the key may have changed (docs/credits.md).
 """
 
 from __future__ import annotations
@@ -12,28 +14,35 @@ from importlib import resources
 from typing import Any, Protocol
 
 __all__ = [
+    "FAIR_SHARE",
     "KEY_COLUMNS",
     "LEDGER_COLUMNS",
     "NO_POLICY",
+    "Funding",
     "KeyPolicy",
     "KeyRecord",
     "LedgerEntry",
-    "Reservation",
     "Store",
     "migrations",
     "open_store",
 ]
 
 # Column lists in the order KeyRecord and LedgerEntry take them; every backend selects these.
+# A key's credits, as read, include what its wallets hold: credit the key has not spent.
 KEY_COLUMNS = (
-    "id, name, key_hash, key_prefix, credits, created_at, revoked_at,"
-    " granted, spent, rpm, tpm, max_concurrent, models"
+    "id, name, key_hash, key_prefix, credits + CAST(COALESCE((SELECT sum(amount) FROM holds"
+    " WHERE holds.key_id = api_keys.id AND holds.wallet), 0) AS BIGINT) AS credits,"
+    " created_at, revoked_at, granted, spent, rpm, tpm, max_concurrent, models"
 )
 LEDGER_COLUMNS = (
     "request_id, key_id, created_at, model, route, upstream_model, stream, status, error_code,"
     " prompt_tokens, completion_tokens, reasoning_tokens, cached_tokens, cost, uncharged,"
     " ttfb_ms, total_ms"
 )
+
+# A wallet top-up takes at most this fraction of the key's balance beyond what the request needs,
+# so other processes sharing a nearly drained key still find most of it in the balance.
+FAIR_SHARE = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +64,7 @@ class KeyRecord:
     name: str
     key_hash: str
     key_prefix: str
-    credits: int | None  # spendable balance in micro-credits; None = unlimited
+    credits: int | None  # unspent micro-credits, wallets included; None = unlimited
     created_at: float
     revoked_at: float | None
     granted: int | None = None  # micro-credits ever granted (creation + top-ups)
@@ -68,17 +77,19 @@ class KeyRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class Reservation:
-    """reserve()'s answer: held (ok), or why not; `balance` is after the hold, or as it stands."""
+class Funding:
+    """fund()'s answer: what moved into the wallet (0: refused), and the key's balance after the
+    move, or as it stands; `revoked` for a revoked or missing key."""
 
-    ok: bool
+    taken: int
     balance: int | None
     revoked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class LedgerEntry:
-    """One finished request, as journaled and then settled: `cost` is what it used."""
+    """One finished request, as journaled and then settled: `cost` is what it used, charged
+    from the `wallet` it held its worst case in (None: it held nothing)."""
 
     request_id: str
     key_id: int
@@ -96,6 +107,7 @@ class LedgerEntry:
     cost: int
     ttfb_ms: float | None
     total_ms: float
+    wallet: str | None = None
 
 
 class Store(Protocol):
@@ -127,31 +139,43 @@ class Store(Protocol):
 
     async def set_policy(self, key_id: int, policy: KeyPolicy) -> KeyRecord | None: ...
 
-    async def reserve(
-        self, key_id: int, request_id: str, amount: int, instance: str, model: str
-    ) -> Reservation:
-        """Atomically take `amount` from an active key's balance, never below zero, and record
-        the hold under `instance`. Unlimited keys and zero amounts hold nothing."""
+    async def is_revoked(self, key_id: int) -> bool:
+        """Whether the key is revoked (or gone), as of the last commit by anyone: from memory
+        while the key cannot have changed, so that it costs a request no database round trip."""
+
+    async def fund(self, key_id: int, wallet: str, need: int, want: int, instance: str) -> Funding:
+        """Atomically move credit from an active, metered key's balance into the wallet hold
+        `wallet` (created under `instance` if new): nothing if the balance is below `need`,
+        else max(need, min(want, balance // FAIR_SHARE)). Never below zero, from any process."""
+
+    async def give_back(self, wallet: str) -> int:
+        """Return a wallet's credit to its key's balance and delete it; the amount."""
 
     async def settle(self, entries: Sequence[LedgerEntry]) -> None:
-        """In one transaction, per entry: release its hold, charge its cost (never below zero)
-        and write its ledger row. Idempotent: an entry whose row exists is skipped."""
+        """In one transaction, per entry: charge its cost from its wallet, then (what the wallet
+        cannot cover) from the key's balance, never below zero, and write its ledger row; an
+        entry without a wallet releases a per-request hold of the same id (journals and holds
+        written before wallets). Idempotent: an entry whose row exists is skipped."""
 
     async def hold_owners(self) -> set[str]: ...
 
     async def release_holds(self, instance: str) -> int:
-        """Give back every hold `instance` still owns (it died), writing an interrupted row."""
+        """Give back every wallet and hold `instance` still owns (it died or shut down); a
+        per-request hold also gets an interrupted ledger row. The number of rows given back."""
 
     async def recent_usage(self, key_id: int, limit: int) -> list[dict[str, Any]]: ...
 
     async def close(self) -> None: ...
 
 
-def migrations() -> list[tuple[str, str]]:
-    """(name, SQL) of every migration, in order."""
+def migrations(dialect: str) -> list[tuple[str, str]]:
+    """(name, SQL) of every migration for `dialect` ("sqlite", "postgres"), in order.
+
+    `NNNN_name.sql` is for every backend, `NNNN_name.<dialect>.sql` for that one only."""
     folder = resources.files("callmissed.store").joinpath("migrations")
     files = sorted(entry.name for entry in folder.iterdir() if entry.name.endswith(".sql"))
-    return [(name, folder.joinpath(name).read_text()) for name in files]
+    mine = [name for name in files if name.count(".") == 1 or name.endswith(f".{dialect}.sql")]
+    return [(name, folder.joinpath(name).read_text()) for name in mine]
 
 
 def open_store(url: str) -> Store:

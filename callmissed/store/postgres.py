@@ -1,19 +1,23 @@
 """The PostgreSQL store (asyncpg): the scale-out path, one database behind many gateway replicas.
 
 Same contract as SQLiteStore (tests/store/test_store_contract.py runs both). Each method is one
-round-trip: the reservation and the settlement are single statements whose data-modifying CTEs
+round-trip: a wallet top-up and a settlement are single statements whose data-modifying CTEs
 run in one transaction, so row locks (not a global write lock) keep a balance from going below
 zero under any interleaving. Migrations are the same plain-SQL files, with the one SQLite-only
-phrase of 0001 translated, applied under an advisory lock so replicas may start together.
+phrase of 0001 translated, plus the `.postgres.sql` ones, applied under an advisory lock so
+replicas may start together.
 
-Reservations commit without waiting for the WAL flush (synchronous_commit=off, on their own
-pool): a database crash can forget the last moments of holds, which only ever gives credit
-back (settlement never charges below zero), and saves the hot path an fsync. Settlements, the
-ledger and key changes commit durably: the journal is truncated only after they are safe.
+Wallet top-ups commit without waiting for the WAL flush (synchronous_commit=off, on their own
+pool): a database crash can forget the last moments of them, which only ever gives credit back
+(settlement never charges below zero). Settlements, the ledger and key changes commit durably:
+the journal is truncated only after they are safe. Revocations are NOTIFYed by a trigger, so
+is_revoked() answers from memory while this process LISTENs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -21,17 +25,20 @@ from typing import Any
 import asyncpg
 
 from callmissed.store.base import (
+    FAIR_SHARE,
     KEY_COLUMNS as _KEY_COLUMNS,
     LEDGER_COLUMNS as _LEDGER_COLUMNS,
     NO_POLICY,
+    Funding,
     KeyPolicy,
     KeyRecord,
     LedgerEntry,
-    Reservation,
     migrations,
 )
 
 __all__ = ["PostgresStore"]
+
+log = logging.getLogger("callmissed")
 
 _MIGRATION_LOCK = 0x63616C6C6D697373  # "callmiss": one migrator at a time across replicas
 _DIALECT = {
@@ -39,31 +46,52 @@ _DIALECT = {
 }
 
 
-# Take the hold if it fits; report the balance as it was either way (the CTEs share a snapshot).
-_RESERVE = """
-WITH taken AS (
-    UPDATE api_keys SET credits = credits - $3
-     WHERE id = $1 AND revoked_at IS NULL AND credits >= $3
- RETURNING credits
-), held AS (
-    INSERT INTO holds (request_id, key_id, amount, instance, model, created_at)
-    SELECT $2::text, $1::bigint, $3::bigint, $4::text, $5::text, $6::float8 FROM taken
+# Lock the key, then move max(need, min(want, balance / FAIR_SHARE)) into the wallet if the
+# balance covers `need`; report the balance as it was either way. The row lock (k) makes the
+# amount computed from the balance the one the UPDATE subtracts it from, under any concurrency.
+_FUND = f"""
+WITH k AS (
+    SELECT credits, revoked_at FROM api_keys WHERE id = $1 FOR UPDATE
+), t AS (
+    SELECT GREATEST($3::bigint, LEAST($4::bigint, credits / {FAIR_SHARE})) AS amount FROM k
+     WHERE revoked_at IS NULL AND credits >= $3 AND $3 > 0
+), taken AS (
+    UPDATE api_keys SET credits = api_keys.credits - t.amount FROM t
+     WHERE api_keys.id = $1
+ RETURNING api_keys.credits AS after, t.amount
+), wallet AS (
+    INSERT INTO holds (request_id, key_id, amount, instance, model, created_at, wallet)
+    SELECT $2::text, $1::bigint, amount, $5::text, '', $6::float8, true FROM taken
+        ON CONFLICT (request_id) DO UPDATE SET amount = holds.amount + EXCLUDED.amount
 )
-SELECT (SELECT credits FROM taken) AS after, EXISTS (SELECT 1 FROM taken) AS took,
+SELECT (SELECT amount FROM taken) AS taken, (SELECT after FROM taken) AS after,
        credits, revoked_at
-  FROM api_keys WHERE id = $1
+  FROM k
 """
 
-# Release the hold, charge at most what the balance plus the hold covers, write the row; a row
+_GIVE_BACK = """
+WITH gone AS (
+    DELETE FROM holds WHERE request_id = $1 AND wallet RETURNING key_id, amount
+)
+UPDATE api_keys SET credits = credits + gone.amount FROM gone
+ WHERE api_keys.id = gone.key_id
+RETURNING gone.amount
+"""
+
+# Charge the cost from the entry's wallet, then from the balance, never below zero (an entry
+# without a wallet releases a per-request hold of its id instead), and write the row; a row
 # that exists already (a replayed journal) makes it all a no-op, even against a concurrent twin.
 _SETTLE = f"""
 WITH hold AS (
-    DELETE FROM holds WHERE request_id = $1 RETURNING amount
+    DELETE FROM holds WHERE request_id = $1 AND $17::text IS NULL RETURNING amount
+), w AS (
+    SELECT amount FROM holds WHERE request_id = $17 FOR UPDATE
 ), k AS (
     SELECT credits FROM api_keys WHERE id = $2 FOR UPDATE
 ), priced AS (
     SELECT CASE WHEN k.credits IS NULL THEN $14::bigint
-                ELSE LEAST($14::bigint, k.credits + COALESCE((SELECT amount FROM hold), 0))
+                ELSE LEAST($14::bigint, k.credits + COALESCE((SELECT amount FROM hold), 0)
+                                                  + COALESCE((SELECT amount FROM w), 0))
            END AS charged
       FROM k
 ), written AS (
@@ -73,10 +101,14 @@ WITH hold AS (
            $15::float8, $16::float8
       FROM priced
         ON CONFLICT (request_id) DO NOTHING
- RETURNING cost
+ RETURNING cost, LEAST(cost, COALESCE((SELECT amount FROM w), 0)) AS from_wallet
+), drawn AS (
+    UPDATE holds SET amount = holds.amount - written.from_wallet FROM written
+     WHERE holds.request_id = $17 AND written.from_wallet > 0
 )
 UPDATE api_keys
-   SET credits = credits + COALESCE((SELECT amount FROM hold), 0) - (SELECT cost FROM written),
+   SET credits = credits + COALESCE((SELECT amount FROM hold), 0)
+                 - (SELECT cost - from_wallet FROM written),
        spent = spent + (SELECT cost FROM written)
  WHERE id = $2 AND EXISTS (SELECT 1 FROM written)
 """
@@ -84,7 +116,7 @@ UPDATE api_keys
 _RELEASE = f"""
 WITH gone AS (
     DELETE FROM holds WHERE instance = $1
- RETURNING request_id, key_id, amount, model, created_at
+ RETURNING request_id, key_id, amount, model, created_at, wallet
 ), refunded AS (
     UPDATE api_keys SET credits = credits + back.total
       FROM (SELECT key_id, sum(amount) AS total FROM gone GROUP BY key_id) AS back
@@ -93,11 +125,14 @@ WITH gone AS (
     INSERT INTO ledger ({_LEDGER_COLUMNS})
     SELECT request_id, key_id, created_at, model, '', '', false, 500, 'interrupted',
            0, 0, 0, 0, 0, 0, NULL, 0
-      FROM gone
+      FROM gone WHERE NOT wallet
         ON CONFLICT (request_id) DO NOTHING
 )
 SELECT count(*) FROM gone
 """
+
+_CHANGES = "callmissed_keys"  # NOTIFY channel: a key's revoked_at changed (migration 0004)
+_TRUST_FOR = 2.0  # seconds a key read as active stays trusted while no listener is connected
 
 
 class PostgresStore:
@@ -105,7 +140,12 @@ class PostgresStore:
         self._url = url
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
-        self._holds: asyncpg.Pool | None = None  # reservations only: no fsync per commit
+        self._holds: asyncpg.Pool | None = None  # wallet top-ups only: no fsync per commit
+        self._listener: asyncpg.Connection | None = None  # LISTEN callmissed_keys
+        self._listen_after = 0.0  # monotonic time of the next attempt to (re)connect it
+        self._changes = 0  # notifications seen: a read that overlapped one is not kept
+        self._active: dict[int, float] = {}  # key id -> when it was read as not revoked
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def _db(self) -> asyncpg.Pool:
@@ -133,12 +173,37 @@ class PostgresStore:
                 " (name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION)"
             )
             applied = {row["name"] for row in await db.fetch("SELECT name FROM schema_migrations")}
-            for name, sql in migrations():
+            for name, sql in migrations("postgres"):
                 if name not in applied:
                     await db.execute(_translate(sql))
                     await db.execute(
                         "INSERT INTO schema_migrations VALUES ($1, $2)", name, time.time()
                     )
+        await self._listen()
+
+    async def _listen(self) -> None:
+        """Connect the listener for revocations, whose trigger is in migration 0004."""
+        self._listen_after = time.monotonic() + _TRUST_FOR
+        try:
+            listener = await asyncpg.connect(self._url, timeout=5)
+            await listener.add_listener(_CHANGES, self._changed)
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            log.warning(
+                "store: cannot listen for key changes (%s); trusting reads %.0f s", exc, _TRUST_FOR
+            )
+            return
+        listener.add_termination_listener(self._lost)
+        self._listener = listener
+        self._changes += 1  # what was read before it listened may have missed a change
+        self._active.clear()
+
+    def _changed(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
+        self._changes += 1
+        if payload.isdigit():
+            self._active.pop(int(payload), None)
+
+    def _lost(self, _connection: Any) -> None:
+        self._listener = None
 
     # Keys
 
@@ -173,6 +238,8 @@ class PostgresStore:
         return [_key(row) for row in rows]
 
     async def revoke_key(self, key_id: int) -> bool:
+        self._changes += 1  # this process stops serving it now, before any notification
+        self._active.pop(key_id, None)
         status = await self._db.execute(
             "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
             time.time(),
@@ -201,26 +268,36 @@ class PostgresStore:
 
     # Credits
 
-    async def reserve(
-        self, key_id: int, request_id: str, amount: int, instance: str, model: str
-    ) -> Reservation:
-        holds = self._holds or self._db
-        if amount > 0:
-            row = await holds.fetchrow(
-                _RESERVE, key_id, request_id, amount, instance, model, time.time()
-            )
-        else:
-            row = await holds.fetchrow(
-                "SELECT NULL AS after, false AS took, credits, revoked_at"
-                " FROM api_keys WHERE id = $1",
-                key_id,
-            )
+    async def is_revoked(self, key_id: int) -> bool:
+        # Every revocation is NOTIFYed (migration 0004): while the listener is connected, a key
+        # read as active stays so until a notification names it. Without one, for _TRUST_FOR s.
+        now = time.monotonic()
+        checked = self._active.get(key_id)
+        if checked is not None and (self._listener is not None or now - checked < _TRUST_FOR):
+            return False
+        if self._listener is None and now >= self._listen_after and self._pool is not None:
+            task = asyncio.get_running_loop().create_task(self._listen())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        changes = self._changes
+        row = await self._db.fetchrow("SELECT revoked_at FROM api_keys WHERE id = $1", key_id)
         if row is None or row["revoked_at"] is not None:
-            return Reservation(False, None, revoked=True)
-        if row["took"]:
-            return Reservation(True, row["after"])
-        balance: int | None = row["credits"]
-        return Reservation(balance is None or amount <= 0, balance)
+            return True
+        if changes == self._changes:
+            self._active[key_id] = now
+        return False
+
+    async def fund(self, key_id: int, wallet: str, need: int, want: int, instance: str) -> Funding:
+        holds = self._holds or self._db
+        row = await holds.fetchrow(_FUND, key_id, wallet, need, want, instance, time.time())
+        if row is None or row["revoked_at"] is not None:
+            return Funding(0, None, revoked=True)
+        if row["taken"] is not None:
+            return Funding(row["taken"], row["after"])
+        return Funding(0, row["credits"])
+
+    async def give_back(self, wallet: str) -> int:
+        return int(await self._db.fetchval(_GIVE_BACK, wallet) or 0)
 
     async def settle(self, entries: Sequence[LedgerEntry]) -> None:
         async with self._db.acquire() as db, db.transaction():
@@ -244,6 +321,11 @@ class PostgresStore:
         return [dict(row) for row in rows]
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await listener.close()
         for pool in (self._holds, self._pool):
             if pool is not None:
                 await pool.close()
@@ -261,7 +343,7 @@ def _settle_args(entry: LedgerEntry) -> tuple[Any, ...]:
         entry.request_id, entry.key_id, entry.created_at, entry.model, entry.route,
         entry.upstream_model, entry.stream, entry.status, entry.error_code, entry.prompt_tokens,
         entry.completion_tokens, entry.reasoning_tokens, entry.cached_tokens, entry.cost,
-        entry.ttfb_ms, entry.total_ms,
+        entry.ttfb_ms, entry.total_ms, entry.wallet,
     )  # fmt: skip
 
 

@@ -17,23 +17,24 @@ from contextlib import contextmanager
 from typing import Any
 
 from callmissed.store.base import (
+    FAIR_SHARE,
     KEY_COLUMNS as _KEY_COLUMNS,
     LEDGER_COLUMNS as _LEDGER_COLUMNS,
     NO_POLICY,
+    Funding,
     KeyPolicy,
     KeyRecord,
     LedgerEntry,
-    Reservation,
     migrations,
 )
 
 __all__ = ["SQLiteStore"]
 
-_RESERVE = (
-    "UPDATE api_keys SET credits = credits - ?"
-    " WHERE id = ? AND revoked_at IS NULL AND credits >= ? RETURNING credits"
+_FUND_WALLET = (
+    "INSERT INTO holds (request_id, key_id, amount, instance, model, created_at, wallet)"
+    " VALUES (?, ?, ?, ?, '', ?, TRUE)"
+    " ON CONFLICT (request_id) DO UPDATE SET amount = amount + excluded.amount"
 )
-
 
 _CHECKPOINT_EVERY = 0.5  # seconds
 
@@ -42,6 +43,8 @@ class SQLiteStore:
     def __init__(self, path: str) -> None:
         self._db = _connect(path)
         self._migrate()
+        self._version = -1  # PRAGMA data_version when _active was last true
+        self._active: set[int] = set()  # keys read as not revoked since then
         self._stop = threading.Event()
         self._checkpointer: threading.Thread | None = None
         if path != ":memory:":
@@ -68,7 +71,7 @@ class SQLiteStore:
             "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at REAL)"
         )
         applied = {row[0] for row in self._db.execute("SELECT name FROM schema_migrations")}
-        for name, sql in migrations():
+        for name, sql in migrations("sqlite"):
             if name in applied:
                 continue
             # executescript runs the file as written; the BEGIN/COMMIT make it all-or-nothing.
@@ -132,6 +135,7 @@ class SQLiteStore:
         return [_key(row) for row in rows]
 
     async def revoke_key(self, key_id: int) -> bool:
+        self._active.discard(key_id)  # our own commits leave data_version as it is
         cursor = self._db.execute(
             "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
             (time.time(), key_id),
@@ -157,25 +161,39 @@ class SQLiteStore:
 
     # Credits
 
-    async def reserve(
-        self, key_id: int, request_id: str, amount: int, instance: str, model: str
-    ) -> Reservation:
-        if amount > 0:
-            with self._transaction() as db:
-                row = db.execute(_RESERVE, (amount, key_id, amount)).fetchone()
-                if row is not None:
-                    db.execute(
-                        "INSERT INTO holds VALUES (?, ?, ?, ?, ?, ?)",
-                        (request_id, key_id, amount, instance, model, time.time()),
-                    )
-                    return Reservation(True, row[0])
-        row = self._db.execute(
-            "SELECT credits, revoked_at FROM api_keys WHERE id = ?", (key_id,)
-        ).fetchone()
-        if row is None or row[1] is not None:
-            return Reservation(False, None, revoked=True)
-        balance: int | None = row[0]
-        return Reservation(balance is None or amount <= 0, balance)
+    async def is_revoked(self, key_id: int) -> bool:
+        # data_version changes only when another connection commits (another process, the CLI):
+        # until it does, a key this connection read as active still is. A few us, no lock.
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._version:
+            self._version = version
+            self._active.clear()
+        elif key_id in self._active:
+            return False
+        row = self._db.execute("SELECT revoked_at FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+        if row is None or row[0] is not None:
+            return True
+        self._active.add(key_id)
+        return False
+
+    async def fund(self, key_id: int, wallet: str, need: int, want: int, instance: str) -> Funding:
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT credits, revoked_at FROM api_keys WHERE id = ?", (key_id,)
+            ).fetchone()
+            if row is None or row[1] is not None:
+                return Funding(0, None, revoked=True)
+            balance: int | None = row[0]
+            if balance is None or balance < need or need <= 0:
+                return Funding(0, balance)
+            taken = max(need, min(want, balance // FAIR_SHARE))
+            db.execute("UPDATE api_keys SET credits = credits - ? WHERE id = ?", (taken, key_id))
+            db.execute(_FUND_WALLET, (wallet, key_id, taken, instance, time.time()))
+        return Funding(taken, balance - taken)
+
+    async def give_back(self, wallet: str) -> int:
+        with self._transaction() as db:
+            return _give_back(db, wallet)
 
     async def settle(self, entries: Sequence[LedgerEntry]) -> None:
         with self._transaction() as db:
@@ -188,10 +206,14 @@ class SQLiteStore:
     async def release_holds(self, instance: str) -> int:
         with self._transaction() as db:
             holds = db.execute(
-                "SELECT request_id, key_id, model, created_at FROM holds WHERE instance = ?",
+                "SELECT request_id, key_id, model, created_at, wallet FROM holds"
+                " WHERE instance = ?",
                 (instance,),
             ).fetchall()
-            for request_id, key_id, model, created_at in holds:
+            for request_id, key_id, model, created_at, wallet in holds:
+                if wallet:
+                    _give_back(db, request_id)
+                    continue
                 entry = LedgerEntry(
                     request_id, key_id, created_at, model, "", "", False, 500,
                     "interrupted", 0, 0, 0, 0, 0, None, 0.0,
@@ -223,20 +245,46 @@ def _connect(path: str) -> sqlite3.Connection:
     return db
 
 
+def _give_back(db: sqlite3.Connection, wallet: str) -> int:
+    row = db.execute(
+        "DELETE FROM holds WHERE request_id = ? AND wallet RETURNING key_id, amount", (wallet,)
+    ).fetchone()
+    if row is None:
+        return 0
+    db.execute("UPDATE api_keys SET credits = credits + ? WHERE id = ?", (row[1], row[0]))
+    return int(row[1])
+
+
 def _settle_one(db: sqlite3.Connection, entry: LedgerEntry) -> None:
-    """Release the hold, charge at most what the balance (plus the hold) covers, write the row."""
+    """Charge the cost from the wallet, then from the balance, never below zero; write the row.
+
+    An entry without a wallet releases the per-request hold of its id, if any (a journal or
+    holds written before wallets existed)."""
     if db.execute("SELECT 1 FROM ledger WHERE request_id = ?", (entry.request_id,)).fetchone():
         return  # already settled: a journal replayed twice
-    hold = db.execute(
-        "DELETE FROM holds WHERE request_id = ? RETURNING amount", (entry.request_id,)
-    ).fetchone()
-    held = hold[0] if hold else 0
+    held = in_wallet = 0
+    if entry.wallet is None:
+        hold = db.execute(
+            "DELETE FROM holds WHERE request_id = ? RETURNING amount", (entry.request_id,)
+        ).fetchone()
+        held = hold[0] if hold else 0
+    else:
+        hold = db.execute(
+            "SELECT amount FROM holds WHERE request_id = ?", (entry.wallet,)
+        ).fetchone()
+        in_wallet = hold[0] if hold else 0
     row = db.execute("SELECT credits FROM api_keys WHERE id = ?", (entry.key_id,)).fetchone()
     balance = row[0] if row else None
-    charged = entry.cost if balance is None else min(entry.cost, balance + held)
+    charged = entry.cost if balance is None else min(entry.cost, balance + held + in_wallet)
+    from_wallet = min(charged, in_wallet)
+    if from_wallet:
+        db.execute(
+            "UPDATE holds SET amount = amount - ? WHERE request_id = ?",
+            (from_wallet, entry.wallet),
+        )
     db.execute(
         "UPDATE api_keys SET credits = credits + ? - ?, spent = spent + ? WHERE id = ?",
-        (held, charged, charged, entry.key_id),
+        (held, charged - from_wallet, charged, entry.key_id),
     )
     db.execute(
         f"INSERT INTO ledger ({_LEDGER_COLUMNS})"

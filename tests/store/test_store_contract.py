@@ -1,4 +1,4 @@
-"""The Store contract: keys, atomic reservations, idempotent settlement, crashed holds.
+"""The Store contract: keys, atomic wallet top-ups, idempotent settlement, crashed holds.
 
 Every backend must pass the same tests: SQLite, and PostgreSQL in a throwaway schema (skipped
 when no server answers, a failure under CALLMISSED_REQUIRE_SERVICES=1).
@@ -10,11 +10,12 @@ import asyncio
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 
-from callmissed.store import KeyPolicy, LedgerEntry, Store, open_store
-from tests.accounting import postgres_schema
+from callmissed.store import Funding, KeyPolicy, LedgerEntry, Store, open_store
+from tests.accounting import postgres_schema, query_url
 
 Scenario = Callable[[Store], Awaitable[None]]
 
@@ -43,7 +44,9 @@ def run(url: str, scenario: Scenario) -> None:
     asyncio.run(main())
 
 
-def entry(request_id: str, key_id: int, cost: int, status: int = 200) -> LedgerEntry:
+def entry(
+    request_id: str, key_id: int, cost: int, status: int = 200, wallet: str | None = None
+) -> LedgerEntry:
     return LedgerEntry(
         request_id=request_id,
         key_id=key_id,
@@ -61,7 +64,21 @@ def entry(request_id: str, key_id: int, cost: int, status: int = 200) -> LedgerE
         cost=cost,
         ttfb_ms=1.0,
         total_ms=2.0,
+        wallet=wallet,
     )
+
+
+def raw_balance(url: str, key_id: int) -> int:
+    """api_keys.credits itself: the balance outside every wallet."""
+    return int(query_url(url, "SELECT credits FROM api_keys WHERE id = ?", key_id)[0][0])
+
+
+def wallets(url: str) -> dict[str, int]:
+    return dict(query_url(url, "SELECT request_id, amount FROM holds WHERE wallet"))
+
+
+def execute(url: str, sql: str, *params: Any) -> None:
+    query_url(url, sql, *params)
 
 
 def test_keys_round_trip(url):
@@ -86,43 +103,73 @@ def test_keys_round_trip(url):
     run(url, scenario)
 
 
-def test_unlimited_keys_hold_nothing_and_cannot_be_topped_up(url):
+def test_unlimited_keys_cannot_fund_a_wallet_nor_be_topped_up(url):
     async def scenario(store: Store) -> None:
         key = await store.create_key("free", "h", "cm_x", None)
-        held = await store.reserve(key.id, "r1", 10**9, "i1", "m")
-        assert held.ok and held.balance is None
+        funding = await store.fund(key.id, "w1", 10**9, 10**9, "i1")
+        assert funding == Funding(0, None)
         assert await store.hold_owners() == set()
         assert await store.topup(key.id, 5) is None
 
     run(url, scenario)
 
 
-def test_reserve_takes_the_worst_case_and_refuses_below_zero(url):
+def test_fund_takes_at_least_the_need_and_at_most_a_fair_share(url):
     async def scenario(store: Store) -> None:
-        key = await store.create_key("k", "h", "cm_x", 100)
-        first = await store.reserve(key.id, "r1", 60, "i1", "m")
-        assert first.ok and first.balance == 40
-        second = await store.reserve(key.id, "r2", 41, "i1", "m")
-        assert not second.ok and second.balance == 40 and not second.revoked
-        assert (await store.reserve(key.id, "r3", 40, "i1", "m")).ok  # exactly to zero
-        assert await store.hold_owners() == {"i1"}
-        await store.revoke_key(key.id)
-        assert (await store.reserve(key.id, "r4", 0, "i1", "m")).revoked
-        assert (await store.reserve(key.id, "r5", 1, "i1", "m")).revoked
-        assert (await store.reserve(12345, "r6", 1, "i1", "m")).revoked  # no such key
+        key = await store.create_key("k", "h", "cm_x", 1000)
+        # wants 1600, but a quarter of the balance is the most beyond the need
+        assert await store.fund(key.id, "w1", 100, 1600, "i1") == Funding(250, 750)
+        assert await store.fund(key.id, "w1", 10, 20, "i1") == Funding(20, 730)
+        assert await store.fund(key.id, "w1", 731, 731 * 16, "i1") == Funding(0, 730)
+        assert await store.fund(key.id, "w2", 730, 730 * 16, "i2") == Funding(730, 0)
+        assert await store.hold_owners() == {"i1", "i2"}
+        assert raw_balance(url, key.id) == 0
+        assert wallets(url) == {"w1": 270, "w2": 730}
+        record = await store.get_key(key.id)  # reads add the wallets back: nothing is spent
+        assert record is not None and (record.credits, record.spent) == (1000, 0)
+        assert [r.credits for r in await store.list_keys()] == [1000]
 
     run(url, scenario)
 
 
-def test_settle_releases_the_hold_charges_the_cost_and_is_idempotent(url):
+def test_revoked_and_missing_keys_fund_nothing_and_read_as_revoked(url):
     async def scenario(store: Store) -> None:
         key = await store.create_key("k", "h", "cm_x", 100)
-        await store.reserve(key.id, "r1", 60, "i1", "m")
-        await store.settle([entry("r1", key.id, 17)])
-        await store.settle([entry("r1", key.id, 17)])  # a replayed journal
+        assert not await store.is_revoked(key.id)
+        assert await store.is_revoked(12345)
+        assert await store.revoke_key(key.id)
+        assert await store.is_revoked(key.id)
+        assert await store.fund(key.id, "w1", 1, 1, "i1") == Funding(0, None, revoked=True)
+        assert await store.fund(12345, "w1", 1, 1, "i1") == Funding(0, None, revoked=True)
+
+    run(url, scenario)
+
+
+def test_is_revoked_sees_another_process_revoke_at_once(url):
+    async def scenario(store: Store) -> None:
+        key = await store.create_key("k", "h", "cm_x", 100)
+        assert not await store.is_revoked(key.id)  # now known to be active
+        other = open_store(url)  # another process's store, e.g. the CLI's
+        await other.start()
+        try:
+            assert await other.revoke_key(key.id)
+        finally:
+            await other.close()
+        await asyncio.sleep(0.05)  # PostgreSQL: the notification's way back over loopback
+        assert await store.is_revoked(key.id)
+
+    run(url, scenario)
+
+
+def test_settle_charges_the_wallet_and_is_idempotent(url):
+    async def scenario(store: Store) -> None:
+        key = await store.create_key("k", "h", "cm_x", 1000)
+        await store.fund(key.id, "w1", 60, 60, "i1")
+        await store.settle([entry("r1", key.id, 17, wallet="w1")])
+        await store.settle([entry("r1", key.id, 17, wallet="w1")])  # a replayed journal
+        assert (raw_balance(url, key.id), wallets(url)) == (940, {"w1": 43})
         record = await store.get_key(key.id)
-        assert record is not None and (record.credits, record.spent) == (83, 17)
-        assert await store.hold_owners() == set()
+        assert record is not None and (record.credits, record.spent) == (983, 17)
         [row] = await store.recent_usage(key.id, 10)
         assert (row["request_id"], row["cost"], row["uncharged"]) == ("r1", 17, 0)
         assert (row["stream"], row["status"], row["ttfb_ms"]) == (True, 200, 1.0)
@@ -130,34 +177,72 @@ def test_settle_releases_the_hold_charges_the_cost_and_is_idempotent(url):
     run(url, scenario)
 
 
-def test_settle_never_takes_the_balance_below_zero(url):
+def test_settle_takes_what_the_wallet_lacks_from_the_balance_never_below_zero(url):
     async def scenario(store: Store) -> None:
         key = await store.create_key("k", "h", "cm_x", 100)
-        await store.reserve(key.id, "r1", 30, "i1", "m")
-        await store.reserve(key.id, "r2", 70, "i1", "m")
-        # r1 used more than its hold: it takes 20 more, all there is
-        await store.settle([entry("r1", key.id, 50)])
+        await store.fund(key.id, "w1", 30, 30, "i1")
+        # used more than the wallet holds: the rest comes from the balance, 70 of 100
+        await store.settle([entry("r1", key.id, 100, wallet="w1")])
+        assert (raw_balance(url, key.id), wallets(url)) == (0, {"w1": 0})
+        await store.settle([entry("r2", key.id, 5, wallet="w1")])  # nothing left anywhere
+        rows = {row["request_id"]: row for row in await store.recent_usage(key.id, 10)}
+        assert (rows["r1"]["cost"], rows["r1"]["uncharged"]) == (100, 0)
+        assert (rows["r2"]["cost"], rows["r2"]["uncharged"]) == (0, 5)
         record = await store.get_key(key.id)
-        assert record is not None and record.credits == 0
-        [row] = await store.recent_usage(key.id, 10)
-        assert (row["cost"], row["uncharged"]) == (30, 20)
-        await store.settle([entry("r2", key.id, 10)])
-        record = await store.get_key(key.id)
-        assert record is not None and record.credits == 60
+        assert record is not None and (record.credits, record.spent) == (0, 100)
 
     run(url, scenario)
 
 
-def test_release_holds_gives_back_a_dead_instance_holds_only(url):
+def test_an_entry_without_a_wallet_charges_the_balance(url):
+    async def scenario(store: Store) -> None:
+        key = await store.create_key("k", "h", "cm_x", 10)
+        unlimited = await store.create_key("u", "h2", "cm_y", None)
+        await store.settle(
+            [entry("r1", key.id, 4), entry("r2", key.id, 9), entry("r3", unlimited.id, 9)]
+        )
+        rows = {row["request_id"]: row for row in await store.recent_usage(key.id, 10)}
+        assert (rows["r2"]["cost"], rows["r2"]["uncharged"]) == (6, 3)
+        record = await store.get_key(key.id)
+        assert record is not None and (record.credits, record.spent) == (0, 10)
+        record = await store.get_key(unlimited.id)
+        assert record is not None and (record.credits, record.spent) == (None, 9)
+
+    run(url, scenario)
+
+
+def test_give_back_returns_the_wallet_to_the_balance(url):
+    async def scenario(store: Store) -> None:
+        key = await store.create_key("k", "h", "cm_x", 1000)
+        await store.fund(key.id, "w1", 100, 100, "i1")
+        await store.settle([entry("r1", key.id, 17, wallet="w1")])
+        assert await store.give_back("w1") == 83
+        assert await store.give_back("w1") == 0
+        assert (raw_balance(url, key.id), wallets(url)) == (983, {})
+        assert await store.hold_owners() == set()
+        await store.settle([entry("r2", key.id, 5, wallet="w1")])  # settled late: the balance pays
+        assert raw_balance(url, key.id) == 978
+
+    run(url, scenario)
+
+
+def test_release_holds_gives_back_a_dead_instance_wallets_and_holds_only(url):
     async def scenario(store: Store) -> None:
         key = await store.create_key("k", "h", "cm_x", 100)
-        await store.reserve(key.id, "dead-1", 30, "dead", "m")
-        await store.reserve(key.id, "live-1", 20, "live", "m")
-        assert await store.release_holds("dead") == 1
+        await store.fund(key.id, "dead-wallet", 30, 30, "dead")
+        await store.fund(key.id, "live-wallet", 20, 20, "live")
+        # a per-request hold, as a process from before wallets left it
+        execute(url, "UPDATE api_keys SET credits = credits - 10 WHERE id = ?", key.id)
+        execute(
+            url,
+            "INSERT INTO holds (request_id, key_id, amount, instance, model, created_at)"
+            " VALUES ('dead-1', ?, 10, 'dead', 'm', 1.0)",
+            key.id,
+        )
+        assert await store.release_holds("dead") == 2
         assert await store.hold_owners() == {"live"}
-        record = await store.get_key(key.id)
-        assert record is not None and record.credits == 80
-        [row] = await store.recent_usage(key.id, 10)
+        assert (raw_balance(url, key.id), wallets(url)) == (80, {"live-wallet": 20})
+        [row] = await store.recent_usage(key.id, 10)  # the wallet is not a request: no row
         assert (row["request_id"], row["status"], row["error_code"], row["cost"]) == (
             "dead-1",
             500,
@@ -165,37 +250,46 @@ def test_release_holds_gives_back_a_dead_instance_holds_only(url):
             0,
         )
         await store.settle([entry("dead-1", key.id, 30)])  # a late settlement is a no-op
-        record = await store.get_key(key.id)
-        assert record is not None and record.credits == 80
+        assert raw_balance(url, key.id) == 80
 
     run(url, scenario)
 
 
-def test_concurrent_reservations_from_many_connections_never_overdraw(url):
+def test_concurrent_top_ups_and_settlements_from_many_processes_never_overdraw(url):
     # Eight stores (as eight worker processes would have), each in its own thread and event
-    # loop; SQLite drops the GIL while it works and PostgreSQL serves them in parallel.
+    # loop, each topping up its own wallet and settling requests from it; SQLite drops the GIL
+    # while it works and PostgreSQL serves them in parallel.
     created: list[int] = []
     run(url, lambda store: _create(store, created))
-    granted: list[bool] = []
+    taken: list[int] = []
 
-    async def reserve_many(store: Store, index: int) -> None:
+    async def spend(store: Store, index: int) -> None:
+        wallet = f"w{index}"
         for n in range(50):
-            held = await store.reserve(created[0], f"r{index}-{n}", 7, f"i{index}", "m")
-            granted.append(held.ok)
+            funding = await store.fund(created[0], wallet, 7, 7 * 16, f"i{index}")
+            assert funding.taken == 0 or funding.taken >= 7
+            taken.append(funding.taken)
+            if funding.taken:
+                await store.settle([entry(f"r{index}-{n}", created[0], 3, wallet=wallet)])
 
     def worker(index: int) -> None:
-        run(url, lambda store: reserve_many(store, index))
+        run(url, lambda store: spend(store, index))
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert granted.count(True) == 1000 // 7
+    left = raw_balance(url, created[0])
+    assert 0 <= left < 7  # never below zero, and nothing refused while 7 was there
+    in_wallets = sum(wallets(url).values())
+    charged = 3 * sum(1 for amount in taken if amount)
+    assert sum(taken) == 1000 - left
+    assert left + in_wallets + charged == 1000
 
     async def check(store: Store) -> None:
         record = await store.get_key(created[0])
-        assert record is not None and record.credits == 1000 - 7 * (1000 // 7)
+        assert record is not None and (record.credits, record.spent) == (1000 - charged, charged)
 
     run(url, check)
 
