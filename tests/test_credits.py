@@ -475,3 +475,54 @@ def test_keepalive_streams_settle_too(upstream, tmp_path):
     finally:
         stop_gateway(running)
 
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_worker_processes_share_a_key_without_overdrawing_it(upstream, tmp_path, backend):
+    """Each worker has its own wallet for the key: together they never spend more than it has,
+    settle to the micro-credit, give their wallets back when idle, and both refuse the key as
+    soon as another process revokes it."""
+    journals = tmp_path / "ledger"
+    with backend_env(backend) as env:
+        running = start_billing_gateway(
+            upstream, tmp_path, "--workers", "2", CALLMISSED_LEDGER_DIR=str(journals), **env
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while len(list(journals.glob("*.journal"))) < 2:  # both workers are up and serving
+                assert time.monotonic() < deadline, "the second worker did not start"
+                time.sleep(0.05)
+            key, key_id = new_key(running, credits="0.00107")  # ten worst cases at a time
+
+            async def burst() -> list[int]:
+                async with httpx.AsyncClient(
+                    base_url=running.base_url,
+                    headers={"authorization": f"Bearer {key}"},
+                    timeout=30,
+                    limits=httpx.Limits(max_connections=100),
+                ) as client:
+                    body = {"model": "priced-slow", "max_tokens": 50, "stream": True}
+                    body["messages"] = [{"role": "user", "content": "Say hello"}]
+                    responses = await asyncio.gather(
+                        *(client.post("/chat/completions", json=body) for _ in range(100))
+                    )
+                    return [response.status_code for response in responses]
+
+            statuses = asyncio.run(burst())
+            assert set(statuses) <= {200, 402} and 200 in statuses
+            successes = statuses.count(200)
+            deadline = time.monotonic() + 15
+            while in_wallets(running, key_id) and time.monotonic() < deadline:
+                time.sleep(0.1)  # both workers settle, then give their idle wallets back
+            assert in_wallets(running, key_id) == 0
+            [(credits, spent)] = query(
+                running, "SELECT credits, spent FROM api_keys WHERE id = ?", key_id
+            )
+            assert (credits, spent) == (1070 - successes * HELLO_COST, successes * HELLO_COST)
+            assert query(
+                running, "SELECT count(*), sum(cost) FROM ledger WHERE key_id = ?", key_id
+            ) == [(successes, successes * HELLO_COST)]
+            assert running.cli("keys", "revoke", str(key_id)).returncode == 0
+            after = [chat(running, key, max_tokens=10).status_code for _ in range(6)]
+            assert after == [401] * 6  # whichever worker answers
+        finally:
+            stop_gateway(running)
