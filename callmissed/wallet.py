@@ -23,7 +23,8 @@ __all__ = ["BATCH", "IDLE", "Wallet", "Wallets"]
 log = logging.getLogger("callmissed")
 
 BATCH = 16  # a top-up asks for this many worst cases (the store caps it at a fair share)
-REFILL_BELOW = 4  # worst cases left in a wallet under which it is topped up in the background
+MAX_BATCH = 1024  # ...doubling up to this many while top-ups come less than a second apart
+REFILL_BELOW = 4  # a wallet with less than a quarter of a batch left is topped up in the background
 IDLE = 2.0  # seconds without a request after which a wallet goes back to the key's balance
 
 
@@ -37,7 +38,10 @@ class Wallet:
     and top-ups holding part of it; a wallet is given back only when there are none.
     """
 
-    __slots__ = ("flying", "free", "funded", "hold_id", "key_id", "refilling", "used_at")
+    __slots__ = (
+        "batch", "flying", "free", "funded", "funded_at", "hold_id", "key_id", "refilling",
+        "used_at",
+    )  # fmt: skip
 
     def __init__(self, key_id: int, hold_id: str) -> None:
         self.key_id = key_id
@@ -45,6 +49,8 @@ class Wallet:
         self.free = 0
         self.flying = 0
         self.funded = False  # the store has a row for it
+        self.funded_at = 0.0
+        self.batch = BATCH  # worst cases the next top-up asks for
         self.refilling = False  # a background top-up is on its way
         self.used_at = time.monotonic()
 
@@ -80,7 +86,7 @@ class Wallets:
         if wallet is None or wallet.free < amount:
             return None
         wallet.take(amount)
-        if wallet.free < REFILL_BELOW * amount and not wallet.refilling:
+        if wallet.free * REFILL_BELOW < wallet.batch * amount and not wallet.refilling:
             wallet.refilling = True
             refill = asyncio.get_running_loop().create_task(self._refill(wallet, amount))
             self._refills.add(refill)
@@ -100,7 +106,7 @@ class Wallets:
             wallet = Wallet(key_id, f"wallet:{self._instance}:{key_id}:{self._opened}")
             self._open[key_id] = wallet
         while wallet.free < amount:  # another request may take what arrives while we wait
-            funding = await self._fund(wallet, amount - wallet.free, BATCH * amount)
+            funding = await self._fund(wallet, amount - wallet.free, amount)
             if not funding.taken:
                 if not (wallet.funded or wallet.flying) and self._open.get(key_id) is wallet:
                     del self._open[key_id]  # nothing to give back or retire
@@ -111,15 +117,17 @@ class Wallets:
     async def _refill(self, wallet: Wallet, amount: int) -> None:
         try:
             if self._open.get(wallet.key_id) is wallet:
-                await self._fund(wallet, amount, BATCH * amount)
+                await self._fund(wallet, amount, amount)
         except Exception as exc:  # the next request that finds the wallet short tries again
             log.warning("wallet: topping up key %d failed: %s", wallet.key_id, exc)
         finally:
             wallet.refilling = False
 
-    async def _fund(self, wallet: Wallet, need: int, want: int) -> Funding:
+    async def _fund(self, wallet: Wallet, need: int, amount: int) -> Funding:
+        """Top up by at least `need`, asking for a batch of `amount`-sized worst cases."""
         wallet.flying += 1  # not given back while the store answers
         try:
+            want = max(need, wallet.batch * amount)
             funding = await self._store.fund(
                 wallet.key_id, wallet.hold_id, need, want, self._instance
             )
@@ -128,8 +136,13 @@ class Wallets:
         if self.closed and funding.taken:  # shut down meanwhile: nobody would give it back
             await self._store.give_back(wallet.hold_id)
             return Funding(0, None)
-        wallet.free += funding.taken
-        wallet.funded = wallet.funded or funding.taken > 0
+        if funding.taken:
+            wallet.free += funding.taken
+            wallet.funded = True
+            now = time.monotonic()
+            if now - wallet.funded_at < 1.0:  # a busy key: fewer, larger top-ups
+                wallet.batch = min(wallet.batch * 2, MAX_BATCH)
+            wallet.funded_at = now
         return funding
 
     async def retire(self, key_id: int) -> bool:

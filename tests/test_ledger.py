@@ -19,7 +19,7 @@ import pytest
 from callmissed import ledger as ledger_module, wallet as wallet_module
 from callmissed.ledger import Ledger
 from callmissed.store import LedgerEntry, Store, open_store
-from callmissed.wallet import Wallet
+from callmissed.wallet import Wallet, Wallets
 from tests.accounting import (
     BACKENDS,
     HELLO_COST,
@@ -271,6 +271,44 @@ def test_a_settled_journal_starts_over(store, tmp_path, monkeypatch):
 
     asyncio.run(run())
     assert call(store.get_key(key.id)).spent == 101
+
+
+class _CountingStore:
+    """A real store that counts the wallet top-ups asked of it."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.funds = 0
+
+    async def fund(self, *args: Any) -> Any:
+        self.funds += 1
+        return await self.inner.fund(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_busy_wallet_is_topped_up_in_the_background_in_growing_batches(store):
+    key = call(store.create_key("k", "h", "cm_x", 10**12))
+    counting = _CountingStore(store)
+    wallets = Wallets(counting, "i1")
+
+    async def run() -> None:
+        first = await wallets.top_up(key.id, 100)  # the wallet was empty: the request waits
+        assert isinstance(first, Wallet)
+        first.put_back(100, 40)
+        for _ in range(2000):
+            wallet = wallets.take(key.id, 100)
+            assert wallet is not None  # never short: refills landed in time
+            wallet.put_back(100, 40)
+            await asyncio.sleep(0)  # other requests, and a refill, run in between
+        assert counting.funds <= 8  # 16, 32, 64... worst cases per top-up, not 16 each time
+        await wallets.close()
+        assert await store.release_holds("i1") == 1  # one row, however many top-ups
+
+    asyncio.run(run())
+    record = call(store.get_key(key.id))
+    assert record is not None and record.credits == 10**12  # nothing journaled, nothing spent
 
 
 def test_a_journal_that_starts_over_keeps_the_requests_in_flight(store, tmp_path, monkeypatch):
