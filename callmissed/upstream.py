@@ -1,14 +1,16 @@
 """The only module that talks to upstreams: one pooled client per provider.
 
 Two transports, chosen per provider (docs/performance.md has the measurements):
-- aiohttp for HTTP/1.1 upstreams (plain-http vLLM, Ollama, llama.cpp): ~5x less CPU per
-  streamed request than httpx, which collapses under concurrency here;
+- callmissed/http1.py for HTTP/1.1 upstreams (plain-http vLLM, Ollama, llama.cpp): our own
+  asyncio.Protocol + llhttp client, because aiohttp's client (itself ~5x cheaper than httpx)
+  was still ~14% of the gateway's CPU per streamed request;
 - pyreqwest (Rust hyper) for HTTP/2 upstreams: https providers negotiate h2 via ALPN, so one
   multiplexed connection carries many requests. Its streamed read buffer is set to 0 so
   chunks are handed on as they arrive rather than collected into 64 KiB.
 `sim` providers are answered in-process by callmissed/simulator.py.
-Pools are kept warm (`warm_connections`, `warm_interval`): a HEAD at start-up and whenever an
-upstream sat idle opens its connections ahead of time, so no user request pays the TLS handshake.
+Pools are kept warm (`warm_connections`, `warm_interval`): at start-up and whenever an upstream
+sat idle, its connections are opened ahead of time (HTTP/1.1: bare TCP and TLS handshakes; h2:
+a HEAD), so no user request pays the handshake.
 """
 
 from __future__ import annotations
@@ -17,18 +19,18 @@ import asyncio
 import contextlib
 import logging
 import math
-import ssl
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
-import aiohttp
 from pyreqwest.client import Client as H2Client, ClientBuilder
 from pyreqwest.exceptions import PyreqwestError
 from pyreqwest.request import StreamRequest
 
+from callmissed import http1
 from callmissed.errors import UpstreamError, UpstreamTimeout
 from callmissed.providers import Provider, UpstreamRequest
 from callmissed.settings import ProviderSettings, Settings, SimProfile
@@ -79,7 +81,7 @@ class Upstream:
         for provider in self._settings.providers.values():
             if provider.type == "sim" or provider.missing:
                 continue
-            transport = _Http2Transport if provider.uses_http2 else _AiohttpTransport
+            transport = _Http2Transport if provider.uses_http2 else _Http1Transport
             self._transports[provider.name] = transport(provider, self._settings)
         if self._settings.resilience.warm_connections and self._transports:
             self._warmer = asyncio.ensure_future(self._keep_warm())
@@ -100,7 +102,7 @@ class Upstream:
             await asyncio.sleep(policy.warm_interval)
 
     async def _warm(self, name: str, count: int) -> None:
-        # Any cheap request opens the connection (and TLS, and h2); its answer does not matter.
+        # HTTP/1.1 opens bare connections to its origin; h2 sends a HEAD, whose answer is moot.
         url = f"{self._settings.providers[name].base_url}/models"
         try:
             async with asyncio.timeout(self._settings.timeouts.connect + 5.0):
@@ -153,68 +155,74 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-class _AiohttpTransport:
+class _Http1Transport:
+    """callmissed.http1: one pooled client per origin the provider's URLs name."""
+
     def __init__(self, provider: ProviderSettings, settings: Settings) -> None:
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=settings.connect_timeout, sock_read=settings.read_timeout
-        )
-        ssl_context: ssl.SSLContext | bool = True
-        if provider.ca_file:
-            ssl_context = ssl.create_default_context(cafile=provider.ca_file)
-        connector = aiohttp.TCPConnector(
-            limit=0, ttl_dns_cache=300, keepalive_timeout=60, ssl=ssl_context
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=timeout,
-            skip_auto_headers=("User-Agent",),
-            auto_decompress=True,
-        )
+        self._ca_file = provider.ca_file
+        self._settings = settings
+        self._clients: dict[str, http1.Client] = {}  # by origin
+        self._routes: dict[str, tuple[http1.Client, str]] = {}  # by URL: client, request target
+
+    def _route(self, url: str) -> tuple[http1.Client, str]:
+        route = self._routes.get(url)
+        if route is None:
+            parts = urlsplit(url)
+            origin = f"{parts.scheme}://{parts.netloc}"
+            client = self._clients.get(origin)
+            if client is None:
+                client = self._clients[origin] = http1.Client(
+                    origin,
+                    connect_timeout=self._settings.connect_timeout,
+                    read_timeout=self._settings.read_timeout,
+                    ca_file=self._ca_file,
+                )
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            if len(self._routes) > 1000:  # URLs that name the model each time
+                self._routes.clear()
+            route = self._routes[url] = (client, target)
+        return route
 
     async def send(self, provider: Provider, request: UpstreamRequest) -> UpstreamResponse:
+        client, target = self._route(request.url)
         try:
-            response = await self._session.post(
-                request.url, data=request.body, headers=request.headers
-            )
-        except (TimeoutError, aiohttp.ClientError) as exc:
+            response = await client.send("POST", target, request.headers, request.body)
+        except OSError as exc:  # refused, reset, TLS, timeouts (TimeoutError is an OSError)
             raise _unreachable(provider, exc) from None
-        return _AiohttpResponse(response, provider)
+        return _Http1Response(response, provider)
 
     async def warm(self, url: str, count: int) -> None:
-        async def one() -> None:
-            async with self._session.head(url, allow_redirects=False) as response:
-                await response.read()
-
-        await asyncio.gather(*(one() for _ in range(count)), return_exceptions=True)
+        await self._route(url)[0].warm(count)
 
     async def close(self) -> None:
-        await self._session.close()
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()
+        self._routes.clear()
 
 
-class _AiohttpResponse:
+class _Http1Response:
     __slots__ = ("_provider", "_response", "http_version", "retry_after", "status")
 
-    def __init__(self, response: aiohttp.ClientResponse, provider: Provider) -> None:
+    def __init__(self, response: http1.Response, provider: Provider) -> None:
         self._response = response
         self._provider = provider
         self.status = response.status
-        self.retry_after = _retry_after(response.headers.get("retry-after"))
-        version = response.version
-        self.http_version = f"HTTP/{version.major}.{version.minor}" if version else "HTTP/1.1"
+        self.retry_after = _retry_after(response.header("retry-after"))
+        self.http_version = response.http_version
 
     async def read(self) -> bytes:
         try:
             return await self._response.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except OSError as exc:
             raise _broken(self._provider, exc) from None
-        finally:
-            self._response.release()
 
     async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        receive = self._response.receive
         try:
-            async for chunk in self._response.content.iter_any():
+            while chunk := await receive():
                 yield chunk
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except OSError as exc:
             raise _broken(self._provider, exc) from None
 
     def close(self) -> None:

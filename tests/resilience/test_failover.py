@@ -139,7 +139,9 @@ def test_fault_on_the_first_route(client, faults, fault, stream):
             client.chat.completions.create(model=model, messages=MESSAGES, stream=stream)
         assert status_error.value.status_code == expected
         assert _calls(faults, second, stream) == 0
-    if fault != "refuse":
+    if fault == "reset-before":  # on a reused keep-alive connection, it is retried once
+        assert _calls(faults, first, stream) in (1, 2)
+    elif fault != "refuse":
         assert _calls(faults, first, stream) == 1
 
 

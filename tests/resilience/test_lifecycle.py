@@ -6,7 +6,9 @@ import signal
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anthropic
 import httpx
@@ -21,6 +23,7 @@ from tests.fakes.faults import FaultUpstream
 from tests.resilience.conftest import launch, sdk
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello"}]
+TCP_TABLE = Path("/proc/net/tcp")
 
 MODELS = """
 [models."wait"]
@@ -186,20 +189,32 @@ def test_a_fast_failure_keeps_its_real_status(edge):
         client.chat.completions.create(model="ka-rejected", messages=MESSAGES, stream=True)
 
 
+@pytest.mark.skipif(not TCP_TABLE.exists(), reason="reads Linux's table of TCP sockets")
 def test_pools_are_warm_before_the_first_request(upstream, faults, tmp_path):
-    before = len(faults.warmups)
+    port = urlsplit(faults.url).port
+    assert port is not None
+    before = _clients_of(port)
     running = launch(upstream, faults, tmp_path / "warm", MODELS, CALLMISSED_WARM_CONNECTIONS="1")
     try:
-        # fa, fb and cf get a connection each (dead refuses; that is no error)
-        faults.wait_for(lambda: len(faults.warmups) - before >= 3)
-        ports = {port for _, port in faults.warmups[before:]}
-        assert {path for path, _ in faults.warmups[before:]} >= {"/openai/v1/models"}
+        # fa, fb and cf open a connection each, sending nothing (dead refuses; that is no error)
+        faults.wait_for(lambda: len(_clients_of(port) - before) >= 3)
+        ports = _clients_of(port) - before
         with sdk(running) as client:
             client.chat.completions.create(model="warm", messages=MESSAGES)
         # The first request rode a connection the warm-up had opened: no handshake to wait for.
         assert faults.for_model("warm/ok")[-1].port in ports
     finally:
         stop_gateway(running)
+
+
+def _clients_of(port: int) -> set[int]:
+    """The client ports of established TCP connections to local `port` (our fakes' side)."""
+    rows = (line.split() for line in TCP_TABLE.read_text().splitlines()[1:])
+    return {
+        int(row[2].split(":")[1], 16)
+        for row in rows
+        if row[3] == "01" and int(row[1].split(":")[1], 16) == port
+    }
 
 
 def _stream_in_thread(gateway: Gateway, model: str, started: threading.Event) -> dict[str, Any]:
