@@ -32,7 +32,7 @@ from callmissed.errors import (
 from callmissed.ledger import Ledger
 from callmissed.ratelimit import Lease, Limiter
 from callmissed.settings import ModelSettings, Prices
-from callmissed.store import LedgerEntry, Store
+from callmissed.store import Funding, LedgerEntry, Store
 from callmissed.token_estimate import estimate_input_tokens
 from callmissed.wallet import Wallet
 
@@ -218,9 +218,7 @@ class Credits:
 
     async def _top_up(self, key_id: int, hold: int) -> Wallet:
         wallets = self._ledger.wallets
-        if wallets.closed:
-            raise ShuttingDown("The server is shutting down; send the request again.")
-        held = await wallets.top_up(key_id, hold)
+        held = await wallets.top_up(key_id, hold) if not wallets.closed else Funding(0, None)
         if isinstance(held, Wallet):
             return held
         # The wallet may undercount what its row holds (a request that cost more than its hold):
@@ -232,6 +230,8 @@ class Credits:
                 return held
         if held.revoked:
             self._revoked()
+        if wallets.closed:  # after shutdown nothing may be funded: nobody would give it back
+            raise ShuttingDown("The server is shutting down; send the request again.")
         left = (held.balance or 0) + wallets.free(key_id)
         raise InsufficientCredits(
             f"Insufficient credits: this key has ${format_credits(left):.6f} "

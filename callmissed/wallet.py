@@ -107,7 +107,7 @@ class Wallets:
             self._open[key_id] = wallet
         while wallet.free < amount:  # another request may take what arrives while we wait
             funding = await self._fund(wallet, amount - wallet.free, amount)
-            if not funding.taken:
+            if not funding.taken and wallet.free < amount:
                 if not (wallet.funded or wallet.flying) and self._open.get(key_id) is wallet:
                     del self._open[key_id]  # nothing to give back or retire
                 return funding
