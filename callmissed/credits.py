@@ -223,8 +223,9 @@ class Credits:
             return held
         # The wallet may undercount what its row holds (a request that cost more than its hold):
         # once this process's entries are settled, giving it back makes the next top-up exact.
-        retry = not held.revoked and wallets.retirable(key_id)
-        if retry and await self._ledger.flush(at_most=1.0) and await wallets.retire(key_id):
+        settled = not held.revoked and wallets.retirable(key_id)
+        settled = settled and await self._ledger.flush(at_most=1.0) and not self._ledger.pending
+        if settled and await wallets.retire(key_id):
             held = await wallets.top_up(key_id, hold)
             if isinstance(held, Wallet):
                 return held

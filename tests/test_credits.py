@@ -322,6 +322,19 @@ def test_a_balance_that_covers_exactly_n_requests_gets_n_then_402(billing):
     ]
 
 
+def test_requests_that_cost_more_than_their_hold_are_charged_as_before(billing):
+    # max_tokens=1 holds 7 + 2 = 9, but the fake answers 6 tokens: each costs 17. The wallet pays
+    # what it can and the balance the rest; the wallet's own count of what it has left falls
+    # behind the store's, which must not turn a request the key can pay for into a 402.
+    key, key_id = new_key(billing, credits="0.00005")
+    statuses = [chat(billing, key, max_tokens=1).status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 402]  # 50 - 17 - 17 = 16 still covers a hold of 9
+    settle(billing, key)
+    assert balance(billing, key_id) == 0
+    rows = query(billing, "SELECT cost, uncharged FROM ledger WHERE key_id = ?", key_id)
+    assert sorted(rows) == [(16, 1), (17, 0), (17, 0)]  # never below zero
+
+
 def test_many_requests_settle_to_exactly_the_expected_balance(billing):
     key, key_id = new_key(billing, credits=1)
 
