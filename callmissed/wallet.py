@@ -35,12 +35,13 @@ class Wallet:
     store's row will hold once this process's finished requests are settled: a request that cost
     more than its hold takes the difference out of `free` (below zero if need be), while the
     store may have taken part of it from the key's balance instead. `flying` counts the requests
-    and top-ups holding part of it; a wallet is given back only when there are none.
+    and top-ups holding or waiting for part of it; a wallet is given back only when there are
+    none.
     """
 
     __slots__ = (
-        "batch", "flying", "free", "funded", "funded_at", "hold_id", "key_id", "refilling",
-        "used_at",
+        "batch", "flying", "free", "funded", "funded_at", "funding", "hold_id", "key_id",
+        "refilling", "used_at",
     )  # fmt: skip
 
     def __init__(self, key_id: int, hold_id: str) -> None:
@@ -51,6 +52,7 @@ class Wallet:
         self.funded = False  # the store has a row for it
         self.funded_at = 0.0
         self.batch = BATCH  # worst cases the next top-up asks for
+        self.funding = asyncio.Lock()  # held by the top-up on its way, if any
         self.refilling = False  # a background top-up is on its way
         self.used_at = time.monotonic()
 
@@ -105,34 +107,39 @@ class Wallets:
             self._opened += 1
             wallet = Wallet(key_id, f"wallet:{self._instance}:{key_id}:{self._opened}")
             self._open[key_id] = wallet
-        while wallet.free < amount:  # another request may take what arrives while we wait
-            funding = await self._fund(wallet, amount - wallet.free, amount)
-            if not funding.taken and wallet.free < amount:
-                if not (wallet.funded or wallet.flying) and self._open.get(key_id) is wallet:
-                    del self._open[key_id]  # nothing to give back or retire
-                return funding
-        wallet.take(amount)
-        return wallet
+        wallet.flying += 1  # not given back while this waits
+        try:
+            # One top-up at a time per wallet, so that each sees what the one before brought:
+            # concurrent ones could each be refused while together they had covered them all.
+            async with wallet.funding:
+                while wallet.free < amount:
+                    funding = await self._fund(wallet, amount - wallet.free, amount)
+                    if not funding.taken:
+                        return funding
+                wallet.take(amount)
+                return wallet
+        finally:
+            wallet.flying -= 1
+            if not (wallet.funded or wallet.flying) and self._open.get(key_id) is wallet:
+                del self._open[key_id]  # refused before it held anything: nothing to give back
 
     async def _refill(self, wallet: Wallet, amount: int) -> None:
+        wallet.flying += 1
         try:
-            if self._open.get(wallet.key_id) is wallet:
-                await self._fund(wallet, amount, amount)
+            async with wallet.funding:
+                low = wallet.free * REFILL_BELOW < wallet.batch * amount
+                if low and self._open.get(wallet.key_id) is wallet:
+                    await self._fund(wallet, amount, amount)
         except Exception as exc:  # the next request that finds the wallet short tries again
             log.warning("wallet: topping up key %d failed: %s", wallet.key_id, exc)
         finally:
+            wallet.flying -= 1
             wallet.refilling = False
 
     async def _fund(self, wallet: Wallet, need: int, amount: int) -> Funding:
         """Top up by at least `need`, asking for a batch of `amount`-sized worst cases."""
-        wallet.flying += 1  # not given back while the store answers
-        try:
-            want = max(need, wallet.batch * amount)
-            funding = await self._store.fund(
-                wallet.key_id, wallet.hold_id, need, want, self._instance
-            )
-        finally:
-            wallet.flying -= 1
+        want = max(need, wallet.batch * amount)
+        funding = await self._store.fund(wallet.key_id, wallet.hold_id, need, want, self._instance)
         if self.closed and funding.taken:  # shut down meanwhile: nobody would give it back
             await self._store.give_back(wallet.hold_id)
             return Funding(0, None)
