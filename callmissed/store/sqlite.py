@@ -9,6 +9,7 @@ does fsync, runs on a background thread instead of inside some request's commit.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 import time
@@ -45,6 +46,7 @@ class SQLiteStore:
         self._migrate()
         self._version = -1  # PRAGMA data_version when _active was last true
         self._active: set[int] = set()  # keys read as not revoked since then
+        self._looked: asyncio.AbstractEventLoop | None = None  # read data_version this pass
         self._stop = threading.Event()
         self._checkpointer: threading.Thread | None = None
         if path != ":memory:":
@@ -163,18 +165,27 @@ class SQLiteStore:
 
     async def is_revoked(self, key_id: int) -> bool:
         # data_version changes only when another connection commits (another process, the CLI):
-        # until it does, a key this connection read as active still is. A few us, no lock.
-        version = self._db.execute("PRAGMA data_version").fetchone()[0]
-        if version != self._version:
-            self._version = version
-            self._active.clear()
-        elif key_id in self._active:
+        # until it does, a key this connection read as active still is. It costs a few us (a
+        # read lock on the WAL index), so requests that the event loop runs in the same pass,
+        # which all arrived before it began, share one look.
+        loop = asyncio.get_running_loop()
+        if self._looked is not loop:
+            self._looked = loop
+            loop.call_soon(self._look_again)
+            version = self._db.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._version:
+                self._version = version
+                self._active.clear()
+        if key_id in self._active:
             return False
         row = self._db.execute("SELECT revoked_at FROM api_keys WHERE id = ?", (key_id,)).fetchone()
         if row is None or row[0] is not None:
             return True
         self._active.add(key_id)
         return False
+
+    def _look_again(self) -> None:
+        self._looked = None
 
     async def fund(self, key_id: int, wallet: str, need: int, want: int, instance: str) -> Funding:
         with self._transaction() as db:
