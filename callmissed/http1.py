@@ -25,6 +25,7 @@ __all__ = ["Client", "Disconnected", "ProtocolError", "Response"]
 
 _HIGH_WATER = 256 * 1024  # buffered unread body bytes before the socket stops being read
 _SWEEP_EVERY = 5.0  # seconds between looks for connections idle past keepalive_timeout
+_LINGER = 1.0  # seconds a released response may take to end before its connection is closed
 _KEPT = frozenset(
     (b"connection", b"content-encoding", b"content-length", b"retry-after", b"transfer-encoding")
 )
@@ -104,6 +105,13 @@ class Response:
         """Done with the response; an unfinished body closes its connection."""
         if self._conn is not None:
             self._conn.fail(Disconnected("the response was closed"))
+
+    def release(self) -> None:
+        """Done with a response whose content is complete though its body may not have ended
+        yet (a stream's `[DONE]` usually comes before the chunked terminator): the connection
+        reads the rest for up to a second and is then reused, rather than closed."""
+        if self._conn is not None:
+            self._conn.linger(self)
 
     async def _until_headers(self) -> None:
         try:
@@ -192,6 +200,13 @@ class _Connection(asyncio.Protocol):
     def close(self) -> None:
         self.closed = True
         self.transport.close()
+
+    def linger(self, response: Response) -> None:
+        self.loop.call_later(_LINGER, self._end_lingering, response)
+
+    def _end_lingering(self, response: Response) -> None:
+        if self.response is response:  # its message never ended
+            self.fail(Disconnected("the response did not end"))
 
     def pause(self) -> None:
         self.paused = True
@@ -319,7 +334,12 @@ class Client:
         read_timeout: float,
         ca_file: str | None = None,
         keepalive_timeout: float = 60.0,
+        stale_after: float = 1.0,
     ) -> None:
+        """`stale_after`: a kept-alive connection idle at least this long may have been closed
+        by the upstream just as we reused it, so a request that then fails before any response
+        byte is sent again, once. Sooner than that, the failure is the upstream's own (it read
+        the request) and a POST is not repeated."""
         url = urlsplit(origin)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"not an http(s) URL: {origin}")
@@ -328,6 +348,7 @@ class Client:
         self.read_timeout = read_timeout
         self._connect_timeout = connect_timeout
         self._keepalive = keepalive_timeout
+        self._stale_after = stale_after
         self._host = url.hostname
         self._port = url.port or (443 if tls else 80)
         name = f"[{self._host}]" if ":" in self._host else self._host
@@ -351,12 +372,13 @@ class Client:
         request = head.encode("latin-1") + body
         conn = self._checkout()
         if conn is not None:
+            idle = self.loop.time() - conn.idle_since
             response = conn.start(request)
             try:
                 await response._until_headers()
                 return response
             except ConnectionError:
-                if response.begun:
+                if response.begun or idle < self._stale_after:
                     raise
                 # The upstream had closed this kept-alive connection before it read the request.
         response = (await self._connect()).start(request)

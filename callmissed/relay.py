@@ -177,7 +177,10 @@ class ChatStream:
         if self._closed:
             return
         self._closed = True
-        self._response.close()
+        if self._done:
+            self._response.release()
+        else:
+            self._response.close()
         if self.on_end is not None:
             self.on_end(self)
         if self._meter is not None:

@@ -83,6 +83,9 @@ class SimulatedResponse:
     def close(self) -> None:
         pass
 
+    def release(self) -> None:
+        pass
+
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
         return self._frame({**self._envelope(), "choices": [choice]})

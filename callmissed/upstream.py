@@ -48,7 +48,11 @@ class UpstreamResponse(Protocol):
 
     def aiter_bytes(self) -> AsyncIterator[bytes]: ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Stop the response now: the upstream sees the request cancelled."""
+
+    def release(self) -> None:
+        """The answer is complete (a stream's [DONE] arrived): keep the connection if it can be."""
 
 
 log = logging.getLogger("callmissed")
@@ -228,6 +232,9 @@ class _Http1Response:
     def close(self) -> None:
         self._response.close()
 
+    def release(self) -> None:
+        self._response.release()
+
 
 class _Http2Transport:
     def __init__(self, provider: ProviderSettings, settings: Settings) -> None:
@@ -311,6 +318,9 @@ class _Http2Response:
         if self._closing is None:
             self._closing = asyncio.ensure_future(self._request.__aexit__(None, None, None))
             self._closing.add_done_callback(_ignore_outcome)
+
+    def release(self) -> None:
+        self.close()  # an h2 stream ends by itself; the connection stays either way
 
 
 def _ignore_outcome(future: asyncio.Future[Any]) -> None:

@@ -192,22 +192,58 @@ def test_a_connection_the_server_closed_while_idle_is_not_used(run: Run):
     run(main())
 
 
-def test_a_request_the_server_dropped_on_a_reused_connection_is_retried_once(run: Run):
-    connections = 0
+async def drop_second(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers one request per connection, then drops the next one it reads unanswered."""
+    await read_request(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    await read_request(reader)  # it closed just as this one was sent: never answered
+    writer.close()
 
-    async def drop_second(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connections
-        connections += 1
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        await read_request(reader)  # it closed just as this one was sent: never answered
-        writer.close()
 
+def test_a_request_dropped_on_a_connection_reused_after_a_pause_is_retried_once(run: Run):
     async def main() -> None:
         async with serve_raw(drop_second) as url:
+            http = client(url, stale_after=0.2)
+            assert await get(http) == b"ok"
+            await asyncio.sleep(0.3)  # long enough for an upstream's idle timeout to race us
+            assert await get(http) == b"ok"
+            await http.close()
+
+    run(main())
+
+
+def test_a_request_dropped_on_a_connection_reused_at_once_is_not_sent_twice(run: Run):
+    async def main() -> None:
+        async with serve_raw(drop_second) as url:
+            http = client(url, stale_after=10.0)
+            assert await get(http) == b"ok"
+            with pytest.raises(Disconnected):
+                await get(http)  # the upstream read it: a POST must not be repeated
+            await http.close()
+
+    run(main())
+
+
+def test_a_stream_released_before_its_terminator_keeps_its_connection(run: Run):
+    async def late_terminator(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        port = str(writer.get_extra_info("peername")[1]).encode()
+        while await read_request(reader):
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            writer.write(b"%x\r\n%s\r\n" % (len(port), port))
+            await writer.drain()
+            await asyncio.sleep(0.05)  # vLLM and friends end the chunked body in a later write
+            writer.write(b"0\r\n\r\n")
+
+    async def main() -> None:
+        async with serve_raw(late_terminator) as url:
             http = client(url)
-            assert [await get(http), await get(http)] == [b"ok", b"ok"]
-            assert connections == 2
+            first = await http.send("POST", "/", {})
+            port = await first.receive()
+            first.release()  # all its content is in; the terminator is still on its way
+            await asyncio.sleep(0.2)
+            second = await http.send("POST", "/", {})
+            assert await second.receive() == port
+            second.close()
             await http.close()
 
     run(main())

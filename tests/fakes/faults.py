@@ -94,6 +94,8 @@ _ENDLESS: list[Frame] = [TOKEN, 0.05] * 2000
 # name -> (stream frames, non-stream frames); a float sleeps, bytes go out as they are.
 BEHAVIOURS: dict[str, tuple[list[Frame], list[Frame]]] = {
     "ok": ([ROLE, TOKEN, FINISH], [TOKEN]),
+    # The body's end (the chunked terminator) comes a moment after [DONE], as from vLLM.
+    "late-end": ([ROLE, TOKEN, FINISH, 0.1], [TOKEN]),
     "reset-before": ([RESET], [RESET]),
     "reset-after-role": ([ROLE, 0.05, RESET], [b'{"id": "chatcmpl-fault", ', 0.05, RESET]),
     "reset-after-token": ([ROLE, TOKEN, 0.05, RESET], [RESET]),

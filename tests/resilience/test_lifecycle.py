@@ -54,6 +54,9 @@ routes = ["fa:ka-rejected/error-400"]
 
 [models."warm"]
 routes = ["fa:warm/ok"]
+
+[models."reuse"]
+routes = ["fa:reuse/late-end"]
 """
 KEEPALIVE = {"CALLMISSED_KEEPALIVE_AFTER": "0.2", "CALLMISSED_KEEPALIVE_INTERVAL": "0.2"}
 
@@ -203,6 +206,21 @@ def test_pools_are_warm_before_the_first_request(upstream, faults, tmp_path):
             client.chat.completions.create(model="warm", messages=MESSAGES)
         # The first request rode a connection the warm-up had opened: no handshake to wait for.
         assert faults.for_model("warm/ok")[-1].port in ports
+    finally:
+        stop_gateway(running)
+
+
+def test_streamed_answers_one_after_another_ride_one_upstream_connection(
+    upstream, faults, tmp_path
+):
+    running = launch(upstream, faults, tmp_path / "reuse", MODELS)
+    try:
+        with sdk(running) as client:
+            for _ in range(3):
+                list(client.chat.completions.create(model="reuse", messages=MESSAGES, stream=True))
+                time.sleep(0.2)  # the upstream ends the body 0.1 s after its [DONE]
+        # The relay stops reading at [DONE]; the connection still ends its message and is reused.
+        assert len({call.port for call in faults.for_model("reuse/late-end")}) == 1
     finally:
         stop_gateway(running)
 
