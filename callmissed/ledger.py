@@ -2,13 +2,13 @@
 
 `begin()` and `append()` are one write() of a JSON line each to this process's journal file:
 they survive a SIGKILL (the kernel holds the page), cost microseconds, and need no memory for
-a finished request (a begin line is kept until its request ends). A background task reads the journal back and settles the finished requests into the
-store in batches (charge the cost from the request's wallet, write the row, in one
-transaction); if the database is slow or down the journal grows on disk while memory stays
-flat. The same task gives idle wallets back (wallet.py). A journal whose owner died (its flock is
-free) is replayed at start-up and every few seconds: its finished requests are settled, each
-begun but unfinished one gets an interrupted row, then its wallets are given back. Replays are
-idempotent.
+a finished request (a begin line is kept until its request ends). A background task reads the
+journal back and settles the finished requests into the store in batches (charge the cost from
+the request's wallet, write the row, in one transaction); if the database is slow or down the
+journal grows on disk while memory stays flat. The same task gives idle wallets back
+(wallet.py). A journal whose owner died (its flock is free) is replayed at start-up and every
+few seconds: its finished requests are settled, each begun but unfinished one gets an
+interrupted row, then its wallets are given back. Replays are idempotent.
 """
 
 from __future__ import annotations
