@@ -165,11 +165,19 @@ class Credits:
         self._limiter = limiter
         self._auth = auth
         self._overrides = price_overrides
+        self._rates: dict[str, Rates | None] = {}  # Decimal maths once per model, not per request
 
     def rates_for(self, model: ModelSettings) -> Rates | None:
         """The model's prices, the config file's [prices] first; None if it has none.
 
         A model served only by the in-process simulator is free."""
+        if model.name not in self._rates:
+            if len(self._rates) > 10_000:  # any vendor/model id routes to OpenRouter
+                self._rates.clear()
+            self._rates[model.name] = self._price(model)
+        return self._rates[model.name]
+
+    def _price(self, model: ModelSettings) -> Rates | None:
         prices = self._overrides.get(model.name) or model.prices
         if prices is not None:
             return rates_of(prices)
@@ -350,6 +358,10 @@ class Charge:
             self._ttfb = time.perf_counter() - self._started
         tokens = 0
         for chunk in batch:
+            text = chunk.text
+            if text is not None:  # nothing but content (relay.Chunk): no need to walk it
+                tokens += _text_tokens(text) if text else 0
+                continue
             parsed = chunk.json()
             for choice in parsed.get("choices") or ():
                 delta = choice.get("delta")
