@@ -1,7 +1,8 @@
 """Relay one upstream answer to the client: normalised OpenAI chunks, usage captured as it passes.
 
-A chunk is decoded only when its bytes show it may need an edit (formats.openai.needs_normalising);
-everything else is forwarded as the upstream sent it. A stream that errors or ends before its
+The common chunk, content only, is known by its envelope once one was parsed (formats.openai.
+ContentTemplate); any other is parsed, and re-encoded only when its bytes show it may need an
+edit (formats.openai.needs_normalising). Everything else goes out as the upstream sent it. A stream that errors or ends before its
 finish reason raises UpstreamError, so every API edge can end it with an error the SDK raises.
 Which route to stream from, and when a silent upstream has waited too long, is failover.py's call.
 """
@@ -18,6 +19,7 @@ import orjson
 from callmissed.errors import GatewayError, UpstreamError
 from callmissed.formats.openai import (
     ChunkNormaliser,
+    ContentTemplate,
     needs_normalising,
     normalise_completion,
     plain_content,
@@ -67,6 +69,8 @@ class ChatStream:
         self._response = response
         self._include_usage = include_usage
         self._normaliser = ChunkNormaliser()
+        self._template = ContentTemplate()
+        self._learning = 3  # tries at learning the envelope: some upstreams vary it per chunk
         self._decoder = SSEDecoder()
         self._done = False
         self.finished = False  # a finish_reason was seen
@@ -187,11 +191,14 @@ class ChatStream:
             self._meter.on_close(self)
 
     def _accept(self, data: bytes) -> Chunk | None:
+        text = self._template.match(data)
+        if text is not None:  # the common chunk, known by its envelope: nothing to parse
+            return Chunk(data, None, text)
         if data == _DONE:
             self._done = True
             return None
         try:
-            # Parsing every chunk costs ~1 us and guarantees the client never gets broken JSON.
+            # Parsing costs ~1 us and guarantees the client never gets broken JSON.
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
             raise UpstreamError(
@@ -201,8 +208,13 @@ class ChatStream:
         if chunk.__class__ is not dict:
             raise UpstreamError("the upstream sent a chunk that is not an object")
         text = plain_content(chunk)
-        if text is not None or not needs_normalising(data):
+        if text is not None:
+            if not self._template.learned and self._learning > 0:
+                self._learning -= 1
+                self._template.learn(data, text)
             return Chunk(data, chunk, text)
+        if not needs_normalising(data):
+            return Chunk(data, chunk)
         error = self._provider.stream_error(chunk)
         if error is not None:
             raise error

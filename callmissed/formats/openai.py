@@ -8,6 +8,7 @@ id/type/name only on a call's first delta, `role` only on a choice's first delta
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ from callmissed.errors import InvalidRequest
 
 __all__ = [
     "ChunkNormaliser",
+    "ContentTemplate",
     "check_chat_request",
     "needs_normalising",
     "normalise_completion",
@@ -195,6 +197,56 @@ def plain_content(chunk: dict[str, Any]) -> str | None:
         return None
     text = delta.get("content")
     return text if text.__class__ is str else None
+
+
+class ContentTemplate:
+    """Recognises a stream's plain content chunks from their bytes, without parsing them.
+
+    An upstream sends every content chunk of a stream in the same envelope, e.g.
+    `{"id":"…","choices":[{"index":0,"delta":{"content":"` TEXT `"},"finish_reason":null}]}`.
+    learn() takes the envelope's two halves from a chunk already parsed and found plain, and
+    proves them by parsing the halves around a probe text; match() then gives the TEXT of a
+    chunk in the same envelope, or None. A chunk it matches is valid JSON and as plain as the
+    learned one: TEXT is accepted only as UTF-8 without a quote, backslash or control character,
+    so it stays inside the string the probe showed to be the content.
+    """
+
+    __slots__ = ("_head", "_tail", "learned")
+
+    def __init__(self) -> None:
+        self._head = self._tail = b""
+        self.learned = False
+
+    def learn(self, data: bytes, text: str) -> None:
+        literal = orjson.dumps(text)  # "TEXT", as JSON
+        start = data.find(literal)
+        if start == -1:
+            return  # the upstream escaped it differently
+        head, tail = data[: start + 1], data[start + len(literal) - 1 :]
+        try:
+            probe = orjson.loads(head + b"x" + tail)
+        except orjson.JSONDecodeError:
+            return
+        if probe.__class__ is dict and plain_content(probe) == "x":
+            self._head, self._tail, self.learned = head, tail, True
+
+    def match(self, data: bytes) -> str | None:
+        if not self.learned or not data.startswith(self._head) or not data.endswith(self._tail):
+            return None
+        end = len(data) - len(self._tail)
+        if end < len(self._head):
+            return None  # head and tail overlap: not this envelope
+        text = data[len(self._head) : end]
+        if _UNSAFE_IN_STRING.search(text) is not None:
+            return None
+        try:
+            return text.decode()
+        except UnicodeDecodeError:
+            return None
+
+
+# What may not appear raw inside a JSON string: a quote, a backslash, a control character.
+_UNSAFE_IN_STRING = re.compile(rb'["\\\x00-\x1f]')
 
 
 def _has_non_null(data: bytes, key: bytes) -> bool:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from callmissed.errors import InvalidRequest
 from callmissed.formats.openai import (
     ChunkNormaliser,
+    ContentTemplate,
     check_chat_request,
     needs_normalising,
     normalise_completion,
@@ -138,3 +140,53 @@ def test_completion_arguments_become_strings():
     message = body["choices"][0]["message"]
     assert message["reasoning"] == "r"
     assert message["tool_calls"][0]["function"]["arguments"] == '{"x":[1]}'
+
+
+def _content_chunk(text: str, finish: str | None = None) -> bytes:
+    choice = {"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": finish}
+    envelope = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "m"}
+    return orjson.dumps({**envelope, "choices": [choice]})
+
+
+def _learned(text: str = "Hello") -> ContentTemplate:
+    template = ContentTemplate()
+    template.learn(_content_chunk(text), text)
+    assert template.learned
+    return template
+
+
+@pytest.mark.parametrize("text", [" world", "", "café ☕", "a'b<>&", "x" * 500, "ünïcödé\x7f"])
+def test_a_content_chunk_in_the_learned_envelope_is_read_without_parsing(text):
+    data = _content_chunk(text)
+    assert _learned().match(data) == text == plain_content(orjson.loads(data))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _content_chunk('say "hi"'),  # escaped quote
+        _content_chunk("a\\b"),  # escaped backslash
+        _content_chunk("line\nbreak"),  # escaped control character
+        _content_chunk("done", finish="stop"),  # a different envelope: finish_reason set
+        _content_chunk("x").replace(b'"model":"m"', b'"model":"n"'),
+        _content_chunk("x")[:-1],  # truncated
+        _content_chunk("ab").replace(b"ab", b"a\xff"),  # not UTF-8
+        _content_chunk("ab").replace(b"ab", b"a\x01"),  # a raw control character: invalid JSON
+        b'{"choices":[]}',
+    ],
+)
+def test_anything_else_goes_to_the_parser(data):
+    assert _learned().match(data) is None
+
+
+def test_no_template_is_learned_when_the_upstream_escapes_differently():
+    template = ContentTemplate()
+    template.learn(_content_chunk("café").replace("é".encode(), b"\\u00e9"), "café")
+    assert not template.learned
+    assert template.match(_content_chunk("café")) is None
+
+
+def test_no_template_is_learned_from_where_the_text_also_fills_another_field():
+    template = ContentTemplate()
+    template.learn(_content_chunk("m"), "m")  # "m" is the model's name too, and comes first
+    assert not template.learned
