@@ -3,7 +3,7 @@
 Keys look like `cm_<43 url-safe characters>` and are stored only as SHA-256 digests (they are
 random, so a slow hash would add nothing but latency). Lookups are cached for a second or two,
 so the hot path does not read the database for them; revocation is still immediate for chat
-requests, because the credit reservation re-checks it in the same statement (credits.py).
+requests, because the store reports revocations to credits.py as they happen (docs/credits.md).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """GET /v1/key: the calling key's credits and limits, in OpenRouter's shape (`{"data": {...}}`).
 
 `usage`, `limit` and `limit_remaining` are credits (USD); `limit` is everything ever granted
-(null for an unlimited key) and `limit_remaining` the spendable balance now, in-flight holds
-already taken out. This process's finished requests are settled first, so it is exact.
+(null for an unlimited key) and `limit_remaining` = limit - usage: what the key can still
+spend, the processes' unspent wallets included (docs/credits.md); a request in flight counts
+once it ends. This process's finished requests are settled first, so it is exact.
 """
 
 from __future__ import annotations
