@@ -1,8 +1,8 @@
 """A bare pass-through proxy on CallMissed's stack: the stack's own floor, for reference.
 
 granian (its native RSGI interface on uvloop, as `callmissed serve` runs; `--interface asgi` for
-granian's ASGI, `--server uvicorn` for uvicorn) + one aiohttp session: forward the body
-to the upstream and stream its bytes back unchanged. No auth, no parsing, no accounting.
+granian's ASGI, `--server uvicorn` for uvicorn) + one pooled client (`callmissed/http1.py`, as
+the gateway uses): forward the body to the upstream and stream its bytes back unchanged. No auth, no parsing, no accounting.
 What CallMissed costs beyond this row is the cost of its features; what this row costs over
 `direct` is the cost of the server and the client library.
 
@@ -14,42 +14,49 @@ from __future__ import annotations
 import argparse
 import os
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
+from callmissed.http1 import Client
 
 __all__ = ["app", "main", "rsgi_app"]
 
-_session: aiohttp.ClientSession | None = None
+_client: Client | None = None
+
+
+def _upstream() -> tuple[Client, str]:
+    """The one pooled client (made in the serving loop on first use) and the upstream's path."""
+    global _client  # a benchmark fixture; the real gateway builds resources at start-up
+    base = os.environ["PASSTHROUGH_UPSTREAM"]
+    if _client is None:
+        _client = Client(base, connect_timeout=10.0, read_timeout=300.0)
+    return _client, urlsplit(base).path
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    global _session  # a benchmark fixture; the real gateway builds resources in its lifespan
     if scope["type"] == "lifespan":
         while (message := await receive())["type"] != "lifespan.shutdown":
             await send({"type": "lifespan.startup.complete"})
-        if _session is not None:
-            await _session.close()
+        if _client is not None:
+            await _client.close()
         await send({"type": "lifespan.shutdown.complete"})
         return
     if scope["path"] == "/healthz":
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
         return
-    if _session is None:
-        _session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     body = b""
     while True:
         message = await receive()
         body += message.get("body", b"")
         if not message.get("more_body"):
             break
-    url = os.environ["PASSTHROUGH_UPSTREAM"] + scope["path"].removeprefix("/v1")
-    headers = {"content-type": "application/json"}
-    async with _session.post(url, data=body, headers=headers) as upstream:
-        start = {"type": "http.response.start", "status": upstream.status}
-        await send({**start, "headers": [(b"content-type", b"text/event-stream")]})
-        async for data in upstream.content.iter_any():
-            await send({"type": "http.response.body", "body": data, "more_body": True})
+    client, path = _upstream()
+    target = path + scope["path"].removeprefix("/v1")
+    upstream = await client.send("POST", target, _HEADERS, body)
+    start = {"type": "http.response.start", "status": upstream.status}
+    await send({**start, "headers": [(b"content-type", b"text/event-stream")]})
+    async for data in upstream.aiter_bytes():
+        await send({"type": "http.response.body", "body": data, "more_body": True})
     await send({"type": "http.response.body", "body": b""})
 
 
@@ -60,24 +67,25 @@ class _RSGIPassthrough:
         pass
 
     def __rsgi_del__(self, loop: Any) -> None:
-        if _session is not None:
-            loop.run_until_complete(_session.close())
+        if _client is not None:
+            loop.run_until_complete(_client.close())
 
     async def __rsgi__(self, scope: Any, protocol: Any) -> None:
-        global _session
         if scope.path == "/healthz":
             protocol.response_bytes(200, [], b"ok")
             return
-        if _session is None:
-            _session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         body = await protocol()
-        url = os.environ["PASSTHROUGH_UPSTREAM"] + scope.path.removeprefix("/v1")
-        headers = {"content-type": "application/json"}
-        async with _session.post(url, data=body, headers=headers) as upstream:
-            out = [("content-type", "text/event-stream")]
-            transport = protocol.response_stream(upstream.status, out)
-            async for data in upstream.content.iter_any():
-                await transport.send_bytes(data)
+        client, path = _upstream()
+        target = path + scope.path.removeprefix("/v1")
+        upstream = await client.send("POST", target, _HEADERS, body)
+        transport = protocol.response_stream(
+            upstream.status, [("content-type", "text/event-stream")]
+        )
+        async for data in upstream.aiter_bytes():
+            await transport.send_bytes(data)
+
+
+_HEADERS = {"content-type": "application/json"}
 
 
 def rsgi_app() -> _RSGIPassthrough:
