@@ -100,15 +100,20 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces, Loops
 
+    from callmissed.ratelimit import limits_warning
+
     _with_store(settings, _first_key)
     tls = bool(settings.tls_cert and settings.tls_key)
     scheme = "https" if tls else "http"
     print(
         f"CallMissed {__version__} on {scheme}://{settings.host}:{settings.port}/v1 "
         f"(HTTP/1.1 and HTTP/2{'' if tls else ' prior knowledge'}), "
-        f"{len(settings.models)} models",
+        f"{len(settings.models)} models, {settings.workers} worker(s)",
         flush=True,
     )
+    warning = limits_warning(settings)
+    if warning:
+        print(f"callmissed: warning: {warning}", file=sys.stderr, flush=True)
     server = Granian(
         "callmissed.rsgi:create_app",  # granian's native interface: docs/performance.md
         factory=True,

@@ -86,7 +86,7 @@ class Gateway:
         self.store = store or open_store(settings.database_url)
         self.auth = Authenticator(self.store)
         self.ledger = Ledger(self.store, ledger_directory(settings))
-        self.limiter = open_limiter(settings.accounting.redis_url, settings.accounting.redis_prefix)
+        self.limiter = open_limiter(settings, self.ledger.instance, self.ledger.alive)
         self.credits = Credits(
             self.store, self.ledger, self.limiter, self.auth, settings.accounting.prices
         )

@@ -64,6 +64,21 @@ class Ledger:
         self._flying: dict[str, bytes] = {}  # request id -> its begin line, until it ends
         self.wallets = Wallets(store, self.instance)
 
+    def alive(self, instance: str) -> bool:
+        """Whether the process of ledger `instance` still runs: it holds its journal's flock until
+        it exits (even by SIGKILL), and its journal is gone once it has closed or been replayed."""
+        try:
+            fd = os.open(self._directory / f"{instance}{_SUFFIX}", os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # also drops the shared lock we may have just taken
+        return False
+
     @property
     def pending(self) -> bool:
         """Whether some appended entries are not in the store yet."""

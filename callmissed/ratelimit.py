@@ -7,8 +7,9 @@ fewer than `max_concurrent` requests are in flight. A request reserves its worst
 estimate + max_tokens, as OpenAI counts it); when it ends, the reservation becomes its real
 token count, dated at its end. There is no window edge, so no double burst (docs/credits.md).
 
-`Limiter` is the interface; MemoryLimiter serves one process. RedisLimiter (ratelimit_redis.py)
-shares the same log across processes and replicas with one round-trip per check.
+`Limiter` is the interface; MemoryLimiter serves one process. SQLiteLimiter (ratelimit_sqlite.py)
+shares the log between the processes on one SQLite file, RedisLimiter (ratelimit_redis.py)
+between any processes and replicas; open_limiter() picks one.
 """
 
 from __future__ import annotations
@@ -22,15 +23,19 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from callmissed.errors import RateLimited
+from callmissed.settings import Settings
 from callmissed.store import KeyPolicy
 
 __all__ = [
     "UNLIMITED",
     "WINDOW",
+    "HeldLease",
     "Lease",
     "Limiter",
     "MemoryLimiter",
     "Snapshot",
+    "limited",
+    "limits_warning",
     "open_limiter",
     "rate_limit_headers",
     "refusal",
@@ -66,7 +71,8 @@ class _NoLease:
 UNLIMITED: Lease = _NoLease()
 
 
-def _limited(policy: KeyPolicy) -> bool:
+def limited(policy: KeyPolicy) -> bool:
+    """Whether the key has any limit; a key without one never costs the limiter anything."""
     return policy.rpm is not None or policy.tpm is not None or policy.max_concurrent is not None
 
 
@@ -196,7 +202,7 @@ class MemoryLimiter:
 
     def try_acquire(self, key_id: int, policy: KeyPolicy, tokens: int) -> Lease:
         """acquire(), synchronously: the check and the admission can't interleave."""
-        if not _limited(policy):
+        if not limited(policy):
             return UNLIMITED
         now = self._clock()
         log = self._logs.get(key_id)
@@ -257,10 +263,39 @@ class HeldLease:
         self._give_back(tokens, self._policy.tpm is not None)
 
 
-def open_limiter(redis_url: str | None, redis_prefix: str = "callmissed") -> Limiter:
-    """RedisLimiter when CALLMISSED_REDIS_URL is set (needed with several workers), else memory."""
-    if redis_url:
+def open_limiter(settings: Settings, owner: str, alive: Callable[[str], bool]) -> Limiter:
+    """Redis if CALLMISSED_REDIS_URL is set; else, with several workers on a SQLite file, the
+    limiter in that file (exact across them; keys without limits never touch it); else memory:
+    exact within one process, and ~20x cheaper per limited request than the file (two commits,
+    ~170 us). limits_warning says when limits are per process. `owner`/`alive`: the leases'."""
+    accounting = settings.accounting
+    if accounting.redis_url:
         from callmissed.ratelimit_redis import RedisLimiter
 
-        return RedisLimiter(redis_url, prefix=redis_prefix)
+        return RedisLimiter(accounting.redis_url, prefix=accounting.redis_prefix)
+    path = _sqlite_file(settings.database_url)
+    if path is not None and settings.workers > 1:
+        from callmissed.ratelimit_sqlite import SQLiteLimiter
+
+        return SQLiteLimiter(path, owner, alive)
     return MemoryLimiter()
+
+
+def limits_warning(settings: Settings) -> str | None:
+    """What to tell the operator at start-up when rate limits are not shared between processes."""
+    if settings.accounting.redis_url or _sqlite_file(settings.database_url) is not None:
+        return None
+    if not settings.database_url.startswith(("postgres://", "postgresql://")):
+        return None
+    return (
+        f"rate limits (rpm, tpm, max_concurrent) are counted per process: with "
+        f"{settings.workers} worker(s) here, plus any other replica, a key can get that many "
+        f"times its limits. Set CALLMISSED_REDIS_URL to share them (docs/config.md)."
+    )
+
+
+def _sqlite_file(url: str) -> str | None:
+    if not url.startswith("sqlite://"):
+        return None
+    path = url.removeprefix("sqlite://").removeprefix("/")
+    return None if path in ("", ":memory:") else path
