@@ -6,7 +6,8 @@ hot path. Three views:
 1. In-process, per request, on a real SQLite file (WAL) and a real journal: everything the
    gateway adds around an upstream call — the key lookup (cached, as in steady state), the
    allow-list, the price, the prompt estimate, the rate-limit check, the hold taken from the
-   key's in-memory wallet (a store transaction only when it needs topping up), counting and pricing a 20-chunk stream, and the journal append at the end.
+   key's in-memory wallet (a store transaction only when it needs topping up), counting and
+   pricing a 20-chunk stream, and the journal append at the end.
    Once for an unlimited key on a free model, once for a metered key with RPM/TPM/concurrency
    limits on a priced model.
 2. The background writer: settling the journal into SQLite, per request, in its natural batches.

@@ -2,7 +2,8 @@
 
 granian (its native RSGI interface on uvloop, as `callmissed serve` runs; `--interface asgi` for
 granian's ASGI, `--server uvicorn` for uvicorn) + one pooled client (`callmissed/http1.py`, as
-the gateway uses): forward the body to the upstream and stream its bytes back unchanged. No auth, no parsing, no accounting.
+the gateway uses): forward the body to the upstream and stream its bytes back unchanged.
+No auth, no parsing, no accounting.
 What CallMissed costs beyond this row is the cost of its features; what this row costs over
 `direct` is the cost of the server and the client library.
 

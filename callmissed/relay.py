@@ -2,8 +2,9 @@
 
 The common chunk, content only, is known by its envelope once one was parsed (formats.openai.
 ContentTemplate); any other is parsed, and re-encoded only when its bytes show it may need an
-edit (formats.openai.needs_normalising). Everything else goes out as the upstream sent it. A stream that errors or ends before its
-finish reason raises UpstreamError, so every API edge can end it with an error the SDK raises.
+edit (formats.openai.needs_normalising). Everything else goes out as the upstream sent it.
+A stream that errors or ends before its finish reason raises UpstreamError, so every API edge
+can end it with an error the SDK raises.
 Which route to stream from, and when a silent upstream has waited too long, is failover.py's call.
 """
 
