@@ -22,9 +22,11 @@ __all__ = [
     "KeyPolicy",
     "KeyRecord",
     "LedgerEntry",
+    "Settlement",
     "Store",
     "migrations",
     "open_store",
+    "plan_settlement",
 ]
 
 # Column lists in the order KeyRecord and LedgerEntry take them; every backend selects these.
@@ -166,6 +168,64 @@ class Store(Protocol):
     async def recent_usage(self, key_id: int, limit: int) -> list[dict[str, Any]]: ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class Settlement:
+    """What settling a batch changes, as plan_settlement() worked it out: each row to write with
+    what it charged, per key the change of its balance and of its spent total, per hold what
+    was drawn from it, and the per-request holds to delete."""
+
+    rows: list[tuple[LedgerEntry, int]]
+    keys: dict[int, tuple[int, int]]
+    drawn: dict[str, int]
+    released: list[str]
+
+
+def plan_settlement(
+    entries: Sequence[LedgerEntry],
+    settled: set[str],
+    balances: dict[int, int | None],
+    holds: dict[str, int],
+) -> Settlement:
+    """Settle `entries` in order, in memory, as Store.settle() says, from the rows they touch
+    as they stand: the request ids among theirs already in the ledger, the balances of their
+    keys (None: unlimited; a missing key pays nothing), the amounts of their wallets and of
+    the per-request holds of their ids. Each entry sees the balances and holds the ones before
+    it left, so a batch ends exactly where settling its entries one at a time would."""
+    seen = set(settled)
+    balances = dict(balances)
+    holds = dict(holds)
+    keys: dict[int, tuple[int, int]] = {}
+    drawn: dict[str, int] = {}
+    released: list[str] = []
+    rows: list[tuple[LedgerEntry, int]] = []
+    for entry in entries:
+        if entry.request_id in seen:
+            continue  # already settled: a journal replayed twice, or twice in this batch
+        seen.add(entry.request_id)
+        held = in_wallet = 0
+        if entry.wallet is None:
+            if entry.request_id in holds:
+                held = holds.pop(entry.request_id)
+                drawn.pop(entry.request_id, None)
+                released.append(entry.request_id)
+        else:
+            in_wallet = holds.get(entry.wallet, 0)
+        balance = balances.get(entry.key_id)
+        charged = entry.cost if balance is None else min(entry.cost, balance + held + in_wallet)
+        from_wallet = min(charged, in_wallet)
+        if from_wallet and entry.wallet in holds:
+            holds[entry.wallet] = in_wallet - from_wallet
+            drawn[entry.wallet] = drawn.get(entry.wallet, 0) + from_wallet
+        if entry.key_id in balances:
+            change = held - (charged - from_wallet)
+            if balance is not None:
+                balances[entry.key_id] = balance + change
+            credits, spent = keys.get(entry.key_id, (0, 0))
+            keys[entry.key_id] = (credits + change, spent + charged)
+        rows.append((entry, charged))
+    return Settlement(rows, keys, drawn, released)
 
 
 def migrations(dialect: str) -> list[tuple[str, str]]:

@@ -10,10 +10,11 @@ does fsync, runs on a background thread instead of inside some request's commit.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -27,6 +28,7 @@ from callmissed.store.base import (
     KeyRecord,
     LedgerEntry,
     migrations,
+    plan_settlement,
 )
 
 __all__ = ["SQLiteStore"]
@@ -36,6 +38,12 @@ _FUND_WALLET = (
     " VALUES (?, ?, ?, ?, '', ?, TRUE)"
     " ON CONFLICT (request_id) DO UPDATE SET amount = amount + excluded.amount"
 )
+
+# What a settling batch reads, each in one statement: json_each() takes the batch's ids as one
+# parameter, and each id is looked up in the table's primary key.
+_SETTLED = "SELECT request_id FROM ledger WHERE request_id IN (SELECT value FROM json_each(?))"
+_HOLDS = "SELECT request_id, amount FROM holds WHERE request_id IN (SELECT value FROM json_each(?))"
+_BALANCES = "SELECT id, credits FROM api_keys WHERE id IN (SELECT value FROM json_each(?))"
 
 _CHECKPOINT_EVERY = 0.5  # seconds
 
@@ -208,8 +216,7 @@ class SQLiteStore:
 
     async def settle(self, entries: Sequence[LedgerEntry]) -> None:
         with self._transaction() as db:
-            for entry in entries:
-                _settle_one(db, entry)
+            _settle(db, entries)
 
     async def hold_owners(self) -> set[str]:
         return {row[0] for row in self._db.execute("SELECT DISTINCT instance FROM holds")}
@@ -221,15 +228,18 @@ class SQLiteStore:
                 " WHERE instance = ?",
                 (instance,),
             ).fetchall()
+            interrupted = []
             for request_id, key_id, model, created_at, wallet in holds:
                 if wallet:
                     _give_back(db, request_id)
                     continue
-                entry = LedgerEntry(
-                    request_id, key_id, created_at, model, "", "", False, 500,
-                    "interrupted", 0, 0, 0, 0, 0, None, 0.0,
+                interrupted.append(
+                    LedgerEntry(
+                        request_id, key_id, created_at, model, "", "", False, 500,
+                        "interrupted", 0, 0, 0, 0, 0, None, 0.0,
+                    )
                 )  # fmt: skip
-                _settle_one(db, entry)
+            _settle(db, interrupted)
         return len(holds)
 
     async def recent_usage(self, key_id: int, limit: int) -> list[dict[str, Any]]:
@@ -266,47 +276,47 @@ def _give_back(db: sqlite3.Connection, wallet: str) -> int:
     return int(row[1])
 
 
-def _settle_one(db: sqlite3.Connection, entry: LedgerEntry) -> None:
-    """Charge the cost from the wallet, then from the balance, never below zero; write the row.
-
-    An entry without a wallet releases the per-request hold of its id, if any (a journal or
-    holds written before wallets existed)."""
-    if db.execute("SELECT 1 FROM ledger WHERE request_id = ?", (entry.request_id,)).fetchone():
-        return  # already settled: a journal replayed twice
-    held = in_wallet = 0
-    if entry.wallet is None:
-        hold = db.execute(
-            "DELETE FROM holds WHERE request_id = ? RETURNING amount", (entry.request_id,)
-        ).fetchone()
-        held = hold[0] if hold else 0
-    else:
-        hold = db.execute(
-            "SELECT amount FROM holds WHERE request_id = ?", (entry.wallet,)
-        ).fetchone()
-        in_wallet = hold[0] if hold else 0
-    row = db.execute("SELECT credits FROM api_keys WHERE id = ?", (entry.key_id,)).fetchone()
-    balance = row[0] if row else None
-    charged = entry.cost if balance is None else min(entry.cost, balance + held + in_wallet)
-    from_wallet = min(charged, in_wallet)
-    if from_wallet:
-        db.execute(
-            "UPDATE holds SET amount = amount - ? WHERE request_id = ?",
-            (from_wallet, entry.wallet),
-        )
-    db.execute(
-        "UPDATE api_keys SET credits = credits + ? - ?, spent = spent + ? WHERE id = ?",
-        (held, charged - from_wallet, charged, entry.key_id),
+def _settle(db: sqlite3.Connection, entries: Sequence[LedgerEntry]) -> None:
+    """Store.settle()'s work inside its transaction: read the rows the batch touches (a few
+    statements, whatever its size), charge every entry in memory (plan_settlement), then write
+    one UPDATE per touched key and hold, and every ledger row in one executemany."""
+    if not entries:
+        return
+    ids = _json_list(entry.request_id for entry in entries)
+    settled = {row[0] for row in db.execute(_SETTLED, (ids,))}
+    touched = [entry.wallet if entry.wallet is not None else entry.request_id for entry in entries]
+    holds = dict(db.execute(_HOLDS, (_json_list(touched),)).fetchall())
+    key_ids = _json_list(entry.key_id for entry in entries)
+    balances = dict(db.execute(_BALANCES, (key_ids,)).fetchall())
+    plan = plan_settlement(entries, settled, balances, holds)
+    db.executemany(
+        "UPDATE api_keys SET credits = credits + ?, spent = spent + ? WHERE id = ?",
+        [(credits, spent, key) for key, (credits, spent) in plan.keys.items() if credits or spent],
     )
-    db.execute(
+    db.executemany(
+        "UPDATE holds SET amount = amount - ? WHERE request_id = ?",
+        [(amount, hold) for hold, amount in plan.drawn.items()],
+    )
+    db.executemany("DELETE FROM holds WHERE request_id = ?", [(hold,) for hold in plan.released])
+    db.executemany(
         f"INSERT INTO ledger ({_LEDGER_COLUMNS})"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            entry.request_id, entry.key_id, entry.created_at, entry.model, entry.route,
-            entry.upstream_model, entry.stream, entry.status, entry.error_code,
-            entry.prompt_tokens, entry.completion_tokens, entry.reasoning_tokens,
-            entry.cached_tokens, charged, entry.cost - charged, entry.ttfb_ms, entry.total_ms,
-        ),
+        [_ledger_row(entry, charged) for entry, charged in plan.rows],
+    )
+
+
+def _ledger_row(entry: LedgerEntry, charged: int) -> tuple[Any, ...]:
+    return (
+        entry.request_id, entry.key_id, entry.created_at, entry.model, entry.route,
+        entry.upstream_model, entry.stream, entry.status, entry.error_code,
+        entry.prompt_tokens, entry.completion_tokens, entry.reasoning_tokens,
+        entry.cached_tokens, charged, entry.cost - charged, entry.ttfb_ms, entry.total_ms,
     )  # fmt: skip
+
+
+def _json_list(values: Iterable[object]) -> str:
+    """A JSON array for json_each(): one bound parameter, however many values."""
+    return json.dumps(list(values))
 
 
 def _policy_row(policy: KeyPolicy) -> tuple[int | None, int | None, int | None, str | None]:
