@@ -1,11 +1,12 @@
 """The PostgreSQL store (asyncpg): the scale-out path, one database behind many gateway replicas.
 
 Same contract as SQLiteStore (tests/store/test_store_contract.py runs both). Each method is one
-round-trip: a wallet top-up and a settlement are single statements whose data-modifying CTEs
-run in one transaction, so row locks (not a global write lock) keep a balance from going below
-zero under any interleaving. Migrations are the same plain-SQL files, with the one SQLite-only
-phrase of 0001 translated, plus the `.postgres.sql` ones, applied under an advisory lock so
-replicas may start together.
+round-trip but settle(): a wallet top-up is a single statement whose data-modifying CTEs run in
+one transaction, and a batch's settlement is one transaction of three statements, whatever its
+size (lock and read, charge in Python, write), so row locks (not a global write lock) keep a
+balance from going below zero under any interleaving. Migrations are the same plain-SQL files,
+with the one SQLite-only phrase of 0001 translated, plus the `.postgres.sql` ones, applied under
+an advisory lock so replicas may start together.
 
 Wallet top-ups commit without waiting for the WAL flush (synchronous_commit=off, on their own
 pool): a database crash can forget the last moments of them, which only ever gives credit back
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
+import orjson
 
 from callmissed.store.base import (
     FAIR_SHARE,
@@ -34,6 +36,7 @@ from callmissed.store.base import (
     KeyRecord,
     LedgerEntry,
     migrations,
+    plan_settlement,
 )
 
 __all__ = ["PostgresStore"]
@@ -78,40 +81,60 @@ UPDATE api_keys SET credits = credits + gone.amount FROM gone
 RETURNING gone.amount
 """
 
-# Charge the cost from the entry's wallet, then from the balance, never below zero (an entry
-# without a wallet releases a per-request hold of its id instead), and write the row; a row
-# that exists already (a replayed journal) makes it all a no-op, even against a concurrent twin.
-_SETTLE = f"""
-WITH hold AS (
-    DELETE FROM holds WHERE request_id = $1 AND $17::text IS NULL RETURNING amount
-), w AS (
-    SELECT amount FROM holds WHERE request_id = $17 FOR UPDATE
-), k AS (
-    SELECT credits FROM api_keys WHERE id = $2 FOR UPDATE
-), priced AS (
-    SELECT CASE WHEN k.credits IS NULL THEN $14::bigint
-                ELSE LEAST($14::bigint, k.credits + COALESCE((SELECT amount FROM hold), 0)
-                                                  + COALESCE((SELECT amount FROM w), 0))
-           END AS charged
-      FROM k
-), written AS (
-    INSERT INTO ledger ({_LEDGER_COLUMNS})
-    SELECT $1::text, $2::bigint, $3::float8, $4::text, $5::text, $6::text, $7::boolean,
-           $8::int, $9::text, $10::int, $11::int, $12::int, $13::int, charged, $14 - charged,
-           $15::float8, $16::float8
-      FROM priced
-        ON CONFLICT (request_id) DO NOTHING
- RETURNING cost, LEAST(cost, COALESCE((SELECT amount FROM w), 0)) AS from_wallet
-), drawn AS (
-    UPDATE holds SET amount = holds.amount - written.from_wallet FROM written
-     WHERE holds.request_id = $17 AND written.from_wallet > 0
+# Settling a batch (docs: Store.settle) takes three statements, whatever its size. First lock
+# the keys it charges, in id order (as every settlement does, so two never deadlock on them);
+# then, with no one else able to settle against those keys, lock the wallets and per-request
+# holds it draws on and read which of its ids the ledger has already; the charges are worked
+# out in Python, in order; the last statement writes them all.
+_LOCK_KEYS = "SELECT id, credits FROM api_keys WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE"
+
+# Joins with unnest(), not `= ANY($1)`: a generic plan made while a table was small would scan
+# it whole for each of the batch's ids; these probe the primary key once it is large.
+_LOCK_HOLDS = """
+WITH h AS (
+    SELECT holds.request_id, holds.amount FROM holds JOIN unnest($2::text[]) AS u (id)
+        ON holds.request_id = u.id
+     ORDER BY holds.request_id FOR UPDATE OF holds
 )
-UPDATE api_keys
-   SET credits = credits + COALESCE((SELECT amount FROM hold), 0)
-                 - (SELECT cost - from_wallet FROM written),
-       spent = spent + (SELECT cost FROM written)
- WHERE id = $2 AND EXISTS (SELECT 1 FROM written)
+SELECT request_id, amount FROM h
+ UNION ALL
+SELECT ledger.request_id, NULL FROM ledger JOIN unnest($1::text[]) AS u (id)
+    ON ledger.request_id = u.id
 """
+
+_WRITE = f"""
+WITH keys AS (
+    UPDATE api_keys SET credits = api_keys.credits + d.credits, spent = api_keys.spent + d.spent
+      FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS d (id, credits, spent)
+     WHERE api_keys.id = d.id
+), drawn AS (
+    UPDATE holds SET amount = holds.amount - d.amount
+      FROM unnest($4::text[], $5::bigint[]) AS d (request_id, amount)
+     WHERE holds.request_id = d.request_id
+), released AS (
+    DELETE FROM holds USING unnest($6::text[]) AS d (request_id)
+     WHERE holds.request_id = d.request_id
+)
+INSERT INTO ledger ({_LEDGER_COLUMNS})
+SELECT request_id, key_id, created_at, model, route, upstream_model, stream, status, error_code,
+       prompt_tokens, completion_tokens, reasoning_tokens, cached_tokens, charged,
+       cost - charged, ttfb_ms, total_ms
+  FROM ROWS FROM (
+           json_to_recordset($7::json) AS (
+               request_id text, key_id bigint, created_at float8, model text, route text,
+               upstream_model text, stream boolean, status int, error_code text,
+               prompt_tokens int, completion_tokens int, reasoning_tokens int, cached_tokens int,
+               cost bigint, ttfb_ms float8, total_ms float8
+           ),
+           unnest($8::bigint[])
+       ) AS entry (
+           request_id, key_id, created_at, model, route, upstream_model, stream, status,
+           error_code, prompt_tokens, completion_tokens, reasoning_tokens, cached_tokens, cost,
+           ttfb_ms, total_ms, charged
+       )
+    ON CONFLICT (request_id) DO NOTHING
+"""
+_SETTLE_ATTEMPTS = 3  # a deadlock with a give-back or release (they lock holds first) retries
 
 _RELEASE = f"""
 WITH gone AS (
@@ -300,8 +323,17 @@ class PostgresStore:
         return int(await self._db.fetchval(_GIVE_BACK, wallet) or 0)
 
     async def settle(self, entries: Sequence[LedgerEntry]) -> None:
-        async with self._db.acquire() as db, db.transaction():
-            await db.executemany(_SETTLE, [_settle_args(entry) for entry in entries])
+        if not entries:
+            return
+        async with self._db.acquire() as db:
+            for attempt in range(1, _SETTLE_ATTEMPTS + 1):
+                try:
+                    async with db.transaction():
+                        await _settle(db, entries)
+                    return
+                except (asyncpg.DeadlockDetectedError, _Raced):
+                    if attempt == _SETTLE_ATTEMPTS:
+                        raise
 
     async def hold_owners(self) -> set[str]:
         rows = await self._db.fetch("SELECT DISTINCT instance FROM holds")
@@ -338,13 +370,42 @@ def _translate(sql: str) -> str:
     return sql
 
 
-def _settle_args(entry: LedgerEntry) -> tuple[Any, ...]:
-    return (
-        entry.request_id, entry.key_id, entry.created_at, entry.model, entry.route,
-        entry.upstream_model, entry.stream, entry.status, entry.error_code, entry.prompt_tokens,
-        entry.completion_tokens, entry.reasoning_tokens, entry.cached_tokens, entry.cost,
-        entry.ttfb_ms, entry.total_ms, entry.wallet,
+class _Raced(Exception):
+    """A ledger row of the batch appeared after the batch looked: settle it again."""
+
+
+async def _settle(db: asyncpg.Connection, entries: Sequence[LedgerEntry]) -> None:
+    key_ids = sorted({entry.key_id for entry in entries})
+    balances = {row["id"]: row["credits"] for row in await db.fetch(_LOCK_KEYS, key_ids)}
+    # A missing key: nothing to charge, and no row to write (the ledger's key_id references it).
+    entries = [entry for entry in entries if entry.key_id in balances]
+    ids = [entry.request_id for entry in entries]
+    touched = {entry.wallet if entry.wallet is not None else entry.request_id for entry in entries}
+    holds: dict[str, int] = {}
+    settled: set[str] = set()
+    for request_id, amount in await db.fetch(_LOCK_HOLDS, ids, sorted(touched)):
+        if amount is None:
+            settled.add(request_id)
+        else:
+            holds[request_id] = amount
+    plan = plan_settlement(entries, settled, balances, holds)
+    if not plan.rows:
+        return
+    keys = [
+        (key, credits, spent) for key, (credits, spent) in plan.keys.items() if credits or spent
+    ]
+    # The entries go as one JSON array (orjson writes the dataclasses as they are), beside what
+    # each is charged: asyncpg would check every element of 17 arrays in Python instead.
+    status = await db.execute(
+        _WRITE,
+        [key for key, _, _ in keys], [credits for _, credits, _ in keys],
+        [spent for _, _, spent in keys],
+        list(plan.drawn), list(plan.drawn.values()), plan.released,
+        orjson.dumps([entry for entry, _ in plan.rows]).decode(),
+        [charged for _, charged in plan.rows],
     )  # fmt: skip
+    if status != f"INSERT 0 {len(plan.rows)}":
+        raise _Raced(status)
 
 
 def _policy_row(policy: KeyPolicy) -> tuple[int | None, int | None, int | None, str | None]:
