@@ -305,3 +305,115 @@ def test_migrations_apply_once(url):
         assert len(await store.list_keys()) == 1  # nothing to apply, nothing lost
 
     run(url, again)
+
+
+async def _batch_setup(store: Store, url: str, p: str) -> dict[str, int]:
+    """Keys A (100, 30 of it in wallet wA) and B (50, 20 in wB and 10 in a per-request hold
+    pB, as a process from before wallets left it), an unlimited key U, and A's request `old`
+    already settled (5 from wA); every name starts with `p`, so that two copies can coexist."""
+    ids = {}
+    for name, credits in (("A", 100), ("B", 50), ("U", None)):
+        ids[name] = (await store.create_key(name, f"{p}{name}", "cm_x", credits)).id
+    assert await store.fund(ids["A"], f"{p}wA", 30, 30, "i1") == Funding(30, 70)
+    assert await store.fund(ids["B"], f"{p}wB", 20, 20, "i1") == Funding(20, 30)
+    execute(url, "UPDATE api_keys SET credits = credits - 10 WHERE id = ?", ids["B"])
+    execute(
+        url,
+        "INSERT INTO holds (request_id, key_id, amount, instance, model, created_at)"
+        " VALUES (?, ?, 10, 'old', 'm', 1.0)",
+        f"{p}pB",
+        ids["B"],
+    )
+    await store.settle([entry(f"{p}old", ids["A"], 5, wallet=f"{p}wA")])
+    return ids
+
+
+def _batch(p: str, ids: dict[str, int]) -> list[LedgerEntry]:
+    """Entries whose order matters: the caps depend on what the ones before them left."""
+    wa, wb = f"{p}wA", f"{p}wB"
+    return [
+        entry(f"{p}a1", ids["A"], 20, wallet=wa),  # all from the wallet: 5 left in it
+        entry(f"{p}old", ids["A"], 5, wallet=wa),  # settled before: skipped
+        entry(f"{p}b1", ids["B"], 15, wallet=wb),  # wB 5 left
+        entry(f"{p}a2", ids["A"], 50, wallet=wa),  # 5 from the wallet, 45 of A's 70
+        entry(f"{p}pB", ids["B"], 12),  # releases the 10 held: B 20 + 10 - 12
+        entry(f"{p}u1", ids["U"], 1000),  # unlimited: all of it
+        entry(f"{p}a3", ids["A"], 40, wallet=wa),  # A has 25 left: 15 uncharged
+        entry(f"{p}a1", ids["A"], 20, wallet=wa),  # twice in one batch: skipped
+        entry(f"{p}b2", ids["B"], 30, wallet=wb),  # 5 from wB, B's 18: 7 uncharged
+        entry(f"{p}a4", ids["A"], 3),  # nothing left anywhere
+    ]
+
+
+def _batch_state(url: str, p: str, ids: dict[str, int]) -> dict[str, Any]:
+    """Every row the batch can touch, with `p` and the key ids replaced by the keys' names."""
+    name = {key_id: key for key, key_id in ids.items()}
+    keys = {
+        key: query_url(url, "SELECT credits, granted, spent FROM api_keys WHERE id = ?", key_id)[0]
+        for key, key_id in ids.items()
+    }
+    holds = query_url(url, "SELECT request_id, key_id, amount, instance, wallet FROM holds")
+    ledger = query_url(
+        url,
+        "SELECT request_id, key_id, cost, uncharged, status, stream, prompt_tokens, ttfb_ms"
+        " FROM ledger",
+    )
+    return {
+        "keys": keys,
+        "holds": sorted(
+            (hold.removeprefix(p), name[key_id], amount, instance, bool(wallet))
+            for hold, key_id, amount, instance, wallet in holds
+            if key_id in name
+        ),
+        "ledger": sorted(
+            (request_id.removeprefix(p), name[key_id], *rest)
+            for request_id, key_id, *rest in ledger
+            if key_id in name
+        ),
+    }
+
+
+def test_a_batch_charges_each_entry_from_what_the_ones_before_it_left(url):
+    async def scenario(store: Store) -> None:
+        ids = await _batch_setup(store, url, "")
+        await store.settle(_batch("", ids))
+        costs = {
+            row["request_id"]: (row["cost"], row["uncharged"])
+            for key in ("A", "B", "U")
+            for row in await store.recent_usage(ids[key], 20)
+        }
+        assert costs == {
+            "old": (5, 0),
+            "a1": (20, 0),
+            "b1": (15, 0),
+            "a2": (50, 0),
+            "pB": (12, 0),
+            "u1": (1000, 0),
+            "a3": (25, 15),
+            "b2": (23, 7),
+            "a4": (0, 3),
+        }
+        assert (raw_balance(url, ids["A"]), raw_balance(url, ids["B"])) == (0, 0)
+        assert wallets(url) == {"wA": 0, "wB": 0}
+        assert await store.hold_owners() == {"i1"}  # the per-request hold is released
+        a, b, u = [await store.get_key(ids[key]) for key in ("A", "B", "U")]
+        assert a is not None and (a.credits, a.spent) == (0, 100)
+        assert b is not None and (b.credits, b.spent) == (0, 50)
+        assert u is not None and (u.credits, u.spent) == (None, 1000)
+        await store.settle(_batch("", ids))  # the whole batch again: a replayed journal
+        assert (await store.get_key(ids["U"])) == u
+        assert len(await store.recent_usage(ids["A"], 20)) == 5
+
+    run(url, scenario)
+
+
+def test_a_batch_ends_where_its_entries_settled_one_at_a_time_do(url):
+    async def scenario(store: Store) -> None:
+        together = await _batch_setup(store, url, "t-")
+        alone = await _batch_setup(store, url, "s-")
+        await store.settle(_batch("t-", together))
+        for one in _batch("s-", alone):
+            await store.settle([one])
+        assert _batch_state(url, "t-", together) == _batch_state(url, "s-", alone)
+
+    run(url, scenario)
