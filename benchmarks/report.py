@@ -145,7 +145,8 @@ def _headline_section(rows: list[Row]) -> str:
         )
     if numbers.get("bare_added_ttfb_p50_ms") is not None:
         lines.append(
-            f"- A bare pass-through on the same stack (granian + our HTTP/1.1 client, no features) adds "
+            "- A bare pass-through on the same stack (granian + our HTTP/1.1 client, no features)"
+            f" adds "
             f"{numbers['bare_added_ttfb_p50_ms']:.3f} ms at p50 and "
             f"{numbers['bare_added_ttfb_p99_ms']:.3f} ms at p99: the stack's floor."
         )

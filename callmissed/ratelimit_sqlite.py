@@ -22,13 +22,13 @@ import functools
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from callmissed.errors import RateLimited
 from callmissed.ratelimit import UNLIMITED, WINDOW, HeldLease, Lease, Snapshot, limited, refusal
 from callmissed.store import KeyPolicy
+from callmissed.store.sqlite import connect, immediate
 
 __all__ = ["SQLiteLimiter"]
 
@@ -177,15 +177,8 @@ class SQLiteLimiter:
         except sqlite3.Error as exc:
             self._warn(exc)
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return immediate(self._db)
 
     def _warn(self, exc: Exception) -> None:
         if self._db.in_transaction:
@@ -201,9 +194,6 @@ class SQLiteLimiter:
 
 
 def _connect(path: str) -> sqlite3.Connection:
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
-    db.execute("PRAGMA busy_timeout=5000")
+    db = connect(path)
     db.execute("PRAGMA wal_autocheckpoint=0")  # the store's thread checkpoints, off the loop
     return db

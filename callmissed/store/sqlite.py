@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from callmissed.store.base import (
@@ -50,7 +50,7 @@ _CHECKPOINT_EVERY = 0.5  # seconds
 
 class SQLiteStore:
     def __init__(self, path: str) -> None:
-        self._db = _connect(path)
+        self._db = connect(path)
         self._migrate()
         self._version = -1  # PRAGMA data_version when _active was last true
         self._active: set[int] = set()  # keys read as not revoked since then
@@ -69,7 +69,7 @@ class SQLiteStore:
         pass  # connected and migrated in __init__, so that open_store() is ready to use
 
     def _checkpoint(self, path: str) -> None:
-        db = _connect(path)
+        db = connect(path)
         try:
             while not self._stop.wait(_CHECKPOINT_EVERY):
                 db.execute("PRAGMA wal_checkpoint(PASSIVE)")
@@ -100,15 +100,8 @@ class SQLiteStore:
                 if done is None:
                     raise
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return immediate(self._db)
 
     # Keys
 
@@ -258,12 +251,26 @@ class SQLiteStore:
         self._db.close()
 
 
-def _connect(path: str) -> sqlite3.Connection:
+def connect(path: str) -> sqlite3.Connection:
+    """A connection as every part of the gateway uses the file: WAL, no fsync per commit."""
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute("PRAGMA busy_timeout=5000")
     return db
+
+
+@contextmanager
+def immediate(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One transaction holding SQLite's write lock from its start: a read-check-write inside
+    it is atomic across every process sharing the file."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def _give_back(db: sqlite3.Connection, wallet: str) -> int:
