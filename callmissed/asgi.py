@@ -16,12 +16,15 @@ from typing import Any
 from callmissed.errors import GatewayError
 from callmissed.web import (
     App,
+    Headers,
     Request,
     Response,
     StreamResponse,
+    Write,
     error_response,
     new_request_id,
     response_headers,
+    stream_headers,
     write_stream,
 )
 
@@ -80,35 +83,46 @@ class ASGIApp:
             return
         # From here on the client may leave at any moment; the upstream call stops with it.
         gone = asyncio.ensure_future(_wait_for_disconnect(receive))
-        response = await app.respond(
-            endpoint, Request(method, path, headers, body, request_id), gone
-        )
+        early = _EarlyStream(send, request_id)
+        request = Request(method, path, headers, body, request_id, early.start)
+        response = await app.respond(endpoint, request, gone)
         if isinstance(response, StreamResponse):
-            await _send_stream(send, response, gone, request_id)
+            if not early.started:
+                start = {"type": "http.response.start", "status": 200}
+                await send({**start, "headers": response_headers(response, request_id)})
+            await write_stream(response, early.write, gone, request_id)
+            with contextlib.suppress(Exception):  # the client may be gone already
+                await send({"type": "http.response.body", "body": b""})
             return
         gone.cancel()
-        if response is not None:
+        if response is not None and not early.started:
             await _send_response(send, response, request_id)
+
+
+class _EarlyStream:
+    """Request.start_stream: the event stream started before the handler returns (keep-alives)."""
+
+    __slots__ = ("_request_id", "_send", "started")
+
+    def __init__(self, send: Send, request_id: str) -> None:
+        self._send = send
+        self._request_id = request_id
+        self.started = False
+
+    async def start(self, headers: Headers) -> Write:
+        start = {"type": "http.response.start", "status": 200}
+        await self._send({**start, "headers": stream_headers(headers, self._request_id)})
+        self.started = True
+        return self.write
+
+    async def write(self, part: bytes) -> None:
+        await self._send({"type": "http.response.body", "body": part, "more_body": True})
 
 
 async def _send_response(send: Send, response: Response, request_id: str) -> None:
     headers = response_headers(response, request_id)
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": response.body})
-
-
-async def _send_stream(
-    send: Send, response: StreamResponse, gone: asyncio.Future[Any], request_id: str
-) -> None:
-    headers = response_headers(response, request_id)
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-
-    async def write(part: bytes) -> None:
-        await send({"type": "http.response.body", "body": part, "more_body": True})
-
-    await write_stream(response, write, gone, request_id)
-    with contextlib.suppress(Exception):  # the client may be gone already
-        await send({"type": "http.response.body", "body": b""})
 
 
 async def _body_parts(receive: Receive) -> AsyncIterator[bytes]:

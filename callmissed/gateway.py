@@ -19,7 +19,7 @@ from callmissed.credits import Charge, Credits
 from callmissed.errors import ShuttingDown
 from callmissed.failover import Failover, Won
 from callmissed.health import Health
-from callmissed.keepalive import Opening, open_or_keepalive
+from callmissed.keepalive import KeepAlive
 from callmissed.ledger import Ledger, ledger_directory
 from callmissed.metrics import Metrics
 from callmissed.providers import REGISTRY, Provider
@@ -31,6 +31,7 @@ from callmissed.settings import ModelSettings, Settings
 from callmissed.shutdown import on_sigterm
 from callmissed.store import Store, open_store
 from callmissed.upstream import Upstream
+from callmissed.web import Headers, StartStream
 
 __all__ = ["Gateway", "RouteInfo"]
 
@@ -161,20 +162,19 @@ class Gateway:
         won.result.meter_with(charge)
         return won.result, info
 
-    async def open_client_stream(
-        self, principal: Principal, body: dict[str, Any], include_usage: bool, request_id: str
-    ) -> tuple[ChatStream, RouteInfo] | Opening[tuple[ChatStream, RouteInfo]]:
-        """open_stream(); or, if the first token is slow, an Opening that sends keep-alives."""
+    def keepalive(self, start_stream: StartStream | None, headers: Headers) -> KeepAlive:
+        """Keep-alive comments for a stream being opened, should its first token be slow."""
         policy = self.settings.resilience
-        opened = await open_or_keepalive(
-            self.open_stream(principal, body, include_usage, request_id=request_id),
+        return KeepAlive(
+            start_stream,
+            headers,
             policy.keepalive_after,
             policy.keepalive_interval,
-            _close_opened,
+            self._count_keepalive,
         )
-        if isinstance(opened, Opening):
-            self.metrics.inc("callmissed_keepalive_streams_total")
-        return opened
+
+    def _count_keepalive(self) -> None:
+        self.metrics.inc("callmissed_keepalive_streams_total")
 
     def _route(self, body: dict[str, Any]) -> tuple[ModelSettings, list[Target]]:
         if self.draining:
@@ -184,10 +184,6 @@ class Gateway:
 
 def _nothing() -> None:
     pass
-
-
-def _close_opened(opened: tuple[ChatStream, RouteInfo]) -> None:
-    opened[0].close()
 
 
 def _request_id() -> str:

@@ -5,107 +5,102 @@ takes longer than `keepalive_after`, the edge commits a 200 and writes an SSE co
 every SDK ignores, every `keepalive_interval` until it does, so a proxy's idle timeout does not cut
 a long think. The price (docs/resilience.md): a failure after that moment can no longer be an HTTP
 status and goes out in-band, as an error event the SDK raises.
+
+The request's own task keeps waiting for the first token; a KeepAlive costs one timer until it
+fires, and only then starts the response (through the edge's Request.start_stream) and a task
+of its own for the comments.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Generic, TypeVar
+from collections.abc import AsyncIterator, Callable
 
 from callmissed.errors import GatewayError
+from callmissed.web import Headers, StartStream
 
-__all__ = ["COMMENT", "Opening", "aiter_late", "open_or_keepalive"]
+__all__ = ["COMMENT", "KeepAlive", "in_band_error"]
 
 log = logging.getLogger("callmissed")
-
-T = TypeVar("T")
 
 COMMENT = b": keep-alive\n\n"
 
 
-class Opening(Generic[T]):
-    """A stream still being opened when the edge committed its 200."""
+class KeepAlive:
+    """Comments from `after` seconds on, every `interval`, until stop(); see the module doc."""
 
     def __init__(
-        self, task: asyncio.Task[T], interval: float, close_result: Callable[[T], None]
+        self,
+        start_stream: StartStream | None,
+        headers: Headers,
+        after: float,
+        interval: float,
+        on_start: Callable[[], None],
     ) -> None:
-        self._task = task
+        self._start_stream = start_stream
+        self._headers = headers
         self._interval = interval
-        self._close_result = close_result
+        self._on_start = on_start
+        self._writer: asyncio.Task[None] | None = None
+        self._started = False  # the 200 went out: what follows must go in-band
+        self._stopping = False
+        self._nap: asyncio.Future[None] | None = None  # the wait between two comments
+        self._timer: asyncio.TimerHandle | None = None
+        if start_stream is not None:
+            self._timer = asyncio.get_running_loop().call_later(after, self._begin)
 
-    async def aiter_comments(self) -> AsyncIterator[bytes]:
-        """A comment now and every `interval` seconds, until the opening is done."""
-        yield COMMENT
-        while not self._task.done():
-            done, _ = await asyncio.wait((self._task,), timeout=self._interval)
-            if not done:
-                yield COMMENT
+    def _begin(self) -> None:
+        self._timer = None
+        self._writer = asyncio.ensure_future(self._write_comments())
 
-    def result(self) -> T:
-        """What the opening returned (call after aiter_comments ends); raises what it raised."""
-        return self._task.result()
+    async def _write_comments(self) -> None:
+        # Never cancelled: granian's writes do not take a cancel well. stop() ends the nap instead.
+        assert self._start_stream is not None
+        write = await self._start_stream(self._headers)
+        self._started = True
+        self._on_start()
+        while not self._stopping:
+            await write(COMMENT)
+            await self._pause()
 
-    def close(self) -> None:
-        """Stop the opening, or close what it opened: the client is gone or the stream is over."""
-        _close(self._task, self._close_result)
-
-
-async def open_or_keepalive(
-    opening: Awaitable[T], after: float, interval: float, close_result: Callable[[T], None]
-) -> T | Opening[T]:
-    """Await `opening` for up to `after` seconds; past that, hand it over as an Opening.
-
-    `close_result` closes what `opening` returns if nobody will read it (the client left).
-    """
-    task = asyncio.ensure_future(opening)
-    try:
-        done, _ = await asyncio.wait((task,), timeout=after)
-    except BaseException:
-        _close(task, close_result)
-        raise
-    if done:
-        return task.result()
-    return Opening(task, interval, close_result)
-
-
-async def aiter_late(
-    opening: Opening[T],
-    aiter_opened: Callable[[T], AsyncIterator[bytes]],
-    error_event: Callable[[GatewayError], bytes],
-    request_id: str,
-) -> AsyncIterator[bytes]:
-    """Keep-alive comments until the opening is done, then its stream; a failure goes in-band.
-
-    Each API edge passes its own stream encoder and error-event renderer.
-    """
-    async for comment in opening.aiter_comments():
-        yield comment
-    try:
-        opened = opening.result()
-    except GatewayError as exc:
-        yield error_event(exc)
-        return
-    except Exception:
-        log.exception("stream failed to open (%s)", request_id)
-        yield error_event(GatewayError(f"Internal error ({request_id})."))
-        return
-    async for part in aiter_opened(opened):
-        yield part
-
-
-def _close(task: asyncio.Task[T], close_result: Callable[[T], None]) -> None:
-    def settle(finished: asyncio.Task[T]) -> None:
-        if finished.cancelled():
+    async def _pause(self) -> None:
+        """`interval` seconds, or until stop()."""
+        if self._stopping:
             return
-        if finished.exception() is None:
-            close_result(finished.result())
+        loop = asyncio.get_running_loop()
+        self._nap = loop.create_future()
+        wake = loop.call_later(self._interval, _resolve, self._nap)
+        await self._nap
+        wake.cancel()
 
-    if task.done():
-        with contextlib.suppress(asyncio.CancelledError):
-            settle(task)
-        return
-    task.cancel()
-    task.add_done_callback(settle)
+    async def stop(self) -> bool:
+        """No more comments; whether the response was started (then the rest goes in-band)."""
+        self._stopping = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        writer = self._writer
+        if writer is None:
+            return False
+        if self._nap is not None:
+            _resolve(self._nap)
+        await asyncio.wait((writer,))  # its last write is over; our own cancel still reaches us
+        if writer.exception() is not None:
+            log.debug("keep-alive comments stopped: %r", writer.exception())  # the client left
+        return self._started
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def in_band_error(
+    error: Exception, error_event: Callable[[GatewayError], bytes], request_id: str
+) -> AsyncIterator[bytes]:
+    """The body of a stream that failed after its 200 went out: one error event the SDK raises."""
+    if not isinstance(error, GatewayError):
+        log.error("stream failed to open (%s)", request_id, exc_info=error)
+        error = GatewayError(f"Internal error ({request_id}).")
+    yield error_event(error)

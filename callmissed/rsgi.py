@@ -19,12 +19,15 @@ from callmissed.settings import load_settings
 from callmissed.web import (
     App,
     Dialect,
+    Headers,
     Request,
     Response,
     StreamResponse,
+    Write,
     error_response,
     new_request_id,
     response_headers,
+    stream_headers,
     write_stream,
 )
 
@@ -61,17 +64,38 @@ class RSGIApp:
             return
         # From here on the client may leave at any moment; the upstream call stops with it.
         gone = asyncio.ensure_future(protocol.client_disconnect())
-        response = await app.respond(
-            endpoint, Request(method, path, headers, body, request_id), gone
-        )
+        early = _EarlyStream(protocol, request_id)
+        request = Request(method, path, headers, body, request_id, early.start)
+        response = await app.respond(endpoint, request, gone)
         if isinstance(response, StreamResponse):
-            headers_out = _latin1(response_headers(response, request_id))
-            transport = protocol.response_stream(200, headers_out)
+            transport = early.transport or protocol.response_stream(
+                200, _latin1(response_headers(response, request_id))
+            )
+            # granian ends the response when its transport object goes; a failure's traceback
+            # can keep `early` alive in a reference cycle, so it must not hold the transport.
+            early.transport = None
             await write_stream(response, transport.send_bytes, gone, request_id)
             return
         gone.cancel()
-        if response is not None:
+        if response is not None and early.transport is None:
             _send_response(protocol, response, request_id)
+
+
+class _EarlyStream:
+    """Request.start_stream: the event stream started before the handler returns (keep-alives)."""
+
+    __slots__ = ("_protocol", "_request_id", "transport")
+
+    def __init__(self, protocol: Any, request_id: str) -> None:
+        self._protocol = protocol
+        self._request_id = request_id
+        self.transport: Any = None
+
+    async def start(self, headers: Headers) -> Write:
+        out = _latin1(stream_headers(headers, self._request_id))
+        self.transport = self._protocol.response_stream(200, out)
+        send: Write = self.transport.send_bytes
+        return send
 
 
 def _send_response(protocol: Any, response: Response, request_id: str) -> None:

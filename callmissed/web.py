@@ -30,13 +30,17 @@ __all__ = [
     "App",
     "Dialect",
     "Endpoint",
+    "Headers",
     "Request",
     "Response",
+    "StartStream",
     "StreamResponse",
+    "Write",
     "error_response",
     "json_response",
     "new_request_id",
     "response_headers",
+    "stream_headers",
     "unless_disconnected",
     "write_stream",
 ]
@@ -48,6 +52,12 @@ T = TypeVar("T")
 Dialect = Literal["openai", "anthropic"]
 
 
+Headers = list[tuple[bytes, bytes]]
+Write = Callable[[bytes], Awaitable[None]]
+# Starts a 200 event stream with these headers before the handler has returned (keepalive.py).
+StartStream = Callable[[Headers], Awaitable[Write]]
+
+
 @dataclass(slots=True)
 class Request:
     method: str
@@ -55,6 +65,7 @@ class Request:
     headers: dict[str, str]
     body: bytes
     request_id: str
+    start_stream: StartStream | None = None  # the edge's, for a stream that must start early
 
     def json(self) -> Any:
         try:
@@ -182,22 +193,27 @@ def error_response(exc: GatewayError, dialect: Dialect, request_id: str) -> Resp
     return Response(status, orjson.dumps(payload), headers)
 
 
-def response_headers(
-    response: Response | StreamResponse, request_id: str
-) -> list[tuple[bytes, bytes]]:
+def response_headers(response: Response | StreamResponse, request_id: str) -> Headers:
     """Every header a response goes out with."""
     if isinstance(response, StreamResponse):
-        return [
-            (b"content-type", response.content_type),
-            (b"cache-control", b"no-cache"),
-            (b"x-accel-buffering", b"no"),
-            (b"x-request-id", request_id.encode()),
-            *response.headers,
-        ]
+        return stream_headers(response.headers, request_id, response.content_type)
     return [
         (b"content-type", response.content_type),
         (b"x-request-id", request_id.encode()),
         *response.headers,
+    ]
+
+
+def stream_headers(
+    extra: Headers, request_id: str, content_type: bytes = b"text/event-stream"
+) -> Headers:
+    """Every header an event stream goes out with."""
+    return [
+        (b"content-type", content_type),
+        (b"cache-control", b"no-cache"),
+        (b"x-accel-buffering", b"no"),
+        (b"x-request-id", request_id.encode()),
+        *extra,
     ]
 
 

@@ -16,7 +16,7 @@ import orjson
 from callmissed.errors import GatewayError, to_openai
 from callmissed.formats.openai import check_chat_request
 from callmissed.gateway import Gateway
-from callmissed.keepalive import Opening, aiter_late
+from callmissed.keepalive import in_band_error
 from callmissed.relay import ChatStream
 from callmissed.settings import ModelSettings
 from callmissed.web import Request, Response, StreamResponse, json_response
@@ -37,14 +37,20 @@ async def create_chat_completion(gateway: Gateway, request: Request) -> Response
         return json_response(completion, headers=info.headers())
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     request_id = request.request_id
-    opened = await gateway.open_client_stream(principal, body, include_usage, request_id)
-    if isinstance(opened, Opening):
-        late = aiter_late(
-            opened, lambda ready: _aiter_sse(ready[0], request_id), _error_event, request_id
+    keepalive = gateway.keepalive(request.start_stream, [])
+    try:
+        stream, info = await gateway.open_stream(
+            principal, body, include_usage, request_id=request_id
         )
-        return StreamResponse(late, [], opened.close)
-    stream, info = opened
-    return StreamResponse(_aiter_sse(stream, request_id), info.headers(), stream.close)
+    except Exception as exc:
+        if await keepalive.stop():
+            return StreamResponse(in_band_error(exc, _error_event, request_id))
+        raise
+    except BaseException:
+        await keepalive.stop()
+        raise
+    headers = [] if await keepalive.stop() else info.headers()  # or already sent without them
+    return StreamResponse(_aiter_sse(stream, request_id), headers, stream.close)
 
 
 async def _aiter_sse(stream: ChatStream, request_id: str) -> AsyncIterator[bytes]:

@@ -1,73 +1,74 @@
-"""callmissed.keepalive: an opening that takes long is handed over, commented on, and closed."""
+"""callmissed.keepalive: a slow opening starts the stream itself and comments until stopped."""
 
 from __future__ import annotations
 
 import asyncio
 
-from callmissed.keepalive import COMMENT, Opening, open_or_keepalive
+from callmissed.errors import GatewayError
+from callmissed.keepalive import COMMENT, KeepAlive, in_band_error
+from callmissed.web import Headers, Write
 
 
-class Opened:
-    closed = False
+class Edge:
+    """Records what a KeepAlive sends, as the edge's Request.start_stream would send it."""
 
-    def close(self) -> None:
-        self.closed = True
+    def __init__(self) -> None:
+        self.started: Headers | None = None
+        self.written: list[bytes] = []
+        self.counted = 0
 
+    async def start_stream(self, headers: Headers) -> Write:
+        self.started = headers
+        return self.write
 
-def _close(opened: Opened) -> None:
-    opened.close()
+    async def write(self, part: bytes) -> None:
+        self.written.append(part)
 
-
-async def _open(delay: float) -> Opened:
-    await asyncio.sleep(delay)
-    return Opened()
-
-
-def test_a_quick_opening_is_returned_as_is():
-    async def run() -> None:
-        opened = await open_or_keepalive(_open(0), 1.0, 1.0, _close)
-        assert isinstance(opened, Opened)
-
-    asyncio.run(run())
+    def count(self) -> None:
+        self.counted += 1
 
 
-def test_a_slow_opening_yields_comments_until_it_is_done():
-    async def run() -> None:
-        opening = await open_or_keepalive(_open(0.1), 0.01, 0.03, _close)
-        assert isinstance(opening, Opening)
-        comments = [comment async for comment in opening.aiter_comments()]
-        assert set(comments) == {COMMENT}
-        assert len(comments) >= 3  # one at once, then every 30 ms for ~90 ms
-        opened = opening.result()
-        opening.close()
-        assert opened.closed
-
-    asyncio.run(run())
-
-
-def test_closing_a_pending_opening_cancels_it_and_closes_what_it_opens():
-    async def run() -> None:
-        opening = await open_or_keepalive(_open(10), 0.01, 1.0, _close)
-        assert isinstance(opening, Opening)
-        opening.close()
-        await asyncio.sleep(0)
-        assert opening._task.cancelled()
-
-    asyncio.run(run())
-
-
-def test_a_cancelled_wait_does_not_leave_the_opening_running():
-    async def run() -> None:
-        started: list[asyncio.Task[Opened]] = []
-
-        async def tracked() -> Opened:
-            started.append(asyncio.current_task())  # type: ignore[arg-type]
-            return await _open(10)
-
-        waiting = asyncio.ensure_future(open_or_keepalive(tracked(), 5.0, 1.0, _close))
+def test_a_quick_opening_starts_nothing():
+    async def run() -> Edge:
+        edge = Edge()
+        keepalive = KeepAlive(edge.start_stream, [], 0.05, 0.01, edge.count)
         await asyncio.sleep(0.01)
-        waiting.cancel()
-        await asyncio.sleep(0.01)
-        assert started[0].cancelled()
+        assert await keepalive.stop() is False
+        await asyncio.sleep(0.1)  # the timer is gone with it
+        return edge
 
-    asyncio.run(run())
+    edge = asyncio.run(run())
+    assert (edge.started, edge.written, edge.counted) == (None, [], 0)
+
+
+def test_a_slow_opening_starts_the_stream_and_comments_until_stopped():
+    async def run() -> tuple[Edge, bool]:
+        edge = Edge()
+        keepalive = KeepAlive(edge.start_stream, [(b"request-id", b"r1")], 0.01, 0.03, edge.count)
+        await asyncio.sleep(0.1)
+        started = await keepalive.stop()
+        written = len(edge.written)
+        await asyncio.sleep(0.1)
+        assert len(edge.written) == written  # nothing after stop()
+        return edge, started
+
+    edge, started = asyncio.run(run())
+    assert started and edge.started == [(b"request-id", b"r1")] and edge.counted == 1
+    assert set(edge.written) == {COMMENT} and len(edge.written) >= 3  # at once, then every 30 ms
+
+
+def test_without_an_edge_to_start_a_stream_it_only_waits():
+    async def run() -> bool:
+        keepalive = KeepAlive(None, [], 0.0, 0.01, lambda: None)
+        await asyncio.sleep(0.05)
+        return await keepalive.stop()
+
+    assert asyncio.run(run()) is False
+
+
+def test_a_failure_after_the_start_is_one_error_event_and_internals_stay_hidden():
+    async def events(error: Exception) -> list[bytes]:
+        return [part async for part in in_band_error(error, lambda e: e.message.encode(), "r1")]
+
+    assert asyncio.run(events(GatewayError("no route answered"))) == [b"no route answered"]
+    assert asyncio.run(events(KeyError("secret"))) == [b"Internal error (r1)."]
