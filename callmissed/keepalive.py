@@ -15,16 +15,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 from callmissed.errors import GatewayError
 from callmissed.web import Headers, StartStream
 
-__all__ = ["COMMENT", "KeepAlive", "in_band_error"]
+__all__ = ["COMMENT", "InBand", "KeepAlive", "in_band_error"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("callmissed")
 
 COMMENT = b": keep-alive\n\n"
+
+
+class InBand(Exception):
+    """Opening the stream failed after its 200 went out: send `error` as an event instead."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class KeepAlive:
@@ -74,8 +85,27 @@ class KeepAlive:
         await self._nap
         wake.cancel()
 
+    @property
+    def started(self) -> bool:
+        """Whether the 200 went out: what follows, a failure included, must go in-band."""
+        return self._started
+
+    async def run(self, opening: Awaitable[T]) -> T:
+        """Await `opening` with comments meanwhile; a failure after the start raises InBand."""
+        try:
+            result = await opening
+        except Exception as exc:
+            if await self.stop():
+                raise InBand(exc) from exc
+            raise
+        except BaseException:
+            await self.stop()
+            raise
+        await self.stop()
+        return result
+
     async def stop(self) -> bool:
-        """No more comments; whether the response was started (then the rest goes in-band)."""
+        """No more comments; whether the response was started (`started`)."""
         self._stopping = True
         if self._timer is not None:
             self._timer.cancel()

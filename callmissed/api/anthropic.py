@@ -20,7 +20,7 @@ from callmissed.errors import GatewayError, to_anthropic
 from callmissed.formats.anthropic import parse_message_request
 from callmissed.formats.anthropic_message import MessageStreamEncoder, build_message
 from callmissed.gateway import Gateway
-from callmissed.keepalive import in_band_error
+from callmissed.keepalive import InBand, in_band_error
 from callmissed.relay import ChatStream
 from callmissed.token_estimate import estimate_input_tokens
 from callmissed.web import Request, Response, StreamResponse, json_response
@@ -41,18 +41,12 @@ async def create_message(gateway: Gateway, request: Request) -> Response | Strea
         return json_response(build_message(completion, message), headers=info.headers() + headers)
     request_id = request.request_id
     keepalive = gateway.keepalive(request.start_stream, headers)
+    opening = gateway.open_stream(principal, message.chat, False, request_id=request_id)
     try:
-        stream, info = await gateway.open_stream(
-            principal, message.chat, False, request_id=request_id
-        )
-    except Exception as exc:
-        if await keepalive.stop():
-            return StreamResponse(in_band_error(exc, _error_event, request_id))
-        raise
-    except BaseException:
-        await keepalive.stop()
-        raise
-    if not await keepalive.stop():  # else the headers went out with the first comment
+        stream, info = await keepalive.run(opening)
+    except InBand as failed:
+        return StreamResponse(in_band_error(failed.error, _error_event, request_id))
+    if not keepalive.started:  # else the headers went out with the first comment
         headers = info.headers() + headers
     events = _aiter_events(stream, MessageStreamEncoder(message), request_id)
     return StreamResponse(events, headers, stream.close)

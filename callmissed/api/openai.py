@@ -16,7 +16,7 @@ import orjson
 from callmissed.errors import GatewayError, to_openai
 from callmissed.formats.openai import check_chat_request
 from callmissed.gateway import Gateway
-from callmissed.keepalive import in_band_error
+from callmissed.keepalive import InBand, in_band_error
 from callmissed.relay import ChatStream
 from callmissed.settings import ModelSettings
 from callmissed.web import Request, Response, StreamResponse, json_response
@@ -38,18 +38,12 @@ async def create_chat_completion(gateway: Gateway, request: Request) -> Response
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     request_id = request.request_id
     keepalive = gateway.keepalive(request.start_stream, [])
+    opening = gateway.open_stream(principal, body, include_usage, request_id=request_id)
     try:
-        stream, info = await gateway.open_stream(
-            principal, body, include_usage, request_id=request_id
-        )
-    except Exception as exc:
-        if await keepalive.stop():
-            return StreamResponse(in_band_error(exc, _error_event, request_id))
-        raise
-    except BaseException:
-        await keepalive.stop()
-        raise
-    headers = [] if await keepalive.stop() else info.headers()  # or already sent without them
+        stream, info = await keepalive.run(opening)
+    except InBand as failed:
+        return StreamResponse(in_band_error(failed.error, _error_event, request_id))
+    headers = [] if keepalive.started else info.headers()  # or already sent without them
     return StreamResponse(_aiter_sse(stream, request_id), headers, stream.close)
 
 

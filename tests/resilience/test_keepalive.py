@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from callmissed.errors import GatewayError
-from callmissed.keepalive import COMMENT, KeepAlive, in_band_error
+from callmissed.keepalive import COMMENT, InBand, KeepAlive, in_band_error
 from callmissed.web import Headers, Write
 
 
@@ -72,3 +72,37 @@ def test_a_failure_after_the_start_is_one_error_event_and_internals_stay_hidden(
 
     assert asyncio.run(events(GatewayError("no route answered"))) == [b"no route answered"]
     assert asyncio.run(events(KeyError("secret"))) == [b"Internal error (r1)."]
+
+
+async def _fail_after(delay: float) -> None:
+    await asyncio.sleep(delay)
+    raise GatewayError("no route answered")
+
+
+def test_a_failure_before_the_start_is_raised_as_it_is():
+    async def run() -> None:
+        keepalive = KeepAlive(Edge().start_stream, [], 1.0, 1.0, lambda: None)
+        try:
+            await keepalive.run(_fail_after(0))
+        except InBand:
+            raise AssertionError("the stream had not started") from None
+        except GatewayError:
+            return
+        raise AssertionError("the failure was lost")
+
+    asyncio.run(run())
+
+
+def test_a_failure_after_the_start_must_go_in_band():
+    async def run() -> GatewayError:
+        edge = Edge()
+        keepalive = KeepAlive(edge.start_stream, [], 0.01, 0.01, edge.count)
+        try:
+            await keepalive.run(_fail_after(0.05))
+        except InBand as failed:
+            assert keepalive.started and edge.started == []
+            assert isinstance(failed.error, GatewayError)
+            return failed.error
+        raise AssertionError("not raised in-band")
+
+    assert asyncio.run(run()).message == "no route answered"
