@@ -1,0 +1,127 @@
+"""The gateway's own cost per streamed request, without the HTTP server.
+
+Run: `python -m benchmarks.inprocess`.
+
+Drives `web.App` directly (what rsgi.py calls for each request) against the benchmark's fake
+upstream, one request at a time, with auth, a metered key, the ledger and failover on, and
+prints the best wall and CPU time per request of three rounds. Machine speed here drifts by
+tens of percent between runs, so compare two checkouts in alternating runs, or count
+instructions, which do not drift:
+
+    python -m benchmarks.inprocess --requests 2000                       # time
+    python -m benchmarks.inprocess --profile                             # where (cProfile)
+    valgrind --tool=callgrind python -m benchmarks.inprocess --requests 50   # then 250:
+        # (Ir at 250 - Ir at 50) / 600 = instructions per request, start-up cancelled out
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import os
+import pstats
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+import uvloop
+
+from benchmarks.systems import ROOT, free_port, wait_healthy
+
+__all__ = ["main"]
+
+_BODY = orjson.dumps(
+    {
+        "model": "bench-fast",
+        "stream": True,
+        "messages": [{"role": "user", "content": "Say hello in five words, please."}],
+    }
+)
+_CONFIG = """
+[providers.bench]
+type = "openai"
+base_url = "http://127.0.0.1:{port}/v1"
+
+[models."bench-fast"]
+routes = ["bench:fast"]
+prices = {{ input = 0.15, cached_input = 0.075, output = 0.6 }}
+"""
+
+
+async def _measure(requests: int, profile: cProfile.Profile | None) -> tuple[float, float]:
+    # Imported here: the environment names the config and database before settings load.
+    from callmissed.app import build_app
+    from callmissed.auth import create_key
+    from callmissed.gateway import Gateway
+    from callmissed.settings import load_settings
+    from callmissed.web import Request, StreamResponse, write_stream
+
+    app = build_app(load_settings())
+    await app.startup()
+    gateway = app.startup.__self__  # type: ignore[attr-defined]
+    assert isinstance(gateway, Gateway)
+    key, _ = await create_key(gateway.store, "inprocess", 10**12)
+    headers = {"authorization": f"Bearer {key}", "content-length": str(len(_BODY))}
+    endpoint = app.route("POST", "/v1/chat/completions")
+    loop = asyncio.get_running_loop()
+
+    async def discard(part: bytes) -> None:
+        pass
+
+    async def one() -> None:
+        gone: asyncio.Future[None] = loop.create_future()
+        request_id = "req_" + os.urandom(8).hex()
+        request = Request("POST", "/v1/chat/completions", headers, _BODY, request_id)
+        response = await app.respond(endpoint, request, gone)
+        assert isinstance(response, StreamResponse), response
+        await write_stream(response, discard, gone, request_id)
+
+    for _ in range(300):  # warm: pools, caches, the wallet
+        await one()
+    best_wall = best_cpu = float("inf")
+    for _ in range(3):
+        if profile is not None:
+            profile.enable()
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(requests):
+            await one()
+        best_wall = min(best_wall, (time.perf_counter() - wall) / requests * 1e6)
+        best_cpu = min(best_cpu, (time.process_time() - cpu) / requests * 1e6)
+        if profile is not None:
+            profile.disable()
+    await app.shutdown()
+    return best_wall, best_cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000, help="per round (3 rounds)")
+    parser.add_argument("--profile", action="store_true", help="print a cProfile table")
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="callmissed-inprocess-"))
+    port = free_port()
+    command = [sys.executable, "-m", "benchmarks.upstream", "--port", str(port)]
+    upstream = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
+    try:
+        wait_healthy(port, "/v1/models", upstream, 10)
+        (home / "inprocess.toml").write_text(_CONFIG.format(port=port))
+        os.environ["CALLMISSED_CONFIG"] = str(home / "inprocess.toml")
+        os.environ["CALLMISSED_DATABASE_URL"] = f"sqlite:///{home / 'inprocess.sqlite3'}"
+        profile = cProfile.Profile() if args.profile else None
+        wall, cpu = uvloop.run(_measure(args.requests, profile))
+    finally:
+        upstream.terminate()
+        upstream.wait(timeout=10)
+    print(
+        f"per streamed request: {wall:.1f} us wall, {cpu:.1f} us CPU (best of 3 x {args.requests})"
+    )
+    if profile is not None:
+        pstats.Stats(profile).sort_stats("tottime").print_stats(40)
+
+
+if __name__ == "__main__":
+    main()
