@@ -33,7 +33,7 @@ from callmissed.ledger import Ledger
 from callmissed.ratelimit import Lease, Limiter
 from callmissed.settings import ModelSettings, Prices
 from callmissed.store import Funding, LedgerEntry, Store
-from callmissed.token_estimate import estimate_input_tokens
+from callmissed.token_estimate import estimate_input_tokens, estimate_output_tokens
 from callmissed.wallet import Wallet
 
 if TYPE_CHECKING:
@@ -358,15 +358,14 @@ class Charge:
             self._ttfb = time.perf_counter() - self._started
         tokens = 0
         for chunk in batch:
-            text = chunk.text
-            if text is not None:  # nothing but content (relay.Chunk): no need to walk it
-                tokens += _text_tokens(text) if text else 0
+            if chunk.tokens is not None:  # nothing but content (relay.Chunk): no need to walk it
+                tokens += chunk.tokens
                 continue
             parsed = chunk.json()
             for choice in parsed.get("choices") or ():
                 delta = choice.get("delta")
                 if delta:
-                    tokens += _delta_tokens(delta)
+                    tokens += _message_tokens(delta)
             if "usage" in parsed:
                 usage = parsed["usage"]
                 if isinstance(usage, dict) and "cost" not in usage:
@@ -431,15 +430,6 @@ def _put_cost(usage: dict[str, Any], cost: int) -> None:
     usage.pop("cost_details", None)
 
 
-def _delta_tokens(delta: dict[str, Any]) -> int:
-    # The common chunk, {"content": "..."}, without the general walk.
-    if len(delta) == 1:
-        text = delta.get("content")
-        if text.__class__ is str:
-            return _text_tokens(text) if text else 0
-    return _message_tokens(delta)
-
-
 def _message_tokens(message: Any) -> int:
     """Tokens in a delta or message, estimated from its text: ~4 ASCII characters per token."""
     if not isinstance(message, dict):
@@ -448,19 +438,11 @@ def _message_tokens(message: Any) -> int:
     for field in ("content", "reasoning", "reasoning_content", "refusal"):
         text = message.get(field)
         if isinstance(text, str) and text:
-            tokens += _text_tokens(text)
+            tokens += estimate_output_tokens(text)
     for call in message.get("tool_calls") or ():
         function = call.get("function") if isinstance(call, dict) else None
         if isinstance(function, dict):
             for part in (function.get("name"), function.get("arguments")):
                 if isinstance(part, str) and part:
-                    tokens += _text_tokens(part)
+                    tokens += estimate_output_tokens(part)
     return tokens
-
-
-def _text_tokens(text: str) -> int:
-    # At least one per piece the upstream sent: most servers stream one token per chunk.
-    if text.isascii():
-        return len(text) >> 2 or 1
-    other = sum(1 for character in text if not character.isascii())
-    return max(1, (len(text) - other) // 4 + other)

@@ -1,8 +1,9 @@
 """Relay one upstream answer to the client: normalised OpenAI chunks, usage captured as it passes.
 
 The common chunk, content only, is known by its envelope once one was parsed (formats.openai.
-ContentTemplate); any other is parsed, and re-encoded only when its bytes show it may need an
-edit (formats.openai.needs_normalising). Everything else goes out as the upstream sent it.
+ContentTemplate), and a run of such events goes out as the upstream framed it, unparsed; any
+other chunk is parsed, and re-encoded only when its bytes show it may need an edit
+(formats.openai.needs_normalising). Everything else goes out as the upstream sent it.
 A stream that errors or ends before its finish reason raises UpstreamError, so every API edge
 can end it with an error the SDK raises.
 Which route to stream from, and when a silent upstream has waited too long, is failover.py's call.
@@ -26,7 +27,8 @@ from callmissed.formats.openai import (
     plain_content,
 )
 from callmissed.providers import Provider
-from callmissed.sse import SSEDecoder
+from callmissed.sse import SSEDecoder, event_data
+from callmissed.token_estimate import ascii_output_tokens, estimate_output_tokens
 from callmissed.upstream import UpstreamResponse
 
 __all__ = ["ChatStream", "Chunk", "StreamMeter", "read_completion"]
@@ -36,20 +38,26 @@ _DONE = b"[DONE]"
 
 @dataclass(slots=True)
 class Chunk:
-    """One chat.completion.chunk, as JSON bytes ready to forward, parsed if we had to.
+    """One chat.completion.chunk as JSON bytes ready to forward, parsed if we had to; or a run.
 
-    `text` is set on the common chunk that carries nothing but content (formats.openai.
-    plain_content), so a meter can count it without walking the parsed chunk.
+    `tokens` is set on chunks that carry nothing but content (formats.openai.plain_content): their
+    estimated tokens, so a meter need not walk them. A run is several of those as the upstream
+    framed them: `data` is whole SSE events in the envelope `run` learned; json() merges them.
     """
 
     data: bytes
     parsed: dict[str, Any] | None = None
-    text: str | None = None
+    tokens: int | None = None
+    run: ContentTemplate | None = None
 
     def json(self) -> dict[str, Any]:
         if self.parsed is None:
-            self.parsed = orjson.loads(self.data)
+            self.parsed = orjson.loads(self.data if self.run is None else self.run.merge(self.data))
         return self.parsed
+
+    def event(self) -> bytes:
+        """The chunk as an SSE event (a run: its events)."""
+        return self.data if self.run is not None else b"data: " + self.data + b"\n\n"
 
 
 class StreamMeter(Protocol):
@@ -134,9 +142,7 @@ class ChatStream:
         self.reading = True
         try:
             async for raw in reads:
-                batch = [
-                    chunk for data in self._decoder.feed_data(raw) if (chunk := self._accept(data))
-                ]
+                batch = self._chunks(raw)
                 if batch:
                     self.chunks_delivered += len(batch)
                     self.reading = False
@@ -191,10 +197,42 @@ class ChatStream:
         if self._meter is not None:
             self._meter.on_close(self)
 
+    def _chunks(self, raw: bytes) -> list[Chunk]:
+        """The chunks an upstream read completes: each run of events in the learned envelope as
+        one Chunk, forwarded as it came; any other event on its own."""
+        events = self._decoder.take(raw)
+        template = self._template
+        chunks: list[Chunk] = []
+        start, size = 0, len(events)
+        while start < size:
+            end, length, pieces = template.scan(events, start)
+            if end > start and (run := self._run(events[start:end], length, pieces)) is not None:
+                chunks.append(run)
+                start = end
+                continue
+            end = events.find(b"\n\n", start)
+            if end == -1:
+                break  # what is left is a stray line end
+            data = event_data(events[start:end])
+            start = end + 2
+            if data is not None and (chunk := self._accept(data)) is not None:
+                chunks.append(chunk)
+        return chunks
+
+    def _run(self, events: bytes, length: int, pieces: int) -> Chunk | None:
+        """A run of content events, unless their text is not UTF-8 (then each is refused alone)."""
+        if events.isascii():
+            return Chunk(events, None, ascii_output_tokens(length, pieces), self._template)
+        try:
+            text = self._template.merge(events).decode()
+        except UnicodeDecodeError:
+            return None
+        return Chunk(events, None, estimate_output_tokens(text, pieces), self._template)
+
     def _accept(self, data: bytes) -> Chunk | None:
         text = self._template.match(data)
         if text is not None:  # the common chunk, known by its envelope: nothing to parse
-            return Chunk(data, None, text)
+            return Chunk(data, None, estimate_output_tokens(text))
         if data == _DONE:
             self._done = True
             return None
@@ -208,12 +246,12 @@ class ChatStream:
             ) from None
         if chunk.__class__ is not dict:
             raise UpstreamError("the upstream sent a chunk that is not an object")
-        text = plain_content(chunk)
-        if text is not None:
+        content = plain_content(chunk)
+        if content is not None:
             if not self._template.learned and self._learning > 0:
                 self._learning -= 1
-                self._template.learn(data, text)
-            return Chunk(data, chunk, text)
+                self._template.learn(data, content)
+            return Chunk(data, chunk, estimate_output_tokens(content))
         if not needs_normalising(data):
             return Chunk(data, chunk)
         error = self._provider.stream_error(chunk)
@@ -240,8 +278,8 @@ class ChatStream:
 
 def _has_token(chunk: Chunk) -> bool:
     """Whether a chunk carries anything a client would see: not just a role or empty strings."""
-    if chunk.text is not None:
-        return bool(chunk.text) or not chunk.json().get("choices")
+    if chunk.tokens is not None:
+        return chunk.tokens > 0 or not chunk.json().get("choices")
     choices = chunk.json().get("choices")
     if not choices:
         return True  # usage, or something we do not know: nothing to hold it back for

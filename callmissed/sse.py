@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["SSEDecoder", "SSEEvent"]
+__all__ = ["SSEDecoder", "SSEEvent", "event_data"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,15 +35,19 @@ class SSEDecoder:
                 events.append(event)
         return events
 
-    def feed_data(self, chunk: bytes) -> list[bytes]:
-        """Like feed(), but only each event's data: all a relay of unnamed events needs."""
-        datas = []
-        for block in self._blocks(chunk):
-            if block.startswith(b"data: ") and b"\n" not in block:
-                datas.append(block[6:])
-            elif (event := _parse_block(block)) is not None:
-                datas.append(event.data)
-        return datas
+    def take(self, chunk: bytes) -> bytes:
+        """The complete events `chunk` finishes, as one run of blank-line-terminated blocks with
+        LF line ends (b"" if none); the rest waits for more. For a relay that scans the events
+        itself (relay.py), reading each block with event_data()."""
+        buffer = self._buffer + chunk
+        if b"\r" in buffer:
+            buffer = _normalise_line_ends(buffer)
+        cut = buffer.rfind(b"\n\n")
+        if cut == -1:
+            self._buffer = buffer
+            return b""
+        self._buffer = buffer[cut + 2 :]
+        return buffer[: cut + 2]
 
     def _blocks(self, chunk: bytes) -> list[bytes]:
         """The blank-line-terminated blocks `chunk` completes; the rest waits for more."""
@@ -65,6 +69,15 @@ def _normalise_line_ends(buffer: bytes) -> bytes:
     if buffer.endswith(b"\r"):
         buffer, tail = buffer[:-1], b"\r"
     return buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + tail
+
+
+def event_data(block: bytes) -> bytes | None:
+    """The data of one event block, or None for a block without any (a comment)."""
+    # The common case by far: one `data: {...}` line.
+    if block.startswith(b"data: ") and b"\n" not in block:
+        return block[6:]
+    event = _parse_block(block)
+    return None if event is None else event.data
 
 
 def _parse_block(block: bytes) -> SSEEvent | None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["estimate_input_tokens"]
+__all__ = ["ascii_output_tokens", "estimate_input_tokens", "estimate_output_tokens"]
 
 _MESSAGE_TOKENS = 4  # role markers and separators around each message
 _IMAGE_TOKENS = 1600  # ~1.15 megapixels, the size Anthropic scales large images down to
@@ -34,6 +34,25 @@ def estimate_input_tokens(chat: Mapping[str, Any]) -> int:
     if chat.get("tools"):
         total += _text_tokens(orjson.dumps(chat["tools"]).decode())
     return max(total, 1)
+
+
+def estimate_output_tokens(text: str | bytes, pieces: int = 1) -> int:
+    """Tokens in streamed text that came in `pieces` non-empty pieces: as for input, but at least
+    one a piece, because most servers stream a token per chunk. Bytes must be UTF-8
+    (UnicodeDecodeError otherwise); ASCII bytes are counted without decoding them."""
+    if not text:
+        return 0
+    if text.isascii():
+        return ascii_output_tokens(len(text), pieces)
+    if isinstance(text, bytes):
+        text = text.decode()
+    other = sum(1 for character in text if not character.isascii())
+    return max(pieces, (len(text) - other) // 4 + other)
+
+
+def ascii_output_tokens(length: int, pieces: int) -> int:
+    """estimate_output_tokens() of ASCII text of this length, from its length alone."""
+    return max(pieces, length >> 2)
 
 
 def _content_tokens(content: Any) -> int:

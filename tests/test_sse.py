@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from callmissed.sse import SSEDecoder, SSEEvent
+from callmissed.sse import SSEDecoder, SSEEvent, event_data
 
 
 def _decode(*parts: bytes) -> list[SSEEvent]:
@@ -41,3 +41,31 @@ def test_unterminated_event_stays_pending():
     assert decoder.feed(b"data: half") == []
     assert decoder.pending == b"data: half"
     assert decoder.feed(b"\n\n") == [SSEEvent(b"half")]
+
+
+def _take_all(*parts: bytes) -> list[bytes | None]:
+    decoder = SSEDecoder()
+    events = b"".join(decoder.take(part) for part in parts)
+    assert events.endswith(b"\n\n") or not events
+    return [event_data(block) for block in events.split(b"\n\n")[:-1] if block.strip(b"\n")]
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 7, 64])
+def test_take_gives_whole_events_only_whatever_the_split(size):
+    raw = b"data: one\r\n\r\ndata: two\r\n\r\n: c\r\n\r\ndata:three\r\n\r\ndata: fo"
+    parts = [raw[i : i + size] for i in range(0, len(raw), size)]
+    assert _take_all(*parts) == [b"one", b"two", None, b"three"]
+
+
+def test_take_keeps_an_unterminated_event_for_later():
+    decoder = SSEDecoder()
+    assert decoder.take(b"data: a\n\ndata: half") == b"data: a\n\n"
+    assert decoder.pending == b"data: half"
+    assert decoder.take(b"\n") == b""
+    assert decoder.take(b"\n") == b"data: half\n\n"
+
+
+def test_event_data_reads_one_block_like_feed():
+    assert event_data(b'data: {"a":1}') == b'{"a":1}'
+    assert event_data(b": OPENROUTER PROCESSING") is None
+    assert event_data(b"event: x\ndata: a\ndata: b") == b"a\nb"

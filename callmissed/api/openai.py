@@ -50,7 +50,7 @@ async def create_chat_completion(gateway: Gateway, request: Request) -> Response
 async def _aiter_sse(stream: ChatStream, request_id: str) -> AsyncIterator[bytes]:
     try:
         async for batch in stream.aiter_batches():
-            yield b"".join([b"data: " + chunk.data + b"\n\n" for chunk in batch])
+            yield b"".join([chunk.event() for chunk in batch])
     except GatewayError as exc:
         yield _error_event(exc)
         return

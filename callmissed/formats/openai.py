@@ -205,16 +205,18 @@ class ContentTemplate:
     An upstream sends every content chunk of a stream in the same envelope, e.g.
     `{"id":"…","choices":[{"index":0,"delta":{"content":"` TEXT `"},"finish_reason":null}]}`.
     learn() takes the envelope's two halves from a chunk already parsed and found plain, and
-    proves them by parsing the halves around a probe text; match() then gives the TEXT of a
-    chunk in the same envelope, or None. A chunk it matches is valid JSON and as plain as the
-    learned one: TEXT is accepted only as UTF-8 without a quote, backslash or control character,
-    so it stays inside the string the probe showed to be the content.
+    proves them by parsing the halves around a probe text. Then match() gives the TEXT of one
+    chunk in that envelope, and scan() finds a run of whole `data: ` events in it, so a relay can
+    forward the run as it came. A chunk it matches is valid JSON and as plain as the learned
+    one: TEXT is accepted only without a quote, backslash or control character, so it stays
+    inside the string the probe showed to be the content, and only as UTF-8 (which, for a run,
+    is the caller's to check: all of it at once).
     """
 
-    __slots__ = ("_head", "_tail", "learned")
+    __slots__ = ("_head", "_prefix", "_suffix", "_tail", "learned")
 
     def __init__(self) -> None:
-        self._head = self._tail = b""
+        self._head = self._tail = self._prefix = self._suffix = b""
         self.learned = False
 
     def learn(self, data: bytes, text: str) -> None:
@@ -229,8 +231,10 @@ class ContentTemplate:
             return
         if probe.__class__ is dict and plain_content(probe) == "x":
             self._head, self._tail, self.learned = head, tail, True
+            self._prefix, self._suffix = b"data: " + head, tail + b"\n\n"
 
     def match(self, data: bytes) -> str | None:
+        """The TEXT of one chunk's data in the envelope, else None."""
         if not self.learned or not data.startswith(self._head) or not data.endswith(self._tail):
             return None
         end = len(data) - len(self._tail)
@@ -243,6 +247,28 @@ class ContentTemplate:
             return text.decode()
         except UnicodeDecodeError:
             return None
+
+    def scan(self, events: bytes, start: int) -> tuple[int, int, int]:
+        """The run of `data: ` events in the envelope at `start` in `events` (whole events, as
+        sse.SSEDecoder.take gives them): where it ends (`start` if there is none), the length of
+        its TEXTs together, and how many are not empty."""
+        prefix, suffix, unsafe = self._prefix, self._suffix, _UNSAFE_IN_STRING
+        end = start
+        length = pieces = 0
+        while self.learned and events.startswith(prefix, end):
+            text = end + len(prefix)
+            stop = events.find(suffix, text)
+            if stop == -1 or unsafe.search(events, text, stop) is not None:
+                break
+            length += stop - text
+            pieces += stop > text
+            end = stop + len(suffix)
+        return end, length, pieces
+
+    def merge(self, run: bytes) -> bytes:
+        """A run that scan() found, as one chunk carrying all its TEXT."""
+        texts = [event[len(self._prefix) :] for event in run.split(self._suffix)]
+        return self._head + b"".join(texts) + self._tail
 
 
 # What may not appear raw inside a JSON string: a quote, a backslash, a control character.

@@ -143,7 +143,9 @@ def test_crlf_and_odd_chunk_boundaries(client):
     assert _text(stream) == "Hello world"
 
 
-@pytest.mark.parametrize("model", ["fake/drop-after-2", "fake/no-finish", "fake/bad-json"])
+@pytest.mark.parametrize(
+    "model", ["fake/drop-after-2", "fake/no-finish", "fake/bad-json", "fake/bad-utf8"]
+)
 def test_a_stream_that_breaks_makes_the_sdk_raise(client, model):
     stream = client.chat.completions.create(model=model, messages=MESSAGES, stream=True)
     with pytest.raises(openai.APIError):

@@ -196,6 +196,12 @@ def _bad_json(model: str, body: dict[str, Any]) -> list[bytes | float]:
     return [*_hello(model, body)[:2], 0.05, b"data: {not json\n\n"]
 
 
+def _bad_utf8(model: str, body: dict[str, Any]) -> list[bytes | float]:
+    # In one write, content chunks in the envelope already seen, one of them not UTF-8.
+    run = [sse_chunk(model, {"content": text}) for text in (" a", " b\u00e9", " c")]
+    return [*_hello(model, body)[:2], 0.05, b"".join(run).replace("é".encode(), b"\xe9")]
+
+
 def _crlf(model: str, body: dict[str, Any]) -> list[bytes | float]:
     # CRLF line ends and events split at awkward byte boundaries.
     raw = b"".join(f for f in _hello(model, body) if isinstance(f, bytes)).replace(b"\n", b"\r\n")
@@ -268,6 +274,7 @@ BEHAVIOURS: dict[str, Script] = {
     "first-chunk-error": _first_chunk_error,
     "no-finish": _no_finish,
     "bad-json": _bad_json,
+    "bad-utf8": _bad_utf8,
     "crlf": _crlf,
     "slow": _slow,
     "endless": _endless,

@@ -190,3 +190,41 @@ def test_no_template_is_learned_from_where_the_text_also_fills_another_field():
     template = ContentTemplate()
     template.learn(_content_chunk("m"), "m")  # "m" is the model's name too, and comes first
     assert not template.learned
+
+
+def _events(*chunks: bytes) -> bytes:
+    return b"".join(b"data: " + chunk + b"\n\n" for chunk in chunks)
+
+
+def test_a_run_of_events_in_the_envelope_is_found_without_parsing():
+    run = _events(_content_chunk("Hel"), _content_chunk(""), _content_chunk("lo wörld"))
+    events = _events(_content_chunk("first")) + run + _events(_content_chunk("x", finish="stop"))
+    start = len(_events(_content_chunk("first")))
+    end, length, pieces = _learned().scan(events, start)
+    assert events[start:end] == run
+    assert (length, pieces) == (len("Hello wörld".encode()), 2)
+    merged = orjson.loads(_learned().merge(run))
+    assert plain_content(merged) == "Hello wörld"
+    assert merged == orjson.loads(_content_chunk("Hello wörld"))
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        _content_chunk('say "hi"'),
+        _content_chunk("a\\b"),
+        _content_chunk("line\nbreak"),
+        _content_chunk("done", finish="stop"),
+        b'{"choices":[]}',
+    ],
+)
+def test_a_run_ends_at_the_first_event_that_is_not_plain_content_in_the_envelope(other):
+    run = _events(_content_chunk("a"), _content_chunk("b"))
+    events = run + _events(other, _content_chunk("c"))
+    assert _learned().scan(events, 0) == (len(run), 2, 2)
+    assert _learned().scan(events, len(run))[0] == len(run)  # no run starts there
+
+
+def test_nothing_is_a_run_before_a_template_is_learned():
+    events = _events(_content_chunk("a"))
+    assert ContentTemplate().scan(events, 0) == (0, 0, 0)
