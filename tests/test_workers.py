@@ -1,4 +1,4 @@
-"""Several worker processes behave as one server: /metrics, key changes, credit.
+"""Several worker processes behave as one server: /metrics, key changes, credit, the default.
 
 Each test pins one keep-alive connection to each of two workers (a connection stays with the
 worker that accepted it; /healthz says which one that is), so it knows that both served.
@@ -7,11 +7,17 @@ worker that accepted it; /healthz says which one that is), so it knows that both
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from callmissed.settings import available_cores
 from tests.accounting import (
     ADMIN_TOKEN,
     BACKENDS,
@@ -159,3 +165,41 @@ def test_a_nearly_drained_key_gets_every_request_it_can_pay_for(upstream, tmp_pa
             ) == [(6, 6 * HELLO_COST)]
         finally:
             stop_gateway(running)
+
+
+def test_by_default_a_worker_per_core_and_a_dead_worker_is_replaced(upstream, tmp_path):
+    running = start_billing_gateway(upstream, tmp_path, CALLMISSED_WORKERS="")
+    try:
+        cores = available_cores()
+        assert f"{cores} worker(s)" in running.log.read_text()
+        journals = tmp_path / "gateway.sqlite3.ledger"
+        deadline = time.monotonic() + 10
+        while len(list(journals.glob("*.journal"))) < cores:  # each worker is up and serving
+            assert time.monotonic() < deadline, "not every worker started"
+            time.sleep(0.05)
+        if cores < 2:
+            pytest.skip("one core: nothing more to see")
+        with two_workers(running) as (_, other):
+            victim = other.get("/healthz").json()["worker"]
+            assert chat(other, running.key, model="local-model").status_code == 200
+        os.kill(victim, signal.SIGKILL)
+        workers: set[int] = set()
+        deadline = time.monotonic() + 20
+        while len(workers - {victim}) < cores:  # its successor answers too
+            assert time.monotonic() < deadline, f"no worker replaced {victim}"
+            with (
+                httpx.Client(base_url=running.url, timeout=5) as client,
+                contextlib.suppress(httpx.HTTPError),
+            ):
+                workers.add(client.get("/healthz").json()["worker"])
+            time.sleep(0.02)
+        assert running.process.poll() is None
+        with httpx.Client(base_url=running.url, timeout=5) as client:
+            samples = scrape(client)
+        assert samples["callmissed_workers"] == cores  # the dead one's socket is gone
+        assert samples["callmissed_workers_unanswered"] == 0
+        assert re.search(r"replayed \d+ entries", running.log.read_text())
+    finally:
+        stop_gateway(running)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            running.process.wait(5)
