@@ -48,7 +48,7 @@ async def create_key(
 class Authenticator:
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._cache: dict[str, tuple[Principal | None, float]] = {}
+        self._cache: dict[str, tuple[Principal | str, float]] = {}  # str: why it is refused
         self._version = -1  # the store's keys_version() the cache was filled under
 
     async def authenticate(
@@ -74,18 +74,20 @@ class Authenticator:
             if len(self._cache) > 10_000:
                 self._cache.clear()
             self._cache[digest] = (principal, now + _CACHE_SECONDS)
-        if principal is None:
-            raise AuthenticationFailed("Invalid API key.")
+        if isinstance(principal, str):
+            raise AuthenticationFailed(principal)
         return principal
 
     def forget(self) -> None:
         """Drop cached lookups (a key was changed in this process, or another worker's)."""
         self._cache.clear()
 
-    async def _lookup(self, digest: str) -> Principal | None:
+    async def _lookup(self, digest: str) -> Principal | str:
         record = await self._store.find_key(digest)
-        if record is None or not record.active or not hmac.compare_digest(record.key_hash, digest):
-            return None
+        if record is None or not hmac.compare_digest(record.key_hash, digest):
+            return "Invalid API key."
+        if not record.active:
+            return "This API key has been revoked."
         return Principal(record.id, record.name, record.policy, record.credits is not None)
 
 
