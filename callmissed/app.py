@@ -3,36 +3,82 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from callmissed import __version__
 from callmissed.api import admin, anthropic, keys, openai
 from callmissed.api.playground import playground_routes, redirect_home
 from callmissed.asgi import ASGIApp
 from callmissed.gateway import Gateway
+from callmissed.peers import Peers
 from callmissed.settings import Settings, load_settings
 from callmissed.web import App, Endpoint, Request, Response, StreamResponse, json_response
 
-__all__ = ["build_app", "create_app"]
+__all__ = ["build_app", "connect_peers", "create_app"]
 
 GatewayHandler = Callable[[Gateway, Request], Awaitable[Response | StreamResponse]]
 
 
 async def healthz(gateway: Gateway, request: Request) -> Response:
-    return json_response({"status": "ok", "version": __version__})
+    # `worker`: which process answered, with --workers N (each has its own connections).
+    return json_response({"status": "ok", "version": __version__, "worker": os.getpid()})
 
 
-async def metrics(gateway: Gateway, request: Request) -> Response:
-    """Prometheus text: requests, attempts, first-token times and breaker state per route."""
-    text = gateway.metrics.render(gateway.health.all(), gateway.failover.inflight)
+async def metrics(gateway: Gateway, peers: Peers, request: Request) -> Response:
+    """Prometheus text for the whole server: requests, attempts and first-token times of every
+    worker; breaker state per route as this worker sees it."""
+    answers = await peers.ask("metrics")
+    text = gateway.metrics.render(
+        gateway.health.all(), gateway.failover.inflight, answers.values, answers.skipped
+    )
     return Response(200, text.encode(), content_type=b"text/plain; version=0.0.4; charset=utf-8")
+
+
+def connect_peers(gateway: Gateway) -> Peers:
+    """This worker's link to the server's other workers: what they may ask of it (its metrics,
+    to drop its cached keys, a key's idle credit), and the credit it may ask of them."""
+    ledger = gateway.ledger
+    peers = Peers(ledger.directory, ledger.instance, ledger.alive)
+
+    async def snapshot(_: Any) -> dict[str, Any]:
+        return gateway.metrics.snapshot(gateway.failover.inflight)
+
+    async def forget(_: Any) -> bool:
+        gateway.auth.forget()
+        return True
+
+    async def give_back(key_id: Any) -> int:
+        return await gateway.credits.give_back(key_id) if isinstance(key_id, int) else 0
+
+    async def reclaim(key_id: int) -> int:
+        # Longer than a scrape's bound: a peer settles its finished requests first, and a 402
+        # that a moment's wait would have avoided is worse than the wait.
+        answers = await peers.ask("give_back", key_id, within=2.0)
+        return sum(answers.values)
+
+    peers.serve("metrics", snapshot)
+    peers.serve("forget", forget)
+    peers.serve("give_back", give_back)
+    gateway.credits.reclaim = reclaim
+    return peers
 
 
 def build_app(settings: Settings) -> App:
     gateway = Gateway(settings)
+    peers = connect_peers(gateway)
 
     def bind(handler: GatewayHandler) -> Callable[[Request], Awaitable[Response | StreamResponse]]:
         return functools.partial(handler, gateway)
+
+    async def startup() -> None:
+        await gateway.start()
+        await peers.start()  # after the ledger: a peer's journal tells whether it is alive
+
+    async def shutdown() -> None:
+        await peers.close()
+        await gateway.close()
 
     routes = {
         ("POST", "/v1/chat/completions"): Endpoint(bind(openai.create_chat_completion)),
@@ -48,15 +94,15 @@ def build_app(settings: Settings) -> App:
             for method in ("GET", "POST")
         },
         **{
-            (method, "/admin/keys/*"): Endpoint(bind(admin.keys_item))
+            (method, "/admin/keys/*"): Endpoint(functools.partial(admin.keys_item, gateway, peers))
             for method in ("GET", "PATCH", "POST")
         },
         ("GET", "/healthz"): Endpoint(bind(healthz)),
-        ("GET", "/metrics"): Endpoint(bind(metrics)),
+        ("GET", "/metrics"): Endpoint(functools.partial(metrics, gateway, peers)),
         ("GET", "/"): Endpoint(redirect_home),
         **{("GET", path): Endpoint(handler) for path, handler in playground_routes().items()},
     }
-    return App(routes, settings.max_body_bytes, gateway.start, gateway.close)
+    return App(routes, settings.max_body_bytes, startup, shutdown)
 
 
 def create_app() -> ASGIApp:

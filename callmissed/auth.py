@@ -2,8 +2,9 @@
 
 Keys look like `cm_<43 url-safe characters>` and are stored only as SHA-256 digests (they are
 random, so a slow hash would add nothing but latency). Lookups are cached for a second or two,
-so the hot path does not read the database for them; revocation is still immediate for chat
-requests, because the store reports revocations to credits.py as they happen (docs/credits.md).
+so the hot path does not read the database for them; the cache is dropped as soon as the store
+reports that any key changed (Store.keys_version: another worker's admin request, the CLI), so a
+change applies to the next request whichever process serves it (docs/credits.md).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ async def create_key(
 class Authenticator:
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._cache: dict[str, tuple[Principal | None, float]] = {}
+        self._cache: dict[str, tuple[Principal | str, float]] = {}  # str: why it is refused
+        self._version = -1  # the store's keys_version() the cache was filled under
 
     async def authenticate(
         self, authorization: str | None, api_key: str | None = None
@@ -59,6 +61,10 @@ class Authenticator:
                 "Missing API key: send 'Authorization: Bearer cm_...' or 'x-api-key: cm_...'."
             )
         digest = hash_key(key)
+        version = self._store.keys_version()
+        if version != self._version:
+            self._version = version
+            self._cache.clear()
         now = time.monotonic()
         cached = self._cache.get(digest)
         if cached is not None and cached[1] > now:
@@ -68,18 +74,20 @@ class Authenticator:
             if len(self._cache) > 10_000:
                 self._cache.clear()
             self._cache[digest] = (principal, now + _CACHE_SECONDS)
-        if principal is None:
-            raise AuthenticationFailed("Invalid API key.")
+        if isinstance(principal, str):
+            raise AuthenticationFailed(principal)
         return principal
 
     def forget(self) -> None:
-        """Drop cached lookups (after a key was revoked or changed in this process)."""
+        """Drop cached lookups (a key was changed in this process, or another worker's)."""
         self._cache.clear()
 
-    async def _lookup(self, digest: str) -> Principal | None:
+    async def _lookup(self, digest: str) -> Principal | str:
         record = await self._store.find_key(digest)
-        if record is None or not record.active or not hmac.compare_digest(record.key_hash, digest):
-            return None
+        if record is None or not hmac.compare_digest(record.key_hash, digest):
+            return "Invalid API key."
+        if not record.active:
+            return "This API key has been revoked."
         return Principal(record.id, record.name, record.policy, record.credits is not None)
 
 

@@ -124,6 +124,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         http=HTTPModes.auto,
         loop=Loops.uvloop,
         backlog=2048,
+        # A worker that dies is started again; its successor replays the dead one's journal at
+        # start-up, like any restart (docs/credits.md, Crashes). granian stops the server
+        # instead if workers keep dying within seconds of being respawned.
+        respawn_failed_workers=True,
         log_access=False,
         ssl_cert=Path(settings.tls_cert) if settings.tls_cert and tls else None,
         ssl_key=Path(settings.tls_key) if settings.tls_key and tls else None,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -166,6 +166,9 @@ class Credits:
         self._auth = auth
         self._overrides = price_overrides
         self._rates: dict[str, Rates | None] = {}  # Decimal maths once per model, not per request
+        # Asks the server's other workers to give back what their wallets hold of a key, and
+        # says how much they did (app.py wires it to peers.py; alone, there is nobody to ask).
+        self.reclaim: Callable[[int], Awaitable[int]] = _nobody
 
     def rates_for(self, model: ModelSettings) -> Rates | None:
         """The model's prices, the config file's [prices] first; None if it has none.
@@ -237,6 +240,12 @@ class Credits:
             held = await wallets.top_up(key_id, hold)
             if isinstance(held, Wallet):
                 return held
+        # Other workers' wallets may hold the credit this request needs: once they gave back
+        # what no request of theirs holds, the balance is all the key has left.
+        if not held.revoked and not wallets.closed and await self.reclaim(key_id):
+            held = await wallets.top_up(key_id, hold)
+            if isinstance(held, Wallet):
+                return held
         if held.revoked:
             self._revoked()
         if wallets.closed:  # after shutdown nothing may be funded: nobody would give it back
@@ -248,9 +257,21 @@ class Credits:
             "Top the key up, or lower max_tokens."
         )
 
+    async def give_back(self, key_id: int) -> int:
+        """Another worker cannot fund a request of this key: give back what this process's
+        wallet holds of it and no request here does (all of it if idle); the amount."""
+        wallets = self._ledger.wallets
+        settled = wallets.retirable(key_id)
+        settled = settled and await self._ledger.flush(at_most=0.5) and not self._ledger.pending
+        return await wallets.release(key_id, settled)
+
     def _revoked(self) -> NoReturn:
         self._auth.forget()
         raise AuthenticationFailed("This API key has been revoked.")
+
+
+async def _nobody(key_id: int) -> int:
+    return 0
 
 
 def _check_allowed(principal: Principal, model: ModelSettings) -> None:

@@ -80,6 +80,10 @@ class Ledger:
         return False
 
     @property
+    def directory(self) -> Path:
+        return self._directory
+
+    @property
     def pending(self) -> bool:
         """Whether some appended entries are not in the store yet."""
         return self._settled < self._appended

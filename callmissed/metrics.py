@@ -1,14 +1,17 @@
 """Counters and a first-token histogram, rendered as Prometheus text for `GET /metrics`.
 
 Recording is a dict update (no locks: one event loop per worker). Each worker process keeps its
-own numbers, so with `--workers N` a scrape sees the worker that answered it. Route health
-(breaker state, EWMA first-token time, error rate) is read from health.py when rendering.
+own numbers; the worker that answers a scrape asks the others for theirs (`snapshot()`, through
+peers.py) and `render()` adds them up by name and labels, so with `--workers N` a scrape counts
+the whole server, requests in flight included. Route health (breaker state, EWMA first-token
+time, error rate) is read from health.py when rendering: that part is the answering worker's own.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from callmissed.health import CLOSED, HALF_OPEN, OPEN, RouteHealth
 
@@ -76,14 +79,49 @@ class Metrics:
     def value(self, name: str, *labels: str) -> float:
         return self._counters.get((name, labels), 0.0)
 
-    def render(self, routes: Iterable[RouteHealth], inflight: int) -> str:
+    def snapshot(self, inflight: int) -> dict[str, Any]:
+        """This worker's numbers as JSON, for the worker that answers a scrape."""
+        return {
+            "counters": [[name, labels, value] for (name, labels), value in self._counters.items()],
+            "histograms": [[name, labels, row] for (name, labels), row in self._histograms.items()],
+            "inflight": inflight,
+        }
+
+    def render(
+        self,
+        routes: Iterable[RouteHealth],
+        inflight: int,
+        peers: Sequence[Mapping[str, Any]] = (),
+        unanswered: int = 0,
+    ) -> str:
+        """Prometheus text: this worker's numbers plus the `peers`' snapshots; `unanswered`
+        counts the live workers whose numbers are missing (they did not answer in time)."""
+        counters = dict(self._counters)
+        histograms = {key: list(row) for key, row in self._histograms.items()}
+        for snapshot in peers:
+            for name, labels, value in snapshot["counters"]:
+                key = (name, tuple(labels))
+                counters[key] = counters.get(key, 0.0) + value
+            for name, labels, row in snapshot["histograms"]:
+                mine = histograms.setdefault((name, tuple(labels)), [0.0] * len(row))
+                histograms[(name, tuple(labels))] = [a + b for a, b in zip(mine, row, strict=True)]
+            inflight += snapshot["inflight"]
         lines: list[str] = []
         for name, (kind, help_text, label_names) in _SCHEMA.items():
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
             if kind == "counter":
-                lines += _counter_lines(self._counters, name, label_names)
+                lines += _counter_lines(counters, name, label_names)
             else:
-                lines += _histogram_lines(self._histograms, name, label_names)
+                lines += _histogram_lines(histograms, name, label_names)
+        lines += [
+            "# HELP callmissed_workers Worker processes whose numbers this scrape adds up.",
+            "# TYPE callmissed_workers gauge",
+            f"callmissed_workers {1 + len(peers)}",
+            "# HELP callmissed_workers_unanswered Live workers left out of this scrape: they did"
+            " not answer within 200 ms.",
+            "# TYPE callmissed_workers_unanswered gauge",
+            f"callmissed_workers_unanswered {unanswered}",
+        ]
         lines += _gauge_lines(routes, inflight)
         return "\n".join(lines) + "\n"
 

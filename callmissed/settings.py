@@ -24,6 +24,7 @@ __all__ = [
     "SettingsError",
     "SimProfile",
     "Timeouts",
+    "available_cores",
     "load_settings",
 ]
 
@@ -144,7 +145,7 @@ class Settings:
     database_url: str = "sqlite:///callmissed.sqlite3"
     host: str = "127.0.0.1"
     port: int = 8080
-    workers: int = 1
+    workers: int = field(default_factory=lambda: available_cores())
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     timeouts: Timeouts = Timeouts()
     resilience: Resilience = Resilience()
@@ -186,7 +187,7 @@ def load_settings(env: Mapping[str, str] | None = None, config_path: str | None 
         database_url=env.get("CALLMISSED_DATABASE_URL", "sqlite:///callmissed.sqlite3"),
         host=env.get("CALLMISSED_HOST", "127.0.0.1"),
         port=_int(env, "CALLMISSED_PORT", 8080),
-        workers=_int(env, "CALLMISSED_WORKERS", 1),
+        workers=_int(env, "CALLMISSED_WORKERS", available_cores()),
         max_body_bytes=_int(env, "CALLMISSED_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
         timeouts=timeouts,
         resilience=_from_env(Resilience(), env, _RESILIENCE_ENV),
@@ -199,9 +200,20 @@ def load_settings(env: Mapping[str, str] | None = None, config_path: str | None 
     return settings
 
 
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, e.g. a container's cpuset):
+    the default number of workers, since each worker's event loop uses at most one."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
 def validate(settings: Settings) -> None:
     """Raise SettingsError if any model names an unknown provider or reasoning policy."""
     from callmissed.providers import REGISTRY  # late: providers import settings
+
+    if settings.workers < 1:
+        raise SettingsError(f"CALLMISSED_WORKERS must be at least 1, got {settings.workers}")
 
     for provider in settings.providers.values():
         if provider.type not in REGISTRY:

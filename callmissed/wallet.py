@@ -162,6 +162,31 @@ class Wallets:
         await self._give_back([wallet.hold_id])
         return True
 
+    async def release(self, key_id: int, settled: bool) -> int:
+        """Give back the key's credit that no request here holds, because another process
+        cannot fund a request of it: the whole wallet if nothing holds part of it and `settled`
+        (this process's entries are all in the store, so its row is exact), else its free
+        credit. The amount given back.
+
+        Giving back `free` leaves the row enough for every request in flight and every entry
+        not settled yet: `free` never counts more than the row holds beyond them."""
+        wallet = self._open.get(key_id)
+        if wallet is None or self.closed:
+            return 0
+        if settled and not wallet.flying:
+            del self._open[key_id]
+            return await self._give_back([wallet.hold_id])
+        amount = wallet.free
+        if amount <= 0:
+            return 0
+        wallet.free = 0  # before the await: no request here may hold it meanwhile
+        given = 0
+        try:
+            given = await self._store.give_back(wallet.hold_id, amount)
+        finally:
+            wallet.free += amount - given
+        return given
+
     def retirable(self, key_id: int) -> bool:
         wallet = self._open.get(key_id)
         return wallet is not None and not wallet.flying
@@ -177,13 +202,15 @@ class Wallets:
         await self._give_back(ids)
         return len(idle)
 
-    async def _give_back(self, ids: list[str]) -> None:
+    async def _give_back(self, ids: list[str]) -> int:
+        given = 0
         for index, hold_id in enumerate(ids):
             try:
-                await self._store.give_back(hold_id)
+                given += await self._store.give_back(hold_id)
             except Exception:
                 self._stranded.extend(ids[index:])
                 raise
+        return given
 
     async def close(self) -> None:
         """Fund nothing more and forget every wallet: the store's release_holds() gives their

@@ -126,8 +126,14 @@ def gateway_env(upstream_url: str, workdir: Path, **extra: str) -> dict[str, str
 def start_gateway(
     upstream: FakeUpstream, workdir: Path, *serve_args: str, **extra_env: str
 ) -> Gateway:
+    """`callmissed serve` on a free port. One worker unless `--workers` or CALLMISSED_WORKERS
+    says otherwise (the suite's many gateways stay cheap); CALLMISSED_WORKERS="" leaves the
+    variable unset: one worker per core, the default."""
     workdir.mkdir(parents=True, exist_ok=True)
+    extra_env = {"CALLMISSED_WORKERS": "1", **extra_env}
     env = gateway_env(upstream.url, workdir, **extra_env)
+    if not env["CALLMISSED_WORKERS"]:
+        del env["CALLMISSED_WORKERS"]
     port = free_port()
     log = workdir / "gateway.log"
     with log.open("wb") as output:

@@ -21,6 +21,7 @@ from callmissed.auth import create_key
 from callmissed.credits import format_credits, parse_credits
 from callmissed.errors import AdminDisabled, AuthenticationFailed, InvalidRequest, KeyNotFound
 from callmissed.gateway import Gateway
+from callmissed.peers import Peers
 from callmissed.store import NO_POLICY, KeyPolicy, KeyRecord
 from callmissed.web import Request, Response, json_response
 
@@ -45,7 +46,7 @@ async def keys_collection(gateway: Gateway, request: Request) -> Response:
     return json_response({"key": key, "data": describe_key(record)}, status=201)
 
 
-async def keys_item(gateway: Gateway, request: Request) -> Response:
+async def keys_item(gateway: Gateway, peers: Peers, request: Request) -> Response:
     """/admin/keys/{id}[/revoke|/topup]: GET, PATCH, or POST an action."""
     _authorize(gateway, request)
     key_id, _, action = request.path.removeprefix(_PREFIX).partition("/")
@@ -70,7 +71,11 @@ async def keys_item(gateway: Gateway, request: Request) -> Response:
             updated = topped
         case _:
             raise InvalidRequest(f"{request.method} {request.path} is not an admin action.")
-    gateway.auth.forget()  # revocations and new limits apply to the very next request
+    # Revocations and new limits apply to the very next request, whichever worker serves it:
+    # the others drop their cached keys before this answers (the store tells them too, but a
+    # PostgreSQL notification may cross the network after this answer).
+    gateway.auth.forget()
+    await peers.ask("forget")
     return json_response({"data": describe_key(updated)})
 
 

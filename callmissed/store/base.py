@@ -3,7 +3,8 @@
 A store owns keys, balances, wallets (credit a gateway process took out of a key's balance to
 spend from memory) and the usage ledger. Money is integer micro-credits. Every method is one
 short transaction; none is on a request's path except fund(), once per wallet top-up, and
-is_revoked(), which answers from memory unless the key may have changed (docs/credits.md).
+is_revoked() and keys_version(), which answer from memory unless a key may have changed
+(docs/credits.md).
 """
 
 from __future__ import annotations
@@ -141,6 +142,12 @@ class Store(Protocol):
 
     async def set_policy(self, key_id: int, policy: KeyPolicy) -> KeyRecord | None: ...
 
+    def keys_version(self) -> int:
+        """A number that changes whenever a key may have changed (revoked, limits, allow-list,
+        top-up), whoever changed it; a cache of keys is stale once it does. From memory: on
+        SQLite one read of the file's version per pass of the event loop, on PostgreSQL the
+        count of change notifications (while not listening, it cannot tell)."""
+
     async def is_revoked(self, key_id: int) -> bool:
         """Whether the key is revoked (or gone), as of the last commit by anyone: from memory
         while the key cannot have changed, so that it costs a request no database round trip."""
@@ -150,8 +157,9 @@ class Store(Protocol):
         `wallet` (created under `instance` if new): nothing if the balance is below `need`,
         else max(need, min(want, balance // FAIR_SHARE)). Never below zero, from any process."""
 
-    async def give_back(self, wallet: str) -> int:
-        """Return a wallet's credit to its key's balance and delete it; the amount."""
+    async def give_back(self, wallet: str, amount: int | None = None) -> int:
+        """Return a wallet's credit to its key's balance and delete it; the amount. With
+        `amount`, return that much of it only, and keep the wallet: 0 if it holds less."""
 
     async def settle(self, entries: Sequence[LedgerEntry]) -> None:
         """In one transaction, per entry: charge its cost from its wallet, then (what the wallet

@@ -11,8 +11,8 @@ an advisory lock so replicas may start together.
 Wallet top-ups commit without waiting for the WAL flush (synchronous_commit=off, on their own
 pool): a database crash can forget the last moments of them, which only ever gives credit back
 (settlement never charges below zero). Settlements, the ledger and key changes commit durably:
-the journal is truncated only after they are safe. Revocations are NOTIFYed by a trigger, so
-is_revoked() answers from memory while this process LISTENs.
+the journal is truncated only after they are safe. Key changes are NOTIFYed by a trigger, so
+is_revoked() and keys_version() answer from memory while this process LISTENs.
 """
 
 from __future__ import annotations
@@ -79,6 +79,16 @@ WITH gone AS (
 UPDATE api_keys SET credits = credits + gone.amount FROM gone
  WHERE api_keys.id = gone.key_id
 RETURNING gone.amount
+"""
+
+_GIVE_BACK_PART = """
+WITH part AS (
+    UPDATE holds SET amount = amount - $2 WHERE request_id = $1 AND wallet AND amount >= $2
+ RETURNING key_id
+)
+UPDATE api_keys SET credits = credits + $2 FROM part
+ WHERE api_keys.id = part.key_id
+RETURNING $2::bigint
 """
 
 # Settling a batch (docs: Store.settle) takes three statements, whatever its size. First lock
@@ -154,7 +164,7 @@ WITH gone AS (
 SELECT count(*) FROM gone
 """
 
-_CHANGES = "callmissed_keys"  # NOTIFY channel: a key's revoked_at changed (migration 0004)
+_CHANGES = "callmissed_keys"  # NOTIFY channel: a key changed (migrations 0004, 0006)
 _TRUST_FOR = 2.0  # seconds a key read as active stays trusted while no listener is connected
 
 
@@ -289,10 +299,13 @@ class PostgresStore:
         )
         return _key(row) if row else None
 
+    def keys_version(self) -> int:
+        return self._changes
+
     # Credits
 
     async def is_revoked(self, key_id: int) -> bool:
-        # Every revocation is NOTIFYed (migration 0004): while the listener is connected, a key
+        # Every key change is NOTIFYed (migration 0006): while the listener is connected, a key
         # read as active stays so until a notification names it. Without one, for _TRUST_FOR s.
         now = time.monotonic()
         checked = self._active.get(key_id)
@@ -319,8 +332,10 @@ class PostgresStore:
             return Funding(row["taken"], row["after"])
         return Funding(0, row["credits"])
 
-    async def give_back(self, wallet: str) -> int:
-        return int(await self._db.fetchval(_GIVE_BACK, wallet) or 0)
+    async def give_back(self, wallet: str, amount: int | None = None) -> int:
+        if amount is None:
+            return int(await self._db.fetchval(_GIVE_BACK, wallet) or 0)
+        return int(await self._db.fetchval(_GIVE_BACK_PART, wallet, amount) or 0)
 
     async def settle(self, entries: Sequence[LedgerEntry]) -> None:
         if not entries:

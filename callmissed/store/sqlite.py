@@ -52,9 +52,11 @@ class SQLiteStore:
     def __init__(self, path: str) -> None:
         self._db = connect(path)
         self._migrate()
-        self._version = -1  # PRAGMA data_version when _active was last true
-        self._active: set[int] = set()  # keys read as not revoked since then
-        self._looked: asyncio.AbstractEventLoop | None = None  # read data_version this pass
+        self._version = -1  # PRAGMA data_version at the last look
+        self._generation = -1  # key_changes.generation (migration 0006) at the last look
+        self._changes = 0  # keys_version(): bumped whenever the generation moved
+        self._active: set[int] = set()  # keys read as not revoked since the generation moved
+        self._looked: asyncio.AbstractEventLoop | None = None  # looked this pass
         self._stop = threading.Event()
         self._checkpointer: threading.Thread | None = None
         if path != ":memory:":
@@ -164,19 +166,12 @@ class SQLiteStore:
 
     # Credits
 
+    def keys_version(self) -> int:
+        self._look()
+        return self._changes
+
     async def is_revoked(self, key_id: int) -> bool:
-        # data_version changes only when another connection commits (another process, the CLI):
-        # until it does, a key this connection read as active still is. It costs a few us (a
-        # read lock on the WAL index), so requests that the event loop runs in the same pass,
-        # which all arrived before it began, share one look.
-        loop = asyncio.get_running_loop()
-        if self._looked is not loop:
-            self._looked = loop
-            loop.call_soon(self._look_again)
-            version = self._db.execute("PRAGMA data_version").fetchone()[0]
-            if version != self._version:
-                self._version = version
-                self._active.clear()
+        self._look()
         if key_id in self._active:
             return False
         row = self._db.execute("SELECT revoked_at FROM api_keys WHERE id = ?", (key_id,)).fetchone()
@@ -184,6 +179,27 @@ class SQLiteStore:
             return True
         self._active.add(key_id)
         return False
+
+    def _look(self) -> None:
+        # data_version changes only when another connection commits (another process, the CLI):
+        # until it does, no key changed. It costs a few us (a read lock on the WAL index), so
+        # requests that the event loop runs in the same pass, which all arrived before it
+        # began, share one look. Most commits are settlements and top-ups, which change no key:
+        # the generation, which every key change bumps (a trigger), tells those apart.
+        loop = asyncio.get_running_loop()
+        if self._looked is loop:
+            return
+        self._looked = loop
+        loop.call_soon(self._look_again)
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if version == self._version:
+            return
+        self._version = version
+        generation = self._db.execute("SELECT generation FROM key_changes").fetchone()[0]
+        if generation != self._generation:
+            self._generation = generation
+            self._active.clear()
+            self._changes += 1
 
     def _look_again(self) -> None:
         self._looked = None
@@ -203,9 +219,19 @@ class SQLiteStore:
             db.execute(_FUND_WALLET, (wallet, key_id, taken, instance, time.time()))
         return Funding(taken, balance - taken)
 
-    async def give_back(self, wallet: str) -> int:
+    async def give_back(self, wallet: str, amount: int | None = None) -> int:
         with self._transaction() as db:
-            return _give_back(db, wallet)
+            if amount is None:
+                return _give_back(db, wallet)
+            row = db.execute(
+                "UPDATE holds SET amount = amount - ? WHERE request_id = ? AND wallet"
+                " AND amount >= ? RETURNING key_id",
+                (amount, wallet, amount),
+            ).fetchone()
+            if row is None:
+                return 0
+            db.execute("UPDATE api_keys SET credits = credits + ? WHERE id = ?", (amount, row[0]))
+            return amount
 
     async def settle(self, entries: Sequence[LedgerEntry]) -> None:
         with self._transaction() as db:

@@ -161,6 +161,38 @@ def test_is_revoked_sees_another_process_revoke_at_once(url):
     run(url, scenario)
 
 
+def test_keys_version_moves_with_every_key_change_by_another_process_only(url):
+    async def scenario(store: Store) -> None:
+        key = await store.create_key("k", "h", "cm_x", 100)
+        other = open_store(url)  # another process's store: a worker, the CLI
+        await other.start()
+        try:
+
+            async def version_after(change: Awaitable[object]) -> int:
+                await change
+                await asyncio.sleep(0.05)  # a new pass of the loop; PostgreSQL: the NOTIFY
+                return store.keys_version()
+
+            before = await version_after(asyncio.sleep(0))
+            assert await version_after(other.fund(key.id, "w1", 10, 10, "i1")) == before
+            assert await version_after(other.settle([entry("r1", key.id, 5, wallet="w1")])) == (
+                before
+            )
+            changes = [
+                other.set_policy(key.id, KeyPolicy(rpm=5)),
+                other.topup(key.id, 1),
+                other.revoke_key(key.id),
+            ]
+            for change in changes:
+                after = await version_after(change)
+                assert after != before
+                before = after
+        finally:
+            await other.close()
+
+    run(url, scenario)
+
+
 def test_settle_charges_the_wallet_and_is_idempotent(url):
     async def scenario(store: Store) -> None:
         key = await store.create_key("k", "h", "cm_x", 1000)
@@ -222,6 +254,18 @@ def test_give_back_returns_the_wallet_to_the_balance(url):
         assert await store.hold_owners() == set()
         await store.settle([entry("r2", key.id, 5, wallet="w1")])  # settled late: the balance pays
         assert raw_balance(url, key.id) == 978
+
+    run(url, scenario)
+
+
+def test_give_back_part_of_a_wallet_keeps_the_rest(url):
+    async def scenario(store: Store) -> None:
+        key = await store.create_key("k", "h", "cm_x", 1000)
+        await store.fund(key.id, "w1", 100, 100, "i1")
+        assert await store.give_back("w1", 30) == 30
+        assert await store.give_back("w1", 71) == 0  # it holds 70: nothing moves
+        assert (raw_balance(url, key.id), wallets(url)) == (930, {"w1": 70})
+        assert await store.give_back("nowhere", 1) == 0
 
     run(url, scenario)
 

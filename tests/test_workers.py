@@ -1,0 +1,205 @@
+"""Several worker processes behave as one server: /metrics, key changes, credit, the default.
+
+Each test pins one keep-alive connection to each of two workers (a connection stays with the
+worker that accepted it; /healthz says which one that is), so it knows that both served.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from callmissed.settings import available_cores
+from tests.accounting import (
+    ADMIN_TOKEN,
+    BACKENDS,
+    HELLO_COST,
+    backend_env,
+    balance,
+    new_key,
+    query,
+    settle,
+    start_billing_gateway,
+)
+from tests.conftest import Gateway, stop_gateway
+
+HOLD_50 = 7 + 2 * 50  # the worst case of a request with max_tokens=50 on a priced model
+
+
+@contextlib.contextmanager
+def two_workers(gateway: Gateway) -> Iterator[list[httpx.Client]]:
+    """Two clients, each with one keep-alive connection to a different worker."""
+    clients: dict[int, httpx.Client] = {}
+    try:
+        for _ in range(100):
+            client = httpx.Client(base_url=gateway.url, timeout=30)
+            worker = client.get("/healthz").json()["worker"]
+            if worker in clients:
+                client.close()
+            else:
+                clients[worker] = client
+            if len(clients) == 2:
+                break
+        assert len(clients) == 2, "every connection went to the same worker"
+        yield list(clients.values())
+    finally:
+        for client in clients.values():
+            client.close()
+
+
+def chat(client: httpx.Client, key: str, model: str = "priced", **body: object) -> httpx.Response:
+    payload = {"model": model, "messages": [{"role": "user", "content": "Say hello"}], **body}
+    return client.post(
+        "/v1/chat/completions", json=payload, headers={"authorization": f"Bearer {key}"}
+    )
+
+
+def admin(client: httpx.Client, method: str, path: str, **body: object) -> httpx.Response:
+    headers = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+    return client.request(method, f"/admin/keys{path}", json=body or None, headers=headers)
+
+
+def scrape(client: httpx.Client) -> dict[str, float]:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    samples = {}
+    for line in response.text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def test_metrics_count_every_worker_s_requests(upstream, tmp_path):
+    running = start_billing_gateway(upstream, tmp_path, "--workers", "2")
+    try:
+        with two_workers(running) as clients:
+            for round_, requests in enumerate((10, 7), start=1):
+                for n in range(requests):
+                    assert chat(clients[n % 2], running.key).status_code == 200
+                total = 10 if round_ == 1 else 17
+                for client in clients * 2:  # whichever worker answers the scrape
+                    samples = scrape(client)
+                    assert (
+                        samples['callmissed_requests_total{model="priced",outcome="ok"}'] == total
+                    )
+                    assert samples[
+                        'callmissed_attempts_total{route="local:hello",outcome="ok"}'
+                    ] == (total)
+                    assert samples['callmissed_ttfb_seconds_count{route="local:hello"}'] == total
+                    assert samples["callmissed_workers"] == 2
+                    assert samples["callmissed_workers_unanswered"] == 0
+                    assert samples["callmissed_inflight_requests"] == 0
+    finally:
+        stop_gateway(running)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_admin_change_reaches_every_worker_at_once(upstream, tmp_path, backend):
+    with backend_env(backend) as env:
+        running = start_billing_gateway(upstream, tmp_path, "--workers", "2", **env)
+        try:
+            with two_workers(running) as (one, other):
+                key, key_id = new_key(running, credits=1)
+                for client in (one, other):  # both workers have the key in their caches
+                    assert chat(client, key, max_tokens=10).status_code == 200
+                assert admin(one, "PATCH", f"/{key_id}", models=["sim/instant"]).status_code == 200
+                for client in (other, one, other):
+                    refused = chat(client, key, max_tokens=10)
+                    assert refused.status_code == 403, refused.text
+                    assert refused.json()["error"]["code"] == "model_not_allowed"
+                assert admin(other, "PATCH", f"/{key_id}", models=None, rpm=1).status_code == 200
+                for client in (one, other):  # 429 from the second on SQLite: limits are shared
+                    limited = chat(client, key, max_tokens=10)
+                    assert limited.status_code in (200, 429)
+                    assert limited.headers["x-ratelimit-limit-requests"] == "1"
+                assert admin(other, "POST", f"/{key_id}/revoke").status_code == 200
+                for client in (one, other):
+                    assert chat(client, key, max_tokens=10).status_code == 401
+        finally:
+            stop_gateway(running)
+
+
+def test_a_key_change_from_another_process_reaches_every_worker_at_once(upstream, tmp_path):
+    """Not through this server's admin API: through the database, as another replica or the
+    CLI would (the workers learn it from the store, not from each other)."""
+    running = start_billing_gateway(upstream, tmp_path, "--workers", "2")
+    try:
+        with two_workers(running) as clients:
+            key, key_id = new_key(running, credits=1)
+            for client in clients:
+                assert chat(client, key, max_tokens=10).status_code == 200
+            query(running, "UPDATE api_keys SET models = 'sim/instant' WHERE id = ?", key_id)
+            for client in [*clients, *clients]:
+                assert chat(client, key, max_tokens=10).status_code == 403
+    finally:
+        stop_gateway(running)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_nearly_drained_key_gets_every_request_it_can_pay_for(upstream, tmp_path, backend):
+    """A balance of four costs plus one worst case buys five requests, as on one worker, though
+    each worker's wallet keeps what its last request did not use."""
+    with backend_env(backend) as env:
+        running = start_billing_gateway(upstream, tmp_path, "--workers", "2", **env)
+        try:
+            with two_workers(running) as clients:
+                key, key_id = new_key(running, credits=(HELLO_COST * 4 + HOLD_50) / 1_000_000)
+                responses = [chat(clients[n % 2], key, max_tokens=50) for n in range(7)]
+                assert [r.status_code for r in responses] == [200] * 5 + [402] * 2
+                left = HOLD_50 - HELLO_COST  # 90: less than one worst case
+                assert f"${left / 1_000_000:.6f} left" in responses[-1].json()["error"]["message"]
+                assert chat(clients[1], key, max_tokens=41).status_code == 200  # 89 fits
+            settle(running, key)
+            assert balance(running, key_id) == left - HELLO_COST
+            assert query(
+                running, "SELECT count(*), sum(cost) FROM ledger WHERE key_id = ?", key_id
+            ) == [(6, 6 * HELLO_COST)]
+        finally:
+            stop_gateway(running)
+
+
+def test_by_default_a_worker_per_core_and_a_dead_worker_is_replaced(upstream, tmp_path):
+    running = start_billing_gateway(upstream, tmp_path, CALLMISSED_WORKERS="")
+    try:
+        cores = available_cores()
+        assert f"{cores} worker(s)" in running.log.read_text()
+        journals = tmp_path / "gateway.sqlite3.ledger"
+        deadline = time.monotonic() + 10
+        while len(list(journals.glob("*.journal"))) < cores:  # each worker is up and serving
+            assert time.monotonic() < deadline, "not every worker started"
+            time.sleep(0.05)
+        if cores < 2:
+            pytest.skip("one core: nothing more to see")
+        with two_workers(running) as (_, other):
+            victim = other.get("/healthz").json()["worker"]
+            assert chat(other, running.key, model="local-model").status_code == 200
+        os.kill(victim, signal.SIGKILL)
+        workers: set[int] = set()
+        deadline = time.monotonic() + 20
+        while len(workers - {victim}) < cores:  # its successor answers too
+            assert time.monotonic() < deadline, f"no worker replaced {victim}"
+            with (
+                httpx.Client(base_url=running.url, timeout=5) as client,
+                contextlib.suppress(httpx.HTTPError),
+            ):
+                workers.add(client.get("/healthz").json()["worker"])
+            time.sleep(0.02)
+        assert running.process.poll() is None
+        with httpx.Client(base_url=running.url, timeout=5) as client:
+            samples = scrape(client)
+        assert samples["callmissed_workers"] == cores  # the dead one's socket is gone
+        assert samples["callmissed_workers_unanswered"] == 0
+        assert re.search(r"replayed \d+ entries", running.log.read_text())
+    finally:
+        stop_gateway(running)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            running.process.wait(5)
