@@ -60,10 +60,10 @@ async def _measure(requests: int, profile: cProfile.Profile | None) -> tuple[flo
     from callmissed.settings import load_settings
     from callmissed.web import Request, StreamResponse, write_stream
 
-    app = build_app(load_settings())
+    settings = load_settings()
+    gateway = Gateway(settings)
+    app = build_app(settings, gateway)
     await app.startup()
-    gateway = app.startup.__self__  # type: ignore[attr-defined]
-    assert isinstance(gateway, Gateway)
     key, _ = await create_key(gateway.store, "inprocess", 10**12)
     headers = {"authorization": f"Bearer {key}", "content-length": str(len(_BODY))}
     endpoint = app.route("POST", "/v1/chat/completions")

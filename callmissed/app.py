@@ -65,8 +65,9 @@ def connect_peers(gateway: Gateway) -> Peers:
     return peers
 
 
-def build_app(settings: Settings) -> App:
-    gateway = Gateway(settings)
+def build_app(settings: Settings, gateway: Gateway | None = None) -> App:
+    """The app over `gateway` (a new one for `settings` unless given: benchmarks.inprocess)."""
+    gateway = gateway or Gateway(settings)
     peers = connect_peers(gateway)
 
     def bind(handler: GatewayHandler) -> Callable[[Request], Awaitable[Response | StreamResponse]]:
