@@ -62,6 +62,7 @@ class Ledger:
         self._closed = False
         self._stragglers: set[asyncio.Task[None]] = set()
         self._flying: dict[str, bytes] = {}  # request id -> its begin line, until it ends
+        self._unjournaled: list[str] = []  # requests whose begin line is not written yet
         self.wallets = Wallets(store, self.instance)
 
     def alive(self, instance: str) -> bool:
@@ -101,18 +102,31 @@ class Ledger:
 
     def begin(self, request_id: str, key_id: int, model: str, created_at: float) -> None:
         """Journal that a request started: if this process dies before append(), recovery
-        writes it as interrupted. The writer has nothing to settle for it: it is not woken."""
+        writes it as interrupted. The writer has nothing to settle for it: it is not woken.
+
+        The line is written once the event loop is next free: while the request waits for its
+        upstream, and in one write with the other requests that began meanwhile."""
         if self._closed:
             return
         line = orjson.dumps(
             {"begin": request_id, "key_id": key_id, "model": model, "created_at": created_at}
         )
-        try:
-            self._write(line + b"\n")
-        except OSError as exc:  # only a crash's interrupted row is lost; the end line will tell
-            log.warning("ledger: %s: cannot journal its start: %s", request_id, exc)
-            return
         self._flying[request_id] = line
+        self._unjournaled.append(request_id)
+        if len(self._unjournaled) == 1:
+            asyncio.get_running_loop().call_soon(self._journal_begins)
+
+    def _journal_begins(self) -> None:
+        ids, self._unjournaled = self._unjournaled, []
+        lines = [line for key in ids if (line := self._flying.get(key)) is not None]
+        if not lines:
+            return  # they all ended first
+        try:
+            self._write(b"\n".join(lines) + b"\n")
+        except OSError as exc:  # only a crash's interrupted rows are lost; end lines will tell
+            log.warning("ledger: cannot journal the start of %d requests: %s", len(lines), exc)
+            for key in ids:
+                self._flying.pop(key, None)
 
     def append(self, entry: LedgerEntry) -> None:
         """Journal one finished request. Synchronous, so it is durable before the caller goes on."""
@@ -254,6 +268,7 @@ class Ledger:
         if self._appended - self._base > _TRUNCATE_AT:
             # Everything is settled and nothing can append between these lines (one thread);
             # the requests in flight keep their begin lines, which need no settling.
+            self._unjournaled.clear()  # written below with the others
             os.ftruncate(self._fd, 0)
             self._base = self._appended
             for line in self._flying.values():

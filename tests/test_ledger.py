@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import orjson
 import pytest
 
 from callmissed import ledger as ledger_module, wallet as wallet_module
@@ -73,6 +74,27 @@ def test_append_then_flush_settles(store, tmp_path):
     assert list((tmp_path / "journal").iterdir()) == []  # a clean shutdown leaves nothing
 
 
+def test_starts_are_journaled_together_once_the_loop_is_free(store, tmp_path):
+    key = call(store.create_key("k", "h", "cm_x", 100))
+
+    async def run() -> None:
+        ledger = Ledger(store, tmp_path / "journal")
+        await ledger.start()
+        for request_id in ("a", "b", "gone"):
+            ledger.begin(request_id, key.id, "m", time.time())
+        ledger.append(entry("gone", key.id, 0))  # it ended before the loop was free: no start
+        assert b'"begin"' not in ledger._path.read_bytes()
+        await asyncio.sleep(0)
+        lines = ledger._path.read_bytes().splitlines()
+        begun = [line["begin"] for line in map(orjson.loads, lines) if "begin" in line]
+        assert begun == ["a", "b"]
+        ledger.append(entry("a", key.id, 0))
+        ledger.append(entry("b", key.id, 0))
+        await ledger.close()
+
+    asyncio.run(run())
+
+
 def _crash(ledger: Ledger) -> None:
     """What SIGKILL leaves behind: the journal file, unlocked, its writer gone."""
     assert ledger._writer is not None
@@ -85,6 +107,7 @@ async def _hold(ledger: Ledger, key_id: int, request_id: str, amount: int) -> Wa
     wallet = ledger.wallets.take(key_id, amount) or await ledger.wallets.top_up(key_id, amount)
     assert isinstance(wallet, Wallet)
     ledger.begin(request_id, key_id, "m", time.time())
+    await asyncio.sleep(0)  # it waits for its upstream: meanwhile the loop journals its start
     return wallet
 
 
@@ -208,8 +231,6 @@ def test_replay_is_idempotent_and_ignores_a_torn_last_line(store, tmp_path):
 
 
 def _line(item: LedgerEntry) -> bytes:
-    import orjson
-
     return orjson.dumps(item) + b"\n"
 
 
