@@ -233,10 +233,11 @@ class Ledger:
         next_sweep = loop.time() + _SWEEP_EVERY
         backoff = 0.05
         while True:
+            # Not asyncio.wait_for: on 3.11 it can swallow the cancel close() sends when the
+            # wake-up lands at the same moment, and the writer then waits forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._wake.wait(), _IDLE_EVERY if self.wallets else _SWEEP_EVERY
-                )
+                async with asyncio.timeout(_IDLE_EVERY if self.wallets else _SWEEP_EVERY):
+                    await self._wake.wait()
             self._wake.clear()
             await asyncio.sleep(_LINGER)
             try:

@@ -74,6 +74,26 @@ def test_append_then_flush_settles(store, tmp_path):
     assert list((tmp_path / "journal").iterdir()) == []  # a clean shutdown leaves nothing
 
 
+@pytest.mark.parametrize("passes", range(4))
+def test_close_ends_the_writer_even_as_it_wakes(store, tmp_path, monkeypatch, passes):
+    monkeypatch.setattr(ledger_module, "_LINGER", 0)
+
+    async def run() -> None:
+        ledger = Ledger(store, tmp_path / "journal")
+        await ledger.start()
+        await asyncio.sleep(0.05)  # the writer waits for a wake-up
+        ledger._wake.set()
+        await asyncio.sleep(0)  # it wakes and lingers
+        ledger._wake.set()  # woken again meanwhile: it goes back to waiting already woken
+        for _ in range(passes):  # the close lands at each step of that
+            await asyncio.sleep(0)
+        async with asyncio.timeout(2) as hang:
+            await ledger.close()
+        assert not hang.expired()  # (close() would swallow the timeout's cancel, not raise it)
+
+    asyncio.run(run())
+
+
 def test_starts_are_journaled_together_once_the_loop_is_free(store, tmp_path):
     key = call(store.create_key("k", "h", "cm_x", 100))
 
