@@ -255,9 +255,12 @@ class Ledger:
                 self._wake.set()
 
     async def _drain(self) -> None:
-        while self._settled < self._appended:
+        # Only what is here now: what requests append meanwhile waits for the next linger, so
+        # it settles in a batch rather than one by one as it comes (the loop never caught up).
+        target = self._appended
+        while self._settled < target:
             offset = self._settled - self._base
-            size = min(self._appended - self._settled, _READ_BYTES)
+            size = min(target - self._settled, _READ_BYTES)
             entries, used = _parse(os.pread(self._fd, size, offset), _BATCH_ENTRIES)
             if used == 0:
                 raise OSError(f"ledger journal {self._path}: an entry larger than {size} bytes")
@@ -266,7 +269,7 @@ class Ledger:
             self._settled += used
             self._progress.set()
             await asyncio.sleep(0)  # let requests run between batches
-        if self._appended - self._base > _TRUNCATE_AT:
+        if self._settled == self._appended and self._appended - self._base > _TRUNCATE_AT:
             # Everything is settled and nothing can append between these lines (one thread);
             # the requests in flight keep their begin lines, which need no settling.
             self._unjournaled.clear()  # written below with the others

@@ -94,6 +94,35 @@ def test_close_ends_the_writer_even_as_it_wakes(store, tmp_path, monkeypatch, pa
     asyncio.run(run())
 
 
+def test_entries_that_keep_coming_are_settled_in_batches(store, tmp_path, monkeypatch):
+    key = call(store.create_key("k", "h", "cm_x", 10**6))
+    batches: list[int] = []
+    settle = store.settle
+
+    async def counting_settle(entries: list[LedgerEntry]) -> None:
+        batches.append(len(entries))
+        await settle(entries)
+
+    monkeypatch.setattr(store, "settle", counting_settle)
+
+    async def run() -> None:
+        ledger = Ledger(store, tmp_path / "journal")
+        await ledger.start()
+        loop = asyncio.get_running_loop()
+        stop = loop.time() + 0.2
+        n = 0
+        while loop.time() < stop:  # back-to-back requests, each waiting a moment for its upstream
+            ledger.begin(f"r{n}", key.id, "m", time.time())
+            await asyncio.sleep(0.0002)
+            ledger.append(entry(f"r{n}", key.id, 1))
+            n += 1
+        assert await ledger.flush(at_most=5)
+        await ledger.close()
+        assert sum(batches) == n and len(batches) < n / 10, (n, batches[:20])
+
+    asyncio.run(run())
+
+
 def test_starts_are_journaled_together_once_the_loop_is_free(store, tmp_path):
     key = call(store.create_key("k", "h", "cm_x", 100))
 
