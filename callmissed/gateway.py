@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from callmissed.auth import Authenticator, Principal
@@ -53,8 +53,12 @@ class RouteInfo:
     limits: tuple[tuple[bytes, bytes], ...] = ()  # the key's x-ratelimit-* (credits.py)
 
     @classmethod
-    def of(cls, won: Won[Any], reasoning_effort: str | None) -> RouteInfo:
+    def of(
+        cls, won: Won[Any], reasoning_effort: str | None, charge: Charge, stream: bool
+    ) -> RouteInfo:
+        """The route that won, billed to `charge` from here on."""
         route = won.target.route
+        charge.routed(route.provider, route.upstream_model, stream)
         return cls(
             route.provider,
             route.upstream_model,
@@ -62,6 +66,7 @@ class RouteInfo:
             won.attempts,
             won.failed,
             won.hedged,
+            tuple(charge.headers()),
         )
 
     def headers(self) -> list[tuple[bytes, bytes]]:
@@ -135,7 +140,7 @@ class Gateway:
         except BaseException as exc:
             charge.fail(exc)
             raise
-        info = _charged(RouteInfo.of(won, effort), charge, stream=False)
+        info = RouteInfo.of(won, effort, charge, stream=False)
         charge.complete(won.result)
         return won.result, info
 
@@ -158,7 +163,7 @@ class Gateway:
         except BaseException as exc:
             charge.fail(exc)
             raise
-        info = _charged(RouteInfo.of(won, effort), charge, stream=True)
+        info = RouteInfo.of(won, effort, charge, stream=True)
         won.result.meter_with(charge)
         return won.result, info
 
@@ -188,8 +193,3 @@ def _nothing() -> None:
 
 def _request_id() -> str:
     return "req_" + os.urandom(12).hex()
-
-
-def _charged(info: RouteInfo, charge: Charge, stream: bool) -> RouteInfo:
-    charge.routed(info.provider, info.upstream_model, stream)
-    return replace(info, limits=tuple(charge.headers()))
