@@ -32,6 +32,7 @@ from benchmarks.systems import (
     System,
     Upstream,
 )
+from callmissed.settings import available_cores
 
 SYSTEMS = ("direct", "passthrough", "callmissed", "litellm")
 SCENARIOS = ("overhead", "throughput", "held", "http2", "startup", "hedging", "failover")
@@ -73,7 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--systems", help=f"comma-separated subset of {','.join(SYSTEMS)}")
     run.add_argument("--scenarios", help=f"comma-separated subset of {','.join(SCENARIOS)}")
     run.add_argument(
-        "--workers", type=int, default=1, help="worker processes of callmissed and passthrough"
+        "--workers",
+        type=int,
+        default=available_cores(),
+        help="worker processes of callmissed and passthrough (default: callmissed's, one a core)",
     )
     run.add_argument(
         "--server",

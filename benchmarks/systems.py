@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.machine import ProcessTree
+from callmissed.settings import available_cores
 
 __all__ = [
     "CallMissed",
@@ -149,7 +150,7 @@ class Direct(System):
 class Passthrough(System):
     name = "passthrough"
 
-    def __init__(self, workers: int = 1, server: str = "granian") -> None:
+    def __init__(self, workers: int = available_cores(), server: str = "granian") -> None:
         self.workers = workers
         self.server = server
 
@@ -179,7 +180,7 @@ class CallMissed(System):
 
     def __init__(
         self,
-        workers: int = 1,
+        workers: int = available_cores(),
         hedge_after_ms: float = 50.0,
         server: str = "granian",
         extra_env: dict[str, str] | None = None,
