@@ -173,8 +173,7 @@ class Ledger:
             return
         await self.flush(at_most=10)
         self._writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer
+        await asyncio.wait([self._writer])  # not `await` it: that would hide our own cancel
         self._closed = True
         await self.wallets.close()
         if not self.pending:

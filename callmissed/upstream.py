@@ -16,7 +16,6 @@ a HEAD), so no user request pays the handshake.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -118,8 +117,7 @@ class Upstream:
     async def close(self) -> None:
         if self._warmer is not None:
             self._warmer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._warmer
+            await asyncio.wait([self._warmer])  # not `await` it: that would hide our own cancel
         for transport in self._transports.values():
             await transport.close()
         self._transports.clear()
