@@ -84,7 +84,6 @@ class ChatStream:
         self._done = False
         self.finished = False  # a finish_reason was seen
         self.usage: dict[str, Any] | None = None
-        self.chunks_delivered = 0
         self.failure: UpstreamError | None = None  # what ended the stream, if it broke
         self.on_end: Callable[[ChatStream], None] | None = None  # called once, at close()
         self.reading = False  # waiting on the upstream right now
@@ -144,7 +143,6 @@ class ChatStream:
             async for raw in reads:
                 batch = self._chunks(raw)
                 if batch:
-                    self.chunks_delivered += len(batch)
                     self.reading = False
                     yield batch
                     self.reading = True
