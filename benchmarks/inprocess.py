@@ -10,6 +10,7 @@ instructions, which do not drift:
 
     python -m benchmarks.inprocess --requests 2000                       # time
     python -m benchmarks.inprocess --profile                             # where (cProfile)
+    python -m benchmarks.inprocess --tail                                # what the slowest 1 % met
     valgrind --tool=callgrind python -m benchmarks.inprocess --requests 50   # then 250:
         # (Ir at 250 - Ir at 50) / 600 = instructions per request, start-up cancelled out
 """
@@ -19,13 +20,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import os
 import pstats
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import orjson
 import uvloop
@@ -52,7 +56,61 @@ prices = {{ input = 0.15, cached_input = 0.075, output = 0.6 }}
 """
 
 
-async def _measure(requests: int, profile: cProfile.Profile | None) -> tuple[float, float]:
+class _Tail:
+    """Each request's time to its first write, and the settles and collections that ran: which of
+    them the slowest 1 % overlapped (the c=1 p99, docs/performance.md)."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[float, float]] = []  # (start, seconds to the first write)
+        self.events: list[tuple[str, float, float]] = []  # (kind, start, seconds)
+        self._gc_started = 0.0
+
+    def watch(self, store: Any) -> None:
+        settle = store.settle
+
+        async def timed_settle(entries: list[Any]) -> None:
+            started = time.perf_counter()
+            await settle(entries)
+            self.events.append(("settle", started, time.perf_counter() - started))
+
+        store.settle = timed_settle
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            took = time.perf_counter() - self._gc_started
+            self.events.append((f"gc{info['generation']}", self._gc_started, took))
+
+    def report(self) -> str:
+        took = sorted(seconds for _, seconds in self.requests)
+        at = [took[int(len(took) * share)] * 1e6 for share in (0.5, 0.9, 0.99, 0.999)]
+        slowest = [(start, seconds) for start, seconds in self.requests if seconds >= at[2] / 1e6]
+        met: Counter[str] = Counter()
+        for start, seconds in slowest:
+            ends = start + seconds
+            kinds = {
+                kind
+                for kind, began, lasted in self.events
+                if began < ends and began + lasted > start
+            }
+            met[",".join(sorted(kinds)) or "nothing"] += 1
+        p50, p90, p99, p999 = at
+        lines = [
+            f"to the first write, us: p50 {p50:.0f}, p90 {p90:.0f}, p99 {p99:.0f}, p99.9 {p999:.0f}"
+        ]
+        lines.append(f"the slowest 1 % ({len(slowest)}) overlapped: {dict(met.most_common())}")
+        for kind in sorted({kind for kind, _, _ in self.events}):
+            lasted = sorted(seconds for k, _, seconds in self.events if k == kind)
+            median, longest = lasted[len(lasted) // 2] * 1e6, lasted[-1] * 1e6
+            lines.append(f"{kind}: {len(lasted)}, median {median:.0f} us, max {longest:.0f} us")
+        return "\n".join(lines)
+
+
+async def _measure(
+    requests: int, profile: cProfile.Profile | None, tail: _Tail | None = None
+) -> tuple[float, float]:
     # Imported here: the environment names the config and database before settings load.
     from callmissed.app import build_app
     from callmissed.auth import create_key
@@ -65,20 +123,29 @@ async def _measure(requests: int, profile: cProfile.Profile | None) -> tuple[flo
     app = build_app(settings, gateway)
     await app.startup()
     key, _ = await create_key(gateway.store, "inprocess", 10**12)
+    if tail is not None:
+        tail.watch(gateway.store)
     headers = {"authorization": f"Bearer {key}", "content-length": str(len(_BODY))}
     endpoint = app.route("POST", "/v1/chat/completions")
     loop = asyncio.get_running_loop()
 
+    started = first_write = 0.0
+
     async def discard(part: bytes) -> None:
-        pass
+        nonlocal first_write
+        first_write = first_write or time.perf_counter()
 
     async def one() -> None:
+        nonlocal started, first_write
         gone: asyncio.Future[None] = loop.create_future()
         request_id = "req_" + os.urandom(8).hex()
         request = Request("POST", "/v1/chat/completions", headers, _BODY, request_id)
+        started, first_write = time.perf_counter(), 0.0
         response = await app.respond(endpoint, request, gone)
         assert isinstance(response, StreamResponse), response
         await write_stream(response, discard, gone, request_id)
+        if tail is not None:
+            tail.requests.append((started, first_write - started))
 
     for _ in range(300):  # warm: pools, caches, the wallet
         await one()
@@ -101,6 +168,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000, help="per round (3 rounds)")
     parser.add_argument("--profile", action="store_true", help="print a cProfile table")
+    parser.add_argument("--tail", action="store_true", help="what the slowest 1 %% overlapped")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="callmissed-inprocess-"))
     port = free_port()
@@ -112,7 +180,8 @@ def main() -> None:
         os.environ["CALLMISSED_CONFIG"] = str(home / "inprocess.toml")
         os.environ["CALLMISSED_DATABASE_URL"] = f"sqlite:///{home / 'inprocess.sqlite3'}"
         profile = cProfile.Profile() if args.profile else None
-        wall, cpu = uvloop.run(_measure(args.requests, profile))
+        tail = _Tail() if args.tail else None
+        wall, cpu = uvloop.run(_measure(args.requests, profile, tail))
     finally:
         upstream.terminate()
         upstream.wait(timeout=10)
@@ -121,6 +190,8 @@ def main() -> None:
     )
     if profile is not None:
         pstats.Stats(profile).sort_stats("tottime").print_stats(40)
+    if tail is not None:
+        print(tail.report())
 
 
 if __name__ == "__main__":
