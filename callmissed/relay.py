@@ -222,7 +222,7 @@ class ChatStream:
         if events.isascii():
             return Chunk(events, None, ascii_output_tokens(length, pieces), self._template)
         try:
-            text = self._template.merge(events).decode()
+            text = self._template.text(events).decode()
         except UnicodeDecodeError:
             return None
         return Chunk(events, None, estimate_output_tokens(text, pieces), self._template)

@@ -36,16 +36,13 @@ def estimate_input_tokens(chat: Mapping[str, Any]) -> int:
     return max(total, 1)
 
 
-def estimate_output_tokens(text: str | bytes, pieces: int = 1) -> int:
+def estimate_output_tokens(text: str, pieces: int = 1) -> int:
     """Tokens in streamed text that came in `pieces` non-empty pieces: as for input, but at least
-    one a piece, because most servers stream a token per chunk. Bytes must be UTF-8
-    (UnicodeDecodeError otherwise); ASCII bytes are counted without decoding them."""
+    one a piece, because most servers stream a token per chunk."""
     if not text:
         return 0
     if text.isascii():
         return ascii_output_tokens(len(text), pieces)
-    if isinstance(text, bytes):
-        text = text.decode()
     other = sum(1 for character in text if not character.isascii())
     return max(pieces, (len(text) - other) // 4 + other)
 

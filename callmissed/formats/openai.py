@@ -265,10 +265,13 @@ class ContentTemplate:
             end = stop + len(suffix)
         return end, length, pieces
 
+    def text(self, run: bytes) -> bytes:
+        """The TEXT of a run that scan() found, all of it together."""
+        return b"".join([event[len(self._prefix) :] for event in run.split(self._suffix)])
+
     def merge(self, run: bytes) -> bytes:
         """A run that scan() found, as one chunk carrying all its TEXT."""
-        texts = [event[len(self._prefix) :] for event in run.split(self._suffix)]
-        return self._head + b"".join(texts) + self._tail
+        return self._head + self.text(run) + self._tail
 
 
 # What may not appear raw inside a JSON string: a quote, a backslash, a control character.

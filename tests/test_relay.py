@@ -1,0 +1,34 @@
+"""callmissed.relay: an upstream read becomes chunks; plain content runs go out as they came."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from callmissed.providers.openai import OpenAICompatible
+from callmissed.relay import ChatStream
+from callmissed.settings import ProviderSettings
+from callmissed.token_estimate import estimate_output_tokens
+
+
+def _event(text: str) -> bytes:
+    chunk = {"id": "c1", "choices": [{"index": 0, "delta": {"content": text}}]}
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+def _stream() -> ChatStream:
+    provider = OpenAICompatible(ProviderSettings("local", "openai", "http://127.0.0.1:1/v1"))
+    return ChatStream(provider, None, include_usage=False)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("texts", [["Hel", "lo", " world"], ["नमस्ते", " दु", "निया"], ["a", "", "b"]])
+def test_a_run_goes_out_as_it_came_with_the_tokens_of_its_text_alone(texts):
+    stream = _stream()
+    first = stream._chunks(_event("learn"))  # the first plain chunk teaches the envelope
+    run = b"".join(_event(text) for text in texts)
+    chunks = stream._chunks(run)
+    assert len(first) == 1 and len(chunks) == 1
+    assert chunks[0].event() == run
+    pieces = sum(1 for text in texts if text)
+    assert chunks[0].tokens == estimate_output_tokens("".join(texts), pieces)
+    assert chunks[0].json()["choices"][0]["delta"]["content"] == "".join(texts)
