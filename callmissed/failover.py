@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from callmissed.deadlines import Deadline, Deadlines, Timeout
 from callmissed.errors import GatewayError, UpstreamError, UpstreamTimeout
 from callmissed.health import Health, route_name
 from callmissed.metrics import Metrics
@@ -56,24 +57,30 @@ class _Inflight:
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
         self.reason: GatewayError | None = None  # why it was ended early, if it was
-        self.scope: asyncio.Timeout | None = None
+        self.scope: Timeout | None = None
         self.stream: ChatStream | None = None
 
-    def abort(self, reason: GatewayError, now: float) -> None:
+    def abort(self, reason: GatewayError) -> None:
         self.reason = reason
         if self.stream is not None:
             self.stream.abort(reason)
         elif self.scope is not None:
-            self.scope.reschedule(now)
+            self.scope.expire()
 
 
 class Failover:
     """Runs requests over their routes. One per gateway; see the module docstring."""
 
     def __init__(
-        self, settings: Settings, upstream: Upstream, health: Health, metrics: Metrics
+        self,
+        settings: Settings,
+        upstream: Upstream,
+        health: Health,
+        metrics: Metrics,
+        deadlines: Deadlines,
     ) -> None:
         self._timeouts = settings.timeouts
+        self._deadlines = deadlines
         self._policy = settings.resilience
         self._upstream = upstream
         self._health = health
@@ -122,7 +129,7 @@ class Failover:
 
         async def attempt(target: Target) -> ChatStream:
             try:
-                async with asyncio.timeout(timeouts.first_token):
+                with self._deadlines.timeout(timeouts.first_token):
                     response = await self._send(target, body, model)
                     stream = ChatStream(target.provider, response, include_usage)
                     try:
@@ -170,7 +177,7 @@ class Failover:
         """The route loop, within the request's total timeout (or until shutdown ends it)."""
         plan = _Plan(self, model, targets, request.deadline)
         try:
-            async with asyncio.timeout_at(request.deadline) as request.scope:
+            with self._deadlines.timeout_at(request.deadline) as request.scope:
                 if model.hedge_after_ms:
                     won = await _race(plan, attempt, model.hedge_after_ms / 1000)
                 else:
@@ -212,7 +219,7 @@ class Failover:
     ) -> None:
         stream = won.result
         request.stream = stream
-        watchdog = _Watchdog(stream, timeouts.idle, request.deadline)
+        watchdog = _Watchdog(self._deadlines, stream, timeouts.idle, request.deadline)
         route = won.target.route
 
         def on_end(ended: ChatStream) -> None:
@@ -235,9 +242,8 @@ class Failover:
             return
         except TimeoutError:
             pass
-        now = asyncio.get_running_loop().time()
         for request in list(self._active):
-            request.abort(reason, now)
+            request.abort(reason)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2.0):  # their error events still have to be written
                 await self._idle.wait()
@@ -409,18 +415,22 @@ def _close_result(task: asyncio.Task[Any]) -> None:
 class _Watchdog:
     """Ends a committed stream whose upstream is silent for `idle` s or that passes its deadline.
 
-    One timer per stream, re-armed only when it fires: the per-chunk cost is the timestamp
-    ChatStream takes before each read.
+    One deadline per stream, re-armed only when it is reached: the per-chunk cost is the
+    timestamp ChatStream takes before each read.
     """
 
-    __slots__ = ("_deadline", "_handle", "_idle", "_loop", "_stream")
+    __slots__ = ("_deadline", "_deadlines", "_handle", "_idle", "_loop", "_stream")
 
-    def __init__(self, stream: ChatStream, idle: float, deadline: float) -> None:
+    def __init__(
+        self, deadlines: Deadlines, stream: ChatStream, idle: float, deadline: float
+    ) -> None:
+        self._deadlines = deadlines
         self._stream = stream
         self._idle = idle
         self._deadline = deadline
         self._loop = asyncio.get_running_loop()
-        self._handle = self._loop.call_at(min(self._loop.time() + idle, deadline), self._check)
+        first = min(self._loop.time() + idle, deadline)
+        self._handle: Deadline = deadlines.call_at(first, self._check)
 
     def _check(self) -> None:
         now = self._loop.time()
@@ -432,7 +442,7 @@ class _Watchdog:
             stream.abort(UpstreamTimeout(f"the upstream sent nothing for {self._idle:g} s"))
             return
         since = stream.read_started if stream.reading else now
-        self._handle = self._loop.call_at(min(since + self._idle, self._deadline), self._check)
+        self._handle = self._deadlines.call_at(min(since + self._idle, self._deadline), self._check)
 
     def cancel(self) -> None:
         self._handle.cancel()

@@ -16,6 +16,7 @@ from typing import Any
 
 from callmissed.auth import Authenticator, Principal
 from callmissed.credits import Charge, Credits
+from callmissed.deadlines import Deadlines
 from callmissed.errors import ShuttingDown
 from callmissed.failover import Failover, Won
 from callmissed.health import Health
@@ -99,7 +100,8 @@ class Gateway:
         self.upstream = Upstream(settings)
         self.health = Health(settings.resilience)
         self.metrics = Metrics()
-        self.failover = Failover(settings, self.upstream, self.health, self.metrics)
+        self.deadlines = Deadlines()  # the requests' timeouts, on one loop timer
+        self.failover = Failover(settings, self.upstream, self.health, self.metrics, self.deadlines)
         self.draining = False
         self._drain: asyncio.Task[None] | None = None
         self._undo_sigterm: Callable[[], None] = _nothing
@@ -176,6 +178,7 @@ class Gateway:
             policy.keepalive_after,
             policy.keepalive_interval,
             self._count_keepalive,
+            self.deadlines,
         )
 
     def _count_keepalive(self) -> None:

@@ -6,9 +6,9 @@ every SDK ignores, every `keepalive_interval` until it does, so a proxy's idle t
 a long think. The price (docs/resilience.md): a failure after that moment can no longer be an HTTP
 status and goes out in-band, as an error event the SDK raises.
 
-The request's own task keeps waiting for the first token; a KeepAlive costs one timer until it
-fires, and only then starts the response (through the edge's Request.start_stream) and a task
-of its own for the comments.
+The request's own task keeps waiting for the first token; a KeepAlive costs one deadline
+(deadlines.py) until it is reached, and only then starts the response (through the edge's
+Request.start_stream) and a task of its own for the comments.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
+from callmissed.deadlines import Deadline, Deadlines
 from callmissed.errors import GatewayError
 from callmissed.web import Headers, StartStream
 
@@ -48,6 +49,7 @@ class KeepAlive:
         after: float,
         interval: float,
         on_start: Callable[[], None],
+        deadlines: Deadlines,
     ) -> None:
         self._start_stream = start_stream
         self._headers = headers
@@ -57,9 +59,10 @@ class KeepAlive:
         self._started = False  # the 200 went out: what follows must go in-band
         self._stopping = False
         self._nap: asyncio.Future[None] | None = None  # the wait between two comments
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Deadline | None = None
         if start_stream is not None:
-            self._timer = asyncio.get_running_loop().call_later(after, self._begin)
+            when = asyncio.get_running_loop().time() + after
+            self._timer = deadlines.call_at(when, self._begin)
 
     def _begin(self) -> None:
         self._timer = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from callmissed.deadlines import Deadlines
 from callmissed.errors import GatewayError
 from callmissed.keepalive import COMMENT, InBand, KeepAlive, in_band_error
 from callmissed.web import Headers, Write
@@ -31,7 +32,7 @@ class Edge:
 def test_a_quick_opening_starts_nothing():
     async def run() -> Edge:
         edge = Edge()
-        keepalive = KeepAlive(edge.start_stream, [], 0.05, 0.01, edge.count)
+        keepalive = KeepAlive(edge.start_stream, [], 0.05, 0.01, edge.count, Deadlines())
         await asyncio.sleep(0.01)
         assert await keepalive.stop() is False
         await asyncio.sleep(0.1)  # the timer is gone with it
@@ -44,7 +45,9 @@ def test_a_quick_opening_starts_nothing():
 def test_a_slow_opening_starts_the_stream_and_comments_until_stopped():
     async def run() -> tuple[Edge, bool]:
         edge = Edge()
-        keepalive = KeepAlive(edge.start_stream, [(b"request-id", b"r1")], 0.01, 0.03, edge.count)
+        keepalive = KeepAlive(
+            edge.start_stream, [(b"request-id", b"r1")], 0.01, 0.03, edge.count, Deadlines()
+        )
         await asyncio.sleep(0.1)
         started = await keepalive.stop()
         written = len(edge.written)
@@ -59,7 +62,7 @@ def test_a_slow_opening_starts_the_stream_and_comments_until_stopped():
 
 def test_without_an_edge_to_start_a_stream_it_only_waits():
     async def run() -> bool:
-        keepalive = KeepAlive(None, [], 0.0, 0.01, lambda: None)
+        keepalive = KeepAlive(None, [], 0.0, 0.01, lambda: None, Deadlines())
         await asyncio.sleep(0.05)
         return await keepalive.stop()
 
@@ -81,7 +84,7 @@ async def _fail_after(delay: float) -> None:
 
 def test_a_failure_before_the_start_is_raised_as_it_is():
     async def run() -> None:
-        keepalive = KeepAlive(Edge().start_stream, [], 1.0, 1.0, lambda: None)
+        keepalive = KeepAlive(Edge().start_stream, [], 1.0, 1.0, lambda: None, Deadlines())
         try:
             await keepalive.run(_fail_after(0))
         except InBand:
@@ -96,7 +99,7 @@ def test_a_failure_before_the_start_is_raised_as_it_is():
 def test_a_failure_after_the_start_must_go_in_band():
     async def run() -> GatewayError:
         edge = Edge()
-        keepalive = KeepAlive(edge.start_stream, [], 0.01, 0.01, edge.count)
+        keepalive = KeepAlive(edge.start_stream, [], 0.01, 0.01, edge.count, Deadlines())
         try:
             await keepalive.run(_fail_after(0.05))
         except InBand as failed:
