@@ -9,7 +9,6 @@ does fsync, runs on a background thread instead of inside some request's commit.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 import threading
@@ -30,6 +29,7 @@ from callmissed.store.base import (
     migrations,
     plan_settlement,
 )
+from callmissed.store.walwatch import WalWatch
 
 __all__ = ["SQLiteStore"]
 
@@ -56,7 +56,7 @@ class SQLiteStore:
         self._generation = -1  # key_changes.generation (migration 0006) at the last look
         self._changes = 0  # keys_version(): bumped whenever the generation moved
         self._active: set[int] = set()  # keys read as not revoked since the generation moved
-        self._looked: asyncio.AbstractEventLoop | None = None  # looked this pass
+        self._wal = WalWatch(path)  # after _migrate(): the file is in WAL mode by then
         self._stop = threading.Event()
         self._checkpointer: threading.Thread | None = None
         if path != ":memory:":
@@ -182,15 +182,12 @@ class SQLiteStore:
 
     def _look(self) -> None:
         # data_version changes only when another connection commits (another process, the CLI):
-        # until it does, no key changed. It costs a few us (a read lock on the WAL index), so
-        # requests that the event loop runs in the same pass, which all arrived before it
-        # began, share one look. Most commits are settlements and top-ups, which change no key:
-        # the generation, which every key change bumps (a trigger), tells those apart.
-        loop = asyncio.get_running_loop()
-        if self._looked is loop:
+        # until it does, no key changed. Asking costs a read transaction, so it is asked only
+        # after the wal-index shows some commit (walwatch.py). Most commits are settlements and
+        # top-ups, which change no key: the generation, which every key change bumps (a
+        # trigger), tells those apart.
+        if not self._wal.changed():
             return
-        self._looked = loop
-        loop.call_soon(self._look_again)
         version = self._db.execute("PRAGMA data_version").fetchone()[0]
         if version == self._version:
             return
@@ -200,9 +197,6 @@ class SQLiteStore:
             self._generation = generation
             self._active.clear()
             self._changes += 1
-
-    def _look_again(self) -> None:
-        self._looked = None
 
     async def fund(self, key_id: int, wallet: str, need: int, want: int, instance: str) -> Funding:
         with self._transaction() as db:
@@ -274,6 +268,7 @@ class SQLiteStore:
         self._stop.set()
         if self._checkpointer is not None:
             self._checkpointer.join()
+        self._wal.close()
         self._db.close()
 
 
