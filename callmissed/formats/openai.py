@@ -90,8 +90,8 @@ def _effort(value: Any) -> str | None:
     return None if isinstance(value, str) else "must be a string"
 
 
-# Known fields and their checks, in the order of OpenAI's API reference. null is always allowed
-# for optional fields; unknown fields are forwarded untouched.
+# Known fields and their checks, in the order of OpenAI's API reference; a body's are checked in
+# its own order. null is always allowed for optional fields; unknown fields are forwarded as-is.
 _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "frequency_penalty": _number(-2.0, 2.0),
     "logit_bias": _of_type(dict, "an object"),
@@ -125,9 +125,9 @@ def check_chat_request(body: Any) -> None:
     if not isinstance(model, str) or not model:
         raise InvalidRequest("'model' is required and must be a non-empty string.", param="model")
     _check_messages(body.get("messages"))
-    for name, check in _CHECKS.items():
-        value = body.get(name)
-        if value is None:
+    for name, value in body.items():  # a body has a few fields; _CHECKS knows some 25
+        check = _CHECKS.get(name)
+        if check is None or value is None:
             continue
         problem = check(value)
         if problem:
