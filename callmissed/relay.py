@@ -250,7 +250,7 @@ class ChatStream:
                 self._learning -= 1
                 self._template.learn(data, content)
             return Chunk(data, chunk, estimate_output_tokens(content))
-        if not needs_normalising(data):
+        if not needs_normalising(data, chunk):
             return Chunk(data, chunk)
         error = self._provider.stream_error(chunk)
         if error is not None:

@@ -160,15 +160,29 @@ def _check_messages(messages: Any) -> None:
 
 
 # Chunks whose bytes contain none of these need no edit and are forwarded as they came.
-_TRIGGERS = (b'"error"', b"tool_calls", b"reasoning", b'"role"')
+_TRIGGERS = re.compile(rb'"error"|tool_calls|reasoning|"role"')
 # These keys appear as null on most chunks; only a non-null value needs a look.
 _NULLABLE_TRIGGERS = (b'"finish_reason"', b'"usage"')
 
 
-def needs_normalising(data: bytes) -> bool:
-    if any(trigger in data for trigger in _TRIGGERS):
+def needs_normalising(data: bytes, chunk: dict[str, Any]) -> bool:
+    """Whether a chunk (`data`, parsed as `chunk`) that is not plain content may need an edit,
+    or be an error. A stream's last chunks carry a finish or the usage: the parsed chunk says
+    so at once. Otherwise the bytes tell: without a trigger there is nothing to edit."""
+    if chunk.get("usage") is not None or _finishes(chunk):
+        return True
+    if _TRIGGERS.search(data) is not None:
         return True
     return any(_has_non_null(data, key) for key in _NULLABLE_TRIGGERS)
+
+
+def _finishes(chunk: dict[str, Any]) -> bool:
+    choices = chunk.get("choices")
+    if choices.__class__ is list:
+        for choice in choices:
+            if choice.__class__ is dict and choice.get("finish_reason") is not None:
+                return True
+    return False
 
 
 def plain_content(chunk: dict[str, Any]) -> str | None:
@@ -176,7 +190,7 @@ def plain_content(chunk: dict[str, Any]) -> str | None:
 
     The common kind: no choice or one, whose delta is only `content` (a string), with no
     finish, usage or error. It never answers for a chunk the normaliser would change, and costs
-    a few dict lookups where needs_normalising() scans the bytes six times (~2 us a chunk, the
+    a few dict lookups where needs_normalising() scans the bytes (~2 us a chunk, once the
     largest cost of relaying a stream; docs/performance.md). Anything else, several choices
     included, goes to needs_normalising().
     """

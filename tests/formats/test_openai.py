@@ -44,10 +44,30 @@ def test_plain_content_chunks_need_no_edit():
     chunk = (
         b'{"id":"x","choices":[{"index":0,"delta":{"content":"usage role"},"finish_reason":null}]}'
     )
-    assert not needs_normalising(chunk)
-    assert needs_normalising(b'{"choices":[{"delta":{},"finish_reason":"stop"}]}')
-    assert needs_normalising(b'{"choices":[],"usage": {"prompt_tokens":1}}')
-    assert not needs_normalising(b'{"choices":[{"delta":{"content":"a"}}],"usage": null}')
+    assert not _needs_normalising(chunk)
+    assert not _needs_normalising(b'{"choices":[{"delta":{"content":"a"}}],"usage": null}')
+    assert not _needs_normalising(b'{"choices":[{"delta":{"refusal":"no"},"logprobs":null}]}')
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"choices":[{"delta":{},"finish_reason":"stop"}]}',
+        b'{"choices":[{"delta":{}},{"delta":{},"finish_reason":"length"}]}',
+        b'{"choices":[],"usage": {"prompt_tokens":1}}',
+        b'{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}',
+        b'{"choices":[{"delta":{"tool_calls":[{"index":0}]}}]}',
+        b'{"choices":[{"delta":{"reasoning_content":"hm"}}]}',
+        b'{"error":{"message":"upstream fell over"}}',
+        b'{"choices":[{"delta":{"x":{"usage" : {"n":1}}}}]}',  # only the bytes show this one
+    ],
+)
+def test_chunks_that_may_need_an_edit_are_caught(data):
+    assert _needs_normalising(data)
+
+
+def _needs_normalising(data: bytes) -> bool:
+    return needs_normalising(data, orjson.loads(data))
 
 
 @pytest.mark.parametrize(
