@@ -26,7 +26,8 @@ _RESOLUTION = 0.001
 
 
 class Deadline:
-    """Something due at loop time `when`, unless cancelled first; reached() says what."""
+    """Something due at loop time `when`, once added, unless cancelled first; reached() says
+    what. A subclass that re-arms itself changes `when` and adds itself again."""
 
     __slots__ = ("_owner", "when")
 
@@ -66,7 +67,7 @@ class Deadlines:
     def call_at(self, when: float, callback: Callable[[], None]) -> Deadline:
         """Run `callback` at loop time `when` (from the loop, like loop.call_at)."""
         deadline = _Call(self, when, callback)
-        self._add(deadline)
+        self.add(deadline)
         return deadline
 
     def timeout_at(self, when: float) -> Timeout:
@@ -77,7 +78,8 @@ class Deadlines:
         """Like asyncio.timeout(), as a plain `with` block inside a task."""
         return Timeout(self, asyncio.get_running_loop().time() + delay)
 
-    def _add(self, deadline: Deadline) -> None:
+    def add(self, deadline: Deadline) -> None:
+        """Arm `deadline` (one of this Deadlines') for its `when`."""
         self._pending.add(deadline)
         if deadline.when < self._armed_for:
             self._arm(deadline.when)
@@ -127,7 +129,7 @@ class Timeout(Deadline):
             raise RuntimeError("a Timeout works inside a task")
         self._task = task
         self._cancelling = task.cancelling()
-        self._owner._add(self)
+        self._owner.add(self)
         return self
 
     def __exit__(

@@ -412,27 +412,26 @@ def _close_result(task: asyncio.Task[Any]) -> None:
         result.close()
 
 
-class _Watchdog:
+class _Watchdog(Deadline):
     """Ends a committed stream whose upstream is silent for `idle` s or that passes its deadline.
 
     One deadline per stream, re-armed only when it is reached: the per-chunk cost is the
     timestamp ChatStream takes before each read.
     """
 
-    __slots__ = ("_deadline", "_deadlines", "_handle", "_idle", "_loop", "_stream")
+    __slots__ = ("_deadline", "_idle", "_loop", "_stream")
 
     def __init__(
         self, deadlines: Deadlines, stream: ChatStream, idle: float, deadline: float
     ) -> None:
-        self._deadlines = deadlines
+        self._loop = asyncio.get_running_loop()
+        super().__init__(deadlines, min(self._loop.time() + idle, deadline))
         self._stream = stream
         self._idle = idle
         self._deadline = deadline
-        self._loop = asyncio.get_running_loop()
-        first = min(self._loop.time() + idle, deadline)
-        self._handle: Deadline = deadlines.call_at(first, self._check)
+        deadlines.add(self)
 
-    def _check(self) -> None:
+    def reached(self) -> None:
         now = self._loop.time()
         stream = self._stream
         if now >= self._deadline:
@@ -442,10 +441,8 @@ class _Watchdog:
             stream.abort(UpstreamTimeout(f"the upstream sent nothing for {self._idle:g} s"))
             return
         since = stream.read_started if stream.reading else now
-        self._handle = self._deadlines.call_at(min(since + self._idle, self._deadline), self._check)
-
-    def cancel(self) -> None:
-        self._handle.cancel()
+        self.when = min(since + self._idle, self._deadline)
+        self._owner.add(self)
 
 
 # How a failed attempt is counted in metrics and named in messages.

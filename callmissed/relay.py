@@ -190,8 +190,11 @@ class ChatStream:
             self._response.release()
         else:
             self._response.close()
-        if self.on_end is not None:
-            self.on_end(self)
+        # Dropped once called: it holds failover's bookkeeping, which holds this stream, and that
+        # cycle would leave every request's objects to the garbage collector.
+        on_end, self.on_end = self.on_end, None
+        if on_end is not None:
+            on_end(self)
         if self._meter is not None:
             self._meter.on_close(self)
 
