@@ -34,7 +34,10 @@ def test_another_process_commit_is_seen_at_once(tmp_path):
     path, _db = _database(tmp_path)
     watch = WalWatch(path)
     watch.changed()
-    write = f"import sqlite3; sqlite3.connect({path!r}).execute(\"INSERT INTO notes VALUES ('x')\")"
+    write = (
+        f"import sqlite3; db = sqlite3.connect({path!r}, isolation_level=None); "
+        "db.execute(\"INSERT INTO notes VALUES ('x')\")"
+    )
     for _ in range(3):
         subprocess.run([sys.executable, "-c", write], check=True, timeout=30)
         assert watch.changed() and not watch.changed()
