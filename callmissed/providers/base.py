@@ -34,7 +34,8 @@ RETRYABLE_STATUSES = frozenset({401, 402, 404, 408, 409, 425, 429, 500, 502, 503
 RETRYABLE_STATUSES |= frozenset(range(520, 527))  # Cloudflare's origin-unreachable family
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one or more is made per request, and a frozen dataclass is ~5x slower to make.
+@dataclass(slots=True)
 class UpstreamRequest:
     url: str
     headers: dict[str, str]
