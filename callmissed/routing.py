@@ -24,9 +24,14 @@ class Router:
     def __init__(self, settings: Settings, providers: Mapping[str, Provider]) -> None:
         self._models = settings.models
         self._providers = providers
+        self._resolved: dict[str, tuple[ModelSettings, list[Target]]] = {}  # catalog models
 
     def resolve(self, name: str) -> tuple[ModelSettings, list[Target]]:
-        """The model and its configured targets, in order; raise if there are none."""
+        """The model and its configured targets, in order (a shared list: do not change it);
+        raise if there are none."""
+        resolved = self._resolved.get(name)
+        if resolved is not None:
+            return resolved
         model = self.model(name)
         targets = [
             Target(self._providers[route.provider], route)
@@ -36,6 +41,8 @@ class Router:
         if not targets:
             reason = self._providers[model.routes[0].provider].settings.missing
             raise ProviderNotConfigured(f"Model {name!r} is unavailable: {reason}.", param="model")
+        if name in self._models:  # not OpenRouter's any vendor/model: their number is unbounded
+            self._resolved[name] = (model, targets)
         return model, targets
 
     def model(self, name: str) -> ModelSettings:
