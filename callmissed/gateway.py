@@ -9,7 +9,6 @@ Which route answers (fallback, hedging, timeouts) is failover.py's job.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +31,7 @@ from callmissed.settings import ModelSettings, Settings
 from callmissed.shutdown import on_sigterm
 from callmissed.store import Store, open_store
 from callmissed.upstream import Upstream
-from callmissed.web import Headers, StartStream
+from callmissed.web import Headers, StartStream, new_request_id
 
 __all__ = ["Gateway", "RouteInfo"]
 
@@ -137,7 +136,7 @@ class Gateway:
         """A whole chat.completion for a checked OpenAI-format body, `usage.cost` included."""
         model, targets = self._route(body)
         effort = apply_reasoning_effort(body, model, self.settings.reasoning_policies)
-        charge = await self.credits.begin(principal, model, body, request_id or _request_id())
+        charge = await self.credits.begin(principal, model, body, request_id or new_request_id())
         try:
             won = await self.failover.complete(model, targets, body)
         except BaseException as exc:
@@ -160,7 +159,7 @@ class Gateway:
         The stream settles its charge when it is closed, however it ends."""
         model, targets = self._route(body)
         effort = apply_reasoning_effort(body, model, self.settings.reasoning_policies)
-        charge = await self.credits.begin(principal, model, body, request_id or _request_id())
+        charge = await self.credits.begin(principal, model, body, request_id or new_request_id())
         try:
             won = await self.failover.open_stream(model, targets, body, include_usage)
         except BaseException as exc:
@@ -193,7 +192,3 @@ class Gateway:
 
 def _nothing() -> None:
     pass
-
-
-def _request_id() -> str:
-    return "req_" + os.urandom(12).hex()
