@@ -268,8 +268,8 @@ class SQLiteStore:
         self._stop.set()
         if self._checkpointer is not None:
             self._checkpointer.join()
-        self._wal.close()
         self._db.close()
+        self._wal.close()  # last: closing it drops this process's locks on the file (walwatch.py)
 
 
 def connect(path: str) -> sqlite3.Connection:

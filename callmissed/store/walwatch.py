@@ -12,6 +12,7 @@ ours included. A header of a layout this code does not know counts as moved ever
 from __future__ import annotations
 
 import mmap
+import os
 import sys
 
 __all__ = ["WalWatch"]
@@ -22,18 +23,25 @@ _IS_INIT = 12  # offset of isInit, 1 once the header is valid
 
 
 class WalWatch:
-    """Watches the wal-index of the database at `path`. Open it after a connection of this
-    process has opened the file in WAL mode, and close it before that connection: while one is
-    open, SQLite keeps the wal-index in place (it resets it only for the file's first opener)."""
+    """Watches the wal-index of the database at `path`.
 
-    __slots__ = ("_map", "_seen")
+    Open it after a connection of this process has opened the file in WAL mode (SQLite resets
+    the wal-index only for the file's first opener), and close it only after every connection
+    of this process to the file is closed: SQLite's locks on the wal-index are POSIX record
+    locks, which a process loses, all of them, when it closes *any* descriptor of the file.
+    Closing ours early would let another process take this one for gone and reset the file
+    under every mapping of it (a worker dies of SIGBUS), or checkpoint under a reader.
+    """
+
+    __slots__ = ("_fd", "_map", "_seen")
 
     def __init__(self, path: str) -> None:
+        self._fd = -1
         self._map: mmap.mmap | None = None
         self._seen = b""
         try:
-            with open(f"{path}-shm", "rb") as file:
-                self._map = mmap.mmap(file.fileno(), _HEADER_BYTES, prot=mmap.PROT_READ)
+            self._fd = os.open(f"{path}-shm", os.O_RDONLY)
+            self._map = mmap.mmap(self._fd, _HEADER_BYTES, prot=mmap.PROT_READ)
         except (OSError, ValueError):
             pass  # no wal-index to read (an in-memory database, say): every look is a change
 
@@ -49,6 +57,10 @@ class WalWatch:
         return True
 
     def close(self) -> None:
+        """After this process's last connection to the file is closed (see the class doc)."""
         if self._map is not None:
             self._map.close()
             self._map = None
+        if self._fd != -1:
+            os.close(self._fd)
+            self._fd = -1
