@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -179,9 +180,15 @@ class App:
 
 
 def new_request_id() -> str:
-    """96 random bits: unique enough for a ledger key, from the `random` module's generator
-    (seeded from the OS, and again in each forked worker) rather than a getrandom() call."""
-    return f"req_{random.getrandbits(96):024x}"
+    """Milliseconds since the epoch (48 bits), then 48 random bits, in hex.
+
+    Ids that sort by time matter: the ledger's primary key is this id, and rows whose keys come
+    in order are appended to its index, where random ones land anywhere in it and touch a cold
+    page each. Settling cost 7 -> 10 us an entry from an empty ledger to 400,000 rows with these
+    ids, 12 -> 32 us with random ones. The random bits come from the `random` module (seeded
+    from the OS, and again in each forked worker), not from a getrandom() call per request.
+    """
+    return f"req_{time.time_ns() // 1_000_000:012x}{random.getrandbits(48):012x}"
 
 
 def error_response(exc: GatewayError, dialect: Dialect, request_id: str) -> Response:
