@@ -1,14 +1,14 @@
 """The usage ledger: every finished request journaled before its response ends, settled in batches.
 
 `begin()` and `append()` are one write() of a JSON line each to this process's journal file:
-they survive a SIGKILL (the kernel holds the page), cost microseconds, and need no memory for
-a finished request (a begin line is kept until its request ends). A background task reads the
-journal back and settles the finished requests into the store in batches (charge the cost from
-the request's wallet, write the row, in one transaction); if the database is slow or down the
-journal grows on disk while memory stays flat. The same task gives idle wallets back
-(wallet.py). A journal whose owner died (its flock is free) is replayed at start-up and every
-few seconds: its finished requests are settled, each begun but unfinished one gets an
-interrupted row, then its wallets are given back. Replays are idempotent.
+they survive a SIGKILL (the kernel holds the page) and cost microseconds. A background task
+settles the finished requests into the store in batches (charge the cost from the request's
+wallet, write the row, in one transaction), taking them from memory while it keeps up; if the
+database is slow or down, the journal grows on disk while memory stays bounded (past
+_MIRROR_ENTRIES unsettled entries the writer reads the journal back instead). The same task
+gives idle wallets back (wallet.py). A journal whose owner died (its flock is free) is replayed
+at start-up and every few seconds: its finished requests are settled, each begun but unfinished
+one gets an interrupted row, then its wallets are given back. Replays are idempotent.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import itertools
 import logging
 import os
 import tempfile
 import uuid
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ log = logging.getLogger("callmissed")
 _SUFFIX = ".journal"
 _BATCH_ENTRIES = 64  # rows per settling transaction: ~1 ms of the event loop at most
 _READ_BYTES = 256 * 1024  # journal read per batch: bounds the writer's memory
+_MIRROR_ENTRIES = 10_000  # unsettled entries kept in memory too; past this, read the journal
 _TRUNCATE_AT = 4 * 1024 * 1024  # a fully settled journal larger than this starts over
 _LINGER = 0.02  # seconds the writer waits after a wake-up: what ends meanwhile settles in one batch
 _SWEEP_EVERY = 10.0  # seconds between looks for journals of dead processes
@@ -56,6 +59,11 @@ class Ledger:
         self._base = 0  # total bytes ever appended when the file was last truncated
         self._appended = 0  # total bytes ever appended
         self._settled = 0  # total bytes settled into the store
+        # The unsettled entries, each with where its line ends in the journal, so the writer
+        # need not read and parse back what it has in memory (~3.5 us an entry). Dropped if the
+        # store falls so far behind that it would hold more than _MIRROR_ENTRIES: the writer
+        # then reads the journal until it has caught up, and memory stays flat.
+        self._mirror: deque[tuple[LedgerEntry, int]] | None = deque()
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -137,6 +145,12 @@ class Ledger:
             return
         self._write(orjson.dumps(entry) + b"\n")  # orjson writes a dataclass natively
         self._flying.pop(entry.request_id, None)
+        mirror = self._mirror
+        if mirror is not None:
+            if len(mirror) < _MIRROR_ENTRIES:
+                mirror.append((entry, self._appended))
+            else:
+                self._mirror = None
         self._wake.set()
 
     def _write(self, line: bytes) -> None:
@@ -258,16 +272,14 @@ class Ledger:
         # it settles in a batch rather than one by one as it comes (the loop never caught up).
         target = self._appended
         while self._settled < target:
-            offset = self._settled - self._base
-            size = min(target - self._settled, _READ_BYTES)
-            entries, used = _parse(os.pread(self._fd, size, offset), _BATCH_ENTRIES)
-            if used == 0:
-                raise OSError(f"ledger journal {self._path}: an entry larger than {size} bytes")
-            if entries:
-                await self._store.settle(entries)
-            self._settled += used
+            if self._mirror is not None:
+                await self._settle_mirrored(self._mirror, target)
+            else:
+                await self._settle_from_journal(target)
             self._progress.set()
             await asyncio.sleep(0)  # let requests run between batches
+        if self._mirror is None and self._settled == self._appended:
+            self._mirror = deque()  # caught up: nothing unsettled, so memory mirrors it again
         if self._settled == self._appended and self._appended - self._base > _TRUNCATE_AT:
             # Everything is settled and nothing can append between these lines (one thread);
             # the requests in flight keep their begin lines, which need no settling.
@@ -277,6 +289,29 @@ class Ledger:
             for line in self._flying.values():
                 self._write(line + b"\n")
             self._settled = self._appended
+
+    async def _settle_mirrored(self, mirror: deque[tuple[LedgerEntry, int]], target: int) -> None:
+        """One batch of the entries appended up to `target`, from memory."""
+        batch = list(itertools.islice(mirror, _BATCH_ENTRIES))
+        batch = [(entry, end) for entry, end in batch if end <= target]
+        if not batch:  # only begin lines are left before `target`: nothing to settle
+            self._settled = target
+            return
+        await self._store.settle([entry for entry, _ in batch])
+        for _ in batch:
+            mirror.popleft()
+        self._settled = batch[-1][1]
+
+    async def _settle_from_journal(self, target: int) -> None:
+        """One batch of the entries appended up to `target`, read back from the journal."""
+        offset = self._settled - self._base
+        size = min(target - self._settled, _READ_BYTES)
+        entries, used = _parse(os.pread(self._fd, size, offset), _BATCH_ENTRIES)
+        if used == 0:
+            raise OSError(f"ledger journal {self._path}: an entry larger than {size} bytes")
+        if entries:
+            await self._store.settle(entries)
+        self._settled += used
 
 
 def ledger_directory(settings: Settings) -> Path:

@@ -322,6 +322,51 @@ def test_a_database_outage_grows_the_journal_not_memory_and_loses_nothing(store,
     assert len(call(store.recent_usage(key.id, 5000))) == 2000
 
 
+def test_past_its_memory_bound_the_writer_reads_the_journal_and_loses_nothing(
+    store, tmp_path, monkeypatch
+):
+    """Unsettled entries are settled from memory up to a bound; past it (a long outage) they
+    are read back from the journal, and once caught up memory takes over again."""
+    monkeypatch.setattr(ledger_module, "_MIRROR_ENTRIES", 500)
+    key = call(store.create_key("k", "h", "cm_x", None))
+    flaky = _FlakyStore(store)
+    read_back: list[int] = []
+    parse = ledger_module._parse
+
+    def counting_parse(data: bytes, *args: Any, **kwargs: Any) -> Any:
+        parsed = parse(data, *args, **kwargs)
+        read_back.append(len(parsed[0]))
+        return parsed
+
+    monkeypatch.setattr(ledger_module, "_parse", counting_parse)
+
+    async def run() -> None:
+        ledger = Ledger(flaky, tmp_path / "journal")
+        await ledger.start()
+        for n in range(2000):
+            ledger.append(entry(f"r{n}", key.id, 1))
+        assert _mirrored(ledger) is None  # given up at 500: memory stays bounded
+        flaky.down = False
+        assert await ledger.flush(at_most=10)
+        assert sum(read_back) == 2000  # all of them from the journal
+        await asyncio.sleep(0.05)  # the writer ends its pass: caught up, it mirrors again
+        for n in range(2000, 2100):
+            ledger.append(entry(f"r{n}", key.id, 1))
+        assert _mirrored(ledger) == 100
+        assert await ledger.flush(at_most=10)
+        assert sum(read_back) == 2000 and _mirrored(ledger) == 0  # the new ones from memory
+        await ledger.close()
+
+    asyncio.run(run())
+    assert call(store.get_key(key.id)).spent == 2100
+    assert len(call(store.recent_usage(key.id, 5000))) == 2100
+
+
+def _mirrored(ledger: Ledger) -> int | None:
+    """How many unsettled entries the ledger holds in memory; None: it reads its journal."""
+    return None if ledger._mirror is None else len(ledger._mirror)
+
+
 def test_a_settled_journal_starts_over(store, tmp_path, monkeypatch):
     monkeypatch.setattr(ledger_module, "_TRUNCATE_AT", 10_000)
     key = call(store.create_key("k", "h", "cm_x", None))
