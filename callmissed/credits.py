@@ -31,7 +31,7 @@ from callmissed.errors import (
 )
 from callmissed.ledger import Ledger
 from callmissed.ratelimit import Lease, Limiter
-from callmissed.settings import ModelSettings, Prices
+from callmissed.settings import ModelSettings, Prices, Route
 from callmissed.store import Funding, LedgerEntry, Store
 from callmissed.token_estimate import estimate_input_tokens, estimate_output_tokens
 from callmissed.wallet import Wallet
@@ -142,12 +142,6 @@ def parse_credits(value: object) -> int:
 def format_credits(micro: int | None) -> float | None:
     """Credits (USD) as a JSON number, like OpenRouter's `usage.cost`."""
     return None if micro is None else micro / MICRO
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    provider: str
-    upstream_model: str
 
 
 class Credits:
@@ -301,6 +295,9 @@ def _output_cap(body: Mapping[str, Any], model: ModelSettings) -> int:
     return model.max_output or DEFAULT_OUTPUT_CAP
 
 
+_NOT_ROUTED = Route("", "")  # a charge's route until one answers
+
+
 class Charge:
     """One request's accounting, from its hold to its single settlement.
 
@@ -328,7 +325,7 @@ class Charge:
         self.request_id = request_id
         self.rates = rates
         self.prompt_estimate = prompt_estimate
-        self.route = Route("", "")
+        self.route = _NOT_ROUTED
         self.stream = False
         self.created_at = time.time()
         self._started = time.perf_counter()
@@ -342,8 +339,8 @@ class Charge:
         """x-ratelimit-* headers for the response."""
         return self._lease.headers()
 
-    def routed(self, provider: str, upstream_model: str, stream: bool) -> None:
-        self.route = Route(provider, upstream_model)
+    def routed(self, route: Route, stream: bool) -> None:
+        self.route = route
         self.stream = stream
         if self._ttfb is None:
             self._ttfb = time.perf_counter() - self._started

@@ -349,7 +349,7 @@ class _Plan:
         if self.hedge is not None:
             winner = "hedge" if target is self.hedge else "first"
             self._metrics.inc("callmissed_hedges_total", self._model.name, winner)
-        failed = tuple(f"{route_name(t.route)} {_outcome(e)}" for t, e in self.failures)
+        failed = tuple([f"{route_name(t.route)} {_outcome(e)}" for t, e in self.failures])
         return Won(target, result, self.attempts, failed, self.hedge is not None)
 
     def exhausted(self) -> GatewayError:

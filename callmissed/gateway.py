@@ -59,7 +59,7 @@ class RouteInfo:
     ) -> RouteInfo:
         """The route that won, billed to `charge` from here on."""
         route = won.target.route
-        charge.routed(route.provider, route.upstream_model, stream)
+        charge.routed(route, stream)
         return cls(
             route.provider,
             route.upstream_model,

@@ -11,7 +11,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "Accounting",
@@ -54,8 +54,10 @@ class ProviderSettings:
         return self.base_url.startswith("https://") if self.http2 is None else self.http2
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
+class Route(NamedTuple):
+    """A provider and the model name it knows (a tuple: health.py looks its state up by route
+    several times a request, and a tuple hashes in C where a dataclass runs Python)."""
+
     provider: str
     upstream_model: str
 
