@@ -247,6 +247,8 @@ class ChatStream:
             ) from None
         if chunk.__class__ is not dict:
             raise UpstreamError("the upstream sent a chunk that is not an object")
+        if b"\n" in data:  # several `data:` lines, which SSE joins with line feeds: make it one
+            data = orjson.dumps(chunk)
         content = plain_content(chunk)
         if content is not None:
             if not self._template.learned and self._learning > 0:
@@ -258,10 +260,11 @@ class ChatStream:
         error = self._provider.stream_error(chunk)
         if error is not None:
             raise error
-        return self._edit(chunk)
+        return self._edit(data, chunk)
 
-    def _edit(self, chunk: dict[str, Any]) -> Chunk | None:
-        self._normaliser.fix(chunk)
+    def _edit(self, data: bytes, chunk: dict[str, Any]) -> Chunk | None:
+        """`chunk` (parsed from `data`) normalised; its own bytes if nothing had to change."""
+        changed = self._normaliser.fix(chunk)
         choices = chunk.get("choices")
         if choices and any(choice.get("finish_reason") for choice in choices):
             self.finished = True
@@ -272,9 +275,11 @@ class ChatStream:
                 if not choices:
                     return None
                 del chunk["usage"]
+                changed = True
         if choices is None:
             chunk["choices"] = []
-        return Chunk(orjson.dumps(chunk), chunk)
+            changed = True
+        return Chunk(orjson.dumps(chunk) if changed else data, chunk)
 
 
 def _has_token(chunk: Chunk) -> bool:

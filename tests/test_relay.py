@@ -32,3 +32,26 @@ def test_a_run_goes_out_as_it_came_with_the_tokens_of_its_text_alone(texts):
     pieces = sum(1 for text in texts if text)
     assert chunks[0].tokens == estimate_output_tokens("".join(texts), pieces)
     assert chunks[0].json()["choices"][0]["delta"]["content"] == "".join(texts)
+
+
+def test_chunks_that_need_no_edit_go_out_as_the_upstream_sent_them():
+    stream = _stream()
+    role = b'data: {"id":"c1","choices":[{"index":0,"delta":{"role":"assistant"}}]}\n\n'
+    finish = b'data: {"id":"c1","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+    chunks = stream._chunks(role + _event("Hi") + finish)
+    assert b"".join(chunk.event() for chunk in chunks) == role + _event("Hi") + finish
+    again = stream._chunks(role)  # a repeated role is edited out: that one is re-encoded
+    assert again[0].json()["choices"][0]["delta"] == {}
+
+
+@pytest.mark.parametrize("kind", ["role", "content", "finish"])
+def test_a_chunk_split_over_several_data_lines_goes_out_on_one(kind):
+    """SSE joins a multi-line `data:` field with line feeds, which JSON reads as spaces; sent on
+    as they came they would end the event early, so such a chunk goes out re-encoded."""
+    delta = {"role": {"role": "assistant"}, "content": {"content": "Hi"}, "finish": {}}[kind]
+    choice = {"index": 0, "delta": delta, "finish_reason": "stop" if kind == "finish" else None}
+    data = orjson.dumps({"id": "c1", "choices": [choice]})
+    split = data.replace(b'"choices":', b'"choices":\ndata: ')
+    stream = _stream()
+    chunks = stream._chunks(b"data: " + split + b"\n\n")
+    assert len(chunks) == 1 and chunks[0].event() == b"data: " + data + b"\n\n"

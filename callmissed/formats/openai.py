@@ -311,7 +311,9 @@ class ChunkNormaliser:
         self._seen_roles: set[int] = set()
         self._seen_calls: set[tuple[int, int]] = set()
 
-    def fix(self, chunk: dict[str, Any]) -> None:
+    def fix(self, chunk: dict[str, Any]) -> bool:
+        """Fix `chunk` in place; whether anything may have changed (else its bytes still hold)."""
+        changed = False
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta")
             if not isinstance(delta, dict):
@@ -320,11 +322,14 @@ class ChunkNormaliser:
             if "role" in delta:
                 if index in self._seen_roles:
                     del delta["role"]
+                    changed = True
                 else:
                     self._seen_roles.add(index)
-            _rename_reasoning(delta)
+            changed = _rename_reasoning(delta) or changed
             if "tool_calls" in delta:
                 self._fix_tool_deltas(index, delta)
+                changed = True
+        return changed
 
     def _fix_tool_deltas(self, choice: int, delta: dict[str, Any]) -> None:
         calls = delta["tool_calls"]
@@ -366,18 +371,22 @@ def normalise_completion(body: dict[str, Any]) -> None:
                 _stringify_arguments(call)
 
 
-def _rename_reasoning(delta: dict[str, Any]) -> None:
+def _rename_reasoning(delta: dict[str, Any]) -> bool:
     # Upstreams name thinking text `reasoning_content` (DeepSeek, Kimi K2.5, Sarvam) or
     # `reasoning` (OpenRouter, vLLM, Kimi K2.6); our clients always get `reasoning`.
+    changed = False
     if "reasoning_content" in delta:
         text = delta.pop("reasoning_content")
         if delta.get("reasoning") is None:
             delta["reasoning"] = text
+        changed = True
     details = delta.get("reasoning_details")
     if isinstance(details, list):
         for position, item in enumerate(details):
             if isinstance(item, dict) and not isinstance(item.get("index"), int):
                 item["index"] = position
+                changed = True
+    return changed
 
 
 def _is_null_finalisation(call: dict[str, Any]) -> bool:
