@@ -136,11 +136,11 @@ class ChatStream:
         # `reading` is false only while a batch is out with the consumer, so a cancel from
         # abort() lands in the upstream read (the one await in here) and nowhere else.
         loop = asyncio.get_running_loop()
-        reads = self._response.aiter_bytes()
+        receive = self._response.receive
         self.read_started = loop.time()
         self.reading = True
         try:
-            async for raw in reads:
+            while raw := await receive():
                 batch = self._chunks(raw)
                 if batch:
                     self.reading = False
@@ -169,11 +169,6 @@ class ChatStream:
         finally:
             self.reading = False
             self.close()
-            # Close the upstream reader now: left suspended after [DONE], the loop's async-
-            # generator finaliser closes it later with a task of its own (benchmarks.tasks).
-            aclose = getattr(reads, "aclose", None)
-            if aclose is not None:
-                await aclose()
 
     def _abort_error(self) -> GatewayError | None:
         """The abort's error if abort() sent the cancel being handled (and nothing else did)."""

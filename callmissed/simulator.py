@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -41,6 +42,7 @@ class SimulatedResponse:
         self._created = int(time.time())
         self._model = f"sim/{body.get('model', 'model')}"
         self._thinking, self._text, self._finish = _plan(profile, body)
+        self._events: deque[tuple[float, bytes]] | None = None  # (wait first, event) to send
 
     async def read(self) -> bytes:
         await asyncio.sleep(self._profile.total_ms / 1000)
@@ -65,20 +67,32 @@ class SimulatedResponse:
             }
         )
 
-    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+    async def receive(self) -> bytes:
+        if self._events is None:
+            self._events = self._stream()
+        if not self._events:
+            return b""
+        wait, event = self._events.popleft()
+        if wait:
+            await asyncio.sleep(wait)
+        return event
+
+    def _stream(self) -> deque[tuple[float, bytes]]:
+        """The streamed answer's events, each with the seconds to wait before it."""
         tokens = [("reasoning", word) for word in self._thinking]
         tokens += [("content", word) for word in self._text]
         gap = max(self._profile.total_ms - self._profile.ttfb_ms, 0) / 1000 / max(len(tokens), 1)
-        await asyncio.sleep(self._profile.ttfb_ms / 1000)
-        yield self._chunk({"role": "assistant", "content": ""})
+        role = self._chunk({"role": "assistant", "content": ""})
+        events = deque([(self._profile.ttfb_ms / 1000, role)])
         for position, (field, word) in enumerate(tokens):
-            if position and gap:
-                await asyncio.sleep(gap)
-            yield self._chunk({field: word if position == 0 else " " + word})
-        yield self._chunk({}, finish_reason=self._finish)
+            text = word if position == 0 else " " + word
+            events.append((gap if position else 0.0, self._chunk({field: text})))
+        events.append((0.0, self._chunk({}, finish_reason=self._finish)))
         if (self._body.get("stream_options") or {}).get("include_usage"):
-            yield self._frame({**self._envelope(), "choices": [], "usage": self._usage()})
-        yield b"data: [DONE]\n\n"
+            usage = self._frame({**self._envelope(), "choices": [], "usage": self._usage()})
+            events.append((0.0, usage))
+        events.append((0.0, b"data: [DONE]\n\n"))
+        return events
 
     def close(self) -> None:
         pass

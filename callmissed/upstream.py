@@ -19,7 +19,6 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,7 +44,8 @@ class UpstreamResponse(Protocol):
 
     async def read(self) -> bytes: ...
 
-    def aiter_bytes(self) -> AsyncIterator[bytes]: ...
+    async def receive(self) -> bytes:
+        """The body's next bytes (all that arrived since the last call); b"" once it ended."""
 
     def close(self) -> None:
         """Stop the response now: the upstream sees the request cancelled."""
@@ -219,11 +219,9 @@ class _Http1Response:
         except OSError as exc:
             raise _broken(self._provider, exc) from None
 
-    async def aiter_bytes(self) -> AsyncIterator[bytes]:
-        receive = self._response.receive
+    async def receive(self) -> bytes:
         try:
-            while chunk := await receive():
-                yield chunk
+            return await self._response.receive()
         except OSError as exc:
             raise _broken(self._provider, exc) from None
 
@@ -302,13 +300,12 @@ class _Http2Response:
         finally:
             self.close()
 
-    async def aiter_bytes(self) -> AsyncIterator[bytes]:
-        reader = self._response.body_reader
+    async def receive(self) -> bytes:
         try:
-            while (chunk := await reader.read_chunk()) is not None:
-                yield bytes(chunk)
+            chunk = await self._response.body_reader.read_chunk()
         except (TimeoutError, PyreqwestError) as exc:
             raise _broken(self._provider, exc) from None
+        return b"" if chunk is None else bytes(chunk)
 
     def close(self) -> None:
         # Leaving the request context drops the stream (RST_STREAM on h2); it is async, and
