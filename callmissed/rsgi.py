@@ -10,12 +10,13 @@ init/del hooks to the app's startup and shutdown.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from callmissed.app import build_app
 from callmissed.errors import GatewayError
 from callmissed.settings import load_settings
+from callmissed.shutdown import stop_with_parent
 from callmissed.web import (
     App,
     Dialect,
@@ -39,11 +40,15 @@ class RSGIApp:
 
     def __init__(self, app: App) -> None:
         self._app = app
+        self._unwatch: Callable[[], None] | None = None
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.run_until_complete(self._app.startup())
+        self._unwatch = stop_with_parent(loop)
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._unwatch is not None:
+            self._unwatch()
         loop.run_until_complete(self._app.shutdown())
 
     async def __rsgi__(self, scope: Any, protocol: Any) -> None:

@@ -1,4 +1,5 @@
-"""Notice SIGTERM inside a worker, so in-flight requests get a deadline instead of forever.
+"""Notice SIGTERM inside a worker, so in-flight requests get a deadline instead of forever; and
+send it to a worker whose server process is gone.
 
 On SIGTERM granian stops accepting connections and waits for the open ones to finish before it runs
 the ASGI lifespan shutdown; a stream that never ends would hold the process for good. We add a
@@ -9,12 +10,16 @@ its drain from there (Gateway.drain, docs/resilience.md).
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
 from types import FrameType
 
-__all__ = ["on_sigterm"]
+__all__ = ["on_sigterm", "stop_with_parent"]
+
+log = logging.getLogger("callmissed")
 
 
 def on_sigterm(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> Callable[[], None]:
@@ -45,3 +50,32 @@ def on_sigterm(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) ->
 
 def _nothing() -> None:
     pass
+
+
+def stop_with_parent(loop: asyncio.AbstractEventLoop, every: float = 1.0) -> Callable[[], None]:
+    """SIGTERM this process, once, when the process that started it is gone; return a function
+    that stops watching.
+
+    granian's server process can exit and leave a worker running with the listening socket:
+    killed, or stopped while that worker was still starting (seen in the benchmarks). The
+    orphan would serve on, unsupervised, for good. Its SIGTERM goes the usual way: drain
+    (Gateway.drain), then granian's own worker shutdown.
+    """
+    parent = os.getppid()
+    handle: asyncio.TimerHandle | None = None
+
+    def check() -> None:
+        nonlocal handle
+        if os.getppid() != parent:
+            handle = None
+            log.warning("the server process %d is gone; this worker stops", parent)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        handle = loop.call_later(every, check)
+
+    def stop() -> None:
+        if handle is not None:
+            handle.cancel()
+
+    handle = loop.call_later(every, check)
+    return stop

@@ -203,3 +203,41 @@ def test_by_default_a_worker_per_core_and_a_dead_worker_is_replaced(upstream, tm
         stop_gateway(running)
         with contextlib.suppress(subprocess.TimeoutExpired):
             running.process.wait(5)
+
+
+def test_workers_stop_when_the_server_process_is_gone(upstream, tmp_path):
+    """A worker left behind by its server process (killed, or stopped while that worker was
+    still starting) must not serve on, unsupervised, for good."""
+    running = start_billing_gateway(upstream, tmp_path, "--workers", "2")
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 10
+        while len(workers := _children(running.process.pid)) < 2:
+            assert time.monotonic() < deadline, "the workers did not start"
+            time.sleep(0.05)
+        with two_workers(running):  # both are up and serving
+            pass
+        running.process.kill()
+        running.process.wait(5)
+        deadline = time.monotonic() + 15
+        while alive := [pid for pid in workers if _running(pid)]:
+            assert time.monotonic() < deadline, f"orphaned workers still run: {alive}"
+            time.sleep(0.1)
+    finally:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        stop_gateway(running)
+
+
+def _children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return [int(line) for line in found.stdout.split()]
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
