@@ -63,7 +63,11 @@ class RSGIApp:
             endpoint = app.route(method, path)
             dialect = endpoint.dialect
             headers: dict[str, str] = dict(scope.headers.items())  # names come lower-cased
-            body = await app.read_body(headers, _body_parts(protocol, "content-length" in headers))
+            if "content-length" in headers:  # granian reads it whole, at most that long
+                app.check_declared_size(headers)
+                body = await protocol()
+            else:
+                body = await app.read_body(headers, _body_parts(protocol))
         except GatewayError as exc:
             _send_response(protocol, error_response(exc, dialect, request_id), request_id)
             return
@@ -112,12 +116,8 @@ def _latin1(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
     return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
 
 
-async def _body_parts(protocol: Any, whole: bool) -> AsyncIterator[bytes]:
-    """The body: in one read with a Content-Length (already checked against the limit by the
-    app), else chunk by chunk, so the app's limit still stops it early."""
-    if whole:
-        yield await protocol()
-        return
+async def _body_parts(protocol: Any) -> AsyncIterator[bytes]:
+    """A body without a Content-Length, chunk by chunk, so the app's limit still stops it early."""
     chunks = protocol.__aiter__()
     while True:
         try:

@@ -147,12 +147,17 @@ class App:
                 return endpoint
         return None
 
-    async def read_body(self, headers: dict[str, str], parts: AsyncIterator[bytes]) -> bytes:
-        """The request body from the server's `parts`, refused early past the size limit."""
+    def check_declared_size(self, headers: dict[str, str]) -> None:
+        """Refuse a body whose Content-Length is past the size limit, before reading it."""
         limit = self.max_body_bytes
         declared = headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise RequestTooLarge(f"The request body is larger than the {limit}-byte limit.")
+
+    async def read_body(self, headers: dict[str, str], parts: AsyncIterator[bytes]) -> bytes:
+        """The request body from the server's `parts`, refused early past the size limit."""
+        self.check_declared_size(headers)
+        limit = self.max_body_bytes
         received: list[bytes] = []
         size = 0
         async for part in parts:
