@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 import openai
+import orjson
 import pytest
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
@@ -314,3 +315,17 @@ def test_retrieve_a_model_by_id_even_with_slashes(client):
     assert vendor.model_extra["upstream_model"] == "anthropic/claude-opus-4.5"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("no-such-model")
+
+
+def test_a_body_sent_in_chunks_without_a_length_is_read_and_limited(gateway):
+    body = orjson.dumps({"model": "local-model", "messages": MESSAGES})
+    headers = {"authorization": f"Bearer {gateway.key}", "content-type": "application/json"}
+    url = f"{gateway.base_url}/chat/completions"
+    parts = [body[:10], body[10:]]
+    response = httpx.post(url, content=iter(parts), headers=headers, timeout=30)
+    assert "content-length" not in response.request.headers
+    assert response.status_code == 200, response.text
+    big = (b"x" * (1024 * 1024) for _ in range(33))  # 33 MiB, past the 32 MiB limit
+    response = httpx.post(url, content=big, headers=headers, timeout=30)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
