@@ -11,8 +11,12 @@ instructions, which do not drift:
     python -m benchmarks.inprocess --requests 2000                       # time
     python -m benchmarks.inprocess --profile                             # where (cProfile)
     python -m benchmarks.inprocess --tail                                # what the slowest 1 % met
-    valgrind --tool=callgrind python -m benchmarks.inprocess --requests 50   # then 250:
+    valgrind --tool=callgrind python -m benchmarks.inprocess --requests 50 --linger 5  # then 250:
         # (Ir at 250 - Ir at 50) / 600 = instructions per request, start-up cancelled out
+
+`--linger 5` makes the ledger writer settle in full 64-entry batches whatever the speed: under
+valgrind a request takes ~50x longer, so the usual 20 ms linger would settle a batch of one or
+two requests at random moments, and the counts would swing by several percent between runs.
 """
 
 from __future__ import annotations
@@ -169,7 +173,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000, help="per round (3 rounds)")
     parser.add_argument("--profile", action="store_true", help="print a cProfile table")
     parser.add_argument("--tail", action="store_true", help="what the slowest 1 %% overlapped")
+    parser.add_argument(
+        "--linger", type=float, help="seconds the ledger writer waits after a wake-up (20 ms)"
+    )
     args = parser.parse_args()
+    if args.linger is not None:
+        from callmissed import ledger
+
+        ledger._LINGER = args.linger
     home = Path(tempfile.mkdtemp(prefix="callmissed-inprocess-"))
     port = free_port()
     command = [sys.executable, "-m", "benchmarks.upstream", "--port", str(port)]
