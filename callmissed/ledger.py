@@ -62,7 +62,7 @@ class Ledger:
         # The unsettled entries, each with where its line ends in the journal, so the writer
         # need not read and parse back what it has in memory (~3.5 us an entry). Dropped if the
         # store falls so far behind that it would hold more than _MIRROR_ENTRIES: the writer
-        # then reads the journal until it has caught up, and memory stays flat.
+        # then reads the journal until it has caught up, and memory stays bounded.
         self._mirror: deque[tuple[LedgerEntry, int]] | None = deque()
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
