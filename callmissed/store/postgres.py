@@ -72,6 +72,14 @@ SELECT (SELECT amount FROM taken) AS taken, (SELECT after FROM taken) AS after,
   FROM k
 """
 
+# Every statement that changes both a key's balance and its holds locks the key first (as
+# _FUND's `FOR UPDATE` does), so that two of them never deadlock on a key and a wallet.
+_LOCK_WALLET_KEY = """
+SELECT api_keys.id FROM api_keys JOIN holds ON holds.key_id = api_keys.id
+ WHERE holds.request_id = $1 AND holds.wallet
+   FOR UPDATE OF api_keys
+"""
+
 _GIVE_BACK = """
 WITH gone AS (
     DELETE FROM holds WHERE request_id = $1 AND wallet RETURNING key_id, amount
@@ -144,7 +152,12 @@ SELECT request_id, key_id, created_at, model, route, upstream_model, stream, sta
        )
     ON CONFLICT (request_id) DO NOTHING
 """
-_SETTLE_ATTEMPTS = 3  # a deadlock with a give-back or release (they lock holds first) retries
+_SETTLE_ATTEMPTS = 3  # a batch that raced another writer (or lost a deadlock) is worked out again
+
+_LOCK_INSTANCE_KEYS = """
+SELECT id FROM api_keys WHERE id IN (SELECT key_id FROM holds WHERE instance = $1)
+ ORDER BY id FOR UPDATE
+"""
 
 _RELEASE = f"""
 WITH gone AS (
@@ -333,9 +346,11 @@ class PostgresStore:
         return Funding(0, row["credits"])
 
     async def give_back(self, wallet: str, amount: int | None = None) -> int:
-        if amount is None:
-            return int(await self._db.fetchval(_GIVE_BACK, wallet) or 0)
-        return int(await self._db.fetchval(_GIVE_BACK_PART, wallet, amount) or 0)
+        async with self._db.acquire() as db, db.transaction():
+            await db.execute(_LOCK_WALLET_KEY, wallet)
+            if amount is None:
+                return int(await db.fetchval(_GIVE_BACK, wallet) or 0)
+            return int(await db.fetchval(_GIVE_BACK_PART, wallet, amount) or 0)
 
     async def settle(self, entries: Sequence[LedgerEntry]) -> None:
         if not entries:
@@ -355,8 +370,9 @@ class PostgresStore:
         return {row["instance"] for row in rows}
 
     async def release_holds(self, instance: str) -> int:
-        count = await self._db.fetchval(_RELEASE, instance)
-        return int(count)
+        async with self._db.acquire() as db, db.transaction():
+            await db.execute(_LOCK_INSTANCE_KEYS, instance)
+            return int(await db.fetchval(_RELEASE, instance))
 
     async def recent_usage(self, key_id: int, limit: int) -> list[dict[str, Any]]:
         rows = await self._db.fetch(

@@ -338,6 +338,28 @@ def test_concurrent_top_ups_and_settlements_from_many_processes_never_overdraw(u
     run(url, check)
 
 
+def test_a_wallet_given_back_while_it_is_topped_up_and_settled_never_deadlocks(url):
+    # One process gives part of a wallet back (another worker asked for the credit) while its
+    # own background top-up and ledger writer use the same wallet, each on its own connection.
+    async def scenario(store: Store) -> None:
+        key = await store.create_key("k", "h", "cm_x", 1_000_000)
+        await store.fund(key.id, "w1", 1000, 1000, "i1")
+        charged = 0
+        for n in range(60):
+            fund = store.fund(key.id, "w1", 10, 10, "i1")
+            part = store.give_back("w1", 5)
+            settle = store.settle([entry(f"r{n}", key.id, 3, wallet="w1")])
+            await asyncio.gather(fund, part, settle)
+            charged += 3
+        assert await store.give_back("w1") > 0
+        assert (raw_balance(url, key.id) + charged, wallets(url)) == (1_000_000, {})
+        await store.fund(key.id, "w2", 10, 10, "i1")
+        for _ in range(60):
+            await asyncio.gather(store.fund(key.id, "w2", 10, 10, "i1"), store.give_back("w2"))
+
+    run(url, scenario)
+
+
 async def _create(store: Store, created: list[int]) -> None:
     created.append((await store.create_key("k", "h", "cm_x", 1000)).id)
 
