@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     scenarios = _csv(args.scenarios, SCENARIOS) or list(SCENARIOS)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = Path(args.out) if args.out else RESULTS / f"{stamp}-{profile_name}"
+    out = Path(args.out).resolve() if args.out else RESULTS / f"{stamp}-{profile_name}"
     workdir = RESULTS / "tmp" / stamp
     out.mkdir(parents=True, exist_ok=True)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {"meta": meta, "rows": rows}
     (out / "results.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     write_report(results, out)
-    print(f"\nresults: {out.relative_to(ROOT)}/ (report.md, results.json, *.png)")
+    shown = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
+    print(f"\nresults: {shown}/ (report.md, results.json, *.png)")
     print(f"elapsed: {meta['elapsed_s']} s")
     return 0
 
