@@ -118,6 +118,11 @@ class ChatStream:
                 self._meter.on_batch(batch)
             yield batch
 
+    @property
+    def complete(self) -> bool:
+        """The upstream's `[DONE]` has come: no batch follows the last one delivered."""
+        return self._done
+
     def meter_with(self, meter: StreamMeter) -> None:
         """Account for this stream from here on: every batch delivered, then its end."""
         self._meter = meter

@@ -73,9 +73,14 @@ async def _aiter_events(
 ) -> AsyncIterator[bytes]:
     # message_start goes out with the first chunks' events, in one write.
     head = encoder.start()
+    complete = False
     try:
         async for batch in stream.aiter_batches():
             events = b"".join([encoder.feed(chunk.json()) for chunk in batch])
+            # The read that brought the upstream's [DONE]: the message ends in the same write.
+            complete = stream.complete
+            if complete:
+                events += encoder.finish(stream.usage)
             if head or events:
                 yield head + events
                 head = b""
@@ -87,7 +92,8 @@ async def _aiter_events(
         yield head + _error_event(GatewayError(f"Internal error ({request_id})."))
         return
     # ChatStream.usage holds the upstream's usage even though the chunk was not passed on.
-    yield head + encoder.finish(stream.usage)
+    if not complete:
+        yield head + encoder.finish(stream.usage)
 
 
 def _error_event(exc: GatewayError) -> bytes:

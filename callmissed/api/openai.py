@@ -48,9 +48,14 @@ async def create_chat_completion(gateway: Gateway, request: Request) -> Response
 
 
 async def _aiter_sse(stream: ChatStream, request_id: str) -> AsyncIterator[bytes]:
+    complete = False
     try:
         async for batch in stream.aiter_batches():
-            yield b"".join([chunk.event() for chunk in batch])
+            events = b"".join([chunk.event() for chunk in batch])
+            # The read that brought the upstream's [DONE] (a short answer's only one): ours goes
+            # in the same write. The stream ends, and settles, on the next turn of the loop.
+            complete = stream.complete
+            yield events + _DONE if complete else events
     except GatewayError as exc:
         yield _error_event(exc)
         return
@@ -58,7 +63,8 @@ async def _aiter_sse(stream: ChatStream, request_id: str) -> AsyncIterator[bytes
         log.exception("stream failed (%s)", request_id)
         yield _error_event(GatewayError(f"Internal error ({request_id})."))
         return
-    yield _DONE
+    if not complete:
+        yield _DONE
 
 
 def _error_event(exc: GatewayError) -> bytes:
