@@ -87,12 +87,17 @@ def _hang_up(sock: socket.socket) -> float:
     return left
 
 
+@pytest.mark.parametrize("after", [0.0, 0.3], ids=["at-once", "later"])
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "non-stream"])
-def test_leaving_before_the_first_token_closes_the_upstream_within_100ms(edge, faults, stream):
+def test_leaving_before_the_first_token_closes_the_upstream_within_100ms(
+    edge, faults, stream, after
+):
+    """Whether the client leaves before the edge starts watching for it (20 ms in) or after."""
     before = len(faults.for_model("wait/stall-headers"))
     sock = _send_raw(edge, "wait", stream)
     faults.wait_for(lambda: len(faults.for_model("wait/stall-headers")) > before)
     call = faults.for_model("wait/stall-headers")[before]
+    time.sleep(after)
     left = _hang_up(sock)
     faults.wait_for(lambda: call.disconnected is not None)
     assert call.disconnected is not None
