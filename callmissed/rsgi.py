@@ -35,8 +35,8 @@ from callmissed.web import (
 
 __all__ = ["RSGIApp", "create_app"]
 
-# Watching for the client to leave (granian's client_disconnect(): a task, and a hand-over to
-# its Rust side) starts this long into a request, so one that ends sooner never pays for it:
+# Watching for the client to leave (granian's client_disconnect(): a future on its Rust side,
+# handed back when it ends) starts this long into a request, so one over sooner never pays for it:
 # 5 % of req/s at c=64 and 0.06 ms of added TTFB at c=1 against the benchmark's instant upstream
 # (docs/performance.md). A slower one starts it while waiting for its upstream, and a client
 # already gone by then is noticed at once.
