@@ -11,6 +11,8 @@ from callmissed import __version__
 from callmissed.api import admin, anthropic, keys, openai
 from callmissed.api.playground import playground_routes, redirect_home
 from callmissed.asgi import ASGIApp
+from callmissed.auth import bearer_matches
+from callmissed.errors import AuthenticationFailed
 from callmissed.gateway import Gateway
 from callmissed.peers import Peers
 from callmissed.settings import Settings, load_settings
@@ -28,7 +30,12 @@ async def healthz(gateway: Gateway, request: Request) -> Response:
 
 async def metrics(gateway: Gateway, peers: Peers, request: Request) -> Response:
     """Prometheus text for the whole server: requests, attempts and first-token times of every
-    worker; breaker state per route as this worker sees it."""
+    worker; breaker state per route as this worker sees it. Open unless a token is set."""
+    token = gateway.settings.accounting.metrics_token
+    if token is not None and not bearer_matches(request.headers.get("authorization"), token):
+        raise AuthenticationFailed(
+            "GET /metrics needs 'Authorization: Bearer <metrics token>' (CALLMISSED_METRICS_TOKEN)."
+        )
     answers = await peers.ask("metrics")
     text = gateway.metrics.render(
         gateway.health.all(), gateway.failover.inflight, answers.values, answers.skipped

@@ -91,6 +91,12 @@ class Authenticator:
         return Principal(record.id, record.name, record.policy, record.credits is not None)
 
 
+def bearer_matches(authorization: str | None, token: str) -> bool:
+    """Whether the header is `Bearer <token>`, compared in constant time (operator tokens)."""
+    given = _bearer(authorization)
+    return given is not None and hmac.compare_digest(given.encode(), token.encode())
+
+
 def _bearer(authorization: str | None) -> str | None:
     if not authorization:
         return None

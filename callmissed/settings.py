@@ -83,6 +83,7 @@ class Accounting:
     """Credits, limits and admin settings (docs/credits.md)."""
 
     admin_token: str | None = None  # CALLMISSED_ADMIN_TOKEN; None: /admin is closed
+    metrics_token: str | None = None  # CALLMISSED_METRICS_TOKEN; None: /metrics is open
     redis_url: str | None = None  # CALLMISSED_REDIS_URL: share rate limits across processes
     redis_prefix: str = "callmissed"  # CALLMISSED_REDIS_PREFIX: one per database sharing Redis
     ledger_dir: str | None = None  # CALLMISSED_LEDGER_DIR; default: beside the SQLite file
@@ -394,6 +395,7 @@ def _parse_accounting(env: Mapping[str, str], config: Mapping[str, Any]) -> Acco
         raise SettingsError("[prices] must be a table of model names")
     return Accounting(
         admin_token=env.get("CALLMISSED_ADMIN_TOKEN") or None,
+        metrics_token=env.get("CALLMISSED_METRICS_TOKEN") or None,
         redis_url=env.get("CALLMISSED_REDIS_URL") or None,
         redis_prefix=env.get("CALLMISSED_REDIS_PREFIX") or "callmissed",
         ledger_dir=env.get("CALLMISSED_LEDGER_DIR") or None,

@@ -13,11 +13,10 @@ configured every admin request is refused.
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Mapping
 from typing import Any
 
-from callmissed.auth import create_key
+from callmissed.auth import bearer_matches, create_key
 from callmissed.credits import format_credits, parse_credits
 from callmissed.errors import AdminDisabled, AuthenticationFailed, InvalidRequest, KeyNotFound
 from callmissed.gateway import Gateway
@@ -125,10 +124,7 @@ def _authorize(gateway: Gateway, request: Request) -> None:
     token = gateway.settings.accounting.admin_token
     if token is None:
         raise AdminDisabled("The admin API is off: set CALLMISSED_ADMIN_TOKEN to turn it on.")
-    scheme, _, given = (request.headers.get("authorization") or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode(), token.encode()
-    ):
+    if not bearer_matches(request.headers.get("authorization"), token):
         raise AuthenticationFailed("The admin API needs 'Authorization: Bearer <admin token>'.")
 
 
