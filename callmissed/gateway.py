@@ -3,12 +3,14 @@
 Each edge (api/openai.py, api/anthropic.py) authenticates and parses its own dialect, then calls
 `complete()` or `open_stream()` with an OpenAI-format body. Until the first chunk arrives any
 failure is raised as a normal error (a real HTTP status); after that it travels in-band.
-Which route answers (fallback, hedging, timeouts) is failover.py's job.
+Which route answers (fallback, hedging, timeouts) is failover.py's job; how each ending is
+billed, endings.py's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +24,8 @@ from callmissed.health import Health
 from callmissed.keepalive import KeepAlive
 from callmissed.ledger import Ledger, ledger_directory
 from callmissed.metrics import Metrics
+from callmissed.price_list import FETCH_TIMEOUT, MAX_LIST_BYTES, PriceList
+from callmissed.pricing import PriceBook
 from callmissed.providers import REGISTRY, Provider
 from callmissed.ratelimit import open_limiter
 from callmissed.reasoning import apply_reasoning_effort
@@ -54,12 +58,9 @@ class RouteInfo:
     limits: tuple[tuple[bytes, bytes], ...] = ()  # the key's x-ratelimit-* (credits.py)
 
     @classmethod
-    def of(
-        cls, won: Won[Any], reasoning_effort: str | None, charge: Charge, stream: bool
-    ) -> RouteInfo:
-        """The route that won, billed to `charge` from here on."""
+    def of(cls, won: Won[Any], reasoning_effort: str | None, charge: Charge) -> RouteInfo:
+        """The route that won, and the key's rate-limit state from `charge`."""
         route = won.target.route
-        charge.routed(route, stream)
         return cls(
             route.provider,
             route.upstream_model,
@@ -94,10 +95,11 @@ class Gateway:
         self.auth = Authenticator(self.store)
         self.ledger = Ledger(self.store, ledger_directory(settings))
         self.limiter = open_limiter(settings, self.ledger.instance, self.ledger.alive)
-        self.credits = Credits(
-            self.store, self.ledger, self.limiter, self.auth, settings.accounting.prices
-        )
         self.upstream = Upstream(settings)
+        self.price_lists = self._price_lists()
+        accounting = settings.accounting
+        prices = PriceBook(accounting.prices, self.providers, self.price_lists, accounting.markup)
+        self.credits = Credits(self.store, self.ledger, self.limiter, self.auth, prices)
         self.health = Health(settings.resilience)
         self.metrics = Metrics()
         self.deadlines = Deadlines()  # the requests' timeouts, on one loop timer
@@ -106,11 +108,29 @@ class Gateway:
         self._drain: asyncio.Task[None] | None = None
         self._undo_sigterm: Callable[[], None] = _nothing
 
+    def _price_lists(self) -> dict[str, PriceList]:
+        """A price list per configured upstream that publishes one (OpenRouter's /models)."""
+        every = self.settings.accounting.price_refresh
+        return {
+            name: PriceList(
+                name,
+                self.store,
+                functools.partial(
+                    self.upstream.fetch, provider, "models", MAX_LIST_BYTES, FETCH_TIMEOUT
+                ),
+                every,
+            )
+            for name, provider in self.providers.items()
+            if provider.reports_cost and not provider.settings.missing
+        }
+
     async def start(self) -> None:
         self._undo_sigterm = on_sigterm(asyncio.get_running_loop(), self.drain)
         await self.store.start()
         await self.ledger.start()
         await self.upstream.start()
+        for price_list in self.price_lists.values():
+            await price_list.start()
 
     def drain(self) -> None:
         """Refuse new requests; end the in-flight ones after the shutdown grace (SIGTERM)."""
@@ -125,6 +145,9 @@ class Gateway:
         self._undo_sigterm()
         if self._drain is not None:
             self._drain.cancel()
+        for price_list in self.price_lists.values():
+            await price_list.close()
+        await self.failover.close()
         await self.upstream.close()
         await self.ledger.close()
         await self.limiter.close()
@@ -133,18 +156,17 @@ class Gateway:
     async def complete(
         self, principal: Principal, body: dict[str, Any], *, request_id: str | None = None
     ) -> tuple[dict[str, Any], RouteInfo]:
-        """A whole chat.completion for a checked OpenAI-format body, `usage.cost` included."""
+        """A whole chat.completion for a checked OpenAI-format body, `usage.cost` included.
+
+        However the request fails or is abandoned, the failover settles its charge (an answer
+        its upstream accepted is read on, and billed, after its client left: endings.py)."""
         model, targets = self._route(body)
         effort = apply_reasoning_effort(body, model, self.settings.reasoning_policies)
         charge = await self.credits.begin(principal, model, body, request_id or new_request_id())
-        try:
-            won = await self.failover.complete(model, targets, body)
-        except BaseException as exc:
-            charge.fail(exc)
-            raise
-        info = RouteInfo.of(won, effort, charge, stream=False)
+        won = await self.failover.complete(model, targets, body, charge)
+        charge.routed(won.target.route, stream=False)
         charge.complete(won.result)
-        return won.result, info
+        return won.result, RouteInfo.of(won, effort, charge)
 
     async def open_stream(
         self,
@@ -156,18 +178,12 @@ class Gateway:
     ) -> tuple[ChatStream, RouteInfo]:
         """A started ChatStream: its first token is already in, so nothing can fail silently.
 
-        The stream settles its charge when it is closed, however it ends."""
+        Its owner (endings.py) settles the charge when the stream ends, however it ends."""
         model, targets = self._route(body)
         effort = apply_reasoning_effort(body, model, self.settings.reasoning_policies)
         charge = await self.credits.begin(principal, model, body, request_id or new_request_id())
-        try:
-            won = await self.failover.open_stream(model, targets, body, include_usage)
-        except BaseException as exc:
-            charge.fail(exc)
-            raise
-        info = RouteInfo.of(won, effort, charge, stream=True)
-        won.result.meter_with(charge)
-        return won.result, info
+        won = await self.failover.open_stream(model, targets, body, include_usage, charge)
+        return won.result, RouteInfo.of(won, effort, charge)
 
     def keepalive(self, start_stream: StartStream | None, headers: Headers) -> KeepAlive:
         """Keep-alive comments for a stream being opened, should its first token be slow."""

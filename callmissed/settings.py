@@ -88,6 +88,8 @@ class Accounting:
     redis_prefix: str = "callmissed"  # CALLMISSED_REDIS_PREFIX: one per database sharing Redis
     ledger_dir: str | None = None  # CALLMISSED_LEDGER_DIR; default: beside the SQLite file
     prices: Mapping[str, Prices] = field(default_factory=dict)  # the config file's [prices]
+    markup: float = 1.0  # [pricing] markup / CALLMISSED_PRICE_MARKUP: multiplies every price
+    price_refresh: float = 3600.0  # seconds between reads of upstream price lists (0: never)
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,6 +395,15 @@ def _parse_accounting(env: Mapping[str, str], config: Mapping[str, Any]) -> Acco
     prices = config.get("prices", {})
     if not isinstance(prices, dict):
         raise SettingsError("[prices] must be a table of model names")
+    pricing = config.get("pricing", {})
+    if not isinstance(pricing, dict) or pricing.keys() - {"markup", "refresh"}:
+        raise SettingsError("[pricing] takes markup (a multiplier) and refresh (seconds)")
+    markup = _float(env, "CALLMISSED_PRICE_MARKUP", _number(pricing.get("markup", 1.0)))
+    refresh = _float(env, "CALLMISSED_PRICE_REFRESH", _number(pricing.get("refresh", 3600.0)))
+    if not 0 < markup <= 100:  # also refuses NaN
+        raise SettingsError("the price markup must be a number above 0 and at most 100")
+    if not 0 <= refresh < float("inf"):
+        raise SettingsError("the price refresh must be 0 (never) or a number of seconds")
     return Accounting(
         admin_token=env.get("CALLMISSED_ADMIN_TOKEN") or None,
         metrics_token=env.get("CALLMISSED_METRICS_TOKEN") or None,
@@ -400,6 +411,8 @@ def _parse_accounting(env: Mapping[str, str], config: Mapping[str, Any]) -> Acco
         redis_prefix=env.get("CALLMISSED_REDIS_PREFIX") or "callmissed",
         ledger_dir=env.get("CALLMISSED_LEDGER_DIR") or None,
         prices={name: _parse_prices(f"[prices.{name!r}]", table) for name, table in prices.items()},
+        markup=markup,
+        price_refresh=refresh,
     )
 
 
@@ -415,6 +428,12 @@ def _parse_prices(where: str, table: Any) -> Prices:
         if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
             raise SettingsError(f"{where}: price {key} must be a number >= 0")
     return Prices(float(values["input"]), float(values["cached_input"]), float(values["output"]))
+
+
+def _number(value: Any) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise SettingsError(f"[pricing] values must be numbers, got {value!r}")
+    return float(value)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -44,7 +44,8 @@ class SimulatedResponse:
         self._thinking, self._text, self._finish = _plan(profile, body)
         self._events: deque[tuple[float, bytes]] | None = None  # (wait first, event) to send
 
-    async def read(self) -> bytes:
+    async def read(self, max_bytes: int | None = None) -> bytes:
+        # Its answers are a few hundred bytes: `max_bytes` never bites.
         await asyncio.sleep(self._profile.total_ms / 1000)
         message: dict[str, Any] = {"role": "assistant", "content": " ".join(self._text)}
         if self._thinking:

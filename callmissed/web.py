@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar
 
 import orjson
 
+from callmissed.endings import CLIENT_LEFT
 from callmissed.errors import (
     EndpointNotFound,
     GatewayError,
@@ -234,15 +235,16 @@ def stream_headers(
 async def unless_disconnected(awaitable: Awaitable[T], gone: asyncio.Future[Any]) -> T | None:
     """Await in this task, cancelling it if the client disconnects (`gone` ends): None then.
 
-    The cancellation reaches whatever is awaited — an upstream request, a stream being written —
-    which closes it. Running in this task rather than a new one keeps a request's task count low.
+    The cancellation (its message: endings.CLIENT_LEFT) reaches whatever is awaited — an upstream
+    request, a stream being written — which closes it. Running in this task rather than a new
+    one keeps a request's task count low.
     """
     task = asyncio.current_task()
     assert task is not None
 
     def cancel(_: asyncio.Future[Any]) -> None:
         if not gone.cancelled():
-            task.cancel()
+            task.cancel(CLIENT_LEFT)
 
     gone.add_done_callback(cancel)
     try:

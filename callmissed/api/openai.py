@@ -107,11 +107,14 @@ def _describe(gateway: Gateway, model: ModelSettings) -> dict[str, Any]:
         entry["description"] = model.description
     if model.context:
         entry["context_length"] = model.context
-    if model.prices:
+    price = gateway.credits.prices.price(model)
+    if price is not None:  # what its first route bills, markup included (docs/credits.md)
+        rates = price.route(route).rates
         entry["pricing"] = {
-            "input_per_million": model.prices.input,
-            "cached_input_per_million": model.prices.cached_input,
-            "output_per_million": model.prices.output,
+            "input_per_million": rates.input / 1e6,
+            "cached_input_per_million": rates.cached_input / 1e6,
+            "output_per_million": rates.output / 1e6,
+            "request": rates.request / 1e12,
         }
     return entry
 

@@ -48,6 +48,8 @@ class Provider:
 
     type: ClassVar[str] = "openai"
     label: ClassVar[str] = "OpenAI-compatible upstream"
+    # Its usage objects carry `cost`, what it billed in USD (OpenRouter's): settle from that.
+    reports_cost: ClassVar[bool] = False
 
     def __init__(self, settings: ProviderSettings) -> None:
         self.name = settings.name
@@ -72,6 +74,11 @@ class Provider:
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         self.adapt_body(body, model)
         return UpstreamRequest(self._url, self._headers, orjson.dumps(body), route.upstream_model)
+
+    def build_get(self, path: str) -> UpstreamRequest:
+        """A GET of `{base_url}/{path}` (its model list, say) with this upstream's credentials."""
+        headers = {name: value for name, value in self._headers.items() if name != "content-type"}
+        return UpstreamRequest(f"{self.settings.base_url}/{path}", headers, b"", "")
 
     def adapt_body(self, body: dict[str, Any], model: ModelSettings) -> None:
         """Upstream-specific edits, in place. The base dialect needs none."""

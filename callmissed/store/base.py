@@ -40,7 +40,7 @@ KEY_COLUMNS = (
 LEDGER_COLUMNS = (
     "request_id, key_id, created_at, model, route, upstream_model, stream, status, error_code,"
     " prompt_tokens, completion_tokens, reasoning_tokens, cached_tokens, cost, uncharged,"
-    " ttfb_ms, total_ms"
+    " ttfb_ms, total_ms, upstream_id"
 )
 
 # A wallet top-up takes at most this fraction of the key's balance beyond what the request needs,
@@ -112,6 +112,7 @@ class LedgerEntry:
     ttfb_ms: float | None
     total_ms: float
     wallet: str | None = None
+    upstream_id: str | None = None  # the upstream's id for the answer (OpenRouter's gen-…)
 
 
 class Store(Protocol):
@@ -175,6 +176,19 @@ class Store(Protocol):
         per-request hold also gets an interrupted ledger row. The number of rows given back."""
 
     async def recent_usage(self, key_id: int, limit: int) -> list[dict[str, Any]]: ...
+
+    async def load_price_list(self, source: str, newer_than: float) -> tuple[float, bytes] | None:
+        """The stored price list of `source` (when it was fetched, its body) if one was fetched
+        after `newer_than`; else None."""
+
+    async def claim_price_refresh(
+        self, source: str, now: float, until: float, stale_before: float
+    ) -> bool:
+        """Atomically claim fetching `source`'s list until `until`: only if nobody holds a claim
+        at `now` and the stored copy was fetched before `stale_before` (or there is none)."""
+
+    async def save_price_list(self, source: str, fetched_at: float, body: bytes) -> None:
+        """Store a fetched list as `source`'s current copy, and end the claim on it."""
 
     async def close(self) -> None: ...
 

@@ -136,19 +136,19 @@ WITH keys AS (
 INSERT INTO ledger ({_LEDGER_COLUMNS})
 SELECT request_id, key_id, created_at, model, route, upstream_model, stream, status, error_code,
        prompt_tokens, completion_tokens, reasoning_tokens, cached_tokens, charged,
-       cost - charged, ttfb_ms, total_ms
+       cost - charged, ttfb_ms, total_ms, upstream_id
   FROM ROWS FROM (
            json_to_recordset($7::json) AS (
                request_id text, key_id bigint, created_at float8, model text, route text,
                upstream_model text, stream boolean, status int, error_code text,
                prompt_tokens int, completion_tokens int, reasoning_tokens int, cached_tokens int,
-               cost bigint, ttfb_ms float8, total_ms float8
+               cost bigint, ttfb_ms float8, total_ms float8, upstream_id text
            ),
            unnest($8::bigint[])
        ) AS entry (
            request_id, key_id, created_at, model, route, upstream_model, stream, status,
            error_code, prompt_tokens, completion_tokens, reasoning_tokens, cached_tokens, cost,
-           ttfb_ms, total_ms, charged
+           ttfb_ms, total_ms, upstream_id, charged
        )
     ON CONFLICT (request_id) DO NOTHING
 """
@@ -170,11 +170,24 @@ WITH gone AS (
 ), written AS (
     INSERT INTO ledger ({_LEDGER_COLUMNS})
     SELECT request_id, key_id, created_at, model, '', '', false, 500, 'interrupted',
-           0, 0, 0, 0, 0, 0, NULL, 0
+           0, 0, 0, 0, 0, 0, NULL, 0, NULL
       FROM gone WHERE NOT wallet
         ON CONFLICT (request_id) DO NOTHING
 )
 SELECT count(*) FROM gone
+"""
+
+# One statement, so that of several processes looking at once exactly one gets the claim.
+_CLAIM_PRICES = """
+INSERT INTO price_lists (source, fetched_at, body, claimed_until) VALUES ($1, 0, NULL, $2)
+    ON CONFLICT (source) DO UPDATE SET claimed_until = EXCLUDED.claimed_until
+ WHERE price_lists.claimed_until <= $3 AND price_lists.fetched_at < $4
+RETURNING source
+"""
+_SAVE_PRICES = """
+INSERT INTO price_lists (source, fetched_at, body, claimed_until) VALUES ($1, $2, $3, 0)
+    ON CONFLICT (source) DO UPDATE
+   SET fetched_at = EXCLUDED.fetched_at, body = EXCLUDED.body, claimed_until = 0
 """
 
 _CHANGES = "callmissed_keys"  # NOTIFY channel: a key changed (migrations 0004, 0006)
@@ -382,6 +395,25 @@ class PostgresStore:
             limit,
         )
         return [dict(row) for row in rows]
+
+    # Price lists
+
+    async def load_price_list(self, source: str, newer_than: float) -> tuple[float, bytes] | None:
+        row = await self._db.fetchrow(
+            "SELECT fetched_at, body FROM price_lists"
+            " WHERE source = $1 AND fetched_at > $2 AND body IS NOT NULL",
+            source,
+            newer_than,
+        )
+        return None if row is None else (float(row["fetched_at"]), row["body"].encode())
+
+    async def claim_price_refresh(
+        self, source: str, now: float, until: float, stale_before: float
+    ) -> bool:
+        return await self._db.fetchval(_CLAIM_PRICES, source, until, now, stale_before) is not None
+
+    async def save_price_list(self, source: str, fetched_at: float, body: bytes) -> None:
+        await self._db.execute(_SAVE_PRICES, source, fetched_at, body.decode())
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -45,6 +45,14 @@ _SETTLED = "SELECT request_id FROM ledger WHERE request_id IN (SELECT value FROM
 _HOLDS = "SELECT request_id, amount FROM holds WHERE request_id IN (SELECT value FROM json_each(?))"
 _BALANCES = "SELECT id, credits FROM api_keys WHERE id IN (SELECT value FROM json_each(?))"
 
+# One statement, so that of several processes looking at once exactly one gets the claim.
+_CLAIM_PRICES = (
+    "INSERT INTO price_lists (source, fetched_at, body, claimed_until) VALUES (?, 0, NULL, ?)"
+    " ON CONFLICT (source) DO UPDATE SET claimed_until = excluded.claimed_until"
+    " WHERE price_lists.claimed_until <= ? AND price_lists.fetched_at < ?"
+    " RETURNING source"
+)
+
 _CHECKPOINT_EVERY = 0.5  # seconds
 
 
@@ -264,6 +272,30 @@ class SQLiteStore:
         names = [column[0] for column in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
+    # Price lists
+
+    async def load_price_list(self, source: str, newer_than: float) -> tuple[float, bytes] | None:
+        row = self._db.execute(
+            "SELECT fetched_at, body FROM price_lists"
+            " WHERE source = ? AND fetched_at > ? AND body IS NOT NULL",
+            (source, newer_than),
+        ).fetchone()
+        return None if row is None else (float(row[0]), row[1].encode())
+
+    async def claim_price_refresh(
+        self, source: str, now: float, until: float, stale_before: float
+    ) -> bool:
+        row = self._db.execute(_CLAIM_PRICES, (source, until, now, stale_before)).fetchone()
+        return row is not None
+
+    async def save_price_list(self, source: str, fetched_at: float, body: bytes) -> None:
+        self._db.execute(
+            "INSERT INTO price_lists (source, fetched_at, body, claimed_until) VALUES (?, ?, ?, 0)"
+            " ON CONFLICT (source) DO UPDATE SET fetched_at = excluded.fetched_at,"
+            " body = excluded.body, claimed_until = 0",
+            (source, fetched_at, body.decode()),
+        )
+
     async def close(self) -> None:
         self._stop.set()
         if self._checkpointer is not None:
@@ -328,7 +360,7 @@ def _settle(db: sqlite3.Connection, entries: Sequence[LedgerEntry]) -> None:
     db.executemany("DELETE FROM holds WHERE request_id = ?", [(hold,) for hold in plan.released])
     db.executemany(
         f"INSERT INTO ledger ({_LEDGER_COLUMNS})"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [_ledger_row(entry, charged) for entry, charged in plan.rows],
     )
 
@@ -339,6 +371,7 @@ def _ledger_row(entry: LedgerEntry, charged: int) -> tuple[Any, ...]:
         entry.upstream_model, entry.stream, entry.status, entry.error_code,
         entry.prompt_tokens, entry.completion_tokens, entry.reasoning_tokens,
         entry.cached_tokens, charged, entry.cost - charged, entry.ttfb_ms, entry.total_ms,
+        entry.upstream_id,
     )  # fmt: skip
 
 
