@@ -103,9 +103,11 @@ class Credits:
         except BaseException:
             lease.release(0)
             raise
-        charge = Charge(self._ledger, lease, principal.key_id, model.name, request_id, price)
-        charge.held(self.prices, prompt, output_cap, wallet, hold)
-        self._ledger.begin(request_id, principal.key_id, model.name, charge.created_at)
+        key_id = principal.key_id
+        charge = Charge(self._ledger, lease, key_id, model.name, request_id, price, self.prices)
+        charge.prompt_estimate, charge.output_cap = prompt, output_cap
+        charge.hold(wallet, hold)
+        self._ledger.begin(request_id, key_id, model.name, charge.created_at)
         return charge
 
     async def _unpriced(self, principal: Principal, model: ModelSettings) -> ModelPrice:
@@ -203,16 +205,20 @@ def _output_cap(body: Mapping[str, Any], default: int) -> int:
     """The output tokens an upstream that obeys the request may write: each of its `n` choices
     up to the larger of max_tokens and max_completion_tokens (else the model's limit), plus a
     reasoning budget an upstream may add on top (OpenRouter's reasoning.max_tokens)."""
-    limit = max(_positive(body.get("max_tokens")), _positive(body.get("max_completion_tokens")))
+    # Inline checks, not a helper per field: this runs for every request.
+    limit = 0
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = body.get(name)
+        if value.__class__ is int and value > limit:
+            limit = value
     limit = limit or default
     reasoning = body.get("reasoning")
     if reasoning.__class__ is dict:
-        limit += _positive(reasoning.get("max_tokens"))
-    return limit * (_positive(body.get("n")) or 1)
-
-
-def _positive(value: Any) -> int:
-    return value if value.__class__ is int and value > 0 else 0
+        budget = reasoning.get("max_tokens")
+        if budget.__class__ is int and budget > 0:
+            limit += budget
+    n = body.get("n")
+    return limit * n if n.__class__ is int and n > 1 else limit
 
 
 _NOT_ROUTED = Route("", "")  # a charge's route until one answers
@@ -234,6 +240,7 @@ class Charge:
         model: str,
         request_id: str,
         price: ModelPrice,
+        book: PriceBook | None = None,
     ) -> None:
         self._ledger = ledger
         self._lease = lease
@@ -241,7 +248,8 @@ class Charge:
         self.model = model
         self.request_id = request_id
         self.price = price
-        self.billing = price.route(_NOT_ROUTED)  # how it bills: its route's, once one answers
+        self._book = book
+        self.billing = price.unrouted  # how it bills: its route's, once one answers
         self.route = _NOT_ROUTED
         self.stream = False
         self.created_at = time.time()
@@ -250,31 +258,25 @@ class Charge:
         self.delivered_tokens = 0
         self.settled = False
         self.upstream_id: str | None = None  # the upstream's id for the answer
-        self._book: PriceBook | None = None
-        self.prompt_estimate = 0
-        self.output_cap = 0
+        self.prompt_estimate = 0  # what begin() held for: the prompt's estimate, ...
+        self.output_cap = 0  # ... and the most output an upstream that obeys may write
         self._wallet: Wallet | None = None  # holds `hold`; what it does not use goes back
         self._hold = 0
         self._priced: tuple[dict[str, Any], TokenUsage, int] | None = None  # usage, priced
 
-    def held(
-        self, book: PriceBook, prompt: int, output_cap: int, wallet: Wallet | None, hold: int
-    ) -> None:
-        """What begin() held for it: the prompt estimate and output cap, `hold` in `wallet`."""
-        self._book = book
-        self.prompt_estimate = prompt
-        self.output_cap = output_cap
+    def hold(self, wallet: Wallet | None, amount: int) -> None:
+        """`amount` is held for it in `wallet` (None: it holds nothing)."""
         self._wallet = wallet
-        self._hold = hold
+        self._hold = amount
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         """x-ratelimit-* headers for the response."""
         return self._lease.headers()
 
     def routed(self, route: Route, stream: bool) -> None:
-        if route != self.route:
+        if route is not self.route:
             self.route = route
-            self.billing = self.price.route(route)
+            self.billing = self.price.routes.get(route) or self.price.unrouted
         self.stream = stream
         if self._ttfb is None:
             self._ttfb = time.perf_counter() - self._started

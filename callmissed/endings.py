@@ -6,8 +6,8 @@ that came about (relay.ChatStream.close). Everything a stream's end does happens
 
 ending           noticed by                        ledger   the key pays                   health
 ---------------  --------------------------------  -------  -----------------------------  ---------
-done             relay: a finish reason or the     200      the upstream's usage (its      -
-                 usage, and no error                        cost); else prompt + output
+done             relay: a finish reason, the       200      the upstream's usage (its      -
+                 usage or [DONE], and no error              cost); else prompt + output
 client left      the edge: the client went away    499      the same: what an upstream     -
                                                             bills for a request it took
 upstream failed  relay: an error event, a broken   error's  the output delivered           failed
@@ -156,16 +156,19 @@ class StreamOwner(Deadline):
         if ending is Ending.DONE or ending is Ending.CLIENT_LEFT:
             usage = stream.usage
             tokens, cost = charge.price_usage(usage) if usage else charge.estimate(prompt=True)
-            done = ending is Ending.DONE
-            status, code = (200, None) if done else (CLIENT_CLOSED, "client_closed")
+            if ending is Ending.DONE:
+                status, code, outcome = 200, None, "ok"
+            else:
+                status, code, outcome = CLIENT_CLOSED, "client_closed", "cancelled"
         else:
             error = stream.failure or self._cut or ShuttingDown("the server is shutting down")
             tokens, cost = charge.estimate(prompt=False)
-            status, code = error.http_status, error.code
+            status, code, outcome = error.http_status, error.code, "cancelled"
             if isinstance(error, UpstreamError):
+                outcome = "error"
                 self._health.failed(self._route, error)
                 self._metrics.inc("callmissed_stream_errors_total", route_name(self._route))
-        self._metrics.inc("callmissed_requests_total", self._model, _OUTCOMES[ending])
+        self._metrics.inc("callmissed_requests_total", self._model, outcome)
         charge.settle(status, code, tokens, cost)
 
     def ending(self, stream: ChatStream) -> Ending:
@@ -173,21 +176,11 @@ class StreamOwner(Deadline):
         failure = stream.failure
         if failure is not None:
             return Ending.TIMED_OUT if failure is self._cut else Ending.FAILED
-        if stream.finished or stream.usage is not None:
+        if stream.finished or stream.usage is not None or stream.complete:
             return Ending.DONE
         if self._cut is not None:  # shutdown: ShuttingDown is not the upstream's failure
             return Ending.DRAINED
         return Ending.CLIENT_LEFT
-
-
-# How callmissed_requests_total counts each ending.
-_OUTCOMES = {
-    Ending.DONE: "ok",
-    Ending.CLIENT_LEFT: "cancelled",
-    Ending.FAILED: "error",
-    Ending.TIMED_OUT: "error",
-    Ending.DRAINED: "cancelled",
-}
 
 
 def settle_unanswered(charge: Charge, error: BaseException, upstream_had_it: bool) -> None:

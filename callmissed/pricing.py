@@ -154,11 +154,11 @@ class ModelPrice:
     hold: Rates
     routes: Mapping[Route, RoutePrice]
     output_cap: int
+    unrouted: RoutePrice  # how a request bills before a route answers: at the hold's rates
 
     def route(self, route: Route) -> RoutePrice:
-        """How `route` bills; a route it does not know (none answered yet) at the hold's rates."""
-        price = self.routes.get(route)
-        return price if price is not None else RoutePrice(self.hold, False)
+        """How `route` bills; a route it does not know at the hold's rates."""
+        return self.routes.get(route) or self.unrouted
 
 
 class PriceBook:
@@ -175,28 +175,33 @@ class PriceBook:
         self._overrides = overrides
         self._providers = providers
         self._lists = lists  # by provider name
+        self._watched = tuple(lists.values())
         self.markup = Decimal(repr(markup))
         self._cache: dict[str, ModelPrice | None] = {}
-        self._generation = self._lists_generation()
+        self._generation = 0  # of the lists' copies, summed: a new copy prices anew
 
     def price(self, model: ModelSettings) -> ModelPrice | None:
         """The model's prices; None if a route of it has none (keys with a credit limit may not
         use it)."""
-        generation = self._lists_generation()
+        generation = 0
+        for price_list in self._watched:  # a loop, not sum(): this runs for every request
+            generation += price_list.generation
         if generation != self._generation:
             self._generation = generation
             self._cache.clear()
-        if model.name not in self._cache:
-            if len(self._cache) > 10_000:  # any vendor/model id routes to OpenRouter
-                self._cache.clear()
-            self._cache[model.name] = self._price(model)
-        return self._cache[model.name]
+        cache = self._cache
+        name = model.name
+        if name not in cache:
+            if len(cache) > 10_000:  # any vendor/model id routes to OpenRouter
+                cache.clear()
+            cache[name] = self._price(model)
+        return cache[name]
 
     def unpriced(self, model: ModelSettings) -> ModelPrice:
         """A model no source prices, for keys without a credit limit: it holds nothing, and
         costs what an upstream that reports its costs billed (else nothing)."""
         routes = {route: RoutePrice(FREE, self._reports(route)) for route in model.routes}
-        return ModelPrice(FREE, routes, model.max_output or DEFAULT_OUTPUT_CAP)
+        return ModelPrice(FREE, routes, model.max_output or DEFAULT_OUTPUT_CAP, _UNROUTED_FREE)
 
     def listed(self, model: ModelSettings) -> list[PriceList]:
         """The price lists that could price this model's routes."""
@@ -214,9 +219,6 @@ class PriceBook:
         if not usd.is_finite() or not 0 <= usd <= _MAX_REPORTED:
             return None
         return _units(usd * MICRO * self.markup)
-
-    def _lists_generation(self) -> int:
-        return sum(price_list.generation for price_list in self._lists.values())
 
     def _price(self, model: ModelSettings) -> ModelPrice | None:
         override = self._overrides.get(model.name)
@@ -242,7 +244,7 @@ class PriceBook:
         if not routes:
             return None
         hold = Rates(*(max(parts) for parts in zip(*_fields(worst), strict=True)))
-        return ModelPrice(hold, routes, max(caps))
+        return ModelPrice(hold, routes, max(caps), RoutePrice(hold, False))
 
     def _listed(self, route: Route) -> ListedPrice | None:
         price_list = self._lists.get(route.provider)
@@ -272,6 +274,9 @@ class PriceBook:
     def _is_simulated(self, route: Route) -> bool:
         provider = self._providers.get(route.provider)
         return provider is not None and provider.type == "sim"
+
+
+_UNROUTED_FREE = RoutePrice(FREE, False)
 
 
 def _fields(rates: list[Rates]) -> list[tuple[int, int, int, int]]:

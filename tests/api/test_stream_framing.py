@@ -46,7 +46,7 @@ class Reads:
     def __init__(self, reads: list[bytes]) -> None:
         self._reads = list(reads)
 
-    async def read(self) -> bytes:
+    async def read(self, max_bytes: int | None = None) -> bytes:
         return b"".join(self._reads)
 
     async def receive(self) -> bytes:
