@@ -227,7 +227,10 @@ class PriceList:
         self.fetched_at = 0.0  # when the copy in use was fetched (by whichever process)
         self.generation = 0
         self._listed = asyncio.Event()  # set once there is a copy
-        self._looked = asyncio.Event()  # set once the first look (and fetch) is over
+        # Set once there is a copy, or none is on its way (our fetch failed, or none is allowed):
+        # until then a request for a model only the list can price may wait for it.
+        self._settled = asyncio.Event()
+        self._waited_out = False  # a request waited for a first copy in vain: nobody waits again
         self._task: asyncio.Task[None] | None = None
 
     def get(self, model_id: str) -> ListedPrice | None:
@@ -256,21 +259,26 @@ class PriceList:
             self._task = None
 
     async def wait_listed(self, seconds: float) -> bool:
-        """Wait up to `seconds` for a first copy (a fresh install's first fetch, by this
-        process or another); whether there is one."""
+        """Whether there is a copy, waiting up to `seconds` for a first one while a fetch (by
+        this process or another) may still bring it; once a wait was in vain, no more waits."""
         if self._listed.is_set():
             return True
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._looked.wait()
-                await self._listed.wait()
+        if not self._waited_out:
+            try:
+                async with asyncio.timeout(seconds):
+                    await self._settled.wait()
+            except TimeoutError:
+                self._waited_out = True
         return self._listed.is_set()
 
     async def refresh(self) -> None:
         """One look: adopt a newer stored copy; if the copy is stale, claim, fetch and save."""
         await self._adopt_stored()
         now = time.time()
-        if self._fetch is None or now - self.fetched_at < self._every:
+        if self._fetch is None:
+            self._settled.set()
+            return
+        if now - self.fetched_at < self._every:
             return
         stale_before = now - self._every
         claimed = await self._store.claim_price_refresh(
@@ -282,6 +290,7 @@ class PriceList:
             prices = parse_model_list(await self._fetch())
         except Exception as exc:  # the network, the upstream, the list: none may change a price
             log.warning("prices: could not refresh %s's price list: %s", self.source, exc)
+            self._settled.set()
             return
         body = encode_prices(prices)
         await self._store.save_price_list(self.source, now, body)
@@ -303,6 +312,7 @@ class PriceList:
         self.fetched_at = fetched_at
         self.generation += 1
         self._listed.set()
+        self._settled.set()
 
     async def _run(self) -> None:
         while True:
@@ -310,6 +320,6 @@ class PriceList:
                 await self.refresh()
             except Exception as exc:  # the store is down: try again on the next look
                 log.warning("prices: could not look at %s's price list: %s", self.source, exc)
-            self._looked.set()
+                self._settled.set()
             wait = _LOOK_EVERY if self._prices else _LOOK_EVERY_EMPTY
             await asyncio.sleep(min(wait, self._every or wait) * random.uniform(0.8, 1.0))

@@ -54,6 +54,7 @@ class Bill:
     reasoning: int = 0
     cost: Decimal = Decimal(0)
     finished: bool = False  # written to the end (else: the client left first)
+    said: str = ""  # the request's last message, to find the bill of an answer never seen
 
 
 @dataclass
@@ -67,6 +68,11 @@ class OpenRouterSide:
 
     def next_id(self) -> str:
         return f"gen-{next(self._ids)}"
+
+    def bill_for(self, said: str) -> Bill:
+        """The bill of the request whose last message was `said`."""
+        [bill] = [bill for bill in self.bills.values() if bill.said == said]
+        return bill
 
     def listing(self) -> bytes:
         data = []
@@ -90,7 +96,9 @@ class OpenRouterSide:
 
     def charge(self, model: str, usage: dict[str, Any], answer_id: str) -> None:
         """Bill a finished answer's usage, as OpenRouter's `usage.cost`."""
-        bill = Bill(usage["prompt_tokens"], usage["completion_tokens"], finished=True)
+        bill = self.bills.get(answer_id) or Bill(usage["prompt_tokens"])
+        bill.completion = usage["completion_tokens"]
+        bill.finished = True
         bill.cost = self.cost(model, bill)
         usage["cost"] = float(bill.cost)
         usage["cost_details"] = {"upstream_inference_cost": None}
@@ -148,7 +156,7 @@ async def metered(
     """An answer from a `metered/…` model (see the module docstring)."""
     model = body["model"]
     answer_id = side.next_id()
-    bill = side.bills[answer_id] = Bill(prompt_tokens(body))
+    bill = side.bills[answer_id] = Bill(prompt_tokens(body), said=body["messages"][-1]["content"])
     plan = _Plan.of(body, side.models[model].get("max") or 32)
     try:
         if body.get("stream"):
