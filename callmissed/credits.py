@@ -232,6 +232,14 @@ class Charge:
     ending is billed is decided in endings.py, which calls settle() once; later calls are no-ops.
     """
 
+    # Slots, not an instance dict: one is made per request, and its ~20 attributes are set and
+    # read on the request's path.
+    __slots__ = (
+        "_book", "_hold", "_lease", "_ledger", "_priced", "_started", "_ttfb", "_wallet",
+        "billing", "created_at", "delivered_tokens", "key_id", "model", "output_cap", "price",
+        "prompt_estimate", "request_id", "route", "settled", "stream", "upstream_id",
+    )  # fmt: skip
+
     def __init__(
         self,
         ledger: Ledger,

@@ -150,7 +150,10 @@ class StreamOwner(Deadline):
     def ended(self, stream: ChatStream) -> None:
         """The stream closed: settle its charge, tell health and metrics, free its slot."""
         self.cancel()
-        self._release()
+        # Dropped once called: it holds failover's slot, which holds this owner, and that cycle
+        # would leave every request's objects to the garbage collector.
+        release, self._release = self._release, _nothing
+        release()
         ending = self.ending(stream)
         charge = self._charge
         if ending is Ending.DONE or ending is Ending.CLIENT_LEFT:
@@ -181,6 +184,10 @@ class StreamOwner(Deadline):
         if self._cut is not None:  # shutdown: ShuttingDown is not the upstream's failure
             return Ending.DRAINED
         return Ending.CLIENT_LEFT
+
+
+def _nothing() -> None:
+    pass
 
 
 def settle_unanswered(charge: Charge, error: BaseException, upstream_had_it: bool) -> None:
