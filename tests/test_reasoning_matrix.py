@@ -59,6 +59,37 @@ def test_upstream_receives_what_the_matrix_says(client, gateway, model, sent, re
         assert header == received
 
 
+# The OpenRouter row with a key that has a credit limit: the ids are priced from OpenRouter's model
+# list (the fake serves one), so a paying key can use the row as a free one can.
+OPENROUTER_IDS = ["openai/gpt-5.1", "openai/gpt-5-mini", "anthropic/claude-opus-4.5"]
+
+
+@pytest.fixture(scope="module")
+def metered(gateway):
+    import openai
+
+    key = gateway.create_key("--credits", "5")
+    with openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0) as sdk:
+        yield sdk
+
+
+@pytest.mark.parametrize("sent", list(AS_IS))
+@pytest.mark.parametrize("model", OPENROUTER_IDS)
+def test_openrouter_ids_take_the_matrix_with_a_metered_key(metered, gateway, model, sent):
+    stream = sent in ("low", "high")  # streamed and whole answers alike
+    raw = metered.chat.completions.with_raw_response.create(
+        model=model,
+        messages=[{"role": "user", "content": "What is 2+2?"}],
+        reasoning_effort=sent,
+        max_tokens=100,
+        stream=stream,
+    )
+    assert raw.headers["x-callmissed-reasoning-effort"] == sent
+    assert gateway.upstream.last(model).body["reasoning_effort"] == sent
+    if not stream:
+        assert raw.parse().usage.model_extra["cost"] > 0  # billed at OpenRouter's price
+
+
 def test_no_reasoning_effort_means_none_is_added(client, gateway):
     raw = client.chat.completions.with_raw_response.create(
         model="kimi-k2.6", messages=[{"role": "user", "content": "hi"}]
