@@ -106,7 +106,7 @@ class Credits:
         key_id = principal.key_id
         charge = Charge(self._ledger, lease, key_id, model.name, request_id, price, self.prices)
         charge.prompt_estimate, charge.output_cap = prompt, output_cap
-        charge.hold(wallet, hold)
+        charge._wallet, charge._hold = wallet, hold
         self._ledger.begin(request_id, key_id, model.name, charge.created_at)
         return charge
 
@@ -266,16 +266,13 @@ class Charge:
         self.delivered_tokens = 0
         self.settled = False
         self.upstream_id: str | None = None  # the upstream's id for the answer
-        self.prompt_estimate = 0  # what begin() held for: the prompt's estimate, ...
-        self.output_cap = 0  # ... and the most output an upstream that obeys may write
-        self._wallet: Wallet | None = None  # holds `hold`; what it does not use goes back
+        # What Credits.begin() held for it: the prompt's estimate and the most output an upstream
+        # that obeys the request may write, `_hold` in all, in `_wallet` (None: nothing held).
+        self.prompt_estimate = 0
+        self.output_cap = 0
+        self._wallet: Wallet | None = None  # what it does not use goes back there
         self._hold = 0
         self._priced: tuple[dict[str, Any], TokenUsage, int] | None = None  # usage, priced
-
-    def hold(self, wallet: Wallet | None, amount: int) -> None:
-        """`amount` is held for it in `wallet` (None: it holds nothing)."""
-        self._wallet = wallet
-        self._hold = amount
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         """x-ratelimit-* headers for the response."""
@@ -304,7 +301,7 @@ class Charge:
             cost = self._book.reported_cost(usage.get("cost"))
         if cost is None:
             cost = cost_of(self.billing.rates, tokens, per_request=True)
-        usage["cost"] = format_credits(cost)
+        usage["cost"] = cost / MICRO  # credits (format_credits(), without the call)
         usage.pop("cost_details", None)  # what *we* paid the upstream is not the client's business
         self._priced = (usage, tokens, cost)
         return tokens, cost

@@ -119,7 +119,11 @@ class ChatStream:
         """
         while (batch := await anext(self._batches, None)) is not None:
             if not self._first:
-                self.upstream_id = _chunk_id(batch[0])
+                first = batch[0]
+                parsed = first.parsed  # usually: a role chunk, parsed to be normalised
+                answer_id = _chunk_id(first) if parsed is None else parsed.get("id")
+                if answer_id.__class__ is str and len(answer_id) <= 200:
+                    self.upstream_id = answer_id
             self._first += batch
             if any(_has_token(chunk) for chunk in batch):
                 return
@@ -318,16 +322,11 @@ def _has_token(chunk: Chunk) -> bool:
 
 
 def _chunk_id(chunk: Chunk) -> str | None:
-    """A chunk's `id` (OpenRouter's gen-…), found in its bytes if it was not parsed."""
-    if chunk.parsed is not None:
-        value = chunk.parsed.get("id")
-        return value if isinstance(value, str) and len(value) <= 200 else None
+    """A chunk's `id` (OpenRouter's gen-…), found in the bytes of one not parsed."""
     data = chunk.data
     start = data.find(b'"id":"')
     end = data.find(b'"', start + 6, start + 206) if start != -1 else -1
-    if end == -1:
-        return None
-    return data[start + 6 : end].decode("utf-8", "replace")
+    return None if end == -1 else data[start + 6 : end].decode("utf-8", "replace")
 
 
 async def read_completion(provider: Provider, response: UpstreamResponse) -> dict[str, Any]:
