@@ -19,15 +19,17 @@ import h2.config
 import h2.connection
 import httpx
 
-from tests.conftest import ROOT, free_port, wait_healthy
+from tests.conftest import ROOT, free_port
 
 
 def test_granian_yields_empty_body_chunks_forever_after_an_h2c_reset(tmp_path: Path) -> None:
     report = tmp_path / "report.txt"
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "granian", "--interface", "rsgi", "--port", str(port)]
-        + ["--no-ws", "tests.fakes.granian_body:app"],
+        [
+            *(sys.executable, "-m", "granian", "--interface", "rsgi", "--port", str(port)),
+            *("--no-ws", "tests.fakes.granian_body:app"),
+        ],
         cwd=ROOT,
         env={"BODY_REPORT": str(report), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
         stdout=subprocess.DEVNULL,

@@ -34,5 +34,9 @@ async def app(scope: Any, protocol: Any) -> None:
         empty_in_a_row = 0 if chunk else empty_in_a_row + 1
     else:
         ended = "spinning"
-    Path(os.environ["BODY_REPORT"]).write_text(f"{ended} {data} {empty_in_a_row}")
+    _report(f"{ended} {data} {empty_in_a_row}")
     protocol.response_bytes(200, [], b"read")
+
+
+def _report(text: str) -> None:
+    Path(os.environ["BODY_REPORT"]).write_text(text)
