@@ -1,4 +1,5 @@
-"""`python -m benchmarks run [--quick] [--systems …] [--scenarios …] [--paths …] [--store …]`.
+"""`python -m benchmarks run [--quick] [--systems …] [--scenarios …] [--paths …] [--store …]`;
+`python -m benchmarks abuse [--scale S]`: issue 12's attacks (benchmarks/abuse.py).
 
 Starts the fake upstream, the systems and one load generator per measurement as separate
 processes on 127.0.0.1, runs the scenarios, and writes results.json, report.md and PNG charts
@@ -53,6 +54,11 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def main(argv: list[str] | None = None) -> int:
+    words = sys.argv[1:] if argv is None else argv
+    if words[:1] == ["abuse"]:
+        from benchmarks.abuse import main as abuse
+
+        return abuse(words[1:])
     args = _parser().parse_args(argv)
     if args.command != "run":
         return 2
@@ -87,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("abuse", help="issue 12's attacks: see python -m benchmarks abuse -h")
     run = commands.add_parser("run", help="run the suite")
     run.add_argument("--quick", action="store_true", help="short runs (≤ 60 s), no LiteLLM")
     run.add_argument("--systems", help=f"comma-separated subset of {','.join(SYSTEMS)}")

@@ -3,6 +3,7 @@
 * GatewayError                     500 api_error              internal_error
   x InvalidRequest                 400 invalid_request_error  invalid_request
     + RequestTooLarge              413 invalid_request_error  request_too_large
+    + RequestTimeout               408 invalid_request_error  request_timeout
   x AuthenticationFailed           401 authentication_error   invalid_api_key
   x InsufficientCredits            402 insufficient_credits   insufficient_credits
   x PermissionDenied               403 permission_error       model_not_allowed
@@ -41,6 +42,7 @@ __all__ = [
     "PermissionDenied",
     "ProviderNotConfigured",
     "RateLimited",
+    "RequestTimeout",
     "RequestTooLarge",
     "ShuttingDown",
     "UpstreamError",
@@ -79,6 +81,13 @@ class InvalidRequest(GatewayError):
 class RequestTooLarge(InvalidRequest):
     status = 413
     code = "request_too_large"
+
+
+class RequestTimeout(InvalidRequest):
+    """The request's body did not arrive within the body timeout (docs/security.md)."""
+
+    status = 408
+    code = "request_timeout"
 
 
 class AuthenticationFailed(GatewayError):

@@ -220,6 +220,12 @@ def _endless(model: str, body: dict[str, Any]) -> list[bytes | float]:
     return frames
 
 
+def _flood(model: str, body: dict[str, Any]) -> list[bytes | float]:
+    """~60 MB of answer as fast as the reader takes it (one chunk object, repeated)."""
+    chunk = sse_chunk(model, {"content": "flood " * 20})
+    return [sse_chunk(model, {"role": "assistant", "content": ""}), *[chunk] * 200_000]
+
+
 def _weather(model: str, body: dict[str, Any]) -> list[bytes | float]:
     """A tool round trip: text and a tool call; once a tool result is in, an answer using it."""
     answer = _weather_answer(body)
@@ -278,6 +284,7 @@ BEHAVIOURS: dict[str, Script] = {
     "crlf": _crlf,
     "slow": _slow,
     "endless": _endless,
+    "flood": _flood,
     "weather": _weather,
     "stop-sequence": _stop_sequence,
 }
