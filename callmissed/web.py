@@ -67,6 +67,7 @@ class Request:
     body: bytes
     request_id: str
     start_stream: StartStream | None = None  # the edge's, for a stream that must start early
+    query: str = ""  # the URL's query string, without the "?"
 
     def json(self) -> Any:
         try:
