@@ -112,6 +112,7 @@ async def _aiter_translated(
 ) -> AsyncIterator[bytes]:
     head = encoder.start()  # goes out with the first chunks' events, in one write
     usage: Any = None
+    ended = False
     try:
         async for batch in stream.aiter_batches():
             events = []
@@ -120,12 +121,14 @@ async def _aiter_translated(
                 if parsed.get("usage") is not None:
                     usage = parsed["usage"]  # priced by the charge on its way here
                 events.append(encoder.feed(parsed))
-            if stream.complete:  # the read that brought [DONE]: the answer ends in this write
+            # The read that brought the upstream's [DONE]: the answer ends in the same write.
+            ended = stream.complete
+            if ended:
                 events.append(await _finish(encoder, usage, save))
             if head or any(events):
                 yield head + b"".join(events)
                 head = b""
-        if not stream.complete:
+        if not ended:  # [DONE] came alone, or never: stream.usage has what the upstream said
             yield head + await _finish(encoder, usage or stream.usage, save)
     except GatewayError as exc:
         yield head + encoder.fail(exc.code, exc.message)
