@@ -72,7 +72,7 @@ def responses_gateway(upstream, tmp_path_factory) -> Iterator[Gateway]:
 
 
 @pytest.fixture
-def sdk(responses_gateway, client_for) -> openai.OpenAI:
+def sdk(responses_gateway, client_for):
     return client_for(responses_gateway)
 
 
@@ -220,9 +220,12 @@ def test_function_call_output_after_previous_response_id(sdk, provider):
 @every_provider
 def test_a_failure_mid_stream_ends_with_an_error_the_sdk_raises(sdk, provider):
     events: list[Any] = []
-    with pytest.raises(openai.APIError, match="Provider returned error"):  # noqa: PT012
-        with sdk.responses.stream(model=_model(provider, "midstream-error"), input="Hi") as s:
-            events.extend(s)
+    model = _model(provider, "midstream-error")
+    with (
+        pytest.raises(openai.APIError, match="Provider returned error"),
+        sdk.responses.stream(model=model, input="Hi") as stream,
+    ):
+        events.extend(stream)
     assert events[0].type == "response.created"
     assert events[-1].type == "response.failed"
     assert events[-1].response.status == "failed"

@@ -74,8 +74,9 @@ def _output(name: str, body: dict[str, Any]) -> list[dict[str, Any]]:
     if name == "structured":
         return [_message(STRUCTURED)]
     if name == "thinker":
-        reasoning = {"id": "rs_1", "type": "reasoning", "summary": []}
-        reasoning["content"] = [{"type": "reasoning_text", "text": "Two plus two is four."}]
+        text = [{"type": "reasoning_text", "text": "Two plus two is four."}]
+        reasoning: dict[str, Any] = {"id": "rs_1", "type": "reasoning", "summary": []}
+        reasoning["content"] = text
         return [reasoning, _message("4")]
     return [_message("Hello world")]
 
