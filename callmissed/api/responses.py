@@ -23,7 +23,13 @@ import orjson
 from callmissed.auth import Principal
 from callmissed.credits import FREE, cost_of, format_credits, parse_usage
 from callmissed.errors import GatewayError, InvalidRequest, to_openai
-from callmissed.formats.responses import ResponseRequest, build_chat, new_id, parse_response_request
+from callmissed.formats.responses import (
+    ResponseRequest,
+    build_chat,
+    check_for_chat,
+    new_id,
+    parse_response_request,
+)
 from callmissed.formats.responses_output import ResponseEncoder, event
 from callmissed.formats.responses_passthrough import PassThroughEditor
 from callmissed.gateway import Gateway
@@ -45,12 +51,15 @@ async def create_response(
 ) -> Response | StreamResponse:
     principal = await gateway.auth.authenticate(request.headers.get("authorization"))
     ask = parse_response_request(request.json())
+    _, targets = gateway.router.resolve(ask.model)
+    passed = all(target.provider.serves_responses for target in targets)
+    if not passed:
+        check_for_chat(ask)
     earlier: list[dict[str, Any]] = []
     if ask.previous_response_id is not None:
         earlier = await history.conversation(principal.key_id, ask.previous_response_id)
     save = _saver(history, principal, earlier + ask.items) if ask.store else None
-    _, targets = gateway.router.resolve(ask.model)
-    if all(target.provider.serves_responses for target in targets):
+    if passed:
         return await _pass_through(gateway, request, principal, ask, earlier, save)
     return await _translate(gateway, request, principal, ask, earlier, save)
 

@@ -15,7 +15,14 @@ from typing import Any
 
 from callmissed.errors import InvalidRequest
 
-__all__ = ["REFUSED", "ResponseRequest", "build_chat", "new_id", "parse_response_request"]
+__all__ = [
+    "REFUSED",
+    "ResponseRequest",
+    "build_chat",
+    "check_for_chat",
+    "new_id",
+    "parse_response_request",
+]
 
 # Request fields a chat upstream cannot honour and that change what the client gets: refused
 # with a 400 naming the field. Everything else the table in docs/responses.md lists as dropped.
@@ -78,30 +85,40 @@ class ResponseRequest:
     stream: bool
     store: bool
     previous_response_id: str | None
-    items: list[dict[str, Any]]  # this request's input, as items with ids (what is stored)
+    items: list[dict[str, Any]]  # this request's input items (what is stored)
     instructions: str | None
     chat_extra: dict[str, Any] = field(default_factory=dict)  # chat fields besides messages
 
 
 def parse_response_request(body: Any) -> ResponseRequest:
-    """Check a Responses request; raise InvalidRequest naming the first bad field."""
+    """Check what every route needs of a Responses request (model, input, state); raise
+    InvalidRequest naming the first bad field. What a chat upstream needs more is
+    check_for_chat()'s."""
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _invalid("model", "is required and must be a non-empty string")
-    for name, reason in REFUSED.items():
-        if body.get(name) not in (None, False):
-            raise _invalid(name, reason)
     instructions = _optional(body, "instructions", str, "a string")
     previous = _optional(body, "previous_response_id", str, "a string")
     stream = _optional(body, "stream", bool, "a boolean") is True
     store = _optional(body, "store", bool, "a boolean") is not False
     _optional(body, "metadata", dict, "an object")
-    items = parse_input(body.get("input"))
+    items = _input_items(body.get("input"))
     if not items and previous is None:
         raise _invalid("input", "must be a non-empty string or array of items")
-    chat: dict[str, Any] = {}
+    return ResponseRequest(body, model, stream, store, previous, items, instructions)
+
+
+def check_for_chat(request: ResponseRequest) -> None:
+    """Check `request` for a chat upstream, which cannot honour every field (REFUSED, and only
+    function tools and the item types chat has), and work out its chat fields."""
+    body = request.body
+    for name, reason in REFUSED.items():
+        if body.get(name) not in (None, False):
+            raise _invalid(name, reason)
+    request.items = [_check_item(item, f"input[{n}]") for n, item in enumerate(request.items)]
+    chat = request.chat_extra
     _add_sampling(body, chat)
     _add_tools(body, chat)
     _add_text_format(body, chat)
@@ -109,15 +126,16 @@ def parse_response_request(body: Any) -> ResponseRequest:
     for name, value in body.items():
         if name not in _HANDLED and name not in _DROPPED:
             chat[name] = value  # unknown to us: the upstream may know it (docs/responses.md)
-    return ResponseRequest(body, model, stream, store, previous, items, instructions, chat)
 
 
 def build_chat(request: ResponseRequest, history: list[dict[str, Any]]) -> dict[str, Any]:
-    """The chat body for `request`, after the stored items of the conversation so far."""
+    """The chat body for a request check_for_chat() passed, after the stored items of the
+    conversation so far (checked again: an earlier turn may have been passed through)."""
     messages: list[dict[str, Any]] = []
     if request.instructions:
         messages.append({"role": "system", "content": request.instructions})
-    messages += chat_messages([*history, *request.items])
+    earlier = [_check_item(item, "previous_response_id") for item in history]
+    messages += chat_messages([*earlier, *request.items])
     if not messages:
         raise _invalid("input", "must hold at least one message")
     chat: dict[str, Any] = {"model": request.model, "messages": messages, **request.chat_extra}
@@ -166,15 +184,15 @@ def _add_sampling(body: Mapping[str, Any], chat: dict[str, Any]) -> None:
 # Input items -> chat messages ------------------------------------------------------------
 
 
-def parse_input(value: Any) -> list[dict[str, Any]]:
-    """The input as a list of checked items, each with an id as OpenAI's input_items lists them."""
+def _input_items(value: Any) -> list[dict[str, Any]]:
+    """The input as items: a string is one user message (with an id, as OpenAI lists it)."""
     if value is None:
         return []
     if isinstance(value, str):
         return [_message_item("user", [{"type": "input_text", "text": value}])]
-    if not isinstance(value, list):
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
         raise _invalid("input", "must be a string or an array of items")
-    return [_check_item(item, f"input[{index}]") for index, item in enumerate(value)]
+    return value
 
 
 def _message_item(role: str, content: list[dict[str, Any]]) -> dict[str, Any]:

@@ -125,7 +125,7 @@ def _evict(db: sqlite3.Connection, key_id: int, keep: str, excess: int) -> None:
     rows = db.execute(
         "SELECT id, size FROM responses WHERE key_id = ? AND id != ? ORDER BY created_at",
         (key_id, keep),
-    )
+    ).fetchall()
     for response_id, size in rows:
         if freed >= excess:
             break

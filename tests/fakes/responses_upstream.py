@@ -52,10 +52,12 @@ async def _responses(request: web.Request) -> web.StreamResponse:
         return _error_response("openrouter", status, f"fake failure {status}")
     output = _output(name, body)
     if not body.get("stream"):
-        return web.json_response(_response(model, "completed", output, _USAGE))
+        return web.json_response(_echo(body, _response(model, "completed", output, _USAGE)))
     response = web.StreamResponse(headers={"content-type": "text/event-stream"})
     await response.prepare(request)
     for number, event in enumerate(_events(model, name, output)):
+        if "response" in event:
+            _echo(body, event["response"])
         await response.write(b"event: " + event["type"].encode() + b"\ndata: ")
         await response.write(orjson.dumps({**event, "sequence_number": number}) + b"\n\n")
         await asyncio.sleep(0)
@@ -112,6 +114,14 @@ def _response(
         "store": False,
         "usage": usage,
     }
+
+
+def _echo(body: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
+    """The request's settings in the Response, as a Responses API echoes them."""
+    for name in ("instructions", "metadata", "tools", "tool_choice", "store", "temperature"):
+        if name in body:
+            response[name] = body[name]
+    return response
 
 
 def _events(model: str, name: str, output: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
