@@ -13,7 +13,7 @@ from tests.api.conftest import WEATHER_TOOL
 from tests.conftest import Gateway, start_gateway, stop_gateway
 
 
-def _other_sdk(gateway: Gateway, client_for) -> openai.OpenAI:
+def _other_sdk(gateway: Gateway, client_for):
     key = gateway.create_key()
     return client_for(
         Gateway(
