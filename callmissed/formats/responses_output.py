@@ -114,6 +114,7 @@ class ResponseEncoder:
         "_created",
         "_finish",
         "_item",
+        "_pieces",
         "_request",
         "_sequence",
         "_text_prefix",
@@ -128,6 +129,7 @@ class ResponseEncoder:
         self._created = int(time.time())
         self._sequence = 0
         self._item: dict[str, Any] | None = None  # the open item
+        self._pieces: list[str] = []  # its text (or arguments) so far
         self._call: Any = None  # the upstream tool-call index of the open function_call
         self._text_prefix = b""  # an output_text.delta event up to its delta, for the open item
         self._finish: Any = None
@@ -135,26 +137,41 @@ class ResponseEncoder:
         self.response: dict[str, Any] | None = None  # the final Response, once finished
 
     def start(self) -> bytes:
-        """response.created and response.in_progress."""
-        response = self._snapshot("in_progress", [])
-        return self._event({"type": "response.created", "response": response}) + self._event(
-            {"type": "response.in_progress", "response": response}
-        )
+        """response.created and response.in_progress (one Response, encoded once)."""
+        response = orjson.dumps(self._snapshot("in_progress", []))
+        events = [
+            b"event: "
+            + kind
+            + b'\ndata: {"type":"'
+            + kind
+            + b'","response":'
+            + response
+            + b',"sequence_number":'
+            + str(n).encode()
+            + b"}\n\n"
+            for n, kind in enumerate((b"response.created", b"response.in_progress"))
+        ]
+        self._sequence = 2
+        return b"".join(events)
 
     def feed(self, chunk: Mapping[str, Any]) -> bytes:
         """The events for one normalised chat.completion.chunk (often none)."""
         choices = chunk.get("choices")
         if not choices:
             return b""
-        choice = _dict(choices[0])
-        delta = _dict(choice.get("delta"))
+        choice = choices[0]
+        delta = choice.get("delta") if choice.__class__ is dict else None
+        if delta.__class__ is not dict:
+            return b""
+        content = delta.get("content")
+        if len(delta) == 1 and content.__class__ is str and choice.get("finish_reason") is None:
+            return self._text("message", content)  # the common chunk: text and nothing else
         events: list[bytes] = []
         reasoning = delta.get("reasoning")
         if isinstance(reasoning, str) and reasoning:
-            self._text("reasoning", reasoning, events)
-        content = delta.get("content")
+            events.append(self._text("reasoning", reasoning))
         if isinstance(content, str) and content:
-            self._text("message", content, events)
+            events.append(self._text("message", content))
         for call in delta.get("tool_calls") or ():
             if isinstance(call, dict):
                 self._tool_call(call, events)
@@ -194,6 +211,7 @@ class ResponseEncoder:
 
     def _failed(self, error: dict[str, Any]) -> dict[str, Any]:
         if self._item is not None:
+            self._settle_text(self._item)
             self._item["status"] = "incomplete"
             self.output.append(self._item)
             self._item = None
@@ -214,22 +232,26 @@ class ResponseEncoder:
 
     # Items --------------------------------------------------------------------------------
 
-    def _text(self, kind: str, text: str, events: list[bytes]) -> None:
+    def _text(self, kind: str, text: str) -> bytes:
+        if not text:
+            return b""
         item = self._item
+        opened: list[bytes] = []
         if item is None or item["type"] != kind:
             item = self._new_message() if kind == "message" else self._new_reasoning()
-            self._open(item, events)
-        part = item["content"][0]
-        part["text"] += text
+            self._open(item, opened)
+        self._pieces.append(text)  # joined when the item closes: += would copy it each time
         # The common event, built from bytes: ~1 us less than a dict through orjson.
-        events.append(
+        sequence = self._sequence
+        self._sequence += 1
+        delta = (
             self._text_prefix
             + orjson.dumps(text)
             + b',"sequence_number":'
-            + str(self._sequence).encode()
+            + str(sequence).encode()
             + b"}\n\n"
         )
-        self._sequence += 1
+        return b"".join(opened) + delta if opened else delta
 
     def _new_message(self) -> dict[str, Any]:
         part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
@@ -258,7 +280,7 @@ class ResponseEncoder:
             self._call = index
         arguments = function.get("arguments")
         if isinstance(arguments, str) and arguments:
-            item["arguments"] += arguments
+            self._pieces.append(arguments)
             delta = {
                 "type": "response.function_call_arguments.delta",
                 "item_id": item["id"],
@@ -270,6 +292,7 @@ class ResponseEncoder:
     def _open(self, item: dict[str, Any], events: list[bytes]) -> None:
         self._close(events)
         self._item = item
+        self._pieces = []
         index = len(self.output)
         empty = {**item, "content": []} if "content" in item else item
         events.append(
@@ -288,11 +311,19 @@ class ResponseEncoder:
             head["logprobs"] = []
         self._text_prefix = event(head)[: -len(b"}\n\n")] + b',"delta":'
 
+    def _settle_text(self, item: dict[str, Any]) -> None:
+        """Put the open item's text (or arguments) in it, from its pieces."""
+        if item["type"] == "function_call":
+            item["arguments"] = "".join(self._pieces)
+        else:
+            item["content"] = [{**item["content"][0], "text": "".join(self._pieces)}]
+
     def _close(self, events: list[bytes]) -> None:
         item = self._item
         if item is None:
             return
         self._item = None
+        self._settle_text(item)
         index = len(self.output)
         item["status"] = "completed"
         if item["type"] == "function_call":
