@@ -370,7 +370,7 @@ def _add_tools(body: Mapping[str, Any], chat: dict[str, Any]) -> None:
     choice = body.get("tool_choice")
     if choice is None or not tools:
         return  # OpenAI-compatible servers reject a lone tool_choice
-    if choice in _TOOL_CHOICES:
+    if isinstance(choice, str) and choice in _TOOL_CHOICES:
         chat["tool_choice"] = choice
     elif isinstance(choice, dict) and choice.get("type") == "function":
         if not isinstance(choice.get("name"), str):
