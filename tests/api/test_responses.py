@@ -7,6 +7,7 @@ upstream's model names pick its behaviour (tests/fakes/upstream.py, responses_up
 
 from __future__ import annotations
 
+import tomllib
 from typing import Any
 
 import httpx
@@ -15,6 +16,7 @@ import orjson
 import pytest
 from pydantic import BaseModel
 
+from callmissed.settings import CATALOG_PATH
 from tests.api.conftest import PROVIDERS, WEATHER_TOOL
 from tests.conftest import Gateway
 
@@ -268,3 +270,9 @@ def test_a_codex_shaped_request_streams_the_answer(responses_gateway):
     assert "include" not in sent and "prompt_cache_key" not in sent
     stored = httpx.get(f"{url}/{completed['response']['id']}", headers=headers)
     assert stored.status_code == 404  # store: false keeps nothing
+
+
+@pytest.mark.parametrize("name", list(tomllib.loads(CATALOG_PATH.read_text())["models"]))
+def test_every_catalog_model_answers(sdk, name):
+    response = sdk.responses.create(model=name, input="Hi", store=False)
+    assert response.status == "completed" and response.output_text
