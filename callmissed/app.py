@@ -8,12 +8,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from callmissed import __version__
-from callmissed.api import admin as admin_api, anthropic, keys, openai
+from callmissed.api import admin as admin_api, anthropic, keys, openai, responses
 from callmissed.api.playground import playground_routes, redirect_home
 from callmissed.asgi import ASGIApp
 from callmissed.auth import Principal, bearer_matches
 from callmissed.errors import AuthenticationFailed
 from callmissed.gateway import Gateway
+from callmissed.history import History
 from callmissed.peers import Peers
 from callmissed.settings import Settings, load_settings
 from callmissed.web import App, Endpoint, Guard, Request, Response, StreamResponse, json_response
@@ -103,6 +104,7 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> App:
     """The app over `gateway` (a new one for `settings` unless given: benchmarks.inprocess)."""
     gateway = gateway or Gateway(settings)
     peers = connect_peers(gateway)
+    history = History(gateway.store, settings.responses)
 
     def bind(handler: GatewayHandler) -> Callable[[Request], Awaitable[Response | StreamResponse]]:
         return functools.partial(handler, gateway)
@@ -110,8 +112,10 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> App:
     async def startup() -> None:
         await gateway.start()
         await peers.start()  # after the ledger: a peer's journal tells whether it is alive
+        await history.start()
 
     async def shutdown() -> None:
+        await history.close()
         await peers.close()
         await gateway.close()
 
@@ -128,6 +132,15 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> App:
         ),
         ("POST", "/v1/messages/count_tokens"): Endpoint(
             bind(anthropic.count_tokens), dialect="anthropic", guard=key
+        ),
+        ("POST", "/v1/responses"): Endpoint(
+            functools.partial(responses.create_response, gateway, history), guard=bearer
+        ),
+        ("GET", "/v1/responses/*"): Endpoint(
+            functools.partial(responses.retrieve_response, gateway, history), guard=bearer
+        ),
+        ("DELETE", "/v1/responses/*"): Endpoint(
+            functools.partial(responses.delete_response, gateway, history), guard=bearer
         ),
         ("GET", "/v1/key"): Endpoint(bind(keys.retrieve_current_key), guard=key),
         **{

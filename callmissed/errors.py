@@ -11,6 +11,7 @@
     + AdminDisabled                403 permission_error       admin_disabled
   x ModelNotFound                  404 not_found_error        model_not_found
   x KeyNotFound                    404 not_found_error        key_not_found
+  x ResponseNotFound               404 not_found_error        response_not_found
   x RateLimited                    429 rate_limit_error       rate_limit_exceeded (+retry_after)
   x ProviderNotConfigured          503 api_error              provider_not_configured
   x ShuttingDown                   503 overloaded_error       shutting_down (+retry_after)
@@ -44,6 +45,7 @@ __all__ = [
     "RateLimited",
     "RequestTimeout",
     "RequestTooLarge",
+    "ResponseNotFound",
     "ShuttingDown",
     "UpstreamError",
     "UpstreamOverloaded",
@@ -132,6 +134,15 @@ class KeyNotFound(GatewayError):
     status = 404
     type = "not_found_error"
     code = "key_not_found"
+
+
+class ResponseNotFound(GatewayError):
+    """No stored response has that id for this key (never made, not stored, expired, deleted,
+    or another key's: all look the same)."""
+
+    status = 404
+    type = "not_found_error"
+    code = "response_not_found"
 
 
 class EndpointNotFound(GatewayError):

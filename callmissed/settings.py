@@ -20,6 +20,7 @@ __all__ = [
     "Prices",
     "ProviderSettings",
     "Resilience",
+    "ResponsesStorage",
     "Route",
     "Settings",
     "SettingsError",
@@ -143,6 +144,15 @@ class EdgeLimits:
 
 
 @dataclass(frozen=True, slots=True)
+class ResponsesStorage:
+    """What POST /v1/responses keeps for previous_response_id, and how long (docs/responses.md)."""
+
+    retention_days: float = 30.0  # a stored response is purged this long after it was made
+    max_bytes: int = 8 * 1024 * 1024  # one response with its input items; larger: not stored
+    key_bytes: int = 256 * 1024 * 1024  # all of one key's; past it, its oldest go first
+
+
+@dataclass(frozen=True, slots=True)
 class ModelSettings:
     name: str
     routes: tuple[Route, ...]
@@ -174,6 +184,7 @@ class Settings:
     tls_key: str | None = None
     accounting: Accounting = Accounting()
     edge: EdgeLimits = EdgeLimits()
+    responses: ResponsesStorage = ResponsesStorage()
 
     @property
     def connect_timeout(self) -> float:
@@ -217,6 +228,7 @@ def load_settings(env: Mapping[str, str] | None = None, config_path: str | None 
         tls_key=env.get("CALLMISSED_TLS_KEY") or None,
         accounting=_parse_accounting(env, config),
         edge=_parse_edge(env, config),
+        responses=_from_env(ResponsesStorage(), env, _RESPONSES_ENV),
     )
     validate(settings)
     return settings
@@ -365,6 +377,11 @@ _RESILIENCE_ENV = {
     "shutdown_grace": "CALLMISSED_SHUTDOWN_GRACE",
     "warm_connections": "CALLMISSED_WARM_CONNECTIONS",
     "warm_interval": "CALLMISSED_WARM_INTERVAL",
+}
+_RESPONSES_ENV = {
+    "retention_days": "CALLMISSED_RESPONSES_RETENTION_DAYS",
+    "max_bytes": "CALLMISSED_RESPONSES_MAX_BYTES",
+    "key_bytes": "CALLMISSED_RESPONSES_KEY_BYTES",
 }
 _MAY_BE_ZERO = frozenset({"warm_connections", "warm_interval", "shutdown_grace", "retry_backoff"})
 

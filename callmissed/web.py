@@ -74,6 +74,7 @@ class Request:
     request_id: str
     start_stream: StartStream | None = None  # the edge's, for a stream that must start early
     principal: Principal | None = None  # the key the endpoint's guard checked
+    query: str = ""  # the URL's query string, without the "?"
 
     @property
     def key(self) -> Principal:
