@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from callmissed import __version__
-from callmissed.api import admin, anthropic, keys, openai
+from callmissed.api import admin, anthropic, embeddings, keys, openai
 from callmissed.api.playground import playground_routes, redirect_home
 from callmissed.asgi import ASGIApp
 from callmissed.auth import bearer_matches
@@ -90,6 +90,7 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> App:
 
     routes = {
         ("POST", "/v1/chat/completions"): Endpoint(bind(openai.create_chat_completion)),
+        ("POST", "/v1/embeddings"): Endpoint(bind(embeddings.create_embedding)),
         ("GET", "/v1/models"): Endpoint(bind(openai.list_models)),
         ("GET", "/v1/models/*"): Endpoint(bind(openai.retrieve_model)),
         ("POST", "/v1/messages"): Endpoint(bind(anthropic.create_message), dialect="anthropic"),
