@@ -13,6 +13,7 @@ from callmissed.simulator import embed
 from tests.accounting import new_key, query, settle
 from tests.api.embedding_gateway import embedding_gateway, shortened, unit
 from tests.fakes.embeddings import fake_vector
+from tests.fakes.upstream import Received
 
 __all__ = ["embedding_gateway"]  # the fixture, used by name
 
@@ -42,7 +43,7 @@ def expected(model: str, text: str) -> list[float]:
     return embed(text, 1024) if model.startswith("sim/") else fake_vector(text)
 
 
-def requests_to(upstream, path: str, since: int) -> list:
+def requests_to(upstream, path: str, since: int) -> list[Received]:
     return [r for r in upstream.requests[since:] if r.path == path]
 
 
@@ -185,7 +186,7 @@ def test_dimensions_a_model_cannot_give_is_a_400(
     with pytest.raises(openai.BadRequestError) as raised:
         sdk.embeddings.create(model=model, input="hi", dimensions=dimensions)
     assert message in raised.value.message
-    assert raised.value.body["param"] == "dimensions"
+    assert raised.value.param == "dimensions"
     assert len(embedding_gateway.upstream.requests) == before
 
 
