@@ -105,12 +105,14 @@ _INPUT_SHAPE = (
 def _inputs(value: Any) -> list[str] | list[list[int]]:
     """`input` as a list with one item per vector asked for."""
     if isinstance(value, str):
-        value = [value]
-    elif not isinstance(value, list):
+        if not value:
+            raise InvalidRequest("'input' must not be an empty string.", param="input")
+        return [value]
+    if not isinstance(value, list):
         raise InvalidRequest(_INPUT_SHAPE, param="input")
-    elif not value:
+    if not value:
         raise InvalidRequest("'input' must not be an empty array.", param="input")
-    elif len(value) > MAX_INPUTS:
+    if len(value) > MAX_INPUTS:
         raise InvalidRequest(
             f"'input' has {len(value)} items; one request may have at most {MAX_INPUTS}.",
             param="input",
@@ -127,8 +129,7 @@ def _inputs(value: Any) -> list[str] | list[list[int]]:
 def _texts(texts: list[str]) -> list[str]:
     for position, text in enumerate(texts):
         if not text:
-            where = "'input'" if len(texts) == 1 else f"'input[{position}]'"
-            raise InvalidRequest(f"{where} must not be an empty string.", param="input")
+            raise InvalidRequest(f"'input[{position}]' must not be an empty string.", param="input")
     return texts
 
 
