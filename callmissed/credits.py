@@ -199,9 +199,17 @@ class Credits:
         return None
 
     async def begin(
-        self, principal: Principal, model: ModelSettings, body: Mapping[str, Any], request_id: str
+        self,
+        principal: Principal,
+        model: ModelSettings,
+        body: Mapping[str, Any],
+        request_id: str,
+        *,
+        tokens: tuple[int, int] | None = None,
     ) -> Charge:
-        """Check the allow-list and limits, then hold the worst case; raise if any refuses."""
+        """Check the allow-list and limits, then hold the worst case; raise if any refuses.
+
+        `tokens` (prompt, output cap) stands in for a chat body's estimate (embeddings)."""
         _check_allowed(principal, model)
         rates = self.rates_for(model)
         if rates is None:
@@ -212,8 +220,9 @@ class Credits:
                     param="model",
                 )
             rates = FREE
-        prompt = _estimate_prompt(body)
-        output_cap = _output_cap(body, model)
+        if tokens is None:
+            tokens = (_estimate_prompt(body), _output_cap(body, model))
+        prompt, output_cap = tokens
         lease = await self._limiter.acquire(principal.key_id, principal.policy, prompt + output_cap)
         try:
             hold = cost_of(rates, TokenUsage(prompt=prompt, completion=output_cap))

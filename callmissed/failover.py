@@ -23,6 +23,7 @@ from callmissed.deadlines import Deadline, Deadlines, Timeout
 from callmissed.errors import GatewayError, UpstreamError, UpstreamTimeout
 from callmissed.health import Health, route_name
 from callmissed.metrics import Metrics
+from callmissed.providers import Provider, UpstreamRequest
 from callmissed.relay import CHAT_COMPLETIONS, ChatStream, UpstreamAPI
 from callmissed.routing import Target
 from callmissed.settings import ModelSettings, Settings, Timeouts
@@ -111,6 +112,13 @@ class Failover:
             response = await self._send(target, body, model, api)
             return await api.read(target.provider, response)
 
+        return await self.call(model, targets, attempt)
+
+    async def call(
+        self, model: ModelSettings, targets: list[Target], attempt: Callable[[Target], Awaitable[T]]
+    ) -> Won[T]:
+        """The first route whose `attempt` gives a whole answer (complete(), embeddings), with
+        the same fallback, retries, hedging, total timeout and bookkeeping."""
         request = self._enter(model)
         try:
             won = await self._run(request, model, targets, attempt)
@@ -163,14 +171,19 @@ class Failover:
     async def _send(
         self, target: Target, body: dict[str, Any], model: ModelSettings, api: UpstreamAPI
     ) -> UpstreamResponse:
-        request = api.build(target.provider, body, target.route, model)
-        response = await self._upstream.send(target.provider, request)
+        return await self.send(
+            target.provider, api.build(target.provider, body, target.route, model)
+        )
+
+    async def send(self, provider: Provider, request: UpstreamRequest) -> UpstreamResponse:
+        """POST a built request; the provider's UpstreamError if the upstream answers >= 400."""
+        response = await self._upstream.send(provider, request)
         if response.status >= 400:
             try:
                 error_body = await response.read()
             finally:
                 response.close()
-            raise target.provider.parse_error(response.status, error_body, response.retry_after)
+            raise provider.parse_error(response.status, error_body, response.retry_after)
         return response
 
     async def _run(

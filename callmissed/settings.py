@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 __all__ = [
     "Accounting",
     "EdgeLimits",
+    "EmbeddingSettings",
     "ModelSettings",
     "Prices",
     "ProviderSettings",
@@ -153,6 +154,15 @@ class ResponsesStorage:
 
 
 @dataclass(frozen=True, slots=True)
+class EmbeddingSettings:
+    """What an embedding model makes (docs/embeddings.md)."""
+
+    dimensions: int | None = None  # its vectors' length; None: whatever the upstream returns
+    shorten: bool = False  # trained for it (Matryoshka): `dimensions` may ask for fewer
+    batch: int | None = None  # inputs per upstream request; None: the provider's own limit
+
+
+@dataclass(frozen=True, slots=True)
 class ModelSettings:
     name: str
     routes: tuple[Route, ...]
@@ -165,6 +175,7 @@ class ModelSettings:
     strategy: str = "ordered"  # or "fastest": the healthy route with the best first-token time
     hedge_after_ms: float | None = None  # start the next route too if no first token by then
     timeouts: Timeouts | None = None  # None: the global ones
+    embedding: EmbeddingSettings | None = None  # an embedding model (None: a chat model)
 
 
 @dataclass(frozen=True)
@@ -355,6 +366,31 @@ def _parse_model(name: str, table: Mapping[str, Any], defaults: Timeouts) -> Mod
         strategy=table.get("strategy", "ordered"),
         hedge_after_ms=_positive(name, "hedge_after_ms", table.get("hedge_after_ms")),
         timeouts=_with_timeouts(name, defaults, timeouts) if timeouts else None,
+        embedding=_parse_embedding(name, table.get("embedding")),
+    )
+
+
+def _parse_embedding(model: str, value: Any) -> EmbeddingSettings | None:
+    """`embedding = true`, or a table of dimensions, shorten and batch; absent: a chat model."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return EmbeddingSettings()
+    if not isinstance(value, dict):
+        raise SettingsError(f"model {model!r}: embedding must be true or a table")
+    unknown = value.keys() - {"dimensions", "shorten", "batch"}
+    if unknown:
+        raise SettingsError(f"model {model!r}: unknown embedding setting {sorted(unknown)[0]!r}")
+    for key in ("dimensions", "batch"):
+        item = value.get(key)
+        if item is not None and (not isinstance(item, int) or isinstance(item, bool) or item < 1):
+            raise SettingsError(f"model {model!r}: embedding.{key} must be a positive integer")
+    if not isinstance(value.get("shorten", False), bool):
+        raise SettingsError(f"model {model!r}: embedding.shorten must be true or false")
+    if value.get("shorten") and value.get("dimensions") is None:
+        raise SettingsError(f"model {model!r}: embedding.shorten needs embedding.dimensions")
+    return EmbeddingSettings(
+        value.get("dimensions"), value.get("shorten", False), value.get("batch")
     )
 
 

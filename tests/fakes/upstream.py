@@ -8,6 +8,7 @@ Paths choose the dialect, as the real providers' base URLs would:
   /local/v1/chat/completions                              any OpenAI-compatible server
   /openrouter/api/v1/responses                            OpenRouter's Responses API
                                                            (tests/fakes/responses_upstream.py)
+  .../ai/run/{model}, .../embeddings                      embeddings (tests/fakes/embeddings.py)
 
 The upstream model name picks the behaviour (see BEHAVIOURS); every request is recorded in
 `requests` so tests can assert exactly what an upstream received.
@@ -399,5 +400,8 @@ def start_fake_upstream() -> tuple[FakeUpstream, Callable[[], None]]:
     app.router.add_post("/{dialect}/api/v1/chat/completions", _chat)
     app.router.add_post("/{dialect}/v1/chat/completions", _chat)
     add_responses_routes(app)
+    from tests.fakes.embeddings import add_embedding_routes  # late: it builds on this module
+
+    add_embedding_routes(app)
     fake.url, stop = serve_in_thread(app)
     return fake, stop
