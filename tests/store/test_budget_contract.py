@@ -53,10 +53,8 @@ def window(url: str, key_id: int) -> tuple[int, float, int]:
 
 def unspent(url: str, key_id: int) -> int:
     """The balance plus every hold of the key: its window's budget not settled yet."""
-    return raw_balance(url, key_id) + sum(
-        amount
-        for _, amount in query_url(url, "SELECT 0, amount FROM holds WHERE key_id = ?", key_id)
-    )
+    rows = query_url(url, "SELECT amount FROM holds WHERE key_id = ?", key_id)
+    return raw_balance(url, key_id) + sum(int(amount) for (amount,) in rows)
 
 
 def test_a_daily_limit_is_spent_once_a_day(url):
@@ -177,7 +175,6 @@ def test_a_limit_reset_switched_on_counts_today_and_switched_off_keeps_what_is_l
         never = await store.set_limit_reset(key.id, None)  # 450 left: for good
         assert never is not None and never.limit_reset is None
         assert (never.credits, never.granted, never.spent) == (450, 1000, 550)
-        assert never.credits + never.spent == never.granted
         assert query_url(url, "SELECT window_start, window_spent FROM api_keys") == [(None, 0)]
         assert await store.set_limit_reset(12345, "daily") is None
         unlimited = await store.create_key("u", "h2", "cm_y", None)
