@@ -14,6 +14,7 @@ The upstream model name picks the behaviour (see BEHAVIOURS); every request is r
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ class FakeUpstream:
     url: str = ""
     requests: list[Received] = field(default_factory=list)
     disconnects: list[float] = field(default_factory=list)  # when a streaming client went away
+    gate: threading.Event = field(default_factory=threading.Event)  # "gated" waits for it
 
     def last(self, model: str | None = None) -> Received:
         for received in reversed(self.requests):
@@ -174,6 +176,12 @@ def _drop_after_2(model: str, body: dict[str, Any]) -> list[bytes | float]:
     return [*_hello(model, body)[:2], 0.05, b"DROP"]
 
 
+def _gated(model: str, body: dict[str, Any]) -> list[bytes | float]:
+    """The first token, then nothing until the test opens `FakeUpstream.gate`, then the rest."""
+    frames = _hello(model, body)
+    return [*frames[:2], b"GATE", *frames[2:]]
+
+
 def _midstream_error(model: str, body: dict[str, Any]) -> list[bytes | float]:
     error = {"code": 502, "message": "Provider returned error", "metadata": {}}
     return [
@@ -270,6 +278,7 @@ BEHAVIOURS: dict[str, Script] = {
     "reasoning": _reasoning,
     "processing": _processing,
     "drop-after-2": _drop_after_2,
+    "gated": _gated,
     "midstream-error": _midstream_error,
     "first-chunk-error": _first_chunk_error,
     "no-finish": _no_finish,
@@ -349,6 +358,8 @@ async def _stream(
         for frame in frames:
             if isinstance(frame, float):
                 await asyncio.sleep(frame)
+            elif frame == b"GATE":
+                await asyncio.to_thread(fake.gate.wait, 10)
             elif frame == b"DROP":
                 assert request.transport is not None
                 request.transport.abort()
