@@ -75,6 +75,14 @@ def _usage(prompt: int = 5, completion: int = 6, reasoning: int = 0) -> dict[str
     }
 
 
+# What "cached" reports, as OpenRouter does for a model that caches prompts: of 1000 prompt
+# tokens, 600 read from the cache and 200 written to it.
+CACHED_USAGE = {
+    **_usage(prompt=1000),
+    "prompt_tokens_details": {"cached_tokens": 600, "cache_write_tokens": 200, "audio_tokens": 0},
+}
+
+
 def _usage_chunk(model: str, usage: dict[str, Any] | None = None) -> bytes:
     payload = {
         "id": "chatcmpl-fake",
@@ -182,6 +190,11 @@ def _gated(model: str, body: dict[str, Any]) -> list[bytes | float]:
     return [*frames[:2], b"GATE", *frames[2:]]
 
 
+def _cached(model: str, body: dict[str, Any]) -> list[bytes | float]:
+    """Hello world, and usage with cache reads and writes, whether asked for or not."""
+    return [*_hello(model, {})[:-1], _usage_chunk(model, CACHED_USAGE), b"data: [DONE]\n\n"]
+
+
 def _midstream_error(model: str, body: dict[str, Any]) -> list[bytes | float]:
     error = {"code": 502, "message": "Provider returned error", "metadata": {}}
     return [
@@ -277,6 +290,7 @@ BEHAVIOURS: dict[str, Script] = {
     "tools": _tools,
     "reasoning": _reasoning,
     "processing": _processing,
+    "cached": _cached,
     "drop-after-2": _drop_after_2,
     "gated": _gated,
     "midstream-error": _midstream_error,
@@ -341,6 +355,10 @@ def _non_stream(model: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
     if name == "stop-sequence":
         completion = _completion(model, {"role": "assistant", "content": "Hello"})
         completion["choices"][0]["stop_reason"] = body["stop"][0]
+        return completion
+    if name == "cached":
+        completion = _completion(model, {"role": "assistant", "content": "Hello world"})
+        completion["usage"] = CACHED_USAGE
         return completion
     if name == "midstream-error":
         completion = _completion(model, {"role": "assistant", "content": ""}, "error")
