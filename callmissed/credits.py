@@ -101,9 +101,12 @@ class TokenUsage:
 
 
 def parse_usage(usage: Mapping[str, Any]) -> TokenUsage:
-    """An OpenAI usage object (docs/credits.md); missing or odd fields count as 0. Cache reads
+    """An OpenAI usage object (docs/credits.md), chat's or the Responses API's (which names its
+    fields input_/output_tokens); missing or odd fields count as 0. Cache reads
     (`prompt_tokens_details.cached_tokens`) and writes (`cache_write_tokens`, as OpenRouter
     reports them) are parts of prompt_tokens."""
+    if "input_tokens" in usage:
+        return _parse_responses_usage(usage)
     prompt_details = usage.get("prompt_tokens_details") or {}
     completion_details = usage.get("completion_tokens_details") or {}
     reasoning = _count(completion_details.get("reasoning_tokens"))
@@ -114,6 +117,18 @@ def parse_usage(usage: Mapping[str, Any]) -> TokenUsage:
         reasoning=reasoning,
         cached=_count(prompt_details.get("cached_tokens")),
         cache_write=_count(prompt_details.get("cache_write_tokens")),
+    )
+
+
+def _parse_responses_usage(usage: Mapping[str, Any]) -> TokenUsage:
+    input_details = usage.get("input_tokens_details") or {}
+    output_details = usage.get("output_tokens_details") or {}
+    reasoning = _count(output_details.get("reasoning_tokens"))
+    return TokenUsage(
+        prompt=_count(usage.get("input_tokens")),
+        completion=max(_count(usage.get("output_tokens")), reasoning),
+        reasoning=reasoning,
+        cached=_count(input_details.get("cached_tokens")),
     )
 
 
@@ -297,11 +312,13 @@ def _estimate_prompt(body: Mapping[str, Any]) -> int:
         return estimate_input_tokens(body)
     except (KeyError, TypeError, AttributeError):
         # A shape the estimator does not know: a byte is never less than a token's worth.
-        return len(orjson.dumps(body.get("messages"))) + len(orjson.dumps(body.get("tools")))
+        # A Responses body (relay_responses.py) has `input` and `instructions` instead.
+        text = body.get("messages") or [body.get("input"), body.get("instructions")]
+        return len(orjson.dumps(text)) + len(orjson.dumps(body.get("tools")))
 
 
 def _output_cap(body: Mapping[str, Any], model: ModelSettings) -> int:
-    for name in ("max_completion_tokens", "max_tokens"):
+    for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
         value = body.get(name)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
@@ -366,7 +383,8 @@ class Charge:
         if isinstance(usage, dict):
             tokens = parse_usage(usage)
         else:
-            delivered = sum(_message_tokens(c.get("message")) for c in completion["choices"])
+            choices = completion.get("choices") or ()  # a Response has none (relay_responses.py)
+            delivered = sum(_message_tokens(c.get("message")) for c in choices)
             tokens = TokenUsage(prompt=self.prompt_estimate, completion=delivered)
         cost = cost_of(self.rates, tokens)
         if isinstance(usage, dict):

@@ -48,6 +48,7 @@ from callmissed.store.budget import (
     window_starts,
     with_limit_reset,
 )
+from callmissed.store.responses import PostgresResponses
 
 __all__ = ["PostgresStore"]
 
@@ -484,6 +485,9 @@ class PostgresStore:
             limit,
         )
         return [dict(row) for row in rows]
+
+    def responses(self) -> PostgresResponses:
+        return PostgresResponses(self._db)
 
     async def close(self) -> None:
         for task in list(self._tasks):

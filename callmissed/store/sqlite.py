@@ -39,6 +39,7 @@ from callmissed.store.budget import (
     window_starts,
     with_limit_reset,
 )
+from callmissed.store.responses import SQLiteResponses
 from callmissed.store.walwatch import WalWatch
 
 __all__ = ["SQLiteStore"]
@@ -326,6 +327,9 @@ class SQLiteStore:
         )
         names = [column[0] for column in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def responses(self) -> SQLiteResponses:
+        return SQLiteResponses(self._db)
 
     async def close(self) -> None:
         self._stop.set()

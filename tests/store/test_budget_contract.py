@@ -1,7 +1,7 @@
 """Budgets that reset, on every store: a window's limit is spent once, whoever spends it.
 
 The stores read the time from a clock the tests move (no waiting for midnight). Each test runs on
-SQLite and on PostgreSQL (the `url` fixture).
+SQLite and on PostgreSQL (the `url` fixture, conftest.py).
 """
 
 from __future__ import annotations
