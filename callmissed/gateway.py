@@ -55,6 +55,7 @@ class RouteInfo:
     fallbacks: tuple[str, ...] = ()  # "provider:model outcome" of each failed attempt
     hedged: bool = False
     limits: tuple[tuple[bytes, bytes], ...] = ()  # the key's x-ratelimit-* (credits.py)
+    prompt_estimate: int = 0  # the prompt's tokens as credits.py estimated them for the hold
 
     @classmethod
     def of(
@@ -71,6 +72,7 @@ class RouteInfo:
             won.failed,
             won.hedged,
             tuple(charge.headers()),
+            charge.prompt_estimate,
         )
 
     def headers(self) -> list[tuple[bytes, bytes]]:

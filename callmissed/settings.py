@@ -74,11 +74,13 @@ class Route(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Prices:
-    """USD per million tokens."""
+    """USD per million tokens. `cached_input`: prompt tokens read from the upstream's prompt
+    cache; `cache_write`: prompt tokens written to it (None: billed as input)."""
 
     input: float
     cached_input: float
     output: float
+    cache_write: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -516,17 +518,24 @@ def _parse_accounting(env: Mapping[str, str], config: Mapping[str, Any]) -> Acco
 
 
 def _parse_prices(where: str, table: Any) -> Prices:
-    """USD per million tokens; cached_input defaults to input. All must be numbers >= 0."""
+    """USD per million tokens; cached_input and cache_write default to input. All must be
+    numbers >= 0."""
     if not isinstance(table, dict) or not {"input", "output"} <= table.keys():
         raise SettingsError(f"{where}: prices need input and output (USD per million tokens)")
-    unknown = table.keys() - {"input", "cached_input", "output"}
+    unknown = table.keys() - {"input", "cached_input", "cache_write", "output"}
     if unknown:
         raise SettingsError(f"{where}: unknown price {sorted(unknown)[0]!r}")
     values = {"cached_input": table["input"], **table}
     for key, value in values.items():
         if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
             raise SettingsError(f"{where}: price {key} must be a number >= 0")
-    return Prices(float(values["input"]), float(values["cached_input"]), float(values["output"]))
+    write = values.get("cache_write")
+    return Prices(
+        float(values["input"]),
+        float(values["cached_input"]),
+        float(values["output"]),
+        None if write is None else float(write),
+    )
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

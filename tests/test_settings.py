@@ -99,3 +99,19 @@ def test_embedding_true_is_an_embedding_model_of_any_size(tmp_path):
     embedding = load_settings(env={}, config_path=str(path)).models["x"].embedding
     assert embedding is not None
     assert (embedding.dimensions, embedding.shorten, embedding.batch) == (None, False, None)
+
+
+def test_prices_take_a_cache_write_rate_that_defaults_to_input(tmp_path):
+    path = tmp_path / "prices.toml"
+    path.write_text(
+        "[prices.a]\ninput = 3.0\ncached_input = 0.3\ncache_write = 3.75\noutput = 15.0\n"
+        "[prices.b]\ninput = 1.0\noutput = 2.0\n"
+    )
+    prices = load_settings(env={"CALLMISSED_CONFIG": str(path)}).accounting.prices
+    assert (prices["a"].cached_input, prices["a"].cache_write) == (0.3, 3.75)
+    assert (prices["b"].cached_input, prices["b"].cache_write) == (1.0, None)
+    catalog = load_settings(env={}).models["anthropic/claude-sonnet-4.6"].prices
+    assert catalog is not None and catalog.cache_write == 3.75  # Anthropic: 1.25x input
+    path.write_text("[prices.a]\ninput = 1.0\noutput = 2.0\ncache_write = -1\n")
+    with pytest.raises(SettingsError, match="cache_write must be a number >= 0"):
+        load_settings(env={"CALLMISSED_CONFIG": str(path)})
