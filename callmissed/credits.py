@@ -88,13 +88,22 @@ class Credits:
         self.reclaim: Callable[[int], Awaitable[int]] = _nobody
 
     async def begin(
-        self, principal: Principal, model: ModelSettings, body: Mapping[str, Any], request_id: str
+        self,
+        principal: Principal,
+        model: ModelSettings,
+        body: Mapping[str, Any],
+        request_id: str,
+        *,
+        tokens: tuple[int, int] | None = None,
     ) -> Charge:
-        """Check the allow-list and limits, then hold the worst case; raise if any refuses."""
+        """Check the allow-list and limits, then hold the worst case; raise if any refuses.
+
+        `tokens` (prompt, output cap) stands in for a chat body's estimate (embeddings)."""
         _check_allowed(principal, model)
         price = self.prices.price(model) or await self._unpriced(principal, model)
-        prompt = _estimate_prompt(body)
-        output_cap = _output_cap(body, price.output_cap)
+        if tokens is None:
+            tokens = (_estimate_prompt(body), _output_cap(body, price.output_cap))
+        prompt, output_cap = tokens
         lease = await self._limiter.acquire(principal.key_id, principal.policy, prompt + output_cap)
         try:
             worst = TokenUsage(prompt=prompt, completion=output_cap)
@@ -198,7 +207,9 @@ def _estimate_prompt(body: Mapping[str, Any]) -> int:
         return estimate_input_tokens(body)
     except (KeyError, TypeError, AttributeError):
         # A shape the estimator does not know: a byte is never less than a token's worth.
-        return len(orjson.dumps(body.get("messages"))) + len(orjson.dumps(body.get("tools")))
+        # A Responses body (relay_responses.py) has `input` and `instructions` instead.
+        text = body.get("messages") or [body.get("input"), body.get("instructions")]
+        return len(orjson.dumps(text)) + len(orjson.dumps(body.get("tools")))
 
 
 def _output_cap(body: Mapping[str, Any], default: int) -> int:
@@ -207,7 +218,7 @@ def _output_cap(body: Mapping[str, Any], default: int) -> int:
     reasoning budget an upstream may add on top (OpenRouter's reasoning.max_tokens)."""
     # Inline checks, not a helper per field: this runs for every request.
     limit = 0
-    for name in ("max_tokens", "max_completion_tokens"):
+    for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):  # the last: Responses
         value = body.get(name)
         if value.__class__ is int and value > limit:
             limit = value
@@ -248,7 +259,7 @@ class Charge:
         model: str,
         request_id: str,
         price: ModelPrice,
-        book: PriceBook | None = None,
+        book: PriceBook,
     ) -> None:
         self._ledger = ledger
         self._lease = lease
@@ -289,18 +300,12 @@ class Charge:
     # What it cost
 
     def price_usage(self, usage: dict[str, Any]) -> tuple[TokenUsage, int]:
-        """The upstream's usage object priced, and `usage.cost` set to what the key pays: what
-        the upstream billed (markup included) if it reports that, else its tokens at the
-        route's prices. Priced once; OpenRouter's `cost_details` is removed."""
+        """The upstream's usage object priced (PriceBook.bill), and `usage.cost` set to what the
+        key pays. Priced once; OpenRouter's `cost_details` is removed."""
         priced = self._priced
         if priced is not None and priced[0] is usage:
             return priced[1], priced[2]
-        tokens = parse_usage(usage)
-        cost = None
-        if self.billing.reported and self._book is not None:
-            cost = self._book.reported_cost(usage.get("cost"))
-        if cost is None:
-            cost = cost_of(self.billing.rates, tokens, per_request=True)
+        tokens, cost = self._book.bill(self.billing, usage)
         usage["cost"] = cost / MICRO  # credits (format_credits(), without the call)
         usage.pop("cost_details", None)  # what *we* paid the upstream is not the client's business
         self._priced = (usage, tokens, cost)
@@ -325,7 +330,7 @@ class Charge:
         if isinstance(usage, dict):
             tokens, cost = self.price_usage(usage)
         else:
-            choices = completion["choices"]
+            choices = completion.get("choices") or ()  # a Response has none (relay_responses.py)
             self.delivered_tokens = sum(_message_tokens(c.get("message")) for c in choices)
             tokens, cost = self.estimate(prompt=True)
         code = None if status == 200 else "client_closed"

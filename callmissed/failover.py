@@ -33,7 +33,8 @@ from callmissed.endings import (
 from callmissed.errors import GatewayError, UpstreamError, UpstreamTimeout
 from callmissed.health import Health, route_name
 from callmissed.metrics import Metrics
-from callmissed.relay import ChatStream, read_completion
+from callmissed.providers import Provider, UpstreamRequest
+from callmissed.relay import CHAT_COMPLETIONS, ChatStream, UpstreamAPI
 from callmissed.routing import Target
 from callmissed.settings import ModelSettings, Route, Settings
 from callmissed.upstream import Upstream, UpstreamResponse
@@ -109,19 +110,25 @@ class Failover:
         return len(self._active)
 
     async def complete(
-        self, model: ModelSettings, targets: list[Target], body: dict[str, Any], charge: Charge
+        self,
+        model: ModelSettings,
+        targets: list[Target],
+        body: dict[str, Any],
+        charge: Charge,
+        api: UpstreamAPI = CHAT_COMPLETIONS,
     ) -> Won[dict[str, Any]]:
-        """A whole chat.completion from the first route that gives one; the caller settles
-        `charge` for it. A failure, or the client leaving, settles `charge` here (endings.py):
-        an answer its upstream had accepted (its headers came) is read on, and billed.
+        """A whole chat.completion (or `api`'s answer) from the first route that gives one; the
+        caller settles `charge` for it. A failure, or the client leaving, settles `charge` here
+        (endings.py): an answer its upstream had accepted (its headers came) is read on, and
+        billed.
 
         The whole answer is its first token, so only the total timeout bounds an attempt
         (upstreams send a non-streamed answer's headers when it is done; see resilience.md).
         """
 
         async def attempt(target: Target) -> dict[str, Any]:
-            response = await self._send(target, body, model)
-            return await self._answer(request, target, response)
+            response = await self._send(target, body, model, api)
+            return await self._answer(request, target, response, api)
 
         request = self._enter(model)
         try:
@@ -137,11 +144,24 @@ class Failover:
         self._metrics.inc("callmissed_requests_total", model.name, "ok")
         return won
 
+    async def call(
+        self, model: ModelSettings, targets: list[Target], attempt: Callable[[Target], Awaitable[T]]
+    ) -> Won[T]:
+        """The first route whose `attempt` gives a whole answer (embeddings), with the same
+        fallback, retries, hedging, total timeout and bookkeeping as complete()."""
+        request = self._enter(model)
+        try:
+            won = await self._run(request, model, targets, attempt)
+        finally:
+            self._leave(request)
+        self._metrics.inc("callmissed_requests_total", model.name, "ok")
+        return won
+
     async def _answer(
-        self, request: _Inflight, target: Target, response: UpstreamResponse
+        self, request: _Inflight, target: Target, response: UpstreamResponse, api: UpstreamAPI
     ) -> dict[str, Any]:
         """Read an accepted answer; if its client leaves meanwhile, keep the read for _read_on."""
-        reading = asyncio.ensure_future(read_completion(target.provider, response))
+        reading = asyncio.ensure_future(api.read(target.provider, response))
         try:
             return await asyncio.shield(reading)
         except asyncio.CancelledError as exc:
@@ -183,6 +203,7 @@ class Failover:
         body: dict[str, Any],
         include_usage: bool,
         charge: Charge,
+        api: UpstreamAPI = CHAT_COMPLETIONS,
     ) -> Won[ChatStream]:
         """A started ChatStream (its first token is in), handed to its owner (endings.py), which
         settles `charge` however it ends. A failure to open it settles `charge` here."""
@@ -191,8 +212,8 @@ class Failover:
         async def attempt(target: Target) -> ChatStream:
             try:
                 with self._deadlines.timeout(timeouts.first_token):
-                    response = await self._send(target, body, model)
-                    stream = ChatStream(target.provider, response, include_usage)
+                    response = await self._send(target, body, model, api)
+                    stream = api.stream(target.provider, response, include_usage)
                     try:
                         await stream.start()
                     except BaseException:
@@ -228,16 +249,21 @@ class Failover:
         return won
 
     async def _send(
-        self, target: Target, body: dict[str, Any], model: ModelSettings
+        self, target: Target, body: dict[str, Any], model: ModelSettings, api: UpstreamAPI
     ) -> UpstreamResponse:
-        request = target.provider.build_request(body, target.route, model)
-        response = await self._upstream.send(target.provider, request)
+        return await self.send(
+            target.provider, api.build(target.provider, body, target.route, model)
+        )
+
+    async def send(self, provider: Provider, request: UpstreamRequest) -> UpstreamResponse:
+        """POST a built request; the provider's UpstreamError if the upstream answers >= 400."""
+        response = await self._upstream.send(provider, request)
         if response.status >= 400:
             try:
                 error_body = await response.read()
             finally:
                 response.close()
-            raise target.provider.parse_error(response.status, error_body, response.retry_after)
+            raise provider.parse_error(response.status, error_body, response.retry_after)
         return response
 
     async def _run(

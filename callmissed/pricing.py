@@ -44,12 +44,14 @@ _MAX_REPORTED = Decimal(1_000_000)  # USD: a reported cost above this is garbage
 
 @dataclass(frozen=True, slots=True)
 class Rates:
-    """Integer prices, in 1e-12 credits per token (numerically: micro-USD per million tokens);
-    `request` is a fixed fee per request in the same unit."""
+    """Integer prices, in 1e-12 credits per token (numerically: micro-USD per million tokens).
+    `cache_write` None: prompt tokens written to the upstream's cache bill as input; `request`
+    is a fixed fee per request in the same unit."""
 
     input: int
     cached_input: int
     output: int
+    cache_write: int | None = None
     request: int = 0
 
 
@@ -59,7 +61,8 @@ FREE = Rates(0, 0, 0)
 def rates_of(prices: Prices, markup: Decimal = Decimal(1)) -> Rates:
     """An operator's or the catalog's prices (USD per million tokens) as Rates."""
     input_rate, output_rate = _rate(prices.input, markup), _rate(prices.output, markup)
-    return Rates(input_rate, _rate(prices.cached_input, markup), output_rate)
+    write = None if prices.cache_write is None else _rate(prices.cache_write, markup)
+    return Rates(input_rate, _rate(prices.cached_input, markup), output_rate, write)
 
 
 def _rate(per_million: float, markup: Decimal) -> int:
@@ -77,7 +80,8 @@ class TokenUsage:
     prompt: int = 0
     completion: int = 0  # includes reasoning
     reasoning: int = 0
-    cached: int = 0  # part of prompt
+    cached: int = 0  # part of prompt: read from the upstream's prompt cache
+    cache_write: int = 0  # part of prompt: written to it
 
     @property
     def total(self) -> int:
@@ -85,7 +89,12 @@ class TokenUsage:
 
 
 def parse_usage(usage: Mapping[str, Any]) -> TokenUsage:
-    """An OpenAI usage object; missing or odd fields count as 0."""
+    """An OpenAI usage object (docs/credits.md), chat's or the Responses API's (which names its
+    fields input_/output_tokens); missing or odd fields count as 0. Cache reads
+    (`prompt_tokens_details.cached_tokens`) and writes (`cache_write_tokens`, as OpenRouter
+    reports them) are parts of prompt_tokens."""
+    if "input_tokens" in usage:
+        return _parse_responses_usage(usage)
     prompt_details = usage.get("prompt_tokens_details") or {}
     completion_details = usage.get("completion_tokens_details") or {}
     reasoning = _count(completion_details.get("reasoning_tokens"))
@@ -95,6 +104,19 @@ def parse_usage(usage: Mapping[str, Any]) -> TokenUsage:
         completion=max(_count(usage.get("completion_tokens")), reasoning),
         reasoning=reasoning,
         cached=_count(prompt_details.get("cached_tokens")),
+        cache_write=_count(prompt_details.get("cache_write_tokens")),
+    )
+
+
+def _parse_responses_usage(usage: Mapping[str, Any]) -> TokenUsage:
+    input_details = usage.get("input_tokens_details") or {}
+    output_details = usage.get("output_tokens_details") or {}
+    reasoning = _count(output_details.get("reasoning_tokens"))
+    return TokenUsage(
+        prompt=_count(usage.get("input_tokens")),
+        completion=max(_count(usage.get("output_tokens")), reasoning),
+        reasoning=reasoning,
+        cached=_count(input_details.get("cached_tokens")),
     )
 
 
@@ -106,9 +128,12 @@ def cost_of(rates: Rates, usage: TokenUsage, *, per_request: bool = False) -> in
     """Micro-credits for `usage` (and the request fee if `per_request`): computed exactly,
     rounded to the nearest, halves up."""
     cached = min(usage.cached, usage.prompt)
+    written = min(usage.cache_write, usage.prompt - cached)
+    write_rate = rates.input if rates.cache_write is None else rates.cache_write
     exact = (
-        (usage.prompt - cached) * rates.input
+        (usage.prompt - cached - written) * rates.input
         + cached * rates.cached_input
+        + written * write_rate
         + usage.completion * rates.output
     )
     if per_request:
@@ -207,6 +232,16 @@ class PriceBook:
         """The price lists that could price this model's routes."""
         return [self._lists[r.provider] for r in model.routes if r.provider in self._lists]
 
+    def bill(self, billing: RoutePrice, usage: Mapping[str, Any]) -> tuple[TokenUsage, int]:
+        """An upstream's usage object, priced: its tokens, and what they cost — what the
+        upstream reported it billed (markup included) if the route says to trust that, else the
+        tokens at the route's prices, with its request fee."""
+        tokens = parse_usage(usage)
+        cost = self.reported_cost(usage.get("cost")) if billing.reported else None
+        if cost is None:
+            cost = cost_of(billing.rates, tokens, per_request=True)
+        return tokens, cost
+
     def reported_cost(self, value: Any) -> int | None:
         """An upstream's `usage.cost` (USD) in micro-credits, markup included; None if it is not
         a sane number."""
@@ -228,44 +263,42 @@ class PriceBook:
         for route in model.routes:
             listed = self._listed(route)
             if override is not None:
-                rates = worst_rates = rates_of(override, self.markup)
+                rates = rates_of(override, self.markup)
             elif listed is not None:
-                rates, worst_rates = self._listed_rates(listed)
+                rates = self._listed_rates(listed)
             elif model.prices is not None:
-                rates = worst_rates = rates_of(model.prices, self.markup)
+                rates = rates_of(model.prices, self.markup)
             elif self._is_simulated(route):
-                rates = worst_rates = FREE
+                rates = FREE
             else:
                 return None
+            worst_rates = _dearest(rates, listed if override is None else None, self.markup)
             routes[route] = RoutePrice(rates, override is None and self._reports(route))
             worst.append(worst_rates)
             listed_cap = listed and (listed.max_output or listed.context)
             caps.append(listed_cap or model.max_output or DEFAULT_OUTPUT_CAP)
         if not routes:
             return None
-        hold = Rates(*(max(parts) for parts in zip(*_fields(worst), strict=True)))
+        hold = Rates(
+            max(r.input for r in worst),
+            max(r.cached_input for r in worst),
+            max(r.output for r in worst),
+            None,
+            max(r.request for r in worst),
+        )
         return ModelPrice(hold, routes, max(caps), RoutePrice(hold, False))
 
     def _listed(self, route: Route) -> ListedPrice | None:
         price_list = self._lists.get(route.provider)
         return None if price_list is None else price_list.get(route.upstream_model)
 
-    def _listed_rates(self, listed: ListedPrice) -> tuple[Rates, Rates]:
-        """A listed price as the route bills it, and at its dearest (for the hold)."""
-
-        def rate(usd: Decimal | None) -> int:
-            return 0 if usd is None else _units(usd * _PER_USD * self.markup)
-
-        prompt, output = rate(listed.prompt), rate(listed.completion)
-        cached = prompt if listed.cache_read is None else rate(listed.cache_read)
-        request = rate(listed.request)
-        dearest = Rates(
-            max(prompt, cached, rate(listed.cache_write)),
-            cached,
-            max(output, rate(listed.reasoning)),
-            request,
-        )
-        return Rates(prompt, cached, output, request), dearest
+    def _listed_rates(self, listed: ListedPrice) -> Rates:
+        """A listed price as the route bills it."""
+        prompt = _per_token(listed.prompt, self.markup)
+        cached = prompt if listed.cache_read is None else _per_token(listed.cache_read, self.markup)
+        write = None if listed.cache_write is None else _per_token(listed.cache_write, self.markup)
+        output = _per_token(listed.completion, self.markup)
+        return Rates(prompt, cached, output, write, _per_token(listed.request, self.markup))
 
     def _reports(self, route: Route) -> bool:
         provider = self._providers.get(route.provider)
@@ -279,5 +312,15 @@ class PriceBook:
 _UNROUTED_FREE = RoutePrice(FREE, False)
 
 
-def _fields(rates: list[Rates]) -> list[tuple[int, int, int, int]]:
-    return [(r.input, r.cached_input, r.output, r.request) for r in rates]
+def _per_token(usd: Decimal | None, markup: Decimal) -> int:
+    return 0 if usd is None else _units(usd * _PER_USD * markup)
+
+
+def _dearest(rates: Rates, listed: ListedPrice | None, markup: Decimal) -> Rates:
+    """`rates` at their dearest, for a hold: every prompt token at the dearest prompt price
+    (it may all be cache writes), output at the dearer of output and internal reasoning."""
+    prompt = max(rates.input, rates.cached_input, rates.cache_write or 0)
+    output = rates.output
+    if listed is not None and listed.reasoning is not None:
+        output = max(output, _per_token(listed.reasoning, markup))
+    return Rates(prompt, prompt, output, None, rates.request)
