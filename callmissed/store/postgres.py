@@ -27,6 +27,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from callmissed.store import price_lists
 from callmissed.store.base import (
     FAIR_SHARE,
     KEY_COLUMNS as _KEY_COLUMNS,
@@ -228,18 +229,9 @@ WITH gone AS (
 SELECT count(*) FROM gone
 """
 
-# One statement, so that of several processes looking at once exactly one gets the claim.
-_CLAIM_PRICES = """
-INSERT INTO price_lists (source, fetched_at, body, claimed_until) VALUES ($1, 0, NULL, $2)
-    ON CONFLICT (source) DO UPDATE SET claimed_until = EXCLUDED.claimed_until
- WHERE price_lists.claimed_until <= $3 AND price_lists.fetched_at < $4
-RETURNING source
-"""
-_SAVE_PRICES = """
-INSERT INTO price_lists (source, fetched_at, body, claimed_until) VALUES ($1, $2, $3, 0)
-    ON CONFLICT (source) DO UPDATE
-   SET fetched_at = EXCLUDED.fetched_at, body = EXCLUDED.body, claimed_until = 0
-"""
+_CLAIM_PRICES = price_lists.numbered(price_lists.CLAIM)
+_LOAD_PRICES = price_lists.numbered(price_lists.LOAD)
+_SAVE_PRICES = price_lists.numbered(price_lists.SAVE)
 
 _CHARGED_SINCE = (
     "SELECT COALESCE(sum(cost), 0) FROM ledger WHERE key_id = $1 AND created_at >= $2::float8"
@@ -502,12 +494,7 @@ class PostgresStore:
     # Price lists
 
     async def load_price_list(self, source: str, newer_than: float) -> tuple[float, bytes] | None:
-        row = await self._db.fetchrow(
-            "SELECT fetched_at, body FROM price_lists"
-            " WHERE source = $1 AND fetched_at > $2 AND body IS NOT NULL",
-            source,
-            newer_than,
-        )
+        row = await self._db.fetchrow(_LOAD_PRICES, source, newer_than)
         return None if row is None else (float(row["fetched_at"]), row["body"].encode())
 
     async def claim_price_refresh(

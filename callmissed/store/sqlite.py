@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
+from callmissed.store import price_lists
 from callmissed.store.base import (
     FAIR_SHARE,
     KEY_COLUMNS as _KEY_COLUMNS,
@@ -55,14 +56,6 @@ _FUND_WALLET = (
 _SETTLED = "SELECT request_id FROM ledger WHERE request_id IN (SELECT value FROM json_each(?))"
 _HOLDS = "SELECT request_id, amount FROM holds WHERE request_id IN (SELECT value FROM json_each(?))"
 _BALANCES = "SELECT id, credits FROM api_keys WHERE id IN (SELECT value FROM json_each(?))"
-
-# One statement, so that of several processes looking at once exactly one gets the claim.
-_CLAIM_PRICES = (
-    "INSERT INTO price_lists (source, fetched_at, body, claimed_until) VALUES (?, 0, NULL, ?)"
-    " ON CONFLICT (source) DO UPDATE SET claimed_until = excluded.claimed_until"
-    " WHERE price_lists.claimed_until <= ? AND price_lists.fetched_at < ?"
-    " RETURNING source"
-)
 
 # Roll the keys :ids whose budget resets into the window holding now (store/budget.py): what
 # the ended window spent comes back to the balance. Only keys past their window are written.
@@ -339,26 +332,17 @@ class SQLiteStore:
     # Price lists
 
     async def load_price_list(self, source: str, newer_than: float) -> tuple[float, bytes] | None:
-        row = self._db.execute(
-            "SELECT fetched_at, body FROM price_lists"
-            " WHERE source = ? AND fetched_at > ? AND body IS NOT NULL",
-            (source, newer_than),
-        ).fetchone()
+        row = self._db.execute(price_lists.LOAD, (source, newer_than)).fetchone()
         return None if row is None else (float(row[0]), row[1].encode())
 
     async def claim_price_refresh(
         self, source: str, now: float, until: float, stale_before: float
     ) -> bool:
-        row = self._db.execute(_CLAIM_PRICES, (source, until, now, stale_before)).fetchone()
-        return row is not None
+        claim = (source, until, now, stale_before)
+        return self._db.execute(price_lists.CLAIM, claim).fetchone() is not None
 
     async def save_price_list(self, source: str, fetched_at: float, body: bytes) -> None:
-        self._db.execute(
-            "INSERT INTO price_lists (source, fetched_at, body, claimed_until) VALUES (?, ?, ?, 0)"
-            " ON CONFLICT (source) DO UPDATE SET fetched_at = excluded.fetched_at,"
-            " body = excluded.body, claimed_until = 0",
-            (source, fetched_at, body.decode()),
-        )
+        self._db.execute(price_lists.SAVE, (source, fetched_at, body.decode()))
 
     def responses(self) -> SQLiteResponses:
         return SQLiteResponses(self._db)
