@@ -108,6 +108,7 @@ def test_the_price_is_published_on_the_model(billing):
     assert response.json()["pricing"] == {
         "input_per_million": 5.0,
         "cached_input_per_million": 5.0,
+        "cache_write_per_million": 5.0,
         "output_per_million": 25.0,
         "request": 0.0,
     }

@@ -77,7 +77,8 @@ def test_the_hold_is_the_dearest_route_and_the_dearer_of_each_price_kind():
     )
     price = PriceBook({}, PROVIDERS, {"openrouter": listed}).price(model)
     assert price is not None
-    assert price.hold == Rates(4_000_000, 2_000_000, 30_000_000, 1_000_000_000)
+    # Every prompt token at the dearest prompt price (it may all be cache writes).
+    assert price.hold == Rates(4_000_000, 4_000_000, 30_000_000, None, 1_000_000_000)
     assert price.route(Route("cloudflare", "@cf/x")).rates == Rates(
         2_000_000, 2_000_000, 10_000_000
     )
