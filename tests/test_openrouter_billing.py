@@ -87,6 +87,9 @@ def test_a_listed_model_is_priced_and_costs_what_openrouter_billed(billing, mode
     if not stream:
         assert response.json()["usage"]["cost"] == row[3] / 1_000_000
         assert "cost_details" not in response.json()["usage"]
+        assert response.json()["id"] == row[-1]  # the id to look the bill up with upstream
+    shown = billing.cli("keys", "show", str(key_id))
+    assert shown.returncode == 0 and row[-1] in shown.stdout
 
 
 def test_only_a_model_no_source_prices_is_refused_and_only_to_metered_keys(billing):
