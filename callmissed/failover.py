@@ -26,6 +26,7 @@ from callmissed.metrics import Metrics
 from callmissed.relay import ChatStream, read_completion
 from callmissed.routing import Target
 from callmissed.settings import ModelSettings, Settings, Timeouts
+from callmissed.timing import RequestTrace
 from callmissed.upstream import Upstream, UpstreamResponse
 
 __all__ = ["TRANSIENT_STATUSES", "Failover", "Won"]
@@ -95,7 +96,11 @@ class Failover:
         return len(self._active)
 
     async def complete(
-        self, model: ModelSettings, targets: list[Target], body: dict[str, Any]
+        self,
+        model: ModelSettings,
+        targets: list[Target],
+        body: dict[str, Any],
+        trace: RequestTrace,
     ) -> Won[dict[str, Any]]:
         """A whole chat.completion from the first route that gives one.
 
@@ -104,12 +109,12 @@ class Failover:
         """
 
         async def attempt(target: Target) -> dict[str, Any]:
-            response = await self._send(target, body, model)
+            response = await self._send(target, body, model, trace)
             return await read_completion(target.provider, response)
 
         request = self._enter(model)
         try:
-            won = await self._run(request, model, targets, attempt)
+            won = await self._run(request, model, targets, attempt, trace)
         finally:
             self._leave(request)
         self._metrics.inc("callmissed_requests_total", model.name, "ok")
@@ -121,6 +126,7 @@ class Failover:
         targets: list[Target],
         body: dict[str, Any],
         include_usage: bool,
+        trace: RequestTrace,
     ) -> Won[ChatStream]:
         """A started ChatStream (its first token is in), watched for silence and overtime.
 
@@ -131,7 +137,7 @@ class Failover:
         async def attempt(target: Target) -> ChatStream:
             try:
                 with self._deadlines.timeout(timeouts.first_token):
-                    response = await self._send(target, body, model)
+                    response = await self._send(target, body, model, trace)
                     stream = ChatStream(target.provider, response, include_usage)
                     try:
                         await stream.start()
@@ -148,7 +154,7 @@ class Failover:
 
         request = self._enter(model)
         try:
-            won = await self._run(request, model, targets, attempt)
+            won = await self._run(request, model, targets, attempt, trace)
         except BaseException:
             self._leave(request)
             raise
@@ -156,10 +162,14 @@ class Failover:
         return won
 
     async def _send(
-        self, target: Target, body: dict[str, Any], model: ModelSettings
+        self, target: Target, body: dict[str, Any], model: ModelSettings, trace: RequestTrace
     ) -> UpstreamResponse:
         request = target.provider.build_request(body, target.route, model)
+        parent = trace.upstream_headers(target)
+        if parent is not None:  # a copy: the provider's headers are shared by every request
+            request.headers = {**request.headers, **parent}
         response = await self._upstream.send(target.provider, request)
+        trace.connected(target, response.connect_s)
         if response.status >= 400:
             try:
                 error_body = await response.read()
@@ -174,9 +184,10 @@ class Failover:
         model: ModelSettings,
         targets: list[Target],
         attempt: Callable[[Target], Awaitable[T]],
+        trace: RequestTrace,
     ) -> Won[T]:
         """The route loop, within the request's total timeout (or until shutdown ends it)."""
-        plan = _Plan(self, model, targets, request.deadline)
+        plan = _Plan(self, model, targets, request.deadline, trace)
         try:
             with self._deadlines.timeout_at(request.deadline) as request.scope:
                 if model.hedge_after_ms:
@@ -269,9 +280,15 @@ class _Plan:
     """The attempts of one request: which route next, and what happened to the others."""
 
     def __init__(
-        self, failover: Failover, model: ModelSettings, targets: list[Target], deadline: float
+        self,
+        failover: Failover,
+        model: ModelSettings,
+        targets: list[Target],
+        deadline: float,
+        trace: RequestTrace,
     ) -> None:
         self._deadline = deadline
+        self._trace = trace
         self._health = failover._health
         self._metrics = failover._metrics
         self._policy = failover._policy
@@ -293,6 +310,7 @@ class _Plan:
             target = self._queue.popleft()
             if self._health.acquire(target.route):
                 self.attempts += 1
+                self._trace.begin_attempt(target, hedge=True)
                 return target
         return None
 
@@ -308,6 +326,7 @@ class _Plan:
             target = self._queue.popleft()
             if self._health.acquire(target.route):
                 self.attempts += 1
+                self._trace.begin_attempt(target)
                 return target
         return None
 
@@ -329,7 +348,9 @@ class _Plan:
         self._health.failed(target.route, error)
         self.failures.append((target, error))
         name = route_name(target.route)
-        self._metrics.inc("callmissed_attempts_total", name, _outcome(error))
+        outcome = _outcome(error)
+        self._trace.end_attempt(target, outcome)
+        self._metrics.inc("callmissed_attempts_total", name, outcome)
         if not error.retryable:
             raise error
         if error.upstream_status in TRANSIENT_STATUSES and not isinstance(error, UpstreamTimeout):
@@ -337,10 +358,12 @@ class _Plan:
 
     def abandoned(self, target: Target, started: float) -> None:
         waited = asyncio.get_running_loop().time() - started
+        self._trace.end_attempt(target, "abandoned")
         self._health.abandoned(target.route, waited)
         self._metrics.inc("callmissed_attempts_total", route_name(target.route), "abandoned")
 
     def won(self, target: Target, result: T, started: float) -> Won[T]:
+        self._trace.end_attempt(target, "ok")
         ttfb = asyncio.get_running_loop().time() - started
         name = route_name(target.route)
         self._health.succeeded(target.route, ttfb)

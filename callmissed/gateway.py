@@ -22,6 +22,7 @@ from callmissed.health import Health
 from callmissed.keepalive import KeepAlive
 from callmissed.ledger import Ledger, ledger_directory
 from callmissed.metrics import Metrics
+from callmissed.observe import Observer
 from callmissed.providers import REGISTRY, Provider
 from callmissed.ratelimit import open_limiter
 from callmissed.reasoning import apply_reasoning_effort
@@ -30,6 +31,7 @@ from callmissed.routing import Router, Target
 from callmissed.settings import ModelSettings, Settings
 from callmissed.shutdown import on_sigterm
 from callmissed.store import Store, open_store
+from callmissed.timing import RequestTrace
 from callmissed.upstream import Upstream
 from callmissed.web import Headers, StartStream, new_request_id
 
@@ -92,7 +94,8 @@ class Gateway:
         self.router = Router(settings, self.providers)
         self.store = store or open_store(settings.database_url)
         self.auth = Authenticator(self.store)
-        self.ledger = Ledger(self.store, ledger_directory(settings))
+        self.observer = Observer(settings.observability)  # access log, traces (observe.py)
+        self.ledger = Ledger(self.store, ledger_directory(settings), self.observer.settled)
         self.limiter = open_limiter(settings, self.ledger.instance, self.ledger.alive)
         self.credits = Credits(
             self.store, self.ledger, self.limiter, self.auth, settings.accounting.prices
@@ -111,6 +114,7 @@ class Gateway:
         await self.store.start()
         await self.ledger.start()
         await self.upstream.start()
+        self.observer.start()
 
     def drain(self) -> None:
         """Refuse new requests; end the in-flight ones after the shutdown grace (SIGTERM)."""
@@ -127,18 +131,29 @@ class Gateway:
             self._drain.cancel()
         await self.upstream.close()
         await self.ledger.close()
+        await self.observer.close()
         await self.limiter.close()
         await self.store.close()
 
     async def complete(
-        self, principal: Principal, body: dict[str, Any], *, request_id: str | None = None
+        self,
+        principal: Principal,
+        body: dict[str, Any],
+        *,
+        request_id: str | None = None,
+        trace: RequestTrace | None = None,
     ) -> tuple[dict[str, Any], RouteInfo]:
-        """A whole chat.completion for a checked OpenAI-format body, `usage.cost` included."""
+        """A whole chat.completion for a checked OpenAI-format body, `usage.cost` included.
+
+        `trace` records where the time went (timing.py); one is made if none is given."""
+        trace = trace or RequestTrace(request_id or new_request_id())
         model, targets = self._route(body)
+        trace.key_name, trace.model = principal.name, model.name
         effort = apply_reasoning_effort(body, model, self.settings.reasoning_policies)
-        charge = await self.credits.begin(principal, model, body, request_id or new_request_id())
+        charge = await self.credits.begin(principal, model, body, trace.request_id)
+        self.observer.track(trace)
         try:
-            won = await self.failover.complete(model, targets, body)
+            won = await self.failover.complete(model, targets, body, trace)
         except BaseException as exc:
             charge.fail(exc)
             raise
@@ -153,15 +168,20 @@ class Gateway:
         include_usage: bool,
         *,
         request_id: str | None = None,
+        trace: RequestTrace | None = None,
     ) -> tuple[ChatStream, RouteInfo]:
         """A started ChatStream: its first token is already in, so nothing can fail silently.
 
         The stream settles its charge when it is closed, however it ends."""
+        trace = trace or RequestTrace(request_id or new_request_id())
+        trace.stream = True
         model, targets = self._route(body)
+        trace.key_name, trace.model = principal.name, model.name
         effort = apply_reasoning_effort(body, model, self.settings.reasoning_policies)
-        charge = await self.credits.begin(principal, model, body, request_id or new_request_id())
+        charge = await self.credits.begin(principal, model, body, trace.request_id)
+        self.observer.track(trace)
         try:
-            won = await self.failover.open_stream(model, targets, body, include_usage)
+            won = await self.failover.open_stream(model, targets, body, include_usage, trace)
         except BaseException as exc:
             charge.fail(exc)
             raise

@@ -12,10 +12,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import unquote
 
 __all__ = [
     "Accounting",
     "ModelSettings",
+    "Observability",
     "Prices",
     "ProviderSettings",
     "Resilience",
@@ -91,6 +93,16 @@ class Accounting:
 
 
 @dataclass(frozen=True, slots=True)
+class Observability:
+    """The access log and OpenTelemetry traces (docs/observability.md)."""
+
+    access_log: str = "stderr"  # CALLMISSED_ACCESS_LOG: "stderr", "off", or a file to append to
+    otlp_endpoint: str | None = None  # where spans go (OTLP/HTTP); None: no traces
+    otlp_headers: Mapping[str, str] = field(default_factory=dict)
+    service_name: str = "callmissed"
+
+
+@dataclass(frozen=True, slots=True)
 class SimProfile:
     ttfb_ms: float
     total_ms: float
@@ -156,6 +168,7 @@ class Settings:
     tls_cert: str | None = None
     tls_key: str | None = None
     accounting: Accounting = Accounting()
+    observability: Observability = Observability()
 
     @property
     def connect_timeout(self) -> float:
@@ -198,6 +211,7 @@ def load_settings(env: Mapping[str, str] | None = None, config_path: str | None 
         tls_cert=env.get("CALLMISSED_TLS_CERT") or None,
         tls_key=env.get("CALLMISSED_TLS_KEY") or None,
         accounting=_parse_accounting(env, config),
+        observability=_parse_observability(env),
     )
     validate(settings)
     return settings
@@ -401,6 +415,38 @@ def _parse_accounting(env: Mapping[str, str], config: Mapping[str, Any]) -> Acco
         ledger_dir=env.get("CALLMISSED_LEDGER_DIR") or None,
         prices={name: _parse_prices(f"[prices.{name!r}]", table) for name, table in prices.items()},
     )
+
+
+def _parse_observability(env: Mapping[str, str]) -> Observability:
+    """CALLMISSED_ACCESS_LOG, and the OpenTelemetry SDK's own OTEL_* variables for traces."""
+    access_log = env.get("CALLMISSED_ACCESS_LOG", "stderr").strip() or "stderr"
+    endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip() or None
+    if endpoint is None and (base := env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()):
+        endpoint = base.rstrip("/") + "/v1/traces"  # the OTLP/HTTP signal path
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        endpoint = None
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise SettingsError(f"the OTLP endpoint must be an http(s) URL, got {endpoint!r}")
+    headers = env.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS") or env.get("OTEL_EXPORTER_OTLP_HEADERS")
+    return Observability(
+        access_log=access_log,
+        otlp_endpoint=endpoint,
+        otlp_headers=_otlp_headers(headers or ""),
+        service_name=env.get("OTEL_SERVICE_NAME", "").strip() or "callmissed",
+    )
+
+
+def _otlp_headers(text: str) -> dict[str, str]:
+    """`key1=value1,key2=value2` (values URL-encoded), as the OTLP exporter spec writes them."""
+    headers: dict[str, str] = {}
+    for pair in text.split(","):
+        name, sep, value = pair.partition("=")
+        if not pair.strip():
+            continue
+        if not sep or not name.strip():
+            raise SettingsError("OTEL_EXPORTER_OTLP_HEADERS must look like 'name=value,name=value'")
+        headers[name.strip().lower()] = unquote(value.strip())
+    return headers
 
 
 def _parse_prices(where: str, table: Any) -> Prices:

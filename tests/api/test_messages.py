@@ -101,6 +101,8 @@ def test_stream_wire_format(gateway):
         "index": 0,
         "content_block": {"type": "text", "text": ""},
     }
+    timings = events[6][1].pop("x_callmissed")["timings"]  # Server-Timing's totals
+    assert {"gw_ms", "upstream_ms", "first_token_ms", "total_ms"} <= timings.keys()
     assert events[6][1] == {
         "type": "message_delta",
         "delta": {"stop_reason": "end_turn", "stop_sequence": None},
