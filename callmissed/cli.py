@@ -54,10 +54,15 @@ def _parser() -> argparse.ArgumentParser:
     _add_key_commands(commands)
 
     doctor = commands.add_parser(
-        "doctor", help="check the store, every upstream's reachability and each hop's latency"
+        "doctor",
+        help="check the store, every upstream, and (--url, --key) a gateway against the "
+        "Getting Started checklist",
     )
     doctor.add_argument("--url", help="also check a running gateway, e.g. http://127.0.0.1:8080")
-    doctor.add_argument("--key", help="a cm_ key for the gateway check's streamed request")
+    doctor.add_argument("--key", help="a cm_ key: run the checklist against the gateway")
+    doctor.add_argument("--model", default="gpt-oss-120b", help="the model to check")
+    doctor.add_argument("--kimi-model", default="kimi-k2.6", help='for reasoning_effort "none"')
+    doctor.add_argument("--ca-file", help="PEM CA certificates to trust for an https gateway")
     doctor.set_defaults(run=_doctor)
 
     bench = commands.add_parser("bench", help="time streamed requests through a running gateway")
@@ -139,11 +144,14 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 def _doctor(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
 
-    from callmissed.doctor import run_doctor
+    from callmissed.doctor import GatewayOptions, run_doctor
 
-    checks = asyncio.run(run_doctor(settings, args.url, args.key))
+    gateway = None
+    if args.url:
+        gateway = GatewayOptions(args.url, args.key, args.model, args.kimi_model, args.ca_file)
+    checks = asyncio.run(run_doctor(settings, gateway))
     for check in checks:
-        print(f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
+        print(f"{check.status:<4}  {check.name}: {check.detail}", flush=True)
     return 0 if all(check.ok for check in checks) else 1
 
 

@@ -57,7 +57,8 @@ def test_doctor_checks_store_upstreams_and_a_running_gateway(gateway):
     assert any(
         "provider ghost: not configured (" in line and "GHOST_API_KEY" in line for line in lines
     )
-    assert any(line.startswith("ok    gateway stream: sim/instant first byte") for line in lines)
+    assert any(line.startswith("ok    gateway: ") for line in lines)
+    assert any("streaming: gpt-oss-120b: first token after" in line for line in lines)
     assert result.returncode == 0, result.stdout
 
 
