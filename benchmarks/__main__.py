@@ -35,7 +35,7 @@ from benchmarks.systems import (
 from callmissed.settings import available_cores
 
 SYSTEMS = ("direct", "passthrough", "callmissed", "litellm")
-SCENARIOS = ("overhead", "throughput", "held", "http2", "startup", "hedging", "failover")
+SCENARIOS = ("overhead", "throughput", "held", "http2", "startup", "hedging", "failover", "otel")
 RESULTS = ROOT / "benchmarks" / "results"
 
 
@@ -135,8 +135,8 @@ def _run(
         suite = Suite(profile, running, upstream, workdir)
         for scenario in scenarios:
             print(f"{scenario}:", flush=True)
-            if scenario == "startup":
-                suite.startup(callmissed if "callmissed" in systems else None)
+            if scenario in ("startup", "otel"):
+                getattr(suite, scenario)(callmissed if "callmissed" in systems else None)
             else:
                 getattr(suite, scenario)()
         return suite.rows

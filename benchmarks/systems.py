@@ -5,6 +5,8 @@
 * `Passthrough` a bare granian + aiohttp proxy (benchmarks/passthrough.py): the stack's floor;
 * `CallMissed` `callmissed serve` with auth on (a real key with a balance) and a TOML config
                routing `bench-*` models to the upstream;
+* `CallMissedOtel` the same with OpenTelemetry traces on, exported to `OtlpSink`
+               (benchmarks/otlp_sink.py), for the `otel` scenario;
 * `LiteLLM`    LiteLLM's proxy from its own venv (benchmarks/litellm_env.py), master key on.
 """
 
@@ -18,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,8 +29,10 @@ from callmissed.settings import available_cores
 
 __all__ = [
     "CallMissed",
+    "CallMissedOtel",
     "Direct",
     "LiteLLM",
+    "OtlpSink",
     "Passthrough",
     "Running",
     "System",
@@ -88,12 +93,20 @@ class Running:
     process: subprocess.Popen[bytes] | None = None
     log: Path | None = None
     notes: list[str] = field(default_factory=list)
+    also_stop: list[Callable[[], None]] = field(default_factory=list)  # helpers it started
 
     @property
     def tree(self) -> ProcessTree | None:
         return ProcessTree(self.process.pid) if self.process else None
 
     def stop(self) -> None:
+        try:
+            self._stop_process()
+        finally:
+            for stop in self.also_stop:
+                stop()
+
+    def _stop_process(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
         self.process.send_signal(signal.SIGINT)
@@ -209,7 +222,7 @@ class CallMissed(System):
         return "\n".join(lines)
 
     def start(self, upstream: Upstream, workdir: Path) -> Running:
-        home = workdir / "callmissed"
+        home = workdir / self.name
         home.mkdir(parents=True, exist_ok=True)
         (home / "bench.toml").write_text(self.config(upstream))
         env = clean_env(
@@ -255,6 +268,51 @@ class CallMissed(System):
         if result.returncode != 0:
             raise RuntimeError(f"callmissed keys create failed: {result.stderr.strip()[-2000:]}")
         return result.stdout.strip().splitlines()[-1]
+
+
+class OtlpSink:
+    """An OTLP/HTTP receiver that answers every export and keeps nothing."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://{HOST}:{self.port}"
+        command = [sys.executable, "-m", "benchmarks.otlp_sink", "--port", str(self.port)]
+        self.process = _spawn(command, clean_env(PYTHONPATH=str(ROOT)), workdir / "otlp.log")
+        deadline = time.perf_counter() + 10
+        while True:  # listening once a connection is accepted
+            try:
+                socket.create_connection((HOST, self.port), timeout=1).close()
+                break
+            except OSError:
+                if time.perf_counter() > deadline or self.process.poll() is not None:
+                    raise RuntimeError("the OTLP sink did not start") from None
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+class CallMissedOtel(CallMissed):
+    """`callmissed serve` exactly as CallMissed, with traces on (the `otel` extra)."""
+
+    name = "callmissed-otel"
+
+    @classmethod
+    def like(cls, other: CallMissed) -> CallMissedOtel:
+        return cls(other.workers, other.hedge_after_ms, other.server, dict(other.extra_env))
+
+    def start(self, upstream: Upstream, workdir: Path) -> Running:
+        sink = OtlpSink(workdir)
+        self.extra_env["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink.url
+        try:
+            running = super().start(upstream, workdir)
+        except BaseException:
+            sink.stop()
+            raise
+        running.also_stop.append(sink.stop)
+        running.notes.append("OpenTelemetry on: every request's spans exported over OTLP/HTTP")
+        return running
 
 
 class LiteLLM(System):

@@ -163,27 +163,29 @@ class RequestTrace:
         return out
 
     def server_timing(self, total: bool) -> bytes:
-        """The `Server-Timing` header: what is known now; `total` for an answer already whole."""
-        parts: list[str] = []
+        """The `Server-Timing` header: what is known now; `total` for an answer already whole.
+
+        Numbers go through a format spec, which costs a third of round()-then-str each."""
         now = time.perf_counter()
-        if self.attempts:
-            first = self.attempts[0].started
-            parts.append(f"gw;dur={_ms(first - self.started)}")
-            winner = self.winner
-            if winner is not None:
-                if winner.started > first:
-                    tried = len(self.attempts)
-                    parts.append(f'failover;dur={_ms(winner.started - first)};desc="{tried}"')
-                if winner.connect is not None:
-                    parts.append(f"connect;dur={_ms(winner.connect)}")
-                assert winner.ended is not None
-                dur = _ms(winner.ended - winner.started)
-                parts.append(f'upstream;dur={dur};desc="{winner.target.route.provider}"')
+        started = self.started
+        attempts = self.attempts
+        if not attempts:
+            header = f"gw;dur={(now - started) * 1000:.2f}"
         else:
-            parts.append(f"gw;dur={_ms(now - self.started)}")
+            first = attempts[0].started
+            header = f"gw;dur={(first - started) * 1000:.2f}"
+            winner = attempts[-1] if attempts[-1].outcome == "ok" else self.winner
+            if winner is not None and winner.ended is not None:
+                if winner.started > first:
+                    waited = (winner.started - first) * 1000
+                    header += f', failover;dur={waited:.2f};desc="{len(attempts)}"'
+                if winner.connect is not None:
+                    header += f", connect;dur={winner.connect * 1000:.2f}"
+                upstream = (winner.ended - winner.started) * 1000
+                header += f', upstream;dur={upstream:.2f};desc="{winner.target.route.provider}"'
         if total:
-            parts.append(f"total;dur={_ms(now - self.started)}")
-        return ", ".join(parts).encode()
+            header += f", total;dur={(now - started) * 1000:.2f}"
+        return header.encode()
 
     def stream_extra(self) -> dict[str, Any]:
         """`x_callmissed` for a stream's last event: every timing, the total included."""
