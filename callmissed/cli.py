@@ -111,6 +111,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     warning = limits_warning(settings)
     if warning:
         print(f"callmissed: warning: {warning}", file=sys.stderr, flush=True)
+    from callmissed.observe import otel_missing
+
+    if (missing := otel_missing(settings.observability)) is not None:
+        print(f"callmissed: warning: {missing}", file=sys.stderr, flush=True)
     server = Granian(
         "callmissed.rsgi:create_app",  # granian's native interface: docs/performance.md
         factory=True,
@@ -224,6 +228,11 @@ def _config_check(settings: Settings, args: argparse.Namespace) -> int:
     for provider in settings.providers.values():
         state = provider.missing or "configured"
         print(f"provider {provider.name} ({provider.type}): {state}")
+    from callmissed.observe import traces_status
+
+    access_log = settings.observability.access_log
+    print(f"access log: {'off' if access_log == 'off' else access_log}")
+    print(traces_status(settings.observability))
     print(f"{len(settings.models)} models; configuration is valid.")
     return 0
 

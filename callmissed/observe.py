@@ -11,6 +11,8 @@ exported by the OpenTelemetry SDK's (otel.py, imported only when an OTLP endpoin
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,7 +27,9 @@ from callmissed.timing import RequestTrace
 if TYPE_CHECKING:
     from callmissed.otel import SpanExport
 
-__all__ = ["Finished", "Observer"]
+__all__ = ["Finished", "Observer", "otel_missing", "traces_status"]
+
+log = logging.getLogger("callmissed")
 
 _LINGER = 0.02  # seconds a batch gathers before it is handed on (as the ledger's writer does)
 
@@ -57,6 +61,9 @@ class Observer:
         if self._access is not None:
             self._access.start()
         if self._settings.otlp_endpoint is not None:
+            if (missing := otel_missing(self._settings)) is not None:
+                log.warning("%s", missing)
+                return
             from callmissed.otel import SpanExport  # the otel extra: imported only when used
 
             self._spans = SpanExport(self._settings)
@@ -120,3 +127,27 @@ class Observer:
             )
         if self._spans is not None:
             self._spans.export(batch, wall_offset)
+
+
+def otel_missing(settings: Observability) -> str | None:
+    """What to install, if traces are asked for and the `otel` extra is not there."""
+    if settings.otlp_endpoint is None:
+        return None
+    for module in ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http"):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:  # a parent package that is there but broken
+            found = False
+        if not found:
+            return (
+                "traces are off: OTEL_EXPORTER_OTLP_ENDPOINT is set but the otel extra is not "
+                "installed (pip install 'callmissed[otel]')"
+            )
+    return None
+
+
+def traces_status(settings: Observability) -> str:
+    """One line for `callmissed config check` and `serve`."""
+    if settings.otlp_endpoint is None:
+        return "traces: off (set OTEL_EXPORTER_OTLP_ENDPOINT to export them)"
+    return otel_missing(settings) or f"traces: on, OTLP/HTTP to {settings.otlp_endpoint}"

@@ -5,6 +5,8 @@ the caller's `traceparent`, which reaches the upstream with the attempt's own sp
 from __future__ import annotations
 
 import secrets
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import httpx
@@ -154,3 +156,22 @@ def test_without_an_endpoint_the_callers_traceparent_reaches_the_upstream_as_it_
     received = gateway.upstream.last("hello").headers
     assert received["traceparent"] == traceparent
     assert received["tracestate"] == "vendor=1"
+
+
+def test_config_check_says_whether_traces_are_on(gateway, collector, tmp_path):
+    env = {**gateway.env, "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url}
+    on = subprocess.run(
+        [sys.executable, "-m", "callmissed", "config", "check"],
+        env=env, capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    assert f"traces: on, OTLP/HTTP to {collector.url}/v1/traces" in on.stdout
+    assert "access log: stderr" in on.stdout
+    stub = tmp_path / "stub" / "opentelemetry"  # the extra, not installed
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("raise ImportError('no opentelemetry here')\n")
+    env["PYTHONPATH"] = f"{stub.parent}:{env['PYTHONPATH']}"
+    missing = subprocess.run(
+        [sys.executable, "-m", "callmissed", "config", "check"],
+        env=env, capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    assert "traces are off" in missing.stdout and "pip install 'callmissed[otel]'" in missing.stdout
