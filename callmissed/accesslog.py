@@ -53,6 +53,7 @@ def access_record(
             timespec="milliseconds"
         ),
         "request_id": trace.request_id,
+        "endpoint": trace.endpoint,
         "key": trace.key_name,
         "model": entry.model if entry is not None else trace.model,
         "stream": trace.stream,

@@ -23,7 +23,8 @@ from callmissed.deadlines import Deadline, Deadlines, Timeout
 from callmissed.errors import GatewayError, UpstreamError, UpstreamTimeout
 from callmissed.health import Health, route_name
 from callmissed.metrics import Metrics
-from callmissed.relay import ChatStream, read_completion
+from callmissed.providers import Provider, UpstreamRequest
+from callmissed.relay import CHAT_COMPLETIONS, ChatStream, UpstreamAPI
 from callmissed.routing import Target
 from callmissed.settings import ModelSettings, Settings, Timeouts
 from callmissed.timing import RequestTrace
@@ -101,6 +102,7 @@ class Failover:
         targets: list[Target],
         body: dict[str, Any],
         trace: RequestTrace,
+        api: UpstreamAPI = CHAT_COMPLETIONS,
     ) -> Won[dict[str, Any]]:
         """A whole chat.completion from the first route that gives one.
 
@@ -109,12 +111,24 @@ class Failover:
         """
 
         async def attempt(target: Target) -> dict[str, Any]:
-            response = await self._send(target, body, model, trace)
-            return await read_completion(target.provider, response)
+            response = await self._send(target, body, model, api, trace)
+            return await api.read(target.provider, response)
 
+        return await self.call(model, targets, attempt, trace)
+
+    async def call(
+        self,
+        model: ModelSettings,
+        targets: list[Target],
+        attempt: Callable[[Target], Awaitable[T]],
+        trace: RequestTrace | None = None,
+    ) -> Won[T]:
+        """The first route whose `attempt` gives a whole answer (complete(), embeddings), with
+        the same fallback, retries, hedging, total timeout and bookkeeping; `trace` records
+        the attempts (timing.py)."""
         request = self._enter(model)
         try:
-            won = await self._run(request, model, targets, attempt, trace)
+            won = await self._run(request, model, targets, attempt, trace or RequestTrace(""))
         finally:
             self._leave(request)
         self._metrics.inc("callmissed_requests_total", model.name, "ok")
@@ -127,6 +141,7 @@ class Failover:
         body: dict[str, Any],
         include_usage: bool,
         trace: RequestTrace,
+        api: UpstreamAPI = CHAT_COMPLETIONS,
     ) -> Won[ChatStream]:
         """A started ChatStream (its first token is in), watched for silence and overtime.
 
@@ -137,8 +152,8 @@ class Failover:
         async def attempt(target: Target) -> ChatStream:
             try:
                 with self._deadlines.timeout(timeouts.first_token):
-                    response = await self._send(target, body, model, trace)
-                    stream = ChatStream(target.provider, response, include_usage)
+                    response = await self._send(target, body, model, api, trace)
+                    stream = api.stream(target.provider, response, include_usage)
                     try:
                         await stream.start()
                     except BaseException:
@@ -162,20 +177,30 @@ class Failover:
         return won
 
     async def _send(
-        self, target: Target, body: dict[str, Any], model: ModelSettings, trace: RequestTrace
+        self,
+        target: Target,
+        body: dict[str, Any],
+        model: ModelSettings,
+        api: UpstreamAPI,
+        trace: RequestTrace,
     ) -> UpstreamResponse:
-        request = target.provider.build_request(body, target.route, model)
+        request = api.build(target.provider, body, target.route, model)
         parent = trace.upstream_headers(target)
         if parent is not None:  # a copy: the provider's headers are shared by every request
             request.headers = {**request.headers, **parent}
-        response = await self._upstream.send(target.provider, request)
+        response = await self.send(target.provider, request)
         trace.connected(target, response.connect_s)
+        return response
+
+    async def send(self, provider: Provider, request: UpstreamRequest) -> UpstreamResponse:
+        """POST a built request; the provider's UpstreamError if the upstream answers >= 400."""
+        response = await self._upstream.send(provider, request)
         if response.status >= 400:
             try:
                 error_body = await response.read()
             finally:
                 response.close()
-            raise target.provider.parse_error(response.status, error_body, response.retry_after)
+            raise provider.parse_error(response.status, error_body, response.retry_after)
         return response
 
     async def _run(

@@ -3,7 +3,8 @@
 Each edge (api/openai.py, api/anthropic.py) authenticates and parses its own dialect, then calls
 `complete()` or `open_stream()` with an OpenAI-format body. Until the first chunk arrives any
 failure is raised as a normal error (a real HTTP status); after that it travels in-band.
-Which route answers (fallback, hedging, timeouts) is failover.py's job.
+Which route answers (fallback, hedging, timeouts) is failover.py's job. `embed()` is the same
+for POST /v1/embeddings (embedding.py does the batches).
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from typing import Any
 from callmissed.auth import Authenticator, Principal
 from callmissed.credits import Charge, Credits
 from callmissed.deadlines import Deadlines
-from callmissed.errors import ShuttingDown
+from callmissed.embedding import embed_on, plan_embedding
+from callmissed.errors import InvalidRequest, ShuttingDown
 from callmissed.failover import Failover, Won
+from callmissed.formats.embeddings import EmbeddingRequest
 from callmissed.health import Health
 from callmissed.keepalive import KeepAlive
 from callmissed.ledger import Ledger, ledger_directory
@@ -26,7 +29,7 @@ from callmissed.observe import Observer
 from callmissed.providers import REGISTRY, Provider
 from callmissed.ratelimit import open_limiter
 from callmissed.reasoning import apply_reasoning_effort
-from callmissed.relay import ChatStream
+from callmissed.relay import CHAT_COMPLETIONS, ChatStream, UpstreamAPI
 from callmissed.routing import Router, Target
 from callmissed.settings import ModelSettings, Settings
 from callmissed.shutdown import on_sigterm
@@ -142,8 +145,10 @@ class Gateway:
         *,
         request_id: str | None = None,
         trace: RequestTrace | None = None,
+        api: UpstreamAPI = CHAT_COMPLETIONS,
     ) -> tuple[dict[str, Any], RouteInfo]:
-        """A whole chat.completion for a checked OpenAI-format body, `usage.cost` included.
+        """A whole chat.completion for a checked OpenAI-format body, `usage.cost` included
+        (with `api`, that API's answer: relay_responses.RESPONSES gives a Response).
 
         `trace` records where the time went (timing.py); one is made if none is given."""
         trace = trace or RequestTrace(request_id or new_request_id())
@@ -153,7 +158,7 @@ class Gateway:
         charge = await self.credits.begin(principal, model, body, trace.request_id)
         self.observer.track(trace)
         try:
-            won = await self.failover.complete(model, targets, body, trace)
+            won = await self.failover.complete(model, targets, body, trace, api)
         except BaseException as exc:
             charge.fail(exc)
             raise
@@ -169,6 +174,7 @@ class Gateway:
         *,
         request_id: str | None = None,
         trace: RequestTrace | None = None,
+        api: UpstreamAPI = CHAT_COMPLETIONS,
     ) -> tuple[ChatStream, RouteInfo]:
         """A started ChatStream: its first token is already in, so nothing can fail silently.
 
@@ -181,12 +187,39 @@ class Gateway:
         charge = await self.credits.begin(principal, model, body, trace.request_id)
         self.observer.track(trace)
         try:
-            won = await self.failover.open_stream(model, targets, body, include_usage, trace)
+            won = await self.failover.open_stream(model, targets, body, include_usage, trace, api)
         except BaseException as exc:
             charge.fail(exc)
             raise
         info = RouteInfo.of(won, effort, charge, stream=True)
         won.result.meter_with(charge)
+        return won.result, info
+
+    async def embed(
+        self, principal: Principal, request: EmbeddingRequest, *, request_id: str | None = None
+    ) -> tuple[dict[str, Any], RouteInfo]:
+        """A whole create-embedding response, `usage.cost` included, held and settled like a
+        chat completion: the prompt's estimate held, the counted tokens billed."""
+        model, targets = self._route_embedding(request.model)
+        plan = plan_embedding(model, request)
+        trace = RequestTrace(request_id or new_request_id())  # for the access log
+        trace.key_name, trace.model, trace.endpoint = principal.name, model.name, "/v1/embeddings"
+        tokens = (request.prompt_estimate, 0)
+        charge = await self.credits.begin(
+            principal, model, request.body, trace.request_id, tokens=tokens
+        )
+        self.observer.track(trace)
+
+        async def attempt(target: Target) -> dict[str, Any]:
+            return await embed_on(self.failover, target, model, plan)
+
+        try:
+            won = await self.failover.call(model, targets, attempt, trace)
+        except BaseException as exc:
+            charge.fail(exc)
+            raise
+        info = RouteInfo.of(won, None, charge, stream=False)
+        charge.complete(won.result)
         return won.result, info
 
     def keepalive(self, start_stream: StartStream | None, headers: Headers) -> KeepAlive:
@@ -207,7 +240,26 @@ class Gateway:
     def _route(self, body: dict[str, Any]) -> tuple[ModelSettings, list[Target]]:
         if self.draining:
             raise ShuttingDown("The server is shutting down; send the request again.")
-        return self.router.resolve(body["model"])
+        model, targets = self.router.resolve(body["model"])
+        if model.embedding is not None:
+            raise InvalidRequest(
+                f"The model {model.name!r} makes embeddings: use POST /v1/embeddings.",
+                param="model",
+            )
+        return model, targets
+
+    def _route_embedding(self, name: str) -> tuple[ModelSettings, list[Target]]:
+        if self.draining:
+            raise ShuttingDown("The server is shutting down; send the request again.")
+        model, targets = self.router.resolve(name)
+        # Any vendor/model id may be one of OpenRouter's embedding models: it decides.
+        if model.embedding is None and name in self.settings.models:
+            raise InvalidRequest(
+                f"The model {name!r} makes no embeddings; GET /v1/models says which models do "
+                '("capabilities": {"embedding": true}).',
+                param="model",
+            )
+        return model, targets
 
 
 def _nothing() -> None:

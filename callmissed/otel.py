@@ -68,7 +68,7 @@ class SpanExport:
         failed = finished.status >= 500
         spans = [
             ReadableSpan(
-                name=f"POST {trace.endpoint}",
+                name=f"POST {trace.endpoint}" if trace.endpoint else f"chat {trace.model}",
                 context=server,
                 parent=parent,
                 resource=self._resource,
@@ -118,13 +118,13 @@ def _server_attributes(finished: Finished) -> dict[str, Any]:
     trace, entry = finished.trace, finished.entry
     attributes: dict[str, Any] = {
         "http.request.method": "POST",
-        "http.route": trace.endpoint,
         "http.response.status_code": finished.status,
         "gen_ai.operation.name": "chat",
         "callmissed.request_id": trace.request_id,
         "callmissed.attempts": len(trace.attempts),
         "callmissed.stream": trace.stream,
     }
+    _put(attributes, "http.route", trace.endpoint)
     _put(attributes, "gen_ai.request.model", entry.model if entry else trace.model)
     _put(attributes, "callmissed.key_name", trace.key_name)
     _put(attributes, "error.type", finished.error)

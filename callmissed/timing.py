@@ -72,7 +72,7 @@ class RequestTrace:
         self.tracestate = tracestate
         self.attempts: list[Attempt] = []
         self.ended: float | None = None  # when the request settled (observe.py)
-        self.endpoint = "/v1/chat/completions"
+        self.endpoint: str | None = None  # the path it came in on, when an edge made it
         self.key_name: str | None = None
         self.model: str | None = None
         self.stream = False

@@ -86,3 +86,58 @@ def test_the_access_log_and_traces_come_from_the_environment():
 def test_bad_otel_settings_are_refused(env, message):
     with pytest.raises(SettingsError, match=re.escape(message)):
         load_settings(env)
+
+
+def test_embedding_models_say_what_they_make():
+    models = load_settings(env={}).models
+    bge, qwen, sim = (
+        models[n].embedding for n in ("bge-m3", "qwen3-embedding-0.6b", "sim/embedding")
+    )
+    assert bge is not None and (bge.dimensions, bge.shorten) == (1024, False)
+    assert qwen is not None and (qwen.batch, qwen.shorten) == (32, True)
+    assert sim is not None and sim.shorten
+    assert models["gpt-oss-120b"].embedding is None
+
+
+def test_the_catalog_prices_workers_ai_embeddings_from_its_pricing_page():
+    models = load_settings(env={}).models
+    prices = {
+        name: (model.prices.input if model.prices else None)
+        for name, model in models.items()
+        if model.embedding is not None and not name.startswith("sim/")
+    }
+    assert prices == {
+        "bge-m3": 0.012,
+        "bge-large-en-v1.5": 0.204,
+        "bge-base-en-v1.5": 0.067,
+        "bge-small-en-v1.5": 0.020,
+        "embeddinggemma-300m": None,  # not on the page: never an invented price
+        "qwen3-embedding-0.6b": 0.012,
+        "plamo-embedding-1b": 0.019,
+    }
+
+
+@pytest.mark.parametrize(
+    ("embedding", "message"),
+    [
+        ('"yes"', "must be true or a table"),
+        ("{ dims = 3 }", "unknown embedding setting 'dims'"),
+        ("{ dimensions = 0 }", "embedding.dimensions must be a positive integer"),
+        ("{ batch = true }", "embedding.batch must be a positive integer"),
+        ('{ dimensions = 8, shorten = "yes" }', "embedding.shorten must be true or false"),
+        ("{ shorten = true }", "shorten needs embedding.dimensions"),
+    ],
+)
+def test_bad_embedding_settings_are_refused(tmp_path, embedding, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(f'[models.x]\nroutes = ["sim:m"]\nembedding = {embedding}\n')
+    with pytest.raises(SettingsError, match=message):
+        load_settings(env={}, config_path=str(path))
+
+
+def test_embedding_true_is_an_embedding_model_of_any_size(tmp_path):
+    path = tmp_path / "ok.toml"
+    path.write_text('[models.x]\nroutes = ["sim:m"]\nembedding = true\n')
+    embedding = load_settings(env={}, config_path=str(path)).models["x"].embedding
+    assert embedding is not None
+    assert (embedding.dimensions, embedding.shorten, embedding.batch) == (None, False, None)

@@ -43,7 +43,7 @@ async def create_chat_completion(gateway: Gateway, request: Request) -> Response
 async def _create(
     gateway: Gateway, request: Request, trace: RequestTrace
 ) -> Response | StreamResponse:
-    principal = await gateway.auth.authenticate(request.headers.get("authorization"))
+    principal = request.key
     trace.key_name = principal.name
     body = request.json()
     check_chat_request(body)
@@ -108,14 +108,12 @@ def _error_event(exc: GatewayError) -> bytes:
 
 
 async def list_models(gateway: Gateway, request: Request) -> Response:
-    await gateway.auth.authenticate(request.headers.get("authorization"))
     data = [_describe(gateway, model) for model in gateway.settings.models.values()]
     return json_response({"object": "list", "data": data})
 
 
 async def retrieve_model(gateway: Gateway, request: Request) -> Response:
     """GET /v1/models/{id}: any id we can route, including vendor/model ids via OpenRouter."""
-    await gateway.auth.authenticate(request.headers.get("authorization"))
     model = gateway.router.model(request.path.removeprefix("/v1/models/"))
     return json_response(_describe(gateway, model))
 
@@ -134,8 +132,11 @@ def _describe(gateway: Gateway, model: ModelSettings) -> dict[str, Any]:
         "strategy": model.strategy,
         "health": [gateway.health.describe(r) for r in model.routes],
         "available": unavailable is None,
+        "capabilities": {"chat": model.embedding is None, "embedding": model.embedding is not None},
         "reasoning_effort": _reasoning_capability(gateway, model),
     }
+    if model.embedding is not None:
+        entry["embedding"] = _embedding_capability(gateway, model)
     if unavailable:
         entry["unavailable_reason"] = unavailable
     if model.description:
@@ -149,6 +150,19 @@ def _describe(gateway: Gateway, model: ModelSettings) -> dict[str, Any]:
             "output_per_million": model.prices.output,
         }
     return entry
+
+
+def _embedding_capability(gateway: Gateway, model: ModelSettings) -> dict[str, Any]:
+    """Its vectors' length (null: the upstream's), whether `dimensions` may ask for fewer, and
+    how many inputs go to its first route at once (more are split: docs/embeddings.md)."""
+    embedding = model.embedding
+    assert embedding is not None
+    provider = gateway.providers[model.routes[0].provider]
+    return {
+        "dimensions": embedding.dimensions,
+        "shorten": embedding.shorten,
+        "batch": embedding.batch or provider.embedding_batch,
+    }
 
 
 def _reasoning_capability(gateway: Gateway, model: ModelSettings) -> dict[str, Any]:

@@ -331,6 +331,8 @@ def test_stop_sequences(claude, gateway, stream):
 def test_errors_before_the_stream_have_anthropic_statuses_and_types(
     claude, model, status, error_type, error, stream
 ):
+    # A route per case: repeated failures of one route would open its breaker (routes_resting).
+    model = model.replace("fake/", f"fake-{'stream' if stream else 'whole'}/")
     with pytest.raises(error) as caught:
         claude.messages.create(model=model, max_tokens=64, messages=MESSAGES, stream=stream)
     assert caught.value.status_code == status
@@ -524,5 +526,6 @@ def test_count_tokens_knows_unknown_models(claude):
 def test_openai_sdk_still_gets_openai_errors(client):
     # The Anthropic renderer's statuses must not leak into the OpenAI surface.
     with pytest.raises(openai.InternalServerError) as caught:
-        client.chat.completions.create(model="fake/error-500", messages=MESSAGES)
+        # A route of its own: fake/error-500's breaker may be open from the tests before.
+        client.chat.completions.create(model="leak-check/error-500", messages=MESSAGES)
     assert caught.value.status_code == 502
