@@ -112,10 +112,6 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     warning = limits_warning(settings)
     if warning:
         print(f"callmissed: warning: {warning}", file=sys.stderr, flush=True)
-    from callmissed.observe import otel_missing
-
-    if (missing := otel_missing(settings.observability)) is not None:
-        print(f"callmissed: warning: {missing}", file=sys.stderr, flush=True)
     limits = settings.edge
     _raise_open_files(limits.max_connections)
     server = Granian(

@@ -5,14 +5,12 @@ credit, and the ledger reports the request's one settlement (`settled`, from Led
 place its accounting settles). A request refused before it held anything is reported by its edge
 (`failed`). Finished requests are handed on in batches, _LINGER after the first of a batch: one
 timer per batch, not per request; the lines are written by the access log's thread, the spans
-exported by the OpenTelemetry SDK's (otel.py, imported only when an OTLP endpoint is set).
+exported by the span exporter's (otel.py, imported only when an OTLP endpoint is set).
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,9 +25,7 @@ from callmissed.timing import RequestTrace
 if TYPE_CHECKING:
     from callmissed.otel import SpanExport
 
-__all__ = ["Finished", "Observer", "otel_missing", "traces_status"]
-
-log = logging.getLogger("callmissed")
+__all__ = ["Finished", "Observer", "traces_status"]
 
 _LINGER = 0.02  # seconds a batch gathers before it is handed on (as the ledger's writer does)
 
@@ -61,12 +57,10 @@ class Observer:
         if self._access is not None:
             self._access.start()
         if self._settings.otlp_endpoint is not None:
-            if (missing := otel_missing(self._settings)) is not None:
-                log.warning("%s", missing)
-                return
-            from callmissed.otel import SpanExport  # the otel extra: imported only when used
+            from callmissed.otel import SpanExport  # imported only when traces are on
 
             self._spans = SpanExport(self._settings)
+            self._spans.start()
 
     async def close(self) -> None:
         self._flush()
@@ -129,25 +123,8 @@ class Observer:
             self._spans.export(batch, wall_offset)
 
 
-def otel_missing(settings: Observability) -> str | None:
-    """What to install, if traces are asked for and the `otel` extra is not there."""
-    if settings.otlp_endpoint is None:
-        return None
-    for module in ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http"):
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except ImportError:  # a parent package that is there but broken
-            found = False
-        if not found:
-            return (
-                "traces are off: OTEL_EXPORTER_OTLP_ENDPOINT is set but the otel extra is not "
-                "installed (pip install 'callmissed[otel]')"
-            )
-    return None
-
-
 def traces_status(settings: Observability) -> str:
     """One line for `callmissed config check` and `serve`."""
     if settings.otlp_endpoint is None:
         return "traces: off (set OTEL_EXPORTER_OTLP_ENDPOINT to export them)"
-    return otel_missing(settings) or f"traces: on, OTLP/HTTP to {settings.otlp_endpoint}"
+    return f"traces: on, OTLP/HTTP to {settings.otlp_endpoint}"

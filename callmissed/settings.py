@@ -103,6 +103,7 @@ class Observability:
     otlp_endpoint: str | None = None  # where spans go (OTLP/HTTP); None: no traces
     otlp_headers: Mapping[str, str] = field(default_factory=dict)
     service_name: str = "callmissed"
+    export_delay: float = 1.0  # seconds a batch of spans waits to fill (OTEL_BSP_SCHEDULE_DELAY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -545,6 +546,7 @@ def _parse_observability(env: Mapping[str, str]) -> Observability:
         otlp_endpoint=endpoint,
         otlp_headers=_otlp_headers(headers or ""),
         service_name=env.get("OTEL_SERVICE_NAME", "").strip() or "callmissed",
+        export_delay=_float(env, "OTEL_BSP_SCHEDULE_DELAY", 1000.0) / 1000,
     )
 
 
