@@ -3,7 +3,7 @@
 The API edge makes a RequestTrace when a chat request arrives; failover.py records each upstream
 attempt in it (start, connect, first token, outcome) and observe.py the moment the request
 settles. From it come the `Server-Timing` header, the `x_callmissed.timings` of a stream's last
-event, the access log line and, with the otel extra, the spans (docs/observability.md).
+event, the access log line and, with an OTLP endpoint set, the spans (docs/observability.md).
 Recording is a perf_counter() call and a small object per attempt; nothing here does I/O.
 """
 
