@@ -166,3 +166,30 @@ def test_config_check_says_whether_traces_are_on(gateway, collector):
     )  # fmt: skip
     assert f"traces: on, OTLP/HTTP to {collector.url}/v1/traces" in on.stdout
     assert "access log: stderr" in on.stdout
+
+
+def test_the_wire_format_decodes_with_opentelemetry_s_own_classes():
+    """Values the gateway's spans rarely carry still decode: negative and large ints, floats,
+    text past 127 and 16,383 bytes (longer varints), non-ASCII."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from callmissed.otel import _attributes, _field, _span, encode_request
+
+    values = {
+        "negative": -5,
+        "large": 2**62 + 3,
+        "float": 0.125,
+        "flag": False,
+        "text": "é" * 100,
+        "long": "x" * 20_000,
+    }
+    span = _span(b"\x01" * 16, b"\x02" * 8, b"", "name", 3, 1.0, 2.0, 0.0) + _attributes(values)
+    resource = _field(1, b"")
+    body = encode_request([span], resource, _field(1, b"\x0a\x01s"))
+    decoded = ExportTraceServiceRequest.FromString(body)
+    [got] = decoded.resource_spans[0].scope_spans[0].spans
+    assert decoded.resource_spans[0].scope_spans[0].scope.name == "s"
+    assert (got.trace_id, got.span_id, got.name, got.kind) == (b"\x01" * 16, b"\x02" * 8, "name", 3)
+    assert (got.start_time_unix_nano, got.end_time_unix_nano, got.flags) == (10**9, 2 * 10**9, 1)
+    attributes = {a.key: getattr(a.value, a.value.WhichOneof("value")) for a in got.attributes}
+    assert attributes == values
