@@ -531,7 +531,7 @@ def _parse_accounting(env: Mapping[str, str], config: Mapping[str, Any]) -> Acco
 
 
 def _parse_observability(env: Mapping[str, str]) -> Observability:
-    """CALLMISSED_ACCESS_LOG, and the OpenTelemetry SDK's own OTEL_* variables for traces."""
+    """CALLMISSED_ACCESS_LOG, and OpenTelemetry's own OTEL_* variables for traces."""
     access_log = env.get("CALLMISSED_ACCESS_LOG", "stderr").strip() or "stderr"
     endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip() or None
     if endpoint is None and (base := env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()):
@@ -552,15 +552,10 @@ def _parse_observability(env: Mapping[str, str]) -> Observability:
 
 def _otlp_headers(text: str) -> dict[str, str]:
     """`key1=value1,key2=value2` (values URL-encoded), as the OTLP exporter spec writes them."""
-    headers: dict[str, str] = {}
-    for pair in text.split(","):
-        name, sep, value = pair.partition("=")
-        if not pair.strip():
-            continue
-        if not sep or not name.strip():
-            raise SettingsError("OTEL_EXPORTER_OTLP_HEADERS must look like 'name=value,name=value'")
-        headers[name.strip().lower()] = unquote(value.strip())
-    return headers
+    pairs = [pair.partition("=") for pair in text.split(",") if pair.strip()]
+    if any(not sep or not name.strip() for name, sep, _ in pairs):
+        raise SettingsError("OTEL_EXPORTER_OTLP_HEADERS must look like 'name=value,name=value'")
+    return {name.strip().lower(): unquote(value.strip()) for name, _, value in pairs}
 
 
 def _parse_prices(where: str, table: Any) -> Prices:
