@@ -6,6 +6,7 @@ The built-in catalog (catalog.toml beside this file) is merged under the config 
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ from typing import Any, NamedTuple
 
 __all__ = [
     "Accounting",
+    "Limits",
     "ModelSettings",
     "Prices",
     "ProviderSettings",
@@ -126,6 +128,17 @@ class Resilience:
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    """What an upstream may make the gateway hold, and how many series /metrics may grow to
+    (docs/security.md). Each is set by the config file's [limits] table or its variable."""
+
+    upstream_error_body_bytes: int = 64 * 1024  # read of an upstream's error answer; rest unread
+    upstream_body_bytes: int = 32 * 1024 * 1024  # an answer read whole, or any one inflated
+    sse_event_bytes: int = 16 * 1024 * 1024  # one upstream server-sent event
+    metrics_max_models: int = 100  # models outside the catalog/config with their own series
+
+
+@dataclass(frozen=True, slots=True)
 class ModelSettings:
     name: str
     routes: tuple[Route, ...]
@@ -156,6 +169,7 @@ class Settings:
     tls_cert: str | None = None
     tls_key: str | None = None
     accounting: Accounting = Accounting()
+    limits: Limits = Limits()
 
     @property
     def connect_timeout(self) -> float:
@@ -198,6 +212,7 @@ def load_settings(env: Mapping[str, str] | None = None, config_path: str | None 
         tls_cert=env.get("CALLMISSED_TLS_CERT") or None,
         tls_key=env.get("CALLMISSED_TLS_KEY") or None,
         accounting=_parse_accounting(env, config),
+        limits=_parse_limits(env, config),
     )
     validate(settings)
     return settings
@@ -212,11 +227,15 @@ def available_cores() -> int:
 
 
 def validate(settings: Settings) -> None:
-    """Raise SettingsError if any model names an unknown provider or reasoning policy."""
+    """Raise SettingsError if any model names an unknown provider or reasoning policy, a
+    number is out of its range, or the store named needs a package that is not installed."""
+    from callmissed.bounds import check_bounds, check_extras  # late: they read Settings
     from callmissed.providers import REGISTRY  # late: providers import settings
 
     if settings.workers < 1:
         raise SettingsError(f"CALLMISSED_WORKERS must be at least 1, got {settings.workers}")
+    check_bounds(settings)
+    check_extras(settings)
 
     for provider in settings.providers.values():
         if provider.type not in REGISTRY:
@@ -320,11 +339,20 @@ def _parse_model(name: str, table: Mapping[str, Any], defaults: Timeouts) -> Mod
         context=table.get("context"),
         max_output=table.get("max_output"),
         prices=_parse_prices(f"model {name!r}", prices) if prices else None,
-        simulate=SimProfile(**simulate) if simulate else None,
+        simulate=_parse_simulate(name, simulate) if simulate else None,
         strategy=table.get("strategy", "ordered"),
         hedge_after_ms=_positive(name, "hedge_after_ms", table.get("hedge_after_ms")),
         timeouts=_with_timeouts(name, defaults, timeouts) if timeouts else None,
     )
+
+
+def _parse_simulate(model: str, table: Any) -> SimProfile:
+    known = {item.name for item in fields(SimProfile)}
+    if not isinstance(table, dict) or not {"ttfb_ms", "total_ms", "tokens"} <= table.keys():
+        raise SettingsError(f"model {model!r}: simulate needs ttfb_ms, total_ms and tokens")
+    if unknown := table.keys() - known:
+        raise SettingsError(f"model {model!r}: unknown simulate field {sorted(unknown)[0]!r}")
+    return SimProfile(**table)
 
 
 # Global timeouts and resilience knobs, each from one environment variable.
@@ -374,7 +402,9 @@ def _with_timeouts(model: str, defaults: Timeouts, table: Mapping[str, Any]) -> 
 
 def _positive(model: str, name: str, value: Any) -> Any:
     if value is not None and (
-        not isinstance(value, int | float) or isinstance(value, bool) or value <= 0
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not 0 < value < math.inf  # also refuses TOML's nan
     ):
         raise SettingsError(f"model {model!r}: {name} must be a positive number")
     return value
@@ -403,6 +433,31 @@ def _parse_accounting(env: Mapping[str, str], config: Mapping[str, Any]) -> Acco
     )
 
 
+_LIMITS_ENV = {
+    "upstream_error_body_bytes": "CALLMISSED_UPSTREAM_ERROR_BODY_BYTES",
+    "upstream_body_bytes": "CALLMISSED_UPSTREAM_BODY_BYTES",
+    "sse_event_bytes": "CALLMISSED_SSE_EVENT_BYTES",
+    "metrics_max_models": "CALLMISSED_METRICS_MAX_MODELS",
+}
+
+
+def _parse_limits(env: Mapping[str, str], config: Mapping[str, Any]) -> Limits:
+    """[limits] in the config file, then each one's environment variable over it."""
+    table = config.get("limits", {})
+    if not isinstance(table, dict):
+        raise SettingsError("[limits] must be a table of numbers")
+    unknown = table.keys() - _LIMITS_ENV.keys()
+    if unknown:
+        raise SettingsError(f"[limits]: unknown limit {sorted(unknown)[0]!r}")
+    values: dict[str, int] = {}
+    for name, variable in _LIMITS_ENV.items():
+        value = table.get(name, getattr(Limits(), name))
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise SettingsError(f"[limits] {name} must be a whole number, got {value!r}")
+        values[name] = _int(env, variable, value)
+    return Limits(**values)
+
+
 def _parse_prices(where: str, table: Any) -> Prices:
     """USD per million tokens; cached_input defaults to input. All must be numbers >= 0."""
     if not isinstance(table, dict) or not {"input", "output"} <= table.keys():
@@ -411,9 +466,9 @@ def _parse_prices(where: str, table: Any) -> Prices:
     if unknown:
         raise SettingsError(f"{where}: unknown price {sorted(unknown)[0]!r}")
     values = {"cached_input": table["input"], **table}
-    for key, value in values.items():
-        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-            raise SettingsError(f"{where}: price {key} must be a number >= 0")
+    for key, value in table.items():  # the keys written: cached_input defaults to input
+        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < 1e6:
+            raise SettingsError(f"{where}: price {key} must be a number from 0 to 1000000")
     return Prices(float(values["input"]), float(values["cached_input"]), float(values["output"]))
 
 
@@ -436,6 +491,9 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
     try:
-        return float(env.get(name, default))
+        value = float(env.get(name, default))
     except ValueError:
         raise SettingsError(f"{name} must be a number") from None
+    if not math.isfinite(value):
+        raise SettingsError(f"{name} must be a finite number")
+    return value
