@@ -81,6 +81,7 @@ class Failover:
         deadlines: Deadlines,
     ) -> None:
         self._timeouts = settings.timeouts
+        self._limits = settings.limits
         self._deadlines = deadlines
         self._policy = settings.resilience
         self._upstream = upstream
@@ -105,7 +106,9 @@ class Failover:
 
         async def attempt(target: Target) -> dict[str, Any]:
             response = await self._send(target, body, model)
-            return await read_completion(target.provider, response)
+            return await read_completion(
+                target.provider, response, self._limits.upstream_body_bytes
+            )
 
         request = self._enter(model)
         try:
@@ -132,7 +135,9 @@ class Failover:
             try:
                 with self._deadlines.timeout(timeouts.first_token):
                     response = await self._send(target, body, model)
-                    stream = ChatStream(target.provider, response, include_usage)
+                    stream = ChatStream(
+                        target.provider, response, include_usage, self._limits.sse_event_bytes
+                    )
                     try:
                         await stream.start()
                     except BaseException:
@@ -161,8 +166,8 @@ class Failover:
         request = target.provider.build_request(body, target.route, model)
         response = await self._upstream.send(target.provider, request)
         if response.status >= 400:
-            try:
-                error_body = await response.read()
+            try:  # enough of it to read the error: a hostile upstream's may never end
+                error_body, _ = await response.read(self._limits.upstream_error_body_bytes)
             finally:
                 response.close()
             raise target.provider.parse_error(response.status, error_body, response.retry_after)
