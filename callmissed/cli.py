@@ -101,6 +101,7 @@ def _export_options(args: argparse.Namespace) -> None:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces, Loops
+    from granian.http import HTTP1Settings, HTTP2Settings
 
     from callmissed.ratelimit import limits_warning
     from callmissed.shutdown import SERVER_PID_ENV
@@ -119,6 +120,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     if warning:
         print(f"callmissed: warning: {warning}", file=sys.stderr, flush=True)
     os.environ[SERVER_PID_ENV] = str(os.getpid())  # whose workers these are (shutdown.py)
+    limits = settings.edge
+    _raise_open_files(limits.max_connections)
     server = Granian(
         "callmissed.rsgi:create_app",  # granian's native interface: docs/performance.md
         factory=True,
@@ -129,6 +132,17 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         http=HTTPModes.auto,
         loop=Loops.uvloop,
         backlog=2048,
+        # Every limit granian takes, set from settings.edge (docs/security.md); rsgi.py and
+        # connections.py keep the ones it lacks.
+        backpressure=limits.max_connections,  # connections per worker (a semaphore per accept)
+        http1_settings=HTTP1Settings(
+            header_read_timeout=round(limits.header_timeout * 1000),  # and a kept-alive wait
+            max_buffer_size=limits.max_header_bytes,  # a longer head gets 431
+        ),
+        http2_settings=HTTP2Settings(
+            max_concurrent_streams=limits.h2_max_streams,
+            max_headers_size=limits.max_header_bytes,  # a larger header list gets 431
+        ),
         # A worker that dies is started again; its successor replays the dead one's journal at
         # start-up, like any restart (docs/credits.md, Crashes). granian stops the server
         # instead if workers keep dying within seconds of being respawned.
@@ -139,6 +153,29 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     )
     server.serve()
     return 0
+
+
+def _raise_open_files(connections: int) -> None:
+    """Let each worker hold `connections` sockets and its own (store, upstreams, journals):
+    the soft limit is often 1,024. Raised up to the hard limit; past that, a warning."""
+    import resource
+
+    needed = connections + _OWN_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        ceiling = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+        soft = ceiling
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        print(
+            f"callmissed: warning: {soft} open files allowed, {needed} needed for "
+            f"CALLMISSED_MAX_CONNECTIONS={connections}; raise the hard limit (ulimit -Hn)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+_OWN_FILES = 256  # a worker's files besides client connections: upstream pools, store, peers
 
 
 def _doctor(settings: Settings, args: argparse.Namespace) -> int:

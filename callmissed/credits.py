@@ -97,7 +97,10 @@ class TokenUsage:
 
 
 def parse_usage(usage: Mapping[str, Any]) -> TokenUsage:
-    """An OpenAI usage object (wire-formats.md §1.5); missing or odd fields count as 0."""
+    """An OpenAI usage object (wire-formats.md §1.5), chat's or the Responses API's (which
+    names its fields input_/output_tokens); missing or odd fields count as 0."""
+    if "input_tokens" in usage:
+        return _parse_responses_usage(usage)
     prompt_details = usage.get("prompt_tokens_details") or {}
     completion_details = usage.get("completion_tokens_details") or {}
     reasoning = _count(completion_details.get("reasoning_tokens"))
@@ -107,6 +110,18 @@ def parse_usage(usage: Mapping[str, Any]) -> TokenUsage:
         completion=max(_count(usage.get("completion_tokens")), reasoning),
         reasoning=reasoning,
         cached=_count(prompt_details.get("cached_tokens")),
+    )
+
+
+def _parse_responses_usage(usage: Mapping[str, Any]) -> TokenUsage:
+    input_details = usage.get("input_tokens_details") or {}
+    output_details = usage.get("output_tokens_details") or {}
+    reasoning = _count(output_details.get("reasoning_tokens"))
+    return TokenUsage(
+        prompt=_count(usage.get("input_tokens")),
+        completion=max(_count(usage.get("output_tokens")), reasoning),
+        reasoning=reasoning,
+        cached=_count(input_details.get("cached_tokens")),
     )
 
 
@@ -286,11 +301,13 @@ def _estimate_prompt(body: Mapping[str, Any]) -> int:
         return estimate_input_tokens(body)
     except (KeyError, TypeError, AttributeError):
         # A shape the estimator does not know: a byte is never less than a token's worth.
-        return len(orjson.dumps(body.get("messages"))) + len(orjson.dumps(body.get("tools")))
+        # A Responses body (relay_responses.py) has `input` and `instructions` instead.
+        text = body.get("messages") or [body.get("input"), body.get("instructions")]
+        return len(orjson.dumps(text)) + len(orjson.dumps(body.get("tools")))
 
 
 def _output_cap(body: Mapping[str, Any], model: ModelSettings) -> int:
-    for name in ("max_completion_tokens", "max_tokens"):
+    for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
         value = body.get(name)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
@@ -355,7 +372,8 @@ class Charge:
         if isinstance(usage, dict):
             tokens = parse_usage(usage)
         else:
-            delivered = sum(_message_tokens(c.get("message")) for c in completion["choices"])
+            choices = completion.get("choices") or ()  # a Response has none (relay_responses.py)
+            delivered = sum(_message_tokens(c.get("message")) for c in choices)
             tokens = TokenUsage(prompt=self.prompt_estimate, completion=delivered)
         cost = cost_of(self.rates, tokens)
         if isinstance(usage, dict):

@@ -23,7 +23,7 @@ from callmissed.deadlines import Deadline, Deadlines, Timeout
 from callmissed.errors import GatewayError, UpstreamError, UpstreamTimeout
 from callmissed.health import Health, route_name
 from callmissed.metrics import Metrics
-from callmissed.relay import ChatStream, read_completion
+from callmissed.relay import CHAT_COMPLETIONS, ChatStream, UpstreamAPI
 from callmissed.routing import Target
 from callmissed.settings import ModelSettings, Settings, Timeouts
 from callmissed.upstream import Upstream, UpstreamResponse
@@ -96,7 +96,11 @@ class Failover:
         return len(self._active)
 
     async def complete(
-        self, model: ModelSettings, targets: list[Target], body: dict[str, Any]
+        self,
+        model: ModelSettings,
+        targets: list[Target],
+        body: dict[str, Any],
+        api: UpstreamAPI = CHAT_COMPLETIONS,
     ) -> Won[dict[str, Any]]:
         """A whole chat.completion from the first route that gives one.
 
@@ -105,10 +109,8 @@ class Failover:
         """
 
         async def attempt(target: Target) -> dict[str, Any]:
-            response = await self._send(target, body, model)
-            return await read_completion(
-                target.provider, response, self._limits.upstream_body_bytes
-            )
+            response = await self._send(target, body, model, api)
+            return await api.read(target.provider, response, self._limits.upstream_body_bytes)
 
         request = self._enter(model)
         try:
@@ -124,6 +126,7 @@ class Failover:
         targets: list[Target],
         body: dict[str, Any],
         include_usage: bool,
+        api: UpstreamAPI = CHAT_COMPLETIONS,
     ) -> Won[ChatStream]:
         """A started ChatStream (its first token is in), watched for silence and overtime.
 
@@ -134,8 +137,8 @@ class Failover:
         async def attempt(target: Target) -> ChatStream:
             try:
                 with self._deadlines.timeout(timeouts.first_token):
-                    response = await self._send(target, body, model)
-                    stream = ChatStream(
+                    response = await self._send(target, body, model, api)
+                    stream = api.stream(
                         target.provider, response, include_usage, self._limits.sse_event_bytes
                     )
                     try:
@@ -161,9 +164,9 @@ class Failover:
         return won
 
     async def _send(
-        self, target: Target, body: dict[str, Any], model: ModelSettings
+        self, target: Target, body: dict[str, Any], model: ModelSettings, api: UpstreamAPI
     ) -> UpstreamResponse:
-        request = target.provider.build_request(body, target.route, model)
+        request = api.build(target.provider, body, target.route, model)
         response = await self._upstream.send(target.provider, request)
         if response.status >= 400:
             try:  # enough of it to read the error: a hostile upstream's may never end

@@ -25,7 +25,7 @@ from callmissed.metrics import Metrics
 from callmissed.providers import REGISTRY, Provider
 from callmissed.ratelimit import open_limiter
 from callmissed.reasoning import apply_reasoning_effort
-from callmissed.relay import ChatStream
+from callmissed.relay import CHAT_COMPLETIONS, ChatStream, UpstreamAPI
 from callmissed.routing import Router, Target
 from callmissed.settings import ModelSettings, Settings
 from callmissed.shutdown import on_sigterm
@@ -135,14 +135,20 @@ class Gateway:
         await self.store.close()
 
     async def complete(
-        self, principal: Principal, body: dict[str, Any], *, request_id: str | None = None
+        self,
+        principal: Principal,
+        body: dict[str, Any],
+        *,
+        request_id: str | None = None,
+        api: UpstreamAPI = CHAT_COMPLETIONS,
     ) -> tuple[dict[str, Any], RouteInfo]:
-        """A whole chat.completion for a checked OpenAI-format body, `usage.cost` included."""
+        """A whole chat.completion for a checked OpenAI-format body, `usage.cost` included
+        (with `api`, that API's answer: relay_responses.RESPONSES gives a Response)."""
         model, targets = self._route(body)
         effort = apply_reasoning_effort(body, model, self.settings.reasoning_policies)
         charge = await self.credits.begin(principal, model, body, request_id or new_request_id())
         try:
-            won = await self.failover.complete(model, targets, body)
+            won = await self.failover.complete(model, targets, body, api)
         except BaseException as exc:
             charge.fail(exc)
             raise
@@ -157,6 +163,7 @@ class Gateway:
         include_usage: bool,
         *,
         request_id: str | None = None,
+        api: UpstreamAPI = CHAT_COMPLETIONS,
     ) -> tuple[ChatStream, RouteInfo]:
         """A started ChatStream: its first token is already in, so nothing can fail silently.
 
@@ -165,7 +172,7 @@ class Gateway:
         effort = apply_reasoning_effort(body, model, self.settings.reasoning_policies)
         charge = await self.credits.begin(principal, model, body, request_id or new_request_id())
         try:
-            won = await self.failover.open_stream(model, targets, body, include_usage)
+            won = await self.failover.open_stream(model, targets, body, include_usage, api)
         except BaseException as exc:
             charge.fail(exc)
             raise

@@ -12,7 +12,7 @@ Which route to stream from, and when a silent upstream has waited too long, is f
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,12 +27,20 @@ from callmissed.formats.openai import (
     plain_content,
 )
 from callmissed.nesting import MAX_DEPTH, SHORTEST_TOO_DEEP, too_deep
-from callmissed.providers import Provider
+from callmissed.providers import Provider, UpstreamRequest
+from callmissed.settings import ModelSettings, Route
 from callmissed.sse import DEFAULT_MAX_EVENT, EventTooLarge, SSEDecoder, event_data
 from callmissed.token_estimate import ascii_output_tokens, estimate_output_tokens
 from callmissed.upstream import UpstreamResponse
 
-__all__ = ["ChatStream", "Chunk", "StreamMeter", "read_completion"]
+__all__ = [
+    "CHAT_COMPLETIONS",
+    "ChatStream",
+    "Chunk",
+    "StreamMeter",
+    "UpstreamAPI",
+    "read_completion",
+]
 
 _DONE = b"[DONE]"
 
@@ -208,14 +216,7 @@ class ChatStream:
     def _chunks(self, raw: bytes) -> list[Chunk]:
         """The chunks an upstream read completes: each run of events in the learned envelope as
         one Chunk, forwarded as it came; any other event on its own."""
-        try:
-            events = self._decoder.take(raw)
-        except EventTooLarge as exc:
-            label = f"{self._provider.label} ({self._provider.name})"
-            raise UpstreamError(
-                f"{label} sent a stream event longer than {exc.limit} bytes",
-                provider=self._provider.name,
-            ) from None
+        events = self._take(raw)
         template = self._template
         chunks: list[Chunk] = []
         start, size = 0, len(events)
@@ -233,6 +234,17 @@ class ChatStream:
             if data is not None and (chunk := self._accept(data)) is not None:
                 chunks.append(chunk)
         return chunks
+
+    def _take(self, raw: bytes) -> bytes:
+        """The whole events `raw` completes (sse.SSEDecoder.take), within the event limit."""
+        try:
+            return self._decoder.take(raw)
+        except EventTooLarge as exc:
+            label = f"{self._provider.label} ({self._provider.name})"
+            raise UpstreamError(
+                f"{label} sent a stream event longer than {exc.limit} bytes",
+                provider=self._provider.name,
+            ) from None
 
     def _run(self, events: bytes, length: int, pieces: int) -> Chunk | None:
         """A run of content events, unless their text is not UTF-8 (then each is refused alone)."""
@@ -355,3 +367,17 @@ async def read_completion(
         raise error
     normalise_completion(completion)
     return completion
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamAPI:
+    """An API a request is relayed over: how a provider builds the request, how a whole answer
+    is read, and the stream a streamed one becomes. Chat completions unless an edge passes
+    another (relay_responses.RESPONSES, for upstreams that serve the Responses API)."""
+
+    build: Callable[[Provider, dict[str, Any], Route, ModelSettings], UpstreamRequest]
+    read: Callable[[Provider, UpstreamResponse, int], Awaitable[dict[str, Any]]]  # byte limit
+    stream: Callable[[Provider, UpstreamResponse, bool, int], ChatStream]  # event byte limit
+
+
+CHAT_COMPLETIONS = UpstreamAPI(Provider.build_request, read_completion, ChatStream)

@@ -16,11 +16,13 @@ from typing import Any, NamedTuple
 
 __all__ = [
     "Accounting",
+    "EdgeLimits",
     "Limits",
     "ModelSettings",
     "Prices",
     "ProviderSettings",
     "Resilience",
+    "ResponsesStorage",
     "Route",
     "Settings",
     "SettingsError",
@@ -128,6 +130,31 @@ class Resilience:
 
 
 @dataclass(frozen=True, slots=True)
+class EdgeLimits:
+    """What one client connection may hold of a worker (docs/security.md): the `[server]` table
+    of the config file, each overridden by its CALLMISSED_* variable. Seconds and bytes."""
+
+    max_connections: int = 1000  # open connections per worker; more wait in the listen backlog
+    header_timeout: float = 10.0  # a connection's first bytes to a whole request head
+    body_timeout: float = 30.0  # a request's head to the end of its body (408 past it)
+    idle_timeout: float = 30.0  # a connection with nothing in flight and no bytes either way
+    max_header_bytes: int = 65536  # a request head, HTTP/1.1 (431) and HTTP/2's header list
+    h2_max_streams: int = 100  # concurrent streams on one HTTP/2 connection
+    max_open_body_bytes: int = 65536  # bodies of requests no key or token checked yet
+    write_buffer_bytes: int = 262144  # answer bytes a stream may have waiting for a slow client
+    write_timeout: float = 30.0  # a client taking none of its answer this long is gone
+
+
+@dataclass(frozen=True, slots=True)
+class ResponsesStorage:
+    """What POST /v1/responses keeps for previous_response_id, and how long (docs/responses.md)."""
+
+    retention_days: float = 30.0  # a stored response is purged this long after it was made
+    max_bytes: int = 8 * 1024 * 1024  # one response with its input items; larger: not stored
+    key_bytes: int = 256 * 1024 * 1024  # all of one key's; past it, its oldest go first
+
+
+@dataclass(frozen=True, slots=True)
 class Limits:
     """What an upstream may make the gateway hold, and how many series /metrics may grow to
     (docs/security.md). Each is set by the config file's [limits] table or its variable."""
@@ -169,6 +196,8 @@ class Settings:
     tls_cert: str | None = None
     tls_key: str | None = None
     accounting: Accounting = Accounting()
+    edge: EdgeLimits = EdgeLimits()
+    responses: ResponsesStorage = ResponsesStorage()
     limits: Limits = Limits()
 
     @property
@@ -212,6 +241,8 @@ def load_settings(env: Mapping[str, str] | None = None, config_path: str | None 
         tls_cert=env.get("CALLMISSED_TLS_CERT") or None,
         tls_key=env.get("CALLMISSED_TLS_KEY") or None,
         accounting=_parse_accounting(env, config),
+        edge=_parse_edge(env, config),
+        responses=_from_env(ResponsesStorage(), env, _RESPONSES_ENV),
         limits=_parse_limits(env, config),
     )
     validate(settings)
@@ -375,6 +406,11 @@ _RESILIENCE_ENV = {
     "warm_connections": "CALLMISSED_WARM_CONNECTIONS",
     "warm_interval": "CALLMISSED_WARM_INTERVAL",
 }
+_RESPONSES_ENV = {
+    "retention_days": "CALLMISSED_RESPONSES_RETENTION_DAYS",
+    "max_bytes": "CALLMISSED_RESPONSES_MAX_BYTES",
+    "key_bytes": "CALLMISSED_RESPONSES_KEY_BYTES",
+}
 _MAY_BE_ZERO = frozenset({"warm_connections", "warm_interval", "shutdown_grace", "retry_backoff"})
 
 
@@ -417,6 +453,46 @@ def _validate_resilience(model: ModelSettings) -> None:
         )
     if model.hedge_after_ms is not None and len(model.routes) < 2:
         raise SettingsError(f"model {model.name!r}: hedge_after_ms needs at least two routes")
+
+
+_EDGE_ENV = {
+    "max_connections": "CALLMISSED_MAX_CONNECTIONS",
+    "header_timeout": "CALLMISSED_HEADER_TIMEOUT",
+    "body_timeout": "CALLMISSED_BODY_TIMEOUT",
+    "idle_timeout": "CALLMISSED_IDLE_TIMEOUT",
+    "max_header_bytes": "CALLMISSED_MAX_HEADER_BYTES",
+    "h2_max_streams": "CALLMISSED_H2_MAX_STREAMS",
+    "max_open_body_bytes": "CALLMISSED_MAX_OPEN_BODY_BYTES",
+    "write_buffer_bytes": "CALLMISSED_WRITE_BUFFER_BYTES",
+    "write_timeout": "CALLMISSED_WRITE_TIMEOUT",
+}
+# hyper refuses a read buffer under 8 KiB, and a request line and a few headers need ~1 KiB.
+_EDGE_MINIMUM = {"max_header_bytes": 8192}
+
+
+def _parse_edge(env: Mapping[str, str], config: Mapping[str, Any]) -> EdgeLimits:
+    """`[server]` from the config file, then CALLMISSED_* over it; every limit must be > 0."""
+    table = config.get("server", {})
+    if not isinstance(table, dict):
+        raise SettingsError("[server] must be a table of limits")
+    known = {item.name: item for item in fields(EdgeLimits)}
+    unknown = table.keys() - known.keys()
+    if unknown:
+        raise SettingsError(
+            f"[server]: unknown limit {sorted(unknown)[0]!r} (known: {list(known)})"
+        )
+    defaults = EdgeLimits()
+    values: dict[str, Any] = {}
+    for name, value in table.items():
+        whole = isinstance(getattr(defaults, name), int)
+        if not isinstance(value, int if whole else (int, float)) or isinstance(value, bool):
+            raise SettingsError(f"[server] {name} must be a {'whole ' if whole else ''}number")
+        values[name] = value if whole else float(value)
+    limits: EdgeLimits = _from_env(replace(defaults, **values), env, _EDGE_ENV)
+    for name, minimum in _EDGE_MINIMUM.items():
+        if getattr(limits, name) < minimum:
+            raise SettingsError(f"{_EDGE_ENV[name]} ([server] {name}) must be at least {minimum}")
+    return limits
 
 
 def _parse_accounting(env: Mapping[str, str], config: Mapping[str, Any]) -> Accounting:

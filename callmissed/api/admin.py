@@ -24,7 +24,7 @@ from callmissed.peers import Peers
 from callmissed.store import MAX_BALANCE, NO_POLICY, KeyPolicy, KeyRecord
 from callmissed.web import Request, Response, json_response
 
-__all__ = ["describe_key", "keys_collection", "keys_item", "parse_policy"]
+__all__ = ["authorize", "describe_key", "keys_collection", "keys_item", "parse_policy"]
 
 _PREFIX = "/admin/keys/"
 _POLICY_FIELDS = ("rpm", "tpm", "max_concurrent", "models")
@@ -33,8 +33,7 @@ ID_MAX = 2**63 - 1  # a key id: SQLite's INTEGER PRIMARY KEY, PostgreSQL's BIGIN
 
 
 async def keys_collection(gateway: Gateway, request: Request) -> Response:
-    """GET lists, POST creates."""
-    _authorize(gateway, request)
+    """GET lists, POST creates (the edge has checked the admin token: authorize())."""
     if request.method == "GET":
         return json_response({"data": [describe_key(r) for r in await gateway.store.list_keys()]})
     body = _object(request)
@@ -48,7 +47,6 @@ async def keys_collection(gateway: Gateway, request: Request) -> Response:
 
 async def keys_item(gateway: Gateway, peers: Peers, request: Request) -> Response:
     """/admin/keys/{id}[/revoke|/topup]: GET, PATCH, or POST an action."""
-    _authorize(gateway, request)
     key_id, _, action = request.path.removeprefix(_PREFIX).partition("/")
     record = await _record(gateway, key_id)
     match (request.method, action):
@@ -121,11 +119,11 @@ def parse_policy(body: Mapping[str, Any], current: KeyPolicy = NO_POLICY) -> Key
     return KeyPolicy(**values)
 
 
-def _authorize(gateway: Gateway, request: Request) -> None:
-    token = gateway.settings.accounting.admin_token
+def authorize(token: str | None, headers: Mapping[str, str]) -> None:
+    """The edge's guard for every admin endpoint: `token` is CALLMISSED_ADMIN_TOKEN."""
     if token is None:
         raise AdminDisabled("The admin API is off: set CALLMISSED_ADMIN_TOKEN to turn it on.")
-    if not bearer_matches(request.headers.get("authorization"), token):
+    if not bearer_matches(headers.get("authorization"), token):
         raise AuthenticationFailed("The admin API needs 'Authorization: Bearer <admin token>'.")
 
 

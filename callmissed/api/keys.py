@@ -20,9 +20,7 @@ __all__ = ["describe_limits", "retrieve_current_key"]
 
 
 async def retrieve_current_key(gateway: Gateway, request: Request) -> Response:
-    principal = await gateway.auth.authenticate(
-        request.headers.get("authorization"), request.headers.get("x-api-key")
-    )
+    principal = request.key
     await gateway.ledger.flush(at_most=1.0)
     record = await gateway.store.get_key(principal.key_id)
     if record is None or not record.active:

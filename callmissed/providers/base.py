@@ -48,6 +48,7 @@ class Provider:
 
     type: ClassVar[str] = "openai"
     label: ClassVar[str] = "OpenAI-compatible upstream"
+    serves_responses: ClassVar[bool] = False  # also POST /responses (relay_responses.py)
 
     def __init__(self, settings: ProviderSettings) -> None:
         self.name = settings.name
@@ -72,6 +73,18 @@ class Provider:
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         self.adapt_body(body, model)
         return UpstreamRequest(self._url, self._headers, orjson.dumps(body), route.upstream_model)
+
+    def build_responses_request(
+        self, body: dict[str, Any], route: Route, model: ModelSettings
+    ) -> UpstreamRequest:
+        """A Responses API body, for an upstream that serves_responses: the client's with the
+        upstream model id, and the effort the reasoning matrix chose back in `reasoning`."""
+        body = {**body, "model": route.upstream_model}
+        if "reasoning_effort" in body:
+            effort = body.pop("reasoning_effort")
+            body["reasoning"] = {**(body.get("reasoning") or {}), "effort": effort}
+        url = f"{self.settings.base_url}/responses"
+        return UpstreamRequest(url, self._headers, orjson.dumps(body), route.upstream_model)
 
     def adapt_body(self, body: dict[str, Any], model: ModelSettings) -> None:
         """Upstream-specific edits, in place. The base dialect needs none."""

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Protocol
 
+from callmissed.store.responses import ResponseStore
+
 __all__ = [
     "FAIR_SHARE",
     "KEY_COLUMNS",
@@ -181,6 +183,9 @@ class Store(Protocol):
         per-request hold also gets an interrupted ledger row. The number of rows given back."""
 
     async def recent_usage(self, key_id: int, limit: int) -> list[dict[str, Any]]: ...
+
+    def responses(self) -> ResponseStore:
+        """Stored Responses (POST /v1/responses), on this store's connection."""
 
     async def close(self) -> None: ...
 

@@ -39,6 +39,7 @@ from callmissed.store.base import (
     migrations,
     plan_settlement,
 )
+from callmissed.store.responses import PostgresResponses
 
 __all__ = ["PostgresStore"]
 
@@ -384,6 +385,9 @@ class PostgresStore:
             limit,
         )
         return [dict(row) for row in rows]
+
+    def responses(self) -> PostgresResponses:
+        return PostgresResponses(self._db)
 
     async def close(self) -> None:
         for task in list(self._tasks):

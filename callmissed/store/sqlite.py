@@ -30,6 +30,7 @@ from callmissed.store.base import (
     migrations,
     plan_settlement,
 )
+from callmissed.store.responses import SQLiteResponses
 from callmissed.store.walwatch import WalWatch
 
 __all__ = ["SQLiteStore"]
@@ -264,6 +265,9 @@ class SQLiteStore:
         )
         names = [column[0] for column in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def responses(self) -> SQLiteResponses:
+        return SQLiteResponses(self._db)
 
     async def close(self) -> None:
         self._stop.set()

@@ -6,6 +6,8 @@ Paths choose the dialect, as the real providers' base URLs would:
                                                            `: OPENROUTER PROCESSING` comments)
   /sarvam/v1/chat/completions                             Sarvam AI
   /local/v1/chat/completions                              any OpenAI-compatible server
+  /openrouter/api/v1/responses                            OpenRouter's Responses API
+                                                           (tests/fakes/responses_upstream.py)
 
 The upstream model name picks the behaviour (see BEHAVIOURS); every request is recorded in
 `requests` so tests can assert exactly what an upstream received.
@@ -220,6 +222,12 @@ def _endless(model: str, body: dict[str, Any]) -> list[bytes | float]:
     return frames
 
 
+def _flood(model: str, body: dict[str, Any]) -> list[bytes | float]:
+    """~60 MB of answer as fast as the reader takes it (one chunk object, repeated)."""
+    chunk = sse_chunk(model, {"content": "flood " * 20})
+    return [sse_chunk(model, {"role": "assistant", "content": ""}), *[chunk] * 200_000]
+
+
 def _weather(model: str, body: dict[str, Any]) -> list[bytes | float]:
     """A tool round trip: text and a tool call; once a tool result is in, an answer using it."""
     answer = _weather_answer(body)
@@ -265,7 +273,22 @@ def _stop_sequence(model: str, body: dict[str, Any]) -> list[bytes | float]:
     return [*_hello(model, body)[:2], finish, _usage_chunk(model), b"data: [DONE]\n\n"]
 
 
+# What the "structured" model answers: JSON of the shape tests ask for with a response format.
+STRUCTURED = '{"city":"Paris","temperature_c":21}'
+
+
+def _structured(model: str, body: dict[str, Any]) -> list[bytes | float]:
+    frames: list[bytes | float] = [
+        sse_chunk(model, {"role": "assistant", "content": ""}),
+        sse_chunk(model, {"content": STRUCTURED[:12]}),
+        sse_chunk(model, {"content": STRUCTURED[12:]}),
+        sse_chunk(model, {}, "stop"),
+    ]
+    return [*frames, _usage_chunk(model), b"data: [DONE]\n\n"]
+
+
 BEHAVIOURS: dict[str, Script] = {
+    "structured": _structured,
     "tools": _tools,
     "reasoning": _reasoning,
     "processing": _processing,
@@ -278,6 +301,7 @@ BEHAVIOURS: dict[str, Script] = {
     "crlf": _crlf,
     "slow": _slow,
     "endless": _endless,
+    "flood": _flood,
     "weather": _weather,
     "stop-sequence": _stop_sequence,
 }
@@ -329,6 +353,8 @@ def _non_stream(model: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         }
         message = {"role": "assistant", "content": "Let me check.", "tool_calls": [call]}
         return _completion(model, message, "tool_calls")
+    if name == "structured":
+        return _completion(model, {"role": "assistant", "content": STRUCTURED})
     if name == "stop-sequence":
         completion = _completion(model, {"role": "assistant", "content": "Hello"})
         completion["choices"][0]["stop_reason"] = body["stop"][0]
@@ -364,11 +390,14 @@ async def _stream(
 
 def start_fake_upstream() -> tuple[FakeUpstream, Callable[[], None]]:
     """Run the fake in a background thread; return it and a function that stops it."""
+    from tests.fakes.responses_upstream import add_responses_routes  # it imports this module
+
     fake = FakeUpstream()
     app = web.Application()
     app[FAKE] = fake
     app.router.add_post("/client/v4/accounts/{account}/ai/v1/chat/completions", _chat)
     app.router.add_post("/{dialect}/api/v1/chat/completions", _chat)
     app.router.add_post("/{dialect}/v1/chat/completions", _chat)
+    add_responses_routes(app)
     fake.url, stop = serve_in_thread(app)
     return fake, stop
