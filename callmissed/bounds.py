@@ -14,7 +14,16 @@ from collections.abc import Iterator, Mapping
 from dataclasses import fields
 from typing import Any
 
-from callmissed.settings import Limits, ModelSettings, Resilience, Settings, SettingsError, Timeouts
+from callmissed.settings import (
+    EdgeLimits,
+    Limits,
+    ModelSettings,
+    Resilience,
+    ResponsesStorage,
+    Settings,
+    SettingsError,
+    Timeouts,
+)
 
 __all__ = ["check_bounds", "check_extras"]
 
@@ -53,6 +62,22 @@ _LIMITS: _Table = {
     "sse_event_bytes": ("CALLMISSED_SSE_EVENT_BYTES", (64 * _KIB, 2 * _GIB)),
     "metrics_max_models": ("CALLMISSED_METRICS_MAX_MODELS", (0, 100_000)),
 }
+_EDGE: _Table = {
+    "max_connections": ("CALLMISSED_MAX_CONNECTIONS", (1, 1_000_000)),
+    "header_timeout": ("CALLMISSED_HEADER_TIMEOUT", (0.001, _DAY)),
+    "body_timeout": ("CALLMISSED_BODY_TIMEOUT", (0.001, _DAY)),
+    "idle_timeout": ("CALLMISSED_IDLE_TIMEOUT", (0.001, _DAY)),
+    "max_header_bytes": ("CALLMISSED_MAX_HEADER_BYTES", (8 * _KIB, 16 * _MIB)),
+    "h2_max_streams": ("CALLMISSED_H2_MAX_STREAMS", (1, 100_000)),
+    "max_open_body_bytes": ("CALLMISSED_MAX_OPEN_BODY_BYTES", (1, 2 * _GIB)),
+    "write_buffer_bytes": ("CALLMISSED_WRITE_BUFFER_BYTES", (_KIB, _GIB)),
+    "write_timeout": ("CALLMISSED_WRITE_TIMEOUT", (0.001, _DAY)),
+}
+_RESPONSES: _Table = {
+    "retention_days": ("CALLMISSED_RESPONSES_RETENTION_DAYS", (0.001, 36_500)),
+    "max_bytes": ("CALLMISSED_RESPONSES_MAX_BYTES", (1, 2 * _GIB)),
+    "key_bytes": ("CALLMISSED_RESPONSES_KEY_BYTES", (1, 2**50)),
+}
 _MODEL_COUNTS: dict[str, tuple[float, float]] = {
     "context": (1, 100_000_000),
     "max_output": (1, 100_000_000),
@@ -82,6 +107,10 @@ def check_bounds(settings: Settings) -> None:
         _check(name, value, bounds)
     for name, value, bounds in _grouped(settings.limits, _LIMITS):
         _check(name, value, bounds, whole=True)
+    for name, value, bounds in _grouped(settings.edge, _EDGE):
+        _check(name, value, bounds)
+    for name, value, bounds in _grouped(settings.responses, _RESPONSES):
+        _check(name, value, bounds)
     for model in settings.models.values():
         _check_model(model)
 
@@ -105,7 +134,7 @@ def check_extras(settings: Settings) -> None:
 
 
 def _grouped(
-    values: Timeouts | Resilience | Limits, table: _Table
+    values: Timeouts | Resilience | Limits | EdgeLimits | ResponsesStorage, table: _Table
 ) -> Iterator[tuple[str, Any, tuple[float, float]]]:
     for item in fields(values):
         variable, bounds = table[item.name]

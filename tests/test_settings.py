@@ -71,6 +71,10 @@ def test_missing_config_file(tmp_path):
         ({"CALLMISSED_UPSTREAM_BODY_BYTES": "-5"}, "CALLMISSED_UPSTREAM_BODY_BYTES must be"),
         ({"CALLMISSED_UPSTREAM_ERROR_BODY_BYTES": "0"}, "ERROR_BODY_BYTES must be"),
         ({"CALLMISSED_METRICS_MAX_MODELS": "-1"}, "CALLMISSED_METRICS_MAX_MODELS must be"),
+        ({"CALLMISSED_MAX_CONNECTIONS": "1e7"}, "CALLMISSED_MAX_CONNECTIONS must be a whole"),
+        ({"CALLMISSED_MAX_CONNECTIONS": "10000000"}, "CALLMISSED_MAX_CONNECTIONS must be"),
+        ({"CALLMISSED_WRITE_TIMEOUT": "inf"}, "CALLMISSED_WRITE_TIMEOUT must be a finite number"),
+        ({"CALLMISSED_RESPONSES_MAX_BYTES": "99999999999"}, "CALLMISSED_RESPONSES_MAX_BYTES"),
     ],
 )
 def test_numbers_out_of_range_are_refused_naming_the_setting(env, message):
