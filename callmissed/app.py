@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from callmissed import __version__
-from callmissed.api import admin as admin_api, anthropic, keys, openai, responses
+from callmissed.api import admin as admin_api, anthropic, embeddings, keys, openai, responses
 from callmissed.api.playground import playground_routes, redirect_home
 from callmissed.asgi import ASGIApp
 from callmissed.auth import Principal, bearer_matches
@@ -125,6 +125,7 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> App:
         ("POST", "/v1/chat/completions"): Endpoint(
             bind(openai.create_chat_completion), guard=bearer
         ),
+        ("POST", "/v1/embeddings"): Endpoint(bind(embeddings.create_embedding), guard=bearer),
         ("GET", "/v1/models"): Endpoint(bind(openai.list_models), guard=bearer),
         ("GET", "/v1/models/*"): Endpoint(bind(openai.retrieve_model), guard=bearer),
         ("POST", "/v1/messages"): Endpoint(

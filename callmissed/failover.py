@@ -23,9 +23,10 @@ from callmissed.deadlines import Deadline, Deadlines, Timeout
 from callmissed.errors import GatewayError, UpstreamError, UpstreamTimeout
 from callmissed.health import Health, route_name
 from callmissed.metrics import Metrics
+from callmissed.providers import Provider, UpstreamRequest
 from callmissed.relay import CHAT_COMPLETIONS, ChatStream, UpstreamAPI
 from callmissed.routing import Target
-from callmissed.settings import ModelSettings, Settings, Timeouts
+from callmissed.settings import Limits, ModelSettings, Settings, Timeouts
 from callmissed.upstream import Upstream, UpstreamResponse
 
 __all__ = ["TRANSIENT_STATUSES", "Failover", "Won"]
@@ -92,6 +93,11 @@ class Failover:
         self._idle.set()
 
     @property
+    def limits(self) -> Limits:
+        """What an upstream answer may hold (settings.Limits)."""
+        return self._limits
+
+    @property
     def inflight(self) -> int:
         return len(self._active)
 
@@ -112,6 +118,13 @@ class Failover:
             response = await self._send(target, body, model, api)
             return await api.read(target.provider, response, self._limits.upstream_body_bytes)
 
+        return await self.call(model, targets, attempt)
+
+    async def call(
+        self, model: ModelSettings, targets: list[Target], attempt: Callable[[Target], Awaitable[T]]
+    ) -> Won[T]:
+        """The first route whose `attempt` gives a whole answer (complete(), embeddings), with
+        the same fallback, retries, hedging, total timeout and bookkeeping."""
         request = self._enter(model)
         try:
             won = await self._run(request, model, targets, attempt)
@@ -166,14 +179,19 @@ class Failover:
     async def _send(
         self, target: Target, body: dict[str, Any], model: ModelSettings, api: UpstreamAPI
     ) -> UpstreamResponse:
-        request = api.build(target.provider, body, target.route, model)
-        response = await self._upstream.send(target.provider, request)
+        return await self.send(
+            target.provider, api.build(target.provider, body, target.route, model)
+        )
+
+    async def send(self, provider: Provider, request: UpstreamRequest) -> UpstreamResponse:
+        """POST a built request; the provider's UpstreamError if the upstream answers >= 400."""
+        response = await self._upstream.send(provider, request)
         if response.status >= 400:
             try:  # enough of it to read the error: a hostile upstream's may never end
                 error_body, _ = await response.read(self._limits.upstream_error_body_bytes)
             finally:
                 response.close()
-            raise target.provider.parse_error(response.status, error_body, response.retry_after)
+            raise provider.parse_error(response.status, error_body, response.retry_after)
         return response
 
     async def _run(

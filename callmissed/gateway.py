@@ -3,7 +3,8 @@
 Each edge (api/openai.py, api/anthropic.py) authenticates and parses its own dialect, then calls
 `complete()` or `open_stream()` with an OpenAI-format body. Until the first chunk arrives any
 failure is raised as a normal error (a real HTTP status); after that it travels in-band.
-Which route answers (fallback, hedging, timeouts) is failover.py's job.
+Which route answers (fallback, hedging, timeouts) is failover.py's job. `embed()` is the same
+for POST /v1/embeddings (embedding.py does the batches).
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from typing import Any
 from callmissed.auth import Authenticator, Principal
 from callmissed.credits import Charge, Credits
 from callmissed.deadlines import Deadlines
-from callmissed.errors import ShuttingDown
+from callmissed.embedding import embed_on, plan_embedding
+from callmissed.errors import InvalidRequest, ShuttingDown
 from callmissed.failover import Failover, Won
+from callmissed.formats.embeddings import EmbeddingRequest
 from callmissed.health import Health, route_name
 from callmissed.keepalive import KeepAlive
 from callmissed.ledger import Ledger, ledger_directory
@@ -52,6 +55,7 @@ class RouteInfo:
     fallbacks: tuple[str, ...] = ()  # "provider:model outcome" of each failed attempt
     hedged: bool = False
     limits: tuple[tuple[bytes, bytes], ...] = ()  # the key's x-ratelimit-* (credits.py)
+    prompt_estimate: int = 0  # the prompt's tokens as credits.py estimated them for the hold
 
     @classmethod
     def of(
@@ -68,6 +72,7 @@ class RouteInfo:
             won.failed,
             won.hedged,
             tuple(charge.headers()),
+            charge.prompt_estimate,
         )
 
     def headers(self) -> list[tuple[bytes, bytes]]:
@@ -180,6 +185,29 @@ class Gateway:
         won.result.meter_with(charge)
         return won.result, info
 
+    async def embed(
+        self, principal: Principal, request: EmbeddingRequest, *, request_id: str | None = None
+    ) -> tuple[dict[str, Any], RouteInfo]:
+        """A whole create-embedding response, `usage.cost` included, held and settled like a
+        chat completion: the prompt's estimate held, the counted tokens billed."""
+        model, targets = self._route_embedding(request.model)
+        plan = plan_embedding(model, request)
+        request_id = request_id or new_request_id()
+        tokens = (request.prompt_estimate, 0)
+        charge = await self.credits.begin(principal, model, request.body, request_id, tokens=tokens)
+
+        async def attempt(target: Target) -> dict[str, Any]:
+            return await embed_on(self.failover, target, model, plan)
+
+        try:
+            won = await self.failover.call(model, targets, attempt)
+        except BaseException as exc:
+            charge.fail(exc)
+            raise
+        info = RouteInfo.of(won, None, charge, stream=False)
+        charge.complete(won.result)
+        return won.result, info
+
     def keepalive(self, start_stream: StartStream | None, headers: Headers) -> KeepAlive:
         """Keep-alive comments for a stream being opened, should its first token be slow."""
         policy = self.settings.resilience
@@ -198,7 +226,26 @@ class Gateway:
     def _route(self, body: dict[str, Any]) -> tuple[ModelSettings, list[Target]]:
         if self.draining:
             raise ShuttingDown("The server is shutting down; send the request again.")
-        return self.router.resolve(body["model"])
+        model, targets = self.router.resolve(body["model"])
+        if model.embedding is not None:
+            raise InvalidRequest(
+                f"The model {model.name!r} makes embeddings: use POST /v1/embeddings.",
+                param="model",
+            )
+        return model, targets
+
+    def _route_embedding(self, name: str) -> tuple[ModelSettings, list[Target]]:
+        if self.draining:
+            raise ShuttingDown("The server is shutting down; send the request again.")
+        model, targets = self.router.resolve(name)
+        # Any vendor/model id may be one of OpenRouter's embedding models: it decides.
+        if model.embedding is None and name in self.settings.models:
+            raise InvalidRequest(
+                f"The model {name!r} makes no embeddings; GET /v1/models says which models do "
+                '("capabilities": {"embedding": true}).',
+                param="model",
+            )
+        return model, targets
 
 
 def _nothing() -> None:

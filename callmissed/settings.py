@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 __all__ = [
     "Accounting",
     "EdgeLimits",
+    "EmbeddingSettings",
     "Limits",
     "ModelSettings",
     "Prices",
@@ -75,11 +76,13 @@ class Route(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Prices:
-    """USD per million tokens."""
+    """USD per million tokens. `cached_input`: prompt tokens read from the upstream's prompt
+    cache; `cache_write`: prompt tokens written to it (None: billed as input)."""
 
     input: float
     cached_input: float
     output: float
+    cache_write: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +158,15 @@ class ResponsesStorage:
 
 
 @dataclass(frozen=True, slots=True)
+class EmbeddingSettings:
+    """What an embedding model makes (docs/embeddings.md)."""
+
+    dimensions: int | None = None  # its vectors' length; None: whatever the upstream returns
+    shorten: bool = False  # trained for it (Matryoshka): `dimensions` may ask for fewer
+    batch: int | None = None  # inputs per upstream request; None: the provider's own limit
+
+
+@dataclass(frozen=True, slots=True)
 class Limits:
     """What an upstream may make the gateway hold, and how many series /metrics may grow to
     (docs/security.md). Each is set by the config file's [limits] table or its variable."""
@@ -178,6 +190,7 @@ class ModelSettings:
     strategy: str = "ordered"  # or "fastest": the healthy route with the best first-token time
     hedge_after_ms: float | None = None  # start the next route too if no first token by then
     timeouts: Timeouts | None = None  # None: the global ones
+    embedding: EmbeddingSettings | None = None  # an embedding model (None: a chat model)
 
 
 @dataclass(frozen=True)
@@ -374,6 +387,31 @@ def _parse_model(name: str, table: Mapping[str, Any], defaults: Timeouts) -> Mod
         strategy=table.get("strategy", "ordered"),
         hedge_after_ms=_positive(name, "hedge_after_ms", table.get("hedge_after_ms")),
         timeouts=_with_timeouts(name, defaults, timeouts) if timeouts else None,
+        embedding=_parse_embedding(name, table.get("embedding")),
+    )
+
+
+def _parse_embedding(model: str, value: Any) -> EmbeddingSettings | None:
+    """`embedding = true`, or a table of dimensions, shorten and batch; absent: a chat model."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return EmbeddingSettings()
+    if not isinstance(value, dict):
+        raise SettingsError(f"model {model!r}: embedding must be true or a table")
+    unknown = value.keys() - {"dimensions", "shorten", "batch"}
+    if unknown:
+        raise SettingsError(f"model {model!r}: unknown embedding setting {sorted(unknown)[0]!r}")
+    for key in ("dimensions", "batch"):
+        item = value.get(key)
+        if item is not None and (not isinstance(item, int) or isinstance(item, bool) or item < 1):
+            raise SettingsError(f"model {model!r}: embedding.{key} must be a positive integer")
+    if not isinstance(value.get("shorten", False), bool):
+        raise SettingsError(f"model {model!r}: embedding.shorten must be true or false")
+    if value.get("shorten") and value.get("dimensions") is None:
+        raise SettingsError(f"model {model!r}: embedding.shorten needs embedding.dimensions")
+    return EmbeddingSettings(
+        value.get("dimensions"), value.get("shorten", False), value.get("batch")
     )
 
 
@@ -535,17 +573,24 @@ def _parse_limits(env: Mapping[str, str], config: Mapping[str, Any]) -> Limits:
 
 
 def _parse_prices(where: str, table: Any) -> Prices:
-    """USD per million tokens; cached_input defaults to input. All must be numbers >= 0."""
+    """USD per million tokens; cached_input and cache_write default to input. All must be
+    numbers >= 0."""
     if not isinstance(table, dict) or not {"input", "output"} <= table.keys():
         raise SettingsError(f"{where}: prices need input and output (USD per million tokens)")
-    unknown = table.keys() - {"input", "cached_input", "output"}
+    unknown = table.keys() - {"input", "cached_input", "cache_write", "output"}
     if unknown:
         raise SettingsError(f"{where}: unknown price {sorted(unknown)[0]!r}")
     values = {"cached_input": table["input"], **table}
-    for key, value in table.items():  # the keys written: cached_input defaults to input
+    for key, value in table.items():  # the keys written: the others default to input
         if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < 1e6:
             raise SettingsError(f"{where}: price {key} must be a number from 0 to 1000000")
-    return Prices(float(values["input"]), float(values["cached_input"]), float(values["output"]))
+    write = values.get("cache_write")
+    return Prices(
+        float(values["input"]),
+        float(values["cached_input"]),
+        float(values["output"]),
+        None if write is None else float(write),
+    )
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 """The admin API under /admin/keys, guarded by CALLMISSED_ADMIN_TOKEN (a bearer token).
 
   GET   /admin/keys                  every key (never the key itself)
-  POST  /admin/keys                  create: {name, credits, rpm, tpm, max_concurrent, models}
+  POST  /admin/keys                  create: {name, credits, limit_reset, rpm, tpm,
+                                     max_concurrent, models}
   GET   /admin/keys/{id}             one key, with its last ledger rows
-  PATCH /admin/keys/{id}             change limits / allow-list (fields as in create)
+  PATCH /admin/keys/{id}             change limit_reset, limits, allow-list (as in create)
   POST  /admin/keys/{id}/revoke      revoke: the next request with it gets 401
   POST  /admin/keys/{id}/topup       add credits: {credits}
 
@@ -22,6 +23,7 @@ from callmissed.errors import AdminDisabled, AuthenticationFailed, InvalidReques
 from callmissed.gateway import Gateway
 from callmissed.peers import Peers
 from callmissed.store import MAX_BALANCE, NO_POLICY, KeyPolicy, KeyRecord
+from callmissed.store.budget import LIMIT_RESETS
 from callmissed.web import Request, Response, json_response
 
 __all__ = ["authorize", "describe_key", "keys_collection", "keys_item", "parse_policy"]
@@ -41,7 +43,8 @@ async def keys_collection(gateway: Gateway, request: Request) -> Response:
     if not isinstance(name, str) or not name:
         raise InvalidRequest("'name' must be a non-empty string.", param="name")
     credits = _credits(body.get("credits")) if body.get("credits") is not None else None
-    key, record = await create_key(gateway.store, name, credits, parse_policy(body))
+    limit_reset = _limit_reset(body.get("limit_reset"), credits is not None)
+    key, record = await create_key(gateway.store, name, credits, parse_policy(body), limit_reset)
     return json_response({"key": key, "data": describe_key(record)}, status=201)
 
 
@@ -56,7 +59,11 @@ async def keys_item(gateway: Gateway, peers: Peers, request: Request) -> Respons
             fresh = await gateway.store.get_key(record.id) or record
             return json_response({"data": describe_key(fresh), "usage": usage})
         case ("PATCH", ""):
-            policy = parse_policy(_object(request), record.policy)
+            body = _object(request)
+            policy = parse_policy(body, record.policy)
+            if "limit_reset" in body:
+                limit_reset = _limit_reset(body["limit_reset"], record.credits is not None)
+                await gateway.store.set_limit_reset(record.id, limit_reset)
             updated = await gateway.store.set_policy(record.id, policy) or record
         case ("POST", "revoke"):
             await gateway.store.revoke_key(record.id)
@@ -89,6 +96,8 @@ def describe_key(record: KeyRecord) -> dict[str, Any]:
         "credits": format_credits(record.credits),
         "granted": format_credits(record.granted),
         "spent": format_credits(record.spent),
+        "limit_reset": record.limit_reset,
+        "window_start": record.window_start,
         "rpm": policy.rpm,
         "tpm": policy.tpm,
         "max_concurrent": policy.max_concurrent,
@@ -148,6 +157,21 @@ def _object(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     return body
+
+
+def _limit_reset(value: Any, metered: bool) -> str | None:
+    """`limit_reset` from a JSON body: one of LIMIT_RESETS, or null for a limit that never
+    resets; only a key with a credit limit has one to reset."""
+    if value is not None and value not in LIMIT_RESETS:
+        raise InvalidRequest(
+            f"'limit_reset' must be one of {', '.join(LIMIT_RESETS)}, or null.", param="limit_reset"
+        )
+    if value is not None and not metered:
+        raise InvalidRequest(
+            "'limit_reset' needs a credit limit: an unlimited key has nothing to reset.",
+            param="limit_reset",
+        )
+    return None if value is None else str(value)
 
 
 def _credits(value: Any) -> int:

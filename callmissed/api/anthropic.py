@@ -38,7 +38,8 @@ async def create_message(gateway: Gateway, request: Request) -> Response | Strea
         completion, info = await gateway.complete(
             principal, message.chat, request_id=request.request_id
         )
-        return json_response(build_message(completion, message), headers=info.headers() + headers)
+        answer = build_message(completion, message, info.prompt_estimate)
+        return json_response(answer, headers=info.headers() + headers)
     request_id = request.request_id
     keepalive = gateway.keepalive(request.start_stream, headers)
     opening = gateway.open_stream(principal, message.chat, False, request_id=request_id)
@@ -48,7 +49,8 @@ async def create_message(gateway: Gateway, request: Request) -> Response | Strea
         return StreamResponse(in_band_error(failed.error, _error_event, request_id))
     if not keepalive.started:  # else the headers went out with the first comment
         headers = info.headers() + headers
-    events = _aiter_events(stream, MessageStreamEncoder(message), request_id)
+    encoder = MessageStreamEncoder(message, info.prompt_estimate)
+    events = _aiter_events(stream, encoder, request_id)
     return StreamResponse(events, headers, stream.close)
 
 

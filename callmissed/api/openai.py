@@ -97,8 +97,11 @@ def _describe(gateway: Gateway, model: ModelSettings) -> dict[str, Any]:
         "strategy": model.strategy,
         "health": [gateway.health.describe(r) for r in model.routes],
         "available": unavailable is None,
+        "capabilities": {"chat": model.embedding is None, "embedding": model.embedding is not None},
         "reasoning_effort": _reasoning_capability(gateway, model),
     }
+    if model.embedding is not None:
+        entry["embedding"] = _embedding_capability(gateway, model)
     if unavailable:
         entry["unavailable_reason"] = unavailable
     if model.description:
@@ -109,9 +112,25 @@ def _describe(gateway: Gateway, model: ModelSettings) -> dict[str, Any]:
         entry["pricing"] = {
             "input_per_million": model.prices.input,
             "cached_input_per_million": model.prices.cached_input,
+            "cache_write_per_million": (
+                model.prices.input if model.prices.cache_write is None else model.prices.cache_write
+            ),
             "output_per_million": model.prices.output,
         }
     return entry
+
+
+def _embedding_capability(gateway: Gateway, model: ModelSettings) -> dict[str, Any]:
+    """Its vectors' length (null: the upstream's), whether `dimensions` may ask for fewer, and
+    how many inputs go to its first route at once (more are split: docs/embeddings.md)."""
+    embedding = model.embedding
+    assert embedding is not None
+    provider = gateway.providers[model.routes[0].provider]
+    return {
+        "dimensions": embedding.dimensions,
+        "shorten": embedding.shorten,
+        "batch": embedding.batch or provider.embedding_batch,
+    }
 
 
 def _reasoning_capability(gateway: Gateway, model: ModelSettings) -> dict[str, Any]:

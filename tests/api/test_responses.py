@@ -272,7 +272,11 @@ def test_a_codex_shaped_request_streams_the_answer(responses_gateway):
     assert stored.status_code == 404  # store: false keeps nothing
 
 
-@pytest.mark.parametrize("name", list(tomllib.loads(CATALOG_PATH.read_text())["models"]))
+_CATALOG = tomllib.loads(CATALOG_PATH.read_text())["models"]
+_CHAT_MODELS = [name for name, entry in _CATALOG.items() if "embedding" not in entry]
+
+
+@pytest.mark.parametrize("name", _CHAT_MODELS)
 def test_every_catalog_model_answers(sdk, name):
     response = sdk.responses.create(model=name, input="Hi", store=False)
     assert response.status == "completed" and response.output_text
