@@ -67,6 +67,7 @@ _EDGE: _Table = {
     "header_timeout": ("CALLMISSED_HEADER_TIMEOUT", (0.001, _DAY)),
     "body_timeout": ("CALLMISSED_BODY_TIMEOUT", (0.001, _DAY)),
     "idle_timeout": ("CALLMISSED_IDLE_TIMEOUT", (0.001, _DAY)),
+    # hyper refuses a read buffer under 8 KiB; a request line and a few headers need ~1 KiB.
     "max_header_bytes": ("CALLMISSED_MAX_HEADER_BYTES", (8 * _KIB, 16 * _MIB)),
     "h2_max_streams": ("CALLMISSED_H2_MAX_STREAMS", (1, 100_000)),
     "max_open_body_bytes": ("CALLMISSED_MAX_OPEN_BODY_BYTES", (1, 2 * _GIB)),

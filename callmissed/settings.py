@@ -169,7 +169,7 @@ class EmbeddingSettings:
 @dataclass(frozen=True, slots=True)
 class Limits:
     """What an upstream may make the gateway hold, and how many series /metrics may grow to
-    (docs/security.md). Each is set by the config file's [limits] table or its variable."""
+    (docs/security.md): the `[limits]` table, each overridden by its CALLMISSED_* variable."""
 
     upstream_error_body_bytes: int = 64 * 1024  # read of an upstream's error answer; rest unread
     upstream_body_bytes: int = 32 * 1024 * 1024  # an answer read whole, or any one inflated
@@ -254,9 +254,9 @@ def load_settings(env: Mapping[str, str] | None = None, config_path: str | None 
         tls_cert=env.get("CALLMISSED_TLS_CERT") or None,
         tls_key=env.get("CALLMISSED_TLS_KEY") or None,
         accounting=_parse_accounting(env, config),
-        edge=_parse_edge(env, config),
+        edge=_parse_limits("server", EdgeLimits(), _EDGE_ENV, env, config),
         responses=_from_env(ResponsesStorage(), env, _RESPONSES_ENV),
-        limits=_parse_limits(env, config),
+        limits=_parse_limits("limits", Limits(), _LIMITS_ENV, env, config),
     )
     validate(settings)
     return settings
@@ -449,7 +449,9 @@ _RESPONSES_ENV = {
     "max_bytes": "CALLMISSED_RESPONSES_MAX_BYTES",
     "key_bytes": "CALLMISSED_RESPONSES_KEY_BYTES",
 }
-_MAY_BE_ZERO = frozenset({"warm_connections", "warm_interval", "shutdown_grace", "retry_backoff"})
+_MAY_BE_ZERO = frozenset(
+    {"warm_connections", "warm_interval", "shutdown_grace", "retry_backoff", "metrics_max_models"}
+)
 
 
 def _from_env(defaults: Any, env: Mapping[str, str], names: Mapping[str, str]) -> Any:
@@ -504,33 +506,28 @@ _EDGE_ENV = {
     "write_buffer_bytes": "CALLMISSED_WRITE_BUFFER_BYTES",
     "write_timeout": "CALLMISSED_WRITE_TIMEOUT",
 }
-# hyper refuses a read buffer under 8 KiB, and a request line and a few headers need ~1 KiB.
-_EDGE_MINIMUM = {"max_header_bytes": 8192}
 
 
-def _parse_edge(env: Mapping[str, str], config: Mapping[str, Any]) -> EdgeLimits:
-    """`[server]` from the config file, then CALLMISSED_* over it; every limit must be > 0."""
-    table = config.get("server", {})
+def _parse_limits(
+    section: str, defaults: Any, names: Mapping[str, str], env: Mapping[str, str], config: Any
+) -> Any:
+    """`defaults` with the config file's `[section]` table, then CALLMISSED_* over it; every
+    limit must be a number > 0 (bounds.py checks each one's range)."""
+    table = config.get(section, {})
     if not isinstance(table, dict):
-        raise SettingsError("[server] must be a table of limits")
-    known = {item.name: item for item in fields(EdgeLimits)}
-    unknown = table.keys() - known.keys()
+        raise SettingsError(f"[{section}] must be a table of limits")
+    unknown = table.keys() - names.keys()
     if unknown:
         raise SettingsError(
-            f"[server]: unknown limit {sorted(unknown)[0]!r} (known: {list(known)})"
+            f"[{section}]: unknown limit {sorted(unknown)[0]!r} (known: {list(names)})"
         )
-    defaults = EdgeLimits()
     values: dict[str, Any] = {}
     for name, value in table.items():
         whole = isinstance(getattr(defaults, name), int)
         if not isinstance(value, int if whole else (int, float)) or isinstance(value, bool):
-            raise SettingsError(f"[server] {name} must be a {'whole ' if whole else ''}number")
+            raise SettingsError(f"[{section}] {name} must be a {'whole ' if whole else ''}number")
         values[name] = value if whole else float(value)
-    limits: EdgeLimits = _from_env(replace(defaults, **values), env, _EDGE_ENV)
-    for name, minimum in _EDGE_MINIMUM.items():
-        if getattr(limits, name) < minimum:
-            raise SettingsError(f"{_EDGE_ENV[name]} ([server] {name}) must be at least {minimum}")
-    return limits
+    return _from_env(replace(defaults, **values), env, names)
 
 
 def _parse_accounting(env: Mapping[str, str], config: Mapping[str, Any]) -> Accounting:
@@ -547,29 +544,7 @@ def _parse_accounting(env: Mapping[str, str], config: Mapping[str, Any]) -> Acco
     )
 
 
-_LIMITS_ENV = {
-    "upstream_error_body_bytes": "CALLMISSED_UPSTREAM_ERROR_BODY_BYTES",
-    "upstream_body_bytes": "CALLMISSED_UPSTREAM_BODY_BYTES",
-    "sse_event_bytes": "CALLMISSED_SSE_EVENT_BYTES",
-    "metrics_max_models": "CALLMISSED_METRICS_MAX_MODELS",
-}
-
-
-def _parse_limits(env: Mapping[str, str], config: Mapping[str, Any]) -> Limits:
-    """[limits] in the config file, then each one's environment variable over it."""
-    table = config.get("limits", {})
-    if not isinstance(table, dict):
-        raise SettingsError("[limits] must be a table of numbers")
-    unknown = table.keys() - _LIMITS_ENV.keys()
-    if unknown:
-        raise SettingsError(f"[limits]: unknown limit {sorted(unknown)[0]!r}")
-    values: dict[str, int] = {}
-    for name, variable in _LIMITS_ENV.items():
-        value = table.get(name, getattr(Limits(), name))
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise SettingsError(f"[limits] {name} must be a whole number, got {value!r}")
-        values[name] = _int(env, variable, value)
-    return Limits(**values)
+_LIMITS_ENV = {item.name: f"CALLMISSED_{item.name.upper()}" for item in fields(Limits)}
 
 
 def _parse_prices(where: str, table: Any) -> Prices:

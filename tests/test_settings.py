@@ -117,7 +117,7 @@ def test_prices_take_a_cache_write_rate_that_defaults_to_input(tmp_path):
     catalog = load_settings(env={}).models["anthropic/claude-sonnet-4.6"].prices
     assert catalog is not None and catalog.cache_write == 3.75  # Anthropic: 1.25x input
     path.write_text("[prices.a]\ninput = 1.0\noutput = 2.0\ncache_write = -1\n")
-    with pytest.raises(SettingsError, match="cache_write must be a number >= 0"):
+    with pytest.raises(SettingsError, match="cache_write must be a number from 0 to 1000000"):
         load_settings(env={"CALLMISSED_CONFIG": str(path)})
 
 
