@@ -1,13 +1,15 @@
-"""The `callmissed` command: serve, keys create|list|show|revoke|topup, config check."""
+"""The `callmissed` command: serve, keys create|list|show|update|revoke|topup, config check."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,12 @@ from callmissed import __version__
 from callmissed.auth import create_key
 from callmissed.credits import MICRO, parse_credits
 from callmissed.settings import Settings, SettingsError, load_settings
-from callmissed.store import KeyPolicy, KeyRecord, Store, open_store
+from callmissed.store import MAX_BALANCE, KeyPolicy, KeyRecord, Store, open_store
+from callmissed.store.budget import LIMIT_RESETS
 
-__all__ = ["main"]
+__all__ = ["FIRST_KEY_FILE", "first_key_path", "main"]
+
+FIRST_KEY_FILE = "callmissed-first-key"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -99,8 +104,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from granian.http import HTTP1Settings, HTTP2Settings
 
     from callmissed.ratelimit import limits_warning
+    from callmissed.shutdown import SERVER_PID_ENV
 
-    _with_store(settings, _first_key)
+    if _with_store(settings, _first_key, first_key_path(settings)):
+        return 1
     tls = bool(settings.tls_cert and settings.tls_key)
     scheme = "https" if tls else "http"
     print(
@@ -112,6 +119,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     warning = limits_warning(settings)
     if warning:
         print(f"callmissed: warning: {warning}", file=sys.stderr, flush=True)
+    os.environ[SERVER_PID_ENV] = str(os.getpid())  # whose workers these are (shutdown.py)
     limits = settings.edge
     _raise_open_files(limits.max_connections)
     server = Granian(
@@ -278,32 +286,91 @@ def _add_key_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     create = keys.add_parser("create", help="create a key; the key is printed once, last")
     create.add_argument("--name", default="key", help="a label for the key")
     create.add_argument("--credits", help="starting balance in USD (default: unlimited)")
+    create.add_argument(
+        "--limit-reset",
+        choices=LIMIT_RESETS,
+        help="the credits are a limit that starts afresh every UTC day, week (Monday) or month",
+    )
     create.add_argument("--rpm", type=_positive, help="requests per minute")
     create.add_argument("--tpm", type=_positive, help="tokens per minute")
     create.add_argument("--max-concurrent", type=_positive, help="requests in flight at once")
     create.add_argument("--models", help="comma-separated models the key may use (default: all)")
     create.set_defaults(run=_on_store(_keys_create))
+    update = keys.add_parser("update", help="change a key's limit reset, limits or models")
+    update.add_argument("key_id", type=_key_id)
+    update.add_argument(
+        "--limit-reset",
+        choices=[*LIMIT_RESETS, "none"],
+        help="reset the credit limit every UTC day, week or month; none: never again",
+    )
+    for option, what in (("--rpm", "requests per minute"), ("--tpm", "tokens per minute")):
+        update.add_argument(option, type=_positive_or_none, help=f"{what}; none: no limit")
+    update.add_argument(
+        "--max-concurrent", type=_positive_or_none, help="requests in flight at once; none"
+    )
+    update.add_argument("--models", help="comma-separated models the key may use; none: all")
+    update.set_defaults(run=_on_store(_keys_update))
     keys.add_parser("list", help="list keys (never the keys themselves)").set_defaults(
         run=_on_store(_keys_list)
     )
     show = keys.add_parser("show", help="a key's balance, limits and latest requests")
-    show.add_argument("key_id", type=int)
+    show.add_argument("key_id", type=_key_id)
     show.set_defaults(run=_on_store(_keys_show))
     revoke = keys.add_parser("revoke", help="revoke a key by id")
-    revoke.add_argument("key_id", type=int)
+    revoke.add_argument("key_id", type=_key_id)
     revoke.set_defaults(run=_on_store(_keys_revoke))
     topup = keys.add_parser("topup", help="add credits (USD) to a key")
-    topup.add_argument("key_id", type=int)
+    topup.add_argument("key_id", type=_key_id)
     topup.add_argument("credits")
     topup.set_defaults(run=_on_store(_keys_topup))
 
 
-async def _first_key(store: Store, args: object = None) -> int:
-    if not await store.list_keys():
-        key, _ = await create_key(store, "first key")
-        print("Created your first API key (shown once, store it now):", flush=True)
+def first_key_path(settings: Settings) -> Path:
+    """Where `serve` writes the first key when its output is no terminal: beside the SQLite
+    database, or in the working directory (PostgreSQL)."""
+    url = settings.database_url
+    if url.startswith("sqlite://"):
+        path = url.removeprefix("sqlite://").removeprefix("/")
+        if path not in ("", ":memory:"):
+            return (Path(path).parent / FIRST_KEY_FILE).absolute()
+    return Path(FIRST_KEY_FILE).absolute()
+
+
+async def _first_key(store: Store, path: Path) -> int:
+    """An unlimited key for a new database. On a terminal it is shown; anywhere else (a
+    container's or a service manager's log keeps what it is given) it goes to a file only
+    this user can read, and the log gets the file's path."""
+    if await store.list_keys():
+        return 0
+    key, record = await create_key(store, "first key")
+    if sys.stdout.isatty():
+        print("Created your first API key (unlimited; shown once, store it now):", flush=True)
         print(f"  {key}", flush=True)
+        return 0
+    try:
+        _write_private(path, f"{key}\n")
+    except OSError as exc:
+        await store.revoke_key(record.id)
+        print(
+            f"callmissed: could not write the first key to {path} ({exc.strerror}); "
+            "create one with `callmissed keys create`",
+            file=sys.stderr,
+        )
+        return 1
+    print(
+        f"Created your first API key (unlimited). It is in {path}, "
+        "readable only by this user: store it, then delete the file.",
+        flush=True,
+    )
     return 0
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` to `path`, readable and writable by this user alone (mode 0600)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as file:
+        os.fchmod(fd, 0o600)  # a file that was there already keeps its old mode otherwise
+        file.write(text)
 
 
 def _with_store(
@@ -327,9 +394,11 @@ def _on_store(run: Callable[[Store, Any], Awaitable[int]]) -> Callable[[Settings
 
 async def _keys_create(store: Store, args: argparse.Namespace) -> int:
     credits = _credits(args.credits) if args.credits is not None else None
+    if args.limit_reset is not None and credits is None:
+        raise SystemExit("callmissed: --limit-reset needs --credits: the limit that resets")
     models = tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else None
     policy = KeyPolicy(args.rpm, args.tpm, args.max_concurrent, models)
-    key, record = await create_key(store, args.name, credits, policy)
+    key, record = await create_key(store, args.name, credits, policy, args.limit_reset)
     print(f"Created key {record.id} ({record.name}): {_summary(record)}. It is shown only once:")
     print(key)
     return 0
@@ -350,11 +419,42 @@ async def _keys_show(store: Store, args: argparse.Namespace) -> int:
     print(f"key {record.id} ({record.name}, {record.key_prefix}…): {state}")
     print(f"  {_summary(record)}")
     print(f"  granted {_usd(record.granted)}, spent {_usd(record.spent)}")
+    if record.limit_reset is not None and record.window_start is not None:
+        start = datetime.fromtimestamp(record.window_start, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        print(f"  this window (since {start}): spent {_usd(record.window_spent)}")
     for row in await store.recent_usage(record.id, 10):
         print(
             f"  {row['request_id']}  {row['model']}  {row['status']}  "
             f"{row['prompt_tokens']}+{row['completion_tokens']} tokens  {_usd(row['cost'])}"
         )
+    return 0
+
+
+async def _keys_update(store: Store, args: argparse.Namespace) -> int:
+    record = await _find(store, args.key_id)
+    if record is None:
+        return 1
+    if args.limit_reset is not None:
+        if record.credits is None:
+            raise SystemExit("callmissed: an unlimited key has no credit limit to reset")
+        limit_reset = None if args.limit_reset == "none" else args.limit_reset
+        record = await store.set_limit_reset(record.id, limit_reset) or record
+    changes = {
+        name: value
+        for name, value in (
+            ("rpm", args.rpm), ("tpm", args.tpm), ("max_concurrent", args.max_concurrent),
+        )
+        if value is not None
+    }  # fmt: skip
+    if args.models is not None:
+        models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+        changes["models"] = None if args.models == "none" else models
+    if changes:
+        policy = dataclasses.replace(
+            record.policy, **{name: value or None for name, value in changes.items()}
+        )
+        record = await store.set_policy(record.id, policy) or record
+    print(f"Key {record.id} ({record.name}): {_summary(record)}.")
     return 0
 
 
@@ -370,7 +470,11 @@ async def _keys_topup(store: Store, args: argparse.Namespace) -> int:
     amount = _credits(args.credits)
     record = await store.topup(args.key_id, amount)
     if record is None:
-        if await _find(store, args.key_id) is not None:
+        found = await _find(store, args.key_id)
+        if found is not None and found.active and found.credits is not None:
+            most = MAX_BALANCE // MICRO
+            print(f"callmissed: a top-up may not take a balance past {most:,} USD", file=sys.stderr)
+        elif found is not None:
             message = "only an active key with a credit limit can be topped up"
             print(f"callmissed: {message}", file=sys.stderr)
         return 1
@@ -397,12 +501,16 @@ def _summary(record: KeyRecord) -> str:
         if value is not None
     ]
     models = ", ".join(policy.models) if policy.models is not None else "all models"
-    return f"credits {_usd(record.credits)}, limits {', '.join(limits) or 'none'}, {models}"
+    credits = f"credits {_usd(record.credits)}"
+    if record.limit_reset is not None:
+        credits += f" of {_usd(record.granted)} {record.limit_reset}"
+    return f"{credits}, limits {', '.join(limits) or 'none'}, {models}"
 
 
-def _usd(micro: int | None) -> str:
+def _usd(micro: float | None) -> str:
     if micro is None:
         return "unlimited"
+    micro = int(micro)  # a REAL: what SQLite made of an overflowing sum before MAX_BALANCE
     return f"${micro // MICRO}.{micro % MICRO:06d}"
 
 
@@ -411,6 +519,17 @@ def _credits(text: str) -> int:
         return parse_credits(text)
     except ValueError as exc:
         raise SystemExit(f"callmissed: {exc}") from None
+
+
+def _key_id(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) > 2**63 - 1:
+        raise argparse.ArgumentTypeError("must be a key id (a whole number)")
+    return int(text)
+
+
+def _positive_or_none(text: str) -> int:
+    """A limit, or 0 for `none`: no limit."""
+    return 0 if text == "none" else _positive(text)
 
 
 def _positive(text: str) -> int:

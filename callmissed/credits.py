@@ -32,7 +32,7 @@ from callmissed.errors import (
 from callmissed.ledger import Ledger
 from callmissed.ratelimit import Lease, Limiter
 from callmissed.settings import ModelSettings, Prices, Route
-from callmissed.store import Funding, LedgerEntry, Store
+from callmissed.store import MAX_BALANCE, Funding, LedgerEntry, Store
 from callmissed.token_estimate import estimate_input_tokens, estimate_output_tokens
 from callmissed.wallet import Wallet
 
@@ -63,18 +63,21 @@ CLIENT_CLOSED = 499  # the ledger's status for a request the client abandoned (n
 
 @dataclass(frozen=True, slots=True)
 class Rates:
-    """Integer prices, in 1e-12 credits per token (numerically: micro-USD per million tokens)."""
+    """Integer prices, in 1e-12 credits per token (numerically: micro-USD per million tokens).
+    `cache_write` None: prompt tokens written to the upstream's cache bill as input."""
 
     input: int
     cached_input: int
     output: int
+    cache_write: int | None = None
 
 
 FREE = Rates(0, 0, 0)
 
 
 def rates_of(prices: Prices) -> Rates:
-    return Rates(_rate(prices.input), _rate(prices.cached_input), _rate(prices.output))
+    write = None if prices.cache_write is None else _rate(prices.cache_write)
+    return Rates(_rate(prices.input), _rate(prices.cached_input), _rate(prices.output), write)
 
 
 def _rate(per_million: float) -> int:
@@ -89,7 +92,8 @@ class TokenUsage:
     prompt: int = 0
     completion: int = 0  # includes reasoning
     reasoning: int = 0
-    cached: int = 0  # part of prompt
+    cached: int = 0  # part of prompt: read from the upstream's prompt cache
+    cache_write: int = 0  # part of prompt: written to it
 
     @property
     def total(self) -> int:
@@ -97,8 +101,10 @@ class TokenUsage:
 
 
 def parse_usage(usage: Mapping[str, Any]) -> TokenUsage:
-    """An OpenAI usage object (wire-formats.md §1.5), chat's or the Responses API's (which
-    names its fields input_/output_tokens); missing or odd fields count as 0."""
+    """An OpenAI usage object (docs/credits.md), chat's or the Responses API's (which names its
+    fields input_/output_tokens); missing or odd fields count as 0. Cache reads
+    (`prompt_tokens_details.cached_tokens`) and writes (`cache_write_tokens`, as OpenRouter
+    reports them) are parts of prompt_tokens."""
     if "input_tokens" in usage:
         return _parse_responses_usage(usage)
     prompt_details = usage.get("prompt_tokens_details") or {}
@@ -110,6 +116,7 @@ def parse_usage(usage: Mapping[str, Any]) -> TokenUsage:
         completion=max(_count(usage.get("completion_tokens")), reasoning),
         reasoning=reasoning,
         cached=_count(prompt_details.get("cached_tokens")),
+        cache_write=_count(prompt_details.get("cache_write_tokens")),
     )
 
 
@@ -132,17 +139,20 @@ def _count(value: Any) -> int:
 def cost_of(rates: Rates, usage: TokenUsage) -> int:
     """Micro-credits for `usage`: computed exactly, rounded to the nearest, halves up."""
     cached = min(usage.cached, usage.prompt)
+    written = min(usage.cache_write, usage.prompt - cached)
+    write_rate = rates.input if rates.cache_write is None else rates.cache_write
     exact = (
-        (usage.prompt - cached) * rates.input
+        (usage.prompt - cached - written) * rates.input
         + cached * rates.cached_input
+        + written * write_rate
         + usage.completion * rates.output
     )
     return (exact + _SCALE // 2) // _SCALE
 
 
 def parse_credits(value: object) -> int:
-    """USD as typed by a person ("5", 2.5) -> micro-credits; ValueError unless a number >= 0
-    with at most six decimals."""
+    """USD as typed by a person ("5", 2.5) -> micro-credits; ValueError unless a number from 0
+    to MAX_BALANCE's billion USD with at most six decimals."""
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError("credits must be a number of USD")
     try:
@@ -151,6 +161,8 @@ def parse_credits(value: object) -> int:
         raise ValueError(f"credits must be a number of USD, got {value!r}") from None
     if not amount.is_finite() or amount < 0 or amount != amount.to_integral_value():
         raise ValueError(f"credits must be >= 0 with at most 6 decimals, got {value!r}")
+    if amount > MAX_BALANCE:
+        raise ValueError(f"credits may be at most {MAX_BALANCE // MICRO:,} USD, got {value!r}")
     return int(amount)
 
 
@@ -225,7 +237,10 @@ class Credits:
         prompt, output_cap = tokens
         lease = await self._limiter.acquire(principal.key_id, principal.policy, prompt + output_cap)
         try:
-            hold = cost_of(rates, TokenUsage(prompt=prompt, completion=output_cap))
+            worst = TokenUsage(prompt=prompt, completion=output_cap)
+            if (rates.cache_write or 0) > rates.input:  # the prompt may all be cache writes
+                worst.cache_write = prompt
+            hold = cost_of(rates, worst)
             wallet = await self._hold(principal, hold)
         except BaseException:
             lease.release(0)

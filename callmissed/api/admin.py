@@ -1,9 +1,10 @@
 """The admin API under /admin/keys, guarded by CALLMISSED_ADMIN_TOKEN (a bearer token).
 
   GET   /admin/keys                  every key (never the key itself)
-  POST  /admin/keys                  create: {name, credits, rpm, tpm, max_concurrent, models}
+  POST  /admin/keys                  create: {name, credits, limit_reset, rpm, tpm,
+                                     max_concurrent, models}
   GET   /admin/keys/{id}             one key, with its last ledger rows
-  PATCH /admin/keys/{id}             change limits / allow-list (fields as in create)
+  PATCH /admin/keys/{id}             change limit_reset, limits, allow-list (as in create)
   POST  /admin/keys/{id}/revoke      revoke: the next request with it gets 401
   POST  /admin/keys/{id}/topup       add credits: {credits}
 
@@ -17,11 +18,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from callmissed.auth import bearer_matches, create_key
-from callmissed.credits import format_credits, parse_credits
+from callmissed.credits import MICRO, format_credits, parse_credits
 from callmissed.errors import AdminDisabled, AuthenticationFailed, InvalidRequest, KeyNotFound
 from callmissed.gateway import Gateway
 from callmissed.peers import Peers
-from callmissed.store import NO_POLICY, KeyPolicy, KeyRecord
+from callmissed.store import MAX_BALANCE, NO_POLICY, KeyPolicy, KeyRecord
+from callmissed.store.budget import LIMIT_RESETS
 from callmissed.web import Request, Response, json_response
 
 __all__ = ["authorize", "describe_key", "keys_collection", "keys_item", "parse_policy"]
@@ -29,6 +31,7 @@ __all__ = ["authorize", "describe_key", "keys_collection", "keys_item", "parse_p
 _PREFIX = "/admin/keys/"
 _POLICY_FIELDS = ("rpm", "tpm", "max_concurrent", "models")
 LIMIT_MAX = 2**31 - 1  # the store's INTEGER columns
+ID_MAX = 2**63 - 1  # a key id: SQLite's INTEGER PRIMARY KEY, PostgreSQL's BIGINT
 
 
 async def keys_collection(gateway: Gateway, request: Request) -> Response:
@@ -40,7 +43,8 @@ async def keys_collection(gateway: Gateway, request: Request) -> Response:
     if not isinstance(name, str) or not name:
         raise InvalidRequest("'name' must be a non-empty string.", param="name")
     credits = _credits(body.get("credits")) if body.get("credits") is not None else None
-    key, record = await create_key(gateway.store, name, credits, parse_policy(body))
+    limit_reset = _limit_reset(body.get("limit_reset"), credits is not None)
+    key, record = await create_key(gateway.store, name, credits, parse_policy(body), limit_reset)
     return json_response({"key": key, "data": describe_key(record)}, status=201)
 
 
@@ -55,7 +59,11 @@ async def keys_item(gateway: Gateway, peers: Peers, request: Request) -> Respons
             fresh = await gateway.store.get_key(record.id) or record
             return json_response({"data": describe_key(fresh), "usage": usage})
         case ("PATCH", ""):
-            policy = parse_policy(_object(request), record.policy)
+            body = _object(request)
+            policy = parse_policy(body, record.policy)
+            if "limit_reset" in body:
+                limit_reset = _limit_reset(body["limit_reset"], record.credits is not None)
+                await gateway.store.set_limit_reset(record.id, limit_reset)
             updated = await gateway.store.set_policy(record.id, policy) or record
         case ("POST", "revoke"):
             await gateway.store.revoke_key(record.id)
@@ -64,7 +72,7 @@ async def keys_item(gateway: Gateway, peers: Peers, request: Request) -> Respons
             amount = _credits(_object(request).get("credits"))
             topped = await gateway.store.topup(record.id, amount)
             if topped is None:
-                raise InvalidRequest("Only an active key with a credit limit can be topped up.")
+                raise InvalidRequest(_topup_refusal(record), param="credits")
             updated = topped
         case _:
             raise InvalidRequest(f"{request.method} {request.path} is not an admin action.")
@@ -88,6 +96,8 @@ def describe_key(record: KeyRecord) -> dict[str, Any]:
         "credits": format_credits(record.credits),
         "granted": format_credits(record.granted),
         "spent": format_credits(record.spent),
+        "limit_reset": record.limit_reset,
+        "window_start": record.window_start,
         "rpm": policy.rpm,
         "tpm": policy.tpm,
         "max_concurrent": policy.max_concurrent,
@@ -126,8 +136,17 @@ def authorize(token: str | None, headers: Mapping[str, str]) -> None:
         raise AuthenticationFailed("The admin API needs 'Authorization: Bearer <admin token>'.")
 
 
+def _topup_refusal(record: KeyRecord) -> str:
+    if record.active and record.credits is not None:
+        most = MAX_BALANCE // MICRO
+        return f"A top-up may not take a key's balance past {most:,} USD."
+    return "Only an active key with a credit limit can be topped up."
+
+
 async def _record(gateway: Gateway, key_id: str) -> KeyRecord:
-    record = await gateway.store.get_key(int(key_id)) if key_id.isdigit() else None
+    # isdigit() alone also takes "²" and other digits int() refuses; ids are 64-bit.
+    valid = key_id.isascii() and key_id.isdigit() and int(key_id) <= ID_MAX
+    record = await gateway.store.get_key(int(key_id)) if valid else None
     if record is None:
         raise KeyNotFound(f"There is no API key with id {key_id!r}.")
     return record
@@ -138,6 +157,21 @@ def _object(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     return body
+
+
+def _limit_reset(value: Any, metered: bool) -> str | None:
+    """`limit_reset` from a JSON body: one of LIMIT_RESETS, or null for a limit that never
+    resets; only a key with a credit limit has one to reset."""
+    if value is not None and value not in LIMIT_RESETS:
+        raise InvalidRequest(
+            f"'limit_reset' must be one of {', '.join(LIMIT_RESETS)}, or null.", param="limit_reset"
+        )
+    if value is not None and not metered:
+        raise InvalidRequest(
+            "'limit_reset' needs a credit limit: an unlimited key has nothing to reset.",
+            param="limit_reset",
+        )
+    return None if value is None else str(value)
 
 
 def _credits(value: Any) -> int:

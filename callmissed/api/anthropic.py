@@ -52,7 +52,8 @@ async def _create(
     if not message.stream:
         completion, info = await gateway.complete(principal, message.chat, trace=trace)
         headers += [*info.headers(), (b"server-timing", trace.server_timing(total=True))]
-        return json_response(build_message(completion, message), headers=headers)
+        answer = build_message(completion, message, info.prompt_estimate)
+        return json_response(answer, headers=headers)
     request_id = request.request_id
     keepalive = gateway.keepalive(request.start_stream, headers)
     opening = gateway.open_stream(principal, message.chat, False, trace=trace)
@@ -63,7 +64,8 @@ async def _create(
         return StreamResponse(in_band_error(failed.error, _error_event, request_id))
     if not keepalive.started:  # else the headers went out with the first comment
         headers += [*info.headers(), (b"server-timing", trace.server_timing(total=False))]
-    events = _aiter_events(stream, MessageStreamEncoder(message), trace)
+    encoder = MessageStreamEncoder(message, info.prompt_estimate)
+    events = _aiter_events(stream, encoder, trace)
     return StreamResponse(events, headers, stream.close)
 
 

@@ -147,6 +147,9 @@ def _describe(gateway: Gateway, model: ModelSettings) -> dict[str, Any]:
         entry["pricing"] = {
             "input_per_million": model.prices.input,
             "cached_input_per_million": model.prices.cached_input,
+            "cache_write_per_million": (
+                model.prices.input if model.prices.cache_write is None else model.prices.cache_write
+            ),
             "output_per_million": model.prices.output,
         }
     return entry

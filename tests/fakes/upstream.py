@@ -17,6 +17,7 @@ The upstream model name picks the behaviour (see BEHAVIOURS); every request is r
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ class FakeUpstream:
     url: str = ""
     requests: list[Received] = field(default_factory=list)
     disconnects: list[float] = field(default_factory=list)  # when a streaming client went away
+    gate: threading.Event = field(default_factory=threading.Event)  # "gated" waits for it
 
     def last(self, model: str | None = None) -> Received:
         for received in reversed(self.requests):
@@ -74,6 +76,14 @@ def _usage(prompt: int = 5, completion: int = 6, reasoning: int = 0) -> dict[str
         "total_tokens": prompt + completion,
         "completion_tokens_details": {"reasoning_tokens": reasoning},
     }
+
+
+# What "cached" reports, as OpenRouter does for a model that caches prompts: of 1000 prompt
+# tokens, 600 read from the cache and 200 written to it.
+CACHED_USAGE = {
+    **_usage(prompt=1000),
+    "prompt_tokens_details": {"cached_tokens": 600, "cache_write_tokens": 200, "audio_tokens": 0},
+}
 
 
 def _usage_chunk(model: str, usage: dict[str, Any] | None = None) -> bytes:
@@ -175,6 +185,17 @@ def _processing(model: str, body: dict[str, Any]) -> list[bytes | float]:
 
 def _drop_after_2(model: str, body: dict[str, Any]) -> list[bytes | float]:
     return [*_hello(model, body)[:2], 0.05, b"DROP"]
+
+
+def _gated(model: str, body: dict[str, Any]) -> list[bytes | float]:
+    """The first token, then nothing until the test opens `FakeUpstream.gate`, then the rest."""
+    frames = _hello(model, body)
+    return [*frames[:2], b"GATE", *frames[2:]]
+
+
+def _cached(model: str, body: dict[str, Any]) -> list[bytes | float]:
+    """Hello world, and usage with cache reads and writes, whether asked for or not."""
+    return [*_hello(model, {})[:-1], _usage_chunk(model, CACHED_USAGE), b"data: [DONE]\n\n"]
 
 
 def _midstream_error(model: str, body: dict[str, Any]) -> list[bytes | float]:
@@ -293,7 +314,9 @@ BEHAVIOURS: dict[str, Script] = {
     "tools": _tools,
     "reasoning": _reasoning,
     "processing": _processing,
+    "cached": _cached,
     "drop-after-2": _drop_after_2,
+    "gated": _gated,
     "midstream-error": _midstream_error,
     "first-chunk-error": _first_chunk_error,
     "no-finish": _no_finish,
@@ -360,6 +383,10 @@ def _non_stream(model: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         completion = _completion(model, {"role": "assistant", "content": "Hello"})
         completion["choices"][0]["stop_reason"] = body["stop"][0]
         return completion
+    if name == "cached":
+        completion = _completion(model, {"role": "assistant", "content": "Hello world"})
+        completion["usage"] = CACHED_USAGE
+        return completion
     if name == "midstream-error":
         completion = _completion(model, {"role": "assistant", "content": ""}, "error")
         completion["choices"][0]["error"] = {"code": 502, "message": "Provider returned error"}
@@ -376,6 +403,8 @@ async def _stream(
         for frame in frames:
             if isinstance(frame, float):
                 await asyncio.sleep(frame)
+            elif frame == b"GATE":
+                await asyncio.to_thread(fake.gate.wait, 10)
             elif frame == b"DROP":
                 assert request.transport is not None
                 request.transport.abort()
