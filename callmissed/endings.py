@@ -202,9 +202,9 @@ def settle_unanswered(charge: Charge, error: BaseException, upstream_had_it: boo
 
 async def settle_abandoned(answer: asyncio.Future[Any], charge: Charge, route: Route) -> None:
     """The client left while `route`'s upstream wrote a whole answer it had accepted: read it on
-    (the caller bounds the wait: the request's total timeout, shutdown; relay.MAX_ANSWER_BYTES
-    its size) and bill its usage; an error it answers with costs nothing, and an answer that
-    never comes, the prompt. Never raises: nobody is waiting."""
+    (the caller bounds the wait: the request's total timeout, shutdown; the upstream body cap,
+    settings.Limits, bounds its size) and bill its usage; an error it answers with costs
+    nothing, and an answer that never comes, the prompt. Never raises: nobody is waiting."""
     charge.routed(route, stream=False)
     try:
         completion = await answer

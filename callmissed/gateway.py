@@ -23,10 +23,11 @@ from callmissed.embedding import embed_on, plan_embedding
 from callmissed.errors import InvalidRequest, ShuttingDown
 from callmissed.failover import Failover, Won
 from callmissed.formats.embeddings import EmbeddingRequest
-from callmissed.health import Health
+from callmissed.health import Health, route_name
 from callmissed.keepalive import KeepAlive
 from callmissed.ledger import Ledger, ledger_directory
 from callmissed.metrics import Metrics
+from callmissed.observe import Observer
 from callmissed.price_list import FETCH_TIMEOUT, MAX_LIST_BYTES, PriceList
 from callmissed.pricing import PriceBook
 from callmissed.providers import REGISTRY, Provider
@@ -37,6 +38,7 @@ from callmissed.routing import Router, Target
 from callmissed.settings import ModelSettings, Settings
 from callmissed.shutdown import on_sigterm
 from callmissed.store import Store, open_store
+from callmissed.timing import RequestTrace
 from callmissed.upstream import Upstream
 from callmissed.web import Headers, StartStream, new_request_id
 
@@ -98,7 +100,8 @@ class Gateway:
         self.router = Router(settings, self.providers)
         self.store = store or open_store(settings.database_url)
         self.auth = Authenticator(self.store)
-        self.ledger = Ledger(self.store, ledger_directory(settings))
+        self.observer = Observer(settings.observability)  # access log, traces (observe.py)
+        self.ledger = Ledger(self.store, ledger_directory(settings), self.observer.settled)
         self.limiter = open_limiter(settings, self.ledger.instance, self.ledger.alive)
         self.upstream = Upstream(settings)
         self.price_lists = self._price_lists()
@@ -106,7 +109,11 @@ class Gateway:
         prices = PriceBook(accounting.prices, self.providers, self.price_lists, accounting.markup)
         self.credits = Credits(self.store, self.ledger, self.limiter, self.auth, prices)
         self.health = Health(settings.resilience)
-        self.metrics = Metrics()
+        self.metrics = Metrics(
+            settings.models,
+            [route_name(route) for model in settings.models.values() for route in model.routes],
+            settings.limits.metrics_max_models,
+        )
         self.deadlines = Deadlines()  # the requests' timeouts, on one loop timer
         self.failover = Failover(settings, self.upstream, self.health, self.metrics, self.deadlines)
         self.draining = False
@@ -136,6 +143,7 @@ class Gateway:
         await self.upstream.start()
         for price_list in self.price_lists.values():
             await price_list.start()
+        self.observer.start()
 
     def drain(self) -> None:
         """Refuse new requests; end the in-flight ones after the shutdown grace (SIGTERM)."""
@@ -155,6 +163,7 @@ class Gateway:
         await self.failover.close()
         await self.upstream.close()
         await self.ledger.close()
+        await self.observer.close()
         await self.limiter.close()
         await self.store.close()
 
@@ -164,17 +173,22 @@ class Gateway:
         body: dict[str, Any],
         *,
         request_id: str | None = None,
+        trace: RequestTrace | None = None,
         api: UpstreamAPI = CHAT_COMPLETIONS,
     ) -> tuple[dict[str, Any], RouteInfo]:
         """A whole chat.completion for a checked OpenAI-format body, `usage.cost` included
         (with `api`, that API's answer: relay_responses.RESPONSES gives a Response).
 
-        However the request fails or is abandoned, the failover settles its charge (an answer
-        its upstream accepted is read on, and billed, after its client left: endings.py)."""
+        `trace` records where the time went (timing.py); one is made if none is given. However
+        the request fails or is abandoned, the failover settles its charge (an answer its
+        upstream accepted is read on, and billed, after its client left: endings.py)."""
+        trace = trace or RequestTrace(request_id or new_request_id())
         model, targets = self._route(body)
+        trace.key_name, trace.model = principal.name, model.name
         effort = apply_reasoning_effort(body, model, self.settings.reasoning_policies)
-        charge = await self.credits.begin(principal, model, body, request_id or new_request_id())
-        won = await self.failover.complete(model, targets, body, charge, api)
+        charge = await self.credits.begin(principal, model, body, trace.request_id)
+        self.observer.track(trace)
+        won = await self.failover.complete(model, targets, body, charge, trace, api)
         charge.routed(won.target.route, stream=False)
         info = RouteInfo.of(won, effort, charge)  # its rate-limit headers, before the lease ends
         charge.complete(won.result)
@@ -187,15 +201,22 @@ class Gateway:
         include_usage: bool,
         *,
         request_id: str | None = None,
+        trace: RequestTrace | None = None,
         api: UpstreamAPI = CHAT_COMPLETIONS,
     ) -> tuple[ChatStream, RouteInfo]:
         """A started ChatStream: its first token is already in, so nothing can fail silently.
 
         Its owner (endings.py) settles the charge when the stream ends, however it ends."""
+        trace = trace or RequestTrace(request_id or new_request_id())
+        trace.stream = True
         model, targets = self._route(body)
+        trace.key_name, trace.model = principal.name, model.name
         effort = apply_reasoning_effort(body, model, self.settings.reasoning_policies)
-        charge = await self.credits.begin(principal, model, body, request_id or new_request_id())
-        won = await self.failover.open_stream(model, targets, body, include_usage, charge, api)
+        charge = await self.credits.begin(principal, model, body, trace.request_id)
+        self.observer.track(trace)
+        won = await self.failover.open_stream(
+            model, targets, body, include_usage, charge, trace, api
+        )
         return won.result, RouteInfo.of(won, effort, charge)
 
     async def embed(
@@ -205,15 +226,19 @@ class Gateway:
         chat completion: the prompt's estimate held, the counted tokens billed."""
         model, targets = self._route_embedding(request.model)
         plan = plan_embedding(model, request)
-        request_id = request_id or new_request_id()
+        trace = RequestTrace(request_id or new_request_id())  # for the access log
+        trace.key_name, trace.model, trace.endpoint = principal.name, model.name, "/v1/embeddings"
         tokens = (request.prompt_estimate, 0)
-        charge = await self.credits.begin(principal, model, request.body, request_id, tokens=tokens)
+        charge = await self.credits.begin(
+            principal, model, request.body, trace.request_id, tokens=tokens
+        )
+        self.observer.track(trace)
 
         async def attempt(target: Target) -> dict[str, Any]:
             return await embed_on(self.failover, target, model, plan)
 
         try:
-            won = await self.failover.call(model, targets, attempt)
+            won = await self.failover.call(model, targets, attempt, trace)
         except BaseException as exc:
             charge.fail(exc)
             raise

@@ -18,6 +18,7 @@ from typing import Any
 from callmissed.price_list import ListedPrice, PriceList
 from callmissed.providers import Provider
 from callmissed.settings import ModelSettings, Prices, Route
+from callmissed.store import MAX_BALANCE
 
 __all__ = [
     "DEFAULT_OUTPUT_CAP",
@@ -142,8 +143,8 @@ def cost_of(rates: Rates, usage: TokenUsage, *, per_request: bool = False) -> in
 
 
 def parse_credits(value: object) -> int:
-    """USD as typed by a person ("5", 2.5) -> micro-credits; ValueError unless a number >= 0
-    with at most six decimals."""
+    """USD as typed by a person ("5", 2.5) -> micro-credits; ValueError unless a number from 0
+    to MAX_BALANCE's billion USD with at most six decimals."""
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError("credits must be a number of USD")
     try:
@@ -152,6 +153,8 @@ def parse_credits(value: object) -> int:
         raise ValueError(f"credits must be a number of USD, got {value!r}") from None
     if not amount.is_finite() or amount < 0 or amount != amount.to_integral_value():
         raise ValueError(f"credits must be >= 0 with at most 6 decimals, got {value!r}")
+    if amount > MAX_BALANCE:
+        raise ValueError(f"credits may be at most {MAX_BALANCE // MICRO:,} USD, got {value!r}")
     return int(amount)
 
 
