@@ -106,7 +106,8 @@ class Gateway:
         self.upstream = Upstream(settings)
         self.price_lists = self._price_lists()
         accounting = settings.accounting
-        prices = PriceBook(accounting.prices, self.providers, self.price_lists, accounting.markup)
+        markup = accounting.pricing.markup
+        prices = PriceBook(accounting.prices, self.providers, self.price_lists, markup)
         self.credits = Credits(self.store, self.ledger, self.limiter, self.auth, prices)
         self.health = Health(settings.resilience)
         self.metrics = Metrics(
@@ -122,7 +123,7 @@ class Gateway:
 
     def _price_lists(self) -> dict[str, PriceList]:
         """A price list per configured upstream that publishes one (OpenRouter's /models)."""
-        every = self.settings.accounting.price_refresh
+        every = self.settings.accounting.pricing.refresh
         return {
             name: PriceList(
                 name,

@@ -1,11 +1,11 @@
 """An upstream's published prices (OpenRouter's `GET /models`), kept current off the request path.
 
 Each process reads its copy from memory. The list is fetched at start-up and then every
-`price_refresh` seconds by one process of the whole deployment: it claims the refresh in the store
-(one atomic statement), fetches, checks and saves the list there; the others pick the saved copy up
-on their next look. The store keeps the last good copy, so a restart without the network still
-prices, and a fetch that fails or brings garbage changes nothing. What is read is bounded (bytes,
-models, field sizes): the upstream is trusted for its prices, not for its behaviour.
+`[pricing] refresh` seconds by one process of the whole deployment: it claims the refresh in the
+store (one atomic statement), fetches, checks and saves the list there; the others pick the saved
+copy up on their next look. The store keeps the last good copy, so a restart without the network
+still prices, and a fetch that fails or brings garbage changes nothing. What is read is bounded
+(bytes, models, field sizes): the upstream is trusted for its prices, not for its behaviour.
 """
 
 from __future__ import annotations
