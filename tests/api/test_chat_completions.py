@@ -233,6 +233,15 @@ def test_model_without_credentials_says_which_variable_to_set(client):
     assert "GHOST_API_KEY" in caught.value.message
 
 
+def test_a_model_without_credentials_is_not_retried_by_the_sdk(gateway):
+    # A 503 is retried by the SDKs (twice, with backoff: seconds) unless told it is no use.
+    with openai.OpenAI(base_url=gateway.base_url, api_key=gateway.key, max_retries=2) as sdk:
+        with pytest.raises(openai.APIStatusError) as caught:
+            sdk.chat.completions.create(model="unconfigured-model", messages=MESSAGES)
+    assert caught.value.response.headers["x-should-retry"] == "false"
+    assert caught.value.response.request.headers["x-stainless-retry-count"] == "0"
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [
