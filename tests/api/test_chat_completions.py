@@ -329,6 +329,17 @@ def test_a_missing_key_is_asked_for_the_way_the_endpoint_reads_it(gateway, path)
     assert "x-api-key is read only by /v1/messages" in message  # the Anthropic SDK's header
 
 
+def test_a_base_url_without_v1_is_told_to_add_it(gateway):
+    sdk = openai.OpenAI(base_url=gateway.url, api_key=gateway.key, max_retries=0)
+    with sdk, pytest.raises(openai.NotFoundError) as caught:
+        sdk.chat.completions.create(
+            model="local-model", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert "Did you mean /v1/chat/completions? An OpenAI SDK's base_url ends in /v1." in str(
+        caught.value
+    )
+
+
 def test_unknown_path_and_method(gateway):
     assert httpx.get(f"{gateway.url}/v2/nothing").status_code == 404
     response = httpx.get(f"{gateway.base_url}/chat/completions")
