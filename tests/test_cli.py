@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+
 import httpx
 
 from tests.conftest import start_gateway, stop_gateway
@@ -100,3 +105,25 @@ def test_bench_reports_failures(gateway):
     )
     assert result.returncode == 1
     assert "0 ok, 3 failed {'HTTP 404': 3}" in result.stdout
+
+
+def test_serve_refuses_a_port_another_server_listens_on(gateway):
+    # granian binds with SO_REUSEPORT, which would let a second gateway share the port unseen.
+    port = gateway.url.rsplit(":", 1)[1]
+    second = subprocess.Popen(
+        [sys.executable, "-m", "callmissed", "serve", "--port", port],
+        env=gateway.env,
+        cwd=gateway.workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its workers too can be stopped, should it start after all
+    )
+    try:
+        _, stderr = second.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(second.pid, signal.SIGKILL)
+        second.communicate()
+        raise AssertionError("a second `callmissed serve` started on a port in use") from None
+    assert second.returncode == 1
+    assert f"127.0.0.1:{port} is already in use" in stderr
