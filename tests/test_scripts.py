@@ -1,0 +1,45 @@
+"""scripts/serve and scripts/test: what a checkout's `.venv` gets before they run."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def _checkout(tmp_path: Path, script: str, installed: str) -> Path:
+    """A checkout holding `script`, a `.venv` set up for the `installed` pyproject.toml, and a
+    scripts/setup and .venv tools that only say they ran."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / script, tmp_path / "scripts" / script)
+    (tmp_path / "pyproject.toml").write_text('[project]\ndependencies = ["new-dependency"]\n')
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (tmp_path / ".venv" / "installed-pyproject.toml").write_text(installed)
+    for path in ("scripts/setup", "scripts/check", ".venv/bin/callmissed", ".venv/bin/pytest"):
+        (tmp_path / path).write_text(f"#!/usr/bin/env bash\necho {Path(path).name}\n")
+        (tmp_path / path).chmod(0o755)
+    return tmp_path
+
+
+@pytest.mark.parametrize("script", ["serve", "test"])
+def test_a_changed_pyproject_sets_the_venv_up_again(tmp_path, script):
+    checkout = _checkout(tmp_path, script, installed="[project]\ndependencies = []\n")
+    ran = subprocess.run(
+        [checkout / "scripts" / script], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert ran.stdout.splitlines()[0] == "setup"
+
+
+@pytest.mark.parametrize("script", ["serve", "test"])
+def test_an_unchanged_pyproject_is_not_set_up_again(tmp_path, script):
+    checkout = _checkout(tmp_path, script, installed="")
+    shutil.copy(checkout / "pyproject.toml", checkout / ".venv" / "installed-pyproject.toml")
+    ran = subprocess.run(
+        [checkout / "scripts" / script], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert "setup" not in ran.stdout.splitlines()
