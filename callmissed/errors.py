@@ -227,6 +227,11 @@ class UpstreamError(GatewayError):
         self.retry_after = retry_after
         self.retryable = retryable
 
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        if self.upstream_status == 401:  # our credentials: as for ProviderNotConfigured
+            return [(b"x-should-retry", b"false")]
+        return []
+
 
 class UpstreamTimeout(UpstreamError):
     status = 504

@@ -233,12 +233,14 @@ def test_model_without_credentials_says_which_variable_to_set(client):
     assert "GHOST_API_KEY" in caught.value.message
 
 
-def test_a_model_without_credentials_is_not_retried_by_the_sdk(gateway):
-    # A 503 is retried by the SDKs (twice, with backoff: seconds) unless told it is no use.
+@pytest.mark.parametrize("model", ["unconfigured-model", "fake/error-401"])
+def test_what_only_the_operator_can_fix_is_not_retried_by_the_sdk(gateway, model):
+    # No credentials, or credentials the upstream refuses (its 401, our 502): a 5xx is retried
+    # by the SDKs (twice, with backoff: seconds) unless told it is no use.
     sdk = openai.OpenAI(base_url=gateway.base_url, api_key=gateway.key, max_retries=2)
     with sdk, pytest.raises(openai.APIStatusError) as caught:
         sdk.chat.completions.create(
-            model="unconfigured-model", messages=[{"role": "user", "content": "Say hello"}]
+            model=model, messages=[{"role": "user", "content": "Say hello"}]
         )
     assert caught.value.response.headers["x-should-retry"] == "false"
     assert caught.value.response.request.headers["x-stainless-retry-count"] == "0"
