@@ -17,10 +17,12 @@ from callmissed import __version__
 from callmissed.auth import create_key
 from callmissed.credits import MICRO, parse_credits
 from callmissed.settings import Settings, SettingsError, load_settings
-from callmissed.store import KeyPolicy, KeyRecord, Store, open_store
+from callmissed.store import MAX_BALANCE, KeyPolicy, KeyRecord, Store, open_store
 from callmissed.store.budget import LIMIT_RESETS
 
-__all__ = ["main"]
+__all__ = ["FIRST_KEY_FILE", "first_key_path", "main"]
+
+FIRST_KEY_FILE = "callmissed-first-key"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -106,12 +108,14 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from granian.http import HTTP1Settings, HTTP2Settings
 
     from callmissed.ratelimit import limits_warning
+    from callmissed.shutdown import SERVER_PID_ENV
 
     in_use = _port_in_use(settings.host, settings.port)
     if in_use:
         print(f"callmissed: {in_use}", file=sys.stderr)
         return 1
-    _with_store(settings, _first_key)
+    if _with_store(settings, _first_key, first_key_path(settings)):
+        return 1
     tls = bool(settings.tls_cert and settings.tls_key)
     scheme = "https" if tls else "http"
     print(
@@ -123,6 +127,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     warning = limits_warning(settings)
     if warning:
         print(f"callmissed: warning: {warning}", file=sys.stderr, flush=True)
+    os.environ[SERVER_PID_ENV] = str(os.getpid())  # whose workers these are (shutdown.py)
     limits = settings.edge
     _raise_open_files(limits.max_connections)
     server = Granian(
@@ -253,7 +258,7 @@ def _add_key_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     create.add_argument("--models", help="comma-separated models the key may use (default: all)")
     create.set_defaults(run=_on_store(_keys_create))
     update = keys.add_parser("update", help="change a key's limit reset, limits or models")
-    update.add_argument("key_id", type=int)
+    update.add_argument("key_id", type=_key_id)
     update.add_argument(
         "--limit-reset",
         choices=[*LIMIT_RESETS, "none"],
@@ -270,23 +275,63 @@ def _add_key_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         run=_on_store(_keys_list)
     )
     show = keys.add_parser("show", help="a key's balance, limits and latest requests")
-    show.add_argument("key_id", type=int)
+    show.add_argument("key_id", type=_key_id)
     show.set_defaults(run=_on_store(_keys_show))
     revoke = keys.add_parser("revoke", help="revoke a key by id")
-    revoke.add_argument("key_id", type=int)
+    revoke.add_argument("key_id", type=_key_id)
     revoke.set_defaults(run=_on_store(_keys_revoke))
     topup = keys.add_parser("topup", help="add credits (USD) to a key")
-    topup.add_argument("key_id", type=int)
+    topup.add_argument("key_id", type=_key_id)
     topup.add_argument("credits")
     topup.set_defaults(run=_on_store(_keys_topup))
 
 
-async def _first_key(store: Store, args: object = None) -> int:
-    if not await store.list_keys():
-        key, _ = await create_key(store, "first key")
-        print("Created your first API key (shown once, store it now):", flush=True)
+def first_key_path(settings: Settings) -> Path:
+    """Where `serve` writes the first key when its output is no terminal: beside the SQLite
+    database, or in the working directory (PostgreSQL)."""
+    url = settings.database_url
+    if url.startswith("sqlite://"):
+        path = url.removeprefix("sqlite://").removeprefix("/")
+        if path not in ("", ":memory:"):
+            return (Path(path).parent / FIRST_KEY_FILE).absolute()
+    return Path(FIRST_KEY_FILE).absolute()
+
+
+async def _first_key(store: Store, path: Path) -> int:
+    """An unlimited key for a new database. On a terminal it is shown; anywhere else (a
+    container's or a service manager's log keeps what it is given) it goes to a file only
+    this user can read, and the log gets the file's path."""
+    if await store.list_keys():
+        return 0
+    key, record = await create_key(store, "first key")
+    if sys.stdout.isatty():
+        print("Created your first API key (unlimited; shown once, store it now):", flush=True)
         print(f"  {key}", flush=True)
+        return 0
+    try:
+        _write_private(path, f"{key}\n")
+    except OSError as exc:
+        await store.revoke_key(record.id)
+        print(
+            f"callmissed: could not write the first key to {path} ({exc.strerror}); "
+            "create one with `callmissed keys create`",
+            file=sys.stderr,
+        )
+        return 1
+    print(
+        f"Created your first API key (unlimited). It is in {path}, "
+        "readable only by this user: store it, then delete the file.",
+        flush=True,
+    )
     return 0
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` to `path`, readable and writable by this user alone (mode 0600)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as file:
+        os.fchmod(fd, 0o600)  # a file that was there already keeps its old mode otherwise
+        file.write(text)
 
 
 def _with_store(
@@ -386,7 +431,11 @@ async def _keys_topup(store: Store, args: argparse.Namespace) -> int:
     amount = _credits(args.credits)
     record = await store.topup(args.key_id, amount)
     if record is None:
-        if await _find(store, args.key_id) is not None:
+        found = await _find(store, args.key_id)
+        if found is not None and found.active and found.credits is not None:
+            most = MAX_BALANCE // MICRO
+            print(f"callmissed: a top-up may not take a balance past {most:,} USD", file=sys.stderr)
+        elif found is not None:
             message = "only an active key with a credit limit can be topped up"
             print(f"callmissed: {message}", file=sys.stderr)
         return 1
@@ -419,9 +468,10 @@ def _summary(record: KeyRecord) -> str:
     return f"{credits}, limits {', '.join(limits) or 'none'}, {models}"
 
 
-def _usd(micro: int | None) -> str:
+def _usd(micro: float | None) -> str:
     if micro is None:
         return "unlimited"
+    micro = int(micro)  # a REAL: what SQLite made of an overflowing sum before MAX_BALANCE
     return f"${micro // MICRO}.{micro % MICRO:06d}"
 
 
@@ -430,6 +480,12 @@ def _credits(text: str) -> int:
         return parse_credits(text)
     except ValueError as exc:
         raise SystemExit(f"callmissed: {exc}") from None
+
+
+def _key_id(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) > 2**63 - 1:
+        raise argparse.ArgumentTypeError("must be a key id (a whole number)")
+    return int(text)
 
 
 def _positive_or_none(text: str) -> int:

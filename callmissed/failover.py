@@ -26,7 +26,7 @@ from callmissed.metrics import Metrics
 from callmissed.providers import Provider, UpstreamRequest
 from callmissed.relay import CHAT_COMPLETIONS, ChatStream, UpstreamAPI
 from callmissed.routing import Target
-from callmissed.settings import ModelSettings, Settings, Timeouts
+from callmissed.settings import Limits, ModelSettings, Settings, Timeouts
 from callmissed.upstream import Upstream, UpstreamResponse
 
 __all__ = ["TRANSIENT_STATUSES", "Failover", "Won"]
@@ -82,6 +82,7 @@ class Failover:
         deadlines: Deadlines,
     ) -> None:
         self._timeouts = settings.timeouts
+        self._limits = settings.limits
         self._deadlines = deadlines
         self._policy = settings.resilience
         self._upstream = upstream
@@ -90,6 +91,11 @@ class Failover:
         self._active: set[_Inflight] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+
+    @property
+    def limits(self) -> Limits:
+        """What an upstream answer may hold (settings.Limits)."""
+        return self._limits
 
     @property
     def inflight(self) -> int:
@@ -110,7 +116,7 @@ class Failover:
 
         async def attempt(target: Target) -> dict[str, Any]:
             response = await self._send(target, body, model, api)
-            return await api.read(target.provider, response)
+            return await api.read(target.provider, response, self._limits.upstream_body_bytes)
 
         return await self.call(model, targets, attempt)
 
@@ -145,7 +151,9 @@ class Failover:
             try:
                 with self._deadlines.timeout(timeouts.first_token):
                     response = await self._send(target, body, model, api)
-                    stream = api.stream(target.provider, response, include_usage)
+                    stream = api.stream(
+                        target.provider, response, include_usage, self._limits.sse_event_bytes
+                    )
                     try:
                         await stream.start()
                     except BaseException:
@@ -179,8 +187,8 @@ class Failover:
         """POST a built request; the provider's UpstreamError if the upstream answers >= 400."""
         response = await self._upstream.send(provider, request)
         if response.status >= 400:
-            try:
-                error_body = await response.read()
+            try:  # enough of it to read the error: a hostile upstream's may never end
+                error_body, _ = await response.read(self._limits.upstream_error_body_bytes)
             finally:
                 response.close()
             raise provider.parse_error(response.status, error_body, response.retry_after)

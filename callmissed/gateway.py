@@ -21,7 +21,7 @@ from callmissed.embedding import embed_on, plan_embedding
 from callmissed.errors import InvalidRequest, ShuttingDown
 from callmissed.failover import Failover, Won
 from callmissed.formats.embeddings import EmbeddingRequest
-from callmissed.health import Health
+from callmissed.health import Health, route_name
 from callmissed.keepalive import KeepAlive
 from callmissed.ledger import Ledger, ledger_directory
 from callmissed.metrics import Metrics
@@ -104,7 +104,11 @@ class Gateway:
         )
         self.upstream = Upstream(settings)
         self.health = Health(settings.resilience)
-        self.metrics = Metrics()
+        self.metrics = Metrics(
+            settings.models,
+            [route_name(route) for model in settings.models.values() for route in model.routes],
+            settings.limits.metrics_max_models,
+        )
         self.deadlines = Deadlines()  # the requests' timeouts, on one loop timer
         self.failover = Failover(settings, self.upstream, self.health, self.metrics, self.deadlines)
         self.draining = False

@@ -71,7 +71,11 @@ class SimulatedResponse:
         tokens = len(self._thinking) + len(self._text)
         return self._profile.ttfb_ms / 1000 + self._gap * max(tokens - 1, 0)
 
-    async def read(self) -> bytes:
+    async def read(self, limit: int) -> tuple[bytes, bool]:
+        body = await self._completion()
+        return body[:limit], len(body) > limit
+
+    async def _completion(self) -> bytes:
         await asyncio.sleep(self.duration)
         message: dict[str, Any] = {"role": "assistant", "content": " ".join(self._text)}
         if self._thinking:
@@ -210,8 +214,8 @@ class SimulatedEmbeddings:
         }
         self._body = orjson.dumps(answer)
 
-    async def read(self) -> bytes:
-        return self._body
+    async def read(self, limit: int) -> tuple[bytes, bool]:
+        return self._body[:limit], len(self._body) > limit
 
     async def receive(self) -> bytes:
         body, self._body = self._body, b""

@@ -21,8 +21,8 @@ NO_CREDENTIALS = dict.fromkeys(
 
 
 def _quick_start(language: str) -> str:
-    """The first `language` code block after the sentence about the key `serve` printed."""
-    after = README.split("Then, with the `cm_…` key `serve` printed", 1)[1]
+    """The first `language` code block after the sentence about the first key."""
+    after = README.split("Then, with that key", 1)[1]
     match = re.search(rf"```{language}\n(.*?)```", after, re.DOTALL)
     assert match, f"the README's quick start has no {language} block"
     return match.group(1)

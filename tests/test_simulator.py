@@ -56,7 +56,7 @@ def test_a_max_tokens_cap_ends_the_answer_sooner():
 def test_the_streamed_answer_reads_like_the_whole_one():
     instant = SimProfile(ttfb_ms=0, total_ms=0, tokens=9, thinking_tokens=92)
     _, fields = _streamed(SimulatedResponse(instant, QUESTION))
-    whole = asyncio.run(SimulatedResponse(instant, QUESTION).read())
+    whole, _ = asyncio.run(SimulatedResponse(instant, QUESTION).read(1 << 20))
     message = orjson.loads(whole)["choices"][0]["message"]
     assert fields == {"reasoning": message["reasoning"], "content": message["content"]}
     assert fields["content"].startswith("Quicksort")
@@ -94,7 +94,9 @@ def test_token_arrays_are_embedded_by_their_ids():
 
 def _answer(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     response = simulate_embeddings(orjson.dumps(body))
-    return response.status, orjson.loads(asyncio.run(response.read()))
+    answer, more = asyncio.run(response.read(2**30))
+    assert not more
+    return response.status, orjson.loads(answer)
 
 
 def test_the_simulated_server_answers_in_the_openai_shape():

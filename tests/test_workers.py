@@ -231,6 +231,32 @@ def test_workers_stop_when_the_server_process_is_gone(upstream, tmp_path):
         stop_gateway(running)
 
 
+def test_a_worker_started_as_its_server_is_killed_stops_too(upstream, tmp_path):
+    """The race the suite used to lose: the server respawns a dead worker and is SIGKILLed
+    before that worker's app has started. The new worker is an orphan from its first moment and
+    must still notice that its server is gone."""
+    running = start_billing_gateway(upstream, tmp_path)  # one worker
+    [worker] = _children(running.process.pid)
+    respawned: list[int] = []
+    try:
+        os.kill(worker, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not (respawned := [pid for pid in _children(running.process.pid) if pid != worker]):
+            assert time.monotonic() < deadline, "the dead worker was not replaced"
+            time.sleep(0.005)
+        running.process.kill()  # the new worker is still importing: its app has not started
+        running.process.wait(5)
+        deadline = time.monotonic() + 15
+        while alive := [pid for pid in respawned if _running(pid)]:
+            assert time.monotonic() < deadline, f"an orphaned worker still runs: {alive}"
+            time.sleep(0.1)
+    finally:
+        for pid in respawned:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        stop_gateway(running)
+
+
 def _children(pid: int) -> list[int]:
     """The processes whose parent is `pid`, from /proc (no pgrep needed)."""
     children = []

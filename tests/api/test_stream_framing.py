@@ -46,8 +46,9 @@ class Reads:
     def __init__(self, reads: list[bytes]) -> None:
         self._reads = list(reads)
 
-    async def read(self) -> bytes:
-        return b"".join(self._reads)
+    async def read(self, limit: int) -> tuple[bytes, bool]:
+        body = b"".join(self._reads)
+        return body[:limit], len(body) > limit
 
     async def receive(self) -> bytes:
         return self._reads.pop(0) if self._reads else b""
