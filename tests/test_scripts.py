@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from callmissed.cli import FIRST_KEY_FILE
 from tests.conftest import ROOT
 
 
@@ -43,3 +44,22 @@ def test_an_unchanged_pyproject_is_not_set_up_again(tmp_path, script):
         [checkout / "scripts" / script], capture_output=True, text=True, timeout=30, check=True
     )
     assert "setup" not in ran.stdout.splitlines()
+
+
+def test_what_serve_writes_into_a_checkout_is_never_committed():
+    # `scripts/serve` runs in the checkout: its database, ledger and first key land there.
+    written = [
+        "callmissed.sqlite3",
+        "callmissed.sqlite3-wal",
+        "callmissed.sqlite3.ledger/a.journal",
+    ]
+    written.append(FIRST_KEY_FILE)
+    if subprocess.run(["git", "-C", ROOT, "rev-parse"], capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    ignored = subprocess.run(
+        ["git", "-C", ROOT, "check-ignore", "--no-index", *written],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert ignored.stdout.split() == written
