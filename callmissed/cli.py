@@ -9,9 +9,12 @@ import errno
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from callmissed import __version__
 from callmissed.auth import create_key
@@ -60,24 +63,18 @@ def _parser() -> argparse.ArgumentParser:
     _add_key_commands(commands)
 
     doctor = commands.add_parser(
-        "doctor", help="check the store, every upstream's reachability and each hop's latency"
+        "doctor",
+        help="check the store, every upstream, and (--url, --key) a gateway against the "
+        "Getting Started checklist",
     )
     doctor.add_argument("--url", help="also check a running gateway, e.g. http://127.0.0.1:8080")
-    doctor.add_argument("--key", help="a cm_ key for the gateway check's streamed request")
+    doctor.add_argument("--key", help="a cm_ key: run the checklist against the gateway")
+    doctor.add_argument("--model", default="gpt-oss-120b", help="the model to check")
+    doctor.add_argument("--kimi-model", default="kimi-k2.6", help='for reasoning_effort "none"')
+    doctor.add_argument("--ca-file", help="PEM CA certificates to trust for an https gateway")
     doctor.set_defaults(run=_doctor)
 
-    bench = commands.add_parser("bench", help="time streamed requests through a running gateway")
-    bench.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway")
-    bench.add_argument("--key", required=True, help="a cm_ key")
-    bench.add_argument("--model", default="sim/instant")
-    bench.add_argument("-n", "--requests", type=int, default=100)
-    bench.add_argument("-c", "--concurrency", type=int, default=1)
-    bench.add_argument("--prompt", default="Explain quicksort in one paragraph.")
-    bench.add_argument("--max-tokens", type=int)
-    bench.add_argument("--direct-url", help="an OpenAI-compatible upstream's /v1 URL to compare")
-    bench.add_argument("--direct-key", default="", help="its API key")
-    bench.add_argument("--direct-model", help="its model id (default: --model)")
-    bench.set_defaults(run=_bench)
+    _add_bench_command(commands)
 
     config = commands.add_parser("config", help="configuration").add_subparsers(title="actions")
     config.add_parser("check", help="validate settings and the config file").set_defaults(
@@ -207,34 +204,99 @@ _OWN_FILES = 256  # a worker's files besides client connections: upstream pools,
 def _doctor(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
 
-    from callmissed.doctor import run_doctor
+    from callmissed.doctor import GatewayOptions, run_doctor
 
-    checks = asyncio.run(run_doctor(settings, args.url, args.key))
+    gateway = None
+    if args.url:
+        gateway = GatewayOptions(args.url, args.key, args.model, args.kimi_model, args.ca_file)
+    checks = asyncio.run(run_doctor(settings, gateway))
     for check in checks:
-        print(f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
+        print(f"{check.status:<4}  {check.name}: {check.detail}", flush=True)
     return 0 if all(check.ok for check in checks) else 1
 
 
-def _bench(settings: Settings, args: argparse.Namespace) -> int:
-    import asyncio
-
-    from callmissed.bench import Target, format_report, run_bench
-
-    targets = [Target("callmissed", f"{args.url.rstrip('/')}/v1", args.key, args.model)]
-    if args.direct_url:
-        model = args.direct_model or args.model
-        targets.append(Target("direct", args.direct_url, args.direct_key, model))
-    results = asyncio.run(
-        run_bench(targets, args.requests, args.concurrency, args.prompt, args.max_tokens)
+def _add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bench = commands.add_parser(
+        "bench", help="the Getting Started page's latency tables, measured through a gateway"
     )
-    print(format_report(results))
-    return 0 if all(not result.errors for result in results) else 1
+    bench.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway")
+    bench.add_argument("--key", required=True, help="a cm_ key")
+    bench.add_argument(
+        "--model", action="append", help="a model to measure; repeat it (default: sim/instant)"
+    )
+    bench.add_argument("-n", "--requests", type=_positive, default=5, help="per model and way")
+    bench.add_argument(
+        "--vary",
+        default="stream,connection,http",
+        help="what to change, one at a time, from streamed + reused + HTTP/2: any of "
+        "stream,connection,http, or none",
+    )
+    bench.add_argument("--prompt", default="Explain quicksort in one paragraph.")
+    bench.add_argument("--max-tokens", type=_positive)
+    bench.add_argument("--ca-file", help="PEM CA certificates to trust for an https gateway")
+    bench.add_argument("--json", dest="json_file", help="write every number to this file")
+    bench.add_argument("--chart", help="draw the table to this PNG (needs the bench extra)")
+    bench.add_argument("--direct-url", help="an OpenAI-compatible upstream's /v1 URL to compare")
+    bench.add_argument("--direct-key", default="", help="its API key")
+    bench.add_argument("--direct-model", help="its model id (default: each --model)")
+    bench.set_defaults(run=_bench)
+
+
+def _bench(settings: Settings, args: argparse.Namespace) -> int:
+    from callmissed.bench import VARIES, Plan, format_table, run_bench, to_json, variants
+
+    vary = {word.strip() for word in args.vary.split(",") if word.strip() not in ("", "none")}
+    if vary - set(VARIES):
+        print(f"callmissed: --vary takes {', '.join(VARIES)} or none", file=sys.stderr)
+        return 2
+    if args.chart:
+        from callmissed.bench_chart import require_matplotlib
+
+        if (missing := require_matplotlib()) is not None:
+            print(f"callmissed: {missing}", file=sys.stderr)
+            return 2
+    models = args.model or ["sim/instant"]
+    plan = Plan(f"{args.url.rstrip('/')}/v1", args.key, models, args.requests, args.prompt,
+                args.max_tokens, variants(vary), args.ca_file)  # fmt: skip
+    plans = [plan]
+    if args.direct_url:
+        direct = [args.direct_model] if args.direct_model else models
+        ways = plan.ways
+        if not args.direct_url.startswith("https://"):  # few upstreams speak h2c: HTTP/1.1
+            ways = list(dict.fromkeys(replace(way, http2=False) for way in ways))
+        plans.append(replace(plan, base_url=args.direct_url, key=args.direct_key,
+                             models=direct, ways=ways, system="direct"))  # fmt: skip
+    rows = [row for each in plans for row in asyncio.run(run_bench(each, _progress))]
+    print(format_table(rows), flush=True)
+    if args.json_file:
+        Path(args.json_file).write_bytes(
+            orjson.dumps(to_json(rows, plan), option=orjson.OPT_INDENT_2)
+        )
+    if args.chart:
+        from callmissed.bench_chart import draw_chart
+
+        draw_chart(rows, Path(args.chart), f"callmissed bench: {args.url}")
+    return 0 if all(not row.errors for row in rows) else 1
+
+
+def _progress(text: str) -> None:
+    """A line per model and way; on a terminal, each request too (overwritten in place)."""
+    terminal = sys.stderr.isatty()
+    if not text.startswith(" "):
+        print(f"{chr(13) if terminal else ''}bench: {text:<70}", file=sys.stderr, flush=True)
+    elif terminal:
+        print(f"\r{text}", end="", file=sys.stderr, flush=True)
 
 
 def _config_check(settings: Settings, args: argparse.Namespace) -> int:
     for provider in settings.providers.values():
         state = provider.missing or "configured"
         print(f"provider {provider.name} ({provider.type}): {state}")
+    from callmissed.observe import traces_status
+
+    access_log = settings.observability.access_log
+    print(f"access log: {'off' if access_log == 'off' else access_log}")
+    print(traces_status(settings.observability))
     print(f"{len(settings.models)} models; configuration is valid.")
     return 0
 

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import time
 import zlib
 from collections.abc import AsyncIterator, Mapping
 from typing import cast
@@ -96,6 +97,7 @@ class Response:
         "_size",
         "_waiter",
         "begun",
+        "connect_s",
         "headers",
         "http_version",
         "status",
@@ -110,6 +112,7 @@ class Response:
         self._waiter: asyncio.Future[None] | None = None
         self._decoder: Inflater | None = None
         self.begun = False  # a byte of the response arrived: the upstream saw the request
+        self.connect_s = 0.0  # seconds spent opening its connection (0.0: a pooled one)
         self.status = 0
         self.http_version = "HTTP/1.1"
         self.headers: dict[bytes, bytes] = {}  # lower-cased names, only those in _KEPT
@@ -439,7 +442,9 @@ class Client:
                 if response.begun or idle < self._stale_after:
                     raise
                 # The upstream had closed this kept-alive connection before it read the request.
+        began = time.perf_counter()
         response = (await self._connect()).start(request)
+        response.connect_s = time.perf_counter() - began  # Server-Timing's `connect`
         await response._until_headers()
         return response
 

@@ -14,12 +14,15 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from callmissed.observability_settings import Observability, parse_observability
+
 __all__ = [
     "Accounting",
     "EdgeLimits",
     "EmbeddingSettings",
     "Limits",
     "ModelSettings",
+    "Observability",
     "Prices",
     "ProviderSettings",
     "Resilience",
@@ -211,6 +214,7 @@ class Settings:
     accounting: Accounting = Accounting()
     edge: EdgeLimits = EdgeLimits()
     responses: ResponsesStorage = ResponsesStorage()
+    observability: Observability = field(default_factory=Observability)
     limits: Limits = Limits()
 
     @property
@@ -256,6 +260,7 @@ def load_settings(env: Mapping[str, str] | None = None, config_path: str | None 
         accounting=_parse_accounting(env, config),
         edge=_parse_limits("server", EdgeLimits(), _EDGE_ENV, env, config),
         responses=_from_env(ResponsesStorage(), env, _RESPONSES_ENV),
+        observability=parse_observability(env),
         limits=_parse_limits("limits", Limits(), _LIMITS_ENV, env, config),
     )
     validate(settings)

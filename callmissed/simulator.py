@@ -51,6 +51,7 @@ class SimulatedResponse:
     status = 200
     retry_after: float | None = None
     http_version = "in-process"
+    connect_s: float | None = None  # no connection at all
 
     def __init__(self, profile: SimProfile, body: Mapping[str, Any]) -> None:
         self._profile = profile
@@ -184,6 +185,7 @@ class SimulatedEmbeddings:
 
     retry_after: float | None = None
     http_version = "in-process"
+    connect_s: float | None = None  # no connection at all
 
     def __init__(self, body: Mapping[str, Any]) -> None:
         dimensions = body.get("dimensions")

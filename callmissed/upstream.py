@@ -42,6 +42,7 @@ class UpstreamResponse(Protocol):
     status: int
     retry_after: float | None
     http_version: str
+    connect_s: float | None  # seconds spent connecting for it (0.0 reused); None: not known
 
     async def read(self, limit: int) -> tuple[bytes, bool]:
         """Up to `limit` bytes of the body, and whether it went on past them (what follows is
@@ -229,7 +230,7 @@ class _Http1Transport:
 
 
 class _Http1Response:
-    __slots__ = ("_provider", "_response", "http_version", "retry_after", "status")
+    __slots__ = ("_provider", "_response", "connect_s", "http_version", "retry_after", "status")
 
     def __init__(self, response: http1.Response, provider: Provider) -> None:
         self._response = response
@@ -237,6 +238,7 @@ class _Http1Response:
         self.status = response.status
         self.retry_after = _retry_after(response.header("retry-after"))
         self.http_version = response.http_version
+        self.connect_s: float | None = response.connect_s
 
     async def read(self, limit: int) -> tuple[bytes, bool]:
         return await _read_capped(self.receive, limit)
@@ -310,6 +312,7 @@ class _Http2Response:
         "_provider",
         "_request",
         "_response",
+        "connect_s",
         "http_version",
         "retry_after",
         "status",
@@ -330,6 +333,7 @@ class _Http2Response:
         self.status = int(response.status)
         self.retry_after = _retry_after(response.get_header("retry-after"))
         self.http_version = str(response.version)
+        self.connect_s: float | None = None  # hyper's pool does not say whether it connected
 
     async def read(self, limit: int) -> tuple[bytes, bool]:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -48,6 +49,46 @@ def test_bad_config_files_are_refused_with_a_reason(tmp_path, config, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(SettingsError, match="does not exist"):
         load_settings(env={}, config_path=str(tmp_path / "nope.toml"))
+
+
+def test_the_access_log_and_traces_come_from_the_environment():
+    default = load_settings({}).observability
+    assert (default.access_log, default.otlp_endpoint, default.service_name) == (
+        "stderr",
+        None,
+        "callmissed",
+    )
+    traced = load_settings(
+        {
+            "CALLMISSED_ACCESS_LOG": "/var/log/callmissed.jsonl",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/",
+            "OTEL_EXPORTER_OTLP_HEADERS": "x-token=a%20b, tenant=7",
+            "OTEL_SERVICE_NAME": "gateway-eu",
+        }
+    ).observability
+    assert traced.access_log == "/var/log/callmissed.jsonl"
+    assert traced.otlp_endpoint == "http://collector:4318/v1/traces"  # the signal's path
+    assert traced.otlp_headers == {"x-token": "a b", "tenant": "7"}
+    assert traced.service_name == "gateway-eu"
+    own = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://traces.example/v1/t"}
+    assert load_settings(own).observability.otlp_endpoint == "https://traces.example/v1/t"
+    disabled = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_SDK_DISABLED": "true"}
+    assert load_settings(disabled).observability.otlp_endpoint is None
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318"}, "must be an http(s) URL"),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c", "OTEL_EXPORTER_OTLP_HEADERS": "nonsense"},
+            "name=value",
+        ),
+    ],
+)
+def test_bad_otel_settings_are_refused(env, message):
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        load_settings(env)
 
 
 def test_embedding_models_say_what_they_make():
