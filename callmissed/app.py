@@ -48,7 +48,10 @@ def guards(gateway: Gateway) -> dict[str, Guard | None]:
     accounting = gateway.settings.accounting
 
     async def bearer_key(headers: dict[str, str]) -> Principal:
-        return await authenticate(headers.get("authorization"))
+        authorization = headers.get("authorization")
+        if authorization is None:  # say so if the key came as the Anthropic SDK sends it
+            return await authenticate(None, headers.get("x-api-key"), bearer_only=True)
+        return await authenticate(authorization, bearer_only=True)
 
     async def any_key(headers: dict[str, str]) -> Principal:
         # The Anthropic SDK sends `api_key` as x-api-key and `auth_token` as a bearer token.

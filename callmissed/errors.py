@@ -184,8 +184,14 @@ class RateLimited(GatewayError):
 
 
 class ProviderNotConfigured(GatewayError):
+    """The model's provider has no credentials: only the operator can change that, so the SDKs,
+    which retry a 503 with backoff, are told not to (they honour `x-should-retry`)."""
+
     status = 503
     code = "provider_not_configured"
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"x-should-retry", b"false")]
 
 
 class ShuttingDown(GatewayError):
@@ -238,6 +244,11 @@ class UpstreamError(GatewayError):
         self.upstream_status = upstream_status
         self.retry_after = retry_after
         self.retryable = retryable
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        if self.upstream_status == 401:  # our credentials: as for ProviderNotConfigured
+            return [(b"x-should-retry", b"false")]
+        return []
 
 
 class UpstreamTimeout(UpstreamError):

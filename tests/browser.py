@@ -22,6 +22,7 @@ FLAGS = [
     "--no-sandbox",
     "--disable-gpu",
     "--disable-quic",
+    "--ignore-certificate-errors",  # the tests' gateways serve TLS with a throwaway CA
     "--no-first-run",
     "--disable-background-networking",
     "--disable-component-update",
@@ -101,10 +102,19 @@ class Browser:
                 return await _evaluate(socket, next(ids), result or _FACTS)
 
 
-# What tests read back: the state and the text of every element with an id.
+# What tests read back: the state, the text of every element with an id (a form control's value,
+# or whether it is checked, as "<id>:value"), and the protocol each request to /v1/ went over.
 _FACTS = """(() => {
   const facts = {state: document.body.dataset.state || ""};
-  for (const element of document.querySelectorAll("[id]")) facts[element.id] = element.textContent;
+  for (const element of document.querySelectorAll("[id]")) {
+    facts[element.id] = element.textContent;
+    if ("value" in element) {
+      facts[`${element.id}:value`] = element.type === "checkbox" ? element.checked : element.value;
+    }
+  }
+  facts.protocols = performance.getEntriesByType("resource")
+    .filter((entry) => new URL(entry.name).pathname.startsWith("/v1/"))
+    .map((entry) => entry.nextHopProtocol);
   return facts;
 })()"""
 
