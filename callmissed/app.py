@@ -12,6 +12,7 @@ from callmissed.api import admin, anthropic, keys, openai
 from callmissed.api.playground import playground_routes, redirect_home
 from callmissed.asgi import ASGIApp
 from callmissed.auth import bearer_matches
+from callmissed.console.site import Console
 from callmissed.errors import AuthenticationFailed
 from callmissed.gateway import Gateway
 from callmissed.peers import Peers
@@ -76,6 +77,7 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> App:
     """The app over `gateway` (a new one for `settings` unless given: benchmarks.inprocess)."""
     gateway = gateway or Gateway(settings)
     peers = connect_peers(gateway)
+    console = Console(gateway, peers)
 
     def bind(handler: GatewayHandler) -> Callable[[Request], Awaitable[Response | StreamResponse]]:
         return functools.partial(handler, gateway)
@@ -83,8 +85,10 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> App:
     async def startup() -> None:
         await gateway.start()
         await peers.start()  # after the ledger: a peer's journal tells whether it is alive
+        console.start()
 
     async def shutdown() -> None:
+        await console.close()
         await peers.close()
         await gateway.close()
 
@@ -109,6 +113,7 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> App:
         ("GET", "/metrics"): Endpoint(functools.partial(metrics, gateway, peers)),
         ("GET", "/"): Endpoint(redirect_home),
         **{("GET", path): Endpoint(handler) for path, handler in playground_routes().items()},
+        **console.routes(),
     }
     return App(routes, settings.max_body_bytes, startup, shutdown)
 

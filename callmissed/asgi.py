@@ -84,7 +84,8 @@ class ASGIApp:
         # From here on the client may leave at any moment; the upstream call stops with it.
         gone = asyncio.ensure_future(_wait_for_disconnect(receive))
         early = _EarlyStream(send, request_id)
-        request = Request(method, path, headers, body, request_id, early.start)
+        query = scope.get("query_string", b"").decode("latin-1")
+        request = Request(method, path, headers, body, request_id, early.start, query)
         response = await app.respond(endpoint, request, gone)
         if isinstance(response, StreamResponse):
             if not early.started:

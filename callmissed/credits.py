@@ -334,6 +334,13 @@ class Charge:
         self.settled = False
         self._wallet = wallet  # holds `hold` for it; what it does not use goes back at the end
         self._hold = hold
+        # What the console shows of it (the gateway fills these in): failover.Attempt tuples,
+        # reasoning_effort as received and as sent, and the request's tags.
+        self.attempts: list[tuple[str, float, float, str, bool]] = []
+        self.effort_in: str | None = None
+        self.effort_out: str | None = None
+        self.tags: tuple[str, ...] = ()
+        self._error: str | None = None  # what a failed request's client was told
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         """x-ratelimit-* headers for the response."""
@@ -363,6 +370,7 @@ class Charge:
     def fail(self, error: BaseException) -> None:
         """The request failed before a response: charge what was delivered (nothing)."""
         if isinstance(error, GatewayError):
+            self._error = error.message
             self._settle(error.http_status, error.code, TokenUsage(), 0)
         elif isinstance(error, Exception):
             self._settle(500, "internal_error", TokenUsage(), 0)
@@ -407,6 +415,7 @@ class Charge:
         tokens = TokenUsage(completion=self.delivered_tokens)
         if stream.failure is not None:
             failure = stream.failure
+            self._error = failure.message
             self._settle(failure.http_status, failure.code, tokens, cost_of(self.rates, tokens))
         else:
             self._settle(CLIENT_CLOSED, "client_closed", tokens, cost_of(self.rates, tokens))
@@ -434,6 +443,11 @@ class Charge:
             ttfb_ms=None if self._ttfb is None else round(self._ttfb * 1000, 3),
             total_ms=round(elapsed_ms, 3),
             wallet=None if self._wallet is None else self._wallet.hold_id,
+            effort_in=self.effort_in,
+            effort_out=self.effort_out,
+            attempts=_attempts_worth_keeping(self.attempts),
+            tags=list(self.tags) if self.tags else None,
+            error_message=None if self._error is None else self._error[:1000],
         )
         try:
             self._ledger.append(entry)
@@ -441,6 +455,19 @@ class Charge:
             if self._wallet is not None:
                 self._wallet.put_back(self._hold, cost)
             self._lease.release(tokens.total)
+
+
+def _attempts_worth_keeping(
+    attempts: list[tuple[str, float, float, str, bool]],
+) -> list[dict[str, Any]] | None:
+    """The attempts as the ledger keeps them: none when the one attempt made answered (its
+    route and first-token time are in the row already), so most rows carry nothing extra."""
+    if not attempts or (len(attempts) == 1 and attempts[0][3] == "ok"):
+        return None
+    return [
+        {"route": route, "start_ms": start, "ms": took, "outcome": outcome, "hedge": hedge}
+        for route, start, took, outcome, hedge in attempts
+    ]
 
 
 def _put_cost(usage: dict[str, Any], cost: int) -> None:

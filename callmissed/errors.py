@@ -10,6 +10,7 @@
     + AdminDisabled                403 permission_error       admin_disabled
   x ModelNotFound                  404 not_found_error        model_not_found
   x KeyNotFound                    404 not_found_error        key_not_found
+  x RequestNotFound                404 not_found_error        request_not_found
   x RateLimited                    429 rate_limit_error       rate_limit_exceeded (+retry_after)
   x ProviderNotConfigured          503 api_error              provider_not_configured
   x ShuttingDown                   503 overloaded_error       shutting_down (+retry_after)
@@ -41,6 +42,7 @@ __all__ = [
     "PermissionDenied",
     "ProviderNotConfigured",
     "RateLimited",
+    "RequestNotFound",
     "RequestTooLarge",
     "ShuttingDown",
     "UpstreamError",
@@ -123,6 +125,14 @@ class KeyNotFound(GatewayError):
     status = 404
     type = "not_found_error"
     code = "key_not_found"
+
+
+class RequestNotFound(GatewayError):
+    """The admin API was asked about a request id the ledger does not hold."""
+
+    status = 404
+    type = "not_found_error"
+    code = "request_not_found"
 
 
 class EndpointNotFound(GatewayError):

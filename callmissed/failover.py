@@ -25,10 +25,10 @@ from callmissed.health import Health, route_name
 from callmissed.metrics import Metrics
 from callmissed.relay import ChatStream, read_completion
 from callmissed.routing import Target
-from callmissed.settings import ModelSettings, Settings, Timeouts
+from callmissed.settings import ModelSettings, Route, Settings, Timeouts
 from callmissed.upstream import Upstream, UpstreamResponse
 
-__all__ = ["TRANSIENT_STATUSES", "Failover", "Won"]
+__all__ = ["TRANSIENT_STATUSES", "Attempt", "Failover", "Won"]
 
 T = TypeVar("T")
 
@@ -36,6 +36,12 @@ T = TypeVar("T")
 # No status means the connection broke or the answer was garbage. Timeouts and 429s are not
 # here: waiting them out again is the client's call, and its SDK backs off by itself.
 TRANSIENT_STATUSES = frozenset({None, 500, 502, 503, 520, 521, 522, 523, 525, 526, 529})
+
+# One upstream attempt, as the ledger keeps it for the console: the route, ms from the request's
+# first attempt to this one's start, ms it lasted (to its first token, its failure, or being
+# abandoned), its outcome ("ok", "abandoned", or as in metrics: "timeout", "502", ...), and
+# whether it was a hedge started to race a slow attempt.
+Attempt = tuple[str, float, float, str, bool]
 
 
 # Not frozen: one or more is made per request, and a frozen dataclass is ~5x slower to make.
@@ -53,10 +59,11 @@ class Won(Generic[T]):
 class _Inflight:
     """One request the gateway is serving, so shutdown can end it."""
 
-    __slots__ = ("deadline", "reason", "scope", "stream")
+    __slots__ = ("deadline", "reason", "route", "scope", "stream")
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
+        self.route: Route | None = None  # the route of its latest attempt, or the one answering
         self.reason: GatewayError | None = None  # why it was ended early, if it was
         self.scope: Timeout | None = None
         self.stream: ChatStream | None = None
@@ -94,10 +101,25 @@ class Failover:
     def inflight(self) -> int:
         return len(self._active)
 
+    def inflight_by_route(self) -> dict[str, int]:
+        """Requests in flight per route: the one answering them, or the one they wait on (a
+        hedged request counts once, under its latest attempt). Counted when asked."""
+        counts: dict[str, int] = {}
+        for request in self._active:
+            if request.route is not None:
+                name = route_name(request.route)
+                counts[name] = counts.get(name, 0) + 1
+        return counts
+
     async def complete(
-        self, model: ModelSettings, targets: list[Target], body: dict[str, Any]
+        self,
+        model: ModelSettings,
+        targets: list[Target],
+        body: dict[str, Any],
+        attempts: list[Attempt] | None = None,
     ) -> Won[dict[str, Any]]:
-        """A whole chat.completion from the first route that gives one.
+        """A whole chat.completion from the first route that gives one; each attempt made is
+        appended to `attempts`, however the request ends.
 
         The whole answer is its first token, so only the total timeout bounds an attempt
         (upstreams send a non-streamed answer's headers when it is done; see resilience.md).
@@ -109,7 +131,7 @@ class Failover:
 
         request = self._enter(model)
         try:
-            won = await self._run(request, model, targets, attempt)
+            won = await self._run(request, model, targets, attempt, attempts)
         finally:
             self._leave(request)
         self._metrics.inc("callmissed_requests_total", model.name, "ok")
@@ -121,8 +143,10 @@ class Failover:
         targets: list[Target],
         body: dict[str, Any],
         include_usage: bool,
+        attempts: list[Attempt] | None = None,
     ) -> Won[ChatStream]:
-        """A started ChatStream (its first token is in), watched for silence and overtime.
+        """A started ChatStream (its first token is in), watched for silence and overtime;
+        each attempt made is appended to `attempts`, however the request ends.
 
         Closing the stream (ChatStream.close) ends the request's bookkeeping.
         """
@@ -148,7 +172,7 @@ class Failover:
 
         request = self._enter(model)
         try:
-            won = await self._run(request, model, targets, attempt)
+            won = await self._run(request, model, targets, attempt, attempts)
         except BaseException:
             self._leave(request)
             raise
@@ -174,9 +198,10 @@ class Failover:
         model: ModelSettings,
         targets: list[Target],
         attempt: Callable[[Target], Awaitable[T]],
+        attempts: list[Attempt] | None,
     ) -> Won[T]:
         """The route loop, within the request's total timeout (or until shutdown ends it)."""
-        plan = _Plan(self, model, targets, request.deadline)
+        plan = _Plan(self, model, targets, request, attempts)
         try:
             with self._deadlines.timeout_at(request.deadline) as request.scope:
                 if model.hedge_after_ms:
@@ -256,7 +281,7 @@ async def _one_by_one(plan: _Plan, attempt: Callable[[Target], Awaitable[T]]) ->
         try:
             result = await attempt(target)
         except UpstreamError as exc:
-            plan.failed(target, exc)
+            plan.failed(target, exc, started)
             continue
         except BaseException:
             plan.abandoned(target, started)
@@ -269,9 +294,17 @@ class _Plan:
     """The attempts of one request: which route next, and what happened to the others."""
 
     def __init__(
-        self, failover: Failover, model: ModelSettings, targets: list[Target], deadline: float
+        self,
+        failover: Failover,
+        model: ModelSettings,
+        targets: list[Target],
+        request: _Inflight,
+        log: list[Attempt] | None,
     ) -> None:
-        self._deadline = deadline
+        self._deadline = request.deadline
+        self._request = request
+        self._log = log
+        self._began = asyncio.get_running_loop().time()
         self._health = failover._health
         self._metrics = failover._metrics
         self._policy = failover._policy
@@ -293,6 +326,7 @@ class _Plan:
             target = self._queue.popleft()
             if self._health.acquire(target.route):
                 self.attempts += 1
+                self._request.route = target.route
                 return target
         return None
 
@@ -308,6 +342,7 @@ class _Plan:
             target = self._queue.popleft()
             if self._health.acquire(target.route):
                 self.attempts += 1
+                self._request.route = target.route
                 return target
         return None
 
@@ -324,12 +359,13 @@ class _Plan:
         await asyncio.sleep(delay)
         self._queue.extend(target for target, _ in retry)
 
-    def failed(self, target: Target, error: UpstreamError) -> None:
+    def failed(self, target: Target, error: UpstreamError, started: float) -> None:
         """Record a failed attempt; raise `error` if no other route should be tried after it."""
         self._health.failed(target.route, error)
         self.failures.append((target, error))
         name = route_name(target.route)
         self._metrics.inc("callmissed_attempts_total", name, _outcome(error))
+        self._record(target, name, started, _outcome(error))
         if not error.retryable:
             raise error
         if error.upstream_status in TRANSIENT_STATUSES and not isinstance(error, UpstreamTimeout):
@@ -338,11 +374,28 @@ class _Plan:
     def abandoned(self, target: Target, started: float) -> None:
         waited = asyncio.get_running_loop().time() - started
         self._health.abandoned(target.route, waited)
-        self._metrics.inc("callmissed_attempts_total", route_name(target.route), "abandoned")
+        name = route_name(target.route)
+        self._metrics.inc("callmissed_attempts_total", name, "abandoned")
+        self._record(target, name, started, "abandoned")
+
+    def _record(self, target: Target, name: str, started: float, outcome: str) -> None:
+        if self._log is not None:
+            now = asyncio.get_running_loop().time()
+            self._log.append(
+                (
+                    name,
+                    round((started - self._began) * 1000, 3),
+                    round((now - started) * 1000, 3),
+                    outcome,
+                    target is self.hedge,
+                )
+            )
 
     def won(self, target: Target, result: T, started: float) -> Won[T]:
         ttfb = asyncio.get_running_loop().time() - started
         name = route_name(target.route)
+        self._request.route = target.route
+        self._record(target, name, started, "ok")
         self._health.succeeded(target.route, ttfb)
         self._metrics.inc("callmissed_attempts_total", name, "ok")
         self._metrics.observe("callmissed_ttfb_seconds", ttfb, name)
@@ -391,7 +444,7 @@ async def _race(
                     return plan.won(target, task.result(), started)
                 if not isinstance(error, UpstreamError):
                     raise error
-                plan.failed(target, error)
+                plan.failed(target, error, started)
     finally:
         for task, (target, started) in running.items():
             plan.abandoned(target, started)

@@ -131,14 +131,22 @@ class Gateway:
         await self.store.close()
 
     async def complete(
-        self, principal: Principal, body: dict[str, Any], *, request_id: str | None = None
+        self,
+        principal: Principal,
+        body: dict[str, Any],
+        *,
+        request_id: str | None = None,
+        tags: tuple[str, ...] = (),
     ) -> tuple[dict[str, Any], RouteInfo]:
-        """A whole chat.completion for a checked OpenAI-format body, `usage.cost` included."""
+        """A whole chat.completion for a checked OpenAI-format body, `usage.cost` included;
+        `tags` (tags.py) go into its ledger row."""
         model, targets = self._route(body)
+        received = _effort_received(body)
         effort = apply_reasoning_effort(body, model, self.settings.reasoning_policies)
         charge = await self.credits.begin(principal, model, body, request_id or new_request_id())
+        charge.effort_in, charge.effort_out, charge.tags = received, _short(effort), tags
         try:
-            won = await self.failover.complete(model, targets, body)
+            won = await self.failover.complete(model, targets, body, charge.attempts)
         except BaseException as exc:
             charge.fail(exc)
             raise
@@ -153,15 +161,20 @@ class Gateway:
         include_usage: bool,
         *,
         request_id: str | None = None,
+        tags: tuple[str, ...] = (),
     ) -> tuple[ChatStream, RouteInfo]:
         """A started ChatStream: its first token is already in, so nothing can fail silently.
 
         The stream settles its charge when it is closed, however it ends."""
         model, targets = self._route(body)
+        received = _effort_received(body)
         effort = apply_reasoning_effort(body, model, self.settings.reasoning_policies)
         charge = await self.credits.begin(principal, model, body, request_id or new_request_id())
+        charge.effort_in, charge.effort_out, charge.tags = received, _short(effort), tags
         try:
-            won = await self.failover.open_stream(model, targets, body, include_usage)
+            won = await self.failover.open_stream(
+                model, targets, body, include_usage, charge.attempts
+            )
         except BaseException as exc:
             charge.fail(exc)
             raise
@@ -192,3 +205,16 @@ class Gateway:
 
 def _nothing() -> None:
     pass
+
+
+def _effort_received(body: dict[str, Any]) -> str | None:
+    """reasoning_effort as the client sent it, for the ledger ("null" if sent as null)."""
+    if "reasoning_effort" not in body:
+        return None
+    value = body["reasoning_effort"]
+    return "null" if value is None else _short(str(value))
+
+
+def _short(effort: str | None) -> str | None:
+    # A passthrough model forwards any value; the ledger keeps a bounded one.
+    return effort if effort is None else effort[:32]

@@ -83,7 +83,7 @@ class RSGIApp:
         # From here on the client may leave at any moment; the upstream call stops with it.
         gone = _departure(protocol, self._deadlines)
         early = _EarlyStream(protocol, request_id)
-        request = Request(method, path, headers, body, request_id, early.start)
+        request = Request(method, path, headers, body, request_id, early.start, scope.query_string)
         response = await app.respond(endpoint, request, gone)
         if isinstance(response, StreamResponse):
             transport = early.transport or protocol.response_stream(

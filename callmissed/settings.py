@@ -88,6 +88,7 @@ class Accounting:
     redis_prefix: str = "callmissed"  # CALLMISSED_REDIS_PREFIX: one per database sharing Redis
     ledger_dir: str | None = None  # CALLMISSED_LEDGER_DIR; default: beside the SQLite file
     prices: Mapping[str, Prices] = field(default_factory=dict)  # the config file's [prices]
+    retention_days: float = 90.0  # CALLMISSED_RETENTION_DAYS: ledger rows kept (0: forever)
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,7 +401,15 @@ def _parse_accounting(env: Mapping[str, str], config: Mapping[str, Any]) -> Acco
         redis_prefix=env.get("CALLMISSED_REDIS_PREFIX") or "callmissed",
         ledger_dir=env.get("CALLMISSED_LEDGER_DIR") or None,
         prices={name: _parse_prices(f"[prices.{name!r}]", table) for name, table in prices.items()},
+        retention_days=_retention_days(env),
     )
+
+
+def _retention_days(env: Mapping[str, str]) -> float:
+    days = _float(env, "CALLMISSED_RETENTION_DAYS", 90.0)
+    if not days >= 0 or days == float("inf"):
+        raise SettingsError("CALLMISSED_RETENTION_DAYS must be a number of days >= 0 (0: forever)")
+    return days
 
 
 def _parse_prices(where: str, table: Any) -> Prices:

@@ -67,6 +67,7 @@ class Request:
     body: bytes
     request_id: str
     start_stream: StartStream | None = None  # the edge's, for a stream that must start early
+    query: str = ""  # the raw query string, without its "?" (admin and console endpoints)
 
     def json(self) -> Any:
         try:

@@ -16,9 +16,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from callmissed.auth import bearer_matches, create_key
+from callmissed.auth import create_key
+from callmissed.console.session import authorize
 from callmissed.credits import format_credits, parse_credits
-from callmissed.errors import AdminDisabled, AuthenticationFailed, InvalidRequest, KeyNotFound
+from callmissed.errors import InvalidRequest, KeyNotFound
 from callmissed.gateway import Gateway
 from callmissed.peers import Peers
 from callmissed.store import NO_POLICY, KeyPolicy, KeyRecord
@@ -121,11 +122,8 @@ def parse_policy(body: Mapping[str, Any], current: KeyPolicy = NO_POLICY) -> Key
 
 
 def _authorize(gateway: Gateway, request: Request) -> None:
-    token = gateway.settings.accounting.admin_token
-    if token is None:
-        raise AdminDisabled("The admin API is off: set CALLMISSED_ADMIN_TOKEN to turn it on.")
-    if not bearer_matches(request.headers.get("authorization"), token):
-        raise AuthenticationFailed("The admin API needs 'Authorization: Bearer <admin token>'.")
+    # The admin token as a bearer token, or a console session (console/session.py).
+    authorize(gateway.settings, request)
 
 
 async def _record(gateway: Gateway, key_id: str) -> KeyRecord:

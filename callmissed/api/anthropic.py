@@ -22,6 +22,7 @@ from callmissed.formats.anthropic_message import MessageStreamEncoder, build_mes
 from callmissed.gateway import Gateway
 from callmissed.keepalive import InBand, in_band_error
 from callmissed.relay import ChatStream
+from callmissed.tags import request_tags
 from callmissed.token_estimate import estimate_input_tokens
 from callmissed.web import Request, Response, StreamResponse, json_response
 
@@ -32,16 +33,18 @@ log = logging.getLogger("callmissed")
 
 async def create_message(gateway: Gateway, request: Request) -> Response | StreamResponse:
     principal = await _authenticate(gateway, request)
-    message = parse_message_request(request.json())
+    body = request.json()
+    message = parse_message_request(body)
+    tags = request_tags(request.headers, body)
     headers = [(b"request-id", request.request_id.encode())]
     if not message.stream:
         completion, info = await gateway.complete(
-            principal, message.chat, request_id=request.request_id
+            principal, message.chat, request_id=request.request_id, tags=tags
         )
         return json_response(build_message(completion, message), headers=info.headers() + headers)
     request_id = request.request_id
     keepalive = gateway.keepalive(request.start_stream, headers)
-    opening = gateway.open_stream(principal, message.chat, False, request_id=request_id)
+    opening = gateway.open_stream(principal, message.chat, False, request_id=request_id, tags=tags)
     try:
         stream, info = await keepalive.run(opening)
     except InBand as failed:

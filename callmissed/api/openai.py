@@ -19,6 +19,7 @@ from callmissed.gateway import Gateway
 from callmissed.keepalive import InBand, in_band_error
 from callmissed.relay import ChatStream
 from callmissed.settings import ModelSettings
+from callmissed.tags import request_tags
 from callmissed.web import Request, Response, StreamResponse, json_response
 
 __all__ = ["create_chat_completion", "list_models", "retrieve_model"]
@@ -32,13 +33,16 @@ async def create_chat_completion(gateway: Gateway, request: Request) -> Response
     principal = await gateway.auth.authenticate(request.headers.get("authorization"))
     body = request.json()
     check_chat_request(body)
+    tags = request_tags(request.headers, body)
     if not body.get("stream"):
-        completion, info = await gateway.complete(principal, body, request_id=request.request_id)
+        completion, info = await gateway.complete(
+            principal, body, request_id=request.request_id, tags=tags
+        )
         return json_response(completion, headers=info.headers())
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     request_id = request.request_id
     keepalive = gateway.keepalive(request.start_stream, [])
-    opening = gateway.open_stream(principal, body, include_usage, request_id=request_id)
+    opening = gateway.open_stream(principal, body, include_usage, request_id=request_id, tags=tags)
     try:
         stream, info = await keepalive.run(opening)
     except InBand as failed:

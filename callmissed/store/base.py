@@ -18,6 +18,7 @@ __all__ = [
     "FAIR_SHARE",
     "KEY_COLUMNS",
     "LEDGER_COLUMNS",
+    "LEDGER_DETAIL_COLUMNS",
     "NO_POLICY",
     "Funding",
     "KeyPolicy",
@@ -42,6 +43,8 @@ LEDGER_COLUMNS = (
     " prompt_tokens, completion_tokens, reasoning_tokens, cached_tokens, cost, uncharged,"
     " ttfb_ms, total_ms"
 )
+# The console's columns (migration 0010), written after LEDGER_COLUMNS; JSON text for lists.
+LEDGER_DETAIL_COLUMNS = "effort_in, effort_out, attempts, tags, error_message"
 
 # A wallet top-up takes at most this fraction of the key's balance beyond what the request needs,
 # so other processes sharing a nearly drained key still find most of it in the balance.
@@ -112,6 +115,14 @@ class LedgerEntry:
     ttfb_ms: float | None
     total_ms: float
     wallet: str | None = None
+    # What the console shows of it (migration 0010): reasoning_effort as received and as sent
+    # (reasoning.py), the upstream attempts when there was more than the one that answered
+    # (failover.Attempt), the request's tags (tags.py), and a failure's message.
+    effort_in: str | None = None
+    effort_out: str | None = None
+    attempts: list[Any] | None = None
+    tags: list[str] | None = None
+    error_message: str | None = None  # what the client was told, for a failed request
 
 
 class Store(Protocol):

@@ -30,6 +30,7 @@ from callmissed.store.base import (
     FAIR_SHARE,
     KEY_COLUMNS as _KEY_COLUMNS,
     LEDGER_COLUMNS as _LEDGER_COLUMNS,
+    LEDGER_DETAIL_COLUMNS as _DETAIL_COLUMNS,
     NO_POLICY,
     Funding,
     KeyPolicy,
@@ -37,6 +38,12 @@ from callmissed.store.base import (
     LedgerEntry,
     migrations,
     plan_settlement,
+)
+from callmissed.store.rollup import (
+    KEY_COLUMNS as _BY_KEY,
+    ROUTE_COLUMNS as _BY_ROUTE,
+    rollup,
+    upsert_sql,
 )
 
 __all__ = ["PostgresStore"]
@@ -133,24 +140,53 @@ WITH keys AS (
     DELETE FROM holds USING unnest($6::text[]) AS d (request_id)
      WHERE holds.request_id = d.request_id
 )
-INSERT INTO ledger ({_LEDGER_COLUMNS})
+INSERT INTO ledger ({_LEDGER_COLUMNS}, {_DETAIL_COLUMNS})
 SELECT request_id, key_id, created_at, model, route, upstream_model, stream, status, error_code,
        prompt_tokens, completion_tokens, reasoning_tokens, cached_tokens, charged,
-       cost - charged, ttfb_ms, total_ms
+       cost - charged, ttfb_ms, total_ms, effort_in, effort_out, attempts::text, tags::text,
+       error_message
   FROM ROWS FROM (
            json_to_recordset($7::json) AS (
                request_id text, key_id bigint, created_at float8, model text, route text,
                upstream_model text, stream boolean, status int, error_code text,
                prompt_tokens int, completion_tokens int, reasoning_tokens int, cached_tokens int,
-               cost bigint, ttfb_ms float8, total_ms float8
+               cost bigint, ttfb_ms float8, total_ms float8, effort_in text, effort_out text,
+               attempts json, tags json, error_message text
            ),
            unnest($8::bigint[])
        ) AS entry (
            request_id, key_id, created_at, model, route, upstream_model, stream, status,
            error_code, prompt_tokens, completion_tokens, reasoning_tokens, cached_tokens, cost,
-           ttfb_ms, total_ms, charged
+           ttfb_ms, total_ms, effort_in, effort_out, attempts, tags, error_message, charged
        )
     ON CONFLICT (request_id) DO NOTHING
+"""
+
+# The console's rollups (store/rollup.py) and tag index, added in the settling transaction, last:
+# rollup rows shared by every key are locked until its commit, in primary-key order.
+_ROLL_UP = f"""
+WITH by_route AS (
+    {
+    upsert_sql(
+        "usage_by_route",
+        _BY_ROUTE,
+        "SELECT * FROM json_populate_recordset("
+        "NULL::usage_by_route, $1::json) ORDER BY period, tag, bucket, model, route",
+    )
+}
+), by_key AS (
+    {
+    upsert_sql(
+        "usage_by_key",
+        _BY_KEY,
+        "SELECT * FROM json_populate_recordset("
+        "NULL::usage_by_key, $2::json) ORDER BY period, tag, bucket, key_id",
+    )
+}
+)
+INSERT INTO ledger_tags (tag, created_at, request_id)
+SELECT * FROM unnest($3::text[], $4::float8[], $5::text[])
+    ON CONFLICT DO NOTHING
 """
 _SETTLE_ATTEMPTS = 3  # a batch that raced another writer (or lost a deadlock) is worked out again
 
@@ -173,8 +209,10 @@ WITH gone AS (
            0, 0, 0, 0, 0, 0, NULL, 0
       FROM gone WHERE NOT wallet
         ON CONFLICT (request_id) DO NOTHING
+ RETURNING request_id, key_id, created_at, model
 )
-SELECT count(*) FROM gone
+SELECT (SELECT count(*) FROM gone) AS released,
+       (SELECT json_agg(written) FROM written)::text AS written
 """
 
 _CHANGES = "callmissed_keys"  # NOTIFY channel: a key changed (migrations 0004, 0006)
@@ -372,7 +410,10 @@ class PostgresStore:
     async def release_holds(self, instance: str) -> int:
         async with self._db.acquire() as db, db.transaction():
             await db.execute(_LOCK_INSTANCE_KEYS, instance)
-            return int(await db.fetchval(_RELEASE, instance))
+            row = await db.fetchrow(_RELEASE, instance)
+            written = orjson.loads(row["written"] or "[]")
+            await _roll_up(db, [(_interrupted(**entry), 0) for entry in written])
+            return int(row["released"])
 
     async def recent_usage(self, key_id: int, limit: int) -> list[dict[str, Any]]:
         rows = await self._db.fetch(
@@ -393,6 +434,13 @@ class PostgresStore:
             if pool is not None:
                 await pool.close()
         self._pool = self._holds = None
+
+
+def _interrupted(request_id: str, key_id: int, created_at: float, model: str) -> LedgerEntry:
+    return LedgerEntry(
+        request_id, key_id, created_at, model, "", "", False, 500, "interrupted",
+        0, 0, 0, 0, 0, None, 0.0,
+    )  # fmt: skip
 
 
 def _translate(sql: str) -> str:
@@ -437,6 +485,20 @@ async def _settle(db: asyncpg.Connection, entries: Sequence[LedgerEntry]) -> Non
     )  # fmt: skip
     if status != f"INSERT 0 {len(plan.rows)}":
         raise _Raced(status)
+    await _roll_up(db, plan.rows)
+
+
+async def _roll_up(db: asyncpg.Connection, rows: list[tuple[LedgerEntry, int]]) -> None:
+    if not rows:
+        return
+    by_route, by_key = rollup(rows)
+    tagged = [(tag, e.created_at, e.request_id) for e, _ in rows if e.tags for tag in e.tags]
+    await db.execute(
+        _ROLL_UP,
+        orjson.dumps([dict(zip(_BY_ROUTE, row, strict=True)) for row in by_route]).decode(),
+        orjson.dumps([dict(zip(_BY_KEY, row, strict=True)) for row in by_key]).decode(),
+        [tag for tag, _, _ in tagged], [at for _, at, _ in tagged], [i for _, _, i in tagged],
+    )  # fmt: skip
 
 
 def _policy_row(policy: KeyPolicy) -> tuple[int | None, int | None, int | None, str | None]:

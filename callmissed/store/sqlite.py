@@ -17,10 +17,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
+import orjson
+
 from callmissed.store.base import (
     FAIR_SHARE,
     KEY_COLUMNS as _KEY_COLUMNS,
     LEDGER_COLUMNS as _LEDGER_COLUMNS,
+    LEDGER_DETAIL_COLUMNS as _DETAIL_COLUMNS,
     NO_POLICY,
     Funding,
     KeyPolicy,
@@ -28,6 +31,12 @@ from callmissed.store.base import (
     LedgerEntry,
     migrations,
     plan_settlement,
+)
+from callmissed.store.rollup import (
+    KEY_COLUMNS as _BY_KEY,
+    ROUTE_COLUMNS as _BY_ROUTE,
+    rollup,
+    upsert_sql,
 )
 from callmissed.store.walwatch import WalWatch
 
@@ -46,6 +55,15 @@ _HOLDS = "SELECT request_id, amount FROM holds WHERE request_id IN (SELECT value
 _BALANCES = "SELECT id, credits FROM api_keys WHERE id IN (SELECT value FROM json_each(?))"
 
 _CHECKPOINT_EVERY = 0.5  # seconds
+
+_INSERT_LEDGER = (
+    f"INSERT INTO ledger ({_LEDGER_COLUMNS}, {_DETAIL_COLUMNS}) VALUES ({', '.join('?' * 22)})"
+)
+_ROLL_UP_ROUTES = upsert_sql(
+    "usage_by_route", _BY_ROUTE, f"VALUES ({', '.join('?' * len(_BY_ROUTE))})"
+)
+_ROLL_UP_KEYS = upsert_sql("usage_by_key", _BY_KEY, f"VALUES ({', '.join('?' * len(_BY_KEY))})")
+_INSERT_TAGS = "INSERT OR IGNORE INTO ledger_tags (tag, created_at, request_id) VALUES (?, ?, ?)"
 
 
 class SQLiteStore:
@@ -326,11 +344,18 @@ def _settle(db: sqlite3.Connection, entries: Sequence[LedgerEntry]) -> None:
         [(amount, hold) for hold, amount in plan.drawn.items()],
     )
     db.executemany("DELETE FROM holds WHERE request_id = ?", [(hold,) for hold in plan.released])
-    db.executemany(
-        f"INSERT INTO ledger ({_LEDGER_COLUMNS})"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [_ledger_row(entry, charged) for entry, charged in plan.rows],
-    )
+    db.executemany(_INSERT_LEDGER, [_ledger_row(entry, charged) for entry, charged in plan.rows])
+    _roll_up(db, plan.rows)
+
+
+def _roll_up(db: sqlite3.Connection, rows: list[tuple[LedgerEntry, int]]) -> None:
+    """Add the rows to the console's rollups (store/rollup.py) and index their tags."""
+    by_route, by_key = rollup(rows)
+    db.executemany(_ROLL_UP_ROUTES, by_route)
+    db.executemany(_ROLL_UP_KEYS, by_key)
+    tagged = [(tag, e.created_at, e.request_id) for e, _ in rows if e.tags for tag in e.tags]
+    if tagged:
+        db.executemany(_INSERT_TAGS, tagged)
 
 
 def _ledger_row(entry: LedgerEntry, charged: int) -> tuple[Any, ...]:
@@ -339,7 +364,13 @@ def _ledger_row(entry: LedgerEntry, charged: int) -> tuple[Any, ...]:
         entry.upstream_model, entry.stream, entry.status, entry.error_code,
         entry.prompt_tokens, entry.completion_tokens, entry.reasoning_tokens,
         entry.cached_tokens, charged, entry.cost - charged, entry.ttfb_ms, entry.total_ms,
+        entry.effort_in, entry.effort_out, _json_or_null(entry.attempts),
+        _json_or_null(entry.tags), entry.error_message,
     )  # fmt: skip
+
+
+def _json_or_null(value: list[Any] | None) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
 
 
 def _json_list(values: Iterable[object]) -> str:

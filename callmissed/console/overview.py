@@ -1,0 +1,185 @@
+"""The Overview's numbers: rollup rows over a time range turned into totals, time series, and
+breakdowns by model, route, tag and key, first-token percentiles read from their histograms.
+
+Pure: the rows come from queries.by_route_sql() / by_key_sql(); nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from callmissed.credits import format_credits
+from callmissed.errors import InvalidRequest
+from callmissed.store.rollup import histogram_columns, percentile
+
+__all__ = ["RANGES", "Range", "Totals", "build_overview", "describe_totals", "parse_range"]
+
+_HISTOGRAM = histogram_columns()
+_SUMMED = (
+    "requests", "errors", "cancelled", "cost", "uncharged", "prompt_tokens", "completion_tokens",
+    "reasoning_tokens", "cached_tokens", "ttfb_sum", "total_sum", *_HISTOGRAM,
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """A time range the console shows: `points` buckets of `step` seconds, the last one being
+    the current; rollup rows of `period` seconds are summed into each (keys: `key_period`)."""
+
+    name: str
+    period: int
+    step: int
+    points: int
+    key_period: int
+
+    def since(self, now: float) -> int:
+        return (int(now) // self.step - self.points + 1) * self.step
+
+    def coarsened(self, retention_days: float) -> Range:
+        """The range as retention leaves it: hourly rows older than the retention age are gone,
+        so a range longer than it is read from the daily rows."""
+        span = self.step * self.points
+        if retention_days and self.period == 3600 and span > retention_days * 86400:
+            return Range(self.name, 86400, 86400, max(1, span // 86400), 86400)
+        return self
+
+
+RANGES = {
+    "1h": Range("1h", 60, 60, 60, 60),
+    "24h": Range("24h", 3600, 3600, 24, 3600),
+    "7d": Range("7d", 3600, 3 * 3600, 56, 3600),
+    "30d": Range("30d", 3600, 6 * 3600, 120, 86400),
+    "90d": Range("90d", 86400, 86400, 90, 86400),
+}
+
+
+def parse_range(value: str | None) -> Range:
+    range_ = RANGES.get(value or "24h")
+    if range_ is None:
+        raise InvalidRequest(f"'range' must be one of {', '.join(RANGES)}.", param="range")
+    return range_
+
+
+class Totals:
+    """Sums of rollup rows, and what they mean (rates, percentiles, USD)."""
+
+    __slots__ = ("values",)
+
+    def __init__(self) -> None:
+        self.values = dict.fromkeys(_SUMMED, 0.0)
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        values = self.values
+        for name in _SUMMED:
+            values[name] += row[name] or 0
+
+    def describe(self) -> dict[str, Any]:
+        return describe_totals(self.values)
+
+
+def describe_totals(values: Mapping[str, float]) -> dict[str, Any]:
+    """Rollup sums as the API shows them (money in USD, first-token times in ms)."""
+    requests = int(values["requests"])
+    histogram = [values[name] for name in _HISTOGRAM]
+    timed = sum(histogram)
+    return {
+        "requests": requests,
+        "errors": int(values["errors"]),
+        "cancelled": int(values["cancelled"]),
+        "error_rate": round(values["errors"] / requests, 4) if requests else 0.0,
+        "cost": format_credits(int(values["cost"])),
+        "uncharged": format_credits(int(values["uncharged"])),
+        "prompt_tokens": int(values["prompt_tokens"]),
+        "completion_tokens": int(values["completion_tokens"]),
+        "reasoning_tokens": int(values["reasoning_tokens"]),
+        "cached_tokens": int(values["cached_tokens"]),
+        "ttfb_avg_ms": round(values["ttfb_sum"] / timed, 1) if timed else None,
+        "ttfb_p50_ms": percentile(histogram, 0.5),
+        "ttfb_p99_ms": percentile(histogram, 0.99),
+        "total_avg_ms": round(values["total_sum"] / requests, 1) if requests else None,
+    }
+
+
+def build_overview(
+    range_: Range,
+    now: float,
+    rows: Iterable[Mapping[str, Any]],
+    keys: Sequence[Mapping[str, Any]],
+) -> dict[str, Any]:
+    """The Overview for `range_` from by_route_sql() rows (grouped by at, model, route) and
+    by_key_sql() rows."""
+    since = range_.since(now)
+    points = [since + index * range_.step for index in range(range_.points)]
+    slot = {at: index for index, at in enumerate(points)}
+    total = Totals()
+    series = [Totals() for _ in points]
+    models, routes = _Breakdown("model", len(points)), _Breakdown("route", len(points))
+    for row in rows:
+        index = slot.get(row["at"])
+        if index is None:
+            continue  # a bucket from before the range's first point
+        total.add(row)
+        series[index].add(row)
+        models.add(row["model"], index, row)
+        routes.add(row["route"], index, row)
+    route_list = routes.describe()
+    timed = [route for route in route_list if route["route"] and route["ttfb_p50_ms"] is not None]
+    return {
+        "range": range_.name,
+        "step": range_.step,
+        "since": since,
+        "until": since + range_.step * range_.points,
+        "totals": total.describe(),
+        "series": [{"at": at, **part.describe()} for at, part in zip(points, series, strict=True)],
+        "models": models.describe(),
+        "routes": route_list,
+        "slowest_routes": sorted(
+            timed, key=lambda route: (-(route["ttfb_p99_ms"] or 0), -(route["ttfb_p50_ms"] or 0))
+        )[:5],
+        "top_keys": [_key(row) for row in keys],
+    }
+
+
+class _Breakdown:
+    """Totals per model (or route), and per point of the range for the busiest few."""
+
+    _CHARTED = 8  # the busiest this many get a time series each
+    _METRICS = ("requests", "errors", "cost", "ttfb_p50_ms", "ttfb_p99_ms")
+
+    def __init__(self, label: str, points: int) -> None:
+        self._label = label
+        self._points = points
+        self._whole: dict[str, Totals] = {}
+        self._parts: dict[tuple[str, int], Totals] = {}
+
+    def add(self, name: str, index: int, row: Mapping[str, Any]) -> None:
+        whole = self._whole.get(name) or self._whole.setdefault(name, Totals())
+        whole.add(row)
+        part = self._parts.get((name, index)) or self._parts.setdefault((name, index), Totals())
+        part.add(row)
+
+    def describe(self) -> list[dict[str, Any]]:
+        entries = [{self._label: name, **whole.describe()} for name, whole in self._whole.items()]
+        entries.sort(key=lambda entry: (-entry["requests"], entry[self._label]))
+        empty = Totals().describe()
+        for entry in entries[: self._CHARTED]:
+            parts = [self._parts.get((entry[self._label], index)) for index in range(self._points)]
+            described = [part.describe() if part else empty for part in parts]
+            entry["series"] = {
+                metric: [point[metric] for point in described] for metric in self._METRICS
+            }
+        return entries
+
+
+def _key(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "key_id": row["key_id"],
+        "name": row["key_name"],
+        "requests": int(row["requests"]),
+        "errors": int(row["errors"]),
+        "cost": format_credits(int(row["cost"])),
+        "prompt_tokens": int(row["prompt_tokens"]),
+        "completion_tokens": int(row["completion_tokens"]),
+    }
