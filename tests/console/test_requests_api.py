@@ -5,6 +5,7 @@ Real gateways on SQLite and PostgreSQL, real fault-injection upstreams, the Open
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import httpx
 import openai
@@ -25,8 +26,9 @@ def console(request, upstream, faults, tmp_path_factory):
         stop_gateway(running)
 
 
-def _detail(gateway, request_id: str) -> dict:
-    return admin_get(gateway, f"/admin/requests/{request_id}")["data"]
+def _detail(gateway, request_id: str) -> dict[str, Any]:
+    detail: dict[str, Any] = admin_get(gateway, f"/admin/requests/{request_id}")["data"]
+    return detail
 
 
 def test_a_request_shows_its_route_times_tokens_cost_and_tags(console):
