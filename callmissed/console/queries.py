@@ -103,8 +103,13 @@ def requests_sql(
         params.append(where.tag)
     _equal(conditions, params, "l.key_id", where.key_id)
     _equal(conditions, params, "l.model", where.model)
-    _equal(conditions, params, "l.route", where.provider)
-    _equal(conditions, params, "l.upstream_model", where.upstream_model)
+    if where.upstream_model is None:
+        # A provider alone: read newest first by time, skipping other providers' rows (the
+        # route index, sorted by upstream model within a provider, would sort them all).
+        _equal(conditions, params, "l.route || ''", where.provider)
+    else:
+        _equal(conditions, params, "l.route", where.provider)
+        _equal(conditions, params, "l.upstream_model", where.upstream_model)
     _status(conditions, params, where.status)
     if where.since is not None:
         conditions.append(f"{at}.created_at >= ?")

@@ -4,7 +4,8 @@ The console's charts and totals read these (docs/console.md), never the ledger i
 view costs the same at 5 million ledger rows as at 50. Every row settled adds to three buckets
 of `usage_by_route` (by model and route) and of `usage_by_key`, once untagged (tag '') and once
 per tag, in the same transaction as the ledger row: exact, whatever order rows settle in, and
-kept when retention deletes old ledger rows (console/retention.py). First-token times are kept
+kept when retention deletes old ledger rows (console/retention.py). A request no route answered
+counts against the route its last attempt failed on. First-token times are kept
 as a histogram (TTFB_BOUNDS_MS), which sums across buckets, so percentiles can be read back.
 """
 
@@ -74,7 +75,7 @@ def rollup(
     routes: dict[tuple[Any, ...], list[float]] = {}
     keys: dict[tuple[Any, ...], list[int]] = {}
     for entry, charged in rows:
-        route = f"{entry.route}:{entry.upstream_model}" if entry.route else ""
+        route = f"{entry.route}:{entry.upstream_model}" if entry.route else _failed_on(entry)
         minute = int(entry.created_at // 60 * 60)
         status = entry.status
         error = 1 if status >= 400 and status != CANCELLED_STATUS else 0
@@ -105,6 +106,11 @@ def rollup(
             totals[3] += entry.prompt_tokens
             totals[4] += entry.completion_tokens
     return _periods(routes), _periods(keys)
+
+
+def _failed_on(entry: LedgerEntry) -> str:
+    """A request no route answered counts against the route of its last attempt, if any."""
+    return str(entry.attempts[-1]["route"]) if entry.attempts else ""
 
 
 def _add(sums: dict[tuple[Any, ...], Any], group: tuple[Any, ...], values: Sequence[Any]) -> None:

@@ -7,7 +7,7 @@ CREATE TABLE usage_by_route (
     bucket            BIGINT  NOT NULL,   -- the bucket's start, seconds since the epoch (UTC)
     tag               TEXT    NOT NULL,   -- '' for every request, else the requests with this tag
     model             TEXT    NOT NULL,
-    route             TEXT    NOT NULL,   -- provider:upstream_model; '' if no route answered
+    route             TEXT    NOT NULL,   -- provider:upstream_model; a failure's last one; ''
     requests          BIGINT  NOT NULL,
     errors            BIGINT  NOT NULL,   -- status >= 400, except 499
     cancelled         BIGINT  NOT NULL,   -- status 499: the client went away
@@ -65,7 +65,7 @@ CREATE TABLE usage_by_key (
 );
 CREATE INDEX usage_by_key_age ON usage_by_key (period, bucket);
 
--- Rows settled before this migration, summed once; later ones add up as they settle.
+-- Rows settled before this migration, summed once (later ones add up as they settle).
 INSERT INTO usage_by_route
 SELECT 60, CAST(floor(created_at / 60) * 60 AS BIGINT), '', model,
        CASE WHEN route = '' THEN '' ELSE route || ':' || upstream_model END,
