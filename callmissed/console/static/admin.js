@@ -211,6 +211,7 @@ export async function retentionPage(root) {
         fact("Oldest request kept", "retention-oldest", data.oldest_request_at ? `${fmt.time(data.oldest_request_at)} (${fmt.ago(data.oldest_request_at)})` : "none"),
         fact("Daily totals since", "retention-daily", data.daily_rollups_since ? fmt.time(data.daily_rollups_since) : "none"),
         fact("Last pass (this worker)", "retention-last", last ? `${fmt.time(last.at)}: ${fmt.int(last.ledger_rows)} requests, ${fmt.int(last.rollup_rows)} totals, ${last.seconds} s` : "not yet")),
+      h("p", { class: "muted" }, "Deleting runs on its own every few minutes, in small batches between the gateway's own writes."),
       h("button", { type: "button", class: "ghost", id: "retention-run", onclick: async (event) => {
         event.target.disabled = true;
         try {

@@ -43,16 +43,17 @@ export function timeChart(element, { times, step, series, stacked = false, lines
   element.classList.add("chart");
   const width = Math.max(element.clientWidth || 600, 280);
   const margin = { left: 52, right: 14, top: 12, bottom: 26 };
-  const plotW = width - margin.left - margin.right;
   const plotH = height - margin.top - margin.bottom;
   const root = svg("svg", { width, height, viewBox: `0 0 ${width} ${height}`, role: "img" }, element);
   const n = times.length;
-  const x = (i) => margin.left + (n <= 1 ? plotW / 2 : (i * plotW) / (n - 1));
   const tops = times.map((_, i) => stacked
     ? series.reduce((sum, s) => sum + (s.values[i] || 0), 0)
     : Math.max(0, ...series.map((s) => s.values[i] ?? 0)));
   const ticks = niceTicks(Math.max(0, ...tops));
   const top = ticks[ticks.length - 1] || 1;
+  margin.left = Math.max(40, 14 + 6.6 * Math.max(...ticks.map((tick) => format(tick).length)));
+  const plotW = width - margin.left - margin.right;
+  const x = (i) => margin.left + (n <= 1 ? plotW / 2 : (i * plotW) / (n - 1));
   const y = (value) => margin.top + plotH - (value / top) * plotH;
   for (const tick of ticks) {
     svg("line", { x1: margin.left, x2: width - margin.right, y1: y(tick), y2: y(tick),
@@ -176,15 +177,17 @@ const OUTCOME_COLORS = { ok: "#14a06f", abandoned: "#9aa3b2", timeout: "#f0a020"
 
 // Upstream attempts on one time axis: [{route, start_ms, ms, outcome, hedge}], plus markers
 // for the request's first token and total time (ms since it began routing).
-export function attemptTimeline(attempts, { firstToken = null, total = null, format = String } = {}) {
+export function attemptTimeline(attempts, { firstToken = null, total = null, format = String,
+  width = 720 } = {}) {
+  width = Math.max(width, 420);
   const rowH = 30;
-  const labelW = 210;
-  const width = 720;
-  const height = attempts.length * rowH + 34;
+  const labelW = Math.min(260, Math.max(140, 7.4 * Math.max(...attempts.map((a) => a.route.length + (a.hedge ? 10 : 0)))));
+  const height = attempts.length * rowH + 52;
   const end = Math.max(1, total || 0, ...attempts.map((a) => (a.start_ms || 0) + (a.ms || 0)));
-  const plotW = width - labelW - 20;
+  const plotW = width - labelW - 110; // room for the last bar's note
   const x = (ms) => labelW + (ms / end) * plotW;
-  const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "timeline", role: "img" });
+  const root = svg("svg", { width, height, viewBox: `0 0 ${width} ${height}`, class: "timeline",
+    role: "img" });
   attempts.forEach((attempt, i) => {
     const top = 6 + i * rowH;
     const label = svg("text", { x: 0, y: top + 16, class: "label" }, root);
@@ -204,12 +207,16 @@ export function attemptTimeline(attempts, { firstToken = null, total = null, for
       "text-anchor": value ? "end" : "start" }, root);
     tick.textContent = name;
   }
-  for (const [value, name] of [[firstToken, "first token"], [total, "done"]]) {
-    if (value === null || value === undefined) continue;
-    svg("line", { x1: x(value), x2: x(value), y1: 2, y2: axisY, class: "marker" }, root);
-    const label = svg("text", { x: x(value) - 3, y: axisY - 3, class: "marker-label",
-      "text-anchor": "end" }, root);
-    label.textContent = name;
-  }
+  // The request's own first token and end, below the axis: apart, or as one label if close.
+  const marks = [[firstToken, "first token"], [total, "done"]].filter(([v]) => v !== null && v !== undefined);
+  const close = marks.length === 2 && x(marks[1][0]) - x(marks[0][0]) < 90;
+  marks.forEach(([value, name], index) => {
+    svg("line", { x1: x(value), x2: x(value), y1: 2, y2: axisY + 20, class: "marker" }, root);
+    if (close && index === 0) return;
+    const right = x(value) > width - 160;
+    const label = svg("text", { x: x(value) + (right ? -4 : 4), y: axisY + 32, class: "marker-label",
+      "text-anchor": right ? "end" : "start" }, root);
+    label.textContent = close ? `first token · done ${format(value)}` : `${name} ${format(value)}`;
+  });
   return root;
 }

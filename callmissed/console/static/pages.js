@@ -5,11 +5,9 @@ import { attemptTimeline, PALETTE, sparkline, timeChart } from "./charts.js";
 import { api, card, chips, copyButton, fmt, h, meter, query, statusBadge, table } from "./util.js";
 
 const RANGES = [["1h", "Last hour"], ["24h", "24 hours"], ["7d", "7 days"], ["30d", "30 days"]];
-let facetCache = null;
-
-export async function facets(fresh = false) {
-  if (!facetCache || fresh) facetCache = await api("/admin/facets");
-  return facetCache;
+// The models, routes and tags seen lately, for the filters: read afresh for each page shown.
+export function facets() {
+  return api("/admin/facets");
 }
 
 function select(id, options, value, onChange, label) {
@@ -199,7 +197,8 @@ export async function requestPage(root, { arg, go }) {
   const fact = (label, id, value) => h("div", { class: "fact" }, h("span", {}, label), h("strong", { id }, value));
   const attempts = r.attempts;
   const failed = attempts.filter((a) => a.outcome !== "ok");
-  root.replaceChildren(
+  const width = root.clientWidth - 40;
+  root.replaceChildren(...[
     h("div", { class: "toolbar" },
       h("button", { type: "button", class: "ghost", onclick: () => history.back() }, "← Back"),
       h("code", { id: "detail-id", class: "request-id" }, r.id), copyButton(r.id),
@@ -230,7 +229,7 @@ export async function requestPage(root, { arg, go }) {
       h("p", { class: "muted", id: "detail-attempts" }, attempts.length === 1
         ? "Answered by its first attempt."
         : `${attempts.length} attempts: ${failed.length} did not answer${attempts.some((a) => a.hedge) ? ", a hedge raced a slow one" : ""}.`),
-      attemptTimeline(attempts, { firstToken: r.ttfb_ms, total: r.total_ms, format: fmt.ms }),
+      attemptTimeline(attempts, { firstToken: r.ttfb_ms, total: r.total_ms, format: fmt.ms, width }),
       table([
         { title: "#", render: (a) => String(attempts.indexOf(a) + 1) },
         { title: "Route", render: (a) => h("code", {}, a.route) },
@@ -239,7 +238,8 @@ export async function requestPage(root, { arg, go }) {
         { title: "Started", class: "num", render: (a) => `+${fmt.ms(a.start_ms)}` },
         { title: "Took", class: "num", render: (a) => fmt.ms(a.ms) },
         { title: "Outcome", render: (a) => h("span", { class: `badge ${a.outcome === "ok" ? "ok" : a.outcome === "abandoned" ? "muted" : "bad"}` }, a.outcome) },
-      ], attempts)) : h("p", { class: "muted", id: "detail-attempts" }, "No upstream was tried.")));
+      ], attempts)) : h("p", { class: "muted", id: "detail-attempts" }, "No upstream was tried."))]
+    .filter(Boolean));
 }
 
 // Tags

@@ -86,7 +86,12 @@ export const fmt = {
   pct: (value) => (value === null || value === undefined ? "–"
     : `${(value * 100).toFixed(value && value < 0.01 ? 2 : 1)}%`),
   time: (seconds) => (seconds ? new Date(seconds * 1000).toLocaleString() : "–"),
-  clock: (seconds) => new Date(seconds * 1000).toLocaleTimeString(),
+  clock(seconds) {
+    const date = new Date(seconds * 1000);
+    if (date.toDateString() === new Date().toDateString()) return date.toLocaleTimeString();
+    return `${date.toLocaleDateString(undefined, { month: "short", day: "numeric" })}, ${
+      date.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" })}`;
+  },
   ago(seconds) {
     if (!seconds) return "never";
     const delta = Date.now() / 1000 - seconds;
