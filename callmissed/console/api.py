@@ -16,7 +16,7 @@ import orjson
 
 from callmissed.console import fleet, queries
 from callmissed.console.database import ConsoleDatabase
-from callmissed.console.overview import RANGES, Totals, build_overview, parse_range
+from callmissed.console.overview import RANGES, Totals, build_overview, metrics_of, parse_range
 from callmissed.console.retention import MINUTE_ROLLUP_DAYS, Retention
 from callmissed.console.session import authorize
 from callmissed.credits import format_credits
@@ -233,7 +233,7 @@ def _sum_by(column: str, rows: list[dict[str, Any]]) -> dict[str, Totals]:
     sums: dict[str, Totals] = {}
     for row in rows:
         totals = sums.get(row[column]) or sums.setdefault(row[column], Totals())
-        totals.add(row)
+        totals.add(metrics_of(row))
     return sums
 
 

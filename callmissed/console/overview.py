@@ -6,6 +6,7 @@ Pure: the rows come from queries.by_route_sql() / by_key_sql(); nothing here doe
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,13 +15,22 @@ from callmissed.credits import format_credits
 from callmissed.errors import InvalidRequest
 from callmissed.store.rollup import histogram_columns, percentile
 
-__all__ = ["RANGES", "Range", "Totals", "build_overview", "describe_totals", "parse_range"]
+__all__ = [
+    "RANGES",
+    "Range",
+    "Totals",
+    "build_overview",
+    "describe_totals",
+    "metrics_of",
+    "parse_range",
+]
 
 _HISTOGRAM = histogram_columns()
 _SUMMED = (
     "requests", "errors", "cancelled", "cost", "uncharged", "prompt_tokens", "completion_tokens",
     "reasoning_tokens", "cached_tokens", "ttfb_sum", "total_sum", *_HISTOGRAM,
 )  # fmt: skip
+_ZERO = (0.0,) * len(_SUMMED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,16 +51,18 @@ class Range:
         """The range as retention leaves it: hourly rows older than the retention age are gone,
         so a range longer than it is read from the daily rows."""
         span = self.step * self.points
-        if retention_days and self.period == 3600 and span > retention_days * 86400:
+        if retention_days and self.period < 86400 and span > retention_days * 86400:
             return Range(self.name, 86400, 86400, max(1, span // 86400), 86400)
         return self
 
 
+# Each reads about as many rollup rows as points times the models' routes in use: a few thousand
+# at most, whatever the ledger holds (a wider GROUP BY sorts every row it reads).
 RANGES = {
     "1h": Range("1h", 60, 60, 60, 60),
     "24h": Range("24h", 3600, 3600, 24, 3600),
-    "7d": Range("7d", 3600, 3 * 3600, 56, 3600),
-    "30d": Range("30d", 3600, 6 * 3600, 120, 86400),
+    "7d": Range("7d", 21600, 21600, 28, 21600),
+    "30d": Range("30d", 86400, 86400, 30, 86400),
     "90d": Range("90d", 86400, 86400, 90, 86400),
 }
 
@@ -62,21 +74,25 @@ def parse_range(value: str | None) -> Range:
     return range_
 
 
+def metrics_of(row: Mapping[str, Any]) -> tuple[float, ...]:
+    """A rollup row's sums, in _SUMMED order, to add up with Totals.add()."""
+    return tuple([row[name] or 0 for name in _SUMMED])
+
+
 class Totals:
-    """Sums of rollup rows, and what they mean (rates, percentiles, USD)."""
+    """Sums of rollup rows (added element-wise in C: this runs for every row of a view), and
+    what they mean (rates, percentiles, USD)."""
 
     __slots__ = ("values",)
 
     def __init__(self) -> None:
-        self.values = dict.fromkeys(_SUMMED, 0.0)
+        self.values: tuple[float, ...] = _ZERO
 
-    def add(self, row: Mapping[str, Any]) -> None:
-        values = self.values
-        for name in _SUMMED:
-            values[name] += row[name] or 0
+    def add(self, metrics: tuple[float, ...]) -> None:
+        self.values = tuple(map(operator.add, self.values, metrics))
 
     def describe(self) -> dict[str, Any]:
-        return describe_totals(self.values)
+        return describe_totals(dict(zip(_SUMMED, self.values, strict=True)))
 
 
 def describe_totals(values: Mapping[str, float]) -> dict[str, Any]:
@@ -120,10 +136,11 @@ def build_overview(
         index = slot.get(row["at"])
         if index is None:
             continue  # a bucket from before the range's first point
-        total.add(row)
-        series[index].add(row)
-        models.add(row["model"], index, row)
-        routes.add(row["route"], index, row)
+        metrics = metrics_of(row)
+        total.add(metrics)
+        series[index].add(metrics)
+        models.add(row["model"], index, metrics)
+        routes.add(row["route"], index, metrics)
     route_list = routes.describe()
     timed = [route for route in route_list if route["route"] and route["ttfb_p50_ms"] is not None]
     return {
@@ -154,11 +171,11 @@ class _Breakdown:
         self._whole: dict[str, Totals] = {}
         self._parts: dict[tuple[str, int], Totals] = {}
 
-    def add(self, name: str, index: int, row: Mapping[str, Any]) -> None:
+    def add(self, name: str, index: int, metrics: tuple[float, ...]) -> None:
         whole = self._whole.get(name) or self._whole.setdefault(name, Totals())
-        whole.add(row)
+        whole.add(metrics)
         part = self._parts.get((name, index)) or self._parts.setdefault((name, index), Totals())
-        part.add(row)
+        part.add(metrics)
 
     def describe(self) -> list[dict[str, Any]]:
         entries = [{self._label: name, **whole.describe()} for name, whole in self._whole.items()]

@@ -1,10 +1,11 @@
 """Retention: ledger rows older than CALLMISSED_RETENTION_DAYS (default 90) are deleted.
 
 Nothing is lost from the console's totals: every row was added to the daily rollups when it
-settled (store/rollup.py), and those are kept. Per-minute rollups go after two days and hourly
-ones with the ledger rows. Deletion runs in small batches, each its own short transaction on
-the console's own connection (on SQLite, its own thread), with a pause between batches so the
-ledger writer and wallet top-ups get the database in between: the hot path never waits long.
+settled (store/rollup.py), and those are kept. Per-minute rollups go after two days, hourly and
+6-hourly ones with the ledger rows. Deletion runs in small batches, each its own short
+transaction on the console's own connection (on SQLite, its own thread), with a pause between
+batches so the ledger writer and wallet top-ups get the database in between: the hot path never
+waits long.
 One process per server does it (a lock file beside the ledger journals); a pass runs every
 few minutes, or at once through `POST /admin/retention`.
 """
@@ -97,7 +98,8 @@ class Retention:
             deleted = await self._ledger(now - self.days * 86400)
         rollups = await self._rollups(60, now - MINUTE_ROLLUP_DAYS * 86400)
         if self.days:
-            rollups += await self._rollups(3600, now - self.days * 86400)
+            for period in (3600, 21600):
+                rollups += await self._rollups(period, now - self.days * 86400)
         self.last_run = {
             "at": now,
             "ledger_rows": deleted,

@@ -1,12 +1,12 @@
 """Usage rollups: a settling batch summed per minute, hour and day, written with its ledger rows.
 
 The console's charts and totals read these (docs/console.md), never the ledger itself, so a
-view costs the same at 5 million ledger rows as at 50. Every row settled adds to three buckets
-of `usage_by_route` (by model and route) and of `usage_by_key`, once untagged (tag '') and once
-per tag, in the same transaction as the ledger row: exact, whatever order rows settle in, and
-kept when retention deletes old ledger rows (console/retention.py). A request no route answered
-counts against the route its last attempt failed on. First-token times are kept
-as a histogram (TTFB_BOUNDS_MS), which sums across buckets, so percentiles can be read back.
+view costs the same at 5 million ledger rows as at 50. Every row settled adds to a bucket of
+`usage_by_route` (by model and route) and of `usage_by_key` per period, once untagged (tag '')
+and once per tag, in the same transaction as the ledger row: exact, whatever order rows settle
+in, and kept when retention deletes old ledger rows (console/retention.py). A request no route
+answered counts against its last attempt's route. First-token times are kept as a histogram
+(TTFB_BOUNDS_MS), which sums across buckets, so percentiles can be read back.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ __all__ = [
     "upsert_sql",
 ]
 
-PERIODS = (60, 3600, 86400)  # seconds: minute, hour and day buckets
+PERIODS = (60, 3600, 21600, 86400)  # seconds: minute, hour, 6-hour and day buckets
 # Upper bounds (ms) of the first-token histogram's buckets; the last bucket has none.
 TTFB_BOUNDS_MS = (
     1, 2.5, 5, 10, 25, 50, 75, 100, 150, 200, 300, 400, 500, 650, 800, 1000, 1300, 1600, 2000,

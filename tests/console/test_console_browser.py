@@ -93,7 +93,8 @@ def _seed_history(gateway) -> None:
 
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("console-screenshots")
+    folder: Path = tmp_path_factory.mktemp("console-screenshots")
+    return folder
 
 
 def _save(page: Page, shots: Path, name: str) -> None:

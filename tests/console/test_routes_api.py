@@ -4,6 +4,7 @@ flight, from every worker of a 2-worker server, whichever worker answers."""
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import openai
 import pytest
@@ -26,7 +27,7 @@ def two_workers(upstream, faults, tmp_path_factory):
     stop_gateway(running)
 
 
-def _routes(gateway) -> tuple[dict, dict]:
+def _routes(gateway) -> tuple[dict[str, Any], dict[str, Any]]:
     answer = admin_get(gateway, "/admin/routes")
     return answer, {entry["route"]: entry for entry in answer["data"]}
 
@@ -75,7 +76,7 @@ def test_requests_in_flight_are_counted_on_their_route(two_workers, faults):
     )
 
 
-def _read_some(stream: openai.Stream, opened: threading.Event) -> None:
+def _read_some(stream: openai.Stream[Any], opened: threading.Event) -> None:
     try:
         for _ in stream:
             opened.set()

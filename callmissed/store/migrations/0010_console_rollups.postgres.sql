@@ -3,7 +3,7 @@
 -- upper bounds in ms: 1, 2.5, 5, 10, 25, 50, 75, 100, 150, 200, 300, 400, 500, 650, 800, 1000,
 -- 1300, 1600, 2000, 2500, 3000, 4000, 5000, 7500, 10000, 20000, then the rest: TTFB_BOUNDS_MS).
 CREATE TABLE usage_by_route (
-    period            INTEGER NOT NULL,   -- 60, 3600 or 86400 seconds
+    period            INTEGER NOT NULL,   -- 60, 3600, 21600 or 86400 seconds
     bucket            BIGINT  NOT NULL,   -- the bucket's start, seconds since the epoch (UTC)
     tag               TEXT    NOT NULL,   -- '' for every request, else the requests with this tag
     model             TEXT    NOT NULL,
@@ -146,6 +146,48 @@ SELECT 3600, CAST(floor(created_at / 3600) * 3600 AS BIGINT), '', model,
  GROUP BY 2, 4, 5;
 INSERT INTO usage_by_key
 SELECT 3600, CAST(floor(created_at / 3600) * 3600 AS BIGINT), '', key_id, count(*),
+       sum(CASE WHEN status >= 400 AND status <> 499 THEN 1 ELSE 0 END), sum(cost),
+       sum(prompt_tokens), sum(completion_tokens)
+  FROM ledger
+ GROUP BY 2, 4;
+INSERT INTO usage_by_route
+SELECT 21600, CAST(floor(created_at / 21600) * 21600 AS BIGINT), '', model,
+       CASE WHEN route = '' THEN '' ELSE route || ':' || upstream_model END,
+       count(*), sum(CASE WHEN status >= 400 AND status <> 499 THEN 1 ELSE 0 END),
+       sum(CASE WHEN status = 499 THEN 1 ELSE 0 END), sum(cost), sum(uncharged),
+       sum(prompt_tokens), sum(completion_tokens), sum(reasoning_tokens), sum(cached_tokens),
+       sum(COALESCE(ttfb_ms, 0)), sum(total_ms),
+       sum(CASE WHEN ttfb_ms < 1 THEN 1 ELSE 0 END),
+       sum(CASE WHEN ttfb_ms >= 1 AND ttfb_ms < 2.5 THEN 1 ELSE 0 END),
+       sum(CASE WHEN ttfb_ms >= 2.5 AND ttfb_ms < 5 THEN 1 ELSE 0 END),
+       sum(CASE WHEN ttfb_ms >= 5 AND ttfb_ms < 10 THEN 1 ELSE 0 END),
+       sum(CASE WHEN ttfb_ms >= 10 AND ttfb_ms < 25 THEN 1 ELSE 0 END),
+       sum(CASE WHEN ttfb_ms >= 25 AND ttfb_ms < 50 THEN 1 ELSE 0 END),
+       sum(CASE WHEN ttfb_ms >= 50 AND ttfb_ms < 75 THEN 1 ELSE 0 END),
+       sum(CASE WHEN ttfb_ms >= 75 AND ttfb_ms < 100 THEN 1 ELSE 0 END),
+       sum(CASE WHEN ttfb_ms >= 100 AND ttfb_ms < 150 THEN 1 ELSE 0 END),
+       sum(CASE WHEN ttfb_ms >= 150 AND ttfb_ms < 200 THEN 1 ELSE 0 END),
+       sum(CASE WHEN ttfb_ms >= 200 AND ttfb_ms < 300 THEN 1 ELSE 0 END),
+       sum(CASE WHEN ttfb_ms >= 300 AND ttfb_ms < 400 THEN 1 ELSE 0 END),
+       sum(CASE WHEN ttfb_ms >= 400 AND ttfb_ms < 500 THEN 1 ELSE 0 END),
+       sum(CASE WHEN ttfb_ms >= 500 AND ttfb_ms < 650 THEN 1 ELSE 0 END),
+       sum(CASE WHEN ttfb_ms >= 650 AND ttfb_ms < 800 THEN 1 ELSE 0 END),
+       sum(CASE WHEN ttfb_ms >= 800 AND ttfb_ms < 1000 THEN 1 ELSE 0 END),
+       sum(CASE WHEN ttfb_ms >= 1000 AND ttfb_ms < 1300 THEN 1 ELSE 0 END),
+       sum(CASE WHEN ttfb_ms >= 1300 AND ttfb_ms < 1600 THEN 1 ELSE 0 END),
+       sum(CASE WHEN ttfb_ms >= 1600 AND ttfb_ms < 2000 THEN 1 ELSE 0 END),
+       sum(CASE WHEN ttfb_ms >= 2000 AND ttfb_ms < 2500 THEN 1 ELSE 0 END),
+       sum(CASE WHEN ttfb_ms >= 2500 AND ttfb_ms < 3000 THEN 1 ELSE 0 END),
+       sum(CASE WHEN ttfb_ms >= 3000 AND ttfb_ms < 4000 THEN 1 ELSE 0 END),
+       sum(CASE WHEN ttfb_ms >= 4000 AND ttfb_ms < 5000 THEN 1 ELSE 0 END),
+       sum(CASE WHEN ttfb_ms >= 5000 AND ttfb_ms < 7500 THEN 1 ELSE 0 END),
+       sum(CASE WHEN ttfb_ms >= 7500 AND ttfb_ms < 10000 THEN 1 ELSE 0 END),
+       sum(CASE WHEN ttfb_ms >= 10000 AND ttfb_ms < 20000 THEN 1 ELSE 0 END),
+       sum(CASE WHEN ttfb_ms >= 20000 THEN 1 ELSE 0 END)
+  FROM ledger
+ GROUP BY 2, 4, 5;
+INSERT INTO usage_by_key
+SELECT 21600, CAST(floor(created_at / 21600) * 21600 AS BIGINT), '', key_id, count(*),
        sum(CASE WHEN status >= 400 AND status <> 499 THEN 1 ELSE 0 END), sum(cost),
        sum(prompt_tokens), sum(completion_tokens)
   FROM ledger
