@@ -1,4 +1,5 @@
-"""`python -m benchmarks run [--quick] [--systems …] [--scenarios …]`: the benchmark suite.
+"""`python -m benchmarks run [--quick] [--systems …] [--scenarios …] [--paths …] [--store …]`;
+`python -m benchmarks abuse [--scale S]`: issue 12's attacks (benchmarks/abuse.py).
 
 Starts the fake upstream, the systems and one load generator per measurement as separate
 processes on 127.0.0.1, runs the scenarios, and writes results.json, report.md and PNG charts
@@ -23,6 +24,7 @@ from benchmarks.machine import describe_machine, git_revision, package_versions
 from benchmarks.report import write_report
 from benchmarks.scenarios import PROFILES, Suite, hedging_status
 from benchmarks.systems import (
+    PATHS,
     ROOT,
     CallMissed,
     Direct,
@@ -30,16 +32,33 @@ from benchmarks.systems import (
     Passthrough,
     Running,
     System,
+    TLSUpstream,
     Upstream,
+    Upstreams,
 )
 from callmissed.settings import available_cores
 
 SYSTEMS = ("direct", "passthrough", "callmissed", "litellm")
-SCENARIOS = ("overhead", "throughput", "held", "http2", "startup", "hedging", "failover")
+SCENARIOS = (
+    "overhead",
+    "throughput",
+    "held",
+    "capacity",
+    "http2",
+    "startup",
+    "hedging",
+    "failover",
+)
+PATH_SCENARIOS = ("overhead", "throughput", "held", "capacity")  # the rest: plain HTTP only
 RESULTS = ROOT / "benchmarks" / "results"
 
 
 def main(argv: list[str] | None = None) -> int:
+    words = sys.argv[1:] if argv is None else argv
+    if words[:1] == ["abuse"]:
+        from benchmarks.abuse import main as abuse
+
+        return abuse(words[1:])
     args = _parser().parse_args(argv)
     if args.command != "run":
         return 2
@@ -48,14 +67,18 @@ def main(argv: list[str] | None = None) -> int:
         ["direct", "callmissed"] if args.quick else list(SYSTEMS)
     )
     scenarios = _csv(args.scenarios, SCENARIOS) or list(SCENARIOS)
+    paths = _csv(args.paths, PATHS) or (["http"] if args.quick else list(PATHS))
+    if not set(scenarios) & set(PATH_SCENARIOS):
+        paths = ["http"]
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out).resolve() if args.out else RESULTS / f"{stamp}-{profile_name}"
     workdir = RESULTS / "tmp" / stamp
     out.mkdir(parents=True, exist_ok=True)
     workdir.mkdir(parents=True, exist_ok=True)
     meta = _meta(args, profile_name, systems, scenarios, argv)
+    meta["paths"] = paths
     began = time.perf_counter()
-    rows = _run(args, profile_name, systems, scenarios, workdir)
+    rows = _run(args, profile_name, systems, scenarios, paths, workdir)
     meta["elapsed_s"] = round(time.perf_counter() - began, 1)
     meta["machine_after"] = {"load_average": describe_machine()["load_average"]}
     results = {"meta": meta, "rows": rows}
@@ -70,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("abuse", help="issue 12's attacks: see python -m benchmarks abuse -h")
     run = commands.add_parser("run", help="run the suite")
     run.add_argument("--quick", action="store_true", help="short runs (≤ 60 s), no LiteLLM")
     run.add_argument("--systems", help=f"comma-separated subset of {','.join(SYSTEMS)}")
@@ -94,6 +118,20 @@ def _parser() -> argparse.ArgumentParser:
         "--fail-pct", type=float, default=30.0, help="how often the failover route fails"
     )
     run.add_argument("--held-streams", type=int, default=1000, help="concurrent held streams")
+    run.add_argument(
+        "--paths",
+        help=f"how the upstream is reached, comma-separated subset of {','.join(PATHS)} "
+        "(default: all; --quick: http)",
+    )
+    run.add_argument(
+        "--store",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="callmissed's store: SQLite, or PostgreSQL + Redis on 127.0.0.1 (scale-out mode)",
+    )
+    run.add_argument(
+        "--capacity-steps", help="held-stream counts the capacity scenario steps through"
+    )
     run.add_argument("--out", help="results folder (default benchmarks/results/<time>-<profile>)")
     return parser
 
@@ -113,26 +151,37 @@ def _run(
     profile_name: str,
     systems: list[str],
     scenarios: list[str],
+    paths: list[str],
     workdir: Path,
 ) -> list[dict[str, Any]]:
     profile = dataclasses.replace(PROFILES[profile_name], held_streams=args.held_streams)
-    callmissed = CallMissed(args.workers, args.hedge_after_ms, args.server)
+    if args.capacity_steps:
+        steps = tuple(int(step) for step in args.capacity_steps.split(","))
+        profile = dataclasses.replace(profile, capacity_steps=steps)
+    callmissed = CallMissed(args.workers, args.hedge_after_ms, args.server, store=args.store)
     makers: dict[str, System] = {
         "direct": Direct(),
         "passthrough": Passthrough(args.workers, args.server),
         "callmissed": callmissed,
         "litellm": LiteLLM(),
     }
+    knobs = (args.pace_ms, args.late_pct, args.late_ms, args.fail_pct)
     with ExitStack() as stack:
-        upstream = Upstream(workdir, args.pace_ms, args.late_pct, args.late_ms, args.fail_pct)
-        stack.callback(upstream.stop)
-        running: list[Running] = []
-        for name in systems:
-            print(f"starting {name} …", flush=True)
-            system = makers[name].start(upstream, workdir)
-            stack.callback(system.stop)
-            running.append(system)
-        suite = Suite(profile, running, upstream, workdir)
+        upstreams = Upstreams(Upstream(workdir, *knobs))
+        stack.callback(upstreams.stop)
+        if set(paths) - {"http"}:
+            upstreams.tls = TLSUpstream(workdir, *knobs)
+        stack.callback(callmissed.stop)
+        running: dict[str, list[Running]] = {}
+        for path in paths:
+            for name in systems:
+                if name == "litellm" and path != "http":
+                    continue  # the comparison with LiteLLM is made over plain HTTP
+                print(f"starting {name} ({path}) …", flush=True)
+                system = makers[name].start(upstreams, workdir, path)
+                stack.callback(system.stop)
+                running.setdefault(path, []).append(system)
+        suite = Suite(profile, running, upstreams, workdir)
         for scenario in scenarios:
             print(f"{scenario}:", flush=True)
             if scenario == "startup":
@@ -158,6 +207,7 @@ def _meta(
         "scenarios": scenarios,
         "callmissed_workers": args.workers,
         "server": args.server,
+        "store": args.store,
         "callmissed_revision": git_revision(ROOT),
         "hedging": hedging_status(),
         "upstream": {

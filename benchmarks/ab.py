@@ -1,12 +1,13 @@
 """Before/after in one run: this checkout's gateway against another checkout's, interleaved.
 
     git worktree add /tmp/before <commit>
-    python -m benchmarks.ab --baseline /tmp/before [--rounds 3] [--seconds 3]
+    python -m benchmarks.ab --baseline /tmp/before [--rounds 3] [--seconds 3] [--path h2-tls]
 
 Both gateways run from this checkout's venv (the baseline's package is put first on its
-PYTHONPATH), against one fake upstream, each with its own database and a metered key, as the
-suite runs them. Rounds alternate direct, baseline and current at c=1 and c=64, so drifting
-machine load lands on all three alike; the table shows each one's medians over the rounds.
+PYTHONPATH), against one fake upstream reached over `--path` (benchmarks/systems.py PATHS),
+each with its own database and a metered key, as the suite runs them. Rounds alternate direct,
+baseline and current at c=1 and c=64, so drifting machine load lands on all three alike; the
+table shows each one's medians over the rounds.
 """
 
 from __future__ import annotations
@@ -20,7 +21,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.systems import ROOT, CallMissed, Direct, Running, Upstream
+from benchmarks.systems import (
+    PATHS,
+    ROOT,
+    CallMissed,
+    Direct,
+    Running,
+    TLSUpstream,
+    Upstream,
+    Upstreams,
+)
 
 __all__ = ["main"]
 
@@ -29,7 +39,7 @@ def _loadgen(system: Running, concurrency: int, seconds: float) -> dict[str, Any
     command = [sys.executable, "-m", "benchmarks.loadgen", "--url"]
     command += [f"{system.base_url}/chat/completions", "--key", system.key]
     command += ["--model", system.models["fast"], "--concurrency", str(concurrency)]
-    command += ["--warmup", "0.5", "--duration", str(seconds)]
+    command += ["--warmup", "0.5", "--duration", str(seconds), *system.client_args]
     output = subprocess.run(command, capture_output=True, check=True, cwd=ROOT).stdout
     report: dict[str, Any] = json.loads(output)
     return report
@@ -40,14 +50,18 @@ def main() -> None:
     parser.add_argument("--baseline", required=True, help="a checkout (git worktree) to compare")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--path", choices=PATHS, default="http", help="how the upstream is reached")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="callmissed-ab-"))
-    upstream = Upstream(workdir, pace_ms=20, late_pct=0, late_ms=0)
+    upstream = Upstreams(Upstream(workdir, pace_ms=20, late_pct=0, late_ms=0))
+    if args.path != "http":
+        upstream.tls = TLSUpstream(workdir, pace_ms=20, late_pct=0, late_ms=0, fail_pct=0)
     baseline = CallMissed(extra_env={"PYTHONPATH": str(Path(args.baseline).resolve())})
+    current = CallMissed()
     systems = {
-        "direct": Direct().start(upstream, workdir),
-        "baseline": baseline.start(upstream, workdir / "baseline"),
-        "current": CallMissed().start(upstream, workdir / "current"),
+        "direct": Direct().start(upstream, workdir, args.path),
+        "baseline": baseline.start(upstream, workdir / "baseline", args.path),
+        "current": current.start(upstream, workdir / "current", args.path),
     }
     samples: dict[tuple[str, int], list[dict[str, Any]]] = {}
     try:
@@ -57,8 +71,8 @@ def main() -> None:
                     report = _loadgen(system, concurrency, args.seconds)
                     samples.setdefault((name, concurrency), []).append(report)
     finally:
-        for system in systems.values():
-            system.stop()
+        baseline.stop()
+        current.stop()
         upstream.stop()
     print("| c | system | req/s | TTFB p50 ms | TTFB p99 ms | added p50 | of direct req/s |")
     print("|---|---|---|---|---|---|---|")

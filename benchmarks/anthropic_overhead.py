@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import orjson
 
-from benchmarks.systems import ROOT, CallMissed, Upstream
+from benchmarks.systems import ROOT, CallMissed, Upstream, Upstreams
 from benchmarks.upstream import CHUNKS
 from callmissed.formats.anthropic import parse_message_request
 from callmissed.formats.anthropic_message import MessageStreamEncoder
@@ -104,7 +104,7 @@ def main() -> None:
     workdir = ROOT / "benchmarks" / "results" / "tmp" / f"anthropic-{time.strftime('%H%M%S')}"
     workdir.mkdir(parents=True)
     upstream = Upstream(Path(workdir), 0.0, 0.0, 0.0)
-    gateway = CallMissed().start(upstream, workdir)
+    gateway = CallMissed().start(Upstreams(upstream), workdir)
     try:
         base = gateway.base_url.removesuffix("/v1")
         openai_ms, anthropic_ms = _end_to_end_ms(base, gateway.key, args.requests)

@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import orjson
 
-from benchmarks.systems import ROOT, CallMissed, Upstream
+from benchmarks.systems import ROOT, CallMissed, Upstream, Upstreams
 from benchmarks.upstream import CHUNKS
 from callmissed.auth import Authenticator, create_key
 from callmissed.credits import Credits
@@ -172,7 +172,7 @@ def main() -> None:
     workdir.mkdir(parents=True)
     upstream = Upstream(Path(workdir), 0.0, 0.0, 0.0)
     system = CallMissed()
-    gateway = system.start(upstream, workdir)
+    gateway = system.start(Upstreams(upstream), workdir)
     try:
         unlimited = _cli_key(system.env, [])
         limited = _cli_key(

@@ -143,8 +143,11 @@ async def _measure(
         nonlocal started, first_write
         gone: asyncio.Future[None] = loop.create_future()
         request_id = "req_" + os.urandom(8).hex()
-        request = Request("POST", "/v1/chat/completions", headers, _BODY, request_id)
         started, first_write = time.perf_counter(), 0.0
+        principal, _ = await app.admit(endpoint, headers)  # as rsgi.py does, before the body
+        request = Request(
+            "POST", "/v1/chat/completions", headers, _BODY, request_id, None, principal
+        )
         response = await app.respond(endpoint, request, gone)
         assert isinstance(response, StreamResponse), response
         await write_stream(response, discard, gone, request_id)

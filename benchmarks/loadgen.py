@@ -1,10 +1,11 @@
 """The load generator: C workers streaming chat completions over keep-alive connections.
 
 HTTP/1.1 goes through one aiohttp session (C connections); `--http2` multiplexes every worker
-over one h2c (prior knowledge) connection with the `h2` library. Each request is timed from
-just before it is sent: TTFB is the first SSE event whose `delta.content` is non-empty, total
-is `data: [DONE]`, gaps are the times between successive content events (`--gaps`). A request
-counts only with status 200, all 20 content chunks and `[DONE]`.
+over one HTTP/2 connection with the `h2` library: h2c (prior knowledge) for an http URL, h2 by
+ALPN for an https one (`--cafile` names the CA to trust, for HTTP/1.1 too). Each request is
+timed from just before it is sent: TTFB is the first SSE event whose `delta.content` is
+non-empty, total is `data: [DONE]`, gaps are the times between successive content events
+(`--gaps`). A request counts only with status 200, all 20 content chunks and `[DONE]`.
 
 Traffic is bounded: no request starts after `--warmup + --duration` seconds (or after
 `--max-requests`), and any still running `--grace` seconds later is cancelled and counted as
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import resource
+import ssl
 import time
 from array import array
 from collections import Counter
@@ -105,12 +107,14 @@ class Results:
     gaps: array[float] = field(default_factory=lambda: array("d"))
     ok_in_window: int = 0
     ok_total: int = 0  # warm-up and grace included
+    chunks_total: int = 0  # content chunks of those answers: what the server relayed
     last_ok: float = 0.0
     errors: Counter[str] = field(default_factory=Counter)
     unfinished: int = 0
 
     def record(self, start: float, end: float, tally: StreamTally) -> None:
         self.ok_total += 1
+        self.chunks_total += tally.chunks
         self.last_ok = end
         if self.window[0] <= end <= self.window[1]:
             self.ok_in_window += 1
@@ -133,6 +137,7 @@ class Job:
     grace: float
     gaps: bool
     max_requests: int | None
+    tls: ssl.SSLContext | None = None  # for an https URL
 
 
 # -- HTTP/1.1 ---------------------------------------------------------------------------------
@@ -153,6 +158,8 @@ async def _h1_request(session: aiohttp.ClientSession, job: Job, start: float) ->
 async def _run_h1(job: Job, results: Results) -> None:
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
     timeout = aiohttp.ClientTimeout(total=None, sock_read=60)
+    if job.tls is not None:
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ssl=job.tls)
     async with aiohttp.ClientSession(
         connector=connector, timeout=timeout, auto_decompress=False
     ) as session:
@@ -174,13 +181,14 @@ class _H2Stream:
 class H2Connection(asyncio.Protocol):
     """One client connection multiplexing every worker's streams."""
 
-    def __init__(self, authority: str) -> None:
+    def __init__(self, authority: str, scheme: bytes) -> None:
         import h2.config
         import h2.connection
 
         config = h2.config.H2Configuration(client_side=True, header_encoding=None)
         self._conn = h2.connection.H2Connection(config=config)
         self._authority = authority.encode()
+        self._scheme = scheme
         self._streams: dict[int, _H2Stream] = {}
         self._transport: asyncio.Transport | None = None
 
@@ -222,7 +230,7 @@ class H2Connection(asyncio.Protocol):
         self._streams[stream_id] = stream
         headers = [
             (b":method", b"POST"),
-            (b":scheme", b"http"),
+            (b":scheme", self._scheme),
             (b":authority", self._authority),
             (b":path", path.encode()),
             *((name.encode(), value.encode()) for name, value in job.headers.items()),
@@ -246,8 +254,16 @@ class H2Connection(asyncio.Protocol):
 async def _run_h2(job: Job, results: Results) -> None:
     url = urlsplit(job.url)
     loop = asyncio.get_running_loop()
-    authority, host, port = url.netloc, url.hostname or "127.0.0.1", url.port or 80
-    _, conn = await loop.create_connection(lambda: H2Connection(authority), host, port)
+    authority, host = url.netloc, url.hostname or "127.0.0.1"
+    port = url.port or (443 if job.tls else 80)
+    scheme = b"https" if job.tls else b"http"
+    _, conn = await loop.create_connection(
+        lambda: H2Connection(authority, scheme),
+        host,
+        port,
+        ssl=job.tls,
+        server_hostname=host if job.tls else None,
+    )
     await _drive(job, results, lambda start: conn.request(job, url.path, start))
 
 
@@ -321,6 +337,7 @@ def _report(job: Job, results: Results, cpu: float, wall: float, stall_ms: float
         "rps_whole_run": round(results.ok_total / (results.last_ok - results.started), 1)
         if results.ok_total
         else 0.0,
+        "chunks_total": results.chunks_total,
         "errors": dict(results.errors),
         "unfinished": results.unfinished,
         "ttfb_ms": summarise(results.ttfb),
@@ -354,7 +371,8 @@ def main() -> None:
     parser.add_argument("--max-requests", type=int)
     parser.add_argument("--gaps", action="store_true", help="record inter-chunk gaps")
     parser.add_argument("--stall-ms", type=float, default=100.0)
-    parser.add_argument("--http2", action="store_true", help="one h2c connection")
+    parser.add_argument("--http2", action="store_true", help="one HTTP/2 connection")
+    parser.add_argument("--cafile", help="CA certificate to trust for an https URL")
     args = parser.parse_args()
     if urlsplit(args.url).hostname not in ("127.0.0.1", "localhost", "::1"):
         parser.error("the load generator only targets loopback addresses")
@@ -373,9 +391,18 @@ def main() -> None:
         grace=args.grace,
         gaps=args.gaps,
         max_requests=args.max_requests,
+        tls=_tls(args.url, args.cafile, args.http2),
     )
     report = uvloop.run(_run(job, args.http2, args.stall_ms))
     print(orjson.dumps(report).decode(), flush=True)
+
+
+def _tls(url: str, cafile: str | None, http2: bool) -> ssl.SSLContext | None:
+    if urlsplit(url).scheme != "https":
+        return None
+    context = ssl.create_default_context(cafile=cafile)
+    context.set_alpn_protocols(["h2"] if http2 else ["http/1.1"])
+    return context
 
 
 if __name__ == "__main__":

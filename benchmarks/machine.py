@@ -82,13 +82,15 @@ def _children() -> dict[int, list[int]]:
 
 @dataclass(frozen=True)
 class ProcessTree:
-    """A process and all its descendants (granian runs its workers as child processes)."""
+    """A process and all its descendants (granian runs its workers as child processes), and
+    those of any `others` measured with it."""
 
     root: int
+    others: tuple[int, ...] = ()
 
     def pids(self) -> list[int]:
         children = _children()
-        found, todo = [], [self.root]
+        found, todo = [], [self.root, *self.others]
         while todo:
             pid = todo.pop()
             found.append(pid)
@@ -103,6 +105,19 @@ class ProcessTree:
             except OSError:
                 continue
             total += int(fields[11]) + int(fields[12])  # utime + stime
+        return total / _TICK
+
+    def main_thread_cpu_seconds(self) -> float:
+        """CPU of each process's main thread only: where a granian worker runs its Python event
+        loop (its other threads are granian's Rust runtime)."""
+        total = 0
+        for pid in self.pids():
+            try:
+                stat = Path(f"/proc/{pid}/task/{pid}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
         return total / _TICK
 
     def rss_mib(self) -> dict[int, float]:

@@ -1,9 +1,10 @@
 """A bare pass-through proxy on CallMissed's stack: the stack's own floor, for reference.
 
 granian (its native RSGI interface on uvloop, as `callmissed serve` runs; `--interface asgi` for
-granian's ASGI, `--server uvicorn` for uvicorn) + one pooled client (`callmissed/http1.py`, as
-the gateway uses): forward the body to the upstream and stream its bytes back unchanged.
-No auth, no parsing, no accounting.
+granian's ASGI, `--server uvicorn` for uvicorn) + one pooled client as the gateway uses for the
+upstream's protocol (`callmissed/http1.py` for HTTP/1.1, plain or over TLS; pyreqwest for
+HTTP/2, `--upstream-http2`): forward the body to the upstream and stream its bytes back
+unchanged. No auth, no parsing, no accounting.
 What CallMissed costs beyond this row is the cost of its features; what this row costs over
 `direct` is the cost of the server and the client library.
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,6 +24,7 @@ from callmissed.http1 import Client
 __all__ = ["app", "main", "rsgi_app"]
 
 _client: Client | None = None
+_h2: Any = None  # a pyreqwest client, for --upstream-http2
 
 
 def _upstream() -> tuple[Client, str]:
@@ -29,8 +32,30 @@ def _upstream() -> tuple[Client, str]:
     global _client  # a benchmark fixture; the real gateway builds resources at start-up
     base = os.environ["PASSTHROUGH_UPSTREAM"]
     if _client is None:
-        _client = Client(base, connect_timeout=10.0, read_timeout=300.0)
+        _client = Client(
+            base,
+            connect_timeout=10.0,
+            read_timeout=300.0,
+            ca_file=os.environ.get("PASSTHROUGH_CA_FILE") or None,
+        )
     return _client, urlsplit(base).path
+
+
+def _h2_client() -> Any:
+    """A pyreqwest client as callmissed/upstream.py builds one for an https provider."""
+    global _h2
+    if _h2 is None:
+        from datetime import timedelta
+
+        from pyreqwest.client import ClientBuilder
+
+        builder = ClientBuilder().http2(True).http2_adaptive_window(True).tcp_nodelay(True)
+        builder = builder.connect_timeout(timedelta(seconds=10))
+        ca_file = os.environ.get("PASSTHROUGH_CA_FILE")
+        if ca_file:
+            builder = builder.add_root_certificate_pem(Path(ca_file).read_bytes())
+        _h2 = builder.build()
+    return _h2
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -70,12 +95,17 @@ class _RSGIPassthrough:
     def __rsgi_del__(self, loop: Any) -> None:
         if _client is not None:
             loop.run_until_complete(_client.close())
+        if _h2 is not None:
+            loop.run_until_complete(_h2.close())
 
     async def __rsgi__(self, scope: Any, protocol: Any) -> None:
         if scope.path == "/healthz":
             protocol.response_bytes(200, [], b"ok")
             return
         body = await protocol()
+        if os.environ.get("PASSTHROUGH_HTTP2"):
+            await _forward_h2(scope, protocol, body)
+            return
         client, path = _upstream()
         target = path + scope.path.removeprefix("/v1")
         upstream = await client.send("POST", target, _HEADERS, body)
@@ -84,6 +114,25 @@ class _RSGIPassthrough:
         )
         async for data in upstream.aiter_bytes():
             await transport.send_bytes(data)
+
+
+async def _forward_h2(scope: Any, protocol: Any, body: bytes) -> None:
+    base = os.environ["PASSTHROUGH_UPSTREAM"]
+    url = base + scope.path.removeprefix("/v1")
+    request = (
+        _h2_client()
+        .post(url)
+        .headers(_HEADERS)
+        .body_bytes(body)
+        .streamed_read_buffer_limit(0)
+        .build_streamed()
+    )
+    async with request as upstream:
+        transport = protocol.response_stream(
+            int(upstream.status), [("content-type", "text/event-stream")]
+        )
+        while (chunk := await upstream.body_reader.read_chunk()) is not None:
+            await transport.send_bytes(bytes(chunk))
 
 
 _HEADERS = {"content-type": "application/json"}
@@ -97,6 +146,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True)
+    parser.add_argument("--upstream-http2", action="store_true", help="reach it over h2 (ALPN)")
+    parser.add_argument("--ca-file", help="CA certificate to trust for an https upstream")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--server", choices=("granian", "uvicorn"), default="granian")
     parser.add_argument("--interface", choices=("rsgi", "asgi"), default="rsgi")
@@ -104,6 +155,8 @@ def main() -> None:
     parser.add_argument("--task-impl", choices=("asyncio", "rust"), default="asyncio")
     args = parser.parse_args()
     os.environ["PASSTHROUGH_UPSTREAM"] = args.upstream
+    os.environ["PASSTHROUGH_CA_FILE"] = args.ca_file or ""
+    os.environ["PASSTHROUGH_HTTP2"] = "1" if args.upstream_http2 else ""
     if args.server == "uvicorn":
         import uvicorn
 

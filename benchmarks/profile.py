@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from benchmarks.systems import ROOT, CallMissed, Upstream
+from benchmarks.systems import ROOT, CallMissed, Upstream, Upstreams
 
 __all__ = ["main"]
 
@@ -78,7 +78,7 @@ def main() -> None:
     workdir = ROOT / "benchmarks" / "results" / "tmp" / f"profile-{time.strftime('%H%M%S')}"
     workdir.mkdir(parents=True)
     upstream = Upstream(workdir, 20.0, 0.0, 0.0)
-    gateway = CallMissed().start(upstream, workdir)
+    gateway = CallMissed().start(Upstreams(upstream), workdir)
     collapsed = workdir / "gateway.collapsed"
     try:
         assert gateway.process is not None

@@ -5,27 +5,36 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["headline", "write_report"]
+from benchmarks.report_streams import PATH_NAMES, capacity_section, stream_targets
+
+__all__ = ["headline", "on_path", "write_report"]
 
 Row = dict[str, Any]
 _NA = "—"
 
 
 def write_report(results: dict[str, Any], out: Path) -> None:
-    rows: list[Row] = results["rows"]
+    every: list[Row] = results["rows"]
+    rows = on_path(every, "http")  # the sections below, unless a section says otherwise
     sections = [
         _header(results["meta"]),
         _headline_section(rows),
         _targets(rows),
+        stream_targets(every),
         _overhead(rows),
         _throughput(rows),
         _held(rows),
+        capacity_section(every),
         _http2(rows),
         _startup(rows),
         _hedging(rows, results["meta"]),
         _failover(rows),
-        _noise(rows),
     ]
+    for path, name in PATH_NAMES.items():
+        tls = on_path(every, path) if path != "http" else []
+        for section in (_overhead(tls), _throughput(tls), _held(tls)):
+            sections.append(_retitled(section, f"upstream over {name}"))
+    sections.append(_noise(every))
     charts = _charts(rows, out)
     if charts:
         sections.append("## Charts\n\n" + "\n".join(f"![{name}]({name})" for name in charts))
@@ -33,6 +42,18 @@ def write_report(results: dict[str, Any], out: Path) -> None:
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+def on_path(rows: list[Row], path: str) -> list[Row]:
+    """The rows measured over one upstream path (rows from before paths count as plain HTTP)."""
+    return [row for row in rows if row.get("upstream", "http") == path]
+
+
+def _retitled(section: str, suffix: str) -> str:
+    if not section:
+        return ""
+    title, _, rest = section.partition("\n")
+    return f"{title} — {suffix}\n{rest}"
 
 
 def _find(rows: list[Row], scenario: str, system: str, **match: Any) -> Row | None:
@@ -96,7 +117,11 @@ def _header(meta: dict[str, Any]) -> str:
             f"- command: `{meta['command']}` ({meta.get('elapsed_s', '?')} s)",
             f"- started: {meta['started']}; callmissed {meta['callmissed_revision']}, "
             f"{meta.get('server', 'granian')}, {meta['callmissed_workers']} worker(s), "
-            "auth on (a real key with a balance)",
+            f"store {meta.get('store', 'sqlite')}, auth on (a real key with a balance)",
+            f"- upstream paths: {', '.join(meta.get('paths', ['http']))} (HTTPS: granian, one "
+            "worker, serving h2 or http/1.1 by ALPN)",
+            "- cores: load generator, upstream(s) and server share the machine's cores, unpinned;"
+            " each table's CPU column says how they were shared",
             f"- machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, "
             f"{machine['os']}, kernel {machine['kernel']}, Python {machine['python']}",
             f"- load average before: {_loads(machine['load_average'])}; after: "
@@ -175,7 +200,7 @@ def _targets(rows: list[Row]) -> str:
     body = [list(check) for check in checks if check is not None]
     if not body:
         return ""
-    return "## Targets (issue 6)\n\n" + _table(["target", "measured", "met"], body)
+    return "## Targets (issue 6, plain HTTP)\n\n" + _table(["target", "measured", "met"], body)
 
 
 def _verdict(ok: bool) -> str:

@@ -1,9 +1,11 @@
-"""The scenarios of issue 6, each a short function over the running systems.
+"""The scenarios of issues 6 and 17, each a short function over the running systems.
 
 Systems are measured back to back inside each scenario (direct, callmissed, litellm), so slow
 drift in the machine's other load hits all of them alike. Every measurement is one load
 generator process; while it runs we sample the server's process tree for CPU and RSS and the
 whole machine's busy time, so a report can say how much foreign load it ran next to.
+Overhead, throughput, held streams and capacity run once per upstream path (systems.PATHS);
+the rest over plain HTTP/1.1.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.machine import CpuClock, ProcessTree
-from benchmarks.systems import ROOT, CallMissed, Running, Upstream, hedging_available
+from benchmarks.systems import ROOT, CallMissed, Running, Upstreams, hedging_available
 
-__all__ = ["PROFILES", "Profile", "Suite", "hedging_status"]
+__all__ = ["PROFILES", "Profile", "Suite", "hedging_status", "holds"]
 
 Row = dict[str, Any]
 
@@ -48,6 +50,8 @@ class Profile:
     failover: Timing
     failover_concurrency: int
     startup_launches: int
+    capacity: Timing
+    capacity_steps: tuple[int, ...] = (100, 200, 400, 800, 1600)
 
 
 PROFILES = {
@@ -65,6 +69,7 @@ PROFILES = {
         failover=Timing(1.0, 10.0),
         failover_concurrency=16,
         startup_launches=3,
+        capacity=Timing(1.5, 5.0),
     ),
     "quick": Profile(
         overhead=Timing(0.3, 1.5, 1.0),
@@ -80,6 +85,8 @@ PROFILES = {
         failover=Timing(0.3, 1.0, 0.5),
         failover_concurrency=16,
         startup_launches=1,
+        capacity=Timing(1.0, 2.0, 1.0),
+        capacity_steps=(100, 400, 1600),
     ),
 }
 
@@ -88,11 +95,16 @@ class Suite:
     """Runs scenarios against started systems; collects one row per measurement."""
 
     def __init__(
-        self, profile: Profile, systems: list[Running], upstream: Upstream, workdir: Path
+        self,
+        profile: Profile,
+        paths: dict[str, list[Running]],
+        upstreams: Upstreams,
+        workdir: Path,
     ) -> None:
         self.profile = profile
-        self.systems = systems
-        self.upstream = upstream
+        self.paths = paths
+        self.systems = paths.get("http", [])  # what the plain-HTTP-only scenarios measure
+        self.upstreams = upstreams
         self.workdir = workdir
         self.rows: list[Row] = []
 
@@ -102,28 +114,55 @@ class Suite:
         """Short rounds, every system back to back in each, then the median of the rounds:
         other load on a shared machine drifts, and this keeps it from landing on one system."""
         rounds = self.profile.overhead_rounds
-        for index in range(rounds):
-            for system in self.systems:
-                self._measure("overhead-round", system, "fast", 1, self.profile.overhead)
-                self.rows[-1]["round"] = index + 1
-        for system in self.systems:
-            measured = [
-                row
-                for row in self.rows
-                if row["scenario"] == "overhead-round" and row["system"] == system.name
-            ]
-            self.rows.append({**_median_row(measured), "scenario": "overhead", "rounds": rounds})
+        for path, systems in self.paths.items():
+            for index in range(rounds):
+                for system in systems:
+                    self._measure("overhead-round", system, "fast", 1, self.profile.overhead)
+                    self.rows[-1]["round"] = index + 1
+            for system in systems:
+                measured = [
+                    row
+                    for row in self.rows
+                    if row["scenario"] == "overhead-round"
+                    and row["system"] == system.name
+                    and row["upstream"] == path
+                ]
+                row = {**_median_row(measured), "scenario": "overhead", "rounds": rounds}
+                self.rows.append(row)
 
     def throughput(self) -> None:
-        for concurrency in self.profile.levels:
-            for system in self.systems:
-                self._measure("throughput", system, "fast", concurrency, self.profile.throughput)
+        for systems in self.paths.values():
+            for concurrency in self.profile.levels:
+                for system in systems:
+                    timing = self.profile.throughput
+                    self._measure("throughput", system, "fast", concurrency, timing)
 
     def held(self) -> None:
-        for system in self.systems:
-            self._measure(
-                "held", system, "paced", self.profile.held_streams, self.profile.held, gaps=True
-            )
+        for systems in self.paths.values():
+            for system in systems:
+                count, timing = self.profile.held_streams, self.profile.held
+                self._measure("held", system, "paced", count, timing, gaps=True)
+
+    def capacity(self) -> None:
+        """Held streams stepped up (Profile.capacity_steps): a system's capacity is the largest
+        count it holds with added gap p99 ≤ 5 ms over direct and no stall ≥ 100 ms
+        (report.py). A system that missed stops stepping; direct steps while anyone does."""
+        timing = self.profile.capacity
+        for systems in self.paths.values():
+            stepping = {system.name for system in systems}
+            for count in self.profile.capacity_steps:
+                if not stepping - {"direct"}:
+                    break
+                direct = None
+                for system in systems:
+                    if system.name not in stepping:
+                        continue
+                    self._measure("capacity", system, "paced", count, timing, gaps=True)
+                    row = self.rows[-1]
+                    if system.name == "direct":
+                        direct = row
+                    elif not holds(row, direct):
+                        stepping.discard(system.name)
 
     def http2(self) -> None:
         for system in self.systems:
@@ -178,7 +217,7 @@ class Suite:
         http2: bool = False,
     ) -> None:
         command = _loadgen_command(system, kind, concurrency, timing, gaps=gaps, http2=http2)
-        label = f"{scenario:10} {system.name:10} {kind:6} c={concurrency:<5}"
+        label = f"{scenario:10} {system.name:11} {system.path:6} {kind:6} c={concurrency:<5}"
         print(f"  {label} {'h2' if http2 else 'h1'} …", end="", flush=True)
         self._settle()
         report = self._run_loadgen(command, system.tree, timing)
@@ -187,6 +226,7 @@ class Suite:
             "system": system.name,
             "model": kind,
             "protocol": "h2c" if http2 else "http/1.1",
+            "upstream": system.path,
             **report,
         }
         self.rows.append(row)
@@ -212,8 +252,9 @@ class Suite:
     def _run_loadgen(
         self, command: list[str], server: ProcessTree | None, timing: Timing
     ) -> dict[str, Any]:
-        upstream = ProcessTree(self.upstream.process.pid)
+        upstream = self._upstream_tree()
         before = _Snapshot.take(server, upstream)
+        idle_rss = sum(server.rss_mib().values()) if server is not None else None
         peak: dict[int, float] = {}
         process = subprocess.Popen(command, stdout=subprocess.PIPE, cwd=ROOT)
         limit = time.perf_counter() + timing.warmup + timing.duration + timing.grace + 30
@@ -231,7 +272,14 @@ class Suite:
         report.update(_Snapshot.take(server, upstream).costs_since(before))
         report["server_rss_peak_mib"] = round(sum(peak.values()), 1) if peak else None
         report["server_rss_by_process_mib"] = sorted(peak.values(), reverse=True)
+        report["server_rss_before_mib"] = round(idle_rss, 1) if idle_rss is not None else None
         return report
+
+    def _upstream_tree(self) -> ProcessTree:
+        """The upstream processes: the plain one, and the HTTPS one when it runs."""
+        tls = self.upstreams.tls
+        others = (tls.process.pid,) if tls is not None else ()
+        return ProcessTree(self.upstreams.plain.process.pid, others)
 
 
 def _median_row(rows: list[Row]) -> Row:
@@ -262,7 +310,7 @@ def _loadgen_command(
     command += ["--url", f"{system.base_url}/chat/completions", "--key", system.key]
     command += ["--model", system.models[kind], "--concurrency", str(concurrency)]
     command += ["--warmup", str(timing.warmup), "--duration", str(timing.duration)]
-    command += ["--grace", str(timing.grace)]
+    command += ["--grace", str(timing.grace), *system.client_args]
     if gaps:
         command.append("--gaps")
     if http2:
@@ -275,6 +323,7 @@ class _Snapshot:
     at: float
     machine: float
     server: float
+    server_loops: float
     upstream: float
     children: float
     own: float
@@ -287,6 +336,7 @@ class _Snapshot:
             at=time.perf_counter(),
             machine=CpuClock.busy_seconds(),
             server=server.cpu_seconds() if server else 0.0,
+            server_loops=server.main_thread_cpu_seconds() if server else 0.0,
             upstream=upstream.cpu_seconds(),
             children=children.ru_utime + children.ru_stime,
             own=own.ru_utime + own.ru_stime,
@@ -302,6 +352,9 @@ class _Snapshot:
         machine = self.machine - before.machine
         other = machine - server - upstream - loadgen - own
         return {
+            "wall_s": round(wall, 3),
+            "server_cpu_s": round(server, 4),
+            "server_loop_cpu_s": round(self.server_loops - before.server_loops, 4),
             "server_cpu_cores": round(server / wall, 3),
             "upstream_cpu_cores": round(upstream / wall, 3),
             "loadgen_cpu_cores": round(loadgen / wall, 3),
@@ -312,6 +365,22 @@ class _Snapshot:
 def _startup_row(system: str, seconds: float, label: str) -> Row:
     print(f"  startup    {system:10} {label}: {seconds:.3f} s")
     return {"scenario": "startup", "system": system, "label": label, "seconds": round(seconds, 3)}
+
+
+CAPACITY_ADDED_GAP_P99_MS = 5.0
+STALL_MS = 100.0
+
+
+def holds(row: Row, direct: Row | None) -> bool:
+    """Whether a capacity step held: added gap p99 ≤ 5 ms over direct's at the same count, no
+    stall, every stream answered."""
+    if row.get("stalls", 0) or row.get("errors") or row.get("unfinished"):
+        return False
+    ours = (row.get("gap_ms") or {}).get("p99")
+    floor = ((direct or {}).get("gap_ms") or {}).get("p99")
+    if ours is None or floor is None:
+        return False
+    return bool(ours - floor <= CAPACITY_ADDED_GAP_P99_MS)
 
 
 def hedging_status() -> str:

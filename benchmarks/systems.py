@@ -1,20 +1,28 @@
 """The processes under test, each started on 127.0.0.1 and stopped by its own pid.
 
-* `Upstream`   the fake OpenAI-compatible upstream (benchmarks/upstream.py);
-* `Direct`     no process: the load generator calls the upstream itself (the floor);
-* `Passthrough` a bare granian + aiohttp proxy (benchmarks/passthrough.py): the stack's floor;
-* `CallMissed` `callmissed serve` with auth on (a real key with a balance) and a TOML config
-               routing `bench-*` models to the upstream;
-* `LiteLLM`    LiteLLM's proxy from its own venv (benchmarks/litellm_env.py), master key on.
+* `Upstream`    the fake OpenAI-compatible upstream over plain HTTP/1.1 (benchmarks/upstream.py);
+* `TLSUpstream` the same answers over HTTPS, HTTP/2 or HTTP/1.1 by ALPN
+                (benchmarks/upstream_tls.py): the path every built-in vendor is reached by;
+* `Direct`      no process: the load generator calls the upstream itself (the floor);
+* `Passthrough` a bare granian proxy with the gateway's own upstream clients
+                (benchmarks/passthrough.py): the stack's floor;
+* `CallMissed`  `callmissed serve` with auth on (a real key with a balance) and a TOML config
+                routing `bench-*` models to the upstreams, on SQLite or PostgreSQL + Redis;
+* `LiteLLM`     LiteLLM's proxy from its own venv (benchmarks/litellm_env.py), master key on.
+
+Each system is reached over one upstream *path* (PATHS) at a time; CallMissed serves them all
+from one process, through a provider per path.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import os
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -22,16 +30,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.machine import ProcessTree
+from benchmarks.tls import Certificates, make_certificates
 from callmissed.settings import available_cores
 
 __all__ = [
+    "PATHS",
     "CallMissed",
     "Direct",
     "LiteLLM",
     "Passthrough",
     "Running",
     "System",
+    "TLSUpstream",
     "Upstream",
+    "Upstreams",
     "free_port",
 ]
 
@@ -39,6 +51,9 @@ ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 # Upstream model ids; the fake upstream picks its timing from the prefix.
 MODELS = {"fast": "fast", "paced": "paced", "late": "late", "flaky": "flaky"}
+# How a system reaches the upstream: plain HTTP/1.1 (a local vLLM or Ollama), HTTP/2 over TLS
+# by ALPN (every built-in vendor), HTTP/1.1 over TLS (an https provider with http2 = false).
+PATHS = ("http", "h2-tls", "h1-tls")
 _STRIPPED_ENV = ("CLOUDFLARE_", "OPENROUTER_", "SARVAM_", "OPENAI_", "CALLMISSED_", "LITELLM_")
 
 
@@ -55,7 +70,13 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def wait_healthy(port: int, path: str, process: subprocess.Popen[bytes], limit: float) -> float:
+def wait_healthy(
+    port: int,
+    path: str,
+    process: subprocess.Popen[bytes],
+    limit: float,
+    tls: ssl.SSLContext | None = None,
+) -> float:
     """Poll GET path until it answers 200; return that moment's perf_counter().
 
     Raise if the process exits first or `limit` seconds pass."""
@@ -63,7 +84,11 @@ def wait_healthy(port: int, path: str, process: subprocess.Popen[bytes], limit: 
     while time.perf_counter() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"process exited with {process.returncode} before it was healthy")
-        conn = http.client.HTTPConnection(HOST, port, timeout=1)
+        conn = (
+            http.client.HTTPSConnection(HOST, port, timeout=1, context=tls)
+            if tls is not None
+            else http.client.HTTPConnection(HOST, port, timeout=1)
+        )
         try:
             conn.request("GET", path)
             if conn.getresponse().status == 200:
@@ -88,13 +113,16 @@ class Running:
     process: subprocess.Popen[bytes] | None = None
     log: Path | None = None
     notes: list[str] = field(default_factory=list)
+    path: str = "http"  # how it reaches the upstream (PATHS)
+    client_args: list[str] = field(default_factory=list)  # load generator flags this path needs
+    owns_process: bool = True  # False for a second path served by the same process
 
     @property
     def tree(self) -> ProcessTree | None:
         return ProcessTree(self.process.pid) if self.process else None
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
+        if not self.owns_process or self.process is None or self.process.poll() is not None:
             return
         self.process.send_signal(signal.SIGINT)
         try:
@@ -133,18 +161,71 @@ class Upstream:
         self.process.wait(timeout=10)
 
 
+class TLSUpstream:
+    """The fake upstream over HTTPS (HTTP/2 or HTTP/1.1 by ALPN), with its own throwaway CA."""
+
+    def __init__(
+        self, workdir: Path, pace_ms: float, late_pct: float, late_ms: float, fail_pct: float
+    ) -> None:
+        self.certificates: Certificates = make_certificates(workdir / "tls")
+        self.port = free_port()
+        self.url = f"https://{HOST}:{self.port}/v1"
+        command = [sys.executable, "-m", "benchmarks.upstream_tls", "--port", str(self.port)]
+        command += ["--cert", str(self.certificates.cert), "--key", str(self.certificates.key)]
+        command += ["--pace-ms", str(pace_ms), "--late-pct", str(late_pct)]
+        command += ["--late-ms", str(late_ms), "--fail-pct", str(fail_pct)]
+        env = clean_env(PYTHONPATH=str(ROOT))
+        self.process = _spawn(command, env, workdir / "upstream-tls.log")
+        context = ssl.create_default_context(cafile=self.certificates.ca)
+        wait_healthy(self.port, "/v1/models", self.process, 30, context)
+
+    @property
+    def ca(self) -> str:
+        return str(self.certificates.ca)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+@dataclass
+class Upstreams:
+    """The plain upstream, and the HTTPS one when a TLS path is measured."""
+
+    plain: Upstream
+    tls: TLSUpstream | None = None
+
+    def url(self, path: str) -> str:
+        if path == "http":
+            return self.plain.url
+        assert self.tls is not None, f"path {path} needs the TLS upstream"
+        return self.tls.url
+
+    def stop(self) -> None:
+        self.plain.stop()
+        if self.tls is not None:
+            self.tls.stop()
+
+
 class System:
     name = "system"
 
-    def start(self, upstream: Upstream, workdir: Path) -> Running:
+    def start(self, upstreams: Upstreams, workdir: Path, path: str = "http") -> Running:
         raise NotImplementedError
 
 
 class Direct(System):
     name = "direct"
 
-    def start(self, upstream: Upstream, workdir: Path) -> Running:
-        return Running(self.name, upstream.url, "none", dict(MODELS), startup_s=None)
+    def start(self, upstreams: Upstreams, workdir: Path, path: str = "http") -> Running:
+        args: list[str] = []
+        if path != "http":
+            assert upstreams.tls is not None
+            args = ["--cafile", upstreams.tls.ca] + (["--http2"] if path == "h2-tls" else [])
+        url = upstreams.url(path)
+        return Running(
+            self.name, url, "none", dict(MODELS), startup_s=None, path=path, client_args=args
+        )
 
 
 class Passthrough(System):
@@ -154,17 +235,30 @@ class Passthrough(System):
         self.workers = workers
         self.server = server
 
-    def start(self, upstream: Upstream, workdir: Path) -> Running:
+    def start(self, upstreams: Upstreams, workdir: Path, path: str = "http") -> Running:
         port = free_port()
         command = [sys.executable, "-m", "benchmarks.passthrough", "--port", str(port)]
-        command += ["--upstream", upstream.url, "--workers", str(self.workers)]
+        command += ["--upstream", upstreams.url(path), "--workers", str(self.workers)]
         command += ["--server", self.server]
-        log = workdir / "passthrough.log"
+        if upstreams.tls is not None and path != "http":
+            command += ["--ca-file", upstreams.tls.ca]
+        if path == "h2-tls":
+            command.append("--upstream-http2")
+        log = workdir / f"passthrough-{path}.log"
         started = time.perf_counter()
         process = _spawn(command, clean_env(PYTHONPATH=str(ROOT)), log)
         healthy = wait_healthy(port, "/healthz", process, 30)
         base_url = f"http://{HOST}:{port}/v1"
-        return Running(self.name, base_url, "none", dict(MODELS), healthy - started, process, log)
+        return Running(
+            self.name,
+            base_url,
+            "none",
+            dict(MODELS),
+            healthy - started,
+            process,
+            log,
+            path=path,
+        )
 
 
 def hedging_available() -> bool:
@@ -184,18 +278,24 @@ class CallMissed(System):
         hedge_after_ms: float = 50.0,
         server: str = "granian",
         extra_env: dict[str, str] | None = None,
+        store: str = "sqlite",
     ) -> None:
         self.env: dict[str, str] = {}
         self.workers = workers
         self.server = server
         self.extra_env = extra_env or {}
         self.hedge_after_ms = hedge_after_ms
+        self.store = store
+        self._running: Running | None = None
+        self._schema: str | None = None
 
-    def config(self, upstream: Upstream) -> str:
+    def config(self, upstreams: Upstreams) -> str:
         prices = "prices = { input = 0.15, cached_input = 0.075, output = 0.6 }"
-        lines = [f'[providers.bench]\ntype = "openai"\nbase_url = "{upstream.url}"\n']
+        lines = [f'[providers.bench]\ntype = "openai"\nbase_url = "{upstreams.plain.url}"\n']
         for kind, model in MODELS.items():
             lines.append(f'[models."bench-{kind}"]\nroutes = ["bench:{model}"]\n{prices}\n')
+        if upstreams.tls is not None:
+            lines += _tls_config(upstreams.tls, prices)
         if hedging_available():
             lines.append(
                 '[models."bench-hedged"]\nroutes = ["bench:late-a", "bench:late-b"]\n'
@@ -208,20 +308,51 @@ class CallMissed(System):
         )
         return "\n".join(lines)
 
-    def start(self, upstream: Upstream, workdir: Path) -> Running:
+    def start(self, upstreams: Upstreams, workdir: Path, path: str = "http") -> Running:
+        """The gateway reached over `path`: launched on the first call, shared after it."""
+        if self._running is None:
+            self._running = self._start(upstreams, workdir)
+        if path == "http":
+            return self._running
+        models = {kind: f"bench-{path}-{kind}" for kind in MODELS}
+        return dataclasses.replace(
+            self._running, models=models, path=path, owns_process=False, startup_s=None
+        )
+
+    def _start(self, upstreams: Upstreams, workdir: Path) -> Running:
         home = workdir / "callmissed"
         home.mkdir(parents=True, exist_ok=True)
-        (home / "bench.toml").write_text(self.config(upstream))
-        env = clean_env(
-            CALLMISSED_DATABASE_URL=f"sqlite:///{home / 'bench.sqlite3'}",
-            CALLMISSED_CONFIG=str(home / "bench.toml"),
-            **self.extra_env,
-        )
+        (home / "bench.toml").write_text(self.config(upstreams))
+        env = clean_env(CALLMISSED_CONFIG=str(home / "bench.toml"), **self._store_env(home))
+        env.update(self.extra_env)
         key = self._create_key(env)
         self.env = env
         running = self.launch(env, home / "serve.log")
         running.key = key
+        if self.store == "postgres":
+            running.notes.append("PostgreSQL + Redis on 127.0.0.1 (a fresh schema and prefix)")
         return running
+
+    def _store_env(self, home: Path) -> dict[str, str]:
+        if self.store == "sqlite":
+            return {"CALLMISSED_DATABASE_URL": f"sqlite:///{home / 'bench.sqlite3'}"}
+        self._schema = f"bench_{secrets.token_hex(6)}"
+        _postgres(f"CREATE SCHEMA {self._schema}")
+        return {
+            "CALLMISSED_DATABASE_URL": f"{POSTGRES_URL}?search_path={self._schema}",
+            "CALLMISSED_REDIS_URL": REDIS_URL,
+            "CALLMISSED_REDIS_PREFIX": self._schema,
+        }
+
+    def stop(self) -> None:
+        """Stop the gateway this system launched, then drop the schema a postgres run made
+        (its Redis keys expire by themselves)."""
+        if self._running is not None:
+            self._running.stop()
+            self._running = None
+        if self._schema is not None:
+            _postgres(f"DROP SCHEMA {self._schema} CASCADE")
+            self._schema = None
 
     def launch(self, env: dict[str, str], log: Path) -> Running:
         port = free_port()
@@ -257,30 +388,65 @@ class CallMissed(System):
         return result.stdout.strip().splitlines()[-1]
 
 
+POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _postgres(sql: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def run() -> None:
+        connection = await asyncpg.connect(POSTGRES_URL)
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    asyncio.run(run())
+
+
+def _tls_config(tls: TLSUpstream, prices: str) -> list[str]:
+    """A provider and `bench-<path>-<kind>` models for each TLS path to the HTTPS upstream."""
+    lines = []
+    for path, http2 in (("h2-tls", "true"), ("h1-tls", "false")):
+        provider = f"bench_{path.replace('-', '_')}"
+        lines.append(
+            f'[providers.{provider}]\ntype = "openai"\nbase_url = "{tls.url}"\n'
+            f'ca_file = "{tls.ca}"\nhttp2 = {http2}\n'
+        )
+        for kind, model in MODELS.items():
+            lines.append(
+                f'[models."bench-{path}-{kind}"]\nroutes = ["{provider}:{model}"]\n{prices}\n'
+            )
+    return lines
+
+
 class LiteLLM(System):
     name = "litellm"
 
-    def config(self, upstream: Upstream, master_key: str) -> str:
+    def config(self, upstream_url: str, master_key: str) -> str:
         lines = ["model_list:"]
         for kind, model in MODELS.items():
             lines += [
                 f"  - model_name: bench-{kind}",
                 "    litellm_params:",
                 f"      model: openai/{model}",
-                f"      api_base: {upstream.url}",
+                f"      api_base: {upstream_url}",
                 "      api_key: bench",
             ]
         lines += ["general_settings:", f"  master_key: {master_key}"]
         return "\n".join(lines) + "\n"
 
-    def start(self, upstream: Upstream, workdir: Path) -> Running:
+    def start(self, upstreams: Upstreams, workdir: Path, path: str = "http") -> Running:
         from benchmarks.litellm_env import ensure_litellm, litellm_python
 
         version = ensure_litellm()
         home = workdir / "litellm"
         home.mkdir(parents=True, exist_ok=True)
         master_key = "sk-bench-" + secrets.token_hex(16)
-        (home / "config.yaml").write_text(self.config(upstream, master_key))
+        (home / "config.yaml").write_text(self.config(upstreams.url(path), master_key))
         port = free_port()
         command = [str(litellm_python().parent / "litellm"), "--config", str(home / "config.yaml")]
         command += ["--host", HOST, "--port", str(port), "--num_workers", "1"]

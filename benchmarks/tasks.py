@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.systems import ROOT, CallMissed, Upstream
+from benchmarks.systems import ROOT, CallMissed, Upstream, Upstreams
 
 __all__ = ["main"]
 
@@ -39,7 +39,7 @@ def main() -> None:
         "PYTHONPATH": str(ROOT / "benchmarks" / "taskcount"),
         "CALLMISSED_BENCH_TASKS": str(workdir),
     }
-    gateway = CallMissed(extra_env=hook).start(upstream, workdir)
+    gateway = CallMissed(extra_env=hook).start(Upstreams(upstream), workdir)
     try:
         time.sleep(0.6)
         before = _read_counts(workdir)

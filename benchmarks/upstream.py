@@ -24,7 +24,16 @@ from typing import cast
 import orjson
 import uvloop
 
-__all__ = ["CHUNKS", "main"]
+__all__ = [
+    "CHUNKS",
+    "COMPLETION",
+    "MODELS",
+    "UNAVAILABLE",
+    "Behaviour",
+    "is_streamed",
+    "main",
+    "stream_events",
+]
 
 CHUNKS = 20
 _ID = "chatcmpl-bench"
@@ -66,7 +75,7 @@ _USAGE_CHUNK = (
     + b"\n\n"
 )
 _DONE = b"data: [DONE]\n\n"
-_COMPLETION = orjson.dumps(
+COMPLETION = orjson.dumps(
     {
         "id": _ID,
         "object": "chat.completion",
@@ -82,8 +91,21 @@ _COMPLETION = orjson.dumps(
         "usage": {"prompt_tokens": 12, "completion_tokens": CHUNKS, "total_tokens": 32},
     }
 )
-_UNAVAILABLE = b'{"error":{"message":"injected failure","type":"server_error","code":null}}'
-_MODELS = orjson.dumps({"object": "list", "data": [{"id": "fast", "object": "model"}]})
+UNAVAILABLE = b'{"error":{"message":"injected failure","type":"server_error","code":null}}'
+MODELS = orjson.dumps({"object": "list", "data": [{"id": "fast", "object": "model"}]})
+
+
+def stream_events(body: bytes) -> tuple[bytes, list[bytes]]:
+    """The model a streamed request names, and its answer's SSE events in order: the role,
+    CHUNKS content events, the finish, the usage (when asked for) and [DONE]."""
+    match = _MODEL.search(body)
+    model = match.group(1) if match else b"fast"
+    tail = [_FINISH, _USAGE_CHUNK] if _USAGE.search(body) else [_FINISH]
+    return model, [_ROLE, *_CONTENT, *tail, _DONE]
+
+
+def is_streamed(body: bytes) -> bool:
+    return _STREAM.search(body) is not None
 
 
 def _framed(data: bytes) -> bytes:
@@ -156,24 +178,21 @@ class UpstreamProtocol(asyncio.Protocol):
         method, path = request_line[0], request_line[1]
         if method == b"POST" and path.endswith(b"/chat/completions"):
             if self._behaviour.fails(body):
-                self._write(_plain("503 Service Unavailable", _UNAVAILABLE))
+                self._write(_plain("503 Service Unavailable", UNAVAILABLE))
                 self._next_request()
                 return
-            if _STREAM.search(body):
+            if is_streamed(body):
                 self._stream(body)
                 return
-            self._write(_plain("200 OK", _COMPLETION))
+            self._write(_plain("200 OK", COMPLETION))
         elif method == b"GET" and path.endswith(b"/models"):
-            self._write(_plain("200 OK", _MODELS))
+            self._write(_plain("200 OK", MODELS))
         else:
             self._write(_plain("404 Not Found", b'{"error":{"message":"not found"}}'))
         self._next_request()
 
     def _stream(self, body: bytes) -> None:
-        match = _MODEL.search(body)
-        model = match.group(1) if match else b"fast"
-        tail = [_FINISH, _USAGE_CHUNK] if _USAGE.search(body) else [_FINISH]
-        events = [_ROLE, *_CONTENT, *tail, _DONE]
+        model, events = stream_events(body)
         behaviour = self._behaviour
         if model.startswith(b"paced") and behaviour.pace > 0:
             self._busy = True

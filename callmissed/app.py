@@ -8,18 +8,19 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from callmissed import __version__
-from callmissed.api import admin, anthropic, keys, openai
+from callmissed.api import admin as admin_api, anthropic, embeddings, keys, openai, responses
 from callmissed.api.playground import playground_routes, redirect_home
 from callmissed.asgi import ASGIApp
-from callmissed.auth import bearer_matches
+from callmissed.auth import Principal, bearer_matches
 from callmissed.console.site import Console
 from callmissed.errors import AuthenticationFailed
 from callmissed.gateway import Gateway
+from callmissed.history import History
 from callmissed.peers import Peers
 from callmissed.settings import Settings, load_settings
-from callmissed.web import App, Endpoint, Request, Response, StreamResponse, json_response
+from callmissed.web import App, Endpoint, Guard, Request, Response, StreamResponse, json_response
 
-__all__ = ["build_app", "connect_peers", "create_app"]
+__all__ = ["build_app", "connect_peers", "create_app", "guards"]
 
 GatewayHandler = Callable[[Gateway, Request], Awaitable[Response | StreamResponse]]
 
@@ -32,16 +33,47 @@ async def healthz(gateway: Gateway, request: Request) -> Response:
 async def metrics(gateway: Gateway, peers: Peers, request: Request) -> Response:
     """Prometheus text for the whole server: requests, attempts and first-token times of every
     worker; breaker state per route as this worker sees it. Open unless a token is set."""
-    token = gateway.settings.accounting.metrics_token
-    if token is not None and not bearer_matches(request.headers.get("authorization"), token):
-        raise AuthenticationFailed(
-            "GET /metrics needs 'Authorization: Bearer <metrics token>' (CALLMISSED_METRICS_TOKEN)."
-        )
     answers = await peers.ask("metrics")
     text = gateway.metrics.render(
         gateway.health.all(), gateway.failover.inflight, answers.values, answers.skipped
     )
     return Response(200, text.encode(), content_type=b"text/plain; version=0.0.4; charset=utf-8")
+
+
+def guards(gateway: Gateway) -> dict[str, Guard | None]:
+    """Each kind of credential an endpoint may demand, checked from the headers alone, so the
+    body of a request that fails is never read (docs/security.md)."""
+    authenticate = gateway.auth.authenticate
+    accounting = gateway.settings.accounting
+
+    async def bearer_key(headers: dict[str, str]) -> Principal:
+        return await authenticate(headers.get("authorization"))
+
+    async def any_key(headers: dict[str, str]) -> Principal:
+        # The Anthropic SDK sends `api_key` as x-api-key and `auth_token` as a bearer token.
+        return await authenticate(headers.get("authorization"), headers.get("x-api-key"))
+
+    async def admin(headers: dict[str, str]) -> None:
+        admin_api.authorize(accounting.admin_token, headers)
+
+    async def admin_write(headers: dict[str, str]) -> None:
+        admin_api.authorize(accounting.admin_token, headers, write=True)
+
+    async def metrics_token(headers: dict[str, str]) -> None:
+        token = accounting.metrics_token
+        if token is not None and not bearer_matches(headers.get("authorization"), token):
+            raise AuthenticationFailed(
+                "GET /metrics needs 'Authorization: Bearer <metrics token>' "
+                "(CALLMISSED_METRICS_TOKEN)."
+            )
+
+    return {
+        "bearer": bearer_key,
+        "key": any_key,
+        "admin": admin,
+        "admin_write": admin_write,
+        "metrics": metrics_token if accounting.metrics_token is not None else None,
+    }
 
 
 def connect_peers(gateway: Gateway) -> Peers:
@@ -77,6 +109,7 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> App:
     """The app over `gateway` (a new one for `settings` unless given: benchmarks.inprocess)."""
     gateway = gateway or Gateway(settings)
     peers = connect_peers(gateway)
+    history = History(gateway.store, settings.responses)
     console = Console(gateway, peers)
 
     def bind(handler: GatewayHandler) -> Callable[[Request], Awaitable[Response | StreamResponse]]:
@@ -85,37 +118,59 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> App:
     async def startup() -> None:
         await gateway.start()
         await peers.start()  # after the ledger: a peer's journal tells whether it is alive
+        await history.start()
         console.start()
 
     async def shutdown() -> None:
         await console.close()
+        await history.close()
         await peers.close()
         await gateway.close()
 
+    guard = guards(gateway)
+    bearer, key, admin, write = guard["bearer"], guard["key"], guard["admin"], guard["admin_write"]
     routes = {
-        ("POST", "/v1/chat/completions"): Endpoint(bind(openai.create_chat_completion)),
-        ("GET", "/v1/models"): Endpoint(bind(openai.list_models)),
-        ("GET", "/v1/models/*"): Endpoint(bind(openai.retrieve_model)),
-        ("POST", "/v1/messages"): Endpoint(bind(anthropic.create_message), dialect="anthropic"),
-        ("POST", "/v1/messages/count_tokens"): Endpoint(
-            bind(anthropic.count_tokens), dialect="anthropic"
+        ("POST", "/v1/chat/completions"): Endpoint(
+            bind(openai.create_chat_completion), guard=bearer
         ),
-        ("GET", "/v1/key"): Endpoint(bind(keys.retrieve_current_key)),
+        ("POST", "/v1/embeddings"): Endpoint(bind(embeddings.create_embedding), guard=bearer),
+        ("GET", "/v1/models"): Endpoint(bind(openai.list_models), guard=bearer),
+        ("GET", "/v1/models/*"): Endpoint(bind(openai.retrieve_model), guard=bearer),
+        ("POST", "/v1/messages"): Endpoint(
+            bind(anthropic.create_message), dialect="anthropic", guard=key
+        ),
+        ("POST", "/v1/messages/count_tokens"): Endpoint(
+            bind(anthropic.count_tokens), dialect="anthropic", guard=key
+        ),
+        ("POST", "/v1/responses"): Endpoint(
+            functools.partial(responses.create_response, gateway, history), guard=bearer
+        ),
+        ("GET", "/v1/responses/*"): Endpoint(
+            functools.partial(responses.retrieve_response, gateway, history), guard=bearer
+        ),
+        ("DELETE", "/v1/responses/*"): Endpoint(
+            functools.partial(responses.delete_response, gateway, history), guard=bearer
+        ),
+        ("GET", "/v1/key"): Endpoint(bind(keys.retrieve_current_key), guard=key),
+        ("GET", "/admin/keys"): Endpoint(bind(admin_api.keys_collection), guard=admin),
+        ("POST", "/admin/keys"): Endpoint(bind(admin_api.keys_collection), guard=write),
         **{
-            (method, "/admin/keys"): Endpoint(bind(admin.keys_collection))
-            for method in ("GET", "POST")
-        },
-        **{
-            (method, "/admin/keys/*"): Endpoint(functools.partial(admin.keys_item, gateway, peers))
+            (method, "/admin/keys/*"): Endpoint(
+                functools.partial(admin_api.keys_item, gateway, peers),
+                guard=admin if method == "GET" else write,
+            )
             for method in ("GET", "PATCH", "POST")
         },
         ("GET", "/healthz"): Endpoint(bind(healthz)),
-        ("GET", "/metrics"): Endpoint(functools.partial(metrics, gateway, peers)),
+        ("GET", "/metrics"): Endpoint(
+            functools.partial(metrics, gateway, peers), guard=guard["metrics"]
+        ),
         ("GET", "/"): Endpoint(redirect_home),
         **{("GET", path): Endpoint(handler) for path, handler in playground_routes().items()},
-        **console.routes(),
+        **console.routes(admin, write),
     }
-    return App(routes, settings.max_body_bytes, startup, shutdown)
+    limits = settings.edge
+    return App(routes, settings.max_body_bytes, limits.max_open_body_bytes, startup, shutdown)
 
 
 def create_app() -> ASGIApp:

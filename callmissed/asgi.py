@@ -77,7 +77,8 @@ class ASGIApp:
                 name.decode("latin-1").lower(): value.decode("latin-1")
                 for name, value in scope["headers"]
             }
-            body = await app.read_body(headers, _body_parts(receive))
+            principal, limit = await app.admit(endpoint, headers)  # before reading any body
+            body = await app.read_body(headers, _body_parts(receive), limit)
         except GatewayError as exc:
             await _send_response(send, error_response(exc, dialect, request_id), request_id)
             return
@@ -85,7 +86,7 @@ class ASGIApp:
         gone = asyncio.ensure_future(_wait_for_disconnect(receive))
         early = _EarlyStream(send, request_id)
         query = scope.get("query_string", b"").decode("latin-1")
-        request = Request(method, path, headers, body, request_id, early.start, query)
+        request = Request(method, path, headers, body, request_id, early.start, principal, query)
         response = await app.respond(endpoint, request, gone)
         if isinstance(response, StreamResponse):
             if not early.started:

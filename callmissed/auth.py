@@ -37,11 +37,15 @@ def hash_key(key: str) -> str:
 
 
 async def create_key(
-    store: Store, name: str, credits: int | None = None, policy: KeyPolicy = NO_POLICY
+    store: Store,
+    name: str,
+    credits: int | None = None,
+    policy: KeyPolicy = NO_POLICY,
+    limit_reset: str | None = None,
 ) -> tuple[str, KeyRecord]:
     """Make and store a new key; the key itself is returned here and nowhere else."""
     key = KEY_PREFIX + secrets.token_urlsafe(32)
-    record = await store.create_key(name, hash_key(key), key[:7], credits, policy)
+    record = await store.create_key(name, hash_key(key), key[:7], credits, policy, limit_reset)
     return key, record
 
 

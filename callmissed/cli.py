@@ -1,12 +1,14 @@
-"""The `callmissed` command: serve, keys create|list|show|revoke|topup, config check."""
+"""The `callmissed` command: serve, keys create|list|show|update|revoke|topup, config check."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from callmissed.auth import create_key
 from callmissed.credits import MICRO, parse_credits
 from callmissed.settings import Settings, SettingsError, load_settings
 from callmissed.store import KeyPolicy, KeyRecord, Store, open_store
+from callmissed.store.budget import LIMIT_RESETS
 
 __all__ = ["main"]
 
@@ -99,6 +102,7 @@ def _export_options(args: argparse.Namespace) -> None:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces, Loops
+    from granian.http import HTTP1Settings, HTTP2Settings
 
     from callmissed.ratelimit import limits_warning
 
@@ -114,6 +118,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     warning = limits_warning(settings)
     if warning:
         print(f"callmissed: warning: {warning}", file=sys.stderr, flush=True)
+    limits = settings.edge
+    _raise_open_files(limits.max_connections)
     server = Granian(
         "callmissed.rsgi:create_app",  # granian's native interface: docs/performance.md
         factory=True,
@@ -124,6 +130,17 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         http=HTTPModes.auto,
         loop=Loops.uvloop,
         backlog=2048,
+        # Every limit granian takes, set from settings.edge (docs/security.md); rsgi.py and
+        # connections.py keep the ones it lacks.
+        backpressure=limits.max_connections,  # connections per worker (a semaphore per accept)
+        http1_settings=HTTP1Settings(
+            header_read_timeout=round(limits.header_timeout * 1000),  # and a kept-alive wait
+            max_buffer_size=limits.max_header_bytes,  # a longer head gets 431
+        ),
+        http2_settings=HTTP2Settings(
+            max_concurrent_streams=limits.h2_max_streams,
+            max_headers_size=limits.max_header_bytes,  # a larger header list gets 431
+        ),
         # A worker that dies is started again; its successor replays the dead one's journal at
         # start-up, like any restart (docs/credits.md, Crashes). granian stops the server
         # instead if workers keep dying within seconds of being respawned.
@@ -134,6 +151,29 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     )
     server.serve()
     return 0
+
+
+def _raise_open_files(connections: int) -> None:
+    """Let each worker hold `connections` sockets and its own (store, upstreams, journals):
+    the soft limit is often 1,024. Raised up to the hard limit; past that, a warning."""
+    import resource
+
+    needed = connections + _OWN_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        ceiling = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+        soft = ceiling
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        print(
+            f"callmissed: warning: {soft} open files allowed, {needed} needed for "
+            f"CALLMISSED_MAX_CONNECTIONS={connections}; raise the hard limit (ulimit -Hn)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+_OWN_FILES = 256  # a worker's files besides client connections: upstream pools, store, peers
 
 
 def _doctor(settings: Settings, args: argparse.Namespace) -> int:
@@ -179,11 +219,30 @@ def _add_key_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     create = keys.add_parser("create", help="create a key; the key is printed once, last")
     create.add_argument("--name", default="key", help="a label for the key")
     create.add_argument("--credits", help="starting balance in USD (default: unlimited)")
+    create.add_argument(
+        "--limit-reset",
+        choices=LIMIT_RESETS,
+        help="the credits are a limit that starts afresh every UTC day, week (Monday) or month",
+    )
     create.add_argument("--rpm", type=_positive, help="requests per minute")
     create.add_argument("--tpm", type=_positive, help="tokens per minute")
     create.add_argument("--max-concurrent", type=_positive, help="requests in flight at once")
     create.add_argument("--models", help="comma-separated models the key may use (default: all)")
     create.set_defaults(run=_on_store(_keys_create))
+    update = keys.add_parser("update", help="change a key's limit reset, limits or models")
+    update.add_argument("key_id", type=int)
+    update.add_argument(
+        "--limit-reset",
+        choices=[*LIMIT_RESETS, "none"],
+        help="reset the credit limit every UTC day, week or month; none: never again",
+    )
+    for option, what in (("--rpm", "requests per minute"), ("--tpm", "tokens per minute")):
+        update.add_argument(option, type=_positive_or_none, help=f"{what}; none: no limit")
+    update.add_argument(
+        "--max-concurrent", type=_positive_or_none, help="requests in flight at once; none"
+    )
+    update.add_argument("--models", help="comma-separated models the key may use; none: all")
+    update.set_defaults(run=_on_store(_keys_update))
     keys.add_parser("list", help="list keys (never the keys themselves)").set_defaults(
         run=_on_store(_keys_list)
     )
@@ -228,9 +287,11 @@ def _on_store(run: Callable[[Store, Any], Awaitable[int]]) -> Callable[[Settings
 
 async def _keys_create(store: Store, args: argparse.Namespace) -> int:
     credits = _credits(args.credits) if args.credits is not None else None
+    if args.limit_reset is not None and credits is None:
+        raise SystemExit("callmissed: --limit-reset needs --credits: the limit that resets")
     models = tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else None
     policy = KeyPolicy(args.rpm, args.tpm, args.max_concurrent, models)
-    key, record = await create_key(store, args.name, credits, policy)
+    key, record = await create_key(store, args.name, credits, policy, args.limit_reset)
     print(f"Created key {record.id} ({record.name}): {_summary(record)}. It is shown only once:")
     print(key)
     return 0
@@ -251,11 +312,42 @@ async def _keys_show(store: Store, args: argparse.Namespace) -> int:
     print(f"key {record.id} ({record.name}, {record.key_prefix}…): {state}")
     print(f"  {_summary(record)}")
     print(f"  granted {_usd(record.granted)}, spent {_usd(record.spent)}")
+    if record.limit_reset is not None and record.window_start is not None:
+        start = datetime.fromtimestamp(record.window_start, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        print(f"  this window (since {start}): spent {_usd(record.window_spent)}")
     for row in await store.recent_usage(record.id, 10):
         print(
             f"  {row['request_id']}  {row['model']}  {row['status']}  "
             f"{row['prompt_tokens']}+{row['completion_tokens']} tokens  {_usd(row['cost'])}"
         )
+    return 0
+
+
+async def _keys_update(store: Store, args: argparse.Namespace) -> int:
+    record = await _find(store, args.key_id)
+    if record is None:
+        return 1
+    if args.limit_reset is not None:
+        if record.credits is None:
+            raise SystemExit("callmissed: an unlimited key has no credit limit to reset")
+        limit_reset = None if args.limit_reset == "none" else args.limit_reset
+        record = await store.set_limit_reset(record.id, limit_reset) or record
+    changes = {
+        name: value
+        for name, value in (
+            ("rpm", args.rpm), ("tpm", args.tpm), ("max_concurrent", args.max_concurrent),
+        )
+        if value is not None
+    }  # fmt: skip
+    if args.models is not None:
+        models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+        changes["models"] = None if args.models == "none" else models
+    if changes:
+        policy = dataclasses.replace(
+            record.policy, **{name: value or None for name, value in changes.items()}
+        )
+        record = await store.set_policy(record.id, policy) or record
+    print(f"Key {record.id} ({record.name}): {_summary(record)}.")
     return 0
 
 
@@ -298,7 +390,10 @@ def _summary(record: KeyRecord) -> str:
         if value is not None
     ]
     models = ", ".join(policy.models) if policy.models is not None else "all models"
-    return f"credits {_usd(record.credits)}, limits {', '.join(limits) or 'none'}, {models}"
+    credits = f"credits {_usd(record.credits)}"
+    if record.limit_reset is not None:
+        credits += f" of {_usd(record.granted)} {record.limit_reset}"
+    return f"{credits}, limits {', '.join(limits) or 'none'}, {models}"
 
 
 def _usd(micro: int | None) -> str:
@@ -312,6 +407,11 @@ def _credits(text: str) -> int:
         return parse_credits(text)
     except ValueError as exc:
         raise SystemExit(f"callmissed: {exc}") from None
+
+
+def _positive_or_none(text: str) -> int:
+    """A limit, or 0 for `none`: no limit."""
+    return 0 if text == "none" else _positive(text)
 
 
 def _positive(text: str) -> int:

@@ -63,18 +63,21 @@ CLIENT_CLOSED = 499  # the ledger's status for a request the client abandoned (n
 
 @dataclass(frozen=True, slots=True)
 class Rates:
-    """Integer prices, in 1e-12 credits per token (numerically: micro-USD per million tokens)."""
+    """Integer prices, in 1e-12 credits per token (numerically: micro-USD per million tokens).
+    `cache_write` None: prompt tokens written to the upstream's cache bill as input."""
 
     input: int
     cached_input: int
     output: int
+    cache_write: int | None = None
 
 
 FREE = Rates(0, 0, 0)
 
 
 def rates_of(prices: Prices) -> Rates:
-    return Rates(_rate(prices.input), _rate(prices.cached_input), _rate(prices.output))
+    write = None if prices.cache_write is None else _rate(prices.cache_write)
+    return Rates(_rate(prices.input), _rate(prices.cached_input), _rate(prices.output), write)
 
 
 def _rate(per_million: float) -> int:
@@ -89,7 +92,8 @@ class TokenUsage:
     prompt: int = 0
     completion: int = 0  # includes reasoning
     reasoning: int = 0
-    cached: int = 0  # part of prompt
+    cached: int = 0  # part of prompt: read from the upstream's prompt cache
+    cache_write: int = 0  # part of prompt: written to it
 
     @property
     def total(self) -> int:
@@ -97,7 +101,12 @@ class TokenUsage:
 
 
 def parse_usage(usage: Mapping[str, Any]) -> TokenUsage:
-    """An OpenAI usage object (wire-formats.md §1.5); missing or odd fields count as 0."""
+    """An OpenAI usage object (docs/credits.md), chat's or the Responses API's (which names its
+    fields input_/output_tokens); missing or odd fields count as 0. Cache reads
+    (`prompt_tokens_details.cached_tokens`) and writes (`cache_write_tokens`, as OpenRouter
+    reports them) are parts of prompt_tokens."""
+    if "input_tokens" in usage:
+        return _parse_responses_usage(usage)
     prompt_details = usage.get("prompt_tokens_details") or {}
     completion_details = usage.get("completion_tokens_details") or {}
     reasoning = _count(completion_details.get("reasoning_tokens"))
@@ -107,6 +116,19 @@ def parse_usage(usage: Mapping[str, Any]) -> TokenUsage:
         completion=max(_count(usage.get("completion_tokens")), reasoning),
         reasoning=reasoning,
         cached=_count(prompt_details.get("cached_tokens")),
+        cache_write=_count(prompt_details.get("cache_write_tokens")),
+    )
+
+
+def _parse_responses_usage(usage: Mapping[str, Any]) -> TokenUsage:
+    input_details = usage.get("input_tokens_details") or {}
+    output_details = usage.get("output_tokens_details") or {}
+    reasoning = _count(output_details.get("reasoning_tokens"))
+    return TokenUsage(
+        prompt=_count(usage.get("input_tokens")),
+        completion=max(_count(usage.get("output_tokens")), reasoning),
+        reasoning=reasoning,
+        cached=_count(input_details.get("cached_tokens")),
     )
 
 
@@ -117,9 +139,12 @@ def _count(value: Any) -> int:
 def cost_of(rates: Rates, usage: TokenUsage) -> int:
     """Micro-credits for `usage`: computed exactly, rounded to the nearest, halves up."""
     cached = min(usage.cached, usage.prompt)
+    written = min(usage.cache_write, usage.prompt - cached)
+    write_rate = rates.input if rates.cache_write is None else rates.cache_write
     exact = (
-        (usage.prompt - cached) * rates.input
+        (usage.prompt - cached - written) * rates.input
         + cached * rates.cached_input
+        + written * write_rate
         + usage.completion * rates.output
     )
     return (exact + _SCALE // 2) // _SCALE
@@ -184,9 +209,17 @@ class Credits:
         return None
 
     async def begin(
-        self, principal: Principal, model: ModelSettings, body: Mapping[str, Any], request_id: str
+        self,
+        principal: Principal,
+        model: ModelSettings,
+        body: Mapping[str, Any],
+        request_id: str,
+        *,
+        tokens: tuple[int, int] | None = None,
     ) -> Charge:
-        """Check the allow-list and limits, then hold the worst case; raise if any refuses."""
+        """Check the allow-list and limits, then hold the worst case; raise if any refuses.
+
+        `tokens` (prompt, output cap) stands in for a chat body's estimate (embeddings)."""
         _check_allowed(principal, model)
         rates = self.rates_for(model)
         if rates is None:
@@ -197,11 +230,15 @@ class Credits:
                     param="model",
                 )
             rates = FREE
-        prompt = _estimate_prompt(body)
-        output_cap = _output_cap(body, model)
+        if tokens is None:
+            tokens = (_estimate_prompt(body), _output_cap(body, model))
+        prompt, output_cap = tokens
         lease = await self._limiter.acquire(principal.key_id, principal.policy, prompt + output_cap)
         try:
-            hold = cost_of(rates, TokenUsage(prompt=prompt, completion=output_cap))
+            worst = TokenUsage(prompt=prompt, completion=output_cap)
+            if (rates.cache_write or 0) > rates.input:  # the prompt may all be cache writes
+                worst.cache_write = prompt
+            hold = cost_of(rates, worst)
             wallet = await self._hold(principal, hold)
         except BaseException:
             lease.release(0)
@@ -284,11 +321,13 @@ def _estimate_prompt(body: Mapping[str, Any]) -> int:
         return estimate_input_tokens(body)
     except (KeyError, TypeError, AttributeError):
         # A shape the estimator does not know: a byte is never less than a token's worth.
-        return len(orjson.dumps(body.get("messages"))) + len(orjson.dumps(body.get("tools")))
+        # A Responses body (relay_responses.py) has `input` and `instructions` instead.
+        text = body.get("messages") or [body.get("input"), body.get("instructions")]
+        return len(orjson.dumps(text)) + len(orjson.dumps(body.get("tools")))
 
 
 def _output_cap(body: Mapping[str, Any], model: ModelSettings) -> int:
-    for name in ("max_completion_tokens", "max_tokens"):
+    for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
         value = body.get(name)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
@@ -360,7 +399,8 @@ class Charge:
         if isinstance(usage, dict):
             tokens = parse_usage(usage)
         else:
-            delivered = sum(_message_tokens(c.get("message")) for c in completion["choices"])
+            choices = completion.get("choices") or ()  # a Response has none (relay_responses.py)
+            delivered = sum(_message_tokens(c.get("message")) for c in choices)
             tokens = TokenUsage(prompt=self.prompt_estimate, completion=delivered)
         cost = cost_of(self.rates, tokens)
         if isinstance(usage, dict):

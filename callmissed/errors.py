@@ -3,6 +3,7 @@
 * GatewayError                     500 api_error              internal_error
   x InvalidRequest                 400 invalid_request_error  invalid_request
     + RequestTooLarge              413 invalid_request_error  request_too_large
+    + RequestTimeout               408 invalid_request_error  request_timeout
   x AuthenticationFailed           401 authentication_error   invalid_api_key
   x InsufficientCredits            402 insufficient_credits   insufficient_credits
   x PermissionDenied               403 permission_error       model_not_allowed
@@ -11,6 +12,7 @@
   x ModelNotFound                  404 not_found_error        model_not_found
   x KeyNotFound                    404 not_found_error        key_not_found
   x RequestNotFound                404 not_found_error        request_not_found
+  x ResponseNotFound               404 not_found_error        response_not_found
   x RateLimited                    429 rate_limit_error       rate_limit_exceeded (+retry_after)
   x ProviderNotConfigured          503 api_error              provider_not_configured
   x ShuttingDown                   503 overloaded_error       shutting_down (+retry_after)
@@ -43,7 +45,9 @@ __all__ = [
     "ProviderNotConfigured",
     "RateLimited",
     "RequestNotFound",
+    "RequestTimeout",
     "RequestTooLarge",
+    "ResponseNotFound",
     "ShuttingDown",
     "UpstreamError",
     "UpstreamOverloaded",
@@ -81,6 +85,13 @@ class InvalidRequest(GatewayError):
 class RequestTooLarge(InvalidRequest):
     status = 413
     code = "request_too_large"
+
+
+class RequestTimeout(InvalidRequest):
+    """The request's body did not arrive within the body timeout (docs/security.md)."""
+
+    status = 408
+    code = "request_timeout"
 
 
 class AuthenticationFailed(GatewayError):
@@ -133,6 +144,15 @@ class RequestNotFound(GatewayError):
     status = 404
     type = "not_found_error"
     code = "request_not_found"
+
+
+class ResponseNotFound(GatewayError):
+    """No stored response has that id for this key (never made, not stored, expired, deleted,
+    or another key's: all look the same)."""
+
+    status = 404
+    type = "not_found_error"
+    code = "response_not_found"
 
 
 class EndpointNotFound(GatewayError):

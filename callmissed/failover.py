@@ -23,7 +23,8 @@ from callmissed.deadlines import Deadline, Deadlines, Timeout
 from callmissed.errors import GatewayError, UpstreamError, UpstreamTimeout
 from callmissed.health import Health, route_name
 from callmissed.metrics import Metrics
-from callmissed.relay import ChatStream, read_completion
+from callmissed.providers import Provider, UpstreamRequest
+from callmissed.relay import CHAT_COMPLETIONS, ChatStream, UpstreamAPI
 from callmissed.routing import Target
 from callmissed.settings import ModelSettings, Route, Settings, Timeouts
 from callmissed.upstream import Upstream, UpstreamResponse
@@ -116,6 +117,7 @@ class Failover:
         model: ModelSettings,
         targets: list[Target],
         body: dict[str, Any],
+        api: UpstreamAPI = CHAT_COMPLETIONS,
         attempts: list[Attempt] | None = None,
     ) -> Won[dict[str, Any]]:
         """A whole chat.completion from the first route that gives one; each attempt made is
@@ -126,9 +128,21 @@ class Failover:
         """
 
         async def attempt(target: Target) -> dict[str, Any]:
-            response = await self._send(target, body, model)
-            return await read_completion(target.provider, response)
+            response = await self._send(target, body, model, api)
+            return await api.read(target.provider, response)
 
+        return await self.call(model, targets, attempt, attempts)
+
+    async def call(
+        self,
+        model: ModelSettings,
+        targets: list[Target],
+        attempt: Callable[[Target], Awaitable[T]],
+        attempts: list[Attempt] | None = None,
+    ) -> Won[T]:
+        """The first route whose `attempt` gives a whole answer (complete(), embeddings), with
+        the same fallback, retries, hedging, total timeout and bookkeeping; each attempt made
+        is appended to `attempts`."""
         request = self._enter(model)
         try:
             won = await self._run(request, model, targets, attempt, attempts)
@@ -143,6 +157,7 @@ class Failover:
         targets: list[Target],
         body: dict[str, Any],
         include_usage: bool,
+        api: UpstreamAPI = CHAT_COMPLETIONS,
         attempts: list[Attempt] | None = None,
     ) -> Won[ChatStream]:
         """A started ChatStream (its first token is in), watched for silence and overtime;
@@ -155,8 +170,8 @@ class Failover:
         async def attempt(target: Target) -> ChatStream:
             try:
                 with self._deadlines.timeout(timeouts.first_token):
-                    response = await self._send(target, body, model)
-                    stream = ChatStream(target.provider, response, include_usage)
+                    response = await self._send(target, body, model, api)
+                    stream = api.stream(target.provider, response, include_usage)
                     try:
                         await stream.start()
                     except BaseException:
@@ -180,16 +195,21 @@ class Failover:
         return won
 
     async def _send(
-        self, target: Target, body: dict[str, Any], model: ModelSettings
+        self, target: Target, body: dict[str, Any], model: ModelSettings, api: UpstreamAPI
     ) -> UpstreamResponse:
-        request = target.provider.build_request(body, target.route, model)
-        response = await self._upstream.send(target.provider, request)
+        return await self.send(
+            target.provider, api.build(target.provider, body, target.route, model)
+        )
+
+    async def send(self, provider: Provider, request: UpstreamRequest) -> UpstreamResponse:
+        """POST a built request; the provider's UpstreamError if the upstream answers >= 400."""
+        response = await self._upstream.send(provider, request)
         if response.status >= 400:
             try:
                 error_body = await response.read()
             finally:
                 response.close()
-            raise target.provider.parse_error(response.status, error_body, response.retry_after)
+            raise provider.parse_error(response.status, error_body, response.retry_after)
         return response
 
     async def _run(

@@ -3,7 +3,8 @@
 Each edge (api/openai.py, api/anthropic.py) authenticates and parses its own dialect, then calls
 `complete()` or `open_stream()` with an OpenAI-format body. Until the first chunk arrives any
 failure is raised as a normal error (a real HTTP status); after that it travels in-band.
-Which route answers (fallback, hedging, timeouts) is failover.py's job.
+Which route answers (fallback, hedging, timeouts) is failover.py's job. `embed()` is the same
+for POST /v1/embeddings (embedding.py does the batches).
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from typing import Any
 from callmissed.auth import Authenticator, Principal
 from callmissed.credits import Charge, Credits
 from callmissed.deadlines import Deadlines
-from callmissed.errors import ShuttingDown
+from callmissed.embedding import embed_on, plan_embedding
+from callmissed.errors import InvalidRequest, ShuttingDown
 from callmissed.failover import Failover, Won
+from callmissed.formats.embeddings import EmbeddingRequest
 from callmissed.health import Health
 from callmissed.keepalive import KeepAlive
 from callmissed.ledger import Ledger, ledger_directory
@@ -25,7 +28,7 @@ from callmissed.metrics import Metrics
 from callmissed.providers import REGISTRY, Provider
 from callmissed.ratelimit import open_limiter
 from callmissed.reasoning import apply_reasoning_effort
-from callmissed.relay import ChatStream
+from callmissed.relay import CHAT_COMPLETIONS, ChatStream, UpstreamAPI
 from callmissed.routing import Router, Target
 from callmissed.settings import ModelSettings, Settings
 from callmissed.shutdown import on_sigterm
@@ -52,6 +55,7 @@ class RouteInfo:
     fallbacks: tuple[str, ...] = ()  # "provider:model outcome" of each failed attempt
     hedged: bool = False
     limits: tuple[tuple[bytes, bytes], ...] = ()  # the key's x-ratelimit-* (credits.py)
+    prompt_estimate: int = 0  # the prompt's tokens as credits.py estimated them for the hold
 
     @classmethod
     def of(
@@ -68,6 +72,7 @@ class RouteInfo:
             won.failed,
             won.hedged,
             tuple(charge.headers()),
+            charge.prompt_estimate,
         )
 
     def headers(self) -> list[tuple[bytes, bytes]]:
@@ -136,17 +141,19 @@ class Gateway:
         body: dict[str, Any],
         *,
         request_id: str | None = None,
+        api: UpstreamAPI = CHAT_COMPLETIONS,
         tags: tuple[str, ...] = (),
     ) -> tuple[dict[str, Any], RouteInfo]:
-        """A whole chat.completion for a checked OpenAI-format body, `usage.cost` included;
-        `tags` (tags.py) go into its ledger row."""
+        """A whole chat.completion for a checked OpenAI-format body, `usage.cost` included
+        (with `api`, that API's answer: relay_responses.RESPONSES gives a Response); `tags`
+        (tags.py) go into its ledger row."""
         model, targets = self._route(body)
         received = _effort_received(body)
         effort = apply_reasoning_effort(body, model, self.settings.reasoning_policies)
         charge = await self.credits.begin(principal, model, body, request_id or new_request_id())
         charge.effort_in, charge.effort_out, charge.tags = received, _short(effort), tags
         try:
-            won = await self.failover.complete(model, targets, body, charge.attempts)
+            won = await self.failover.complete(model, targets, body, api, charge.attempts)
         except BaseException as exc:
             charge.fail(exc)
             raise
@@ -161,6 +168,7 @@ class Gateway:
         include_usage: bool,
         *,
         request_id: str | None = None,
+        api: UpstreamAPI = CHAT_COMPLETIONS,
         tags: tuple[str, ...] = (),
     ) -> tuple[ChatStream, RouteInfo]:
         """A started ChatStream: its first token is already in, so nothing can fail silently.
@@ -173,13 +181,36 @@ class Gateway:
         charge.effort_in, charge.effort_out, charge.tags = received, _short(effort), tags
         try:
             won = await self.failover.open_stream(
-                model, targets, body, include_usage, charge.attempts
+                model, targets, body, include_usage, api, charge.attempts
             )
         except BaseException as exc:
             charge.fail(exc)
             raise
         info = RouteInfo.of(won, effort, charge, stream=True)
         won.result.meter_with(charge)
+        return won.result, info
+
+    async def embed(
+        self, principal: Principal, request: EmbeddingRequest, *, request_id: str | None = None
+    ) -> tuple[dict[str, Any], RouteInfo]:
+        """A whole create-embedding response, `usage.cost` included, held and settled like a
+        chat completion: the prompt's estimate held, the counted tokens billed."""
+        model, targets = self._route_embedding(request.model)
+        plan = plan_embedding(model, request)
+        request_id = request_id or new_request_id()
+        tokens = (request.prompt_estimate, 0)
+        charge = await self.credits.begin(principal, model, request.body, request_id, tokens=tokens)
+
+        async def attempt(target: Target) -> dict[str, Any]:
+            return await embed_on(self.failover, target, model, plan)
+
+        try:
+            won = await self.failover.call(model, targets, attempt, charge.attempts)
+        except BaseException as exc:
+            charge.fail(exc)
+            raise
+        info = RouteInfo.of(won, None, charge, stream=False)
+        charge.complete(won.result)
         return won.result, info
 
     def keepalive(self, start_stream: StartStream | None, headers: Headers) -> KeepAlive:
@@ -200,7 +231,26 @@ class Gateway:
     def _route(self, body: dict[str, Any]) -> tuple[ModelSettings, list[Target]]:
         if self.draining:
             raise ShuttingDown("The server is shutting down; send the request again.")
-        return self.router.resolve(body["model"])
+        model, targets = self.router.resolve(body["model"])
+        if model.embedding is not None:
+            raise InvalidRequest(
+                f"The model {model.name!r} makes embeddings: use POST /v1/embeddings.",
+                param="model",
+            )
+        return model, targets
+
+    def _route_embedding(self, name: str) -> tuple[ModelSettings, list[Target]]:
+        if self.draining:
+            raise ShuttingDown("The server is shutting down; send the request again.")
+        model, targets = self.router.resolve(name)
+        # Any vendor/model id may be one of OpenRouter's embedding models: it decides.
+        if model.embedding is None and name in self.settings.models:
+            raise InvalidRequest(
+                f"The model {name!r} makes no embeddings; GET /v1/models says which models do "
+                '("capabilities": {"embedding": true}).',
+                param="model",
+            )
+        return model, targets
 
 
 def _nothing() -> None:

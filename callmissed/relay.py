@@ -12,7 +12,7 @@ Which route to stream from, and when a silent upstream has waited too long, is f
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,12 +26,20 @@ from callmissed.formats.openai import (
     normalise_completion,
     plain_content,
 )
-from callmissed.providers import Provider
+from callmissed.providers import Provider, UpstreamRequest
+from callmissed.settings import ModelSettings, Route
 from callmissed.sse import SSEDecoder, event_data
 from callmissed.token_estimate import ascii_output_tokens, estimate_output_tokens
 from callmissed.upstream import UpstreamResponse
 
-__all__ = ["ChatStream", "Chunk", "StreamMeter", "read_completion"]
+__all__ = [
+    "CHAT_COMPLETIONS",
+    "ChatStream",
+    "Chunk",
+    "StreamMeter",
+    "UpstreamAPI",
+    "read_completion",
+]
 
 _DONE = b"[DONE]"
 
@@ -318,3 +326,17 @@ async def read_completion(provider: Provider, response: UpstreamResponse) -> dic
         raise error
     normalise_completion(completion)
     return completion
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamAPI:
+    """An API a request is relayed over: how a provider builds the request, how a whole answer
+    is read, and the stream a streamed one becomes. Chat completions unless an edge passes
+    another (relay_responses.RESPONSES, for upstreams that serve the Responses API)."""
+
+    build: Callable[[Provider, dict[str, Any], Route, ModelSettings], UpstreamRequest]
+    read: Callable[[Provider, UpstreamResponse], Awaitable[dict[str, Any]]]
+    stream: Callable[[Provider, UpstreamResponse, bool], ChatStream]
+
+
+CHAT_COMPLETIONS = UpstreamAPI(Provider.build_request, read_completion, ChatStream)

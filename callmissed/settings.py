@@ -15,10 +15,13 @@ from typing import Any, NamedTuple
 
 __all__ = [
     "Accounting",
+    "EdgeLimits",
+    "EmbeddingSettings",
     "ModelSettings",
     "Prices",
     "ProviderSettings",
     "Resilience",
+    "ResponsesStorage",
     "Route",
     "Settings",
     "SettingsError",
@@ -71,11 +74,13 @@ class Route(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Prices:
-    """USD per million tokens."""
+    """USD per million tokens. `cached_input`: prompt tokens read from the upstream's prompt
+    cache; `cache_write`: prompt tokens written to it (None: billed as input)."""
 
     input: float
     cached_input: float
     output: float
+    cache_write: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +132,40 @@ class Resilience:
 
 
 @dataclass(frozen=True, slots=True)
+class EdgeLimits:
+    """What one client connection may hold of a worker (docs/security.md): the `[server]` table
+    of the config file, each overridden by its CALLMISSED_* variable. Seconds and bytes."""
+
+    max_connections: int = 1000  # open connections per worker; more wait in the listen backlog
+    header_timeout: float = 10.0  # a connection's first bytes to a whole request head
+    body_timeout: float = 30.0  # a request's head to the end of its body (408 past it)
+    idle_timeout: float = 30.0  # a connection with nothing in flight and no bytes either way
+    max_header_bytes: int = 65536  # a request head, HTTP/1.1 (431) and HTTP/2's header list
+    h2_max_streams: int = 100  # concurrent streams on one HTTP/2 connection
+    max_open_body_bytes: int = 65536  # bodies of requests no key or token checked yet
+    write_buffer_bytes: int = 262144  # answer bytes a stream may have waiting for a slow client
+    write_timeout: float = 30.0  # a client taking none of its answer this long is gone
+
+
+@dataclass(frozen=True, slots=True)
+class ResponsesStorage:
+    """What POST /v1/responses keeps for previous_response_id, and how long (docs/responses.md)."""
+
+    retention_days: float = 30.0  # a stored response is purged this long after it was made
+    max_bytes: int = 8 * 1024 * 1024  # one response with its input items; larger: not stored
+    key_bytes: int = 256 * 1024 * 1024  # all of one key's; past it, its oldest go first
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingSettings:
+    """What an embedding model makes (docs/embeddings.md)."""
+
+    dimensions: int | None = None  # its vectors' length; None: whatever the upstream returns
+    shorten: bool = False  # trained for it (Matryoshka): `dimensions` may ask for fewer
+    batch: int | None = None  # inputs per upstream request; None: the provider's own limit
+
+
+@dataclass(frozen=True, slots=True)
 class ModelSettings:
     name: str
     routes: tuple[Route, ...]
@@ -139,6 +178,7 @@ class ModelSettings:
     strategy: str = "ordered"  # or "fastest": the healthy route with the best first-token time
     hedge_after_ms: float | None = None  # start the next route too if no first token by then
     timeouts: Timeouts | None = None  # None: the global ones
+    embedding: EmbeddingSettings | None = None  # an embedding model (None: a chat model)
 
 
 @dataclass(frozen=True)
@@ -157,6 +197,8 @@ class Settings:
     tls_cert: str | None = None
     tls_key: str | None = None
     accounting: Accounting = Accounting()
+    edge: EdgeLimits = EdgeLimits()
+    responses: ResponsesStorage = ResponsesStorage()
 
     @property
     def connect_timeout(self) -> float:
@@ -199,6 +241,8 @@ def load_settings(env: Mapping[str, str] | None = None, config_path: str | None 
         tls_cert=env.get("CALLMISSED_TLS_CERT") or None,
         tls_key=env.get("CALLMISSED_TLS_KEY") or None,
         accounting=_parse_accounting(env, config),
+        edge=_parse_edge(env, config),
+        responses=_from_env(ResponsesStorage(), env, _RESPONSES_ENV),
     )
     validate(settings)
     return settings
@@ -325,6 +369,31 @@ def _parse_model(name: str, table: Mapping[str, Any], defaults: Timeouts) -> Mod
         strategy=table.get("strategy", "ordered"),
         hedge_after_ms=_positive(name, "hedge_after_ms", table.get("hedge_after_ms")),
         timeouts=_with_timeouts(name, defaults, timeouts) if timeouts else None,
+        embedding=_parse_embedding(name, table.get("embedding")),
+    )
+
+
+def _parse_embedding(model: str, value: Any) -> EmbeddingSettings | None:
+    """`embedding = true`, or a table of dimensions, shorten and batch; absent: a chat model."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return EmbeddingSettings()
+    if not isinstance(value, dict):
+        raise SettingsError(f"model {model!r}: embedding must be true or a table")
+    unknown = value.keys() - {"dimensions", "shorten", "batch"}
+    if unknown:
+        raise SettingsError(f"model {model!r}: unknown embedding setting {sorted(unknown)[0]!r}")
+    for key in ("dimensions", "batch"):
+        item = value.get(key)
+        if item is not None and (not isinstance(item, int) or isinstance(item, bool) or item < 1):
+            raise SettingsError(f"model {model!r}: embedding.{key} must be a positive integer")
+    if not isinstance(value.get("shorten", False), bool):
+        raise SettingsError(f"model {model!r}: embedding.shorten must be true or false")
+    if value.get("shorten") and value.get("dimensions") is None:
+        raise SettingsError(f"model {model!r}: embedding.shorten needs embedding.dimensions")
+    return EmbeddingSettings(
+        value.get("dimensions"), value.get("shorten", False), value.get("batch")
     )
 
 
@@ -347,6 +416,11 @@ _RESILIENCE_ENV = {
     "shutdown_grace": "CALLMISSED_SHUTDOWN_GRACE",
     "warm_connections": "CALLMISSED_WARM_CONNECTIONS",
     "warm_interval": "CALLMISSED_WARM_INTERVAL",
+}
+_RESPONSES_ENV = {
+    "retention_days": "CALLMISSED_RESPONSES_RETENTION_DAYS",
+    "max_bytes": "CALLMISSED_RESPONSES_MAX_BYTES",
+    "key_bytes": "CALLMISSED_RESPONSES_KEY_BYTES",
 }
 _MAY_BE_ZERO = frozenset({"warm_connections", "warm_interval", "shutdown_grace", "retry_backoff"})
 
@@ -390,6 +464,46 @@ def _validate_resilience(model: ModelSettings) -> None:
         raise SettingsError(f"model {model.name!r}: hedge_after_ms needs at least two routes")
 
 
+_EDGE_ENV = {
+    "max_connections": "CALLMISSED_MAX_CONNECTIONS",
+    "header_timeout": "CALLMISSED_HEADER_TIMEOUT",
+    "body_timeout": "CALLMISSED_BODY_TIMEOUT",
+    "idle_timeout": "CALLMISSED_IDLE_TIMEOUT",
+    "max_header_bytes": "CALLMISSED_MAX_HEADER_BYTES",
+    "h2_max_streams": "CALLMISSED_H2_MAX_STREAMS",
+    "max_open_body_bytes": "CALLMISSED_MAX_OPEN_BODY_BYTES",
+    "write_buffer_bytes": "CALLMISSED_WRITE_BUFFER_BYTES",
+    "write_timeout": "CALLMISSED_WRITE_TIMEOUT",
+}
+# hyper refuses a read buffer under 8 KiB, and a request line and a few headers need ~1 KiB.
+_EDGE_MINIMUM = {"max_header_bytes": 8192}
+
+
+def _parse_edge(env: Mapping[str, str], config: Mapping[str, Any]) -> EdgeLimits:
+    """`[server]` from the config file, then CALLMISSED_* over it; every limit must be > 0."""
+    table = config.get("server", {})
+    if not isinstance(table, dict):
+        raise SettingsError("[server] must be a table of limits")
+    known = {item.name: item for item in fields(EdgeLimits)}
+    unknown = table.keys() - known.keys()
+    if unknown:
+        raise SettingsError(
+            f"[server]: unknown limit {sorted(unknown)[0]!r} (known: {list(known)})"
+        )
+    defaults = EdgeLimits()
+    values: dict[str, Any] = {}
+    for name, value in table.items():
+        whole = isinstance(getattr(defaults, name), int)
+        if not isinstance(value, int if whole else (int, float)) or isinstance(value, bool):
+            raise SettingsError(f"[server] {name} must be a {'whole ' if whole else ''}number")
+        values[name] = value if whole else float(value)
+    limits: EdgeLimits = _from_env(replace(defaults, **values), env, _EDGE_ENV)
+    for name, minimum in _EDGE_MINIMUM.items():
+        if getattr(limits, name) < minimum:
+            raise SettingsError(f"{_EDGE_ENV[name]} ([server] {name}) must be at least {minimum}")
+    return limits
+
+
 def _parse_accounting(env: Mapping[str, str], config: Mapping[str, Any]) -> Accounting:
     prices = config.get("prices", {})
     if not isinstance(prices, dict):
@@ -413,17 +527,24 @@ def _retention_days(env: Mapping[str, str]) -> float:
 
 
 def _parse_prices(where: str, table: Any) -> Prices:
-    """USD per million tokens; cached_input defaults to input. All must be numbers >= 0."""
+    """USD per million tokens; cached_input and cache_write default to input. All must be
+    numbers >= 0."""
     if not isinstance(table, dict) or not {"input", "output"} <= table.keys():
         raise SettingsError(f"{where}: prices need input and output (USD per million tokens)")
-    unknown = table.keys() - {"input", "cached_input", "output"}
+    unknown = table.keys() - {"input", "cached_input", "cache_write", "output"}
     if unknown:
         raise SettingsError(f"{where}: unknown price {sorted(unknown)[0]!r}")
     values = {"cached_input": table["input"], **table}
     for key, value in values.items():
         if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
             raise SettingsError(f"{where}: price {key} must be a number >= 0")
-    return Prices(float(values["input"]), float(values["cached_input"]), float(values["output"]))
+    write = values.get("cache_write")
+    return Prices(
+        float(values["input"]),
+        float(values["cached_input"]),
+        float(values["output"]),
+        None if write is None else float(write),
+    )
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -3,11 +3,17 @@
 It speaks the OpenAI-compatible wire format as bytes, exactly like a real server would, so the
 whole relay runs unchanged; it only skips the network. Timing comes from each model's
 `simulate` profile in the catalog (first-token and total times from the Getting Started page).
+Embeddings are feature-hashed words: the same text always gets the same unit vector, and texts
+that share words point the same way, so retrieval demos work offline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import math
+import re
+import struct
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -15,9 +21,20 @@ from typing import Any
 
 import orjson
 
+from callmissed.formats.embeddings import encode_vector
 from callmissed.settings import SimProfile
+from callmissed.token_estimate import estimate_embedding_tokens
 
-__all__ = ["SimulatedResponse", "simulate"]
+__all__ = [
+    "MAX_SIM_DIMENSIONS",
+    "SimulatedEmbeddings",
+    "SimulatedResponse",
+    "embed",
+    "simulate",
+    "simulate_embeddings",
+]
+
+MAX_SIM_DIMENSIONS = 8192
 
 _ANSWER = """Quicksort picks a pivot element, partitions the array so that smaller elements
 come before the pivot and larger ones after it, and then sorts the two partitions recursively;
@@ -147,3 +164,84 @@ def _plan(profile: SimProfile, body: Mapping[str, Any]) -> tuple[list[str], list
 
 def _words(source: list[str], count: int) -> list[str]:
     return [source[i % len(source)] for i in range(count)]
+
+
+class SimulatedEmbeddings:
+    """An embeddings answer (or a 400 for an impossible size), made in-process."""
+
+    retry_after: float | None = None
+    http_version = "in-process"
+
+    def __init__(self, body: Mapping[str, Any]) -> None:
+        dimensions = body.get("dimensions")
+        if not isinstance(dimensions, int) or not 1 <= dimensions <= MAX_SIM_DIMENSIONS:
+            self.status = 400
+            message = f"dimensions must be between 1 and {MAX_SIM_DIMENSIONS}"
+            self._body = orjson.dumps({"error": {"message": message, "type": "invalid_request"}})
+            return
+        self.status = 200
+        inputs = body["input"]
+        base64 = body.get("encoding_format") == "base64"
+        data = []
+        for index, item in enumerate(inputs):
+            vector = embed(item, dimensions)
+            data.append(
+                {
+                    "object": "embedding",
+                    "index": index,
+                    "embedding": encode_vector(vector) if base64 else vector,
+                }
+            )
+        tokens = estimate_embedding_tokens(inputs)
+        answer = {
+            "object": "list",
+            "data": data,
+            "model": f"sim/{body.get('model', 'model')}",
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        self._body = orjson.dumps(answer)
+
+    async def read(self) -> bytes:
+        return self._body
+
+    async def receive(self) -> bytes:
+        body, self._body = self._body, b""
+        return body
+
+    def close(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
+def simulate_embeddings(body: bytes) -> SimulatedEmbeddings:
+    return SimulatedEmbeddings(orjson.loads(body))
+
+
+_WORD = re.compile(r"\w+")
+_HITS = struct.Struct("<16I")  # one 64-byte hash per feature: sixteen signed hits
+
+
+def embed(item: str | list[int], dimensions: int) -> list[float]:
+    """A unit vector for a text (its lower-cased words) or token array (its token ids).
+
+    Each feature adds a signed weight at one place in every power-of-two prefix of the vector
+    and at four places anywhere in it, all chosen by its hash: texts that share words point the
+    same way, and a prefix, shortened like a Matryoshka model's vector, is never empty."""
+    if isinstance(item, str):
+        features = [word.encode() for word in _WORD.findall(item.lower())] or [item.encode()]
+    else:
+        features = [b"#%d" % token for token in item]
+    sizes = [1 << level for level in range(12) if 1 << level < dimensions]
+    sizes += [dimensions] * (_HITS.size // 4 - len(sizes))
+    values = [0.0] * dimensions
+    for feature in features:
+        hits = _HITS.unpack(hashlib.blake2b(feature).digest())
+        for size, hit in zip(sizes, hits, strict=False):
+            weight = 1.0 + (hit >> 22) / 1024  # [1, 2): exact cancellations are all but impossible
+            values[(hit >> 1) % size] += weight if hit & 1 else -weight
+    norm = math.sqrt(math.fsum(value * value for value in values))
+    if norm == 0:  # every feature cancelled out: still a unit vector, still the same each time
+        values[0], norm = 1.0, 1.0
+    return [value / norm for value in values]

@@ -1,4 +1,5 @@
-"""A rough input-token count for an OpenAI-format chat body, for when no tokenizer is at hand.
+"""A rough input-token count for an OpenAI-format chat body or embeddings input, for when no
+tokenizer is at hand.
 
 Every upstream tokenizes differently and we ship none of their tokenizers, so this is an
 estimate and says so wherever it is served (docs/anthropic.md, count_tokens). Pure; no I/O.
@@ -6,12 +7,17 @@ estimate and says so wherever it is served (docs/anthropic.md, count_tokens). Pu
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
 
-__all__ = ["ascii_output_tokens", "estimate_input_tokens", "estimate_output_tokens"]
+__all__ = [
+    "ascii_output_tokens",
+    "estimate_embedding_tokens",
+    "estimate_input_tokens",
+    "estimate_output_tokens",
+]
 
 _MESSAGE_TOKENS = 4  # role markers and separators around each message
 _IMAGE_TOKENS = 1600  # ~1.15 megapixels, the size Anthropic scales large images down to
@@ -34,6 +40,14 @@ def estimate_input_tokens(chat: Mapping[str, Any]) -> int:
     if chat.get("tools"):
         total += _text_tokens(orjson.dumps(chat["tools"]).decode())
     return max(total, 1)
+
+
+def estimate_embedding_tokens(inputs: Sequence[str | Sequence[int]]) -> int:
+    """Tokens in embeddings inputs: each text as chat text is (at least one token), each token
+    array exactly."""
+    return sum(
+        max(1, _text_tokens(item)) if isinstance(item, str) else len(item) for item in inputs
+    )
 
 
 def estimate_output_tokens(text: str, pieces: int = 1) -> int:

@@ -7,7 +7,7 @@ Two transports, chosen per provider (docs/performance.md has the measurements):
 - pyreqwest (Rust hyper) for HTTP/2 upstreams: https providers negotiate h2 via ALPN, so one
   multiplexed connection carries many requests. Its streamed read buffer is set to 0 so
   chunks are handed on as they arrive rather than collected into 64 KiB.
-`sim` providers are answered in-process by callmissed/simulator.py.
+`sim` providers are answered in-process by callmissed/simulator.py (chat and embeddings).
 Pools are kept warm (`warm_connections`, `warm_interval`): at start-up and whenever an upstream
 sat idle, its connections are opened ahead of time (HTTP/1.1: bare TCP and TLS handshakes; h2:
 a HEAD), so no user request pays the handshake.
@@ -32,7 +32,7 @@ from callmissed import http1
 from callmissed.errors import UpstreamError, UpstreamTimeout
 from callmissed.providers import Provider, UpstreamRequest
 from callmissed.settings import ProviderSettings, Settings, SimProfile
-from callmissed.simulator import simulate
+from callmissed.simulator import simulate, simulate_embeddings
 
 __all__ = ["Upstream", "UpstreamResponse"]
 
@@ -125,6 +125,8 @@ class Upstream:
     async def send(self, provider: Provider, request: UpstreamRequest) -> UpstreamResponse:
         """POST the request; return once the upstream's status and headers are in."""
         if provider.type == "sim":
+            if request.url.endswith("/embeddings"):
+                return simulate_embeddings(request.body)
             profile = self._profiles.get(request.model)
             if profile is None:
                 raise UpstreamError("the simulator has no such model", provider=provider.name)

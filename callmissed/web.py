@@ -1,4 +1,5 @@
-"""The HTTP edge: a route table, bounded body reading, JSON and streamed responses.
+"""The HTTP edge: a route table, credentials checked before bodies, bounded body reading, JSON
+and streamed responses.
 
 Deliberately tiny instead of a framework: on the hot path every microsecond is the user's
 (docs/performance.md). Handlers raise GatewayError; this module renders it in the dialect of
@@ -17,7 +18,9 @@ from typing import Any, Literal, TypeVar
 
 import orjson
 
+from callmissed.auth import Principal
 from callmissed.errors import (
+    AuthenticationFailed,
     EndpointNotFound,
     GatewayError,
     InvalidRequest,
@@ -31,12 +34,14 @@ __all__ = [
     "App",
     "Dialect",
     "Endpoint",
+    "Guard",
     "Headers",
     "Request",
     "Response",
     "StartStream",
     "StreamResponse",
     "Write",
+    "WriteGate",
     "error_response",
     "json_response",
     "new_request_id",
@@ -49,6 +54,7 @@ __all__ = [
 log = logging.getLogger("callmissed")
 
 T = TypeVar("T")
+_NEVER = 1 << 62
 
 Dialect = Literal["openai", "anthropic"]
 
@@ -67,7 +73,15 @@ class Request:
     body: bytes
     request_id: str
     start_stream: StartStream | None = None  # the edge's, for a stream that must start early
-    query: str = ""  # the raw query string, without its "?" (admin and console endpoints)
+    principal: Principal | None = None  # the key the endpoint's guard checked
+    query: str = ""  # the URL's query string, without the "?"
+
+    @property
+    def key(self) -> Principal:
+        """The caller's key, checked by the edge before the body was read (Endpoint.guard)."""
+        if self.principal is None:
+            raise AuthenticationFailed("This endpoint checks no API key.")
+        return self.principal
 
     def json(self) -> Any:
         try:
@@ -99,12 +113,31 @@ def json_response(
 
 
 Handler = Callable[[Request], Awaitable[Response | StreamResponse]]
+# Checks a request's credential from its headers alone, before its body is read: the key it
+# names, None for an operator token; raises AuthenticationFailed (or AdminDisabled).
+Guard = Callable[[dict[str, str]], Awaitable[Principal | None]]
 
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
+    """A route's handler, its errors' dialect, and its guard: with one, the body may be as large
+    as the full limit once the guard has passed; without, only as large as the open one."""
+
     handler: Handler
     dialect: Dialect = "openai"
+    guard: Guard | None = None
+
+
+class WriteGate:
+    """Holds a stream's writes back while its client has too much of the answer unread
+    (rsgi.py's TCP one); `wait(sent)` returns the `sent` at which to ask again, or raises
+    once the client is taken for gone. The base class never holds anything back."""
+
+    __slots__ = ()
+    first: int = _NEVER  # the `sent` at which to ask first
+
+    async def wait(self, sent: int) -> int:
+        return _NEVER
 
 
 class App:
@@ -119,6 +152,7 @@ class App:
         self,
         routes: dict[tuple[str, str], Endpoint],
         max_body_bytes: int,
+        max_open_body_bytes: int,
         startup: Callable[[], Awaitable[None]],
         shutdown: Callable[[], Awaitable[None]],
     ) -> None:
@@ -131,6 +165,7 @@ class App:
         ]
         self._paths = {path for _, path in self._routes}
         self.max_body_bytes = max_body_bytes
+        self.max_open_body_bytes = max_open_body_bytes
         self.startup = startup
         self.shutdown = shutdown
 
@@ -148,17 +183,26 @@ class App:
                 return endpoint
         return None
 
-    def check_declared_size(self, headers: dict[str, str]) -> None:
-        """Refuse a body whose Content-Length is past the size limit, before reading it."""
-        limit = self.max_body_bytes
+    async def admit(
+        self, endpoint: Endpoint, headers: dict[str, str]
+    ) -> tuple[Principal | None, int]:
+        """Run the endpoint's guard on the headers: the key it checked, and the body limit
+        (the full one past a guard, the open one without). Raises before any body is read."""
+        if endpoint.guard is None:
+            return None, self.max_open_body_bytes
+        return await endpoint.guard(headers), self.max_body_bytes
+
+    def check_declared_size(self, headers: dict[str, str], limit: int) -> None:
+        """Refuse a body whose Content-Length is past `limit`, before reading it."""
         declared = headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise RequestTooLarge(f"The request body is larger than the {limit}-byte limit.")
 
-    async def read_body(self, headers: dict[str, str], parts: AsyncIterator[bytes]) -> bytes:
-        """The request body from the server's `parts`, refused early past the size limit."""
-        self.check_declared_size(headers)
-        limit = self.max_body_bytes
+    async def read_body(
+        self, headers: dict[str, str], parts: AsyncIterator[bytes], limit: int
+    ) -> bytes:
+        """The request body from the server's `parts`, refused early past `limit`."""
+        self.check_declared_size(headers, limit)
         received: list[bytes] = []
         size = 0
         async for part in parts:
@@ -261,10 +305,12 @@ async def write_stream(
     write: Callable[[bytes], Awaitable[None]],
     gone: asyncio.Future[Any],
     request_id: str,
+    gate: WriteGate | None = None,
 ) -> None:
-    """Write the stream's parts with `write`, stopping at once if the client goes (`gone`)."""
+    """Write the stream's parts with `write`, stopping at once if the client goes (`gone`),
+    and holding back while `gate` says the client has too much unread."""
     try:
-        await unless_disconnected(_pump(response.body, write), gone)
+        await unless_disconnected(_pump(response.body, write, gate or _OPEN), gone)
     except Exception as exc:  # the body encoders report their own failures in-band
         log.debug("stream %s ended by the transport: %r", request_id, exc)
     finally:
@@ -273,11 +319,22 @@ async def write_stream(
             response.on_close()
 
 
-async def _pump(body: AsyncIterator[bytes], write: Callable[[bytes], Awaitable[None]]) -> None:
+async def _pump(
+    body: AsyncIterator[bytes], write: Callable[[bytes], Awaitable[None]], gate: WriteGate
+) -> None:
+    # Per part: an addition and a comparison; the gate is asked only every so many bytes.
+    sent = 0
+    ask_at = gate.first
     try:
         async for part in body:
             await write(part)
+            sent += len(part)
+            if sent > ask_at:
+                ask_at = await gate.wait(sent)
     finally:
         aclose = getattr(body, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+_OPEN = WriteGate()

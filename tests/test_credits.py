@@ -79,6 +79,26 @@ def test_cost_counts_cached_and_reasoning_tokens():
     assert cost_of(rates, usage) == 600 + 240 + 7500
 
 
+def test_cache_writes_bill_at_their_own_price_and_never_more_tokens_than_the_prompt():
+    rates = rates_of(Prices(input=3.0, cached_input=0.3, output=15.0, cache_write=3.75))
+    assert rates == Rates(3_000_000, 300_000, 15_000_000, 3_750_000)
+    usage = parse_usage(
+        {
+            "prompt_tokens": 1000,
+            "completion_tokens": 10,
+            "prompt_tokens_details": {"cached_tokens": 600, "cache_write_tokens": 300},
+        }
+    )
+    assert (usage.cached, usage.cache_write) == (600, 300)
+    # 100 uncached x $3/M + 600 reads x $0.30/M + 300 writes x $3.75/M + 10 x $15/M
+    assert cost_of(rates, usage) == 300 + 180 + 1125 + 150
+    # without a cache_write price, writes are prompt tokens like any other
+    assert cost_of(rates_of(Prices(3.0, 0.3, 15.0)), usage) == 300 + 180 + 900 + 150
+    # an upstream that reports more cached than prompt tokens is billed for the prompt only
+    odd = TokenUsage(prompt=100, cached=80, cache_write=80)
+    assert cost_of(rates, odd) == (80 * 300_000 + 20 * 3_750_000 + 500_000) // 1_000_000
+
+
 def test_cost_rounds_to_the_nearest_micro_credit_halves_up():
     rates = rates_of(Prices(0.5, 0.5, 0.5))
     assert cost_of(rates, TokenUsage(prompt=1)) == 1  # 0.5 -> 1

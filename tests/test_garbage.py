@@ -74,7 +74,8 @@ _HELLO = {"role": "user", "content": "Hello"}
 
 async def _one(app: App, endpoint: Endpoint, headers: dict[str, str], body: bytes) -> bytes:
     gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    request = Request("POST", "/v1/chat/completions", headers, body, "req_garbage")
+    principal, _ = await app.admit(endpoint, headers)
+    request = Request("POST", "/v1/chat/completions", headers, body, "req_garbage", None, principal)
     response = await app.respond(endpoint, request, gone)
     assert isinstance(response, StreamResponse), response
     written: list[bytes] = []

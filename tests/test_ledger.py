@@ -512,7 +512,9 @@ def _kill_and_restart(upstream: Any, tmp_path: Path, env: dict[str, str]) -> Non
     threads = [threading.Thread(target=_traffic, args=(first, key, stop, done)) for _ in range(6)]
     for thread in threads:
         thread.start()
-    time.sleep(0.8)
+    deadline = time.monotonic() + 20  # traffic, not time, decides when to kill: a busy machine
+    while len(done) <= 50 and time.monotonic() < deadline:  # completes fewer requests a second
+        time.sleep(0.05)
     _sigkill(first)
     stop.set()
     for thread in threads:

@@ -1,9 +1,10 @@
 """The admin API under /admin/keys, guarded by CALLMISSED_ADMIN_TOKEN (a bearer token).
 
   GET   /admin/keys                  every key (never the key itself)
-  POST  /admin/keys                  create: {name, credits, rpm, tpm, max_concurrent, models}
+  POST  /admin/keys                  create: {name, credits, limit_reset, rpm, tpm,
+                                     max_concurrent, models}
   GET   /admin/keys/{id}             one key, with its last ledger rows
-  PATCH /admin/keys/{id}             change limits / allow-list (fields as in create)
+  PATCH /admin/keys/{id}             change limit_reset, limits, allow-list (as in create)
   POST  /admin/keys/{id}/revoke      revoke: the next request with it gets 401
   POST  /admin/keys/{id}/topup       add credits: {credits}
 
@@ -17,15 +18,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from callmissed.auth import create_key
-from callmissed.console.session import authorize
+from callmissed.console.session import admit
 from callmissed.credits import format_credits, parse_credits
 from callmissed.errors import InvalidRequest, KeyNotFound
 from callmissed.gateway import Gateway
 from callmissed.peers import Peers
 from callmissed.store import NO_POLICY, KeyPolicy, KeyRecord
+from callmissed.store.budget import LIMIT_RESETS
 from callmissed.web import Request, Response, json_response
 
-__all__ = ["describe_key", "keys_collection", "keys_item", "parse_policy"]
+__all__ = ["authorize", "describe_key", "keys_collection", "keys_item", "parse_policy"]
 
 _PREFIX = "/admin/keys/"
 _POLICY_FIELDS = ("rpm", "tpm", "max_concurrent", "models")
@@ -33,8 +35,7 @@ LIMIT_MAX = 2**31 - 1  # the store's INTEGER columns
 
 
 async def keys_collection(gateway: Gateway, request: Request) -> Response:
-    """GET lists, POST creates."""
-    _authorize(gateway, request)
+    """GET lists, POST creates (the edge has checked the admin token: authorize())."""
     if request.method == "GET":
         return json_response({"data": [describe_key(r) for r in await gateway.store.list_keys()]})
     body = _object(request)
@@ -42,13 +43,13 @@ async def keys_collection(gateway: Gateway, request: Request) -> Response:
     if not isinstance(name, str) or not name:
         raise InvalidRequest("'name' must be a non-empty string.", param="name")
     credits = _credits(body.get("credits")) if body.get("credits") is not None else None
-    key, record = await create_key(gateway.store, name, credits, parse_policy(body))
+    limit_reset = _limit_reset(body.get("limit_reset"), credits is not None)
+    key, record = await create_key(gateway.store, name, credits, parse_policy(body), limit_reset)
     return json_response({"key": key, "data": describe_key(record)}, status=201)
 
 
 async def keys_item(gateway: Gateway, peers: Peers, request: Request) -> Response:
     """/admin/keys/{id}[/revoke|/topup]: GET, PATCH, or POST an action."""
-    _authorize(gateway, request)
     key_id, _, action = request.path.removeprefix(_PREFIX).partition("/")
     record = await _record(gateway, key_id)
     match (request.method, action):
@@ -58,7 +59,11 @@ async def keys_item(gateway: Gateway, peers: Peers, request: Request) -> Respons
             fresh = await gateway.store.get_key(record.id) or record
             return json_response({"data": describe_key(fresh), "usage": usage})
         case ("PATCH", ""):
-            policy = parse_policy(_object(request), record.policy)
+            body = _object(request)
+            policy = parse_policy(body, record.policy)
+            if "limit_reset" in body:
+                limit_reset = _limit_reset(body["limit_reset"], record.credits is not None)
+                await gateway.store.set_limit_reset(record.id, limit_reset)
             updated = await gateway.store.set_policy(record.id, policy) or record
         case ("POST", "revoke"):
             await gateway.store.revoke_key(record.id)
@@ -91,6 +96,8 @@ def describe_key(record: KeyRecord) -> dict[str, Any]:
         "credits": format_credits(record.credits),
         "granted": format_credits(record.granted),
         "spent": format_credits(record.spent),
+        "limit_reset": record.limit_reset,
+        "window_start": record.window_start,
         "rpm": policy.rpm,
         "tpm": policy.tpm,
         "max_concurrent": policy.max_concurrent,
@@ -121,9 +128,11 @@ def parse_policy(body: Mapping[str, Any], current: KeyPolicy = NO_POLICY) -> Key
     return KeyPolicy(**values)
 
 
-def _authorize(gateway: Gateway, request: Request) -> None:
-    # The admin token as a bearer token, or a console session (console/session.py).
-    authorize(gateway.settings, request)
+def authorize(token: str | None, headers: Mapping[str, str], write: bool = False) -> None:
+    """The edge's guard for every admin endpoint: `token` is CALLMISSED_ADMIN_TOKEN, sent as a
+    bearer token, or a console session's cookie (console/session.py), whose writes must carry
+    the session's CSRF token."""
+    admit(token, headers, write)
 
 
 async def _record(gateway: Gateway, key_id: str) -> KeyRecord:
@@ -138,6 +147,21 @@ def _object(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     return body
+
+
+def _limit_reset(value: Any, metered: bool) -> str | None:
+    """`limit_reset` from a JSON body: one of LIMIT_RESETS, or null for a limit that never
+    resets; only a key with a credit limit has one to reset."""
+    if value is not None and value not in LIMIT_RESETS:
+        raise InvalidRequest(
+            f"'limit_reset' must be one of {', '.join(LIMIT_RESETS)}, or null.", param="limit_reset"
+        )
+    if value is not None and not metered:
+        raise InvalidRequest(
+            "'limit_reset' needs a credit limit: an unlimited key has nothing to reset.",
+            param="limit_reset",
+        )
+    return None if value is None else str(value)
 
 
 def _credits(value: Any) -> int:

@@ -1,6 +1,7 @@
 """The Anthropic Messages edge: POST /v1/messages and POST /v1/messages/count_tokens.
 
-A thin edge: it authenticates (`x-api-key` or `Authorization: Bearer`), translates with
+A thin edge: the key (`x-api-key` or `Authorization: Bearer`) was checked by web.App before the
+body was read; this translates with
 formats/anthropic*.py, and hands the OpenAI-format body to the same gateway use-cases as the
 OpenAI edge, so keys, routing, reasoning and usage are one path. Framing follows wire-formats.md
 §2.4-2.5: `event:` + `data:` on every event, and a failure after the first byte goes out as
@@ -15,7 +16,6 @@ from collections.abc import AsyncIterator
 
 import orjson
 
-from callmissed.auth import Principal
 from callmissed.errors import GatewayError, to_anthropic
 from callmissed.formats.anthropic import parse_message_request
 from callmissed.formats.anthropic_message import MessageStreamEncoder, build_message
@@ -32,7 +32,7 @@ log = logging.getLogger("callmissed")
 
 
 async def create_message(gateway: Gateway, request: Request) -> Response | StreamResponse:
-    principal = await _authenticate(gateway, request)
+    principal = request.key
     body = request.json()
     message = parse_message_request(body)
     tags = request_tags(request.headers, body)
@@ -41,7 +41,8 @@ async def create_message(gateway: Gateway, request: Request) -> Response | Strea
         completion, info = await gateway.complete(
             principal, message.chat, request_id=request.request_id, tags=tags
         )
-        return json_response(build_message(completion, message), headers=info.headers() + headers)
+        answer = build_message(completion, message, info.prompt_estimate)
+        return json_response(answer, headers=info.headers() + headers)
     request_id = request.request_id
     keepalive = gateway.keepalive(request.start_stream, headers)
     opening = gateway.open_stream(principal, message.chat, False, request_id=request_id, tags=tags)
@@ -51,24 +52,17 @@ async def create_message(gateway: Gateway, request: Request) -> Response | Strea
         return StreamResponse(in_band_error(failed.error, _error_event, request_id))
     if not keepalive.started:  # else the headers went out with the first comment
         headers = info.headers() + headers
-    events = _aiter_events(stream, MessageStreamEncoder(message), request_id)
+    encoder = MessageStreamEncoder(message, info.prompt_estimate)
+    events = _aiter_events(stream, encoder, request_id)
     return StreamResponse(events, headers, stream.close)
 
 
 async def count_tokens(gateway: Gateway, request: Request) -> Response:
     """An estimate (token_estimate.py), marked as one; the model must exist, nothing is billed."""
-    await _authenticate(gateway, request)
     message = parse_message_request(request.json(), count_only=True)
     gateway.router.model(message.model)
     headers = [(b"request-id", request.request_id.encode()), (b"x-callmissed-estimate", b"true")]
     return json_response({"input_tokens": estimate_input_tokens(message.chat)}, headers=headers)
-
-
-async def _authenticate(gateway: Gateway, request: Request) -> Principal:
-    # The SDK sends `api_key` as x-api-key and `auth_token` as a bearer token (§2.1).
-    return await gateway.auth.authenticate(
-        request.headers.get("authorization"), request.headers.get("x-api-key")
-    )
 
 
 async def _aiter_events(

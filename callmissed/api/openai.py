@@ -30,7 +30,7 @@ _DONE = b"data: [DONE]\n\n"
 
 
 async def create_chat_completion(gateway: Gateway, request: Request) -> Response | StreamResponse:
-    principal = await gateway.auth.authenticate(request.headers.get("authorization"))
+    principal = request.key
     body = request.json()
     check_chat_request(body)
     tags = request_tags(request.headers, body)
@@ -77,14 +77,12 @@ def _error_event(exc: GatewayError) -> bytes:
 
 
 async def list_models(gateway: Gateway, request: Request) -> Response:
-    await gateway.auth.authenticate(request.headers.get("authorization"))
     data = [_describe(gateway, model) for model in gateway.settings.models.values()]
     return json_response({"object": "list", "data": data})
 
 
 async def retrieve_model(gateway: Gateway, request: Request) -> Response:
     """GET /v1/models/{id}: any id we can route, including vendor/model ids via OpenRouter."""
-    await gateway.auth.authenticate(request.headers.get("authorization"))
     model = gateway.router.model(request.path.removeprefix("/v1/models/"))
     return json_response(_describe(gateway, model))
 
@@ -103,8 +101,11 @@ def _describe(gateway: Gateway, model: ModelSettings) -> dict[str, Any]:
         "strategy": model.strategy,
         "health": [gateway.health.describe(r) for r in model.routes],
         "available": unavailable is None,
+        "capabilities": {"chat": model.embedding is None, "embedding": model.embedding is not None},
         "reasoning_effort": _reasoning_capability(gateway, model),
     }
+    if model.embedding is not None:
+        entry["embedding"] = _embedding_capability(gateway, model)
     if unavailable:
         entry["unavailable_reason"] = unavailable
     if model.description:
@@ -115,9 +116,25 @@ def _describe(gateway: Gateway, model: ModelSettings) -> dict[str, Any]:
         entry["pricing"] = {
             "input_per_million": model.prices.input,
             "cached_input_per_million": model.prices.cached_input,
+            "cache_write_per_million": (
+                model.prices.input if model.prices.cache_write is None else model.prices.cache_write
+            ),
             "output_per_million": model.prices.output,
         }
     return entry
+
+
+def _embedding_capability(gateway: Gateway, model: ModelSettings) -> dict[str, Any]:
+    """Its vectors' length (null: the upstream's), whether `dimensions` may ask for fewer, and
+    how many inputs go to its first route at once (more are split: docs/embeddings.md)."""
+    embedding = model.embedding
+    assert embedding is not None
+    provider = gateway.providers[model.routes[0].provider]
+    return {
+        "dimensions": embedding.dimensions,
+        "shorten": embedding.shorten,
+        "batch": embedding.batch or provider.embedding_batch,
+    }
 
 
 def _reasoning_capability(gateway: Gateway, model: ModelSettings) -> dict[str, Any]:

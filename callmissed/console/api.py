@@ -1,7 +1,8 @@
 """The console's admin JSON endpoints (docs/console.md): what every console page reads.
 
-Each takes the admin bearer token or a console session (session.py), so each is as usable from
-curl or a script as from the console. They read through the console's own connections
+Each is behind the admin guard (the admin bearer token or a console session, session.py, checked
+by the edge before the handler runs), so each is as usable from curl or a script as from the
+console. They read through the console's own connections
 (database.py): ledger pages through indexes, every sum from the rollups (queries.py).
 """
 
@@ -18,7 +19,6 @@ from callmissed.console import fleet, queries
 from callmissed.console.database import ConsoleDatabase
 from callmissed.console.overview import RANGES, Totals, build_overview, metrics_of, parse_range
 from callmissed.console.retention import MINUTE_ROLLUP_DAYS, Retention
-from callmissed.console.session import authorize
 from callmissed.credits import format_credits
 from callmissed.errors import InvalidRequest, RequestNotFound
 from callmissed.gateway import Gateway
@@ -46,12 +46,8 @@ class ConsoleAPI:
         self._db = db
         self._retention = retention
 
-    def _authorize(self, request: Request) -> dict[str, str]:
-        authorize(self._gateway.settings, request)
-        return _query(request)
-
     async def overview(self, request: Request) -> Response:
-        query = self._authorize(request)
+        query = _query(request)
         range_ = parse_range(query.get("range")).coarsened(self._retention.days)
         tag = query.get("tag") or ""
         now = time.time()
@@ -64,7 +60,7 @@ class ConsoleAPI:
         return _json({**build_overview(range_, now, rows, keys), "tag": tag or None})
 
     async def list_requests(self, request: Request) -> Response:
-        query = self._authorize(request)
+        query = _query(request)
         where = queries.parse_filter(query)
         limit = _limit(query.get("limit"))
         cursor = query.get("cursor")
@@ -86,7 +82,6 @@ class ConsoleAPI:
         )
 
     async def retrieve_request(self, request: Request) -> Response:
-        self._authorize(request)
         request_id = request.path.removeprefix("/admin/requests/")
         rows = await self._db.fetch(queries.request_sql(), request_id[:256])
         if not rows:
@@ -100,7 +95,6 @@ class ConsoleAPI:
         return _json({"data": describe_request(rows[0], detail=True)})
 
     async def routes(self, request: Request) -> Response:
-        self._authorize(request)
         live = await fleet.fleet_health(self._gateway, self._peers)
         since = int(time.time()) // 60 * 60 - 3600
         rows = await self._db.fetch(queries.by_route_sql(60, "route"), 60, "", since)
@@ -121,7 +115,7 @@ class ConsoleAPI:
         return _json({**{k: v for k, v in live.items() if k != "routes"}, "data": data})
 
     async def tags(self, request: Request) -> Response:
-        query = self._authorize(request)
+        query = _query(request)
         range_ = parse_range(query.get("range")).coarsened(self._retention.days)
         sql = queries.tags_sql(self._db.dialect)
         rows = await self._db.fetch(sql, range_.period, range_.since(time.time()))
@@ -130,7 +124,7 @@ class ConsoleAPI:
         return _json({"range": range_.name, "data": data})
 
     async def key_usage(self, request: Request) -> Response:
-        query = self._authorize(request)
+        query = _query(request)
         range_ = parse_range(query.get("range") or "30d")
         since = range_.since(time.time())
         if range_.key_period == 86400:
@@ -152,7 +146,6 @@ class ConsoleAPI:
         return _json({"range": range_.name, "data": data})
 
     async def facets(self, request: Request) -> Response:
-        self._authorize(request)
         since = (int(time.time()) // 86400 - _FACET_DAYS) * 86400
         found = {}
         for column in ("model", "route", "tag"):
@@ -161,7 +154,6 @@ class ConsoleAPI:
         return _json({**found, "ranges": list(RANGES)})
 
     async def retention(self, request: Request) -> Response:
-        self._authorize(request)
         ran = None
         if request.method == "POST":
             ran = await self._retention.run()

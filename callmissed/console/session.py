@@ -16,12 +16,11 @@ import hmac
 import secrets
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from callmissed.auth import bearer_matches
 from callmissed.errors import AdminDisabled, AuthenticationFailed, PermissionDenied, RateLimited
-from callmissed.settings import Settings
-from callmissed.web import Request
 
 __all__ = [
     "COOKIE",
@@ -29,7 +28,7 @@ __all__ = [
     "SESSION_SECONDS",
     "Session",
     "SignIns",
-    "authorize",
+    "admit",
     "clear_cookie",
     "read_session",
     "session_cookie",
@@ -38,7 +37,6 @@ __all__ = [
 COOKIE = "callmissed_console"
 CSRF_HEADER = "x-csrf-token"
 SESSION_SECONDS = 12 * 3600
-_READS = ("GET", "HEAD")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,22 +45,22 @@ class Session:
     csrf: str
 
 
-def authorize(settings: Settings, request: Request) -> Session | None:
-    """Let the request through, or raise: the admin bearer token (None: no session), or a
-    console session whose writes carry its CSRF token and a same-origin Origin."""
-    token = settings.accounting.admin_token
+def admit(token: str | None, headers: Mapping[str, str], write: bool) -> Session | None:
+    """Let an admin request through, from its headers alone, or raise: the admin token as a
+    bearer token (None: no session), or a console session whose writes carry its CSRF token
+    and a same-origin Origin. `token` is CALLMISSED_ADMIN_TOKEN."""
     if token is None:
         raise AdminDisabled("The admin API is off: set CALLMISSED_ADMIN_TOKEN to turn it on.")
-    if bearer_matches(request.headers.get("authorization"), token):
+    if bearer_matches(headers.get("authorization"), token):
         return None
-    session = read_session(token, request.headers.get("cookie"))
+    session = read_session(token, headers.get("cookie"))
     if session is None:
         raise AuthenticationFailed(
             "The admin API needs 'Authorization: Bearer <admin token>' or a console session."
         )
-    if request.method not in _READS:
-        _check_same_origin(request)
-        given = request.headers.get(CSRF_HEADER, "")
+    if write:
+        _check_same_origin(headers)
+        given = headers.get(CSRF_HEADER, "")
         if not hmac.compare_digest(given.encode(), session.csrf.encode()):
             raise PermissionDenied(f"A console write needs its session's {CSRF_HEADER} header.")
     return session
@@ -122,12 +120,12 @@ class SignIns:
         self._failures.append(time.monotonic())
 
 
-def _check_same_origin(request: Request) -> None:
-    origin = request.headers.get("origin")
+def _check_same_origin(headers: Mapping[str, str]) -> None:
+    origin = headers.get("origin")
     if origin is None:
         return  # not a browser's cross-site request: those carry one (and no cookie, Strict)
-    host = request.headers.get("host") or request.headers.get(":authority") or ""
-    if origin.partition("://")[2].rstrip("/") != host:
+    hosts = {headers.get(name) for name in ("host", ":authority", "x-forwarded-host")}
+    if origin.partition("://")[2].rstrip("/") not in hosts - {None}:
         raise PermissionDenied("A console write must come from the console's own origin.")
 
 

@@ -19,7 +19,7 @@ from callmissed.console.database import open_console_database
 from callmissed.console.retention import Retention
 from callmissed.console.session import (
     SignIns,
-    authorize,
+    admit,
     clear_cookie,
     read_session,
     session_cookie,
@@ -27,7 +27,7 @@ from callmissed.console.session import (
 from callmissed.errors import AdminDisabled, AuthenticationFailed, InvalidRequest
 from callmissed.gateway import Gateway
 from callmissed.peers import Peers
-from callmissed.web import Endpoint, Request, Response, json_response
+from callmissed.web import Endpoint, Guard, Request, Response, json_response
 
 __all__ = ["Console"]
 
@@ -85,7 +85,8 @@ class Console:
         await self.retention.close()
         await self._db.close()
 
-    def routes(self) -> dict[tuple[str, str], Endpoint]:
+    def routes(self, read: Guard | None, write: Guard | None) -> dict[tuple[str, str], Endpoint]:
+        """The console's pages and sign-in (open), and its API behind the admin guards."""
         api = self.api
         data: dict[str, Handler] = {
             "/admin/overview": api.overview,
@@ -102,8 +103,8 @@ class Console:
             ("GET", "/console/"): Endpoint(_redirect),
             **{("GET", f"/console/{name}"): Endpoint(self._static(name)) for name in _STATIC},
             **{(method, "/console/session"): Endpoint(self.session) for method in _SESSION},
-            **{("GET", path): Endpoint(handler) for path, handler in data.items()},
-            ("POST", "/admin/retention"): Endpoint(api.retention),
+            **{("GET", path): Endpoint(handler, guard=read) for path, handler in data.items()},
+            ("POST", "/admin/retention"): Endpoint(api.retention, guard=write),
         }
 
     async def page(self, request: Request) -> Response:
@@ -138,7 +139,7 @@ class Console:
             )
         if request.method == "DELETE":
             if read_session(token, request.headers.get("cookie")) is not None:
-                authorize(self._settings, request)  # a sign-out is a write: same origin, CSRF
+                admit(token, request.headers, write=True)  # a sign-out is a write
             return _no_store({"signed_in": False}, [(b"set-cookie", clear_cookie(secure).encode())])
         return self._sign_in(request, token, secure)
 

@@ -1,7 +1,8 @@
 """Anthropic Messages requests, checked and translated into the OpenAI chat dialect we route.
 
-Pure translation, no I/O (wire-formats.md §2.7). The answer's way back (chat.completion and
-chunks into Messages) is formats/anthropic_message.py.
+Pure translation, no I/O (wire-formats.md §2.7). Prompt-cache breakpoints (`cache_control` on
+system, message and tool blocks, or at the top level) land where OpenRouter reads them in that
+dialect: on content parts and tools. The answer's way back is formats/anthropic_message.py.
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ def parse_message_request(body: Any, *, count_only: bool = False) -> MessageRequ
     if stop_sequences:
         chat["stop"] = list(stop_sequences)
     _add_tools(body, chat)
+    cache_control = body.get("cache_control")
+    if cache_control is not None:
+        _mark_last_block(chat["messages"], _cache_control(cache_control, "cache_control"))
     thinking = _add_reasoning(body, chat)
     metadata = _optional(body, "metadata", dict, "an object") or {}
     if isinstance(metadata.get("user_id"), str) and metadata["user_id"]:
@@ -164,10 +168,34 @@ def _text_part(block: Mapping[str, Any], where: str) -> dict[str, Any]:
     text = block.get("text")
     if not isinstance(text, str):
         raise _invalid(f"{where}.text", "must be a string")
-    part: dict[str, Any] = {"type": "text", "text": text}
+    return _cached({"type": "text", "text": text}, block, where)
+
+
+def _cached(part: dict[str, Any], block: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """`part` with the block's cache_control breakpoint, if it has one."""
     if block.get("cache_control") is not None:
-        part["cache_control"] = block["cache_control"]
+        part["cache_control"] = _cache_control(block["cache_control"], f"{where}.cache_control")
     return part
+
+
+def _cache_control(value: Any, param: str) -> dict[str, Any]:
+    if not isinstance(value, dict) or not isinstance(value.get("type"), str):
+        raise _invalid(param, "must be an object like {'type': 'ephemeral'}")
+    return value
+
+
+def _mark_last_block(messages: list[dict[str, Any]], cache_control: dict[str, Any]) -> None:
+    """Top-level cache_control: a breakpoint on the request's last block that can take one (the
+    last non-empty content), as Anthropic's automatic caching places it."""
+    for message in reversed(messages):
+        content = message.get("content")
+        if isinstance(content, str) and content:
+            message["content"] = [{"type": "text", "text": content}]
+        elif not (isinstance(content, list) and content):
+            continue
+        last = message["content"][-1]
+        last.setdefault("cache_control", cache_control)
+        return
 
 
 def _user_messages(blocks: list[dict[str, Any]], param: str) -> list[dict[str, Any]]:
@@ -192,9 +220,10 @@ def _user_part(block: Mapping[str, Any], where: str) -> dict[str, Any]:
     if kind == "text":
         return _text_part(block, where)
     if kind == "image":
-        return {"type": "image_url", "image_url": {"url": _source_url(block.get("source"), where)}}
+        url = _source_url(block.get("source"), where)
+        return _cached({"type": "image_url", "image_url": {"url": url}}, block, where)
     if kind == "document":
-        return _document_part(block, where)
+        return _cached(_document_part(block, where), block, where)
     raise _invalid(
         f"{where}.type", f"{kind!r} is not supported here (text, image, document, tool_result)"
     )
@@ -225,46 +254,50 @@ def _document_part(block: Mapping[str, Any], where: str) -> dict[str, Any]:
 def _tool_message(
     block: Mapping[str, Any], where: str
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """A tool message for a tool_result, and any images in it (tool messages take only text)."""
+    """A tool message for a tool_result, and any images in it (tool messages take only text).
+
+    Its text is one string, or text parts when a breakpoint is set on the result or in it."""
     tool_use_id = block.get("tool_use_id")
     if not isinstance(tool_use_id, str):
         raise _invalid(f"{where}.tool_use_id", "must be a string")
     content = block.get("content")
-    texts: list[str] = []
+    texts: list[dict[str, Any]] = []
     attachments: list[dict[str, Any]] = []
     if isinstance(content, str):
-        texts.append(content)
+        texts.append({"type": "text", "text": content})
     elif isinstance(content, list) and all(isinstance(item, dict) for item in content):
         for position, item in enumerate(content):
             part = _user_part(item, f"{where}.content[{position}]")
-            if part["type"] == "text":
-                texts.append(part["text"])
-            else:
-                attachments.append(part)
+            (texts if part["type"] == "text" else attachments).append(part)
     elif content is not None:
         raise _invalid(f"{where}.content", "must be a string or an array of content blocks")
-    text = "\n".join(texts)
-    if block.get("is_error") is True:
-        text = f"Error: {text}"  # OpenAI tool messages have no error flag
+    if block.get("is_error") is True:  # OpenAI tool messages have no error flag
+        first = texts[0] if texts else {"type": "text", "text": ""}
+        texts[:1] = [{**first, "text": f"Error: {first['text']}"}]
+    if texts and texts[-1]["text"]:  # Anthropic takes no breakpoint on an empty text block
+        texts[-1] = _cached(texts[-1], block, where)
+    text: str | list[dict[str, Any]] = texts
+    if not any("cache_control" in part for part in texts):
+        text = "\n".join(part["text"] for part in texts)
     return {"role": "tool", "tool_call_id": tool_use_id, "content": text}, attachments
 
 
 def _assistant_message(blocks: list[dict[str, Any]], param: str) -> dict[str, Any]:
-    texts: list[str] = []
+    texts: list[dict[str, Any]] = []
     calls: list[dict[str, Any]] = []
     thoughts: list[str] = []
     for position, block in enumerate(blocks):
         where = f"{param}.content[{position}]"
         kind = block.get("type")
         if kind == "text":
-            texts.append(_text_part(block, where)["text"])
+            texts.append(_text_part(block, where))
         elif kind == "tool_use":
             calls.append(_tool_call(block, where))
         elif kind == "thinking":
             thoughts.append(str(block.get("thinking") or ""))
         elif kind != "redacted_thinking":  # encrypted for Anthropic's models; nobody else reads it
             raise _invalid(f"{where}.type", f"{kind!r} is not supported in an assistant turn")
-    message: dict[str, Any] = {"role": "assistant", "content": "\n".join(texts)}
+    message: dict[str, Any] = {"role": "assistant", "content": _content(texts)}
     if calls:
         message["tool_calls"] = calls
         if not texts:
@@ -332,7 +365,7 @@ def _tool(tool: Any, param: str) -> dict[str, Any]:
     function["parameters"] = schema
     if isinstance(tool.get("strict"), bool):
         function["strict"] = tool["strict"]
-    return {"type": "function", "function": function}
+    return _cached({"type": "function", "function": function}, tool, param)
 
 
 def _add_reasoning(body: Mapping[str, Any], chat: dict[str, Any]) -> bool:

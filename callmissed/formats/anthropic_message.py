@@ -26,8 +26,11 @@ _STOP_REASONS = {
 }
 
 
-def build_message(completion: Mapping[str, Any], request: MessageRequest) -> dict[str, Any]:
-    """A Messages `message` for a normalised chat.completion (see relay.read_completion)."""
+def build_message(
+    completion: Mapping[str, Any], request: MessageRequest, input_estimate: int = 0
+) -> dict[str, Any]:
+    """A Messages `message` for a normalised chat.completion (see relay.read_completion);
+    `input_estimate` is its input_tokens if the upstream reported no usage."""
     choices = completion.get("choices") or [{}]
     choice = _dict(choices[0])
     message = _dict(choice.get("message"))
@@ -52,13 +55,15 @@ def build_message(completion: Mapping[str, Any], request: MessageRequest) -> dic
         "content": content,
         "stop_reason": stop_reason,
         "stop_sequence": stop_sequence,
-        "usage": build_usage(completion.get("usage")),
+        "usage": build_usage(completion.get("usage"), input_estimate),
     }
 
 
-def build_usage(usage: Any) -> dict[str, Any]:
-    """Anthropic usage for OpenAI usage. input_tokens excludes cache reads and writes (§2.7)."""
-    usage = _dict(usage)
+def build_usage(usage: Any, input_estimate: int = 0) -> dict[str, Any]:
+    """Anthropic usage for OpenAI usage. input_tokens excludes cache reads and writes (§2.7);
+    without usage it is `input_estimate`, the prompt as the gateway estimated (and billed) it."""
+    if not isinstance(usage, dict):
+        return {"input_tokens": input_estimate, "output_tokens": 0}
     details = _dict(usage.get("prompt_tokens_details"))
     read, write = details.get("cached_tokens"), details.get("cache_write_tokens")
     cached = _count(read) + _count(write)
@@ -143,12 +148,15 @@ class MessageStreamEncoder:
     start() first, feed() each normalised chunk, finish() with the upstream usage once the
     chunks end. Blocks open one at a time with dense indices, as the SDK's accumulator needs
     (wire-formats.md §2.5); the finish reason is held until the usage is known.
+    `input_estimate` is the prompt's estimated tokens: message_start's input_tokens, which agents
+    read to track their context before the upstream's exact figures end the stream.
     """
 
-    __slots__ = ("_block", "_finish", "_index", "_matched", "_request", "_tool")
+    __slots__ = ("_block", "_finish", "_index", "_input", "_matched", "_request", "_tool")
 
-    def __init__(self, request: MessageRequest) -> None:
+    def __init__(self, request: MessageRequest, input_estimate: int = 0) -> None:
         self._request = request
+        self._input = input_estimate
         self._index = 0  # the open block's index, or the next block's
         self._block: str | None = None  # the open block's type
         self._tool: Any = None  # the upstream tool-call index of the open tool_use block
@@ -156,7 +164,8 @@ class MessageStreamEncoder:
         self._matched: Any = None
 
     def start(self) -> bytes:
-        """message_start (usage is zero until the upstream reports it at the end), then a ping."""
+        """message_start, with the estimated input_tokens (upstreams report usage only at the
+        end; message_delta overwrites it with theirs), then a ping."""
         message: dict[str, Any] = {
             "id": _new_id("msg_"),
             "type": "message",
@@ -165,7 +174,12 @@ class MessageStreamEncoder:
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": {"input_tokens": 0, "output_tokens": 0},
+            "usage": {
+                "input_tokens": self._input,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+                "output_tokens": 0,
+            },
         }
         return _event({"type": "message_start", "message": message}) + _PING
 
@@ -195,7 +209,7 @@ class MessageStreamEncoder:
             self._finish, self._matched, self._request.stop_sequences
         )
         delta = {"stop_reason": stop_reason, "stop_sequence": stop_sequence}
-        usage = build_usage(usage)
+        usage = build_usage(usage, self._input)
         events.append(_event({"type": "message_delta", "delta": delta, "usage": usage}))
         events.append(_MESSAGE_STOP)
         return b"".join(events)

@@ -138,7 +138,7 @@ async function loadModels(preferred) {
     headers: { authorization: `Bearer ${$("key").value}` },
   });
   if (!response.ok) return;
-  const { data } = await response.json();
+  const data = (await response.json()).data.filter((model) => model.capabilities?.chat !== false);
   $("model").replaceChildren(...data.map((model) => {
     const option = new Option(`${model.id} — ${model.route}${model.available ? "" : " (unavailable)"}`,
       model.id);

@@ -1,7 +1,8 @@
 """The provider contract: how a request reaches one upstream API and how its failures read.
 
-A provider is pure translation: it builds the upstream request and turns upstream errors into
-our error tree. It performs no I/O; callmissed/upstream.py does all outbound HTTP.
+A provider is pure translation: it builds the upstream request (chat, or one batch of embeddings
+inputs) and turns upstream answers and errors into ours. It performs no I/O;
+callmissed/upstream.py does all outbound HTTP.
 The base class speaks the OpenAI-compatible dialect every current upstream shares; a provider
 module overrides only what its upstream does differently.
 """
@@ -19,6 +20,7 @@ from callmissed.errors import (
     UpstreamRejected,
     UpstreamTimeout,
 )
+from callmissed.formats.embeddings import EmbeddingBatch
 from callmissed.settings import ModelSettings, ProviderSettings, Route
 
 __all__ = ["Provider", "UpstreamRequest"]
@@ -48,11 +50,16 @@ class Provider:
 
     type: ClassVar[str] = "openai"
     label: ClassVar[str] = "OpenAI-compatible upstream"
+    serves_responses: ClassVar[bool] = False  # also POST /responses (relay_responses.py)
+    # The most inputs one upstream embeddings request may carry: OpenAI's own limit. A model's
+    # `embedding.batch` in the catalog says less where its upstream accepts less.
+    embedding_batch: ClassVar[int] = 2048
 
     def __init__(self, settings: ProviderSettings) -> None:
         self.name = settings.name
         self.settings = settings
         self._url = f"{settings.base_url}/chat/completions"
+        self._embeddings_url = f"{settings.base_url}/embeddings"
         self._headers = {"content-type": "application/json", **self.extra_headers()}
         self._headers.update(settings.headers)
         if settings.api_key:
@@ -73,8 +80,52 @@ class Provider:
         self.adapt_body(body, model)
         return UpstreamRequest(self._url, self._headers, orjson.dumps(body), route.upstream_model)
 
+    def build_responses_request(
+        self, body: dict[str, Any], route: Route, model: ModelSettings
+    ) -> UpstreamRequest:
+        """A Responses API body, for an upstream that serves_responses: the client's with the
+        upstream model id, and the effort the reasoning matrix chose back in `reasoning`."""
+        body = {**body, "model": route.upstream_model}
+        if "reasoning_effort" in body:
+            effort = body.pop("reasoning_effort")
+            body["reasoning"] = {**(body.get("reasoning") or {}), "effort": effort}
+        url = f"{self.settings.base_url}/responses"
+        return UpstreamRequest(url, self._headers, orjson.dumps(body), route.upstream_model)
+
     def adapt_body(self, body: dict[str, Any], model: ModelSettings) -> None:
         """Upstream-specific edits, in place. The base dialect needs none."""
+
+    def build_embedding_request(
+        self, body: dict[str, Any], inputs: list[Any], route: Route, model: ModelSettings
+    ) -> UpstreamRequest:
+        """One batch of the client's embeddings body: its `inputs`, this route's model id, every
+        other field as the client sent it. `body` is not modified."""
+        body = {**body, "model": route.upstream_model, "input": inputs}
+        return UpstreamRequest(
+            self._embeddings_url, self._headers, orjson.dumps(body), route.upstream_model
+        )
+
+    def parse_embeddings(self, body: bytes) -> EmbeddingBatch:
+        """The vectors of an OpenAI-format embeddings answer, in input order (by `index`)."""
+        payload = _loads(body)
+        if not isinstance(payload, dict):
+            raise self.make_error(502, "the embeddings answer is not a JSON object", None)
+        error = self.stream_error(payload)
+        if error is not None:
+            raise error
+        data = payload.pop("data", None)
+        if not isinstance(data, list) or not all(
+            isinstance(item, dict) and isinstance(item.get("index", 0), int) for item in data
+        ):
+            raise self.make_error(502, "the embeddings answer has no list of embeddings", None)
+        data.sort(key=lambda item: item.get("index", 0))
+        usage = payload.pop("usage", None)
+        prompt = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        return EmbeddingBatch(
+            [item.get("embedding") for item in data],
+            prompt if isinstance(prompt, int) and not isinstance(prompt, bool) else None,
+            payload,
+        )
 
     def parse_error(self, status: int, body: bytes, retry_after: float | None) -> UpstreamError:
         """Turn an upstream error response into the right UpstreamError."""

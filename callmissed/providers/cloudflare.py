@@ -1,9 +1,14 @@
-"""Cloudflare Workers AI through its OpenAI-compatible `/ai/v1/chat/completions` endpoint.
+"""Cloudflare Workers AI: chat through `/ai/v1/chat/completions`, embeddings through `/ai/run`.
 
-What differs from the base dialect (wire-formats.md §3.3-3.4):
+What differs from the base dialect (docs/providers.md):
 - a missing `max_tokens` means 256 upstream, so we always send the model's real output cap;
 - `content: null` on a message fails Workers AI's schema check, so it becomes "";
-- errors come in Cloudflare's v4 envelope (`errors` as a list or an object) with internal codes.
+- errors come in Cloudflare's v4 envelope (`errors` as a list or an object) with internal codes;
+- embeddings use each model's native `/ai/run/{model}` API, `{"text": [...]}` in and
+  `{"result": {"shape", "data"}}` out, whose per-model schema is published for every embedding
+  model (at most 100 texts a request; qwen3-embedding 32), unlike `/ai/v1/embeddings`
+  (docs/embeddings.md says why). It takes text only, reports no token counts and has no
+  `dimensions`: the gateway estimates the tokens and shortens vectors itself.
 """
 
 from __future__ import annotations
@@ -12,9 +17,10 @@ from typing import Any
 
 import orjson
 
-from callmissed.errors import UpstreamError
-from callmissed.providers.base import Provider
-from callmissed.settings import ModelSettings
+from callmissed.errors import InvalidRequest, UpstreamError
+from callmissed.formats.embeddings import EmbeddingBatch
+from callmissed.providers.base import Provider, UpstreamRequest
+from callmissed.settings import ModelSettings, ProviderSettings, Route
 
 __all__ = ["Cloudflare"]
 
@@ -45,11 +51,55 @@ ERROR_STATUS = {
 # Paid only): another route may serve the same model, so they are retryable (failover.py).
 # Capacity (3040), the daily allocation (3036) and 7009 are retryable through their statuses.
 ACCOUNT_CODES = frozenset({3023, 3041, 5016, 5018, 5035})
+# Native embedding options a client may send (as extra_body) that reach /ai/run as they are.
+EMBEDDING_OPTIONS = ("truncate_inputs", "pooling")
 
 
 class Cloudflare(Provider):
     type = "cloudflare"
     label = "Cloudflare Workers AI"
+    embedding_batch = 100  # the `text` array's maxItems in every embedding model's schema
+
+    def __init__(self, settings: ProviderSettings) -> None:
+        super().__init__(settings)
+        # base_url is the account's .../ai/v1; the native API is .../ai/run/{model}
+        self._run_url = f"{settings.base_url.removesuffix('/v1')}/run/"
+
+    def build_embedding_request(
+        self, body: dict[str, Any], inputs: list[Any], route: Route, model: ModelSettings
+    ) -> UpstreamRequest:
+        if inputs and not isinstance(inputs[0], str):
+            raise InvalidRequest(
+                f"{model.name} on Workers AI embeds text only: send strings, not token arrays.",
+                param="input",
+            )
+        if body.get("dimensions") is not None:
+            raise InvalidRequest(
+                f"Workers AI cannot shorten {model.name}'s vectors ('dimensions'): leave it out, "
+                "or give the model embedding.dimensions and shorten = true in the config file.",
+                param="dimensions",
+            )
+        native: dict[str, Any] = {"text": inputs}
+        native.update((key, body[key]) for key in EMBEDDING_OPTIONS if key in body)
+        url = self._run_url + route.upstream_model
+        return UpstreamRequest(url, self._headers, orjson.dumps(native), route.upstream_model)
+
+    def parse_embeddings(self, body: bytes) -> EmbeddingBatch:
+        """`{"result": {"shape": [n, d], "data": [[...], ...]}, "success": true, ...}`."""
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            payload = None
+        result = payload.get("result") if isinstance(payload, dict) else None
+        if not isinstance(result, dict) or payload.get("success") is False:
+            message = self.error_message(payload) or "the answer has no embeddings result"
+            raise self.make_error(502, message, None)
+        data = result.get("data")
+        if not isinstance(data, list):
+            raise self.make_error(502, "the embeddings result has no data", None)
+        usage = result.get("usage")
+        prompt = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        return EmbeddingBatch(data, prompt if isinstance(prompt, int) else None)
 
     def adapt_body(self, body: dict[str, Any], model: ModelSettings) -> None:
         if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:

@@ -3,7 +3,8 @@
 OpenRouter reports errors as `{"error": {"code": <number>, "message", "metadata"}}`; mid-stream
 as a chunk with a top-level `error`, and non-stream failures as HTTP 200 with
 `choices[].finish_reason == "error"` (wire-formats.md §4.6). The base class already checks both;
-`: OPENROUTER PROCESSING` keep-alive comments are skipped by the SSE decoder.
+`: OPENROUTER PROCESSING` keep-alive comments are skipped by the SSE decoder. It serves the
+Responses API too, so POST /v1/responses passes through to it (relay_responses.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ __all__ = ["OpenRouter"]
 class OpenRouter(Provider):
     type = "openrouter"
     label = "OpenRouter"
+    serves_responses = (
+        True  # POST /api/v1/responses (https://openrouter.ai/docs/api/reference/responses/overview)
+    )
 
     def extra_headers(self) -> dict[str, str]:
         return {"http-referer": "https://github.com/callmissed/callmissed", "x-title": "CallMissed"}

@@ -9,10 +9,13 @@ is_revoked() and keys_version(), which answer from memory unless a key may have 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Protocol
+
+from callmissed.store.responses import ResponseStore
 
 __all__ = [
     "FAIR_SHARE",
@@ -36,7 +39,8 @@ __all__ = [
 KEY_COLUMNS = (
     "id, name, key_hash, key_prefix, credits + CAST(COALESCE((SELECT sum(amount) FROM holds"
     " WHERE holds.key_id = api_keys.id AND holds.wallet), 0) AS BIGINT) AS credits,"
-    " created_at, revoked_at, granted, spent, rpm, tpm, max_concurrent, models"
+    " created_at, revoked_at, granted, spent, rpm, tpm, max_concurrent, models,"
+    " limit_reset, window_start, window_spent"
 )
 LEDGER_COLUMNS = (
     "request_id, key_id, created_at, model, route, upstream_model, stream, status, error_code,"
@@ -73,9 +77,14 @@ class KeyRecord:
     credits: int | None  # unspent micro-credits, wallets included; None = unlimited
     created_at: float
     revoked_at: float | None
-    granted: int | None = None  # micro-credits ever granted (creation + top-ups)
+    granted: int | None = None  # micro-credits ever granted (creation + top-ups); per window
     spent: int = 0  # micro-credits settled, all time
     policy: KeyPolicy = NO_POLICY
+    # A budget that resets (store/budget.py): "daily", "weekly" or "monthly" (None: never),
+    # the start (Unix seconds) of the window `credits` belongs to, and what it settled so far.
+    limit_reset: str | None = None
+    window_start: float | None = None
+    window_spent: int = 0
 
     @property
     def active(self) -> bool:
@@ -139,7 +148,9 @@ class Store(Protocol):
         key_prefix: str,
         credits: int | None,
         policy: KeyPolicy = ...,
-    ) -> KeyRecord: ...
+        limit_reset: str | None = None,
+    ) -> KeyRecord:
+        """A new key; with `limit_reset`, `credits` is its limit per window (it needs one)."""
 
     async def find_key(self, key_hash: str) -> KeyRecord | None: ...
 
@@ -154,6 +165,16 @@ class Store(Protocol):
 
     async def set_policy(self, key_id: int, policy: KeyPolicy) -> KeyRecord | None: ...
 
+    async def set_limit_reset(self, key_id: int, limit_reset: str | None) -> KeyRecord | None:
+        """Make a metered key's limit reset (or stop resetting), atomically; None if there is no
+        such key. Into a reset: the limit (`granted`) applies per window from now on, and the
+        current window has already spent what the ledger charged the key since it began. Out of
+        one: the key keeps what its current window has left, for good. ValueError for an
+        unlimited key."""
+
+    async def spent_since(self, key_id: int, since: Sequence[float]) -> list[int]:
+        """What the ledger charged the key for requests begun at or after each of `since`."""
+
     def keys_version(self) -> int:
         """A number that changes whenever a key may have changed (revoked, limits, allow-list,
         top-up), whoever changed it; a cache of keys is stale once it does. From memory: on
@@ -167,7 +188,8 @@ class Store(Protocol):
     async def fund(self, key_id: int, wallet: str, need: int, want: int, instance: str) -> Funding:
         """Atomically move credit from an active, metered key's balance into the wallet hold
         `wallet` (created under `instance` if new): nothing if the balance is below `need`,
-        else max(need, min(want, balance // FAIR_SHARE)). Never below zero, from any process."""
+        else max(need, min(want, balance // FAIR_SHARE)). Never below zero, from any process.
+        A key whose budget resets is rolled into the current window first, in the same step."""
 
     async def give_back(self, wallet: str, amount: int | None = None) -> int:
         """Return a wallet's credit to its key's balance and delete it; the amount. With
@@ -177,7 +199,9 @@ class Store(Protocol):
         """In one transaction, per entry: charge its cost from its wallet, then (what the wallet
         cannot cover) from the key's balance, never below zero, and write its ledger row; an
         entry without a wallet releases a per-request hold of the same id (journals and holds
-        written before wallets). Idempotent: an entry whose row exists is skipped."""
+        written before wallets). Idempotent: an entry whose row exists is skipped. The keys
+        whose budgets reset are rolled into the current window first: a cost counts against the
+        window in which it is settled."""
 
     async def hold_owners(self) -> set[str]: ...
 
@@ -186,6 +210,9 @@ class Store(Protocol):
         per-request hold also gets an interrupted ledger row. The number of rows given back."""
 
     async def recent_usage(self, key_id: int, limit: int) -> list[dict[str, Any]]: ...
+
+    def responses(self) -> ResponseStore:
+        """Stored Responses (POST /v1/responses), on this store's connection."""
 
     async def close(self) -> None: ...
 
@@ -258,16 +285,18 @@ def migrations(dialect: str) -> list[tuple[str, str]]:
     return [(name, folder.joinpath(name).read_text()) for name in mine]
 
 
-def open_store(url: str) -> Store:
-    """The store for CALLMISSED_DATABASE_URL: sqlite:///path or postgresql://…; start() it."""
+def open_store(url: str, clock: Callable[[], float] = time.time) -> Store:
+    """The store for CALLMISSED_DATABASE_URL: sqlite:///path or postgresql://…; start() it.
+
+    `clock` (Unix seconds) dates the budget windows a key's limit resets on; tests move it."""
     if url.startswith("sqlite://"):
         from callmissed.store.sqlite import SQLiteStore
 
-        return SQLiteStore(url.removeprefix("sqlite://").removeprefix("/") or ":memory:")
+        return SQLiteStore(url.removeprefix("sqlite://").removeprefix("/") or ":memory:", clock)
     if url.startswith(("postgres://", "postgresql://")):
         from callmissed.store.postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url, clock=clock)
     raise ValueError(
         f"unsupported CALLMISSED_DATABASE_URL {url!r}; use sqlite:///path or postgresql://…"
     )

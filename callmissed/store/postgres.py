@@ -18,9 +18,10 @@ is_revoked() and keys_version() answer from memory while this process LISTENs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -39,6 +40,16 @@ from callmissed.store.base import (
     migrations,
     plan_settlement,
 )
+from callmissed.store.budget import (
+    BUDGET_COLUMNS,
+    Budget,
+    first_window,
+    rolled,
+    window_start,
+    window_starts,
+    with_limit_reset,
+)
+from callmissed.store.responses import PostgresResponses
 from callmissed.store.rollup import (
     KEY_COLUMNS as _BY_KEY,
     ROUTE_COLUMNS as _BY_ROUTE,
@@ -56,27 +67,52 @@ _DIALECT = {
 }
 
 
-# Lock the key, then move max(need, min(want, balance / FAIR_SHARE)) into the wallet if the
-# balance covers `need`; report the balance as it was either way. The row lock (k) makes the
-# amount computed from the balance the one the UPDATE subtracts it from, under any concurrency.
+# A key's new window start (store/budget.py) when $n, $n+1 and $n+2 are the starts of the UTC
+# day, week and month holding now; and whether its budget resets and has passed its window.
+def _window(n: int) -> str:
+    day, week, month = (f"${n + i}::float8" for i in range(3))
+    when = f"WHEN 'daily' THEN {day} WHEN 'weekly' THEN {week} ELSE {month}"
+    return f"CASE api_keys.limit_reset {when} END"
+
+
+def _due(n: int) -> str:
+    return (
+        "(api_keys.limit_reset IS NOT NULL AND api_keys.credits IS NOT NULL"
+        f" AND COALESCE(api_keys.window_start, 0) < {_window(n)})"
+    )
+
+
+# Lock the key, roll it into the current window if its budget resets (b: what the ended window
+# spent is back in the balance), then move max(need, min(want, balance / FAIR_SHARE)) into the
+# wallet if the balance covers `need`; report the balance (rolled) either way. The row lock (k)
+# makes the amount computed from the balance the one the UPDATE subtracts it from, and the roll
+# happen once, under any concurrency.
 _FUND = f"""
 WITH k AS (
-    SELECT credits, revoked_at FROM api_keys WHERE id = $1 FOR UPDATE
+    SELECT credits, revoked_at, window_spent, {_due(7)} AS due
+      FROM api_keys WHERE id = $1 FOR UPDATE
+), b AS (
+    SELECT CASE WHEN due THEN credits + window_spent ELSE credits END AS credits, due, revoked_at
+      FROM k
 ), t AS (
-    SELECT GREATEST($3::bigint, LEAST($4::bigint, credits / {FAIR_SHARE})) AS amount FROM k
+    SELECT GREATEST($3::bigint, LEAST($4::bigint, credits / {FAIR_SHARE})) AS amount FROM b
      WHERE revoked_at IS NULL AND credits >= $3 AND $3 > 0
 ), taken AS (
-    UPDATE api_keys SET credits = api_keys.credits - t.amount FROM t
-     WHERE api_keys.id = $1
+    UPDATE api_keys SET credits = b.credits - COALESCE(t.amount, 0),
+           window_spent = CASE WHEN b.due THEN 0 ELSE api_keys.window_spent END,
+           window_start = CASE WHEN b.due THEN {_window(7)} ELSE api_keys.window_start END
+      FROM b LEFT JOIN t ON true
+     WHERE api_keys.id = $1 AND (b.due OR t.amount IS NOT NULL)
  RETURNING api_keys.credits AS after, t.amount
 ), wallet AS (
     INSERT INTO holds (request_id, key_id, amount, instance, model, created_at, wallet)
     SELECT $2::text, $1::bigint, amount, $5::text, '', $6::float8, true FROM taken
+     WHERE amount IS NOT NULL
         ON CONFLICT (request_id) DO UPDATE SET amount = holds.amount + EXCLUDED.amount
 )
 SELECT (SELECT amount FROM taken) AS taken, (SELECT after FROM taken) AS after,
        credits, revoked_at
-  FROM k
+  FROM b
 """
 
 # Every statement that changes both a key's balance and its holds locks the key first (as
@@ -107,11 +143,24 @@ RETURNING $2::bigint
 """
 
 # Settling a batch (docs: Store.settle) takes three statements, whatever its size. First lock
-# the keys it charges, in id order (as every settlement does, so two never deadlock on them);
-# then, with no one else able to settle against those keys, lock the wallets and per-request
-# holds it draws on and read which of its ids the ledger has already; the charges are worked
-# out in Python, in order; the last statement writes them all.
-_LOCK_KEYS = "SELECT id, credits FROM api_keys WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE"
+# the keys it charges, in id order (as every settlement does, so two never deadlock on them),
+# and roll those whose budget resets into the current window; then, with no one else able to
+# settle against those keys, lock the wallets and per-request holds it draws on and read which
+# of its ids the ledger has already; the charges are worked out in Python, in order; the last
+# statement writes them all.
+_LOCK_KEYS = f"""
+WITH locked AS (
+    SELECT id, credits FROM api_keys WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE
+), rolled AS (
+    UPDATE api_keys SET credits = api_keys.credits + api_keys.window_spent, window_spent = 0,
+           window_start = {_window(2)}
+      FROM locked
+     WHERE api_keys.id = locked.id AND {_due(2)}
+ RETURNING api_keys.id, api_keys.credits
+)
+SELECT locked.id, COALESCE(rolled.credits, locked.credits) AS credits
+  FROM locked LEFT JOIN rolled ON rolled.id = locked.id
+"""
 
 # Joins with unnest(), not `= ANY($1)`: a generic plan made while a table was small would scan
 # it whole for each of the batch's ids; these probe the primary key once it is large.
@@ -129,7 +178,9 @@ SELECT ledger.request_id, NULL FROM ledger JOIN unnest($1::text[]) AS u (id)
 
 _WRITE = f"""
 WITH keys AS (
-    UPDATE api_keys SET credits = api_keys.credits + d.credits, spent = api_keys.spent + d.spent
+    UPDATE api_keys SET credits = api_keys.credits + d.credits, spent = api_keys.spent + d.spent,
+           window_spent = api_keys.window_spent
+                        + CASE WHEN api_keys.limit_reset IS NULL THEN 0 ELSE d.spent END
       FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS d (id, credits, spent)
      WHERE api_keys.id = d.id
 ), drawn AS (
@@ -215,13 +266,25 @@ SELECT (SELECT count(*) FROM gone) AS released,
        (SELECT json_agg(written) FROM written)::text AS written
 """
 
+_CHARGED_SINCE = (
+    "SELECT COALESCE(sum(cost), 0) FROM ledger WHERE key_id = $1 AND created_at >= $2::float8"
+)
+_SET_BUDGET = """
+UPDATE api_keys SET credits = $1, granted = $2, spent = $3, limit_reset = $4, window_start = $5,
+       window_spent = $6
+ WHERE id = $7
+"""
+
 _CHANGES = "callmissed_keys"  # NOTIFY channel: a key changed (migrations 0004, 0006)
 _TRUST_FOR = 2.0  # seconds a key read as active stays trusted while no listener is connected
 
 
 class PostgresStore:
-    def __init__(self, url: str, pool_size: int = 10) -> None:
+    def __init__(
+        self, url: str, pool_size: int = 10, clock: Callable[[], float] = time.time
+    ) -> None:
         self._url = url
+        self._clock = clock  # dates budget windows (store/budget.py)
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._holds: asyncpg.Pool | None = None  # wallet top-ups only: no fsync per commit
@@ -298,28 +361,32 @@ class PostgresStore:
         key_prefix: str,
         credits: int | None,
         policy: KeyPolicy = NO_POLICY,
+        limit_reset: str | None = None,
     ) -> KeyRecord:
+        start = first_window(credits, limit_reset, self._clock())
         row = await self._db.fetchrow(
             "INSERT INTO api_keys (name, key_hash, key_prefix, credits, granted, created_at,"
-            " rpm, tpm, max_concurrent, models) VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8, $9)"
+            " rpm, tpm, max_concurrent, models, limit_reset, window_start)"
+            " VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8, $9, $10, $11)"
             f" RETURNING {_KEY_COLUMNS}",
             name, key_hash, key_prefix, credits, time.time(), *_policy_row(policy),
+            limit_reset, start,
         )  # fmt: skip
-        return _key(row)
+        return self._key(row)
 
     async def find_key(self, key_hash: str) -> KeyRecord | None:
         row = await self._db.fetchrow(
             f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = $1", key_hash
         )
-        return _key(row) if row else None
+        return self._key(row) if row else None
 
     async def get_key(self, key_id: int) -> KeyRecord | None:
         row = await self._db.fetchrow(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = $1", key_id)
-        return _key(row) if row else None
+        return self._key(row) if row else None
 
     async def list_keys(self) -> list[KeyRecord]:
         rows = await self._db.fetch(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY id")
-        return [_key(row) for row in rows]
+        return [self._key(row) for row in rows]
 
     async def revoke_key(self, key_id: int) -> bool:
         self._changes += 1  # this process stops serving it now, before any notification
@@ -339,7 +406,7 @@ class PostgresStore:
             amount,
             key_id,
         )
-        return _key(row) if row else None
+        return self._key(row) if row else None
 
     async def set_policy(self, key_id: int, policy: KeyPolicy) -> KeyRecord | None:
         row = await self._db.fetchrow(
@@ -348,7 +415,40 @@ class PostgresStore:
             *_policy_row(policy),
             key_id,
         )
-        return _key(row) if row else None
+        return self._key(row) if row else None
+
+    async def set_limit_reset(self, key_id: int, limit_reset: str | None) -> KeyRecord | None:
+        now = self._clock()
+        async with self._db.acquire() as db, db.transaction():
+            # Locked, then read: whatever charges a key locks it first, so the ledger's sum
+            # below (a statement of its own, on a fresh snapshot) has every charge in `spent`.
+            row = await db.fetchrow(
+                f"SELECT {BUDGET_COLUMNS} FROM api_keys WHERE id = $1 FOR UPDATE", key_id
+            )
+            if row is None:
+                return None
+            if row["credits"] is None:
+                raise ValueError("an unlimited key has no credit limit to reset")
+            since = window_start(limit_reset, now) if limit_reset is not None else now
+            charged = await db.fetchval(_CHARGED_SINCE, key_id, since)
+            changed = with_limit_reset(Budget(*row), limit_reset, charged, now)
+            await db.execute(_SET_BUDGET, *dataclasses.astuple(changed), key_id)
+        return await self.get_key(key_id)
+
+    async def spent_since(self, key_id: int, since: Sequence[float]) -> list[int]:
+        sums = ", ".join(
+            f"COALESCE(sum(cost) FILTER (WHERE created_at >= ${n}::float8), 0)"
+            for n in range(2, len(since) + 2)
+        )
+        row = await self._db.fetchrow(
+            f"SELECT {sums} FROM ledger WHERE key_id = $1 AND created_at >= ${len(since) + 2}",
+            key_id, *since, min(since),
+        )  # fmt: skip
+        assert row is not None
+        return [int(value) for value in row]
+
+    def _key(self, row: Any) -> KeyRecord:
+        return rolled(_key(row), self._clock())
 
     def keys_version(self) -> int:
         return self._changes
@@ -376,7 +476,10 @@ class PostgresStore:
 
     async def fund(self, key_id: int, wallet: str, need: int, want: int, instance: str) -> Funding:
         holds = self._holds or self._db
-        row = await holds.fetchrow(_FUND, key_id, wallet, need, want, instance, time.time())
+        now = self._clock()
+        row = await holds.fetchrow(
+            _FUND, key_id, wallet, need, want, instance, time.time(), *window_starts(now)
+        )
         if row is None or row["revoked_at"] is not None:
             return Funding(0, None, revoked=True)
         if row["taken"] is not None:
@@ -397,7 +500,7 @@ class PostgresStore:
             for attempt in range(1, _SETTLE_ATTEMPTS + 1):
                 try:
                     async with db.transaction():
-                        await _settle(db, entries)
+                        await _settle(db, entries, self._clock())
                     return
                 except (asyncpg.DeadlockDetectedError, _Raced):
                     if attempt == _SETTLE_ATTEMPTS:
@@ -423,6 +526,9 @@ class PostgresStore:
             limit,
         )
         return [dict(row) for row in rows]
+
+    def responses(self) -> PostgresResponses:
+        return PostgresResponses(self._db)
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -453,9 +559,10 @@ class _Raced(Exception):
     """A ledger row of the batch appeared after the batch looked: settle it again."""
 
 
-async def _settle(db: asyncpg.Connection, entries: Sequence[LedgerEntry]) -> None:
+async def _settle(db: asyncpg.Connection, entries: Sequence[LedgerEntry], now: float) -> None:
     key_ids = sorted({entry.key_id for entry in entries})
-    balances = {row["id"]: row["credits"] for row in await db.fetch(_LOCK_KEYS, key_ids)}
+    locked = await db.fetch(_LOCK_KEYS, key_ids, *window_starts(now))
+    balances = {row["id"]: row["credits"] for row in locked}
     # A missing key: nothing to charge, and no row to write (the ledger's key_id references it).
     entries = [entry for entry in entries if entry.key_id in balances]
     ids = [entry.request_id for entry in entries]
@@ -521,4 +628,7 @@ def _key(row: Any) -> KeyRecord:
         row["granted"],
         row["spent"],
         policy,
+        row["limit_reset"],
+        row["window_start"],
+        row["window_spent"],
     )

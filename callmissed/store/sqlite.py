@@ -9,11 +9,12 @@ does fsync, runs on a background thread instead of inside some request's commit.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
@@ -32,6 +33,16 @@ from callmissed.store.base import (
     migrations,
     plan_settlement,
 )
+from callmissed.store.budget import (
+    BUDGET_COLUMNS,
+    Budget,
+    first_window,
+    rolled,
+    window_start,
+    window_starts,
+    with_limit_reset,
+)
+from callmissed.store.responses import SQLiteResponses
 from callmissed.store.rollup import (
     KEY_COLUMNS as _BY_KEY,
     ROUTE_COLUMNS as _BY_ROUTE,
@@ -54,6 +65,26 @@ _SETTLED = "SELECT request_id FROM ledger WHERE request_id IN (SELECT value FROM
 _HOLDS = "SELECT request_id, amount FROM holds WHERE request_id IN (SELECT value FROM json_each(?))"
 _BALANCES = "SELECT id, credits FROM api_keys WHERE id IN (SELECT value FROM json_each(?))"
 
+# Roll the keys :ids whose budget resets into the window holding now (store/budget.py): what
+# the ended window spent comes back to the balance. Only keys past their window are written.
+_WINDOW = "CASE limit_reset WHEN 'daily' THEN :day WHEN 'weekly' THEN :week ELSE :month END"
+_ROLL = (
+    "UPDATE api_keys SET credits = credits + window_spent, window_spent = 0,"
+    f" window_start = {_WINDOW}"
+    " WHERE id IN (SELECT value FROM json_each(:ids)) AND limit_reset IS NOT NULL"
+    f" AND credits IS NOT NULL AND (window_start IS NULL OR window_start < {_WINDOW})"
+)
+_CHARGE = (
+    "UPDATE api_keys SET credits = credits + ?, spent = spent + ?,"
+    " window_spent = window_spent + CASE WHEN limit_reset IS NULL THEN 0 ELSE ? END WHERE id = ?"
+)
+
+_CHARGED_SINCE = "SELECT COALESCE(sum(cost), 0) FROM ledger WHERE key_id = ? AND created_at >= ?"
+_SET_BUDGET = (
+    "UPDATE api_keys SET credits = ?, granted = ?, spent = ?, limit_reset = ?,"
+    " window_start = ?, window_spent = ? WHERE id = ?"
+)
+
 _CHECKPOINT_EVERY = 0.5  # seconds
 
 _INSERT_LEDGER = (
@@ -67,7 +98,8 @@ _INSERT_TAGS = "INSERT OR IGNORE INTO ledger_tags (tag, created_at, request_id) 
 
 
 class SQLiteStore:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock  # dates budget windows (store/budget.py)
         self._db = connect(path)
         self._migrate()
         self._version = -1  # PRAGMA data_version at the last look
@@ -132,30 +164,35 @@ class SQLiteStore:
         key_prefix: str,
         credits: int | None,
         policy: KeyPolicy = NO_POLICY,
+        limit_reset: str | None = None,
     ) -> KeyRecord:
+        start = first_window(credits, limit_reset, self._clock())
         cursor = self._db.execute(
             "INSERT INTO api_keys (name, key_hash, key_prefix, credits, granted, created_at,"
-            " rpm, tpm, max_concurrent, models) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            f" RETURNING {_KEY_COLUMNS}",
-            (name, key_hash, key_prefix, credits, credits, time.time(), *_policy_row(policy)),
-        )
-        return _key(cursor.fetchone())
+            " rpm, tpm, max_concurrent, models, limit_reset, window_start)"
+            f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_KEY_COLUMNS}",
+            (
+                name, key_hash, key_prefix, credits, credits, time.time(),
+                *_policy_row(policy), limit_reset, start,
+            ),
+        )  # fmt: skip
+        return self._key(cursor.fetchone())
 
     async def find_key(self, key_hash: str) -> KeyRecord | None:
         row = self._db.execute(
             f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = ?", (key_hash,)
         ).fetchone()
-        return _key(row) if row else None
+        return self._key(row) if row else None
 
     async def get_key(self, key_id: int) -> KeyRecord | None:
         row = self._db.execute(
             f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)
         ).fetchone()
-        return _key(row) if row else None
+        return self._key(row) if row else None
 
     async def list_keys(self) -> list[KeyRecord]:
         rows = self._db.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY id").fetchall()
-        return [_key(row) for row in rows]
+        return [self._key(row) for row in rows]
 
     async def revoke_key(self, key_id: int) -> bool:
         self._active.discard(key_id)  # our own commits leave data_version as it is
@@ -172,7 +209,7 @@ class SQLiteStore:
             f" RETURNING {_KEY_COLUMNS}",
             (amount, amount, key_id),
         ).fetchone()
-        return _key(row) if row else None
+        return self._key(row) if row else None
 
     async def set_policy(self, key_id: int, policy: KeyPolicy) -> KeyRecord | None:
         row = self._db.execute(
@@ -180,7 +217,31 @@ class SQLiteStore:
             f" WHERE id = ? RETURNING {_KEY_COLUMNS}",
             (*_policy_row(policy), key_id),
         ).fetchone()
-        return _key(row) if row else None
+        return self._key(row) if row else None
+
+    async def set_limit_reset(self, key_id: int, limit_reset: str | None) -> KeyRecord | None:
+        now = self._clock()
+        with self._transaction() as db:
+            row = db.execute(f"SELECT {BUDGET_COLUMNS} FROM api_keys WHERE id = ?", (key_id,))
+            budget = _budget(row.fetchone())
+            if budget is None:
+                return None
+            since = window_start(limit_reset, now) if limit_reset is not None else now
+            charged = db.execute(_CHARGED_SINCE, (key_id, since)).fetchone()[0]
+            changed = with_limit_reset(budget, limit_reset, charged, now)
+            db.execute(_SET_BUDGET, (*dataclasses.astuple(changed), key_id))
+        return await self.get_key(key_id)
+
+    async def spent_since(self, key_id: int, since: Sequence[float]) -> list[int]:
+        sums = ", ".join("COALESCE(sum(CASE WHEN created_at >= ? THEN cost END), 0)" for _ in since)
+        row = self._db.execute(
+            f"SELECT {sums} FROM ledger WHERE key_id = ? AND created_at >= ?",
+            (*since, key_id, min(since)),
+        ).fetchone()
+        return [int(value) for value in row]
+
+    def _key(self, row: Sequence[Any]) -> KeyRecord:
+        return rolled(_key(row), self._clock())
 
     # Credits
 
@@ -217,7 +278,9 @@ class SQLiteStore:
             self._changes += 1
 
     async def fund(self, key_id: int, wallet: str, need: int, want: int, instance: str) -> Funding:
+        now = self._clock()
         with self._transaction() as db:
+            db.execute(_ROLL, _roll_params([key_id], now))
             row = db.execute(
                 "SELECT credits, revoked_at FROM api_keys WHERE id = ?", (key_id,)
             ).fetchone()
@@ -246,8 +309,9 @@ class SQLiteStore:
             return amount
 
     async def settle(self, entries: Sequence[LedgerEntry]) -> None:
+        now = self._clock()
         with self._transaction() as db:
-            _settle(db, entries)
+            _settle(db, entries, now)
 
     async def hold_owners(self) -> set[str]:
         return {row[0] for row in self._db.execute("SELECT DISTINCT instance FROM holds")}
@@ -270,7 +334,7 @@ class SQLiteStore:
                         "interrupted", 0, 0, 0, 0, 0, None, 0.0,
                     )
                 )  # fmt: skip
-            _settle(db, interrupted)
+            _settle(db, interrupted, self._clock())
         return len(holds)
 
     async def recent_usage(self, key_id: int, limit: int) -> list[dict[str, Any]]:
@@ -281,6 +345,9 @@ class SQLiteStore:
         )
         names = [column[0] for column in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def responses(self) -> SQLiteResponses:
+        return SQLiteResponses(self._db)
 
     async def close(self) -> None:
         self._stop.set()
@@ -322,22 +389,28 @@ def _give_back(db: sqlite3.Connection, wallet: str) -> int:
     return int(row[1])
 
 
-def _settle(db: sqlite3.Connection, entries: Sequence[LedgerEntry]) -> None:
-    """Store.settle()'s work inside its transaction: read the rows the batch touches (a few
-    statements, whatever its size), charge every entry in memory (plan_settlement), then write
-    one UPDATE per touched key and hold, and every ledger row in one executemany."""
+def _settle(db: sqlite3.Connection, entries: Sequence[LedgerEntry], now: float) -> None:
+    """Store.settle()'s work inside its transaction: roll the batch's keys into the window
+    holding `now`, read the rows the batch touches (a few statements, whatever its size), charge
+    every entry in memory (plan_settlement), then write one UPDATE per touched key and hold,
+    and every ledger row in one executemany."""
     if not entries:
         return
     ids = _json_list(entry.request_id for entry in entries)
     settled = {row[0] for row in db.execute(_SETTLED, (ids,))}
     touched = [entry.wallet if entry.wallet is not None else entry.request_id for entry in entries]
     holds = dict(db.execute(_HOLDS, (_json_list(touched),)).fetchall())
-    key_ids = _json_list(entry.key_id for entry in entries)
-    balances = dict(db.execute(_BALANCES, (key_ids,)).fetchall())
+    keys = {entry.key_id for entry in entries}
+    db.execute(_ROLL, _roll_params(keys, now))
+    balances = dict(db.execute(_BALANCES, (_json_list(keys),)).fetchall())
     plan = plan_settlement(entries, settled, balances, holds)
     db.executemany(
-        "UPDATE api_keys SET credits = credits + ?, spent = spent + ? WHERE id = ?",
-        [(credits, spent, key) for key, (credits, spent) in plan.keys.items() if credits or spent],
+        _CHARGE,
+        [
+            (credits, spent, spent, key)
+            for key, (credits, spent) in plan.keys.items()
+            if credits or spent
+        ],
     )
     db.executemany(
         "UPDATE holds SET amount = amount - ? WHERE request_id = ?",
@@ -369,6 +442,20 @@ def _ledger_row(entry: LedgerEntry, charged: int) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
+def _roll_params(key_ids: Iterable[int], now: float) -> dict[str, Any]:
+    day, week, month = window_starts(now)
+    return {"ids": _json_list(key_ids), "day": day, "week": week, "month": month}
+
+
+def _budget(row: Sequence[Any] | None) -> Budget | None:
+    """A key's Budget from its BUDGET_COLUMNS; ValueError for an unlimited key."""
+    if row is None:
+        return None
+    if row[0] is None:
+        raise ValueError("an unlimited key has no credit limit to reset")
+    return Budget(*row)
+
+
 def _json_or_null(value: list[Any] | None) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
 
@@ -385,9 +472,10 @@ def _policy_row(policy: KeyPolicy) -> tuple[int | None, int | None, int | None, 
 
 def _key(row: Sequence[Any]) -> KeyRecord:
     key_id, name, key_hash, prefix, credits, created, revoked, granted, spent = row[:9]
-    rpm, tpm, max_concurrent, models = row[9:]
+    rpm, tpm, max_concurrent, models, limit_reset, start, window_spent = row[9:]
     allowed = tuple(name for name in models.split(",") if name) if models is not None else None
     policy = KeyPolicy(rpm, tpm, max_concurrent, allowed)
     return KeyRecord(
-        key_id, name, key_hash, prefix, credits, created, revoked, granted, spent, policy
-    )
+        key_id, name, key_hash, prefix, credits, created, revoked, granted, spent, policy,
+        limit_reset, start, window_spent,
+    )  # fmt: skip

@@ -6,6 +6,9 @@ Paths choose the dialect, as the real providers' base URLs would:
                                                            `: OPENROUTER PROCESSING` comments)
   /sarvam/v1/chat/completions                             Sarvam AI
   /local/v1/chat/completions                              any OpenAI-compatible server
+  /openrouter/api/v1/responses                            OpenRouter's Responses API
+                                                           (tests/fakes/responses_upstream.py)
+  .../ai/run/{model}, .../embeddings                      embeddings (tests/fakes/embeddings.py)
 
 The upstream model name picks the behaviour (see BEHAVIOURS); every request is recorded in
 `requests` so tests can assert exactly what an upstream received.
@@ -14,6 +17,7 @@ The upstream model name picks the behaviour (see BEHAVIOURS); every request is r
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +42,7 @@ class FakeUpstream:
     url: str = ""
     requests: list[Received] = field(default_factory=list)
     disconnects: list[float] = field(default_factory=list)  # when a streaming client went away
+    gate: threading.Event = field(default_factory=threading.Event)  # "gated" waits for it
 
     def last(self, model: str | None = None) -> Received:
         for received in reversed(self.requests):
@@ -71,6 +76,14 @@ def _usage(prompt: int = 5, completion: int = 6, reasoning: int = 0) -> dict[str
         "total_tokens": prompt + completion,
         "completion_tokens_details": {"reasoning_tokens": reasoning},
     }
+
+
+# What "cached" reports, as OpenRouter does for a model that caches prompts: of 1000 prompt
+# tokens, 600 read from the cache and 200 written to it.
+CACHED_USAGE = {
+    **_usage(prompt=1000),
+    "prompt_tokens_details": {"cached_tokens": 600, "cache_write_tokens": 200, "audio_tokens": 0},
+}
 
 
 def _usage_chunk(model: str, usage: dict[str, Any] | None = None) -> bytes:
@@ -174,6 +187,17 @@ def _drop_after_2(model: str, body: dict[str, Any]) -> list[bytes | float]:
     return [*_hello(model, body)[:2], 0.05, b"DROP"]
 
 
+def _gated(model: str, body: dict[str, Any]) -> list[bytes | float]:
+    """The first token, then nothing until the test opens `FakeUpstream.gate`, then the rest."""
+    frames = _hello(model, body)
+    return [*frames[:2], b"GATE", *frames[2:]]
+
+
+def _cached(model: str, body: dict[str, Any]) -> list[bytes | float]:
+    """Hello world, and usage with cache reads and writes, whether asked for or not."""
+    return [*_hello(model, {})[:-1], _usage_chunk(model, CACHED_USAGE), b"data: [DONE]\n\n"]
+
+
 def _midstream_error(model: str, body: dict[str, Any]) -> list[bytes | float]:
     error = {"code": 502, "message": "Provider returned error", "metadata": {}}
     return [
@@ -218,6 +242,12 @@ def _endless(model: str, body: dict[str, Any]) -> list[bytes | float]:
     for _ in range(600):
         frames += [0.05, sse_chunk(model, {"content": "."})]
     return frames
+
+
+def _flood(model: str, body: dict[str, Any]) -> list[bytes | float]:
+    """~60 MB of answer as fast as the reader takes it (one chunk object, repeated)."""
+    chunk = sse_chunk(model, {"content": "flood " * 20})
+    return [sse_chunk(model, {"role": "assistant", "content": ""}), *[chunk] * 200_000]
 
 
 def _weather(model: str, body: dict[str, Any]) -> list[bytes | float]:
@@ -265,11 +295,28 @@ def _stop_sequence(model: str, body: dict[str, Any]) -> list[bytes | float]:
     return [*_hello(model, body)[:2], finish, _usage_chunk(model), b"data: [DONE]\n\n"]
 
 
+# What the "structured" model answers: JSON of the shape tests ask for with a response format.
+STRUCTURED = '{"city":"Paris","temperature_c":21}'
+
+
+def _structured(model: str, body: dict[str, Any]) -> list[bytes | float]:
+    frames: list[bytes | float] = [
+        sse_chunk(model, {"role": "assistant", "content": ""}),
+        sse_chunk(model, {"content": STRUCTURED[:12]}),
+        sse_chunk(model, {"content": STRUCTURED[12:]}),
+        sse_chunk(model, {}, "stop"),
+    ]
+    return [*frames, _usage_chunk(model), b"data: [DONE]\n\n"]
+
+
 BEHAVIOURS: dict[str, Script] = {
+    "structured": _structured,
     "tools": _tools,
     "reasoning": _reasoning,
     "processing": _processing,
+    "cached": _cached,
     "drop-after-2": _drop_after_2,
+    "gated": _gated,
     "midstream-error": _midstream_error,
     "first-chunk-error": _first_chunk_error,
     "no-finish": _no_finish,
@@ -278,6 +325,7 @@ BEHAVIOURS: dict[str, Script] = {
     "crlf": _crlf,
     "slow": _slow,
     "endless": _endless,
+    "flood": _flood,
     "weather": _weather,
     "stop-sequence": _stop_sequence,
 }
@@ -329,9 +377,15 @@ def _non_stream(model: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         }
         message = {"role": "assistant", "content": "Let me check.", "tool_calls": [call]}
         return _completion(model, message, "tool_calls")
+    if name == "structured":
+        return _completion(model, {"role": "assistant", "content": STRUCTURED})
     if name == "stop-sequence":
         completion = _completion(model, {"role": "assistant", "content": "Hello"})
         completion["choices"][0]["stop_reason"] = body["stop"][0]
+        return completion
+    if name == "cached":
+        completion = _completion(model, {"role": "assistant", "content": "Hello world"})
+        completion["usage"] = CACHED_USAGE
         return completion
     if name == "midstream-error":
         completion = _completion(model, {"role": "assistant", "content": ""}, "error")
@@ -349,6 +403,8 @@ async def _stream(
         for frame in frames:
             if isinstance(frame, float):
                 await asyncio.sleep(frame)
+            elif frame == b"GATE":
+                await asyncio.to_thread(fake.gate.wait, 10)
             elif frame == b"DROP":
                 assert request.transport is not None
                 request.transport.abort()
@@ -364,11 +420,17 @@ async def _stream(
 
 def start_fake_upstream() -> tuple[FakeUpstream, Callable[[], None]]:
     """Run the fake in a background thread; return it and a function that stops it."""
+    from tests.fakes.responses_upstream import add_responses_routes  # it imports this module
+
     fake = FakeUpstream()
     app = web.Application()
     app[FAKE] = fake
     app.router.add_post("/client/v4/accounts/{account}/ai/v1/chat/completions", _chat)
     app.router.add_post("/{dialect}/api/v1/chat/completions", _chat)
     app.router.add_post("/{dialect}/v1/chat/completions", _chat)
+    add_responses_routes(app)
+    from tests.fakes.embeddings import add_embedding_routes  # late: it builds on this module
+
+    add_embedding_routes(app)
     fake.url, stop = serve_in_thread(app)
     return fake, stop

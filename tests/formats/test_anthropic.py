@@ -53,6 +53,104 @@ def test_system_blocks_become_one_string_unless_they_carry_cache_control():
     ]
 
 
+CACHE = {"type": "ephemeral"}
+HOUR = {"type": "ephemeral", "ttl": "1h"}
+
+
+def test_cache_breakpoints_land_on_openrouters_content_parts_and_tools():
+    image = {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}
+    pdf = {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="}
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "source": image, "cache_control": CACHE},
+                {"type": "document", "source": pdf, "title": "a.pdf", "cache_control": CACHE},
+                {"type": "document", "source": {"type": "text", "data": "Notes"},
+                 "cache_control": HOUR},
+                {"type": "text", "text": "Read these.", "cache_control": CACHE},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "text", "text": "On it.", "cache_control": CACHE},
+                {"type": "tool_use", "id": "t1", "name": "look", "input": {}},
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "t1", "content": "found it",
+                 "cache_control": HOUR},
+            ],
+        },
+    ]  # fmt: skip
+    tool = {"name": "look", "input_schema": {"type": "object"}, "cache_control": CACHE}
+    chat = _chat(messages=messages, tools=[tool])
+    assert chat["messages"][0]["content"] == [
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image['data']}"},
+         "cache_control": CACHE},
+        {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;"
+                                  "base64,JVBERi0="}, "cache_control": CACHE},
+        {"type": "text", "text": "Notes", "cache_control": HOUR},
+        {"type": "text", "text": "Read these.", "cache_control": CACHE},
+    ]  # fmt: skip
+    assert chat["messages"][1]["content"] == [
+        {"type": "text", "text": "On it.", "cache_control": CACHE}
+    ]
+    assert chat["messages"][2] == {
+        "role": "tool",
+        "tool_call_id": "t1",
+        "content": [{"type": "text", "text": "found it", "cache_control": HOUR}],
+    }
+    assert chat["tools"][0]["cache_control"] == CACHE
+    assert "cache_control" not in chat  # placed on the blocks, not passed on as a field
+
+
+def test_a_tool_result_keeps_its_inner_breakpoints_and_its_error_prefix():
+    result = {
+        "type": "tool_result",
+        "tool_use_id": "t1",
+        "is_error": True,
+        "content": [
+            {"type": "text", "text": "bad city", "cache_control": CACHE},
+            {"type": "text", "text": "try again"},
+        ],
+    }
+    [tool] = _chat(messages=[{"role": "user", "content": [result]}])["messages"]
+    assert tool["content"] == [
+        {"type": "text", "text": "Error: bad city", "cache_control": CACHE},
+        {"type": "text", "text": "try again"},
+    ]
+    plain = {**result, "content": [{"type": "text", "text": "bad city"}]}
+    [tool] = _chat(messages=[{"role": "user", "content": [plain]}])["messages"]
+    assert tool["content"] == "Error: bad city"  # no breakpoint: one string, as before
+    empty = {"type": "tool_result", "tool_use_id": "t1", "content": "", "cache_control": CACHE}
+    [tool] = _chat(messages=[{"role": "user", "content": [empty]}])["messages"]
+    assert tool["content"] == ""  # Anthropic takes no breakpoint on an empty block
+
+
+def test_top_level_cache_control_marks_the_last_block():
+    messages = [
+        {"role": "user", "content": "First question"},
+        {"role": "assistant", "content": "An answer"},
+        {"role": "user", "content": "Second question"},
+    ]
+    chat = _chat(messages=messages, cache_control=HOUR)
+    assert chat["messages"][-1]["content"] == [
+        {"type": "text", "text": "Second question", "cache_control": HOUR}
+    ]
+    assert chat["messages"][0]["content"] == "First question"
+    marked = [{"type": "text", "text": "Q", "cache_control": CACHE}]
+    chat = _chat(messages=[{"role": "user", "content": marked}], cache_control=HOUR)
+    assert chat["messages"][0]["content"] == marked  # already a breakpoint there: kept
+    with pytest.raises(InvalidRequest, match="cache_control"):
+        _chat(cache_control="ephemeral")
+    with pytest.raises(InvalidRequest, match=r"tools\[0\]\.cache_control"):
+        _chat(tools=[{"name": "x", "input_schema": {}, "cache_control": True}])
+
+
 def test_tool_results_come_before_the_rest_of_their_user_turn():
     image = {"type": "image", "source": {"type": "url", "url": "https://x/cat.png"}}
     content = [
@@ -312,6 +410,8 @@ def test_usage_keeps_cache_reads_and_writes_apart_from_input():
         "output_tokens_details": {"thinking_tokens": 12},
     }
     assert build_usage(None) == {"input_tokens": 0, "output_tokens": 0}
+    # No usage from the upstream: the prompt as estimated (and billed) stands for it.
+    assert build_usage(None, 42) == {"input_tokens": 42, "output_tokens": 0}
 
 
 # Streaming ----------------------------------------------------------------------------------
@@ -406,6 +506,29 @@ def test_stream_without_thinking_skips_reasoning_and_catches_a_stop_sequence():
     assert events[2]["index"] == 0
     assert events[5]["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "###"}
     assert events[5]["usage"] == {"input_tokens": 0, "output_tokens": 0}
+
+
+def test_message_start_carries_the_prompt_estimate_until_the_upstream_counts():
+    encoder = MessageStreamEncoder(REQUEST, input_estimate=1234)
+    usage = {"prompt_tokens": 1300, "completion_tokens": 2,
+             "prompt_tokens_details": {"cached_tokens": 1000, "cache_write_tokens": 0}}  # fmt: skip
+    raw = encoder.start() + encoder.feed(_delta("stop", content="Hi")) + encoder.finish(usage)
+    events = _events(raw)
+    assert events[0]["message"]["usage"] == {
+        "input_tokens": 1234,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "output_tokens": 0,
+    }
+    assert events[-2]["usage"] == {
+        "input_tokens": 300,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 1000,
+        "output_tokens": 2,
+    }
+    unreported = MessageStreamEncoder(REQUEST, input_estimate=1234)
+    raw = unreported.start() + unreported.finish(None)
+    assert _events(raw)[-2]["usage"] == {"input_tokens": 1234, "output_tokens": 0}
 
 
 def test_an_empty_answer_is_still_a_complete_message():

@@ -5,9 +5,15 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from callmissed.errors import UpstreamError, UpstreamOverloaded, UpstreamRejected, UpstreamTimeout
+from callmissed.errors import (
+    InvalidRequest,
+    UpstreamError,
+    UpstreamOverloaded,
+    UpstreamRejected,
+    UpstreamTimeout,
+)
 from callmissed.providers import REGISTRY, Provider
-from callmissed.settings import ModelSettings, ProviderSettings, Route
+from callmissed.settings import EmbeddingSettings, ModelSettings, ProviderSettings, Route
 
 MODEL = ModelSettings(
     name="m", routes=(Route("p", "up-model"),), reasoning="passthrough", max_output=999
@@ -110,3 +116,88 @@ def test_openrouter_attribution_headers():
 def test_no_key_no_authorization_header():
     built = _provider("openai", api_key=None).build_request(dict(BODY), MODEL.routes[0], MODEL)
     assert "authorization" not in built.headers
+
+
+# Embeddings: every provider builds one batch's request and reads the answer into vectors.
+
+EMBED_MODEL = ModelSettings(
+    name="e",
+    routes=(Route("p", "up-embed"),),
+    reasoning="passthrough",
+    embedding=EmbeddingSettings(dimensions=4),
+)
+EMBED_BODY = {"model": "e", "input": ["a", "b", "c"], "encoding_format": "base64", "x": 1}
+
+
+def test_an_embedding_batch_request_carries_the_batch_and_the_upstream_model(provider):
+    built = provider.build_embedding_request(
+        dict(EMBED_BODY), ["b", "c"], EMBED_MODEL.routes[0], EMBED_MODEL
+    )
+    body = orjson.loads(built.body)
+    assert built.model == "up-embed"
+    assert built.headers["authorization"] == "Bearer secret-key-123"
+    if provider.type == "cloudflare":
+        assert built.url == "http://up/run/up-embed"  # the native API: base_url less its /v1
+        assert body == {"text": ["b", "c"]}
+    else:
+        assert built.url == "http://up/v1/embeddings"
+        assert body["input"] == ["b", "c"]
+        assert (body["model"], body["x"], body["encoding_format"]) == ("up-embed", 1, "base64")
+
+
+def test_building_an_embedding_request_leaves_the_clients_body_alone(provider):
+    body = dict(EMBED_BODY)
+    provider.build_embedding_request(body, ["a"], EMBED_MODEL.routes[0], EMBED_MODEL)
+    assert body == EMBED_BODY
+
+
+def test_an_embeddings_answer_is_read_in_input_order(provider):
+    if provider.type == "cloudflare":
+        answer = {"result": {"shape": [2, 2], "data": [[1, 0], [0, 1]]}, "success": True}
+    else:
+        data = [{"index": 1, "embedding": [0, 1]}, {"index": 0, "embedding": [1, 0]}]
+        answer = {"object": "list", "data": data, "model": "m", "usage": {"prompt_tokens": 3}}
+    batch = provider.parse_embeddings(orjson.dumps(answer))
+    assert batch.vectors == [[1, 0], [0, 1]]
+    assert batch.prompt_tokens == (None if provider.type == "cloudflare" else 3)
+
+
+@pytest.mark.parametrize("answer", [b"[]", b"not json", b'{"error": {"message": "nope"}}'])
+def test_an_embeddings_answer_without_vectors_is_an_upstream_error(provider, answer):
+    with pytest.raises(UpstreamError):
+        provider.parse_embeddings(answer)
+
+
+def test_cloudflare_embeds_text_only_and_keeps_its_native_options():
+    cloudflare = _provider("cloudflare")
+    route = EMBED_MODEL.routes[0]
+    with pytest.raises(InvalidRequest):
+        cloudflare.build_embedding_request({"model": "e"}, [[1, 2]], route, EMBED_MODEL)
+    with pytest.raises(InvalidRequest):
+        cloudflare.build_embedding_request({"dimensions": 2}, ["a"], route, EMBED_MODEL)
+    body = {"model": "e", "pooling": "cls", "truncate_inputs": True, "user": "u"}
+    built = cloudflare.build_embedding_request(body, ["a"], route, EMBED_MODEL)
+    assert orjson.loads(built.body) == {"text": ["a"], "pooling": "cls", "truncate_inputs": True}
+
+
+def test_cloudflare_reads_a_failed_envelope_as_an_upstream_error():
+    envelope = {"result": None, "success": False, "errors": [{"code": 5006, "message": "bad"}]}
+    with pytest.raises(UpstreamError, match="Workers AI error 5006: bad"):
+        _provider("cloudflare").parse_embeddings(orjson.dumps(envelope))
+
+
+def test_the_simulator_is_told_its_models_vector_length():
+    built = _provider("sim").build_embedding_request(
+        {"model": "e"}, ["a"], EMBED_MODEL.routes[0], EMBED_MODEL
+    )
+    assert orjson.loads(built.body)["dimensions"] == 4
+
+
+def test_batch_limits_are_data_per_provider():
+    assert {kind: REGISTRY[kind].embedding_batch for kind in REGISTRY} == {
+        "cloudflare": 100,
+        "openai": 2048,
+        "openrouter": 2048,
+        "sarvam": 2048,
+        "sim": 2048,
+    }

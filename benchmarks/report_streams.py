@@ -1,0 +1,224 @@
+"""The report's stream-capacity part: capacity per upstream path, and issue 17's targets.
+
+Capacity (scenarios.holds): the largest count of 20 ms-paced streams a system held with added
+gap p99 ≤ 5 ms over direct at the same count, no stall ≥ 100 ms and every stream answered.
+CPU per relayed chunk is the server's CPU over a run divided by the content chunks its answers
+carried. RSS per held stream is the slope of the server's peak RSS between the smallest step and
+the largest one held (a process shared by scenarios keeps what earlier runs made it grow, so its
+RSS before a run says little); with one step, that step's growth over its RSS before it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.scenarios import holds
+
+__all__ = ["capacity_section", "stream_targets"]
+
+Row = dict[str, Any]
+_NA = "—"
+PATH_NAMES = {
+    "http": "plain HTTP/1.1",
+    "h2-tls": "HTTP/2 over TLS (ALPN)",
+    "h1-tls": "HTTP/1.1 over TLS",
+}
+
+
+def capacity(rows: list[Row], system: str, path: str) -> tuple[int | None, Row | None]:
+    """(streams held at the largest step that held, that step's row); None if none held."""
+    best: tuple[int | None, Row | None] = (None, None)
+    for row in _steps(rows, system, path):
+        direct = _step(rows, "direct", path, row["concurrency"])
+        if system == "direct" or holds(row, direct):
+            best = (row["concurrency"], row)
+        else:
+            break
+    return best
+
+
+def cpu_per_chunk_us(row: Row | None) -> float | None:
+    if row is None or not row.get("chunks_total") or row.get("server_rss_peak_mib") is None:
+        return None  # no server (direct), or nothing relayed
+    return float(row["server_cpu_s"]) / row["chunks_total"] * 1e6
+
+
+def rss_per_stream_kb(row: Row | None, first: Row | None = None) -> float | None:
+    """KB of server RSS per held stream at `row`, measured from the step `first` if given."""
+    if row is None or row.get("server_rss_peak_mib") is None:
+        return None
+    if first is not None and first is not row and first.get("server_rss_peak_mib") is not None:
+        grown = row["server_rss_peak_mib"] - first["server_rss_peak_mib"]
+        streams = row["concurrency"] - first["concurrency"]
+    else:
+        grown = row["server_rss_peak_mib"] - (row.get("server_rss_before_mib") or 0.0)
+        streams = row["concurrency"]
+    return max(0.0, grown) * 1024 / streams
+
+
+def capacity_section(rows: list[Row]) -> str:
+    body = []
+    for path in _paths(rows):
+        for system in _systems(rows, path):
+            held, row = capacity(rows, system, path)
+            steps = _steps(rows, system, path)
+            body.append(
+                [
+                    PATH_NAMES.get(path, path),
+                    system,
+                    _held_text(held, steps),
+                    ", ".join(f"{step['concurrency']:,}" for step in steps),
+                    _fmt(cpu_per_chunk_us(row), 1),
+                    _fmt(rss_per_stream_kb(row, steps[0] if steps else None), 1),
+                    _fmt(_gap_p99(row), 1),
+                ]
+            )
+    if not body:
+        return ""
+    head = ["upstream path", "system", "capacity (streams)", "steps run", "CPU µs / chunk"]
+    head += ["RSS KB / stream", "gap p99 ms at capacity"]
+    note = (
+        "Streams paced 20 ms apart, stepped up until a system misses: added gap p99 ≤ 5 ms over "
+        "direct at the same count, no stall ≥ 100 ms, every stream answered. CPU and RSS are "
+        "at the largest step held."
+    )
+    return "## Held-stream capacity\n\n" + note + "\n\n" + _table(head, body)
+
+
+def _held_text(held: int | None, steps: list[Row]) -> str:
+    if held is not None:
+        return f"{held:,}"
+    return f"< {steps[0]['concurrency']:,}" if steps else _NA
+
+
+def stream_targets(rows: list[Row]) -> str:
+    """Issue 17's targets, per upstream path, each a ratio measured in this run."""
+    body: list[list[str]] = []
+    for path in _paths(rows):
+        body += _capacity_targets(rows, path)
+        body += _throughput_targets(rows, path)
+    if not body:
+        return ""
+    return "## Targets (issue 17)\n\n" + _table(["path", "target", "measured", "met"], body)
+
+
+def _capacity_targets(rows: list[Row], path: str) -> list[list[str]]:
+    ours, ours_row = capacity(rows, "callmissed", path)
+    bare, bare_row = capacity(rows, "passthrough", path)
+    name = PATH_NAMES.get(path, path)
+    checks = []
+    steps = _steps(rows, "callmissed", path)
+    bare_steps = _steps(rows, "passthrough", path)
+    if steps and bare_steps:
+        ratio = (ours or 0) / bare if bare else None
+        text = f"{_held_text(ours, steps)} vs {_held_text(bare, bare_steps)}"
+        met = _yes(ratio >= 0.9) if ratio is not None else _yes(ours is not None)
+        text += f" ({ratio:.0%})" if ratio is not None else ""
+        checks.append([name, "capacity ≥ 90 % of pass-through's", text, met])
+    mine, theirs = cpu_per_chunk_us(ours_row), cpu_per_chunk_us(bare_row)
+    if mine is not None and theirs:
+        text = f"{mine:.1f} vs {theirs:.1f} µs ({mine / theirs:.2f} x)"
+        checks.append(
+            [name, "CPU / chunk ≤ 1.25 x pass-through's", text, _yes(mine <= 1.25 * theirs)]
+        )
+    rss = rss_per_stream_kb(ours_row, steps[0] if steps else None)
+    if rss is not None:
+        checks.append([name, "RSS / held stream ≤ 50 KB", f"{rss:.1f} KB", _yes(rss <= 50)])
+    return checks
+
+
+def _throughput_targets(rows: list[Row], path: str) -> list[list[str]]:
+    name = PATH_NAMES.get(path, path)
+    checks = []
+    ours = _find(rows, "throughput", "callmissed", path, concurrency=64)
+    direct = _find(rows, "throughput", "direct", path, concurrency=64)
+    if ours and direct and direct["rps"]:
+        share = ours["rps"] / direct["rps"]
+        text = f"{ours['rps']:,.0f} vs {direct['rps']:,.0f} ({share:.0%})"
+        checks.append([name, "c=64: ≥ 60 % of direct's req/s", text, _yes(share >= 0.6)])
+    if ours and ours.get("server_loop_cpu_s") is not None and ours.get("ok"):
+        loop_us = _loop_cpu_per_request_us(ours)
+        text = f"{loop_us:.0f} µs"
+        checks.append([name, "c=64: event-loop CPU / request ≤ 200 µs", text, _yes(loop_us <= 200)])
+    for pct, limit in (("p50", 0.5), ("p99", 1.5)):
+        mine = _stat(_find(rows, "overhead", "callmissed", path), pct)
+        floor = _stat(_find(rows, "overhead", "direct", path), pct)
+        if mine is not None and floor is not None:
+            added = mine - floor
+            target = f"c=1: added TTFB {pct} ≤ {limit} ms"
+            checks.append([name, target, f"{added:+.2f} ms", _yes(added <= limit)])
+    return checks
+
+
+def _loop_cpu_per_request_us(row: Row) -> float:
+    """Event-loop CPU over the run per answer completed in it (warm-up and grace included)."""
+    answers = row.get("chunks_total", 0) / 20 or row["ok"]
+    return float(row["server_loop_cpu_s"]) / answers * 1e6
+
+
+def _find(rows: list[Row], scenario: str, system: str, path: str, **match: Any) -> Row | None:
+    for row in rows:
+        if (row["scenario"], row["system"], row.get("upstream", "http")) != (
+            scenario,
+            system,
+            path,
+        ):
+            continue
+        if all(row.get(key) == value for key, value in match.items()):
+            return row
+    return None
+
+
+def _steps(rows: list[Row], system: str, path: str) -> list[Row]:
+    found = [
+        row
+        for row in rows
+        if row["scenario"] == "capacity"
+        and row["system"] == system
+        and row.get("upstream", "http") == path
+    ]
+    return sorted(found, key=lambda row: row["concurrency"])
+
+
+def _step(rows: list[Row], system: str, path: str, count: int) -> Row | None:
+    return next((row for row in _steps(rows, system, path) if row["concurrency"] == count), None)
+
+
+def _paths(rows: list[Row]) -> list[str]:
+    seen = {row.get("upstream", "http") for row in rows if row["scenario"] != "startup"}
+    return [path for path in PATH_NAMES if path in seen]
+
+
+def _systems(rows: list[Row], path: str) -> list[str]:
+    seen: list[str] = []
+    for row in rows:
+        capacity_row = row["scenario"] == "capacity" and row.get("upstream", "http") == path
+        if capacity_row and row["system"] not in seen:
+            seen.append(row["system"])
+    return seen
+
+
+def _stat(row: Row | None, pct: str) -> float | None:
+    if row is None or not row.get("ttfb_ms"):
+        return None
+    return float(row["ttfb_ms"][pct])
+
+
+def _gap_p99(row: Row | None) -> float | None:
+    if row is None or not row.get("gap_ms"):
+        return None
+    return float(row["gap_ms"]["p99"])
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return _NA if value is None else f"{value:.{digits}f}"
+
+
+def _yes(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def _table(head: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return "\n".join(lines)

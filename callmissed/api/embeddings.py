@@ -1,0 +1,16 @@
+"""The OpenAI-compatible edge for POST /v1/embeddings (docs/embeddings.md): auth, parse, answer."""
+
+from __future__ import annotations
+
+from callmissed.formats.embeddings import parse_embedding_request
+from callmissed.gateway import Gateway
+from callmissed.web import Request, Response, json_response
+
+__all__ = ["create_embedding"]
+
+
+async def create_embedding(gateway: Gateway, request: Request) -> Response:
+    principal = request.key
+    embedding_request = parse_embedding_request(request.json())
+    answer, info = await gateway.embed(principal, embedding_request, request_id=request.request_id)
+    return json_response(answer, headers=info.headers())

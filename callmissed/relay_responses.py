@@ -1,0 +1,100 @@
+"""Relay an upstream's own Responses API answer (OpenRouter's POST /responses), passed through.
+
+Within the dialect nothing is translated: each streamed event goes on as the upstream framed its
+data, one Chunk per event, with the text it carries counted for the meter; the answer's end
+(`response.completed` or `response.incomplete`) finishes the stream and brings the usage, and
+`response.failed` or `error` raises UpstreamError, so the edge ends the stream with an error
+the SDK raises. The edge (api/responses.py) makes the few edits the route needs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from callmissed.errors import UpstreamError
+from callmissed.providers import Provider
+from callmissed.relay import ChatStream, Chunk, UpstreamAPI
+from callmissed.sse import event_data
+from callmissed.token_estimate import estimate_output_tokens
+from callmissed.upstream import UpstreamResponse
+
+__all__ = ["RESPONSES", "ResponsesStream", "read_response"]
+
+_ENDS = frozenset({"response.completed", "response.incomplete"})
+_FAILS = frozenset({"response.failed", "error"})
+
+
+class ResponsesStream(ChatStream):
+    """A Responses event stream, read as ChatStream reads chat chunks (the same meter, watchdog
+    and close): each Chunk is one event's data, parsed, with `tokens` set, so no meter walks it."""
+
+    async def start(self) -> None:
+        """Wait for the first event that carries output (or ends the answer): until then,
+        failover.py may still switch routes unseen."""
+        while (batch := await anext(self._batches, None)) is not None:
+            self._first += batch
+            if any(chunk.tokens or chunk.json().get("type") in _ENDS for chunk in batch):
+                return
+
+    def _chunks(self, raw: bytes) -> list[Chunk]:
+        chunks: list[Chunk] = []
+        for block in self._decoder.take(raw).split(b"\n\n"):
+            data = event_data(block) if block else None
+            if data is not None and data != b"[DONE]":
+                chunks.append(self._event(data))
+        return chunks
+
+    def _event(self, data: bytes) -> Chunk:
+        label = f"{self._provider.label} ({self._provider.name})"
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(
+                f"{label} sent malformed JSON in its stream", provider=self._provider.name
+            ) from None
+        if payload.__class__ is not dict:
+            raise UpstreamError(f"{label} sent an event that is not an object")
+        kind = payload.get("type")
+        if kind in _FAILS:
+            raise _failure(self._provider, payload)
+        if kind in _ENDS:
+            self.finished = self._done = True
+            response = payload.get("response")
+            usage = response.get("usage") if isinstance(response, dict) else None
+            self.usage = usage if isinstance(usage, dict) else None
+        delta = payload.get("delta")
+        tokens = estimate_output_tokens(delta) if isinstance(delta, str) else 0
+        return Chunk(data, payload, tokens)
+
+
+def _failure(provider: Provider, payload: dict[str, Any]) -> UpstreamError:
+    """The error a `response.failed` or `error` event reports."""
+    response = payload.get("response")
+    error = response.get("error") if isinstance(response, dict) else payload.get("error")
+    details = error if isinstance(error, dict) else payload
+    message = details.get("message")
+    text = str(message) if message else "the upstream failed while generating"
+    return provider.make_error(502, text, None)
+
+
+async def read_response(provider: Provider, response: UpstreamResponse) -> dict[str, Any]:
+    """A whole Response object, raising if it failed or is not one."""
+    body = await response.read()
+    label = f"{provider.label} ({provider.name})"
+    try:
+        answer = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise UpstreamError(
+            f"{label} answered with malformed JSON", provider=provider.name
+        ) from None
+    if not isinstance(answer, dict) or not isinstance(answer.get("output"), list):
+        error = provider.stream_error(answer) if isinstance(answer, dict) else None
+        raise error or UpstreamError(f"{label} answered without output", provider=provider.name)
+    if answer.get("status") == "failed":
+        raise _failure(provider, {"response": answer})
+    return answer
+
+
+RESPONSES = UpstreamAPI(Provider.build_responses_request, read_response, ResponsesStream)

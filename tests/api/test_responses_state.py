@@ -1,0 +1,173 @@
+"""Stored responses as OpenAI keeps them: retrieve, list input items, delete, owned by the key;
+`store: false` keeps nothing; fields a chat upstream cannot honour are refused by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.api.conftest import WEATHER_TOOL
+from tests.conftest import Gateway, start_gateway, stop_gateway
+
+
+def _other_sdk(gateway: Gateway, client_for):
+    key = gateway.create_key()
+    return client_for(
+        Gateway(
+            gateway.url,
+            key,
+            gateway.env,
+            gateway.process,
+            gateway.upstream,
+            gateway.workdir,
+            gateway.log,
+        )
+    )
+
+
+@pytest.mark.parametrize("model", ["local-hello", "fake/hello"])
+def test_a_stored_response_is_retrieved_listed_and_deleted(sdk, model):
+    created = sdk.responses.create(model=model, input="Hi", metadata={"ticket": "42"})
+    fetched = sdk.responses.retrieve(created.id)
+    assert fetched.model_dump() == created.model_dump()
+    assert fetched.metadata == {"ticket": "42"} and fetched.store is True
+    items = sdk.responses.input_items.list(created.id)
+    assert [item.type for item in items.data] == ["message"]
+    deleted = sdk.responses.delete(created.id)
+    assert deleted is None  # the SDK returns nothing for a 200
+    with pytest.raises(openai.NotFoundError):
+        sdk.responses.retrieve(created.id)
+
+
+def test_another_key_sees_nothing_of_it(sdk, responses_gateway, client_for):
+    mine = sdk.responses.create(model="local-hello", input="Hi")
+    theirs = _other_sdk(responses_gateway, client_for)
+    with pytest.raises(openai.NotFoundError, match="No response found"):
+        theirs.responses.retrieve(mine.id)
+    with pytest.raises(openai.NotFoundError):
+        theirs.responses.input_items.list(mine.id)
+    with pytest.raises(openai.NotFoundError):
+        theirs.responses.delete(mine.id)
+    with pytest.raises(openai.NotFoundError):
+        theirs.responses.create(model="local-hello", input="Hi", previous_response_id=mine.id)
+    assert sdk.responses.retrieve(mine.id).id == mine.id  # still there for its owner
+
+
+@pytest.mark.parametrize("model", ["local-hello", "fake/hello"])
+def test_store_false_keeps_nothing(sdk, model):
+    response = sdk.responses.create(model=model, input="Hi", store=False)
+    assert response.store is False
+    with pytest.raises(openai.NotFoundError):
+        sdk.responses.retrieve(response.id)
+    with pytest.raises(openai.NotFoundError):
+        sdk.responses.create(model=model, input="More", previous_response_id=response.id)
+
+
+def test_input_items_page_newest_first_as_openai_lists_them(sdk):
+    turns: list[Any] = [{"role": "user", "content": f"turn {n}"} for n in range(5)]
+    response = sdk.responses.create(model="local-hello", input=turns)
+    page = sdk.responses.input_items.list(response.id, limit=2)
+    assert [item.content[0].text for item in page.data] == ["turn 4", "turn 3"]
+    assert page.has_more is True
+    rest = sdk.responses.input_items.list(response.id, limit=10, after=page.data[-1].id)
+    assert [item.content[0].text for item in rest.data] == ["turn 2", "turn 1", "turn 0"]
+    assert rest.has_more is False
+    every = [item.content[0].text for item in sdk.responses.input_items.list(response.id)]
+    assert every == [f"turn {n}" for n in (4, 3, 2, 1, 0)]  # the SDK's pager, one page
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"background": True}, "background"),
+        ({"conversation": "conv_1"}, "conversation"),
+        ({"prompt": {"id": "pmpt_1"}}, "prompt"),
+        ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
+        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type"),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]},
+            "input[0].content[0].image_url",
+        ),
+        ({"text": {"format": {"type": "json_schema"}}}, "text.format"),
+        ({"temperature": 3}, "temperature"),
+    ],
+)
+def test_fields_a_chat_upstream_cannot_honour_are_refused_by_name(sdk, body, param):
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk.responses.create(**{"model": "local-hello", "input": "Hi", **body})
+    assert caught.value.param == param
+
+
+def test_unknown_and_dropped_fields(sdk, responses_gateway):
+    sdk.responses.create(
+        model="local-hello",
+        input="Hi",
+        truncation="auto",
+        service_tier="auto",
+        extra_body={"top_k": 5},
+    )
+    sent = responses_gateway.upstream.last("hello").body
+    assert sent["top_k"] == 5  # unknown to the Responses API: the upstream may know it
+    assert "truncation" not in sent and "service_tier" not in sent
+
+
+def test_a_passed_through_body_reaches_openrouter_with_only_the_routes_edits(
+    sdk, responses_gateway
+):
+    sdk.responses.create(
+        model="fake/hello",
+        input="Hi",
+        tools=[WEATHER_TOOL, {"type": "web_search"}],
+        reasoning={"effort": "high", "summary": "auto"},
+        extra_body={"plugins": [{"id": "web"}]},
+    )
+    received = responses_gateway.upstream.requests[-1]
+    assert received.path == "/openrouter/api/v1/responses"
+    assert received.body["tools"][1] == {"type": "web_search"}  # OpenRouter runs it
+    assert received.body["plugins"] == [{"id": "web"}]
+    assert received.body["reasoning"] == {"summary": "auto", "effort": "high"}
+    assert received.body["store"] is False
+
+
+def test_passed_through_reasoning_streams(sdk):
+    with sdk.responses.stream(model="fake/thinker", input="2+2?") as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_response()
+    assert "response.reasoning_text.delta" in kinds
+    assert [item.type for item in final.output] == ["reasoning", "message"]
+    assert final.output_text == "4"
+
+
+def test_an_upstream_status_before_the_first_byte_is_an_http_error(sdk):
+    with pytest.raises(openai.RateLimitError):
+        sdk.responses.create(model="fake/error-429", input="Hi", stream=True)
+    with pytest.raises(openai.RateLimitError):
+        sdk.responses.create(model="fake/error-429", input="Hi")
+
+
+def test_bounded_storage(upstream, tmp_path):
+    """A response too large to store says store: false; past its budget a key's oldest go."""
+    gateway = start_gateway(
+        upstream,
+        tmp_path,
+        CALLMISSED_RESPONSES_MAX_BYTES="6000",
+        CALLMISSED_RESPONSES_KEY_BYTES="12000",
+    )
+    headers = {"authorization": f"Bearer {gateway.key}"}
+    try:
+        with httpx.Client(base_url=gateway.base_url, headers=headers, timeout=30) as client:
+            large = client.post("/responses", json={"model": "local-model", "input": "x" * 7000})
+            assert large.status_code == 200 and large.json()["store"] is False
+            assert client.get(f"/responses/{large.json()['id']}").status_code == 404
+            ids = []
+            for _ in range(6):  # ~2.3 KB each: six do not fit in 12 KB
+                body = {"model": "local-model", "input": "y" * 1000}
+                ids.append(client.post("/responses", json=body).json()["id"])
+            found = [client.get(f"/responses/{rid}").status_code for rid in ids]
+            assert found[-1] == 200 and found[0] == 404
+            assert found == sorted(found, reverse=True)  # the oldest went first
+    finally:
+        stop_gateway(gateway)

@@ -1,0 +1,220 @@
+"""Issue 12's client-side attacks, small: each against a real `callmissed serve` on loopback.
+
+Silent, idle and half-sent connections are closed or answered 408; a credential is checked
+before a body is read; HTTP/2 header lists are capped; an aborted h2c body does not spin the
+worker; a client that stops reading does not make the worker buffer its whole answer.
+The load-shaped versions are `python -m benchmarks abuse` (docs/security.md).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import h2.config
+import h2.connection
+import h2.events
+import httpx
+import orjson
+import pytest
+
+from tests.conftest import CONFIG, Gateway, start_gateway, stop_gateway
+
+FLOOD_MODEL = """
+[models."local-flood"]
+routes = ["local:flood"]
+"""
+
+LIMITS = {
+    "CALLMISSED_HEADER_TIMEOUT": "1",
+    "CALLMISSED_IDLE_TIMEOUT": "1",
+    "CALLMISSED_BODY_TIMEOUT": "1",
+    "CALLMISSED_WRITE_TIMEOUT": "1",
+    "CALLMISSED_WRITE_BUFFER_BYTES": "65536",
+}
+
+
+@pytest.fixture(scope="module")
+def edge(upstream, tmp_path_factory) -> Iterator[Gateway]:
+    workdir = tmp_path_factory.mktemp("edge")
+    config = workdir / "limits.toml"
+    config.write_text(CONFIG.format(upstream=upstream.url) + FLOOD_MODEL)
+    running = start_gateway(upstream, workdir, CALLMISSED_CONFIG=str(config), **LIMITS)
+    yield running
+    stop_gateway(running)
+
+
+def _connect(gateway: Gateway) -> socket.socket:
+    host, port = gateway.url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server ends the connection within `seconds` (reading whatever it sends)."""
+    deadline = time.monotonic() + seconds
+    sock.settimeout(0.2)
+    while time.monotonic() < deadline:
+        try:
+            if sock.recv(65536) == b"":
+                return True
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            return True
+    return False
+
+
+def _worker(gateway: Gateway) -> int:
+    return int(httpx.get(f"{gateway.url}/healthz").json()["worker"])
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def _h2c(gateway: Gateway) -> tuple[socket.socket, h2.connection.H2Connection]:
+    sock = _connect(gateway)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    sock.sendall(conn.data_to_send())
+    return sock, conn
+
+
+def _h2_status(sock: socket.socket, conn: h2.connection.H2Connection, stream: int) -> str:
+    """The response status of `stream`, or "reset" if the server refused it."""
+    sock.settimeout(5)
+    while True:
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:
+            return "closed"
+        if not data:
+            return "closed"
+        for event in conn.receive_data(data):
+            if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream:
+                return dict(event.headers)[b":status"].decode()
+            if isinstance(event, h2.events.StreamReset) and event.stream_id == stream:
+                return "reset"
+            if isinstance(event, h2.events.ConnectionTerminated):
+                return "closed"
+        try:
+            sock.sendall(conn.data_to_send())
+        except OSError:
+            return "closed"
+
+
+def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeout(edge):
+    with _connect(edge) as silent:
+        assert _closed_within(silent, 6)
+    assert httpx.get(f"{edge.url}/healthz").status_code == 200
+
+
+def test_an_idle_h2c_connection_is_closed_after_the_idle_timeout(edge):
+    sock, conn = _h2c(edge)
+    with sock:
+        conn.send_headers(1, _h2_headers(edge, "GET", "/healthz"), end_stream=True)
+        sock.sendall(conn.data_to_send())
+        assert _h2_status(sock, conn, 1) == "200"
+        assert _closed_within(sock, 6)
+
+
+def test_a_body_that_stops_part_way_gets_408_in_the_clients_dialect(edge):
+    with _connect(edge) as sock:
+        sock.sendall(
+            b"POST /v1/messages HTTP/1.1\r\nHost: gateway\r\nContent-Length: 100\r\n"
+            b"x-api-key: " + edge.key.encode() + b"\r\n\r\n{"
+        )
+        sock.settimeout(6)
+        answer = sock.recv(65536)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), answer
+    assert orjson.loads(body)["error"]["type"] == "invalid_request_error"
+
+
+def test_a_credential_is_checked_before_the_body_is_read(edge):
+    # No body follows the head: the answer comes from the head alone.
+    with _connect(edge) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 33000000\r\n\r\n"
+        )
+        sock.settimeout(5)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 401"), answer
+    assert b"Missing API key" in answer
+
+
+def test_an_endpoint_that_checks_no_credential_takes_only_a_small_body(edge):
+    response = httpx.request("GET", f"{edge.url}/healthz", content=b"x" * 200_000)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+
+
+def test_an_h2_header_list_past_the_limit_is_refused(edge):
+    sock, conn = _h2c(edge)
+    with sock:
+        headers = [*_h2_headers(edge, "GET", "/healthz"), ("x-padding", "p" * 100_000)]
+        conn.send_headers(1, headers, end_stream=True)
+        sock.sendall(conn.data_to_send())
+        assert _h2_status(sock, conn, 1) in ("431", "reset", "closed")
+    assert httpx.get(f"{edge.url}/healthz").status_code == 200
+
+
+def test_an_aborted_h2c_body_does_not_spin_the_worker(edge):
+    pid = _worker(edge)
+    sock, conn = _h2c(edge)
+    with sock:
+        headers = _h2_headers(edge, "POST", "/v1/chat/completions")
+        conn.send_headers(1, [*headers, ("authorization", f"Bearer {edge.key}")])
+        conn.send_data(1, b'{"model": "sim/instant", ')
+        sock.sendall(conn.data_to_send())
+        time.sleep(0.3)
+    time.sleep(0.3)  # the worker notices the reset
+    before = _cpu_seconds(pid)
+    time.sleep(1.5)
+    assert _cpu_seconds(pid) - before < 0.5  # spinning, it burns all 1.5 s
+    assert httpx.get(f"{edge.url}/healthz").status_code == 200
+
+
+def test_a_client_that_stops_reading_does_not_make_the_worker_buffer_its_answer(edge):
+    pid = _worker(edge)
+    rss_before = _rss_mb(pid)
+    body = orjson.dumps(
+        {"model": "local-flood", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    )
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    host, port = edge.url.removeprefix("http://").split(":")
+    sock.connect((host, int(port)))
+    with sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\n"
+            + f"Authorization: Bearer {edge.key}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        peak = rss_before
+        for _ in range(40):  # the whole answer is ~60 MB; the worker relays it in ~2 s
+            time.sleep(0.1)
+            peak = max(peak, _rss_mb(pid))
+        # The stuck client was taken for gone: the worker is idle again, and serves others.
+        before = _cpu_seconds(pid)
+        time.sleep(0.5)
+        assert _cpu_seconds(pid) - before < 0.25
+        assert httpx.get(f"{edge.url}/healthz").status_code == 200
+    assert peak - rss_before < 30, (rss_before, peak)
+
+
+def _h2_headers(gateway: Gateway, method: str, path: str) -> list[tuple[str, str]]:
+    authority = gateway.url.removeprefix("http://")
+    return [(":method", method), (":path", path), (":scheme", "http"), (":authority", authority)]
