@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -301,7 +302,7 @@ async def _one_by_one(plan: _Plan, attempt: Callable[[Target], Awaitable[T]]) ->
         try:
             result = await attempt(target)
         except UpstreamError as exc:
-            plan.failed(target, exc, started)
+            plan.failed(target, exc)
             continue
         except BaseException:
             plan.abandoned(target, started)
@@ -324,7 +325,9 @@ class _Plan:
         self._deadline = request.deadline
         self._request = request
         self._log = log
-        self._began = asyncio.get_running_loop().time()
+        # perf_counter, not the loop's clock: uvloop's ticks in whole milliseconds.
+        self._began = time.perf_counter()
+        self._starts: dict[int, float] = {}  # id(target) -> when its attempt began
         self._health = failover._health
         self._metrics = failover._metrics
         self._policy = failover._policy
@@ -347,6 +350,7 @@ class _Plan:
             if self._health.acquire(target.route):
                 self.attempts += 1
                 self._request.route = target.route
+                self._starts[id(target)] = time.perf_counter()
                 return target
         return None
 
@@ -363,6 +367,7 @@ class _Plan:
             if self._health.acquire(target.route):
                 self.attempts += 1
                 self._request.route = target.route
+                self._starts[id(target)] = time.perf_counter()
                 return target
         return None
 
@@ -379,13 +384,13 @@ class _Plan:
         await asyncio.sleep(delay)
         self._queue.extend(target for target, _ in retry)
 
-    def failed(self, target: Target, error: UpstreamError, started: float) -> None:
+    def failed(self, target: Target, error: UpstreamError) -> None:
         """Record a failed attempt; raise `error` if no other route should be tried after it."""
         self._health.failed(target.route, error)
         self.failures.append((target, error))
         name = route_name(target.route)
         self._metrics.inc("callmissed_attempts_total", name, _outcome(error))
-        self._record(target, name, started, _outcome(error))
+        self._record(target, name, _outcome(error))
         if not error.retryable:
             raise error
         if error.upstream_status in TRANSIENT_STATUSES and not isinstance(error, UpstreamTimeout):
@@ -396,26 +401,20 @@ class _Plan:
         self._health.abandoned(target.route, waited)
         name = route_name(target.route)
         self._metrics.inc("callmissed_attempts_total", name, "abandoned")
-        self._record(target, name, started, "abandoned")
+        self._record(target, name, "abandoned")
 
-    def _record(self, target: Target, name: str, started: float, outcome: str) -> None:
+    def _record(self, target: Target, name: str, outcome: str) -> None:
+        now = time.perf_counter()
+        started = self._starts.pop(id(target), now)
         if self._log is not None:
-            now = asyncio.get_running_loop().time()
-            self._log.append(
-                (
-                    name,
-                    round((started - self._began) * 1000, 3),
-                    round((now - started) * 1000, 3),
-                    outcome,
-                    target is self.hedge,
-                )
-            )
+            began, took = (started - self._began) * 1000, (now - started) * 1000
+            self._log.append((name, round(began, 3), round(took, 3), outcome, target is self.hedge))
 
     def won(self, target: Target, result: T, started: float) -> Won[T]:
         ttfb = asyncio.get_running_loop().time() - started
         name = route_name(target.route)
         self._request.route = target.route
-        self._record(target, name, started, "ok")
+        self._record(target, name, "ok")
         self._health.succeeded(target.route, ttfb)
         self._metrics.inc("callmissed_attempts_total", name, "ok")
         self._metrics.observe("callmissed_ttfb_seconds", ttfb, name)
@@ -464,7 +463,7 @@ async def _race(
                     return plan.won(target, task.result(), started)
                 if not isinstance(error, UpstreamError):
                     raise error
-                plan.failed(target, error, started)
+                plan.failed(target, error)
     finally:
         for task, (target, started) in running.items():
             plan.abandoned(target, started)

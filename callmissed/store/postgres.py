@@ -50,12 +50,7 @@ from callmissed.store.budget import (
     with_limit_reset,
 )
 from callmissed.store.responses import PostgresResponses
-from callmissed.store.rollup import (
-    KEY_COLUMNS as _BY_KEY,
-    ROUTE_COLUMNS as _BY_ROUTE,
-    rollup,
-    upsert_sql,
-)
+from callmissed.store.rollup import write_postgres
 
 __all__ = ["PostgresStore"]
 
@@ -213,32 +208,6 @@ SELECT request_id, key_id, created_at, model, route, upstream_model, stream, sta
     ON CONFLICT (request_id) DO NOTHING
 """
 
-# The console's rollups (store/rollup.py) and tag index, added in the settling transaction, last:
-# rollup rows shared by every key are locked until its commit, in primary-key order.
-_ROLL_UP = f"""
-WITH by_route AS (
-    {
-    upsert_sql(
-        "usage_by_route",
-        _BY_ROUTE,
-        "SELECT * FROM json_populate_recordset("
-        "NULL::usage_by_route, $1::json) ORDER BY period, tag, bucket, model, route",
-    )
-}
-), by_key AS (
-    {
-    upsert_sql(
-        "usage_by_key",
-        _BY_KEY,
-        "SELECT * FROM json_populate_recordset("
-        "NULL::usage_by_key, $2::json) ORDER BY period, tag, bucket, key_id",
-    )
-}
-)
-INSERT INTO ledger_tags (tag, created_at, request_id)
-SELECT * FROM unnest($3::text[], $4::float8[], $5::text[])
-    ON CONFLICT DO NOTHING
-"""
 _SETTLE_ATTEMPTS = 3  # a batch that raced another writer (or lost a deadlock) is worked out again
 
 _LOCK_INSTANCE_KEYS = """
@@ -515,7 +484,7 @@ class PostgresStore:
             await db.execute(_LOCK_INSTANCE_KEYS, instance)
             row = await db.fetchrow(_RELEASE, instance)
             written = orjson.loads(row["written"] or "[]")
-            await _roll_up(db, [(_interrupted(**entry), 0) for entry in written])
+            await write_postgres(db, [(_interrupted(**entry), 0) for entry in written])
             return int(row["released"])
 
     async def recent_usage(self, key_id: int, limit: int) -> list[dict[str, Any]]:
@@ -592,20 +561,7 @@ async def _settle(db: asyncpg.Connection, entries: Sequence[LedgerEntry], now: f
     )  # fmt: skip
     if status != f"INSERT 0 {len(plan.rows)}":
         raise _Raced(status)
-    await _roll_up(db, plan.rows)
-
-
-async def _roll_up(db: asyncpg.Connection, rows: list[tuple[LedgerEntry, int]]) -> None:
-    if not rows:
-        return
-    by_route, by_key = rollup(rows)
-    tagged = [(tag, e.created_at, e.request_id) for e, _ in rows if e.tags for tag in e.tags]
-    await db.execute(
-        _ROLL_UP,
-        orjson.dumps([dict(zip(_BY_ROUTE, row, strict=True)) for row in by_route]).decode(),
-        orjson.dumps([dict(zip(_BY_KEY, row, strict=True)) for row in by_key]).decode(),
-        [tag for tag, _, _ in tagged], [at for _, at, _ in tagged], [i for _, _, i in tagged],
-    )  # fmt: skip
+    await write_postgres(db, plan.rows)  # the console's rollups
 
 
 def _policy_row(policy: KeyPolicy) -> tuple[int | None, int | None, int | None, str | None]:

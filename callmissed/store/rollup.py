@@ -12,8 +12,11 @@ answered counts against its last attempt's route. First-token times are kept as 
 from __future__ import annotations
 
 import bisect
+import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+import orjson
 
 from callmissed.store.base import LedgerEntry
 
@@ -30,6 +33,8 @@ __all__ = [
     "percentile",
     "rollup",
     "upsert_sql",
+    "write_postgres",
+    "write_sqlite",
 ]
 
 PERIODS = (60, 3600, 21600, 86400)  # seconds: minute, hour, 6-hour and day buckets
@@ -163,3 +168,55 @@ def percentile(histogram: Sequence[float], fraction: float) -> float | None:
             return round(low + (high - low) * (rank - seen) / count, 1)
         seen += count
     return float(TTFB_BOUNDS_MS[-1])
+
+
+# How each backend adds a batch's rollups and tags, inside the transaction that settles it.
+_TAGS_SQLITE = "INSERT OR IGNORE INTO ledger_tags (tag, created_at, request_id) VALUES (?, ?, ?)"
+_ROUTES_SQLITE = upsert_sql(
+    "usage_by_route", ROUTE_COLUMNS, f"VALUES ({', '.join('?' * len(ROUTE_COLUMNS))})"
+)
+_KEYS_SQLITE = upsert_sql(
+    "usage_by_key", KEY_COLUMNS, f"VALUES ({', '.join('?' * len(KEY_COLUMNS))})"
+)
+# Last in PostgreSQL's settling transaction: rows every key shares are locked until its commit,
+# in primary-key order (so two settlements never deadlock on them).
+_POSTGRES = f"""
+WITH by_route AS ({upsert_sql(
+    "usage_by_route", ROUTE_COLUMNS, "SELECT * FROM json_populate_recordset(NULL::usage_by_route,"
+    " $1::json) ORDER BY period, tag, bucket, model, route")}
+), by_key AS ({upsert_sql(
+    "usage_by_key", KEY_COLUMNS, "SELECT * FROM json_populate_recordset(NULL::usage_by_key,"
+    " $2::json) ORDER BY period, tag, bucket, key_id")}
+)
+INSERT INTO ledger_tags (tag, created_at, request_id)
+SELECT * FROM unnest($3::text[], $4::float8[], $5::text[])
+    ON CONFLICT DO NOTHING
+"""  # fmt: skip
+
+
+def write_sqlite(db: sqlite3.Connection, rows: list[tuple[LedgerEntry, int]]) -> None:
+    """Add settled `rows` (entry, charged) to the rollups and index their tags (SQLite)."""
+    by_route, by_key = rollup(rows)
+    db.executemany(_ROUTES_SQLITE, by_route)
+    db.executemany(_KEYS_SQLITE, by_key)
+    tagged = _tagged(rows)
+    if tagged:
+        db.executemany(_TAGS_SQLITE, tagged)
+
+
+async def write_postgres(db: Any, rows: list[tuple[LedgerEntry, int]]) -> None:
+    """The same on an asyncpg connection, in one statement (a batch's rows go as JSON)."""
+    if not rows:
+        return
+    by_route, by_key = rollup(rows)
+    tagged = _tagged(rows)
+    await db.execute(
+        _POSTGRES,
+        orjson.dumps([dict(zip(ROUTE_COLUMNS, row, strict=True)) for row in by_route]).decode(),
+        orjson.dumps([dict(zip(KEY_COLUMNS, row, strict=True)) for row in by_key]).decode(),
+        [tag for tag, _, _ in tagged], [at for _, at, _ in tagged], [i for _, _, i in tagged],
+    )  # fmt: skip
+
+
+def _tagged(rows: list[tuple[LedgerEntry, int]]) -> list[tuple[str, float, str]]:
+    return [(tag, e.created_at, e.request_id) for e, _ in rows if e.tags for tag in e.tags]

@@ -43,12 +43,7 @@ from callmissed.store.budget import (
     with_limit_reset,
 )
 from callmissed.store.responses import SQLiteResponses
-from callmissed.store.rollup import (
-    KEY_COLUMNS as _BY_KEY,
-    ROUTE_COLUMNS as _BY_ROUTE,
-    rollup,
-    upsert_sql,
-)
+from callmissed.store.rollup import write_sqlite
 from callmissed.store.walwatch import WalWatch
 
 __all__ = ["SQLiteStore"]
@@ -90,11 +85,6 @@ _CHECKPOINT_EVERY = 0.5  # seconds
 _INSERT_LEDGER = (
     f"INSERT INTO ledger ({_LEDGER_COLUMNS}, {_DETAIL_COLUMNS}) VALUES ({', '.join('?' * 22)})"
 )
-_ROLL_UP_ROUTES = upsert_sql(
-    "usage_by_route", _BY_ROUTE, f"VALUES ({', '.join('?' * len(_BY_ROUTE))})"
-)
-_ROLL_UP_KEYS = upsert_sql("usage_by_key", _BY_KEY, f"VALUES ({', '.join('?' * len(_BY_KEY))})")
-_INSERT_TAGS = "INSERT OR IGNORE INTO ledger_tags (tag, created_at, request_id) VALUES (?, ?, ?)"
 
 
 class SQLiteStore:
@@ -418,17 +408,7 @@ def _settle(db: sqlite3.Connection, entries: Sequence[LedgerEntry], now: float) 
     )
     db.executemany("DELETE FROM holds WHERE request_id = ?", [(hold,) for hold in plan.released])
     db.executemany(_INSERT_LEDGER, [_ledger_row(entry, charged) for entry, charged in plan.rows])
-    _roll_up(db, plan.rows)
-
-
-def _roll_up(db: sqlite3.Connection, rows: list[tuple[LedgerEntry, int]]) -> None:
-    """Add the rows to the console's rollups (store/rollup.py) and index their tags."""
-    by_route, by_key = rollup(rows)
-    db.executemany(_ROLL_UP_ROUTES, by_route)
-    db.executemany(_ROLL_UP_KEYS, by_key)
-    tagged = [(tag, e.created_at, e.request_id) for e, _ in rows if e.tags for tag in e.tags]
-    if tagged:
-        db.executemany(_INSERT_TAGS, tagged)
+    write_sqlite(db, plan.rows)  # the console's rollups
 
 
 def _ledger_row(entry: LedgerEntry, charged: int) -> tuple[Any, ...]:

@@ -81,7 +81,7 @@ def test_a_fallback_keeps_every_attempt_with_its_timing(console):
     assert (second["route"], second["outcome"], second["hedge"]) == (
         "fb:console-fallback/ok", "ok", False,
     )  # fmt: skip
-    assert first["start_ms"] == 0.0
+    assert 0 <= first["start_ms"] < 1  # it began as routing did
     assert second["start_ms"] >= first["start_ms"] + first["ms"]
 
 
@@ -93,8 +93,10 @@ def test_a_hedge_shows_both_racers(console):
     slow, fast = by_route["fa:console-hedge/slow-first"], by_route["fb:console-hedge/ok"]
     assert (slow["outcome"], slow["hedge"]) == ("abandoned", False)
     assert (fast["outcome"], fast["hedge"]) == ("ok", True)
-    assert fast["start_ms"] >= 100  # hedge_after_ms
-    assert slow["ms"] >= fast["start_ms"] + fast["ms"] - 1  # it ran until the hedge won
+    # The hedge started once the first attempt had waited (hedge_after_ms = 100); the first
+    # attempt was abandoned only after the hedge had answered.
+    assert fast["start_ms"] > slow["start_ms"] + 50
+    assert slow["start_ms"] + slow["ms"] >= fast["start_ms"] + fast["ms"]
 
 
 def test_a_failure_keeps_its_error(console):
