@@ -150,6 +150,7 @@ def _create_key(page: Page, shots: Path) -> str:
     _type(page, "#key-name", "browser-test")
     _type(page, "#key-credits", "5")
     _type(page, "#key-rpm", "600")
+    _type(page, "#key-limit-reset", "monthly")
     _click(page, "#dialog button.primary")
     page.wait("!!document.getElementById('new-key')")
     key: str = page.evaluate("document.getElementById('new-key').textContent")
@@ -158,8 +159,35 @@ def _create_key(page: Page, shots: Path) -> str:
     _click(page, "#dialog button.primary")  # Done
     page.wait("!document.getElementById('dialog').open")
     page.wait("document.getElementById('keys').textContent.includes('browser-test')")
-    assert "600 rpm" in page.evaluate("document.getElementById('keys').textContent")
+    listing = page.evaluate("document.getElementById('keys').textContent")
+    assert "600 rpm" in listing and "resets monthly" in listing
+    _change_key(page)
     return key
+
+
+_ROW = (
+    "[...document.querySelectorAll('#keys tr')].find(r => r.textContent.includes('browser-test'))"
+)
+
+
+def _key_row(action: str) -> str:
+    return f"{_ROW}.querySelector('button[data-action={action}]')"
+
+
+def _change_key(page: Page) -> None:
+    """Top it up and narrow its allow-list, as `callmissed keys topup/update` would."""
+    page.evaluate(f"{_key_row('topup')}.click()")
+    page.wait("!!document.getElementById('topup-amount')")
+    _type(page, "#topup-amount", "2.5")
+    _click(page, "#dialog button.primary")
+    page.wait("document.getElementById('keys').textContent.includes('of $7.50')")
+    page.evaluate(f"{_key_row('edit')}.click()")
+    page.wait("!!document.getElementById('key-models')")
+    _type(page, "#key-models", "plain, falls-back, thinker")
+    _type(page, "#key-tpm", "90000")
+    _click(page, "#dialog button.primary")
+    page.wait("document.getElementById('keys').textContent.includes('90K tpm')")
+    assert "falls-back" in page.evaluate("document.getElementById('keys').textContent")
 
 
 def _use_key(console, key: str) -> list[str]:
@@ -205,14 +233,10 @@ def _open_a_request(page: Page, shots: Path, request_ids: list[str]) -> None:
 
 def _revoke(page: Page, shots: Path, console, key: str) -> None:
     _show(page, "#/keys", "keys")
-    row = (
-        "[...document.querySelectorAll('#keys tr')]"
-        ".find(r => r.textContent.includes('browser-test'))"
-    )
-    page.evaluate(f"{row}.querySelector('button[data-action=revoke]').click()")
+    page.evaluate(f"{_key_row('revoke')}.click()")
     page.wait("document.getElementById('dialog').open")
     _click(page, "#dialog button.danger")
-    page.wait(f"{row}.textContent.includes('revoked')")
+    page.wait(f"{_ROW}.textContent.includes('revoked')")
     with sdk(console, key) as client, pytest.raises(openai.AuthenticationError):
         client.chat.completions.create(model="plain", messages=MESSAGES)
     _save(page, shots, "keys")

@@ -5,6 +5,7 @@ import { api, card, chips, copyButton, fmt, h, meter, query, stateBadge, table, 
 import { facets } from "./pages.js";
 
 const RESETS = [["", "never"], ["daily", "daily"], ["weekly", "weekly"], ["monthly", "monthly"]];
+const PERIOD = { daily: "today", weekly: "this week", monthly: "this month" };
 
 // A modal dialog; `actions` are [label, handler(form) -> Promise<bool keepOpen?>, kind].
 function dialog(title, body, actions) {
@@ -40,7 +41,7 @@ function limitInput(name, value) {
     placeholder: "no limit", value: value === null || value === undefined ? "" : String(value) });
 }
 
-function limitsOf(form, budgets) {
+function limitsOf(form) {
   const number = (name) => {
     const text = form.elements[name].value.trim();
     return text === "" ? null : Number(text);
@@ -48,11 +49,12 @@ function limitsOf(form, budgets) {
   const models = form.elements.models.value.split(",").map((m) => m.trim()).filter(Boolean);
   const body = { rpm: number("rpm"), tpm: number("tpm"), max_concurrent: number("max_concurrent"),
     models: models.length ? models : null };
-  if (budgets) body.limit_reset = form.elements.limit_reset.value || null;
+  if (form.elements.limit_reset) body.limit_reset = form.elements.limit_reset.value || null;
   return body;
 }
 
-function policyFields(key, known, budgets) {
+// `metered`: the key has (or will have) a credit limit, which may reset each day, week or month.
+function policyFields(key, known, metered) {
   const list = h("datalist", { id: "model-names" }, known.models.map((m) => h("option", { value: m })));
   return [
     h("div", { class: "row" }, field("Requests / minute", limitInput("rpm", key.rpm)),
@@ -61,9 +63,9 @@ function policyFields(key, known, budgets) {
     field("Models allowed", h("input", { name: "models", id: "key-models", list: "model-names",
       placeholder: "all models", value: (key.models || []).join(", ") }),
     "Comma-separated; empty allows every model."), list,
-    // Budgets that reset (the budgets work): shown once the admin API describes keys with them.
-    budgets ? field("Credit limit resets", h("select", { name: "limit_reset", id: "key-limit-reset" },
-      RESETS.map(([value, text]) => h("option", { value, selected: (key.limit_reset || "") === value }, text)))) : null,
+    metered ? field("Credit limit resets", h("select", { name: "limit_reset", id: "key-limit-reset" },
+      RESETS.map(([value, text]) => h("option", { value, selected: (key.limit_reset || "") === value }, text))),
+    "The credit is the limit per day, week or month (UTC); spending starts over each window.") : null,
   ];
 }
 
@@ -76,24 +78,25 @@ export async function keysPage(root, { go }) {
   async function load() {
     const [keys, usage] = await Promise.all([api("/admin/keys"), api("/admin/usage/keys?range=30d")]);
     const used = Object.fromEntries(usage.data.map((u) => [u.key_id, u]));
-    const budgets = keys.data.some((k) => "limit_reset" in k);
     body.replaceChildren(table([
-      { title: "Name", render: (k) => h("span", {}, h("b", {}, k.name), " ", h("code", { class: "muted" }, `${k.key_prefix}…`)) },
+      { title: "Name", class: "nowrap", render: (k) => h("span", {}, h("b", {}, k.name), " ", h("code", { class: "muted" }, `${k.key_prefix}…`)) },
       { title: "Status", render: (k) => h("span", { class: `badge ${k.active ? "ok" : "muted"}` }, k.active ? "active" : "revoked") },
       { title: "Credit left", render: (k) => k.credits === null ? h("span", { class: "muted" }, "unlimited")
         : h("span", { class: "bar-cell" }, meter(k.granted ? k.credits / k.granted : 0, k.credits < (k.granted || 0) * 0.1 ? "bad" : ""),
-          `${fmt.usd(k.credits)} of ${fmt.usd(k.granted)}`) },
+          `${fmt.usd(k.credits)} of ${fmt.usd(k.granted)}${k.limit_reset ? ` ${PERIOD[k.limit_reset]}` : ""}`) },
       { title: "Spent", class: "num", render: (k) => fmt.usd(k.spent) },
       { title: "30 days", class: "num", render: (k) => used[k.id]
         ? `${fmt.usd(used[k.id].cost)} · ${fmt.count(used[k.id].requests)} req` : "–" },
-      { title: "Limits", render: (k) => [k.rpm && `${fmt.int(k.rpm)} rpm`, k.tpm && `${fmt.count(k.tpm)} tpm`,
-        k.max_concurrent && `${k.max_concurrent} at once`, budgets && k.limit_reset && `resets ${k.limit_reset}`]
-        .filter(Boolean).join(" · ") || h("span", { class: "muted" }, "none") },
+      { title: "Limits", class: "limits", render: (k) => {
+        const limits = [k.rpm && `${fmt.int(k.rpm)} rpm`, k.tpm && `${fmt.count(k.tpm)} tpm`,
+          k.max_concurrent && `${k.max_concurrent} at once`, k.limit_reset && `resets ${k.limit_reset}`].filter(Boolean);
+        return limits.length ? limits.map((text) => h("div", {}, text)) : h("span", { class: "muted" }, "none");
+      } },
       { title: "Models", render: (k) => k.models ? chips(k.models) : h("span", { class: "muted" }, "all") },
       { title: "Last used", render: (k) => h("span", { title: fmt.time(used[k.id]?.last_used_at) }, fmt.ago(used[k.id]?.last_used_at)) },
       { title: "", render: (k) => h("span", { class: "actions" },
         h("button", { type: "button", class: "ghost small", onclick: (e) => { e.stopPropagation(); go(`#/requests${query({ key: k.id })}`); } }, "Requests"),
-        k.active ? h("button", { type: "button", class: "ghost small", dataset: { action: "edit" }, onclick: (e) => { e.stopPropagation(); editKey(k, budgets, load); } }, "Edit") : null,
+        k.active ? h("button", { type: "button", class: "ghost small", dataset: { action: "edit" }, onclick: (e) => { e.stopPropagation(); editKey(k, load); } }, "Edit") : null,
         k.active && k.credits !== null ? h("button", { type: "button", class: "ghost small", dataset: { action: "topup" }, onclick: (e) => { e.stopPropagation(); topUp(k, load); } }, "Top up") : null,
         k.active ? h("button", { type: "button", class: "danger small", dataset: { action: "revoke" }, onclick: (e) => { e.stopPropagation(); revoke(k, load); } }, "Revoke") : null) },
     ], keys.data.slice().reverse().map((k) => ({ ...k })), { empty: "No keys yet: make one with New key." }));
@@ -104,19 +107,20 @@ export async function keysPage(root, { go }) {
 
 async function createKey(reload) {
   const known = await facets();
-  const keys = await api("/admin/keys");
-  const budgets = keys.data.some((k) => "limit_reset" in k);
   dialog("New API key", [
     field("Name", h("input", { name: "name", id: "key-name", required: true, placeholder: "e.g. search-backend" })),
     field("Credit (USD)", h("input", { name: "credits", id: "key-credits", type: "number", min: "0", step: "0.01",
       placeholder: "unlimited" }), "Leave empty for a key without a credit limit."),
-    ...policyFields({}, known, budgets),
+    ...policyFields({}, known, true),
   ], [["Cancel"], ["Create key", async (form) => {
     const name = form.elements.name.value.trim();
     if (!name) throw new Error("Give the key a name.");
     const credits = form.elements.credits.value.trim();
+    const limits = limitsOf(form);
+    if (credits === "" && limits.limit_reset) throw new Error("Only a key with a credit limit can reset it.");
+    if (credits === "") delete limits.limit_reset;
     const made = await api("/admin/keys", { method: "POST", body: {
-      name, ...(credits === "" ? {} : { credits: Number(credits) }), ...limitsOf(form, budgets) } });
+      name, ...(credits === "" ? {} : { credits: Number(credits) }), ...limits } });
     await reload();
     showNewKey(made);
     return true;
@@ -130,10 +134,10 @@ function showNewKey(made) {
   ], [["Done", null, "primary"]]);
 }
 
-function editKey(key, budgets, reload) {
-  facets().then((known) => dialog(`Limits of ${key.name}`, policyFields(key, known, budgets), [["Cancel"],
+function editKey(key, reload) {
+  facets().then((known) => dialog(`Limits of ${key.name}`, policyFields(key, known, key.credits !== null), [["Cancel"],
     ["Save", async (form) => {
-      await api(`/admin/keys/${key.id}`, { method: "PATCH", body: limitsOf(form, budgets) });
+      await api(`/admin/keys/${key.id}`, { method: "PATCH", body: limitsOf(form) });
       toast(`Saved the limits of ${key.name}`);
       await reload();
     }, "primary"]]));
