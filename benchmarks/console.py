@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from benchmarks.systems import CallMissed, Upstream, clean_env
+from benchmarks.systems import CallMissed, Upstream, Upstreams, clean_env
 from callmissed.console.queries import encode_cursor
 from callmissed.store import LedgerEntry, open_store
 from callmissed.store.rollup import KEY_COLUMNS, ROUTE_COLUMNS, rollup, upsert_sql
@@ -318,7 +318,7 @@ def _run_backend(backend: str, args: argparse.Namespace, workdir: Path) -> dict[
         upstream = Upstream(workdir, pace_ms=0, late_pct=0, late_ms=0)
         system = CallMissed(workers=2)
         try:
-            (workdir / "bench.toml").write_text(system.config(upstream))
+            (workdir / "bench.toml").write_text(system.config(Upstreams(upstream)))
             env = clean_env(
                 CALLMISSED_DATABASE_URL=url, CALLMISSED_CONFIG=str(workdir / "bench.toml"),
                 CALLMISSED_ADMIN_TOKEN=ADMIN, CALLMISSED_RETENTION_DAYS="0",

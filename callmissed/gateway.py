@@ -191,7 +191,12 @@ class Gateway:
         return won.result, info
 
     async def embed(
-        self, principal: Principal, request: EmbeddingRequest, *, request_id: str | None = None
+        self,
+        principal: Principal,
+        request: EmbeddingRequest,
+        *,
+        request_id: str | None = None,
+        tags: tuple[str, ...] = (),
     ) -> tuple[dict[str, Any], RouteInfo]:
         """A whole create-embedding response, `usage.cost` included, held and settled like a
         chat completion: the prompt's estimate held, the counted tokens billed."""
@@ -200,6 +205,7 @@ class Gateway:
         request_id = request_id or new_request_id()
         tokens = (request.prompt_estimate, 0)
         charge = await self.credits.begin(principal, model, request.body, request_id, tokens=tokens)
+        charge.tags = tags
 
         async def attempt(target: Target) -> dict[str, Any]:
             return await embed_on(self.failover, target, model, plan)

@@ -52,7 +52,7 @@ class ConsoleAPI:
         tag = query.get("tag") or ""
         now = time.time()
         since = range_.since(now)
-        rows = await self._db.fetch(queries.by_route_sql(range_.step), range_.period, tag, since)
+        rows = await self._db.fetch_tuples(queries.cells_sql(), range_.period, tag, since)
         keys = await self._db.fetch(
             queries.by_key_sql(_TOP_KEYS), range_.key_period, tag, since // 86400 * 86400
             if range_.key_period == 86400 else since

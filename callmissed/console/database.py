@@ -43,6 +43,9 @@ class ConsoleDatabase(Protocol):
     async def fetch(self, sql: str, *params: Any) -> list[dict[str, Any]]:
         """Rows of a read-only query, as dicts."""
 
+    async def fetch_tuples(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Rows of a read-only query, as tuples: for the many rows of a view's rollups."""
+
     async def transaction(self, *statements: Statement) -> list[int]:
         """Run writing statements in one transaction; the rows each changed."""
 
@@ -72,6 +75,15 @@ class SQLiteConsoleDatabase:
     async def fetch(self, sql: str, *params: Any) -> list[dict[str, Any]]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, self._fetch, sql, params)
+
+    async def fetch_tuples(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._fetch_tuples, sql, params)
+
+    def _fetch_tuples(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        db = self._connection(writable=False)
+        with _deadline(db):
+            return db.execute(sql, params).fetchall()
 
     async def transaction(self, *statements: Statement) -> list[int]:
         loop = asyncio.get_running_loop()
@@ -168,6 +180,16 @@ class PostgresConsoleDatabase:
         except asyncpg.QueryCanceledError:
             raise _too_slow() from None
         return [dict(row) for row in rows]
+
+    async def fetch_tuples(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        import asyncpg
+
+        pool = await self._connections()
+        try:
+            rows = await pool.fetch(_numbered(sql), *params)
+        except asyncpg.QueryCanceledError:
+            raise _too_slow() from None
+        return [tuple(row) for row in rows]
 
     async def transaction(self, *statements: Statement) -> list[int]:
         pool = await self._connections()

@@ -6,7 +6,6 @@ Pure: the rows come from queries.by_route_sql() / by_key_sql(); nothing here doe
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,12 +30,13 @@ _SUMMED = (
     "reasoning_tokens", "cached_tokens", "ttfb_sum", "total_sum", *_HISTOGRAM,
 )  # fmt: skip
 _ZERO = (0.0,) * len(_SUMMED)
+_HISTOGRAM_AT = _SUMMED.index(_HISTOGRAM[0])
 
 
 @dataclass(frozen=True, slots=True)
 class Range:
-    """A time range the console shows: `points` buckets of `step` seconds, the last one being
-    the current; rollup rows of `period` seconds are summed into each (keys: `key_period`)."""
+    """A time range the console shows: `points` buckets of `step` seconds (rollup rows of that
+    period: one per point), the last one being the current (keys: `key_period`)."""
 
     name: str
     period: int
@@ -80,19 +80,32 @@ def metrics_of(row: Mapping[str, Any]) -> tuple[float, ...]:
 
 
 class Totals:
-    """Sums of rollup rows (added element-wise in C: this runs for every row of a view), and
-    what they mean (rates, percentiles, USD)."""
+    """Sums of rollup rows, and what they mean (rates, percentiles, USD). Rows are kept as they
+    are added and summed column by column once, in C: a view adds each row to several."""
 
-    __slots__ = ("values",)
+    __slots__ = ("_rows",)
 
     def __init__(self) -> None:
-        self.values: tuple[float, ...] = _ZERO
+        self._rows: list[Sequence[float]] = []
 
-    def add(self, metrics: tuple[float, ...]) -> None:
-        self.values = tuple(map(operator.add, self.values, metrics))
+    def add(self, metrics: Sequence[float]) -> None:
+        self._rows.append(metrics)
+
+    @property
+    def values(self) -> tuple[float, ...]:
+        return tuple(map(sum, zip(*self._rows, strict=True))) if self._rows else _ZERO
 
     def describe(self) -> dict[str, Any]:
         return describe_totals(dict(zip(_SUMMED, self.values, strict=True)))
+
+    def point(self) -> tuple[int, int, float | None, float | None, float | None]:
+        """What a breakdown's time series shows: requests, errors, cost, p50, p99."""
+        values = self.values
+        histogram = values[_HISTOGRAM_AT:]
+        return (
+            int(values[0]), int(values[1]), format_credits(int(values[3])),
+            percentile(histogram, 0.5), percentile(histogram, 0.99),
+        )  # fmt: skip
 
 
 def describe_totals(values: Mapping[str, float]) -> dict[str, Any]:
@@ -121,26 +134,26 @@ def describe_totals(values: Mapping[str, float]) -> dict[str, Any]:
 def build_overview(
     range_: Range,
     now: float,
-    rows: Iterable[Mapping[str, Any]],
+    cells: Iterable[Sequence[Any]],
     keys: Sequence[Mapping[str, Any]],
 ) -> dict[str, Any]:
-    """The Overview for `range_` from by_route_sql() rows (grouped by at, model, route) and
-    by_key_sql() rows."""
+    """The Overview for `range_` from queries.cells_sql() rows, as tuples (at, model, route,
+    then the sums in ROUTE_METRICS order), and by_key_sql() rows."""
     since = range_.since(now)
     points = [since + index * range_.step for index in range(range_.points)]
     slot = {at: index for index, at in enumerate(points)}
     total = Totals()
     series = [Totals() for _ in points]
     models, routes = _Breakdown("model", len(points)), _Breakdown("route", len(points))
-    for row in rows:
-        index = slot.get(row["at"])
+    for cell in cells:
+        index = slot.get(cell[0])
         if index is None:
             continue  # a bucket from before the range's first point
-        metrics = metrics_of(row)
+        metrics = cell[3:]
         total.add(metrics)
         series[index].add(metrics)
-        models.add(row["model"], index, metrics)
-        routes.add(row["route"], index, metrics)
+        models.add(cell[1], index, metrics)
+        routes.add(cell[2], index, metrics)
     route_list = routes.describe()
     timed = [route for route in route_list if route["route"] and route["ttfb_p50_ms"] is not None]
     return {
@@ -171,7 +184,7 @@ class _Breakdown:
         self._whole: dict[str, Totals] = {}
         self._parts: dict[tuple[str, int], Totals] = {}
 
-    def add(self, name: str, index: int, metrics: tuple[float, ...]) -> None:
+    def add(self, name: str, index: int, metrics: Sequence[float]) -> None:
         whole = self._whole.get(name) or self._whole.setdefault(name, Totals())
         whole.add(metrics)
         part = self._parts.get((name, index)) or self._parts.setdefault((name, index), Totals())
@@ -180,12 +193,12 @@ class _Breakdown:
     def describe(self) -> list[dict[str, Any]]:
         entries = [{self._label: name, **whole.describe()} for name, whole in self._whole.items()]
         entries.sort(key=lambda entry: (-entry["requests"], entry[self._label]))
-        empty = Totals().describe()
+        empty = Totals().point()
         for entry in entries[: self._CHARTED]:
             parts = [self._parts.get((entry[self._label], index)) for index in range(self._points)]
-            described = [part.describe() if part else empty for part in parts]
+            points = [part.point() if part else empty for part in parts]
             entry["series"] = {
-                metric: [point[metric] for point in described] for metric in self._METRICS
+                metric: [point[at] for point in points] for at, metric in enumerate(self._METRICS)
             }
         return entries
 

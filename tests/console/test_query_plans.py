@@ -183,6 +183,9 @@ NOW = int(time.time())
 @pytest.mark.parametrize(
     ("sql", "params"),
     [
+        (queries.cells_sql(), (60, "", NOW - 3600)),
+        (queries.cells_sql(), (86400, "", NOW - 30 * 86400)),
+        (queries.cells_sql(), (3600, "team:a", NOW - 86400)),
         (queries.by_route_sql(60), (60, "", NOW - 3600)),
         (queries.by_route_sql(3600), (3600, "", NOW - 86400)),
         (queries.by_route_sql(21600), (3600, "", NOW - 30 * 86400)),
@@ -196,7 +199,7 @@ NOW = int(time.time())
         ("SELECT min(bucket) AS at FROM usage_by_route WHERE period = 86400", ()),
     ],
     ids=[
-        "1h", "24h", "30d", "routes", "tag", "top-keys-30d", "top-keys-1h", "key-usage",
+        "cells-1h", "cells-30d", "cells-tag", "1h", "24h", "30d", "routes", "tag", "top-keys-30d", "top-keys-1h", "key-usage",
         "models", "tags", "daily-since",
     ],
 )  # fmt: skip
