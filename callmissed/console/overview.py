@@ -98,14 +98,11 @@ class Totals:
     def describe(self) -> dict[str, Any]:
         return describe_totals(dict(zip(_SUMMED, self.values, strict=True)))
 
-    def point(self) -> tuple[int, int, float | None, float | None, float | None]:
-        """What a breakdown's time series shows: requests, errors, cost, p50, p99."""
+    def point(self) -> tuple[int, int, float | None, float | None]:
+        """What a breakdown's time series shows: requests, errors, cost, first-token p50."""
         values = self.values
-        histogram = values[_HISTOGRAM_AT:]
-        return (
-            int(values[0]), int(values[1]), format_credits(int(values[3])),
-            percentile(histogram, 0.5), percentile(histogram, 0.99),
-        )  # fmt: skip
+        p50 = percentile(values[_HISTOGRAM_AT:], 0.5)
+        return int(values[0]), int(values[1]), format_credits(int(values[3])), p50
 
 
 def describe_totals(values: Mapping[str, float]) -> dict[str, Any]:
@@ -176,7 +173,7 @@ class _Breakdown:
     """Totals per model (or route), and per point of the range for the busiest few."""
 
     _CHARTED = 8  # the busiest this many get a time series each
-    _METRICS = ("requests", "errors", "cost", "ttfb_p50_ms", "ttfb_p99_ms")
+    _METRICS = ("requests", "errors", "cost", "ttfb_p50_ms")
 
     def __init__(self, label: str, points: int) -> None:
         self._label = label

@@ -8,7 +8,7 @@ import { keysPage, retentionPage, routesPage } from "./admin.js";
 
 const PAGES = {
   overview: { title: "Overview", render: overviewPage, every: 10000 },
-  requests: { title: "Requests", render: requestsPage, every: 2000 },
+  requests: { title: "Requests", render: requestsPage, every: 1000 },
   keys: { title: "Keys", render: keysPage, every: 0 },
   routes: { title: "Routes", render: routesPage, every: 2000 },
   tags: { title: "Tags", render: tagsPage, every: 15000 },
@@ -140,6 +140,11 @@ async function start() {
   window.addEventListener("hashchange", show);
   document.addEventListener("visibilitychange", () => {
     if (!document.hidden && current && current.refresh) tick(current);
+  });
+  let resized = null; // charts are drawn to their box's width: draw them again when it changes
+  window.addEventListener("resize", () => {
+    clearTimeout(resized);
+    resized = setTimeout(() => { if (current && current.refresh) tick(current); }, 250);
   });
   try {
     const state = await api("/console/session");
