@@ -199,8 +199,8 @@ NOW = int(time.time())
         ("SELECT min(bucket) AS at FROM usage_by_route WHERE period = 86400", ()),
     ],
     ids=[
-        "cells-1h", "cells-30d", "cells-tag", "1h", "24h", "30d", "routes", "tag", "top-keys-30d", "top-keys-1h", "key-usage",
-        "models", "tags", "daily-since",
+        "cells-1h", "cells-30d", "cells-tag", "1h", "24h", "30d", "routes", "tag",
+        "top-keys-30d", "top-keys-1h", "key-usage", "models", "tags", "daily-since",
     ],
 )  # fmt: skip
 def test_sums_read_the_rollups_by_key(seeded, sql, params):
