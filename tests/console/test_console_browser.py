@@ -98,6 +98,7 @@ def shots(tmp_path_factory) -> Path:
 
 
 def _save(page: Page, shots: Path, name: str) -> None:
+    page.evaluate("document.getElementById('toasts')?.replaceChildren()")  # passing notes
     path = page.screenshot(shots / f"{name}.png")
     folder = os.environ.get("CALLMISSED_CONSOLE_SCREENSHOTS")
     if folder:
