@@ -32,12 +32,13 @@ from callmissed.errors import (
 from callmissed.ledger import Ledger
 from callmissed.ratelimit import Lease, Limiter
 from callmissed.settings import ModelSettings, Prices, Route
-from callmissed.store import Funding, LedgerEntry, Store
+from callmissed.store import MAX_BALANCE, Funding, LedgerEntry, Store
 from callmissed.token_estimate import estimate_input_tokens, estimate_output_tokens
 from callmissed.wallet import Wallet
 
 if TYPE_CHECKING:
     from callmissed.relay import ChatStream, Chunk
+    from callmissed.timing import RequestTrace
 
 __all__ = [
     "DEFAULT_OUTPUT_CAP",
@@ -151,8 +152,8 @@ def cost_of(rates: Rates, usage: TokenUsage) -> int:
 
 
 def parse_credits(value: object) -> int:
-    """USD as typed by a person ("5", 2.5) -> micro-credits; ValueError unless a number >= 0
-    with at most six decimals."""
+    """USD as typed by a person ("5", 2.5) -> micro-credits; ValueError unless a number from 0
+    to MAX_BALANCE's billion USD with at most six decimals."""
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError("credits must be a number of USD")
     try:
@@ -161,6 +162,8 @@ def parse_credits(value: object) -> int:
         raise ValueError(f"credits must be a number of USD, got {value!r}") from None
     if not amount.is_finite() or amount < 0 or amount != amount.to_integral_value():
         raise ValueError(f"credits must be >= 0 with at most 6 decimals, got {value!r}")
+    if amount > MAX_BALANCE:
+        raise ValueError(f"credits may be at most {MAX_BALANCE // MICRO:,} USD, got {value!r}")
     return int(amount)
 
 
@@ -373,13 +376,24 @@ class Charge:
         self.settled = False
         self._wallet = wallet  # holds `hold` for it; what it does not use goes back at the end
         self._hold = hold
-        # What the console shows of it (the gateway fills these in): failover.Attempt tuples,
-        # reasoning_effort as received and as sent, and the request's tags.
-        self.attempts: list[tuple[str, float, float, str, bool]] = []
-        self.effort_in: str | None = None
-        self.effort_out: str | None = None
-        self.tags: tuple[str, ...] = ()
-        self._error: str | None = None  # what a failed request's client was told
+        # What the console shows of it (describe()), and what a failure's client was told.
+        self._trace: RequestTrace | None = None
+        self._efforts: tuple[str | None, str | None] = (None, None)
+        self._tags: tuple[str, ...] = ()
+        self._error: str | None = None
+
+    def describe(
+        self,
+        trace: RequestTrace,
+        effort_in: str | None,
+        effort_out: str | None,
+        tags: tuple[str, ...],
+    ) -> None:
+        """What the ledger row keeps for the console: the upstream attempts (from `trace`),
+        reasoning_effort as received and as sent, the request's tags (tags.py)."""
+        self._trace = trace
+        self._efforts = (effort_in, effort_out)
+        self._tags = tags
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         """x-ratelimit-* headers for the response."""
@@ -483,10 +497,10 @@ class Charge:
             ttfb_ms=None if self._ttfb is None else round(self._ttfb * 1000, 3),
             total_ms=round(elapsed_ms, 3),
             wallet=None if self._wallet is None else self._wallet.hold_id,
-            effort_in=self.effort_in,
-            effort_out=self.effort_out,
-            attempts=_attempts_worth_keeping(self.attempts),
-            tags=list(self.tags) if self.tags else None,
+            effort_in=self._efforts[0],
+            effort_out=self._efforts[1],
+            attempts=_attempts_worth_keeping(self._trace),
+            tags=list(self._tags) if self._tags else None,
             error_message=None if self._error is None else self._error[:1000],
         )
         try:
@@ -497,16 +511,23 @@ class Charge:
             self._lease.release(tokens.total)
 
 
-def _attempts_worth_keeping(
-    attempts: list[tuple[str, float, float, str, bool]],
-) -> list[dict[str, Any]] | None:
-    """The attempts as the ledger keeps them: none when the one attempt made answered (its
-    route and first-token time are in the row already), so most rows carry nothing extra."""
-    if not attempts or (len(attempts) == 1 and attempts[0][3] == "ok"):
+def _attempts_worth_keeping(trace: RequestTrace | None) -> list[dict[str, Any]] | None:
+    """The attempts as the ledger keeps them, ms from the first one's start: none when the one
+    attempt made answered (its route and first-token time are in the row already), so most
+    rows carry nothing extra."""
+    attempts = trace.attempts if trace is not None else ()
+    if not attempts or (len(attempts) == 1 and attempts[0].outcome == "ok"):
         return None
+    first, now = attempts[0].started, time.perf_counter()
     return [
-        {"route": route, "start_ms": start, "ms": took, "outcome": outcome, "hedge": hedge}
-        for route, start, took, outcome, hedge in attempts
+        {
+            "route": f"{a.target.route.provider}:{a.target.route.upstream_model}",
+            "start_ms": round((a.started - first) * 1000, 3),
+            "ms": round(((a.ended or now) - a.started) * 1000, 3),
+            "outcome": a.outcome or "abandoned",
+            "hedge": a.hedge,
+        }
+        for a in attempts
     ]
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -27,10 +26,11 @@ from callmissed.metrics import Metrics
 from callmissed.providers import Provider, UpstreamRequest
 from callmissed.relay import CHAT_COMPLETIONS, ChatStream, UpstreamAPI
 from callmissed.routing import Target
-from callmissed.settings import ModelSettings, Route, Settings, Timeouts
+from callmissed.settings import Limits, ModelSettings, Route, Settings, Timeouts
+from callmissed.timing import RequestTrace
 from callmissed.upstream import Upstream, UpstreamResponse
 
-__all__ = ["TRANSIENT_STATUSES", "Attempt", "Failover", "Won"]
+__all__ = ["TRANSIENT_STATUSES", "Failover", "Won"]
 
 T = TypeVar("T")
 
@@ -38,12 +38,6 @@ T = TypeVar("T")
 # No status means the connection broke or the answer was garbage. Timeouts and 429s are not
 # here: waiting them out again is the client's call, and its SDK backs off by itself.
 TRANSIENT_STATUSES = frozenset({None, 500, 502, 503, 520, 521, 522, 523, 525, 526, 529})
-
-# One upstream attempt, as the ledger keeps it for the console: the route, ms from the request's
-# first attempt to this one's start, ms it lasted (to its first token, its failure, or being
-# abandoned), its outcome ("ok", "abandoned", or as in metrics: "timeout", "502", ...), and
-# whether it was a hedge started to race a slow attempt.
-Attempt = tuple[str, float, float, str, bool]
 
 
 # Not frozen: one or more is made per request, and a frozen dataclass is ~5x slower to make.
@@ -90,6 +84,7 @@ class Failover:
         deadlines: Deadlines,
     ) -> None:
         self._timeouts = settings.timeouts
+        self._limits = settings.limits
         self._deadlines = deadlines
         self._policy = settings.resilience
         self._upstream = upstream
@@ -100,12 +95,17 @@ class Failover:
         self._idle.set()
 
     @property
+    def limits(self) -> Limits:
+        """What an upstream answer may hold (settings.Limits)."""
+        return self._limits
+
+    @property
     def inflight(self) -> int:
         return len(self._active)
 
     def inflight_by_route(self) -> dict[str, int]:
         """Requests in flight per route: the one answering them, or the one they wait on (a
-        hedged request counts once, under its latest attempt). Counted when asked."""
+        hedged request counts once, under its latest attempt). Counted when asked (console)."""
         counts: dict[str, int] = {}
         for request in self._active:
             if request.route is not None:
@@ -118,35 +118,34 @@ class Failover:
         model: ModelSettings,
         targets: list[Target],
         body: dict[str, Any],
+        trace: RequestTrace,
         api: UpstreamAPI = CHAT_COMPLETIONS,
-        attempts: list[Attempt] | None = None,
     ) -> Won[dict[str, Any]]:
-        """A whole chat.completion from the first route that gives one; each attempt made is
-        appended to `attempts`, however the request ends.
+        """A whole chat.completion from the first route that gives one.
 
         The whole answer is its first token, so only the total timeout bounds an attempt
         (upstreams send a non-streamed answer's headers when it is done; see resilience.md).
         """
 
         async def attempt(target: Target) -> dict[str, Any]:
-            response = await self._send(target, body, model, api)
-            return await api.read(target.provider, response)
+            response = await self._send(target, body, model, api, trace)
+            return await api.read(target.provider, response, self._limits.upstream_body_bytes)
 
-        return await self.call(model, targets, attempt, attempts)
+        return await self.call(model, targets, attempt, trace)
 
     async def call(
         self,
         model: ModelSettings,
         targets: list[Target],
         attempt: Callable[[Target], Awaitable[T]],
-        attempts: list[Attempt] | None = None,
+        trace: RequestTrace | None = None,
     ) -> Won[T]:
         """The first route whose `attempt` gives a whole answer (complete(), embeddings), with
-        the same fallback, retries, hedging, total timeout and bookkeeping; each attempt made
-        is appended to `attempts`."""
+        the same fallback, retries, hedging, total timeout and bookkeeping; `trace` records
+        the attempts (timing.py)."""
         request = self._enter(model)
         try:
-            won = await self._run(request, model, targets, attempt, attempts)
+            won = await self._run(request, model, targets, attempt, trace or RequestTrace(""))
         finally:
             self._leave(request)
         self._metrics.inc("callmissed_requests_total", model.name, "ok")
@@ -158,11 +157,10 @@ class Failover:
         targets: list[Target],
         body: dict[str, Any],
         include_usage: bool,
+        trace: RequestTrace,
         api: UpstreamAPI = CHAT_COMPLETIONS,
-        attempts: list[Attempt] | None = None,
     ) -> Won[ChatStream]:
-        """A started ChatStream (its first token is in), watched for silence and overtime;
-        each attempt made is appended to `attempts`, however the request ends.
+        """A started ChatStream (its first token is in), watched for silence and overtime.
 
         Closing the stream (ChatStream.close) ends the request's bookkeeping.
         """
@@ -171,8 +169,10 @@ class Failover:
         async def attempt(target: Target) -> ChatStream:
             try:
                 with self._deadlines.timeout(timeouts.first_token):
-                    response = await self._send(target, body, model, api)
-                    stream = api.stream(target.provider, response, include_usage)
+                    response = await self._send(target, body, model, api, trace)
+                    stream = api.stream(
+                        target.provider, response, include_usage, self._limits.sse_event_bytes
+                    )
                     try:
                         await stream.start()
                     except BaseException:
@@ -188,7 +188,7 @@ class Failover:
 
         request = self._enter(model)
         try:
-            won = await self._run(request, model, targets, attempt, attempts)
+            won = await self._run(request, model, targets, attempt, trace)
         except BaseException:
             self._leave(request)
             raise
@@ -196,18 +196,27 @@ class Failover:
         return won
 
     async def _send(
-        self, target: Target, body: dict[str, Any], model: ModelSettings, api: UpstreamAPI
+        self,
+        target: Target,
+        body: dict[str, Any],
+        model: ModelSettings,
+        api: UpstreamAPI,
+        trace: RequestTrace,
     ) -> UpstreamResponse:
-        return await self.send(
-            target.provider, api.build(target.provider, body, target.route, model)
-        )
+        request = api.build(target.provider, body, target.route, model)
+        parent = trace.upstream_headers(target)
+        if parent is not None:  # a copy: the provider's headers are shared by every request
+            request.headers = {**request.headers, **parent}
+        response = await self.send(target.provider, request)
+        trace.connected(target, response.connect_s)
+        return response
 
     async def send(self, provider: Provider, request: UpstreamRequest) -> UpstreamResponse:
         """POST a built request; the provider's UpstreamError if the upstream answers >= 400."""
         response = await self._upstream.send(provider, request)
         if response.status >= 400:
-            try:
-                error_body = await response.read()
+            try:  # enough of it to read the error: a hostile upstream's may never end
+                error_body, _ = await response.read(self._limits.upstream_error_body_bytes)
             finally:
                 response.close()
             raise provider.parse_error(response.status, error_body, response.retry_after)
@@ -219,10 +228,10 @@ class Failover:
         model: ModelSettings,
         targets: list[Target],
         attempt: Callable[[Target], Awaitable[T]],
-        attempts: list[Attempt] | None,
+        trace: RequestTrace,
     ) -> Won[T]:
         """The route loop, within the request's total timeout (or until shutdown ends it)."""
-        plan = _Plan(self, model, targets, request, attempts)
+        plan = _Plan(self, model, targets, request, trace)
         try:
             with self._deadlines.timeout_at(request.deadline) as request.scope:
                 if model.hedge_after_ms:
@@ -320,14 +329,11 @@ class _Plan:
         model: ModelSettings,
         targets: list[Target],
         request: _Inflight,
-        log: list[Attempt] | None,
+        trace: RequestTrace,
     ) -> None:
         self._deadline = request.deadline
         self._request = request
-        self._log = log
-        # perf_counter, not the loop's clock: uvloop's ticks in whole milliseconds.
-        self._began = time.perf_counter()
-        self._starts: dict[int, float] = {}  # id(target) -> when its attempt began
+        self._trace = trace
         self._health = failover._health
         self._metrics = failover._metrics
         self._policy = failover._policy
@@ -349,8 +355,8 @@ class _Plan:
             target = self._queue.popleft()
             if self._health.acquire(target.route):
                 self.attempts += 1
+                self._trace.begin_attempt(target, hedge=True)
                 self._request.route = target.route
-                self._starts[id(target)] = time.perf_counter()
                 return target
         return None
 
@@ -366,8 +372,8 @@ class _Plan:
             target = self._queue.popleft()
             if self._health.acquire(target.route):
                 self.attempts += 1
+                self._trace.begin_attempt(target)
                 self._request.route = target.route
-                self._starts[id(target)] = time.perf_counter()
                 return target
         return None
 
@@ -389,8 +395,9 @@ class _Plan:
         self._health.failed(target.route, error)
         self.failures.append((target, error))
         name = route_name(target.route)
-        self._metrics.inc("callmissed_attempts_total", name, _outcome(error))
-        self._record(target, name, _outcome(error))
+        outcome = _outcome(error)
+        self._trace.end_attempt(target, outcome)
+        self._metrics.inc("callmissed_attempts_total", name, outcome)
         if not error.retryable:
             raise error
         if error.upstream_status in TRANSIENT_STATUSES and not isinstance(error, UpstreamTimeout):
@@ -398,23 +405,15 @@ class _Plan:
 
     def abandoned(self, target: Target, started: float) -> None:
         waited = asyncio.get_running_loop().time() - started
+        self._trace.end_attempt(target, "abandoned")
         self._health.abandoned(target.route, waited)
-        name = route_name(target.route)
-        self._metrics.inc("callmissed_attempts_total", name, "abandoned")
-        self._record(target, name, "abandoned")
-
-    def _record(self, target: Target, name: str, outcome: str) -> None:
-        now = time.perf_counter()
-        started = self._starts.pop(id(target), now)
-        if self._log is not None:
-            began, took = (started - self._began) * 1000, (now - started) * 1000
-            self._log.append((name, round(began, 3), round(took, 3), outcome, target is self.hedge))
+        self._metrics.inc("callmissed_attempts_total", route_name(target.route), "abandoned")
 
     def won(self, target: Target, result: T, started: float) -> Won[T]:
+        self._trace.end_attempt(target, "ok")
+        self._request.route = target.route
         ttfb = asyncio.get_running_loop().time() - started
         name = route_name(target.route)
-        self._request.route = target.route
-        self._record(target, name, "ok")
         self._health.succeeded(target.route, ttfb)
         self._metrics.inc("callmissed_attempts_total", name, "ok")
         self._metrics.observe("callmissed_ttfb_seconds", ttfb, name)

@@ -97,3 +97,19 @@ def test_zero_days_keeps_every_row(upstream, faults, tmp_path):
         assert query(gateway, "SELECT count(*) FROM ledger") == [(OLD,)]
     finally:
         stop_gateway(gateway)
+
+
+@pytest.mark.parametrize(("value", "days"), [(None, 90.0), ("0", 0.0), ("7.5", 7.5)])
+def test_the_retention_age_is_a_setting(value, days):
+    from callmissed.settings import load_settings
+
+    env = {"CALLMISSED_RETENTION_DAYS": value} if value is not None else {}
+    assert load_settings(env).accounting.retention_days == days
+
+
+@pytest.mark.parametrize("value", ["-1", "forever", "inf", "100000"])
+def test_a_bad_retention_age_is_refused(value):
+    from callmissed.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError, match="CALLMISSED_RETENTION_DAYS"):
+        load_settings({"CALLMISSED_RETENTION_DAYS": value})
