@@ -11,6 +11,7 @@
     + AdminDisabled                403 permission_error       admin_disabled
   x ModelNotFound                  404 not_found_error        model_not_found
   x KeyNotFound                    404 not_found_error        key_not_found
+  x RequestNotFound                404 not_found_error        request_not_found
   x ResponseNotFound               404 not_found_error        response_not_found
   x RateLimited                    429 rate_limit_error       rate_limit_exceeded (+retry_after)
   x ProviderNotConfigured          503 api_error              provider_not_configured
@@ -45,6 +46,7 @@ __all__ = [
     "PermissionDenied",
     "ProviderNotConfigured",
     "RateLimited",
+    "RequestNotFound",
     "RequestTimeout",
     "RequestTooLarge",
     "ResponseNotFound",
@@ -137,6 +139,14 @@ class KeyNotFound(GatewayError):
     status = 404
     type = "not_found_error"
     code = "key_not_found"
+
+
+class RequestNotFound(GatewayError):
+    """The admin API was asked about a request id the ledger does not hold."""
+
+    status = 404
+    type = "not_found_error"
+    code = "request_not_found"
 
 
 class ResponseNotFound(GatewayError):

@@ -19,6 +19,7 @@ from callmissed.gateway import Gateway
 from callmissed.keepalive import InBand, in_band_error
 from callmissed.relay import ChatStream, Chunk
 from callmissed.settings import ModelSettings
+from callmissed.tags import request_tags
 from callmissed.timing import RequestTrace
 from callmissed.web import Request, Response, StreamResponse, error_response, json_response
 
@@ -47,14 +48,15 @@ async def _create(
     trace.key_name = principal.name
     body = request.json()
     check_chat_request(body)
+    tags = request_tags(request.headers, body)
     if not body.get("stream"):
-        completion, info = await gateway.complete(principal, body, trace=trace)
+        completion, info = await gateway.complete(principal, body, trace=trace, tags=tags)
         headers = [*info.headers(), (b"server-timing", trace.server_timing(total=True))]
         return json_response(completion, headers=headers)
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     request_id = request.request_id
     keepalive = gateway.keepalive(request.start_stream, [])
-    opening = gateway.open_stream(principal, body, include_usage, trace=trace)
+    opening = gateway.open_stream(principal, body, include_usage, trace=trace, tags=tags)
     try:
         stream, info = await keepalive.run(opening)
     except InBand as failed:
