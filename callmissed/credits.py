@@ -50,6 +50,7 @@ from callmissed.wallet import Wallet
 
 if TYPE_CHECKING:
     from callmissed.relay import Chunk
+    from callmissed.timing import RequestTrace
 
 __all__ = [
     "CLIENT_CLOSED",
@@ -246,9 +247,10 @@ class Charge:
     # Slots, not an instance dict: one is made per request, and its ~20 attributes are set and
     # read on the request's path.
     __slots__ = (
-        "_book", "_hold", "_lease", "_ledger", "_priced", "_started", "_ttfb", "_wallet",
-        "billing", "created_at", "delivered_tokens", "key_id", "model", "output_cap", "price",
-        "prompt_estimate", "request_id", "route", "settled", "stream", "upstream_id",
+        "_book", "_efforts", "_error", "_hold", "_lease", "_ledger", "_priced", "_started",
+        "_tags", "_trace", "_ttfb", "_wallet", "billing", "created_at", "delivered_tokens",
+        "key_id", "model", "output_cap", "price", "prompt_estimate", "request_id", "route",
+        "settled", "stream", "upstream_id",
     )  # fmt: skip
 
     def __init__(
@@ -284,6 +286,24 @@ class Charge:
         self._wallet: Wallet | None = None  # what it does not use goes back there
         self._hold = 0
         self._priced: tuple[dict[str, Any], TokenUsage, int] | None = None  # usage, priced
+        # What the console shows of it (describe()), and what a failure's client was told.
+        self._trace: RequestTrace | None = None
+        self._efforts: tuple[str | None, str | None] = (None, None)
+        self._tags: tuple[str, ...] = ()
+        self._error: str | None = None
+
+    def describe(
+        self,
+        trace: RequestTrace,
+        effort_in: str | None,
+        effort_out: str | None,
+        tags: tuple[str, ...],
+    ) -> None:
+        """What the ledger row keeps for the console: the upstream attempts (from `trace`),
+        reasoning_effort as received and as sent, the request's tags (tags.py)."""
+        self._trace = trace
+        self._efforts = (effort_in, effort_out)
+        self._tags = tags
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         """x-ratelimit-* headers for the response."""
@@ -339,7 +359,7 @@ class Charge:
     def fail(self, error: BaseException) -> None:
         """The request failed before anything was delivered: nothing is charged."""
         if isinstance(error, GatewayError):
-            self.settle(error.http_status, error.code, TokenUsage(), 0)
+            self.settle(error.http_status, error.code, TokenUsage(), 0, error.message)
         elif isinstance(error, Exception):
             self.settle(500, "internal_error", TokenUsage(), 0)
         else:  # cancelled: the client went away before an upstream had the request
@@ -365,11 +385,21 @@ class Charge:
                 chunk.data = orjson.dumps(parsed)
         self.delivered_tokens += tokens
 
-    def settle(self, status: int, error_code: str | None, tokens: TokenUsage, cost: int) -> None:
-        """Journal the ledger row, put back what the hold did not use, end the rate-limit lease."""
+    def settle(
+        self,
+        status: int,
+        error_code: str | None,
+        tokens: TokenUsage,
+        cost: int,
+        error_message: str | None = None,
+    ) -> None:
+        """Journal the ledger row, put back what the hold did not use, end the rate-limit lease;
+        `error_message` is what a failure's client was told (for the console)."""
         if self.settled:
             return
         self.settled = True
+        if error_message is not None:
+            self._error = error_message
         elapsed_ms = (time.perf_counter() - self._started) * 1000
         entry = LedgerEntry(
             request_id=self.request_id,
@@ -390,6 +420,11 @@ class Charge:
             total_ms=round(elapsed_ms, 3),
             wallet=None if self._wallet is None else self._wallet.hold_id,
             upstream_id=self.upstream_id,
+            effort_in=self._efforts[0],
+            effort_out=self._efforts[1],
+            attempts=_attempts_worth_keeping(self._trace),
+            tags=list(self._tags) if self._tags else None,
+            error_message=None if self._error is None else self._error[:1000],
         )
         try:
             self._ledger.append(entry)
@@ -402,6 +437,26 @@ class Charge:
 def _text(value: Any) -> str | None:
     """An upstream-sent id, if it is a sane one (it lands in the ledger)."""
     return value if isinstance(value, str) and 0 < len(value) <= 200 else None
+
+
+def _attempts_worth_keeping(trace: RequestTrace | None) -> list[dict[str, Any]] | None:
+    """The attempts as the ledger keeps them, ms from the first one's start: none when the one
+    attempt made answered (its route and first-token time are in the row already), so most
+    rows carry nothing extra."""
+    attempts = trace.attempts if trace is not None else ()
+    if not attempts or (len(attempts) == 1 and attempts[0].outcome == "ok"):
+        return None
+    first, now = attempts[0].started, time.perf_counter()
+    return [
+        {
+            "route": f"{a.target.route.provider}:{a.target.route.upstream_model}",
+            "start_ms": round((a.started - first) * 1000, 3),
+            "ms": round(((a.ended or now) - a.started) * 1000, 3),
+            "outcome": a.outcome or "abandoned",
+            "hedge": a.hedge,
+        }
+        for a in attempts
+    ]
 
 
 def _message_tokens(message: Any) -> int:

@@ -156,6 +156,7 @@ class StreamOwner(Deadline):
         release()
         ending = self.ending(stream)
         charge = self._charge
+        message = None  # what a failure's client was told (the console shows it)
         if ending is Ending.DONE or ending is Ending.CLIENT_LEFT:
             usage = stream.usage
             tokens, cost = charge.price_usage(usage) if usage else charge.estimate(prompt=True)
@@ -167,12 +168,13 @@ class StreamOwner(Deadline):
             error = stream.failure or self._cut or ShuttingDown("the server is shutting down")
             tokens, cost = charge.estimate(prompt=False)
             status, code, outcome = error.http_status, error.code, "cancelled"
+            message = error.message
             if isinstance(error, UpstreamError):
                 outcome = "error"
                 self._health.failed(self._route, error)
                 self._metrics.inc("callmissed_stream_errors_total", route_name(self._route))
         self._metrics.inc("callmissed_requests_total", self._model, outcome)
-        charge.settle(status, code, tokens, cost)
+        charge.settle(status, code, tokens, cost, message)
 
     def ending(self, stream: ChatStream) -> Ending:
         """Which way `stream` ended (the module docstring's table)."""

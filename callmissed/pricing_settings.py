@@ -35,8 +35,7 @@ class Pricing:
 
 
 def parse_prices(where: str, table: Any) -> Prices:
-    """USD per million tokens; cached_input and cache_write default to input. All must be
-    numbers >= 0."""
+    """USD per million tokens, each >= 0; cached_input and cache_write default to input."""
     from callmissed.settings import SettingsError  # late: settings imports this module
 
     if not isinstance(table, dict) or not {"input", "output"} <= table.keys():

@@ -90,6 +90,7 @@ class Accounting:
     ledger_dir: str | None = None  # CALLMISSED_LEDGER_DIR; default: beside the SQLite file
     prices: Mapping[str, Prices] = field(default_factory=dict)  # the config file's [prices]
     pricing: Pricing = field(default_factory=Pricing)  # the markup, how often lists are read
+    retention_days: float = 90.0  # CALLMISSED_RETENTION_DAYS: ledger rows kept (0: forever)
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,8 +269,7 @@ def available_cores() -> int:
 
 
 def validate(settings: Settings) -> None:
-    """Raise SettingsError if any model names an unknown provider or reasoning policy, a
-    number is out of its range, or the store named needs a package that is not installed."""
+    """SettingsError for an unknown provider or policy, a number out of range, a missing package."""
     from callmissed.bounds import check_bounds, check_extras  # late: they read Settings
     from callmissed.providers import REGISTRY  # late: providers import settings
 
@@ -539,6 +539,7 @@ def _parse_accounting(env: Mapping[str, str], config: Mapping[str, Any]) -> Acco
         ledger_dir=env.get("CALLMISSED_LEDGER_DIR") or None,
         prices={name: parse_prices(f"[prices.{name!r}]", table) for name, table in prices.items()},
         pricing=parse_pricing(env, config),
+        retention_days=_float(env, "CALLMISSED_RETENTION_DAYS", 90.0),
     )
 
 

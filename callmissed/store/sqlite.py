@@ -18,11 +18,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
+import orjson
+
 from callmissed.store import price_lists
 from callmissed.store.base import (
     FAIR_SHARE,
     KEY_COLUMNS as _KEY_COLUMNS,
     LEDGER_COLUMNS as _LEDGER_COLUMNS,
+    LEDGER_DETAIL_COLUMNS as _DETAIL_COLUMNS,
     MAX_BALANCE,
     NO_POLICY,
     Funding,
@@ -42,6 +45,7 @@ from callmissed.store.budget import (
     with_limit_reset,
 )
 from callmissed.store.responses import SQLiteResponses
+from callmissed.store.rollup import write_sqlite
 from callmissed.store.walwatch import WalWatch
 
 __all__ = ["SQLiteStore"]
@@ -79,6 +83,10 @@ _SET_BUDGET = (
 )
 
 _CHECKPOINT_EVERY = 0.5  # seconds
+
+_INSERT_LEDGER = (
+    f"INSERT INTO ledger ({_LEDGER_COLUMNS}, {_DETAIL_COLUMNS}) VALUES ({', '.join('?' * 23)})"
+)
 
 
 class SQLiteStore:
@@ -416,11 +424,8 @@ def _settle(db: sqlite3.Connection, entries: Sequence[LedgerEntry], now: float) 
         [(amount, hold) for hold, amount in plan.drawn.items()],
     )
     db.executemany("DELETE FROM holds WHERE request_id = ?", [(hold,) for hold in plan.released])
-    db.executemany(
-        f"INSERT INTO ledger ({_LEDGER_COLUMNS})"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [_ledger_row(entry, charged) for entry, charged in plan.rows],
-    )
+    db.executemany(_INSERT_LEDGER, [_ledger_row(entry, charged) for entry, charged in plan.rows])
+    write_sqlite(db, plan.rows)  # the console's rollups
 
 
 def _ledger_row(entry: LedgerEntry, charged: int) -> tuple[Any, ...]:
@@ -430,6 +435,8 @@ def _ledger_row(entry: LedgerEntry, charged: int) -> tuple[Any, ...]:
         entry.prompt_tokens, entry.completion_tokens, entry.reasoning_tokens,
         entry.cached_tokens, charged, entry.cost - charged, entry.ttfb_ms, entry.total_ms,
         entry.upstream_id,
+        entry.effort_in, entry.effort_out, _json_or_null(entry.attempts),
+        _json_or_null(entry.tags), entry.error_message,
     )  # fmt: skip
 
 
@@ -445,6 +452,10 @@ def _budget(row: Sequence[Any] | None) -> Budget | None:
     if row[0] is None:
         raise ValueError("an unlimited key has no credit limit to reset")
     return Budget(*row)
+
+
+def _json_or_null(value: list[Any] | None) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
 
 
 def _json_list(values: Iterable[object]) -> str:
