@@ -27,7 +27,6 @@ from typing import Any
 import asyncpg
 import orjson
 
-from callmissed.store import price_lists
 from callmissed.store.base import (
     FAIR_SHARE,
     KEY_COLUMNS as _KEY_COLUMNS,
@@ -51,6 +50,7 @@ from callmissed.store.budget import (
     window_starts,
     with_limit_reset,
 )
+from callmissed.store.price_lists import PostgresPriceLists
 from callmissed.store.responses import PostgresResponses
 from callmissed.store.rollup import write_postgres
 
@@ -238,10 +238,6 @@ SELECT (SELECT count(*) FROM gone) AS released,
        (SELECT json_agg(written) FROM written)::text AS written
 """
 
-_CLAIM_PRICES = price_lists.numbered(price_lists.CLAIM)
-_LOAD_PRICES = price_lists.numbered(price_lists.LOAD)
-_SAVE_PRICES = price_lists.numbered(price_lists.SAVE)
-
 _CHARGED_SINCE = (
     "SELECT COALESCE(sum(cost), 0) FROM ledger WHERE key_id = $1 AND created_at >= $2::float8"
 )
@@ -255,7 +251,7 @@ _CHANGES = "callmissed_keys"  # NOTIFY channel: a key changed (migrations 0004, 
 _TRUST_FOR = 2.0  # seconds a key read as active stays trusted while no listener is connected
 
 
-class PostgresStore:
+class PostgresStore(PostgresPriceLists):
     def __init__(
         self, url: str, pool_size: int = 10, clock: Callable[[], float] = time.time
     ) -> None:
@@ -503,20 +499,6 @@ class PostgresStore:
             limit,
         )
         return [dict(row) for row in rows]
-
-    # Price lists
-
-    async def load_price_list(self, source: str, newer_than: float) -> tuple[float, bytes] | None:
-        row = await self._db.fetchrow(_LOAD_PRICES, source, newer_than)
-        return None if row is None else (float(row["fetched_at"]), row["body"].encode())
-
-    async def claim_price_refresh(
-        self, source: str, now: float, until: float, stale_before: float
-    ) -> bool:
-        return await self._db.fetchval(_CLAIM_PRICES, source, until, now, stale_before) is not None
-
-    async def save_price_list(self, source: str, fetched_at: float, body: bytes) -> None:
-        await self._db.execute(_SAVE_PRICES, source, fetched_at, body.decode())
 
     def responses(self) -> PostgresResponses:
         return PostgresResponses(self._db)

@@ -20,7 +20,6 @@ from typing import Any
 
 import orjson
 
-from callmissed.store import price_lists
 from callmissed.store.base import (
     FAIR_SHARE,
     KEY_COLUMNS as _KEY_COLUMNS,
@@ -44,6 +43,7 @@ from callmissed.store.budget import (
     window_starts,
     with_limit_reset,
 )
+from callmissed.store.price_lists import SQLitePriceLists
 from callmissed.store.responses import SQLiteResponses
 from callmissed.store.rollup import write_sqlite
 from callmissed.store.walwatch import WalWatch
@@ -89,7 +89,7 @@ _INSERT_LEDGER = (
 )
 
 
-class SQLiteStore:
+class SQLiteStore(SQLitePriceLists):
     def __init__(self, path: str, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock  # dates budget windows (store/budget.py)
         self._db = connect(path)
@@ -337,21 +337,6 @@ class SQLiteStore:
         )
         names = [column[0] for column in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-
-    # Price lists
-
-    async def load_price_list(self, source: str, newer_than: float) -> tuple[float, bytes] | None:
-        row = self._db.execute(price_lists.LOAD, (source, newer_than)).fetchone()
-        return None if row is None else (float(row[0]), row[1].encode())
-
-    async def claim_price_refresh(
-        self, source: str, now: float, until: float, stale_before: float
-    ) -> bool:
-        claim = (source, until, now, stale_before)
-        return self._db.execute(price_lists.CLAIM, claim).fetchone() is not None
-
-    async def save_price_list(self, source: str, fetched_at: float, body: bytes) -> None:
-        self._db.execute(price_lists.SAVE, (source, fetched_at, body.decode()))
 
     def responses(self) -> SQLiteResponses:
         return SQLiteResponses(self._db)
