@@ -306,6 +306,7 @@ async def list_input_items(
 def _limit(value: str | None) -> int:
     if value is None:
         return 20
-    if not value.isdigit() or not 1 <= int(value) <= 100:
+    # isdigit() alone passes '²', which int() refuses: ASCII digits only.
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 100:
         raise InvalidRequest("'limit' must be an integer between 1 and 100.", param="limit")
     return int(value)

@@ -79,6 +79,18 @@ def test_input_items_page_newest_first_as_openai_lists_them(sdk):
     assert every == [f"turn {n}" for n in (4, 3, 2, 1, 0)]  # the SDK's pager, one page
 
 
+@pytest.mark.parametrize("limit", ["0", "101", "ten", "-5", "%C2%B2", "%D9%A3"])
+def test_input_items_refuses_a_limit_that_is_not_1_to_100(sdk, responses_gateway, limit):
+    """Digits of other scripts ('²', Arabic-Indic '٣') are not a number either: a 400, not a 500."""
+    response = sdk.responses.create(model="local-hello", input="Hi")
+    answer = httpx.get(
+        f"{responses_gateway.base_url}/responses/{response.id}/input_items?limit={limit}",
+        headers={"authorization": f"Bearer {responses_gateway.key}"},
+    )
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["param"] == "limit"
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [
