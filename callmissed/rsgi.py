@@ -23,6 +23,7 @@ from callmissed.settings import EdgeLimits, load_settings
 from callmissed.shutdown import stop_with_parent
 from callmissed.web import (
     App,
+    BodyBudget,
     Dialect,
     Headers,
     Request,
@@ -88,7 +89,7 @@ class RSGIApp:
             dialect = endpoint.dialect
             headers: dict[str, str] = dict(scope.headers.items())  # names come lower-cased
             principal, limit = await app.admit(endpoint, headers)  # before reading any body
-            body = await self._read_body(protocol, headers, limit)
+            body = await self._read_body(protocol, headers, limit, app.budget_for(endpoint))
         except GatewayError as exc:
             _send_response(protocol, error_response(exc, dialect, request_id), request_id)
             return
@@ -115,8 +116,10 @@ class RSGIApp:
         if response is not None and early.transport is None:
             _send_response(protocol, response, request_id)
 
-    async def _read_body(self, protocol: Any, headers: dict[str, str], limit: int) -> bytes:
-        """The body, within `limit` bytes and the body timeout (408 past it)."""
+    async def _read_body(
+        self, protocol: Any, headers: dict[str, str], limit: int, budget: BodyBudget | None
+    ) -> bytes:
+        """The body, within `limit` bytes, `budget` and the body timeout (408 past it)."""
         if headers.get("content-length") == "0":
             return b""
         task = asyncio.current_task()
@@ -127,8 +130,8 @@ class RSGIApp:
         try:
             if "content-length" in headers:  # granian reads it whole, at most that long
                 self._app.check_declared_size(headers, limit)
-                return await _whole_body(protocol)
-            return await self._app.read_body(headers, _body_parts(protocol), limit)
+                return await _whole_body(protocol, int(headers["content-length"]), budget)
+            return await self._app.read_body(headers, _body_parts(protocol), limit, budget)
         except asyncio.CancelledError:
             if not late.fired or task.uncancel() > 0:
                 raise
@@ -218,11 +221,18 @@ def _latin1(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
     return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
 
 
-async def _whole_body(protocol: Any) -> bytes:
+async def _whole_body(protocol: Any, size: int, budget: BodyBudget | None) -> bytes:
+    """A body of a declared `size` (granian has checked it is a number), held against
+    `budget` while it arrives."""
+    if budget is not None:
+        budget.take(size)
     try:
         body: bytes = await protocol()
     except Exception:  # granian's error for a body cut short: the client reset or closed
         raise _ClientGone from None
+    finally:
+        if budget is not None:
+            budget.give(size)
     return body
 
 

@@ -26,12 +26,15 @@ from callmissed.errors import (
     InvalidRequest,
     MethodNotAllowed,
     RequestTooLarge,
+    ServerBusy,
     to_anthropic,
     to_openai,
 )
 
 __all__ = [
+    "OPEN_BODIES_AT_ONCE",
     "App",
+    "BodyBudget",
     "Dialect",
     "Endpoint",
     "Guard",
@@ -140,6 +143,33 @@ class WriteGate:
         return _NEVER
 
 
+OPEN_BODIES_AT_ONCE = 16  # open-limit bodies one worker may hold at once (docs/security.md)
+
+
+class BodyBudget:
+    """The bytes that request bodies no credential checked may hold at once, in one worker.
+
+    Each such body is small (the open limit), but an HTTP/2 connection carries 100 streams and
+    a worker 1,000 connections; no endpoint without a credential needs a body, so together
+    they get little. Past it a body is refused with a 503."""
+
+    __slots__ = ("held", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int) -> None:
+        if self.held + size > self.limit:
+            raise ServerBusy(
+                "Too many requests without a credential are sending bodies at once; try again."
+            )
+        self.held += size
+
+    def give(self, size: int) -> None:
+        self.held -= size
+
+
 class App:
     """Dispatches (method, path) through `routes`; `startup`/`shutdown` bracket its life.
 
@@ -166,6 +196,7 @@ class App:
         self._paths = {path for _, path in self._routes}
         self.max_body_bytes = max_body_bytes
         self.max_open_body_bytes = max_open_body_bytes
+        self.open_bodies = BodyBudget(OPEN_BODIES_AT_ONCE * max_open_body_bytes)
         self.startup = startup
         self.shutdown = shutdown
 
@@ -192,6 +223,11 @@ class App:
             return None, self.max_open_body_bytes
         return await endpoint.guard(headers), self.max_body_bytes
 
+    def budget_for(self, endpoint: Endpoint) -> BodyBudget | None:
+        """What the endpoint's bodies count against while they are read: the open bodies'
+        budget for an endpoint without a guard, nothing for one whose guard has passed."""
+        return self.open_bodies if endpoint.guard is None else None
+
     def check_declared_size(self, headers: dict[str, str], limit: int) -> None:
         """Refuse a body whose Content-Length is past `limit`, before reading it."""
         declared = headers.get("content-length")
@@ -199,17 +235,30 @@ class App:
             raise RequestTooLarge(f"The request body is larger than the {limit}-byte limit.")
 
     async def read_body(
-        self, headers: dict[str, str], parts: AsyncIterator[bytes], limit: int
+        self,
+        headers: dict[str, str],
+        parts: AsyncIterator[bytes],
+        limit: int,
+        budget: BodyBudget | None = None,
     ) -> bytes:
-        """The request body from the server's `parts`, refused early past `limit`."""
+        """The request body from the server's `parts`, refused early past `limit` (or once
+        `budget` has no room for what it holds so far)."""
         self.check_declared_size(headers, limit)
         received: list[bytes] = []
         size = 0
-        async for part in parts:
-            size += len(part)
-            if size > limit:
-                raise RequestTooLarge(f"The request body is larger than the {limit}-byte limit.")
-            received.append(part)
+        try:
+            async for part in parts:
+                if size + len(part) > limit:
+                    raise RequestTooLarge(
+                        f"The request body is larger than the {limit}-byte limit."
+                    )
+                if budget is not None:
+                    budget.take(len(part))
+                size += len(part)
+                received.append(part)
+        finally:
+            if budget is not None:
+                budget.give(size)
         return b"".join(received)
 
     async def respond(
