@@ -3,8 +3,13 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
 import httpx
 import openai
 import pytest
@@ -183,3 +188,50 @@ def test_bounded_storage(upstream, tmp_path):
             assert found == sorted(found, reverse=True)  # the oldest went first
     finally:
         stop_gateway(gateway)
+
+
+def test_a_key_that_stops_reading_its_stored_responses_holds_little(upstream, tmp_path):
+    """Reading a stored response is free, and its body may be 8 MiB: 60 GETs of one on an h2c
+    connection that never opens its flow-control window held 450 MB in a worker for as long as
+    the client kept the connection alive with PINGs. Now a key's reads in flight hold at most
+    twice the largest stored response per worker; past it its next read is a 429 at once."""
+    gateway = start_gateway(upstream, tmp_path, CALLMISSED_RESPONSES_MAX_BYTES="2000000")
+    headers = {"authorization": f"Bearer {gateway.key}"}
+    try:
+        body = {"model": "sim/instant-thinker", "input": "x" * 1_900_000}
+        stored = httpx.post(f"{gateway.base_url}/responses", json=body, headers=headers)
+        assert stored.json()["store"] is True
+        path = f"/v1/responses/{stored.json()['id']}/input_items"
+        statuses = _stuck_h2_reads(gateway, path, 30)
+        assert statuses.count("429") >= 27, statuses  # two fit in 4 MB; unbounded, all 200
+        assert "200" in statuses
+    finally:
+        stop_gateway(gateway)
+
+
+def _stuck_h2_reads(gateway: Gateway, path: str, count: int) -> list[str]:
+    """`count` GETs of `path` on one h2c connection whose client never lets a byte of a body
+    through (a stream window of 0); each one's status, as far as one came within a second."""
+    host, port = gateway.url.removeprefix("http://").split(":")
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.local_settings = h2.settings.Settings(
+        client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0}
+    )
+    conn.initiate_connection()
+    streams = [conn.get_next_available_stream_id() + 2 * n for n in range(count)]
+    head = [(":method", "GET"), (":path", path), (":scheme", "http"), (":authority", host)]
+    for stream in streams:
+        conn.send_headers(stream, [*head, ("authorization", f"Bearer {gateway.key}")], True)
+    found: dict[int, str] = {}
+    with socket.create_connection((host, int(port)), timeout=1) as sock:
+        sock.sendall(conn.data_to_send())
+        while len(found) < count:
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                break
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    found[event.stream_id] = dict(event.headers)[b":status"].decode()
+            sock.sendall(conn.data_to_send())
+    return [found.get(stream, "none") for stream in streams]

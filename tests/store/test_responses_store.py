@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from callmissed.history import History
+from callmissed.errors import RateLimited
+from callmissed.history import History, Readers
 from callmissed.settings import ResponsesStorage
 from callmissed.store import Store
 from callmissed.store.responses import (
@@ -235,3 +236,19 @@ def test_a_save_at_its_budget_and_a_delete_of_its_oldest_row_both_finish(url):  
         assert await rows.load(key, "new", 0) is not None
 
     run(url, scenario)
+
+
+def test_a_keys_reads_in_flight_are_bounded_and_given_back_once():
+    readers = Readers(limit=100)
+    first = readers.take(1, 60)
+    readers.take(2, 100)  # another key's reads count for that key alone
+    with pytest.raises(RateLimited):
+        readers.take(1, 60)
+    first()
+    first()  # a second give-back changes nothing
+    second = readers.take(1, 60)
+    readers.take(1, 40)
+    with pytest.raises(RateLimited):
+        readers.take(1, 1)
+    second()
+    readers.take(3, 1_000)  # one read alone always goes, however large
