@@ -112,7 +112,7 @@ class History:
         self, key_id: int, response: dict[str, Any], items: list[dict[str, Any]]
     ) -> bool:
         """Keep `response` and the items it answered; False (and `store` set false in it) if
-        they are larger than one stored response may be."""
+        they are larger than one stored response may be, or the store fails."""
         stored = StoredResponse(
             response["id"],
             float(response.get("created_at") or time.time()),
@@ -124,7 +124,12 @@ class History:
             response["store"] = False
             return False
         expires = time.time() + self._settings.retention_days * _DAY
-        await self.rows.save(key_id, stored, expires, self._settings.key_bytes)
+        try:
+            await self.rows.save(key_id, stored, expires, self._settings.key_bytes)
+        except Exception as exc:  # the answer was paid for: it goes out, unstored, and says so
+            log.warning("response %s not stored: the store failed: %r", response["id"], exc)
+            response["store"] = False
+            return False
         return True
 
     async def delete(self, key_id: int, response_id: str) -> None:

@@ -148,11 +148,11 @@ async def _aiter_translated(
 
 async def _finish(encoder: ResponseEncoder, usage: Any, save: Save | None) -> bytes:
     """The last events; the response is stored before they go, so a continuation that follows
-    them at once finds it."""
-    events = encoder.finish(usage)
+    them at once finds it, and the last one says whether it was (`store`)."""
+    events = encoder.conclude(usage)
     if encoder.response is not None and save is not None:
         await save(encoder.response)
-    return events
+    return events + encoder.final_event()
 
 
 # Passed through: upstreams that serve the Responses API ----------------------------------
@@ -214,10 +214,13 @@ async def _aiter_passed(
 ) -> AsyncIterator[bytes]:
     try:
         async for batch in stream.aiter_batches():
-            events = b"".join([editor.feed(chunk.data, chunk.json()) for chunk in batch])
-            if editor.finished and editor.response is not None and save is not None:
-                await save(editor.response)  # before the end goes out (see _finish)
-            yield events
+            events = []
+            for chunk in batch:
+                payload = chunk.json()
+                if save is not None and (final := editor.ends(payload)) is not None:
+                    await save(final)  # before the end is written (see _finish)
+                events.append(editor.feed(chunk.data, payload))
+            yield b"".join(events)
     except GatewayError as exc:
         yield editor.fail(exc.code, exc.message)
     except Exception:

@@ -12,8 +12,10 @@ import h2.events
 import h2.settings
 import httpx
 import openai
+import orjson
 import pytest
 
+from tests.accounting import query
 from tests.api.conftest import WEATHER_TOOL
 from tests.conftest import Gateway, start_gateway, stop_gateway
 
@@ -235,3 +237,35 @@ def _stuck_h2_reads(gateway: Gateway, path: str, count: int) -> list[str]:
                     found[event.stream_id] = dict(event.headers)[b":status"].decode()
             sock.sendall(conn.data_to_send())
     return [found.get(stream, "none") for stream in streams]
+
+
+def _streamed_final(client: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
+    """The last event's data of a streamed POST /v1/responses."""
+    with client.stream("POST", "/responses", json={**body, "stream": True}) as response:
+        data = [line for line in response.iter_lines() if line.startswith("data:")]
+    return dict(orjson.loads(data[-1].removeprefix("data:")))
+
+
+@pytest.mark.parametrize("model", ["local-model", "fake/hello"])
+def test_a_response_that_was_not_stored_says_so_in_its_last_event(upstream, tmp_path, model):
+    """Too large to store, or the store failing: the answer still goes out, as paid for, with
+    `store: false` in it, streamed or not. A streamed one said `store: true` in
+    response.completed all the same; a failing store made a paid answer a 500 (or
+    response.failed)."""
+    gateway = start_gateway(upstream, tmp_path, CALLMISSED_RESPONSES_MAX_BYTES="6000")
+    headers = {"authorization": f"Bearer {gateway.key}"}
+    try:
+        with httpx.Client(base_url=gateway.base_url, headers=headers, timeout=30) as client:
+            large = _streamed_final(client, {"model": model, "input": "x" * 7000})
+            assert large["type"] == "response.completed"
+            assert large["response"]["store"] is False
+            query(gateway, "DROP TABLE responses")  # from here on, every save fails
+            small = {"model": model, "input": "Hi"}
+            answer = client.post("/responses", json=small)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["store"] is False
+            final = _streamed_final(client, small)
+            assert final["type"] == "response.completed"
+            assert final["response"]["store"] is False
+    finally:
+        stop_gateway(gateway)
