@@ -46,6 +46,10 @@ __all__ = ["RSGIApp", "create_app"]
 # (docs/performance.md). A slower one starts it while waiting for its upstream, and a client
 # already gone by then is noticed at once.
 _WATCH_AFTER = 0.02  # seconds
+# A body whose length is declared may take a second longer than the body timeout per this many
+# bytes: a slow mobile uplink's pace, so that a large upload over one is not taken for a client
+# that stalls (a 32 MiB body may take 30 s + 512 s; one of the open limit's 64 KiB, 31 s).
+_SLOW_LINK = 64 * 1024  # bytes a second
 
 
 class _ClientGone(Exception):
@@ -119,25 +123,27 @@ class RSGIApp:
     async def _read_body(
         self, protocol: Any, headers: dict[str, str], limit: int, budget: BodyBudget | None
     ) -> bytes:
-        """The body, within `limit` bytes, `budget` and the body timeout (408 past it)."""
-        if headers.get("content-length") == "0":
+        """The body, within `limit` bytes, `budget` and its time (408 past it): the body
+        timeout, and a second more per _SLOW_LINK bytes its Content-Length declares."""
+        declared = headers.get("content-length")
+        if declared == "0":
             return b""
+        size = None if declared is None else int(declared)  # granian checked it is a number
+        self._app.check_declared_size(headers, limit)
+        allowed = self._body_timeout + (size or 0) / _SLOW_LINK
         task = asyncio.current_task()
         assert task is not None
         late = _Late(task)
         loop = asyncio.get_running_loop()
-        deadline = self._deadlines.call_at(loop.time() + self._body_timeout, late)
+        deadline = self._deadlines.call_at(loop.time() + allowed, late)
         try:
-            if "content-length" in headers:  # granian reads it whole, at most that long
-                self._app.check_declared_size(headers, limit)
-                return await _whole_body(protocol, int(headers["content-length"]), budget)
+            if size is not None:  # granian reads it whole, at most that long
+                return await _whole_body(protocol, size, budget)
             return await self._app.read_body(headers, _body_parts(protocol), limit, budget)
         except asyncio.CancelledError:
             if not late.fired or task.uncancel() > 0:
                 raise
-            raise RequestTimeout(
-                f"The request body did not arrive within {self._body_timeout:g} s."
-            ) from None
+            raise RequestTimeout(f"The request body did not arrive within {allowed:g} s.") from None
         finally:
             deadline.cancel()
 

@@ -290,3 +290,26 @@ def _read_statuses(
         sock.sendall(conn.data_to_send())
         if len(statuses) >= until:
             return True
+
+
+def test_a_large_body_sent_steadily_over_a_slow_link_is_not_cut_off(edge):
+    """The body timeout (1 s here) counts from the head; a body that declares its length gets
+    a second more per 64 KiB of it, so an upload at a slow link's pace (~150 KB/s, 2.2 s for
+    320 KB) goes through where it got a 408. A body that stalls still gets its 408."""
+    body = orjson.dumps(
+        {"model": "sim/instant", "messages": [{"role": "user", "content": "x" * 320_000}]}
+    )
+    with _connect(edge) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\n"
+            + f"Authorization: Bearer {edge.key}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        )
+        try:
+            for start in range(0, len(body), 16_000):
+                sock.sendall(body[start : start + 16_000])
+                time.sleep(0.1)
+        except OSError:  # answered (408) and closed while we were still sending
+            pass
+        sock.settimeout(10)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
