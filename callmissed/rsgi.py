@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from callmissed.app import build_app
+from callmissed.bodies import BodyBudget
 from callmissed.connections import Connections
 from callmissed.deadlines import Deadlines
 from callmissed.errors import GatewayError, RequestTimeout
@@ -23,7 +24,6 @@ from callmissed.settings import EdgeLimits, load_settings
 from callmissed.shutdown import stop_with_parent
 from callmissed.web import (
     App,
-    BodyBudget,
     Dialect,
     Headers,
     Request,
@@ -93,7 +93,8 @@ class RSGIApp:
             dialect = endpoint.dialect
             headers: dict[str, str] = dict(scope.headers.items())  # names come lower-cased
             principal, limit = await app.admit(endpoint, headers)  # before reading any body
-            body = await self._read_body(protocol, headers, limit, app.budget_for(endpoint))
+            budget = app.budget_for(endpoint, principal)
+            body = await self._read_body(protocol, headers, limit, budget)
         except GatewayError as exc:
             _send_response(protocol, error_response(exc, dialect, request_id), request_id)
             return

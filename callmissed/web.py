@@ -19,6 +19,7 @@ from typing import Any, Literal, TypeVar
 import orjson
 
 from callmissed.auth import Principal
+from callmissed.bodies import Bodies, BodyBudget
 from callmissed.errors import (
     AuthenticationFailed,
     EndpointNotFound,
@@ -26,15 +27,12 @@ from callmissed.errors import (
     InvalidRequest,
     MethodNotAllowed,
     RequestTooLarge,
-    ServerBusy,
     to_anthropic,
     to_openai,
 )
 
 __all__ = [
-    "OPEN_BODIES_AT_ONCE",
     "App",
-    "BodyBudget",
     "Dialect",
     "Endpoint",
     "Guard",
@@ -143,33 +141,6 @@ class WriteGate:
         return _NEVER
 
 
-OPEN_BODIES_AT_ONCE = 16  # open-limit bodies one worker may hold at once (docs/security.md)
-
-
-class BodyBudget:
-    """The bytes that request bodies no credential checked may hold at once, in one worker.
-
-    Each such body is small (the open limit), but an HTTP/2 connection carries 100 streams and
-    a worker 1,000 connections; no endpoint without a credential needs a body, so together
-    they get little. Past it a body is refused with a 503."""
-
-    __slots__ = ("held", "limit")
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.held = 0
-
-    def take(self, size: int) -> None:
-        if self.held + size > self.limit:
-            raise ServerBusy(
-                "Too many requests without a credential are sending bodies at once; try again."
-            )
-        self.held += size
-
-    def give(self, size: int) -> None:
-        self.held -= size
-
-
 class App:
     """Dispatches (method, path) through `routes`; `startup`/`shutdown` bracket its life.
 
@@ -196,7 +167,7 @@ class App:
         self._paths = {path for _, path in self._routes}
         self.max_body_bytes = max_body_bytes
         self.max_open_body_bytes = max_open_body_bytes
-        self.open_bodies = BodyBudget(OPEN_BODIES_AT_ONCE * max_open_body_bytes)
+        self.bodies = Bodies(max_body_bytes, max_open_body_bytes)
         self.startup = startup
         self.shutdown = shutdown
 
@@ -223,10 +194,12 @@ class App:
             return None, self.max_open_body_bytes
         return await endpoint.guard(headers), self.max_body_bytes
 
-    def budget_for(self, endpoint: Endpoint) -> BodyBudget | None:
-        """What the endpoint's bodies count against while they are read: the open bodies'
-        budget for an endpoint without a guard, nothing for one whose guard has passed."""
-        return self.open_bodies if endpoint.guard is None else None
+    def budget_for(self, endpoint: Endpoint, principal: Principal | None) -> BodyBudget | None:
+        """What a body counts against while it is read (bodies.py): the open budget on an
+        endpoint without a guard, the key's past a key's guard, nothing for an operator's."""
+        if endpoint.guard is None:
+            return self.bodies.open
+        return None if principal is None else self.bodies.of_key(principal.key_id)
 
     def check_declared_size(self, headers: dict[str, str], limit: int) -> None:
         """Refuse a body whose Content-Length is past `limit`, before reading it."""

@@ -313,3 +313,39 @@ def test_a_large_body_sent_steadily_over_a_slow_link_is_not_cut_off(edge):
         sock.settimeout(10)
         answer = sock.recv(65536)
     assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+
+
+def test_a_keys_bodies_in_flight_hold_at_most_twice_the_body_limit(upstream, tmp_path):
+    """A body declared at the full limit may take minutes to arrive (a second per 64 KiB), and
+    a key may send many: together, one key's bodies being read hold at most twice the body
+    limit in a worker; another past that is a 429 at once. Another key is not affected."""
+    gateway = start_gateway(upstream, tmp_path, CALLMISSED_MAX_BODY_BYTES="100000")
+    other = gateway.create_key()
+    try:
+        answers = []
+        stalled = []
+        for _ in range(4):
+            sock = _connect(gateway)
+            stalled.append(sock)
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Length: 90000"
+                + f"\r\nAuthorization: Bearer {gateway.key}\r\n\r\n".encode()
+                + b"{"  # and the rest never comes
+            )
+            sock.settimeout(0.5)
+            try:
+                answers.append(sock.recv(65536).split(b"\r\n", 1)[0])
+            except TimeoutError:
+                answers.append(b"waiting")
+        body = {"model": "sim/instant", "messages": [{"role": "user", "content": "hi"}]}
+        response = httpx.post(
+            f"{gateway.base_url}/chat/completions",
+            json=body,
+            headers={"authorization": f"Bearer {other}"},
+        )
+        assert response.status_code == 200
+    finally:
+        for sock in stalled:
+            sock.close()
+        stop_gateway(gateway)
+    assert answers == [b"waiting"] * 2 + [b"HTTP/1.1 429 Too Many Requests"] * 2, answers
