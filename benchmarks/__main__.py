@@ -48,6 +48,7 @@ SCENARIOS = (
     "startup",
     "hedging",
     "failover",
+    "otel",
 )
 PATH_SCENARIOS = ("overhead", "throughput", "held", "capacity")  # the rest: plain HTTP only
 RESULTS = ROOT / "benchmarks" / "results"
@@ -184,8 +185,8 @@ def _run(
         suite = Suite(profile, running, upstreams, workdir)
         for scenario in scenarios:
             print(f"{scenario}:", flush=True)
-            if scenario == "startup":
-                suite.startup(callmissed if "callmissed" in systems else None)
+            if scenario in ("startup", "otel"):
+                getattr(suite, scenario)(callmissed if "callmissed" in systems else None)
             else:
                 getattr(suite, scenario)()
         return suite.rows

@@ -29,6 +29,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         _startup(rows),
         _hedging(rows, results["meta"]),
         _failover(rows),
+        _otel(rows),
     ]
     for path, name in PATH_NAMES.items():
         tls = on_path(every, path) if path != "http" else []
@@ -456,6 +457,35 @@ def _failover(rows: list[Row]) -> str:
         return ""
     head = ["system", "routes", "c", "requests", "client errors", "TTFB p50 ms", "p99", "max"]
     return "## Failover\n\n" + _table(head, body)
+
+
+def _otel(rows: list[Row]) -> str:
+    """Issue 16's target: traces off cost nothing measurable; on, under 0.05 ms p50 of TTFB."""
+    off = _find(rows, "otel", "callmissed")
+    on = _find(rows, "otel", "callmissed-otel")
+    if off is None or on is None:
+        return ""
+    body = []
+    for label, row in (("off", off), ("on (OTLP/HTTP to a sink)", on)):
+        body.append(
+            [
+                label,
+                f"{row['rps']:,.0f}",
+                *(_ms(_stat(row, "ttfb_ms", p), 3) for p in ("p50", "p90", "p99")),
+                *(_added(row, off, "ttfb_ms", p) for p in ("p50", "p99")),
+                f"{row.get('server_cpu_cores', 0):.2f}",
+                _errors(row),
+            ]
+        )
+    head = ["OpenTelemetry", "req/s", "TTFB p50", "p90", "p99", "added p50", "added p99"]
+    head += ["server cores", "errors"]
+    added = (_stat(on, "ttfb_ms", "p50") or 0) - (_stat(off, "ttfb_ms", "p50") or 0)
+    verdict = f"added p50 {added:+.3f} ms against a target of < 0.05 ms: {_verdict(added < 0.05)}"
+    rounds = off.get("rounds")
+    title = (
+        f"## OpenTelemetry off vs. on (concurrency 1, streaming, ms; medians of {rounds} rounds)"
+    )
+    return f"{title}\n\n{_table(head, body)}\n\n{verdict}"
 
 
 def _noise(rows: list[Row]) -> str:

@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.machine import CpuClock, ProcessTree
-from benchmarks.systems import ROOT, CallMissed, Running, Upstreams, hedging_available
+from benchmarks.systems import (
+    ROOT,
+    CallMissed,
+    CallMissedOtel,
+    Running,
+    Upstreams,
+    hedging_available,
+)
 
 __all__ = ["PROFILES", "Profile", "Suite", "hedging_status", "holds"]
 
@@ -189,6 +196,30 @@ class Suite:
                 self._measure("failover", system, "flaky", concurrency, timing)
             elif "failover" in system.models:
                 self._measure("failover", system, "failover", concurrency, timing)
+
+    def otel(self, callmissed: CallMissed | None) -> None:
+        """Added time to first token with OpenTelemetry off vs. on (traces exported to a sink):
+        the overhead scenario's interleaved rounds, callmissed without and with traces."""
+        base = next((system for system in self.systems if system.name == "callmissed"), None)
+        if callmissed is None or base is None:
+            print("  needs the callmissed system: skipped")
+            return
+        print("  starting callmissed-otel …", flush=True)
+        maker = CallMissedOtel.like(callmissed)
+        try:
+            traced = maker.start(self.upstreams, self.workdir)
+            for index in range(self.profile.overhead_rounds):
+                for system in (base, traced):
+                    self._measure("otel-round", system, "fast", 1, self.profile.overhead)
+                    self.rows[-1]["round"] = index + 1
+        finally:
+            maker.stop()
+        for name in (base.name, traced.name):
+            measured = [
+                r for r in self.rows if r["scenario"] == "otel-round" and r["system"] == name
+            ]
+            rounds = self.profile.overhead_rounds
+            self.rows.append({**_median_row(measured), "scenario": "otel", "rounds": rounds})
 
     def startup(self, callmissed: CallMissed | None) -> None:
         """Launch → healthy: the first start of each system, plus fresh gateway launches."""

@@ -8,6 +8,8 @@
                 (benchmarks/passthrough.py): the stack's floor;
 * `CallMissed`  `callmissed serve` with auth on (a real key with a balance) and a TOML config
                 routing `bench-*` models to the upstreams, on SQLite or PostgreSQL + Redis;
+* `CallMissedOtel` the same with OpenTelemetry traces on, exported to `OtlpSink`
+                (benchmarks/otlp_sink.py), for the `otel` scenario;
 * `LiteLLM`     LiteLLM's proxy from its own venv (benchmarks/litellm_env.py), master key on.
 
 Each system is reached over one upstream *path* (PATHS) at a time; CallMissed serves them all
@@ -36,8 +38,10 @@ from callmissed.settings import available_cores
 __all__ = [
     "PATHS",
     "CallMissed",
+    "CallMissedOtel",
     "Direct",
     "LiteLLM",
+    "OtlpSink",
     "Passthrough",
     "Running",
     "System",
@@ -320,7 +324,7 @@ class CallMissed(System):
         )
 
     def _start(self, upstreams: Upstreams, workdir: Path) -> Running:
-        home = workdir / "callmissed"
+        home = workdir / self.name
         home.mkdir(parents=True, exist_ok=True)
         (home / "bench.toml").write_text(self.config(upstreams))
         env = clean_env(CALLMISSED_CONFIG=str(home / "bench.toml"), **self._store_env(home))
@@ -421,6 +425,57 @@ def _tls_config(tls: TLSUpstream, prices: str) -> list[str]:
                 f'[models."bench-{path}-{kind}"]\nroutes = ["{provider}:{model}"]\n{prices}\n'
             )
     return lines
+
+
+class OtlpSink:
+    """An OTLP/HTTP receiver that answers every export and keeps nothing."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://{HOST}:{self.port}"
+        command = [sys.executable, "-m", "benchmarks.otlp_sink", "--port", str(self.port)]
+        self.process = _spawn(command, clean_env(PYTHONPATH=str(ROOT)), workdir / "otlp.log")
+        deadline = time.perf_counter() + 10
+        while True:  # listening once a connection is accepted
+            try:
+                socket.create_connection((HOST, self.port), timeout=1).close()
+                break
+            except OSError:
+                if time.perf_counter() > deadline or self.process.poll() is not None:
+                    raise RuntimeError("the OTLP sink did not start") from None
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+class CallMissedOtel(CallMissed):
+    """`callmissed serve` exactly as CallMissed, with traces on (the `otel` extra)."""
+
+    name = "callmissed-otel"
+    _sink: OtlpSink | None = None
+
+    @classmethod
+    def like(cls, other: CallMissed) -> CallMissedOtel:
+        made = cls(other.workers, other.hedge_after_ms, other.server, dict(other.extra_env))
+        made.store = other.store
+        return made
+
+    def _start(self, upstreams: Upstreams, workdir: Path) -> Running:
+        self._sink = OtlpSink(workdir)
+        self.extra_env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self._sink.url
+        running = super()._start(upstreams, workdir)
+        running.notes.append("OpenTelemetry on: every request's spans exported over OTLP/HTTP")
+        return running
+
+    def stop(self) -> None:
+        try:
+            super().stop()
+        finally:
+            if self._sink is not None:
+                self._sink.stop()
+                self._sink = None
 
 
 class LiteLLM(System):

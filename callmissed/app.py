@@ -14,6 +14,7 @@ from callmissed.asgi import ASGIApp
 from callmissed.auth import Principal, bearer_matches
 from callmissed.errors import AuthenticationFailed
 from callmissed.gateway import Gateway
+from callmissed.health_peers import HealthPeers
 from callmissed.history import History
 from callmissed.peers import Peers
 from callmissed.settings import Settings, load_settings
@@ -31,7 +32,8 @@ async def healthz(gateway: Gateway, request: Request) -> Response:
 
 async def metrics(gateway: Gateway, peers: Peers, request: Request) -> Response:
     """Prometheus text for the whole server: requests, attempts and first-token times of every
-    worker; breaker state per route as this worker sees it. Open unless a token is set."""
+    worker; each route's breaker state (shared by the workers: health_peers.py). Open unless a
+    token is set."""
     answers = await peers.ask("metrics")
     text = gateway.metrics.render(
         gateway.health.all(), gateway.failover.inflight, answers.values, answers.skipped
@@ -71,11 +73,13 @@ def guards(gateway: Gateway) -> dict[str, Guard | None]:
     }
 
 
-def connect_peers(gateway: Gateway) -> Peers:
+def connect_peers(gateway: Gateway) -> tuple[Peers, HealthPeers]:
     """This worker's link to the server's other workers: what they may ask of it (its metrics,
-    to drop its cached keys, a key's idle credit), and the credit it may ask of them."""
+    to drop its cached keys, a key's idle credit), the credit it may ask of them, and the
+    routes' health, which they share."""
     ledger = gateway.ledger
     peers = Peers(ledger.directory, ledger.instance, ledger.alive)
+    health = HealthPeers(gateway.health, peers)
 
     async def snapshot(_: Any) -> dict[str, Any]:
         return gateway.metrics.snapshot(gateway.failover.inflight)
@@ -97,13 +101,13 @@ def connect_peers(gateway: Gateway) -> Peers:
     peers.serve("forget", forget)
     peers.serve("give_back", give_back)
     gateway.credits.reclaim = reclaim
-    return peers
+    return peers, health
 
 
 def build_app(settings: Settings, gateway: Gateway | None = None) -> App:
     """The app over `gateway` (a new one for `settings` unless given: benchmarks.inprocess)."""
     gateway = gateway or Gateway(settings)
-    peers = connect_peers(gateway)
+    peers, health = connect_peers(gateway)
     history = History(gateway.store, settings.responses)
 
     def bind(handler: GatewayHandler) -> Callable[[Request], Awaitable[Response | StreamResponse]]:
@@ -112,6 +116,7 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> App:
     async def startup() -> None:
         await gateway.start()
         await peers.start()  # after the ledger: a peer's journal tells whether it is alive
+        await health.start()
         await history.start()
 
     async def shutdown() -> None:

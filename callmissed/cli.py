@@ -8,18 +8,23 @@ import dataclasses
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from callmissed import __version__
 from callmissed.auth import create_key
 from callmissed.credits import MICRO, parse_credits
 from callmissed.settings import Settings, SettingsError, load_settings
-from callmissed.store import KeyPolicy, KeyRecord, Store, open_store
+from callmissed.store import MAX_BALANCE, KeyPolicy, KeyRecord, Store, open_store
 from callmissed.store.budget import LIMIT_RESETS
 
-__all__ = ["main"]
+__all__ = ["FIRST_KEY_FILE", "first_key_path", "main"]
+
+FIRST_KEY_FILE = "callmissed-first-key"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -57,24 +62,18 @@ def _parser() -> argparse.ArgumentParser:
     _add_key_commands(commands)
 
     doctor = commands.add_parser(
-        "doctor", help="check the store, every upstream's reachability and each hop's latency"
+        "doctor",
+        help="check the store, every upstream, and (--url, --key) a gateway against the "
+        "Getting Started checklist",
     )
     doctor.add_argument("--url", help="also check a running gateway, e.g. http://127.0.0.1:8080")
-    doctor.add_argument("--key", help="a cm_ key for the gateway check's streamed request")
+    doctor.add_argument("--key", help="a cm_ key: run the checklist against the gateway")
+    doctor.add_argument("--model", default="gpt-oss-120b", help="the model to check")
+    doctor.add_argument("--kimi-model", default="kimi-k2.6", help='for reasoning_effort "none"')
+    doctor.add_argument("--ca-file", help="PEM CA certificates to trust for an https gateway")
     doctor.set_defaults(run=_doctor)
 
-    bench = commands.add_parser("bench", help="time streamed requests through a running gateway")
-    bench.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway")
-    bench.add_argument("--key", required=True, help="a cm_ key")
-    bench.add_argument("--model", default="sim/instant")
-    bench.add_argument("-n", "--requests", type=int, default=100)
-    bench.add_argument("-c", "--concurrency", type=int, default=1)
-    bench.add_argument("--prompt", default="Explain quicksort in one paragraph.")
-    bench.add_argument("--max-tokens", type=int)
-    bench.add_argument("--direct-url", help="an OpenAI-compatible upstream's /v1 URL to compare")
-    bench.add_argument("--direct-key", default="", help="its API key")
-    bench.add_argument("--direct-model", help="its model id (default: --model)")
-    bench.set_defaults(run=_bench)
+    _add_bench_command(commands)
 
     config = commands.add_parser("config", help="configuration").add_subparsers(title="actions")
     config.add_parser("check", help="validate settings and the config file").set_defaults(
@@ -105,8 +104,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from granian.http import HTTP1Settings, HTTP2Settings
 
     from callmissed.ratelimit import limits_warning
+    from callmissed.shutdown import SERVER_PID_ENV
 
-    _with_store(settings, _first_key)
+    if _with_store(settings, _first_key, first_key_path(settings)):
+        return 1
     tls = bool(settings.tls_cert and settings.tls_key)
     scheme = "https" if tls else "http"
     print(
@@ -118,6 +119,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     warning = limits_warning(settings)
     if warning:
         print(f"callmissed: warning: {warning}", file=sys.stderr, flush=True)
+    os.environ[SERVER_PID_ENV] = str(os.getpid())  # whose workers these are (shutdown.py)
     limits = settings.edge
     _raise_open_files(limits.max_connections)
     server = Granian(
@@ -179,34 +181,99 @@ _OWN_FILES = 256  # a worker's files besides client connections: upstream pools,
 def _doctor(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
 
-    from callmissed.doctor import run_doctor
+    from callmissed.doctor import GatewayOptions, run_doctor
 
-    checks = asyncio.run(run_doctor(settings, args.url, args.key))
+    gateway = None
+    if args.url:
+        gateway = GatewayOptions(args.url, args.key, args.model, args.kimi_model, args.ca_file)
+    checks = asyncio.run(run_doctor(settings, gateway))
     for check in checks:
-        print(f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
+        print(f"{check.status:<4}  {check.name}: {check.detail}", flush=True)
     return 0 if all(check.ok for check in checks) else 1
 
 
-def _bench(settings: Settings, args: argparse.Namespace) -> int:
-    import asyncio
-
-    from callmissed.bench import Target, format_report, run_bench
-
-    targets = [Target("callmissed", f"{args.url.rstrip('/')}/v1", args.key, args.model)]
-    if args.direct_url:
-        model = args.direct_model or args.model
-        targets.append(Target("direct", args.direct_url, args.direct_key, model))
-    results = asyncio.run(
-        run_bench(targets, args.requests, args.concurrency, args.prompt, args.max_tokens)
+def _add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bench = commands.add_parser(
+        "bench", help="the Getting Started page's latency tables, measured through a gateway"
     )
-    print(format_report(results))
-    return 0 if all(not result.errors for result in results) else 1
+    bench.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway")
+    bench.add_argument("--key", required=True, help="a cm_ key")
+    bench.add_argument(
+        "--model", action="append", help="a model to measure; repeat it (default: sim/instant)"
+    )
+    bench.add_argument("-n", "--requests", type=_positive, default=5, help="per model and way")
+    bench.add_argument(
+        "--vary",
+        default="stream,connection,http",
+        help="what to change, one at a time, from streamed + reused + HTTP/2: any of "
+        "stream,connection,http, or none",
+    )
+    bench.add_argument("--prompt", default="Explain quicksort in one paragraph.")
+    bench.add_argument("--max-tokens", type=_positive)
+    bench.add_argument("--ca-file", help="PEM CA certificates to trust for an https gateway")
+    bench.add_argument("--json", dest="json_file", help="write every number to this file")
+    bench.add_argument("--chart", help="draw the table to this PNG (needs the bench extra)")
+    bench.add_argument("--direct-url", help="an OpenAI-compatible upstream's /v1 URL to compare")
+    bench.add_argument("--direct-key", default="", help="its API key")
+    bench.add_argument("--direct-model", help="its model id (default: each --model)")
+    bench.set_defaults(run=_bench)
+
+
+def _bench(settings: Settings, args: argparse.Namespace) -> int:
+    from callmissed.bench import VARIES, Plan, format_table, run_bench, to_json, variants
+
+    vary = {word.strip() for word in args.vary.split(",") if word.strip() not in ("", "none")}
+    if vary - set(VARIES):
+        print(f"callmissed: --vary takes {', '.join(VARIES)} or none", file=sys.stderr)
+        return 2
+    if args.chart:
+        from callmissed.bench_chart import require_matplotlib
+
+        if (missing := require_matplotlib()) is not None:
+            print(f"callmissed: {missing}", file=sys.stderr)
+            return 2
+    models = args.model or ["sim/instant"]
+    plan = Plan(f"{args.url.rstrip('/')}/v1", args.key, models, args.requests, args.prompt,
+                args.max_tokens, variants(vary), args.ca_file)  # fmt: skip
+    plans = [plan]
+    if args.direct_url:
+        direct = [args.direct_model] if args.direct_model else models
+        ways = plan.ways
+        if not args.direct_url.startswith("https://"):  # few upstreams speak h2c: HTTP/1.1
+            ways = list(dict.fromkeys(replace(way, http2=False) for way in ways))
+        plans.append(replace(plan, base_url=args.direct_url, key=args.direct_key,
+                             models=direct, ways=ways, system="direct"))  # fmt: skip
+    rows = [row for each in plans for row in asyncio.run(run_bench(each, _progress))]
+    print(format_table(rows), flush=True)
+    if args.json_file:
+        Path(args.json_file).write_bytes(
+            orjson.dumps(to_json(rows, plan), option=orjson.OPT_INDENT_2)
+        )
+    if args.chart:
+        from callmissed.bench_chart import draw_chart
+
+        draw_chart(rows, Path(args.chart), f"callmissed bench: {args.url}")
+    return 0 if all(not row.errors for row in rows) else 1
+
+
+def _progress(text: str) -> None:
+    """A line per model and way; on a terminal, each request too (overwritten in place)."""
+    terminal = sys.stderr.isatty()
+    if not text.startswith(" "):
+        print(f"{chr(13) if terminal else ''}bench: {text:<70}", file=sys.stderr, flush=True)
+    elif terminal:
+        print(f"\r{text}", end="", file=sys.stderr, flush=True)
 
 
 def _config_check(settings: Settings, args: argparse.Namespace) -> int:
     for provider in settings.providers.values():
         state = provider.missing or "configured"
         print(f"provider {provider.name} ({provider.type}): {state}")
+    from callmissed.observe import traces_status
+
+    access_log = settings.observability.access_log
+    print(f"access log: {'off' if access_log == 'off' else access_log}")
+    print(traces_status(settings.observability))
     print(f"{len(settings.models)} models; configuration is valid.")
     return 0
 
@@ -230,7 +297,7 @@ def _add_key_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     create.add_argument("--models", help="comma-separated models the key may use (default: all)")
     create.set_defaults(run=_on_store(_keys_create))
     update = keys.add_parser("update", help="change a key's limit reset, limits or models")
-    update.add_argument("key_id", type=int)
+    update.add_argument("key_id", type=_key_id)
     update.add_argument(
         "--limit-reset",
         choices=[*LIMIT_RESETS, "none"],
@@ -247,23 +314,63 @@ def _add_key_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         run=_on_store(_keys_list)
     )
     show = keys.add_parser("show", help="a key's balance, limits and latest requests")
-    show.add_argument("key_id", type=int)
+    show.add_argument("key_id", type=_key_id)
     show.set_defaults(run=_on_store(_keys_show))
     revoke = keys.add_parser("revoke", help="revoke a key by id")
-    revoke.add_argument("key_id", type=int)
+    revoke.add_argument("key_id", type=_key_id)
     revoke.set_defaults(run=_on_store(_keys_revoke))
     topup = keys.add_parser("topup", help="add credits (USD) to a key")
-    topup.add_argument("key_id", type=int)
+    topup.add_argument("key_id", type=_key_id)
     topup.add_argument("credits")
     topup.set_defaults(run=_on_store(_keys_topup))
 
 
-async def _first_key(store: Store, args: object = None) -> int:
-    if not await store.list_keys():
-        key, _ = await create_key(store, "first key")
-        print("Created your first API key (shown once, store it now):", flush=True)
+def first_key_path(settings: Settings) -> Path:
+    """Where `serve` writes the first key when its output is no terminal: beside the SQLite
+    database, or in the working directory (PostgreSQL)."""
+    url = settings.database_url
+    if url.startswith("sqlite://"):
+        path = url.removeprefix("sqlite://").removeprefix("/")
+        if path not in ("", ":memory:"):
+            return (Path(path).parent / FIRST_KEY_FILE).absolute()
+    return Path(FIRST_KEY_FILE).absolute()
+
+
+async def _first_key(store: Store, path: Path) -> int:
+    """An unlimited key for a new database. On a terminal it is shown; anywhere else (a
+    container's or a service manager's log keeps what it is given) it goes to a file only
+    this user can read, and the log gets the file's path."""
+    if await store.list_keys():
+        return 0
+    key, record = await create_key(store, "first key")
+    if sys.stdout.isatty():
+        print("Created your first API key (unlimited; shown once, store it now):", flush=True)
         print(f"  {key}", flush=True)
+        return 0
+    try:
+        _write_private(path, f"{key}\n")
+    except OSError as exc:
+        await store.revoke_key(record.id)
+        print(
+            f"callmissed: could not write the first key to {path} ({exc.strerror}); "
+            "create one with `callmissed keys create`",
+            file=sys.stderr,
+        )
+        return 1
+    print(
+        f"Created your first API key (unlimited). It is in {path}, "
+        "readable only by this user: store it, then delete the file.",
+        flush=True,
+    )
     return 0
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` to `path`, readable and writable by this user alone (mode 0600)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as file:
+        os.fchmod(fd, 0o600)  # a file that was there already keeps its old mode otherwise
+        file.write(text)
 
 
 def _with_store(
@@ -363,7 +470,11 @@ async def _keys_topup(store: Store, args: argparse.Namespace) -> int:
     amount = _credits(args.credits)
     record = await store.topup(args.key_id, amount)
     if record is None:
-        if await _find(store, args.key_id) is not None:
+        found = await _find(store, args.key_id)
+        if found is not None and found.active and found.credits is not None:
+            most = MAX_BALANCE // MICRO
+            print(f"callmissed: a top-up may not take a balance past {most:,} USD", file=sys.stderr)
+        elif found is not None:
             message = "only an active key with a credit limit can be topped up"
             print(f"callmissed: {message}", file=sys.stderr)
         return 1
@@ -396,9 +507,10 @@ def _summary(record: KeyRecord) -> str:
     return f"{credits}, limits {', '.join(limits) or 'none'}, {models}"
 
 
-def _usd(micro: int | None) -> str:
+def _usd(micro: float | None) -> str:
     if micro is None:
         return "unlimited"
+    micro = int(micro)  # a REAL: what SQLite made of an overflowing sum before MAX_BALANCE
     return f"${micro // MICRO}.{micro % MICRO:06d}"
 
 
@@ -407,6 +519,12 @@ def _credits(text: str) -> int:
         return parse_credits(text)
     except ValueError as exc:
         raise SystemExit(f"callmissed: {exc}") from None
+
+
+def _key_id(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) > 2**63 - 1:
+        raise argparse.ArgumentTypeError("must be a key id (a whole number)")
+    return int(text)
 
 
 def _positive_or_none(text: str) -> int:

@@ -32,7 +32,7 @@ from callmissed.errors import (
 from callmissed.ledger import Ledger
 from callmissed.ratelimit import Lease, Limiter
 from callmissed.settings import ModelSettings, Prices, Route
-from callmissed.store import Funding, LedgerEntry, Store
+from callmissed.store import MAX_BALANCE, Funding, LedgerEntry, Store
 from callmissed.token_estimate import estimate_input_tokens, estimate_output_tokens
 from callmissed.wallet import Wallet
 
@@ -151,8 +151,8 @@ def cost_of(rates: Rates, usage: TokenUsage) -> int:
 
 
 def parse_credits(value: object) -> int:
-    """USD as typed by a person ("5", 2.5) -> micro-credits; ValueError unless a number >= 0
-    with at most six decimals."""
+    """USD as typed by a person ("5", 2.5) -> micro-credits; ValueError unless a number from 0
+    to MAX_BALANCE's billion USD with at most six decimals."""
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError("credits must be a number of USD")
     try:
@@ -161,6 +161,8 @@ def parse_credits(value: object) -> int:
         raise ValueError(f"credits must be a number of USD, got {value!r}") from None
     if not amount.is_finite() or amount < 0 or amount != amount.to_integral_value():
         raise ValueError(f"credits must be >= 0 with at most 6 decimals, got {value!r}")
+    if amount > MAX_BALANCE:
+        raise ValueError(f"credits may be at most {MAX_BALANCE // MICRO:,} USD, got {value!r}")
     return int(amount)
 
 

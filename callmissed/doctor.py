@@ -2,7 +2,8 @@
 
 For every configured upstream it times TCP connect, the TLS handshake (and which protocol ALPN
 picked) and the first byte of a cheap authenticated GET, without spending tokens. With --url it
-also checks a running gateway: /healthz and a streamed simulator request.
+also checks a running gateway's /healthz, and with --key runs the Getting Started page's
+checklist against it (checklist.py). Each check is ok, warn or FAIL; only a FAIL fails it.
 """
 
 from __future__ import annotations
@@ -15,20 +16,25 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from callmissed.checklist import FAIL, OK, Check, Gateway, run_checklist
 from callmissed.settings import ProviderSettings, Settings
 from callmissed.store import open_store
 
-__all__ = ["Check", "run_doctor"]
+__all__ = ["Check", "GatewayOptions", "run_doctor"]
 
 
 @dataclass(frozen=True, slots=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str
+class GatewayOptions:
+    """What `--url` and friends ask of a running gateway."""
+
+    url: str
+    key: str | None = None
+    model: str = "gpt-oss-120b"
+    kimi_model: str = "kimi-k2.6"
+    ca_file: str | None = None
 
 
-async def run_doctor(settings: Settings, url: str | None, key: str | None) -> list[Check]:
+async def run_doctor(settings: Settings, gateway: GatewayOptions | None) -> list[Check]:
     checks = [await _check_store(settings)]
     probes = [
         _check_provider(provider, settings.connect_timeout)
@@ -36,8 +42,8 @@ async def run_doctor(settings: Settings, url: str | None, key: str | None) -> li
         if provider.type != "sim"
     ]
     checks += await asyncio.gather(*probes)
-    if url:
-        checks += await _check_gateway(url.rstrip("/"), key)
+    if gateway is not None:
+        checks += await _check_gateway(gateway)
     return checks
 
 
@@ -48,22 +54,24 @@ async def _check_store(settings: Settings) -> Check:
         keys = [record for record in await store.list_keys() if record.active]
         await store.close()
     except Exception as exc:
-        return Check("database", False, f"{settings.database_url}: {exc}")
-    return Check("database", True, f"{settings.database_url}: {len(keys)} active keys")
+        return Check("database", FAIL, f"{settings.database_url}: {exc}")
+    return Check("database", OK, f"{settings.database_url}: {len(keys)} active keys")
 
 
 async def _check_provider(provider: ProviderSettings, limit: float) -> Check:
     name = f"provider {provider.name}"
     if provider.missing:
-        return Check(name, True, f"not configured ({provider.missing})")
+        return Check(name, OK, f"not configured ({provider.missing})")
     try:
         timings = await asyncio.wait_for(_time_handshakes(provider.base_url), limit)
         status, first_byte = await asyncio.wait_for(_time_get(provider), limit)
     except (OSError, TimeoutError, aiohttp.ClientError) as exc:
-        return Check(name, False, f"{provider.base_url} unreachable: {type(exc).__name__} {exc}")
+        return Check(name, FAIL, f"{provider.base_url} unreachable: {type(exc).__name__} {exc}")
     verdict = {401: "credentials REJECTED", 403: "credentials refused (403)"}.get(status)
     detail = f"{timings}, GET /models HTTP {status} first byte {first_byte:.1f} ms"
-    return Check(name, verdict is None, f"{verdict + '; ' if verdict else ''}{detail}")
+    return Check(
+        name, OK if verdict is None else FAIL, f"{verdict + '; ' if verdict else ''}{detail}"
+    )
 
 
 async def _time_handshakes(base_url: str) -> str:
@@ -96,47 +104,25 @@ async def _time_get(provider: ProviderSettings) -> tuple[int, float]:
             return response.status, (time.perf_counter() - started) * 1000
 
 
-async def _check_gateway(url: str, key: str | None) -> list[Check]:
-    async with aiohttp.ClientSession() as session:
+async def _check_gateway(options: GatewayOptions) -> list[Check]:
+    url = options.url.rstrip("/")
+    context = ssl.create_default_context(cafile=options.ca_file) if options.ca_file else None
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=context or True)
+    ) as session:
         try:
             started = time.perf_counter()
             async with session.get(f"{url}/healthz") as response:
                 healthy = response.status == 200
+            took = (time.perf_counter() - started) * 1000
             health = Check(
                 "gateway",
-                healthy,
-                f"{url}/healthz HTTP {response.status} "
-                f"in {(time.perf_counter() - started) * 1000:.1f} ms",
+                OK if healthy else FAIL,
+                f"{url}/healthz HTTP {response.status} in {took:.1f} ms",
             )
         except aiohttp.ClientError as exc:
-            return [Check("gateway", False, f"{url} unreachable: {exc}")]
-        if not key:
-            return [health, Check("gateway stream", True, "skipped (no --key)")]
-        return [health, await _time_stream(session, url, key)]
-
-
-async def _time_stream(session: aiohttp.ClientSession, url: str, key: str) -> Check:
-    body = {
-        "model": "sim/instant",
-        "stream": True,
-        "messages": [{"role": "user", "content": "ping"}],
-    }
-    started = time.perf_counter()
-    async with session.post(
-        f"{url}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}
-    ) as response:
-        if response.status != 200:
-            return Check(
-                "gateway stream", False, f"HTTP {response.status}: {await response.text()}"
-            )
-        first = None
-        async for _ in response.content.iter_any():
-            first = first or time.perf_counter()
-        done = time.perf_counter()
-    assert first is not None
-    return Check(
-        "gateway stream",
-        True,
-        f"sim/instant first byte {(first - started) * 1000:.2f} ms, "
-        f"whole answer {(done - started) * 1000:.2f} ms",
-    )
+            return [Check("gateway", FAIL, f"{url} unreachable: {exc}")]
+    if not options.key:
+        return [health, Check("checklist", OK, "skipped (no --key)")]
+    gateway = Gateway(url, options.key, context)
+    return [health, *await run_checklist(gateway, options.model, options.kimi_model)]

@@ -25,6 +25,9 @@ __all__ = ["MAX_BATCHES_AT_ONCE", "EmbeddingPlan", "embed_on", "plan_embedding"]
 T = TypeVar("T")
 
 MAX_BATCHES_AT_ONCE = 4  # upstream requests one client request may have in flight
+# One vector of 3,072 floats as JSON is about 60 KB: 2,048 of them (one OpenAI batch) pass
+# the 32 MiB default upstream_body_bytes, so a batch may have this much per input.
+ANSWER_BYTES_PER_INPUT = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,11 +86,17 @@ async def _send(
     provider = target.provider
     request = provider.build_embedding_request(plan.body, batch, target.route, model)
     response = await failover.send(provider, request)
+    # Read whole, within limits.upstream_body_bytes or what the batch's vectors may fill, if more.
+    limit = max(failover.limits.upstream_body_bytes, len(batch) * ANSWER_BYTES_PER_INPUT)
     try:
-        body = await response.read()
-    except BaseException:
+        body, more = await response.read(limit)
+    finally:
         response.close()
-        raise
+    if more:
+        label = f"{provider.label} ({provider.name})"
+        raise UpstreamError(
+            f"{label} answered with more than {limit} bytes", provider=provider.name
+        )
     return provider.parse_embeddings(body)
 
 

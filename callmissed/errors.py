@@ -15,6 +15,7 @@
   x RateLimited                    429 rate_limit_error       rate_limit_exceeded (+retry_after)
   x ProviderNotConfigured          503 api_error              provider_not_configured
   x ShuttingDown                   503 overloaded_error       shutting_down (+retry_after)
+  x RoutesResting                  503 api_error              routes_resting (+retry_after)
   x UpstreamError                  502 api_error              upstream_error (+provider, status,
                                                                               retryable)
     + UpstreamTimeout              504 timeout_error          upstream_timeout
@@ -26,6 +27,7 @@ Messages are written for a human and never carry an upstream secret or a raw ups
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -46,6 +48,7 @@ __all__ = [
     "RequestTimeout",
     "RequestTooLarge",
     "ResponseNotFound",
+    "RoutesResting",
     "ServerBusy",
     "ShuttingDown",
     "UpstreamError",
@@ -206,6 +209,21 @@ class ServerBusy(GatewayError):
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         return [(b"retry-after", b"1")]
+
+
+class RoutesResting(GatewayError):
+    """Every route of the model is resting (circuit breaker open, or a Retry-After still
+    running), so nothing was sent upstream; `retry_after` says when the first is tried again."""
+
+    status = 503
+    code = "routes_resting"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", str(max(1, math.ceil(self.retry_after))).encode())]
 
 
 class UpstreamError(GatewayError):

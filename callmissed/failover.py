@@ -26,7 +26,8 @@ from callmissed.metrics import Metrics
 from callmissed.providers import Provider, UpstreamRequest
 from callmissed.relay import CHAT_COMPLETIONS, ChatStream, UpstreamAPI
 from callmissed.routing import Target
-from callmissed.settings import ModelSettings, Settings, Timeouts
+from callmissed.settings import Limits, ModelSettings, Settings, Timeouts
+from callmissed.timing import RequestTrace
 from callmissed.upstream import Upstream, UpstreamResponse
 
 __all__ = ["TRANSIENT_STATUSES", "Failover", "Won"]
@@ -82,6 +83,7 @@ class Failover:
         deadlines: Deadlines,
     ) -> None:
         self._timeouts = settings.timeouts
+        self._limits = settings.limits
         self._deadlines = deadlines
         self._policy = settings.resilience
         self._upstream = upstream
@@ -92,6 +94,11 @@ class Failover:
         self._idle.set()
 
     @property
+    def limits(self) -> Limits:
+        """What an upstream answer may hold (settings.Limits)."""
+        return self._limits
+
+    @property
     def inflight(self) -> int:
         return len(self._active)
 
@@ -100,6 +107,7 @@ class Failover:
         model: ModelSettings,
         targets: list[Target],
         body: dict[str, Any],
+        trace: RequestTrace,
         api: UpstreamAPI = CHAT_COMPLETIONS,
     ) -> Won[dict[str, Any]]:
         """A whole chat.completion from the first route that gives one.
@@ -109,19 +117,24 @@ class Failover:
         """
 
         async def attempt(target: Target) -> dict[str, Any]:
-            response = await self._send(target, body, model, api)
-            return await api.read(target.provider, response)
+            response = await self._send(target, body, model, api, trace)
+            return await api.read(target.provider, response, self._limits.upstream_body_bytes)
 
-        return await self.call(model, targets, attempt)
+        return await self.call(model, targets, attempt, trace)
 
     async def call(
-        self, model: ModelSettings, targets: list[Target], attempt: Callable[[Target], Awaitable[T]]
+        self,
+        model: ModelSettings,
+        targets: list[Target],
+        attempt: Callable[[Target], Awaitable[T]],
+        trace: RequestTrace | None = None,
     ) -> Won[T]:
         """The first route whose `attempt` gives a whole answer (complete(), embeddings), with
-        the same fallback, retries, hedging, total timeout and bookkeeping."""
+        the same fallback, retries, hedging, total timeout and bookkeeping; `trace` records
+        the attempts (timing.py)."""
         request = self._enter(model)
         try:
-            won = await self._run(request, model, targets, attempt)
+            won = await self._run(request, model, targets, attempt, trace or RequestTrace(""))
         finally:
             self._leave(request)
         self._metrics.inc("callmissed_requests_total", model.name, "ok")
@@ -133,6 +146,7 @@ class Failover:
         targets: list[Target],
         body: dict[str, Any],
         include_usage: bool,
+        trace: RequestTrace,
         api: UpstreamAPI = CHAT_COMPLETIONS,
     ) -> Won[ChatStream]:
         """A started ChatStream (its first token is in), watched for silence and overtime.
@@ -144,8 +158,10 @@ class Failover:
         async def attempt(target: Target) -> ChatStream:
             try:
                 with self._deadlines.timeout(timeouts.first_token):
-                    response = await self._send(target, body, model, api)
-                    stream = api.stream(target.provider, response, include_usage)
+                    response = await self._send(target, body, model, api, trace)
+                    stream = api.stream(
+                        target.provider, response, include_usage, self._limits.sse_event_bytes
+                    )
                     try:
                         await stream.start()
                     except BaseException:
@@ -161,7 +177,7 @@ class Failover:
 
         request = self._enter(model)
         try:
-            won = await self._run(request, model, targets, attempt)
+            won = await self._run(request, model, targets, attempt, trace)
         except BaseException:
             self._leave(request)
             raise
@@ -169,18 +185,27 @@ class Failover:
         return won
 
     async def _send(
-        self, target: Target, body: dict[str, Any], model: ModelSettings, api: UpstreamAPI
+        self,
+        target: Target,
+        body: dict[str, Any],
+        model: ModelSettings,
+        api: UpstreamAPI,
+        trace: RequestTrace,
     ) -> UpstreamResponse:
-        return await self.send(
-            target.provider, api.build(target.provider, body, target.route, model)
-        )
+        request = api.build(target.provider, body, target.route, model)
+        parent = trace.upstream_headers(target)
+        if parent is not None:  # a copy: the provider's headers are shared by every request
+            request.headers = {**request.headers, **parent}
+        response = await self.send(target.provider, request)
+        trace.connected(target, response.connect_s)
+        return response
 
     async def send(self, provider: Provider, request: UpstreamRequest) -> UpstreamResponse:
         """POST a built request; the provider's UpstreamError if the upstream answers >= 400."""
         response = await self._upstream.send(provider, request)
         if response.status >= 400:
-            try:
-                error_body = await response.read()
+            try:  # enough of it to read the error: a hostile upstream's may never end
+                error_body, _ = await response.read(self._limits.upstream_error_body_bytes)
             finally:
                 response.close()
             raise provider.parse_error(response.status, error_body, response.retry_after)
@@ -192,9 +217,10 @@ class Failover:
         model: ModelSettings,
         targets: list[Target],
         attempt: Callable[[Target], Awaitable[T]],
+        trace: RequestTrace,
     ) -> Won[T]:
         """The route loop, within the request's total timeout (or until shutdown ends it)."""
-        plan = _Plan(self, model, targets, request.deadline)
+        plan = _Plan(self, model, targets, request.deadline, trace)
         try:
             with self._deadlines.timeout_at(request.deadline) as request.scope:
                 if model.hedge_after_ms:
@@ -287,9 +313,15 @@ class _Plan:
     """The attempts of one request: which route next, and what happened to the others."""
 
     def __init__(
-        self, failover: Failover, model: ModelSettings, targets: list[Target], deadline: float
+        self,
+        failover: Failover,
+        model: ModelSettings,
+        targets: list[Target],
+        deadline: float,
+        trace: RequestTrace,
     ) -> None:
         self._deadline = deadline
+        self._trace = trace
         self._health = failover._health
         self._metrics = failover._metrics
         self._policy = failover._policy
@@ -311,6 +343,7 @@ class _Plan:
             target = self._queue.popleft()
             if self._health.acquire(target.route):
                 self.attempts += 1
+                self._trace.begin_attempt(target, hedge=True)
                 return target
         return None
 
@@ -326,6 +359,7 @@ class _Plan:
             target = self._queue.popleft()
             if self._health.acquire(target.route):
                 self.attempts += 1
+                self._trace.begin_attempt(target)
                 return target
         return None
 
@@ -347,7 +381,9 @@ class _Plan:
         self._health.failed(target.route, error)
         self.failures.append((target, error))
         name = route_name(target.route)
-        self._metrics.inc("callmissed_attempts_total", name, _outcome(error))
+        outcome = _outcome(error)
+        self._trace.end_attempt(target, outcome)
+        self._metrics.inc("callmissed_attempts_total", name, outcome)
         if not error.retryable:
             raise error
         if error.upstream_status in TRANSIENT_STATUSES and not isinstance(error, UpstreamTimeout):
@@ -355,10 +391,12 @@ class _Plan:
 
     def abandoned(self, target: Target, started: float) -> None:
         waited = asyncio.get_running_loop().time() - started
+        self._trace.end_attempt(target, "abandoned")
         self._health.abandoned(target.route, waited)
         self._metrics.inc("callmissed_attempts_total", route_name(target.route), "abandoned")
 
     def won(self, target: Target, result: T, started: float) -> Won[T]:
+        self._trace.end_attempt(target, "ok")
         ttfb = asyncio.get_running_loop().time() - started
         name = route_name(target.route)
         self._health.succeeded(target.route, ttfb)

@@ -21,10 +21,11 @@ from callmissed.embedding import embed_on, plan_embedding
 from callmissed.errors import InvalidRequest, ShuttingDown
 from callmissed.failover import Failover, Won
 from callmissed.formats.embeddings import EmbeddingRequest
-from callmissed.health import Health
+from callmissed.health import Health, route_name
 from callmissed.keepalive import KeepAlive
 from callmissed.ledger import Ledger, ledger_directory
 from callmissed.metrics import Metrics
+from callmissed.observe import Observer
 from callmissed.providers import REGISTRY, Provider
 from callmissed.ratelimit import open_limiter
 from callmissed.reasoning import apply_reasoning_effort
@@ -33,6 +34,7 @@ from callmissed.routing import Router, Target
 from callmissed.settings import ModelSettings, Settings
 from callmissed.shutdown import on_sigterm
 from callmissed.store import Store, open_store
+from callmissed.timing import RequestTrace
 from callmissed.upstream import Upstream
 from callmissed.web import Headers, StartStream, new_request_id
 
@@ -97,14 +99,19 @@ class Gateway:
         self.router = Router(settings, self.providers)
         self.store = store or open_store(settings.database_url)
         self.auth = Authenticator(self.store)
-        self.ledger = Ledger(self.store, ledger_directory(settings))
+        self.observer = Observer(settings.observability)  # access log, traces (observe.py)
+        self.ledger = Ledger(self.store, ledger_directory(settings), self.observer.settled)
         self.limiter = open_limiter(settings, self.ledger.instance, self.ledger.alive)
         self.credits = Credits(
             self.store, self.ledger, self.limiter, self.auth, settings.accounting.prices
         )
         self.upstream = Upstream(settings)
         self.health = Health(settings.resilience)
-        self.metrics = Metrics()
+        self.metrics = Metrics(
+            settings.models,
+            [route_name(route) for model in settings.models.values() for route in model.routes],
+            settings.limits.metrics_max_models,
+        )
         self.deadlines = Deadlines()  # the requests' timeouts, on one loop timer
         self.failover = Failover(settings, self.upstream, self.health, self.metrics, self.deadlines)
         self.draining = False
@@ -116,6 +123,7 @@ class Gateway:
         await self.store.start()
         await self.ledger.start()
         await self.upstream.start()
+        self.observer.start()
 
     def drain(self) -> None:
         """Refuse new requests; end the in-flight ones after the shutdown grace (SIGTERM)."""
@@ -132,6 +140,7 @@ class Gateway:
             self._drain.cancel()
         await self.upstream.close()
         await self.ledger.close()
+        await self.observer.close()
         await self.limiter.close()
         await self.store.close()
 
@@ -141,15 +150,21 @@ class Gateway:
         body: dict[str, Any],
         *,
         request_id: str | None = None,
+        trace: RequestTrace | None = None,
         api: UpstreamAPI = CHAT_COMPLETIONS,
     ) -> tuple[dict[str, Any], RouteInfo]:
         """A whole chat.completion for a checked OpenAI-format body, `usage.cost` included
-        (with `api`, that API's answer: relay_responses.RESPONSES gives a Response)."""
+        (with `api`, that API's answer: relay_responses.RESPONSES gives a Response).
+
+        `trace` records where the time went (timing.py); one is made if none is given."""
+        trace = trace or RequestTrace(request_id or new_request_id())
         model, targets = self._route(body)
+        trace.key_name, trace.model = principal.name, model.name
         effort = apply_reasoning_effort(body, model, self.settings.reasoning_policies)
-        charge = await self.credits.begin(principal, model, body, request_id or new_request_id())
+        charge = await self.credits.begin(principal, model, body, trace.request_id)
+        self.observer.track(trace)
         try:
-            won = await self.failover.complete(model, targets, body, api)
+            won = await self.failover.complete(model, targets, body, trace, api)
         except BaseException as exc:
             charge.fail(exc)
             raise
@@ -164,16 +179,21 @@ class Gateway:
         include_usage: bool,
         *,
         request_id: str | None = None,
+        trace: RequestTrace | None = None,
         api: UpstreamAPI = CHAT_COMPLETIONS,
     ) -> tuple[ChatStream, RouteInfo]:
         """A started ChatStream: its first token is already in, so nothing can fail silently.
 
         The stream settles its charge when it is closed, however it ends."""
+        trace = trace or RequestTrace(request_id or new_request_id())
+        trace.stream = True
         model, targets = self._route(body)
+        trace.key_name, trace.model = principal.name, model.name
         effort = apply_reasoning_effort(body, model, self.settings.reasoning_policies)
-        charge = await self.credits.begin(principal, model, body, request_id or new_request_id())
+        charge = await self.credits.begin(principal, model, body, trace.request_id)
+        self.observer.track(trace)
         try:
-            won = await self.failover.open_stream(model, targets, body, include_usage, api)
+            won = await self.failover.open_stream(model, targets, body, include_usage, trace, api)
         except BaseException as exc:
             charge.fail(exc)
             raise
@@ -188,15 +208,19 @@ class Gateway:
         chat completion: the prompt's estimate held, the counted tokens billed."""
         model, targets = self._route_embedding(request.model)
         plan = plan_embedding(model, request)
-        request_id = request_id or new_request_id()
+        trace = RequestTrace(request_id or new_request_id())  # for the access log
+        trace.key_name, trace.model, trace.endpoint = principal.name, model.name, "/v1/embeddings"
         tokens = (request.prompt_estimate, 0)
-        charge = await self.credits.begin(principal, model, request.body, request_id, tokens=tokens)
+        charge = await self.credits.begin(
+            principal, model, request.body, trace.request_id, tokens=tokens
+        )
+        self.observer.track(trace)
 
         async def attempt(target: Target) -> dict[str, Any]:
             return await embed_on(self.failover, target, model, plan)
 
         try:
-            won = await self.failover.call(model, targets, attempt)
+            won = await self.failover.call(model, targets, attempt, trace)
         except BaseException as exc:
             charge.fail(exc)
             raise

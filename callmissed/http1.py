@@ -5,7 +5,8 @@ Per request it costs one `transport.write`, one `Response` and a future per wait
 no tasks, no timers per read (the read timeout is one lazily re-armed handle per connection).
 Bodies are handed on as they arrive, never collected to fill a buffer, so SSE passes through.
 Failures are plain exceptions: `OSError`s (`ConnectionError` when the upstream broke the
-connection) and `TimeoutError`; callers map them to their own errors.
+connection, `BodyTooLarge` when a gzip/deflate body inflates past `max_inflated`) and
+`TimeoutError`; callers map them to their own errors.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import time
 import zlib
 from collections.abc import AsyncIterator, Mapping
 from typing import cast
@@ -21,7 +23,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-__all__ = ["Client", "Disconnected", "ProtocolError", "Response"]
+__all__ = ["BodyTooLarge", "Client", "Disconnected", "Inflater", "ProtocolError", "Response"]
 
 _HIGH_WATER = 256 * 1024  # buffered unread body bytes before the socket stops being read
 _SWEEP_EVERY = 5.0  # seconds between looks for connections idle past keepalive_timeout
@@ -40,6 +42,49 @@ class ProtocolError(ConnectionError):
     """The upstream sent something that is not an HTTP/1.1 response."""
 
 
+class BodyTooLarge(ProtocolError):
+    """A compressed body inflated past the limit it was given."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the body inflates to more than {limit} bytes")
+        self.limit = limit
+
+
+class Inflater:
+    """Decodes a gzip or deflate (zlib) body, refusing to produce more than `limit` bytes.
+
+    A compressed body is no bigger on the wire for being huge inflated (deflate reaches about
+    1,000:1), so its inflated size is bounded here rather than by what the socket delivers.
+    """
+
+    __slots__ = ("_room", "_zlib", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self._zlib = zlib.decompressobj(zlib.MAX_WBITS | 32)  # a gzip or a zlib header
+        self._room = self.limit = limit
+
+    def inflate(self, data: bytes) -> bytes:
+        try:
+            # At most one byte past the room: enough to know the limit is crossed.
+            out = self._zlib.decompress(data, self._room + 1)
+        except zlib.error as exc:
+            raise ProtocolError(f"a malformed compressed body: {exc}") from None
+        if len(out) > self._room:
+            raise BodyTooLarge(self.limit)
+        self._room -= len(out)
+        return out
+
+    def flush(self) -> bytes:
+        """What is left at the body's end (every inflate() consumed all its input, so little)."""
+        try:
+            out = self._zlib.flush()
+        except zlib.error as exc:
+            raise ProtocolError(f"a malformed compressed body: {exc}") from None
+        if len(out) > self._room:
+            raise BodyTooLarge(self.limit)
+        return out
+
+
 class Response:
     """Status and headers are in; the body follows through `aiter_bytes()` or `read()`."""
 
@@ -52,6 +97,7 @@ class Response:
         "_size",
         "_waiter",
         "begun",
+        "connect_s",
         "headers",
         "http_version",
         "status",
@@ -64,8 +110,9 @@ class Response:
         self._done = False
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._decoder: zlib._Decompress | None = None
+        self._decoder: Inflater | None = None
         self.begun = False  # a byte of the response arrived: the upstream saw the request
+        self.connect_s = 0.0  # seconds spent opening its connection (0.0: a pooled one)
         self.status = 0
         self.http_version = "HTTP/1.1"
         self.headers: dict[bytes, bytes] = {}  # lower-cased names, only those in _KEPT
@@ -141,7 +188,12 @@ class Response:
 
     def _feed(self, body: bytes) -> None:
         if self._decoder is not None:
-            body = self._decoder.decompress(body)
+            try:
+                body = self._decoder.inflate(body)
+            except ProtocolError as exc:
+                if self._conn is not None:
+                    self._conn.fail(exc)
+                return
             if not body:
                 return
         self._chunks.append(body)
@@ -152,8 +204,14 @@ class Response:
         self._wake()
 
     def _finish(self) -> None:
-        if self._decoder is not None and (tail := self._decoder.flush()):
-            self._chunks.append(tail)
+        if self._decoder is not None:
+            try:
+                tail = self._decoder.flush()
+            except ProtocolError as exc:
+                self._fail(exc)
+                return
+            if tail:
+                self._chunks.append(tail)
         self._done = True
         self._conn = None
         self._wake()
@@ -297,7 +355,7 @@ class _Connection(asyncio.Protocol):
         response.http_version = _VERSIONS.get(version) or f"HTTP/{version}"
         encoding = response.headers.get(b"content-encoding", b"").lower()
         if encoding in (b"gzip", b"deflate"):
-            response._decoder = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header
+            response._decoder = Inflater(self._pool.max_inflated)
         response.status = status
         response._wake()
 
@@ -335,8 +393,10 @@ class Client:
         ca_file: str | None = None,
         keepalive_timeout: float = 60.0,
         stale_after: float = 1.0,
+        max_inflated: int = 32 * 1024 * 1024,
     ) -> None:
-        """`stale_after`: a kept-alive connection idle at least this long may have been closed
+        """`max_inflated`: the most bytes a gzip/deflate body may inflate to (BodyTooLarge past
+        it). `stale_after`: a kept-alive connection idle at least this long may have been closed
         by the upstream just as we reused it, so a request that then fails before any response
         byte is sent again, once. Sooner than that, the failure is the upstream's own (it read
         the request) and a POST is not repeated."""
@@ -346,6 +406,7 @@ class Client:
         tls = url.scheme == "https"
         self.loop = asyncio.get_running_loop()
         self.read_timeout = read_timeout
+        self.max_inflated = max_inflated
         self._connect_timeout = connect_timeout
         self._keepalive = keepalive_timeout
         self._stale_after = stale_after
@@ -381,7 +442,9 @@ class Client:
                 if response.begun or idle < self._stale_after:
                     raise
                 # The upstream had closed this kept-alive connection before it read the request.
+        began = time.perf_counter()
         response = (await self._connect()).start(request)
+        response.connect_s = time.perf_counter() - began  # Server-Timing's `connect`
         await response._until_headers()
         return response
 

@@ -22,6 +22,7 @@ import os
 import tempfile
 import uuid
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,16 @@ _BEGIN = b'{"begin":'  # a begin line: a request that may hold credit, not an en
 class Ledger:
     """This process's journal and its writer. start() before use; close() at shutdown."""
 
-    def __init__(self, store: Store, directory: Path) -> None:
+    def __init__(
+        self,
+        store: Store,
+        directory: Path,
+        on_settled: Callable[[LedgerEntry], None] | None = None,
+    ) -> None:
+        """`on_settled` hears of each request as it is journaled (observe.py: the access log
+        and traces are written from here, where a request's accounting settles)."""
         self._store = store
+        self._on_settled = on_settled
         self._directory = directory
         self.instance = uuid.uuid4().hex
         self._path = directory / f"{self.instance}{_SUFFIX}"
@@ -138,6 +147,8 @@ class Ledger:
 
     def append(self, entry: LedgerEntry) -> None:
         """Journal one finished request. Synchronous, so it is durable before the caller goes on."""
+        if self._on_settled is not None:
+            self._on_settled(entry)
         if self._closed:
             task = asyncio.get_running_loop().create_task(self._settle_straggler(entry))
             self._stragglers.add(task)

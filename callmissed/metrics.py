@@ -5,17 +5,20 @@ own numbers; the worker that answers a scrape asks the others for theirs (`snaps
 peers.py) and `render()` adds them up by name and labels, so with `--workers N` a scrape counts
 the whole server, requests in flight included. Route health (breaker state, EWMA first-token
 time, error rate) is read from health.py when rendering: that part is the answering worker's own.
+Label values are bounded: models (and their routes) outside the catalog/config get their own
+series up to `max_other` of them per worker; past that they are counted as model="other" and
+route="<provider>:other", since clients may name any vendor/model id (docs/security.md).
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from callmissed.health import CLOSED, HALF_OPEN, OPEN, RouteHealth
 
-__all__ = ["BUCKETS", "Metrics"]
+__all__ = ["BUCKETS", "OTHER", "Metrics"]
 
 # name -> (type, help, label names)
 _SCHEMA: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -57,24 +60,74 @@ _SCHEMA: dict[str, tuple[str, str, tuple[str, ...]]] = {
 }
 BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _STATES = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
+OTHER = "other"
+# Per metric: the positions of its labels whose values clients choose (a model id, a route).
+_CHOSEN = {
+    name: tuple((index, label) for index, label in enumerate(names) if label in ("model", "route"))
+    for name, (_, _, names) in _SCHEMA.items()
+}
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        known_models: Collection[str] = (),
+        known_routes: Collection[str] = (),
+        max_other: int | None = None,
+    ) -> None:
+        """`known_*`: the configured models and their routes ("provider:model"), always their
+        own series; `max_other`: how many others may be too (None: no bound)."""
         self._counters: dict[tuple[str, tuple[str, ...]], float] = {}
         self._histograms: dict[tuple[str, tuple[str, ...]], list[float]] = {}
+        self._known = {"model": frozenset(known_models), "route": frozenset(known_routes)}
+        self._others: dict[str, set[str]] = {"model": set(), "route": set()}
+        self._max_other = max_other
 
     def inc(self, name: str, *labels: str, value: float = 1.0) -> None:
         key = (name, labels)
-        self._counters[key] = self._counters.get(key, 0.0) + value
+        count = self._counters.get(key)
+        if count is None:  # a new series, or one folded into "other"
+            key = self._bounded(name, labels)
+            count = self._counters.get(key, 0.0)
+        self._counters[key] = count + value
 
     def observe(self, name: str, value: float, *labels: str) -> None:
         """Add a sample; the row is [per-bucket counts..., +Inf count, sum]."""
         row = self._histograms.get((name, labels))
         if row is None:
-            row = self._histograms[(name, labels)] = [0.0] * (len(BUCKETS) + 2)
+            key = self._bounded(name, labels)
+            row = self._histograms.get(key)
+            if row is None:
+                row = self._histograms[key] = [0.0] * (len(BUCKETS) + 2)
         row[bisect.bisect_left(BUCKETS, value)] += 1
         row[-1] += value
+
+    def _bounded(self, name: str, labels: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+        """The series `labels` count in: their own, or "other" once too many exist."""
+        chosen = _CHOSEN.get(name)
+        if not chosen or self._max_other is None:
+            return name, labels
+        values = list(labels)
+        for index, label in chosen:
+            values[index] = self._label(label, values[index])
+        return name, tuple(values)
+
+    def _label(self, label: str, value: str) -> str:
+        others = self._others[label]
+        if value in self._known[label] or value in others:
+            return value
+        if self._max_other is None or len(others) < self._max_other:
+            others.add(value)
+            return value
+        return f"{value.partition(':')[0]}:{OTHER}" if label == "route" else OTHER
+
+    def tracks_route(self, route: str) -> bool:
+        """Whether `route` has its own series (its health gauges are rendered)."""
+        return (
+            self._max_other is None
+            or route in self._known["route"]
+            or route in self._others["route"]
+        )
 
     def value(self, name: str, *labels: str) -> float:
         return self._counters.get((name, labels), 0.0)
@@ -122,7 +175,8 @@ class Metrics:
             "# TYPE callmissed_workers_unanswered gauge",
             f"callmissed_workers_unanswered {unanswered}",
         ]
-        lines += _gauge_lines(routes, inflight)
+        tracked = [health for health in routes if self.tracks_route(health.name)]
+        lines += _gauge_lines(tracked, inflight)
         return "\n".join(lines) + "\n"
 
 

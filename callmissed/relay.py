@@ -26,9 +26,10 @@ from callmissed.formats.openai import (
     normalise_completion,
     plain_content,
 )
+from callmissed.nesting import MAX_DEPTH, SHORTEST_TOO_DEEP, too_deep
 from callmissed.providers import Provider, UpstreamRequest
 from callmissed.settings import ModelSettings, Route
-from callmissed.sse import SSEDecoder, event_data
+from callmissed.sse import DEFAULT_MAX_EVENT, EventTooLarge, SSEDecoder, event_data
 from callmissed.token_estimate import ascii_output_tokens, estimate_output_tokens
 from callmissed.upstream import UpstreamResponse
 
@@ -81,14 +82,20 @@ class StreamMeter(Protocol):
 class ChatStream:
     """An upstream stream of chat.completion chunks. Iterate `aiter_batches()` once; close()."""
 
-    def __init__(self, provider: Provider, response: UpstreamResponse, include_usage: bool) -> None:
+    def __init__(
+        self,
+        provider: Provider,
+        response: UpstreamResponse,
+        include_usage: bool,
+        max_event: int = DEFAULT_MAX_EVENT,
+    ) -> None:
         self._provider = provider
         self._response = response
         self._include_usage = include_usage
         self._normaliser = ChunkNormaliser()
         self._template = ContentTemplate()
         self._learning = 3  # tries at learning the envelope: some upstreams vary it per chunk
-        self._decoder = SSEDecoder()
+        self._decoder = SSEDecoder(max_event)
         self._done = False
         self.finished = False  # a finish_reason was seen
         self.usage: dict[str, Any] | None = None
@@ -209,7 +216,7 @@ class ChatStream:
     def _chunks(self, raw: bytes) -> list[Chunk]:
         """The chunks an upstream read completes: each run of events in the learned envelope as
         one Chunk, forwarded as it came; any other event on its own."""
-        events = self._decoder.take(raw)
+        events = self._take(raw)
         template = self._template
         chunks: list[Chunk] = []
         start, size = 0, len(events)
@@ -227,6 +234,17 @@ class ChatStream:
             if data is not None and (chunk := self._accept(data)) is not None:
                 chunks.append(chunk)
         return chunks
+
+    def _take(self, raw: bytes) -> bytes:
+        """The whole events `raw` completes (sse.SSEDecoder.take), within the event limit."""
+        try:
+            return self._decoder.take(raw)
+        except EventTooLarge as exc:
+            label = f"{self._provider.label} ({self._provider.name})"
+            raise UpstreamError(
+                f"{label} sent a stream event longer than {exc.limit} bytes",
+                provider=self._provider.name,
+            ) from None
 
     def _run(self, events: bytes, length: int, pieces: int) -> Chunk | None:
         """A run of content events, unless their text is not UTF-8 (then each is refused alone)."""
@@ -255,6 +273,12 @@ class ChatStream:
             ) from None
         if chunk.__class__ is not dict:
             raise UpstreamError("the upstream sent a chunk that is not an object")
+        if len(data) >= SHORTEST_TOO_DEEP and too_deep(chunk, len(data)):
+            raise UpstreamError(
+                f"{self._provider.label} ({self._provider.name}) sent JSON nested deeper than"
+                f" {MAX_DEPTH} levels",
+                provider=self._provider.name,
+            )
         if b"\n" in data:  # several `data:` lines, which SSE joins with line feeds: make it one
             data = orjson.dumps(chunk)
         content = plain_content(chunk)
@@ -306,9 +330,20 @@ def _has_token(chunk: Chunk) -> bool:
     return False
 
 
-async def read_completion(provider: Provider, response: UpstreamResponse) -> dict[str, Any]:
-    """Read a non-streamed chat.completion, raising if it is an error in disguise."""
-    body = await response.read()
+async def read_completion(
+    provider: Provider, response: UpstreamResponse, limit: int
+) -> dict[str, Any]:
+    """Read a non-streamed chat.completion of at most `limit` bytes, raising if it is longer
+    or an error in disguise."""
+    try:
+        body, more = await response.read(limit)
+    finally:
+        response.close()
+    if more:
+        raise UpstreamError(
+            f"{provider.label} ({provider.name}) answered with more than {limit} bytes",
+            provider=provider.name,
+        )
     try:
         completion = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -316,6 +351,12 @@ async def read_completion(provider: Provider, response: UpstreamResponse) -> dic
             f"{provider.label} ({provider.name}) answered with malformed JSON",
             provider=provider.name,
         ) from None
+    if too_deep(completion, len(body)):
+        raise UpstreamError(
+            f"{provider.label} ({provider.name}) answered with JSON nested deeper than"
+            f" {MAX_DEPTH} levels",
+            provider=provider.name,
+        )
     if not isinstance(completion, dict) or not isinstance(completion.get("choices"), list):
         error = provider.stream_error(completion) if isinstance(completion, dict) else None
         raise error or UpstreamError(
@@ -335,8 +376,8 @@ class UpstreamAPI:
     another (relay_responses.RESPONSES, for upstreams that serve the Responses API)."""
 
     build: Callable[[Provider, dict[str, Any], Route, ModelSettings], UpstreamRequest]
-    read: Callable[[Provider, UpstreamResponse], Awaitable[dict[str, Any]]]
-    stream: Callable[[Provider, UpstreamResponse, bool], ChatStream]
+    read: Callable[[Provider, UpstreamResponse, int], Awaitable[dict[str, Any]]]  # byte limit
+    stream: Callable[[Provider, UpstreamResponse, bool, int], ChatStream]  # event byte limit
 
 
 CHAT_COMPLETIONS = UpstreamAPI(Provider.build_request, read_completion, ChatStream)

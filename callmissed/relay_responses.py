@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from callmissed.errors import UpstreamError
+from callmissed.nesting import MAX_DEPTH, SHORTEST_TOO_DEEP, too_deep
 from callmissed.providers import Provider
 from callmissed.relay import ChatStream, Chunk, UpstreamAPI
 from callmissed.sse import event_data
@@ -40,7 +41,7 @@ class ResponsesStream(ChatStream):
 
     def _chunks(self, raw: bytes) -> list[Chunk]:
         chunks: list[Chunk] = []
-        for block in self._decoder.take(raw).split(b"\n\n"):
+        for block in self._take(raw).split(b"\n\n"):
             data = event_data(block) if block else None
             if data is not None and data != b"[DONE]":
                 chunks.append(self._event(data))
@@ -56,6 +57,11 @@ class ResponsesStream(ChatStream):
             ) from None
         if payload.__class__ is not dict:
             raise UpstreamError(f"{label} sent an event that is not an object")
+        if len(data) >= SHORTEST_TOO_DEEP and too_deep(payload, len(data)):
+            raise UpstreamError(
+                f"{label} sent JSON nested deeper than {MAX_DEPTH} levels",
+                provider=self._provider.name,
+            )
         kind = payload.get("type")
         if kind in _FAILS:
             raise _failure(self._provider, payload)
@@ -79,16 +85,31 @@ def _failure(provider: Provider, payload: dict[str, Any]) -> UpstreamError:
     return provider.make_error(502, text, None)
 
 
-async def read_response(provider: Provider, response: UpstreamResponse) -> dict[str, Any]:
-    """A whole Response object, raising if it failed or is not one."""
-    body = await response.read()
+async def read_response(
+    provider: Provider, response: UpstreamResponse, limit: int
+) -> dict[str, Any]:
+    """A whole Response object of at most `limit` bytes, raising if it failed, is longer or is
+    not one."""
+    try:
+        body, more = await response.read(limit)
+    finally:
+        response.close()
     label = f"{provider.label} ({provider.name})"
+    if more:
+        raise UpstreamError(
+            f"{label} answered with more than {limit} bytes", provider=provider.name
+        )
     try:
         answer = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise UpstreamError(
             f"{label} answered with malformed JSON", provider=provider.name
         ) from None
+    if too_deep(answer, len(body)):
+        raise UpstreamError(
+            f"{label} answered with JSON nested deeper than {MAX_DEPTH} levels",
+            provider=provider.name,
+        )
     if not isinstance(answer, dict) or not isinstance(answer.get("output"), list):
         error = provider.stream_error(answer) if isinstance(answer, dict) else None
         raise error or UpstreamError(f"{label} answered without output", provider=provider.name)

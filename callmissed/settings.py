@@ -6,6 +6,7 @@ The built-in catalog (catalog.toml beside this file) is merged under the config 
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -13,11 +14,15 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from callmissed.observability_settings import Observability, parse_observability
+
 __all__ = [
     "Accounting",
     "EdgeLimits",
     "EmbeddingSettings",
+    "Limits",
     "ModelSettings",
+    "Observability",
     "Prices",
     "ProviderSettings",
     "Resilience",
@@ -165,6 +170,17 @@ class EmbeddingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    """What an upstream may make the gateway hold, and how many series /metrics may grow to
+    (docs/security.md): the `[limits]` table, each overridden by its CALLMISSED_* variable."""
+
+    upstream_error_body_bytes: int = 64 * 1024  # read of an upstream's error answer; rest unread
+    upstream_body_bytes: int = 32 * 1024 * 1024  # an answer read whole, or any one inflated
+    sse_event_bytes: int = 16 * 1024 * 1024  # one upstream server-sent event
+    metrics_max_models: int = 100  # models outside the catalog/config with their own series
+
+
+@dataclass(frozen=True, slots=True)
 class ModelSettings:
     name: str
     routes: tuple[Route, ...]
@@ -198,6 +214,8 @@ class Settings:
     accounting: Accounting = Accounting()
     edge: EdgeLimits = EdgeLimits()
     responses: ResponsesStorage = ResponsesStorage()
+    observability: Observability = field(default_factory=Observability)
+    limits: Limits = Limits()
 
     @property
     def connect_timeout(self) -> float:
@@ -240,8 +258,10 @@ def load_settings(env: Mapping[str, str] | None = None, config_path: str | None 
         tls_cert=env.get("CALLMISSED_TLS_CERT") or None,
         tls_key=env.get("CALLMISSED_TLS_KEY") or None,
         accounting=_parse_accounting(env, config),
-        edge=_parse_edge(env, config),
+        edge=_parse_limits("server", EdgeLimits(), _EDGE_ENV, env, config),
         responses=_from_env(ResponsesStorage(), env, _RESPONSES_ENV),
+        observability=parse_observability(env),
+        limits=_parse_limits("limits", Limits(), _LIMITS_ENV, env, config),
     )
     validate(settings)
     return settings
@@ -256,11 +276,15 @@ def available_cores() -> int:
 
 
 def validate(settings: Settings) -> None:
-    """Raise SettingsError if any model names an unknown provider or reasoning policy."""
+    """Raise SettingsError if any model names an unknown provider or reasoning policy, a
+    number is out of its range, or the store named needs a package that is not installed."""
+    from callmissed.bounds import check_bounds, check_extras  # late: they read Settings
     from callmissed.providers import REGISTRY  # late: providers import settings
 
     if settings.workers < 1:
         raise SettingsError(f"CALLMISSED_WORKERS must be at least 1, got {settings.workers}")
+    check_bounds(settings)
+    check_extras(settings)
 
     for provider in settings.providers.values():
         if provider.type not in REGISTRY:
@@ -364,7 +388,7 @@ def _parse_model(name: str, table: Mapping[str, Any], defaults: Timeouts) -> Mod
         context=table.get("context"),
         max_output=table.get("max_output"),
         prices=_parse_prices(f"model {name!r}", prices) if prices else None,
-        simulate=SimProfile(**simulate) if simulate else None,
+        simulate=_parse_simulate(name, simulate) if simulate else None,
         strategy=table.get("strategy", "ordered"),
         hedge_after_ms=_positive(name, "hedge_after_ms", table.get("hedge_after_ms")),
         timeouts=_with_timeouts(name, defaults, timeouts) if timeouts else None,
@@ -396,6 +420,15 @@ def _parse_embedding(model: str, value: Any) -> EmbeddingSettings | None:
     )
 
 
+def _parse_simulate(model: str, table: Any) -> SimProfile:
+    known = {item.name for item in fields(SimProfile)}
+    if not isinstance(table, dict) or not {"ttfb_ms", "total_ms", "tokens"} <= table.keys():
+        raise SettingsError(f"model {model!r}: simulate needs ttfb_ms, total_ms and tokens")
+    if unknown := table.keys() - known:
+        raise SettingsError(f"model {model!r}: unknown simulate field {sorted(unknown)[0]!r}")
+    return SimProfile(**table)
+
+
 # Global timeouts and resilience knobs, each from one environment variable.
 _TIMEOUT_ENV = {
     "connect": "CALLMISSED_CONNECT_TIMEOUT",
@@ -421,7 +454,9 @@ _RESPONSES_ENV = {
     "max_bytes": "CALLMISSED_RESPONSES_MAX_BYTES",
     "key_bytes": "CALLMISSED_RESPONSES_KEY_BYTES",
 }
-_MAY_BE_ZERO = frozenset({"warm_connections", "warm_interval", "shutdown_grace", "retry_backoff"})
+_MAY_BE_ZERO = frozenset(
+    {"warm_connections", "warm_interval", "shutdown_grace", "retry_backoff", "metrics_max_models"}
+)
 
 
 def _from_env(defaults: Any, env: Mapping[str, str], names: Mapping[str, str]) -> Any:
@@ -448,7 +483,9 @@ def _with_timeouts(model: str, defaults: Timeouts, table: Mapping[str, Any]) -> 
 
 def _positive(model: str, name: str, value: Any) -> Any:
     if value is not None and (
-        not isinstance(value, int | float) or isinstance(value, bool) or value <= 0
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not 0 < value < math.inf  # also refuses TOML's nan
     ):
         raise SettingsError(f"model {model!r}: {name} must be a positive number")
     return value
@@ -474,33 +511,28 @@ _EDGE_ENV = {
     "write_buffer_bytes": "CALLMISSED_WRITE_BUFFER_BYTES",
     "write_timeout": "CALLMISSED_WRITE_TIMEOUT",
 }
-# hyper refuses a read buffer under 8 KiB, and a request line and a few headers need ~1 KiB.
-_EDGE_MINIMUM = {"max_header_bytes": 8192}
 
 
-def _parse_edge(env: Mapping[str, str], config: Mapping[str, Any]) -> EdgeLimits:
-    """`[server]` from the config file, then CALLMISSED_* over it; every limit must be > 0."""
-    table = config.get("server", {})
+def _parse_limits(
+    section: str, defaults: Any, names: Mapping[str, str], env: Mapping[str, str], config: Any
+) -> Any:
+    """`defaults` with the config file's `[section]` table, then CALLMISSED_* over it; every
+    limit must be a number > 0 (bounds.py checks each one's range)."""
+    table = config.get(section, {})
     if not isinstance(table, dict):
-        raise SettingsError("[server] must be a table of limits")
-    known = {item.name: item for item in fields(EdgeLimits)}
-    unknown = table.keys() - known.keys()
+        raise SettingsError(f"[{section}] must be a table of limits")
+    unknown = table.keys() - names.keys()
     if unknown:
         raise SettingsError(
-            f"[server]: unknown limit {sorted(unknown)[0]!r} (known: {list(known)})"
+            f"[{section}]: unknown limit {sorted(unknown)[0]!r} (known: {list(names)})"
         )
-    defaults = EdgeLimits()
     values: dict[str, Any] = {}
     for name, value in table.items():
         whole = isinstance(getattr(defaults, name), int)
         if not isinstance(value, int if whole else (int, float)) or isinstance(value, bool):
-            raise SettingsError(f"[server] {name} must be a {'whole ' if whole else ''}number")
+            raise SettingsError(f"[{section}] {name} must be a {'whole ' if whole else ''}number")
         values[name] = value if whole else float(value)
-    limits: EdgeLimits = _from_env(replace(defaults, **values), env, _EDGE_ENV)
-    for name, minimum in _EDGE_MINIMUM.items():
-        if getattr(limits, name) < minimum:
-            raise SettingsError(f"{_EDGE_ENV[name]} ([server] {name}) must be at least {minimum}")
-    return limits
+    return _from_env(replace(defaults, **values), env, names)
 
 
 def _parse_accounting(env: Mapping[str, str], config: Mapping[str, Any]) -> Accounting:
@@ -517,6 +549,9 @@ def _parse_accounting(env: Mapping[str, str], config: Mapping[str, Any]) -> Acco
     )
 
 
+_LIMITS_ENV = {item.name: f"CALLMISSED_{item.name.upper()}" for item in fields(Limits)}
+
+
 def _parse_prices(where: str, table: Any) -> Prices:
     """USD per million tokens; cached_input and cache_write default to input. All must be
     numbers >= 0."""
@@ -526,9 +561,9 @@ def _parse_prices(where: str, table: Any) -> Prices:
     if unknown:
         raise SettingsError(f"{where}: unknown price {sorted(unknown)[0]!r}")
     values = {"cached_input": table["input"], **table}
-    for key, value in values.items():
-        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-            raise SettingsError(f"{where}: price {key} must be a number >= 0")
+    for key, value in table.items():  # the keys written: the others default to input
+        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < 1e6:
+            raise SettingsError(f"{where}: price {key} must be a number from 0 to 1000000")
     write = values.get("cache_write")
     return Prices(
         float(values["input"]),
@@ -557,6 +592,9 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
     try:
-        return float(env.get(name, default))
+        value = float(env.get(name, default))
     except ValueError:
         raise SettingsError(f"{name} must be a number") from None
+    if not math.isfinite(value):
+        raise SettingsError(f"{name} must be a finite number")
+    return value

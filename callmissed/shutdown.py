@@ -17,7 +17,11 @@ import threading
 from collections.abc import Callable
 from types import FrameType
 
-__all__ = ["on_sigterm", "stop_with_parent"]
+__all__ = ["SERVER_PID_ENV", "on_sigterm", "stop_with_parent"]
+
+# Set by `callmissed serve` in its own environment before granian starts the workers, which
+# inherit it: the process id of the server they belong to. Not a setting.
+SERVER_PID_ENV = "CALLMISSED_SERVER_PID"
 
 log = logging.getLogger("callmissed")
 
@@ -60,8 +64,12 @@ def stop_with_parent(loop: asyncio.AbstractEventLoop, every: float = 1.0) -> Cal
     killed, or stopped while that worker was still starting (seen in the benchmarks). The
     orphan would serve on, unsupervised, for good. Its SIGTERM goes the usual way: drain
     (Gateway.drain), then granian's own worker shutdown.
+
+    The parent to watch is the one `callmissed serve` names in SERVER_PID_ENV, not whichever
+    process is the parent by the time this runs: a worker (re)started just as its server was
+    killed is already an orphan when its app starts, and would otherwise watch its new parent.
     """
-    parent = os.getppid()
+    parent = int(os.environ.get(SERVER_PID_ENV) or os.getppid())
     handle: asyncio.TimerHandle | None = None
 
     def check() -> None:

@@ -51,6 +51,7 @@ class SimulatedResponse:
     status = 200
     retry_after: float | None = None
     http_version = "in-process"
+    connect_s: float | None = None  # no connection at all
 
     def __init__(self, profile: SimProfile, body: Mapping[str, Any]) -> None:
         self._profile = profile
@@ -61,7 +62,11 @@ class SimulatedResponse:
         self._thinking, self._text, self._finish = _plan(profile, body)
         self._events: deque[tuple[float, bytes]] | None = None  # (wait first, event) to send
 
-    async def read(self) -> bytes:
+    async def read(self, limit: int) -> tuple[bytes, bool]:
+        body = await self._completion()
+        return body[:limit], len(body) > limit
+
+    async def _completion(self) -> bytes:
         await asyncio.sleep(self._profile.total_ms / 1000)
         message: dict[str, Any] = {"role": "assistant", "content": " ".join(self._text)}
         if self._thinking:
@@ -171,6 +176,7 @@ class SimulatedEmbeddings:
 
     retry_after: float | None = None
     http_version = "in-process"
+    connect_s: float | None = None  # no connection at all
 
     def __init__(self, body: Mapping[str, Any]) -> None:
         dimensions = body.get("dimensions")
@@ -201,8 +207,8 @@ class SimulatedEmbeddings:
         }
         self._body = orjson.dumps(answer)
 
-    async def read(self) -> bytes:
-        return self._body
+    async def read(self, limit: int) -> tuple[bytes, bool]:
+        return self._body[:limit], len(self._body) > limit
 
     async def receive(self) -> bytes:
         body, self._body = self._body, b""

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,8 +42,11 @@ class UpstreamResponse(Protocol):
     status: int
     retry_after: float | None
     http_version: str
+    connect_s: float | None  # seconds spent connecting for it (0.0 reused); None: not known
 
-    async def read(self) -> bytes: ...
+    async def read(self, limit: int) -> tuple[bytes, bool]:
+        """Up to `limit` bytes of the body, and whether it went on past them (what follows is
+        left unread). Either way the response is done with: close() or release() it."""
 
     async def receive(self) -> bytes:
         """The body's next bytes (all that arrived since the last call); b"" once it ended."""
@@ -146,10 +150,29 @@ def _broken(provider: Provider, exc: BaseException) -> UpstreamError:
     label = f"{provider.label} ({provider.name})"
     if isinstance(exc, TimeoutError):
         return UpstreamTimeout(f"{label} stopped sending", provider=provider.name)
+    if isinstance(exc, http1.BodyTooLarge):
+        return UpstreamError(
+            f"{label} sent a compressed body that inflates past {exc.limit} bytes",
+            provider=provider.name,
+        )
+    if isinstance(exc, http1.ProtocolError):
+        return UpstreamError(f"{label} sent {exc}", provider=provider.name)
     return UpstreamError(
         f"{label} broke the connection mid-response ({type(exc).__name__})",
         provider=provider.name,
     )
+
+
+async def _read_capped(receive: Callable[[], Awaitable[bytes]], limit: int) -> tuple[bytes, bool]:
+    parts: list[bytes] = []
+    room = limit
+    while data := await receive():
+        if len(data) > room:
+            parts.append(data[:room])
+            return b"".join(parts), True
+        parts.append(data)
+        room -= len(data)
+    return b"".join(parts), False
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -180,6 +203,7 @@ class _Http1Transport:
                     connect_timeout=self._settings.connect_timeout,
                     read_timeout=self._settings.read_timeout,
                     ca_file=self._ca_file,
+                    max_inflated=self._settings.limits.upstream_body_bytes,
                 )
             target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             if len(self._routes) > 1000:  # URLs that name the model each time
@@ -206,7 +230,7 @@ class _Http1Transport:
 
 
 class _Http1Response:
-    __slots__ = ("_provider", "_response", "http_version", "retry_after", "status")
+    __slots__ = ("_provider", "_response", "connect_s", "http_version", "retry_after", "status")
 
     def __init__(self, response: http1.Response, provider: Provider) -> None:
         self._response = response
@@ -214,12 +238,10 @@ class _Http1Response:
         self.status = response.status
         self.retry_after = _retry_after(response.header("retry-after"))
         self.http_version = response.http_version
+        self.connect_s: float | None = response.connect_s
 
-    async def read(self) -> bytes:
-        try:
-            return await self._response.read()
-        except OSError as exc:
-            raise _broken(self._provider, exc) from None
+    async def read(self, limit: int) -> tuple[bytes, bool]:
+        return await _read_capped(self.receive, limit)
 
     async def receive(self) -> bytes:
         try:
@@ -242,6 +264,12 @@ class _Http2Transport:
             .read_timeout(timedelta(seconds=settings.read_timeout))
             .pool_idle_timeout(timedelta(seconds=90))
             .tcp_nodelay(True)
+            # No Accept-Encoding, as on HTTP/1.1: a body compressed anyway is inflated by us,
+            # within limits.upstream_body_bytes (reqwest's own decoders have no such bound).
+            .gzip(False)
+            .deflate(False)
+            .brotli(False)
+            .zstd(False)
         )
         if provider.base_url.startswith("http://"):
             builder = builder.http2_prior_knowledge()  # h2c: only when asked with http2 = true
@@ -250,6 +278,7 @@ class _Http2Transport:
         if provider.ca_file:
             builder = builder.add_root_certificate_pem(Path(provider.ca_file).read_bytes())
         self._client: H2Client = builder.build()
+        self._max_inflated = settings.limits.upstream_body_bytes
 
     async def send(self, provider: Provider, request: UpstreamRequest) -> UpstreamResponse:
         streamed = (
@@ -263,7 +292,9 @@ class _Http2Transport:
             response = await streamed.__aenter__()
         except (TimeoutError, PyreqwestError) as exc:
             raise _unreachable(provider, exc) from None
-        return _Http2Response(streamed, response, provider)
+        encoding = (response.get_header("content-encoding") or "").lower()
+        inflater = http1.Inflater(self._max_inflated) if encoding in ("gzip", "deflate") else None
+        return _Http2Response(streamed, response, provider, inflater)
 
     async def warm(self, url: str, count: int) -> None:
         # One h2 connection carries every request, so one HEAD warms the pool.
@@ -277,37 +308,57 @@ class _Http2Transport:
 class _Http2Response:
     __slots__ = (
         "_closing",
+        "_inflater",
         "_provider",
         "_request",
         "_response",
+        "connect_s",
         "http_version",
         "retry_after",
         "status",
     )
 
-    def __init__(self, request: StreamRequest, response: Any, provider: Provider) -> None:
+    def __init__(
+        self,
+        request: StreamRequest,
+        response: Any,
+        provider: Provider,
+        inflater: http1.Inflater | None = None,
+    ) -> None:
         self._request = request
         self._response = response
         self._provider = provider
+        self._inflater = inflater
         self._closing: asyncio.Future[Any] | None = None
         self.status = int(response.status)
         self.retry_after = _retry_after(response.get_header("retry-after"))
         self.http_version = str(response.version)
+        self.connect_s: float | None = None  # hyper's pool does not say whether it connected
 
-    async def read(self) -> bytes:
+    async def read(self, limit: int) -> tuple[bytes, bool]:
         try:
-            return bytes(await self._response.body_reader.bytes())
-        except (TimeoutError, PyreqwestError) as exc:
-            raise _broken(self._provider, exc) from None
+            return await _read_capped(self.receive, limit)
         finally:
             self.close()
 
     async def receive(self) -> bytes:
+        if self._inflater is not None:
+            return await self._receive_inflated(self._inflater)
         try:
             chunk = await self._response.body_reader.read_chunk()
         except (TimeoutError, PyreqwestError) as exc:
             raise _broken(self._provider, exc) from None
         return b"" if chunk is None else bytes(chunk)
+
+    async def _receive_inflated(self, inflater: http1.Inflater) -> bytes:
+        try:
+            # A chunk may inflate to nothing (a gzip header alone): that is not the end.
+            while (chunk := await self._response.body_reader.read_chunk()) is not None:
+                if data := inflater.inflate(bytes(chunk)):
+                    return data
+            return inflater.flush()
+        except (TimeoutError, PyreqwestError, http1.ProtocolError) as exc:
+            raise _broken(self._provider, exc) from None
 
     def close(self) -> None:
         # Leaving the request context drops the stream (RST_STREAM on h2); it is async, and

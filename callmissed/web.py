@@ -30,6 +30,7 @@ from callmissed.errors import (
     to_anthropic,
     to_openai,
 )
+from callmissed.nesting import MAX_DEPTH, too_deep
 
 __all__ = [
     "App",
@@ -86,9 +87,12 @@ class Request:
 
     def json(self) -> Any:
         try:
-            return orjson.loads(self.body)
+            parsed = orjson.loads(self.body)
         except orjson.JSONDecodeError as exc:
             raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from None
+        if too_deep(parsed, len(self.body)):  # it could not go upstream
+            raise InvalidRequest(f"The request body nests JSON deeper than {MAX_DEPTH} levels.")
+        return parsed
 
 
 @dataclass(slots=True)

@@ -12,6 +12,7 @@ import re
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
@@ -63,11 +64,25 @@ class Browser:
             self._process.stderr.close()
         self._profile.cleanup()
 
-    def wait_for(self, url: str, condition: str, seconds: float = 30) -> dict[str, Any]:
-        """Open `url`; poll until `condition` (a JS expression) is truthy; return page facts."""
-        return asyncio.run(self._wait_for(url, condition, seconds))
+    def wait_for(
+        self, url: str, condition: str, seconds: float = 30, then: Sequence[tuple[str, str]] = ()
+    ) -> dict[str, Any]:
+        """Open `url`; poll until `condition` (a JS expression) is truthy; then, for each
+        (action, condition) of `then`, evaluate the action (a click, say) and poll until its
+        condition holds; return the page's facts."""
+        return asyncio.run(self._wait_for(url, [("", condition), *then], seconds))
 
-    async def _wait_for(self, url: str, condition: str, seconds: float) -> dict[str, Any]:
+    def evaluate(self, url: str, condition: str, expression: str) -> Any:
+        """Open `url`, wait until `condition` holds, and return the value of `expression`."""
+        return asyncio.run(self._wait_for(url, [("", condition)], 30, expression))
+
+    async def _wait_for(
+        self,
+        url: str,
+        steps: list[tuple[str, str]],
+        seconds: float,
+        result: str = "",
+    ) -> Any:
         async with aiohttp.ClientSession() as session:
             async with session.put(f"{self._http}/json/new") as response:
                 target = await response.json()
@@ -75,12 +90,15 @@ class Browser:
                 ids = itertools.count(1)
                 # Navigating over the protocol keeps the URL whole, fragment included.
                 await _call(socket, next(ids), "Page.navigate", {"url": url})
-                deadline = time.monotonic() + seconds
-                while time.monotonic() < deadline:
-                    if await _evaluate(socket, next(ids), condition):
-                        return await _evaluate(socket, next(ids), _FACTS)  # type: ignore[no-any-return]
-                    await asyncio.sleep(0.05)
-        raise AssertionError(f"{condition!r} never held on {url}")
+                for action, condition in steps:
+                    if action:
+                        await _evaluate(socket, next(ids), action)
+                    deadline = time.monotonic() + seconds
+                    while not await _evaluate(socket, next(ids), condition):
+                        if time.monotonic() > deadline:
+                            raise AssertionError(f"{condition!r} never held on {url}")
+                        await asyncio.sleep(0.05)
+                return await _evaluate(socket, next(ids), result or _FACTS)
 
 
 # What tests read back: the state and the text of every element with an id.

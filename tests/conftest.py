@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -14,10 +16,16 @@ from pathlib import Path
 import httpx
 import pytest
 
+from callmissed.cli import FIRST_KEY_FILE
 from tests.fakes.upstream import FakeUpstream, start_fake_upstream
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRE_SERVICES = os.environ.get("CALLMISSED_REQUIRE_SERVICES") == "1"
+
+# Every process this run starts inherits this mark, so the end of the run can find any gateway
+# it left behind (tests/test_workers.py reads /proc the same way).
+RUN_MARK = "PYTEST_CALLMISSED_RUN"
+os.environ[RUN_MARK] = f"{os.getpid()}-{time.time_ns()}"
 
 CONFIG = """
 [providers.local]
@@ -147,7 +155,7 @@ def start_gateway(
     scheme = "https" if "--tls-cert" in serve_args else "http"
     url = f"{scheme}://127.0.0.1:{port}"
     wait_healthy(url, process, log)
-    gateway = Gateway(url, _first_key(log) or "", env, process, upstream, workdir, log)
+    gateway = Gateway(url, _first_key(log, workdir) or "", env, process, upstream, workdir, log)
     if not gateway.key:  # a restart on an existing database prints no key
         gateway.key = gateway.create_key()
     return gateway
@@ -174,11 +182,12 @@ def wait_healthy(
     raise RuntimeError(f"server did not become healthy:\n{output()}")
 
 
-def _first_key(log: Path) -> str | None:
-    for line in log.read_text().splitlines():
-        if line.strip().startswith("cm_"):
-            return line.strip()
-    return None
+def _first_key(log: Path, workdir: Path) -> str | None:
+    """The key `serve` created at this start, if it did: its output is no terminal, so the
+    key is in a file beside the database (or, for PostgreSQL, in the working directory)."""
+    if "Created your first API key" not in log.read_text():
+        return None
+    return (workdir / FIRST_KEY_FILE).read_text().strip()
 
 
 def stop_gateway(gateway: Gateway) -> None:
@@ -188,6 +197,40 @@ def stop_gateway(gateway: Gateway) -> None:
     except subprocess.TimeoutExpired:
         gateway.process.kill()
         gateway.process.wait(5)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_gateway_left_behind() -> Iterator[None]:
+    """Fail the run if a `callmissed serve` it started (a server or one of its workers) still
+    runs once every test is done; stop it either way, so the run leaves nothing behind."""
+    yield
+    deadline = time.monotonic() + 15  # an orphaned worker notices and drains within seconds
+    while (left := gateways_left_behind()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if left:
+        pytest.fail(f"the tests left `callmissed serve` processes running: {left}")
+
+
+def gateways_left_behind() -> dict[int, str]:
+    """Live `callmissed serve` processes this run started (by RUN_MARK), pid -> command line."""
+    mark = f"{RUN_MARK}={os.environ[RUN_MARK]}".encode()
+    found = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+            if b"callmissed" not in b" ".join(command) or b"serve" not in command:
+                continue
+            if mark not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue  # exited; its parent has yet to reap it
+        except OSError:
+            continue
+        found[int(entry.name)] = b" ".join(command).decode(errors="replace")
+    return found
 
 
 @pytest.fixture(scope="session")

@@ -472,7 +472,10 @@ def _children(pid: int) -> list[int]:
 
 
 def _sigkill(gateway: Gateway) -> None:
-    """SIGKILL the server and its worker processes (ours, by pid), workers first."""
+    """SIGKILL the server and its worker processes (ours, by pid), workers first. The server is
+    stopped (SIGSTOP) before: a server that sees its worker die starts another, which would
+    outlive it."""
+    os.kill(gateway.process.pid, signal.SIGSTOP)
     for child in _children(gateway.process.pid):
         os.kill(child, signal.SIGKILL)
     gateway.process.kill()

@@ -509,7 +509,9 @@ def test_sqlite_reclaims_the_lease_of_a_killed_gateway(upstream, tmp_path):
 
 
 def kill_all(pid: int) -> None:
-    """SIGKILL a process and its children (granian's workers), the children first."""
+    """SIGKILL a process and its children (granian's workers), the children first. It is
+    stopped (SIGSTOP) before, so it cannot start a worker in place of one killed."""
+    os.kill(pid, signal.SIGSTOP)
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     for child in [*map(int, children), pid]:
         with contextlib.suppress(ProcessLookupError):

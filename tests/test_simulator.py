@@ -45,7 +45,9 @@ def test_token_arrays_are_embedded_by_their_ids():
 
 def _answer(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     response = simulate_embeddings(orjson.dumps(body))
-    return response.status, orjson.loads(asyncio.run(response.read()))
+    answer, more = asyncio.run(response.read(2**30))
+    assert not more
+    return response.status, orjson.loads(answer)
 
 
 def test_the_simulated_server_answers_in_the_openai_shape():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from callmissed.sse import SSEDecoder, SSEEvent, event_data
+from callmissed.sse import EventTooLarge, SSEDecoder, SSEEvent, event_data
 
 
 def _decode(*parts: bytes) -> list[SSEEvent]:
@@ -69,3 +69,41 @@ def test_event_data_reads_one_block_like_feed():
     assert event_data(b'data: {"a":1}') == b'{"a":1}'
     assert event_data(b": OPENROUTER PROCESSING") is None
     assert event_data(b"event: x\ndata: a\ndata: b") == b"a\nb"
+
+
+@pytest.mark.parametrize("size", [1, 3, 64, 1000])
+def test_an_event_is_whole_up_to_the_limit_whatever_the_split(size):
+    event = b"data: " + b"x" * (100 - 6) + b"\r\n\r\n"  # 100 bytes before its blank line
+    raw = event + b"data: next\n\n"
+    decoder = SSEDecoder(max_event=100)
+    events = b"".join(decoder.take(raw[i : i + size]) for i in range(0, len(raw), size))
+    assert [event_data(block) for block in events.split(b"\n\n")[:-1]] == [b"x" * 94, b"next"]
+
+
+@pytest.mark.parametrize("size", [1, 3, 64, 1000])
+def test_an_event_past_the_limit_is_refused_whatever_the_split(size):
+    raw = b"data: ok\n\n" + b"data: " + b"x" * 95 + b"\n\n"  # the second is 101 bytes
+    decoder = SSEDecoder(max_event=100)
+    with pytest.raises(EventTooLarge):
+        for i in range(0, len(raw), size):
+            decoder.take(raw[i : i + size])
+
+
+def test_an_unterminated_event_is_refused_once_past_the_limit():
+    decoder = SSEDecoder(max_event=1000)
+    decoder.take(b"data: ")
+    for _ in range(9):
+        assert decoder.take(b"y" * 100) == b""
+    with pytest.raises(EventTooLarge, match="longer than 1000 bytes"):
+        decoder.take(b"y" * 100)
+
+
+def test_a_long_event_is_joined_once_not_once_per_read():
+    """Each read of an unfinished event is kept as it came; the event is joined when it ends."""
+    decoder = SSEDecoder()
+    reads = [b"data: "] + [b"z" * 65536 for _ in range(64)]
+    for read in reads:
+        assert decoder.take(read) == b""
+    assert decoder.pending == b"".join(reads)
+    assert decoder.take(b"\n\ndata: more") == b"".join(reads) + b"\n\n"
+    assert decoder.pending == b"data: more"

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import openai
 import pytest
 
 from tests.conftest import ROOT, Gateway, free_port, start_gateway, stop_gateway, wait_healthy
@@ -58,6 +59,7 @@ def _config(workdir: Path, base_url: str, cert: Path) -> Path:
     path.write_text(
         f'[providers.secure]\ntype = "openai"\nbase_url = "{base_url}"\nca_file = "{cert}"\n\n'
         '[models."secure-model"]\nroutes = ["secure:h2-model"]\n'
+        '[models."secure-bomb"]\nroutes = ["secure:h2-bomb"]\n'
     )
     return path
 
@@ -72,3 +74,15 @@ def test_https_upstream_is_reached_over_http2(h2_gateway, client_for):
         model="secure-model", messages=[{"role": "user", "content": "hi"}]
     )
     assert completion.choices[0].message.content == "Hello over HTTP/2"
+
+
+def test_a_compressed_answer_over_http2_inflates_only_so_far(h2_gateway, client_for):
+    """HTTP/2 bodies are inflated by us, within the same limit as HTTP/1.1 ones (the HTTP/2
+    client's own decoders have none): a gzip bomb is a 502, not 40 MiB relayed."""
+    client = client_for(h2_gateway)
+    with pytest.raises(openai.APIStatusError) as raised:
+        client.chat.completions.create(
+            model="secure-bomb", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert raised.value.status_code == 502
+    assert "inflates past 33554432 bytes" in raised.value.message

@@ -12,8 +12,9 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -231,6 +232,32 @@ def test_workers_stop_when_the_server_process_is_gone(upstream, tmp_path):
         stop_gateway(running)
 
 
+def test_a_worker_started_as_its_server_is_killed_stops_too(upstream, tmp_path):
+    """The race the suite used to lose: the server respawns a dead worker and is SIGKILLed
+    before that worker's app has started. The new worker is an orphan from its first moment and
+    must still notice that its server is gone."""
+    running = start_billing_gateway(upstream, tmp_path)  # one worker
+    [worker] = _children(running.process.pid)
+    respawned: list[int] = []
+    try:
+        os.kill(worker, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not (respawned := [pid for pid in _children(running.process.pid) if pid != worker]):
+            assert time.monotonic() < deadline, "the dead worker was not replaced"
+            time.sleep(0.005)
+        running.process.kill()  # the new worker is still importing: its app has not started
+        running.process.wait(5)
+        deadline = time.monotonic() + 15
+        while alive := [pid for pid in respawned if _running(pid)]:
+            assert time.monotonic() < deadline, f"an orphaned worker still runs: {alive}"
+            time.sleep(0.1)
+    finally:
+        for pid in respawned:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        stop_gateway(running)
+
+
 def _children(pid: int) -> list[int]:
     """The processes whose parent is `pid`, from /proc (no pgrep needed)."""
     children = []
@@ -248,3 +275,103 @@ def _running(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
     except FileNotFoundError:
         return False
+
+
+def _route_health(client: httpx.Client, key: str, model: str) -> dict[str, Any]:
+    listing = client.get("/v1/models", headers={"authorization": f"Bearer {key}"}).json()
+    [health] = next(entry for entry in listing["data"] if entry["id"] == model)["health"]
+    return dict(health)
+
+
+def _eventually(check: Callable[[], bool], limit: float = 5.0) -> None:
+    deadline = time.monotonic() + limit
+    while not check():
+        assert time.monotonic() < deadline, "the workers did not agree in time"
+        time.sleep(0.02)
+
+
+def test_a_route_s_breaker_opens_and_closes_for_every_worker(upstream, tmp_path):
+    """One failure at each worker opens a two-failure breaker for both; neither then sends the
+    route anything, and both say the route is resting (503, Retry-After), not the old error."""
+    running = start_billing_gateway(
+        upstream,
+        tmp_path,
+        "--workers",
+        "2",
+        CALLMISSED_BREAKER_FAILURES="2",
+        CALLMISSED_BREAKER_OPEN="30",
+        CALLMISSED_MAX_ATTEMPTS="1",
+    )
+    try:
+        with two_workers(running) as (one, other):
+            sent = len([r for r in upstream.requests if r.body.get("model") == "error-500"])
+            assert chat(one, running.key, model="priced-fails").status_code == 502
+            assert chat(other, running.key, model="priced-fails").status_code == 502
+
+            def both_resting() -> bool:
+                states = [_route_health(c, running.key, "priced-fails") for c in (one, other)]
+                return all(state["state"] == "open" for state in states)
+
+            _eventually(both_resting)
+            for client in (one, other, one, other):
+                refused = chat(client, running.key, model="priced-fails")
+                assert refused.status_code == 503, refused.text
+                error = refused.json()["error"]
+                assert error["code"] == "routes_resting"
+                assert "resting" in error["message"] and "fake failure" not in error["message"]
+                assert 25 <= int(refused.headers["retry-after"]) <= 30
+            now = len([r for r in upstream.requests if r.body.get("model") == "error-500"])
+            assert now - sent == 2  # nothing more reached the upstream
+            rates = [
+                _route_health(c, running.key, "priced-fails")["error_rate"] for c in (one, other)
+            ]
+            assert rates[0] == rates[1] > 0
+    finally:
+        stop_gateway(running)
+
+
+def test_first_token_times_measured_at_one_worker_are_known_to_the_other(upstream, tmp_path):
+    running = start_billing_gateway(upstream, tmp_path, "--workers", "2")
+    try:
+        with two_workers(running) as (one, other):
+            assert _route_health(other, running.key, "priced")["ttfb_ms"] is None
+            assert chat(one, running.key).status_code == 200
+            mine = _route_health(one, running.key, "priced")["ttfb_ms"]
+            assert mine is not None
+            _eventually(lambda: _route_health(other, running.key, "priced")["ttfb_ms"] == mine)
+    finally:
+        stop_gateway(running)
+
+
+def test_a_worker_started_again_learns_the_routes_state_from_the_others(upstream, tmp_path):
+    running = start_billing_gateway(
+        upstream,
+        tmp_path,
+        "--workers",
+        "2",
+        CALLMISSED_BREAKER_FAILURES="1",
+        CALLMISSED_BREAKER_OPEN="60",
+        CALLMISSED_MAX_ATTEMPTS="1",
+    )
+    try:
+        with two_workers(running) as (one, other):
+            survivor = one.get("/healthz").json()["worker"]
+            victim = other.get("/healthz").json()["worker"]
+            assert chat(one, running.key, model="priced-fails").status_code == 502
+            _eventually(
+                lambda: _route_health(other, running.key, "priced-fails")["state"] == "open"
+            )
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while True:  # a connection to the victim's successor
+            assert time.monotonic() < deadline, f"no worker replaced {victim}"
+            with (
+                httpx.Client(base_url=running.url, timeout=5) as client,
+                contextlib.suppress(httpx.HTTPError),
+            ):
+                if client.get("/healthz").json()["worker"] not in (victim, survivor):
+                    assert _route_health(client, running.key, "priced-fails")["state"] == "open"
+                    break
+            time.sleep(0.02)
+    finally:
+        stop_gateway(running)

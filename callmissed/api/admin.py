@@ -18,11 +18,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from callmissed.auth import bearer_matches, create_key
-from callmissed.credits import format_credits, parse_credits
+from callmissed.credits import MICRO, format_credits, parse_credits
 from callmissed.errors import AdminDisabled, AuthenticationFailed, InvalidRequest, KeyNotFound
 from callmissed.gateway import Gateway
 from callmissed.peers import Peers
-from callmissed.store import NO_POLICY, KeyPolicy, KeyRecord
+from callmissed.store import MAX_BALANCE, NO_POLICY, KeyPolicy, KeyRecord
 from callmissed.store.budget import LIMIT_RESETS
 from callmissed.web import Request, Response, json_response
 
@@ -31,6 +31,7 @@ __all__ = ["authorize", "describe_key", "keys_collection", "keys_item", "parse_p
 _PREFIX = "/admin/keys/"
 _POLICY_FIELDS = ("rpm", "tpm", "max_concurrent", "models")
 LIMIT_MAX = 2**31 - 1  # the store's INTEGER columns
+ID_MAX = 2**63 - 1  # a key id: SQLite's INTEGER PRIMARY KEY, PostgreSQL's BIGINT
 
 
 async def keys_collection(gateway: Gateway, request: Request) -> Response:
@@ -71,7 +72,7 @@ async def keys_item(gateway: Gateway, peers: Peers, request: Request) -> Respons
             amount = _credits(_object(request).get("credits"))
             topped = await gateway.store.topup(record.id, amount)
             if topped is None:
-                raise InvalidRequest("Only an active key with a credit limit can be topped up.")
+                raise InvalidRequest(_topup_refusal(record), param="credits")
             updated = topped
         case _:
             raise InvalidRequest(f"{request.method} {request.path} is not an admin action.")
@@ -135,8 +136,17 @@ def authorize(token: str | None, headers: Mapping[str, str]) -> None:
         raise AuthenticationFailed("The admin API needs 'Authorization: Bearer <admin token>'.")
 
 
+def _topup_refusal(record: KeyRecord) -> str:
+    if record.active and record.credits is not None:
+        most = MAX_BALANCE // MICRO
+        return f"A top-up may not take a key's balance past {most:,} USD."
+    return "Only an active key with a credit limit can be topped up."
+
+
 async def _record(gateway: Gateway, key_id: str) -> KeyRecord:
-    record = await gateway.store.get_key(int(key_id)) if key_id.isdigit() else None
+    # isdigit() alone also takes "²" and other digits int() refuses; ids are 64-bit.
+    valid = key_id.isascii() and key_id.isdigit() and int(key_id) <= ID_MAX
+    record = await gateway.store.get_key(int(key_id)) if valid else None
     if record is None:
         raise KeyNotFound(f"There is no API key with id {key_id!r}.")
     return record

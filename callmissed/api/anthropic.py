@@ -22,8 +22,9 @@ from callmissed.formats.anthropic_message import MessageStreamEncoder, build_mes
 from callmissed.gateway import Gateway
 from callmissed.keepalive import InBand, in_band_error
 from callmissed.relay import ChatStream
+from callmissed.timing import RequestTrace
 from callmissed.token_estimate import estimate_input_tokens
-from callmissed.web import Request, Response, StreamResponse, json_response
+from callmissed.web import Request, Response, StreamResponse, error_response, json_response
 
 __all__ = ["count_tokens", "create_message"]
 
@@ -31,26 +32,40 @@ log = logging.getLogger("callmissed")
 
 
 async def create_message(gateway: Gateway, request: Request) -> Response | StreamResponse:
+    trace = gateway.observer.begin(request.request_id, request.headers, request.path)
+    try:
+        return await _create(gateway, request, trace)
+    except GatewayError as exc:
+        gateway.observer.failed(trace, exc)
+        response = error_response(exc, "anthropic", request.request_id)
+        response.headers.append((b"server-timing", trace.server_timing(total=True)))
+        return response
+
+
+async def _create(
+    gateway: Gateway, request: Request, trace: RequestTrace
+) -> Response | StreamResponse:
     principal = request.key
+    trace.key_name = principal.name
     message = parse_message_request(request.json())
     headers = [(b"request-id", request.request_id.encode())]
     if not message.stream:
-        completion, info = await gateway.complete(
-            principal, message.chat, request_id=request.request_id
-        )
+        completion, info = await gateway.complete(principal, message.chat, trace=trace)
+        headers += [*info.headers(), (b"server-timing", trace.server_timing(total=True))]
         answer = build_message(completion, message, info.prompt_estimate)
-        return json_response(answer, headers=info.headers() + headers)
+        return json_response(answer, headers=headers)
     request_id = request.request_id
     keepalive = gateway.keepalive(request.start_stream, headers)
-    opening = gateway.open_stream(principal, message.chat, False, request_id=request_id)
+    opening = gateway.open_stream(principal, message.chat, False, trace=trace)
     try:
         stream, info = await keepalive.run(opening)
     except InBand as failed:
+        gateway.observer.failed(trace, failed.error)
         return StreamResponse(in_band_error(failed.error, _error_event, request_id))
     if not keepalive.started:  # else the headers went out with the first comment
-        headers = info.headers() + headers
+        headers += [*info.headers(), (b"server-timing", trace.server_timing(total=False))]
     encoder = MessageStreamEncoder(message, info.prompt_estimate)
-    events = _aiter_events(stream, encoder, request_id)
+    events = _aiter_events(stream, encoder, trace)
     return StreamResponse(events, headers, stream.close)
 
 
@@ -63,8 +78,9 @@ async def count_tokens(gateway: Gateway, request: Request) -> Response:
 
 
 async def _aiter_events(
-    stream: ChatStream, encoder: MessageStreamEncoder, request_id: str
+    stream: ChatStream, encoder: MessageStreamEncoder, trace: RequestTrace
 ) -> AsyncIterator[bytes]:
+    request_id = trace.request_id
     # message_start goes out with the first chunks' events, in one write.
     head = encoder.start()
     complete = False
@@ -74,7 +90,7 @@ async def _aiter_events(
             # The read that brought the upstream's [DONE]: the message ends in the same write.
             complete = stream.complete
             if complete:
-                events += encoder.finish(stream.usage)
+                events += encoder.finish(stream.usage, trace.stream_extra())
             if head or events:
                 yield head + events
                 head = b""
@@ -87,7 +103,7 @@ async def _aiter_events(
         return
     # ChatStream.usage holds the upstream's usage even though the chunk was not passed on.
     if not complete:
-        yield head + encoder.finish(stream.usage)
+        yield head + encoder.finish(stream.usage, trace.stream_extra())
 
 
 def _error_event(exc: GatewayError) -> bytes:

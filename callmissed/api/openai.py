@@ -17,9 +17,10 @@ from callmissed.errors import GatewayError, to_openai
 from callmissed.formats.openai import check_chat_request
 from callmissed.gateway import Gateway
 from callmissed.keepalive import InBand, in_band_error
-from callmissed.relay import ChatStream
+from callmissed.relay import ChatStream, Chunk
 from callmissed.settings import ModelSettings
-from callmissed.web import Request, Response, StreamResponse, json_response
+from callmissed.timing import RequestTrace
+from callmissed.web import Request, Response, StreamResponse, error_response, json_response
 
 __all__ = ["create_chat_completion", "list_models", "retrieve_model"]
 
@@ -29,28 +30,51 @@ _DONE = b"data: [DONE]\n\n"
 
 
 async def create_chat_completion(gateway: Gateway, request: Request) -> Response | StreamResponse:
+    trace = gateway.observer.begin(request.request_id, request.headers, request.path)
+    try:
+        return await _create(gateway, request, trace)
+    except GatewayError as exc:
+        gateway.observer.failed(trace, exc)
+        response = error_response(exc, "openai", request.request_id)
+        response.headers.append((b"server-timing", trace.server_timing(total=True)))
+        return response
+
+
+async def _create(
+    gateway: Gateway, request: Request, trace: RequestTrace
+) -> Response | StreamResponse:
     principal = request.key
+    trace.key_name = principal.name
     body = request.json()
     check_chat_request(body)
     if not body.get("stream"):
-        completion, info = await gateway.complete(principal, body, request_id=request.request_id)
-        return json_response(completion, headers=info.headers())
+        completion, info = await gateway.complete(principal, body, trace=trace)
+        headers = [*info.headers(), (b"server-timing", trace.server_timing(total=True))]
+        return json_response(completion, headers=headers)
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     request_id = request.request_id
     keepalive = gateway.keepalive(request.start_stream, [])
-    opening = gateway.open_stream(principal, body, include_usage, request_id=request_id)
+    opening = gateway.open_stream(principal, body, include_usage, trace=trace)
     try:
         stream, info = await keepalive.run(opening)
     except InBand as failed:
+        gateway.observer.failed(trace, failed.error)
         return StreamResponse(in_band_error(failed.error, _error_event, request_id))
-    headers = [] if keepalive.started else info.headers()  # or already sent without them
-    return StreamResponse(_aiter_sse(stream, request_id), headers, stream.close)
+    headers = []
+    if not keepalive.started:  # else the headers went out with the first comment
+        headers = [*info.headers(), (b"server-timing", trace.server_timing(total=False))]
+    return StreamResponse(_aiter_sse(stream, request_id, trace), headers, stream.close)
 
 
-async def _aiter_sse(stream: ChatStream, request_id: str) -> AsyncIterator[bytes]:
+async def _aiter_sse(
+    stream: ChatStream, request_id: str, trace: RequestTrace
+) -> AsyncIterator[bytes]:
     complete = False
+    timed = False
     try:
         async for batch in stream.aiter_batches():
+            if not timed and stream.usage is not None:
+                timed = _add_timings(batch, trace)
             events = b"".join([chunk.event() for chunk in batch])
             # The read that brought the upstream's [DONE] (a short answer's only one): ours goes
             # in the same write. The stream ends, and settles, on the next turn of the loop.
@@ -65,6 +89,17 @@ async def _aiter_sse(stream: ChatStream, request_id: str) -> AsyncIterator[bytes
         return
     if not complete:
         yield _DONE
+
+
+def _add_timings(batch: list[Chunk], trace: RequestTrace) -> bool:
+    """Put `x_callmissed.timings` in the usage chunk, if this batch has the client's one."""
+    for chunk in reversed(batch):
+        if chunk.tokens is None and chunk.run is None and "usage" in chunk.json():
+            parsed = chunk.json()
+            parsed["x_callmissed"] = trace.stream_extra()
+            chunk.data = orjson.dumps(parsed)
+            return True
+    return False
 
 
 def _error_event(exc: GatewayError) -> bytes:

@@ -201,8 +201,11 @@ class MessageStreamEncoder:
             self._finish, self._matched = choice["finish_reason"], choice.get("stop_reason")
         return b"".join(events)
 
-    def finish(self, usage: Any) -> bytes:
-        """Close the open block; message_delta with the stop reason and usage; message_stop."""
+    def finish(self, usage: Any, extra: Mapping[str, Any] | None = None) -> bytes:
+        """Close the open block; message_delta with the stop reason and usage; message_stop.
+
+        `extra` goes in message_delta as `x_callmissed` (timing.py's totals): the SDKs keep
+        fields they do not know."""
         events: list[bytes] = []
         self._close(events)
         stop_reason, stop_sequence = _stop_reason(
@@ -210,7 +213,10 @@ class MessageStreamEncoder:
         )
         delta = {"stop_reason": stop_reason, "stop_sequence": stop_sequence}
         usage = build_usage(usage, self._input)
-        events.append(_event({"type": "message_delta", "delta": delta, "usage": usage}))
+        message_delta: dict[str, Any] = {"type": "message_delta", "delta": delta, "usage": usage}
+        if extra is not None:
+            message_delta["x_callmissed"] = extra
+        events.append(_event(message_delta))
         events.append(_MESSAGE_STOP)
         return b"".join(events)
 

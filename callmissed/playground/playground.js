@@ -1,6 +1,7 @@
 // The CallMissed playground: a plain-JS client of this gateway's own OpenAI-compatible API.
-// A URL like /playground?model=sim/instant&prompt=hi&run=1#key=cm_… fills the form and sends
-// (the key stays in the fragment, which browsers never send to the server).
+// A URL like /playground?model=sim/instant&prompt=hi&run=1#key=cm_… fills the form (the key
+// stays in the fragment, which browsers never send to the server). It never sends by itself:
+// a link chose that request, so `run=1` only readies it, and spending a key takes a click.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -164,7 +165,11 @@ async function start() {
   $("stop").addEventListener("click", () => controller?.abort());
   $("key").addEventListener("change", () => loadModels());
   if ($("key").value) await loadModels(params.get("model"));
-  if (params.get("run") === "1" && $("key").value) await send();
+  if (params.get("run") === "1") {
+    $("ready").hidden = false;
+    $("send").focus();
+  }
+  document.body.dataset.state ||= "ready";
 }
 
 start();

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from callmissed.store.base import (
+    MAX_BALANCE,
     NO_POLICY,
     Funding,
     KeyPolicy,
@@ -13,6 +14,7 @@ from callmissed.store.base import (
 )
 
 __all__ = [
+    "MAX_BALANCE",
     "NO_POLICY",
     "Funding",
     "KeyPolicy",

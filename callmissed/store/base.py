@@ -21,6 +21,7 @@ __all__ = [
     "FAIR_SHARE",
     "KEY_COLUMNS",
     "LEDGER_COLUMNS",
+    "MAX_BALANCE",
     "NO_POLICY",
     "Funding",
     "KeyPolicy",
@@ -46,6 +47,10 @@ LEDGER_COLUMNS = (
     " prompt_tokens, completion_tokens, reasoning_tokens, cached_tokens, cost, uncharged,"
     " ttfb_ms, total_ms"
 )
+
+# The most micro-credits one grant, or a key's balance, may hold: a billion USD. Far inside the
+# 64-bit columns (9.2e18), so no sum of balances, grants and top-ups can overflow them.
+MAX_BALANCE = 10**15
 
 # A wallet top-up takes at most this fraction of the key's balance beyond what the request needs,
 # so other processes sharing a nearly drained key still find most of it in the balance.
@@ -150,7 +155,8 @@ class Store(Protocol):
     async def revoke_key(self, key_id: int) -> bool: ...
 
     async def topup(self, key_id: int, amount: int) -> KeyRecord | None:
-        """Add to an active, metered key's balance; None if there is no such key."""
+        """Add to an active, metered key's balance; None if there is no such key, or the
+        balance would pass MAX_BALANCE."""
 
     async def set_policy(self, key_id: int, policy: KeyPolicy) -> KeyRecord | None: ...
 

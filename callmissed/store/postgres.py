@@ -31,6 +31,7 @@ from callmissed.store.base import (
     FAIR_SHARE,
     KEY_COLUMNS as _KEY_COLUMNS,
     LEDGER_COLUMNS as _LEDGER_COLUMNS,
+    MAX_BALANCE,
     NO_POLICY,
     Funding,
     KeyPolicy,
@@ -363,10 +364,11 @@ class PostgresStore:
     async def topup(self, key_id: int, amount: int) -> KeyRecord | None:
         row = await self._db.fetchrow(
             "UPDATE api_keys SET credits = credits + $1, granted = granted + $1"
-            " WHERE id = $2 AND revoked_at IS NULL AND credits IS NOT NULL"
+            " WHERE id = $2 AND revoked_at IS NULL AND credits IS NOT NULL AND credits + $1 <= $3"
             f" RETURNING {_KEY_COLUMNS}",
             amount,
             key_id,
+            MAX_BALANCE,
         )
         return self._key(row) if row else None
 

@@ -22,6 +22,7 @@ from callmissed.store.base import (
     FAIR_SHARE,
     KEY_COLUMNS as _KEY_COLUMNS,
     LEDGER_COLUMNS as _LEDGER_COLUMNS,
+    MAX_BALANCE,
     NO_POLICY,
     Funding,
     KeyPolicy,
@@ -187,9 +188,9 @@ class SQLiteStore:
     async def topup(self, key_id: int, amount: int) -> KeyRecord | None:
         row = self._db.execute(
             "UPDATE api_keys SET credits = credits + ?, granted = granted + ?"
-            " WHERE id = ? AND revoked_at IS NULL AND credits IS NOT NULL"
+            " WHERE id = ? AND revoked_at IS NULL AND credits IS NOT NULL AND credits + ? <= ?"
             f" RETURNING {_KEY_COLUMNS}",
-            (amount, amount, key_id),
+            (amount, amount, key_id, amount, MAX_BALANCE),
         ).fetchone()
         return self._key(row) if row else None
 

@@ -123,11 +123,32 @@ def test_topup(billing):
     assert admin(billing, "POST", f"/{unlimited_id}/topup", credits=1).status_code == 400
 
 
+def test_top_ups_may_not_take_a_balance_past_a_billion_usd(billing):
+    _, key_id = new_key(billing, credits=900_000_000)
+    refused = admin(billing, "POST", f"/{key_id}/topup", credits=200_000_000)
+    assert refused.status_code == 400
+    assert "past 1,000,000,000 USD" in refused.json()["error"]["message"]
+    assert admin(billing, "POST", f"/{key_id}/topup", credits=100_000_000).status_code == 200
+    assert admin(billing, "POST", f"/{key_id}/topup", credits="0.000001").status_code == 400
+    assert admin(billing, "GET", f"/{key_id}").json()["data"]["credits"] == 1_000_000_000
+    listing = billing.cli("keys", "list")
+    assert listing.returncode == 0, listing.stderr
+    assert "$1000000000.000000" in listing.stdout
+    topup = billing.cli("keys", "topup", str(key_id), "1")
+    assert topup.returncode == 1 and "past 1,000,000,000 USD" in topup.stderr
+    assert billing.cli("keys", "create", "--credits", "1e20").returncode != 0
+    assert "at most 1,000,000,000 USD" in billing.cli("keys", "create", "--credits", "1e20").stderr
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body", "status"),
     [
         ("GET", "/999999", {}, 404),
         ("GET", "/abc", {}, 404),
+        ("GET", "/%C2%B2", {}, 404),  # "²" is a digit to str.isdigit(), not to int()
+        ("GET", "/99999999999999999999", {}, 404),  # past 64 bits
+        ("POST", "", {"credits": 1e20}, 400),
+        ("POST", "", {"credits": "1000000000.000001"}, 400),
         ("POST", "", {"credits": -1}, 400),
         ("POST", "", {"credits": "lots"}, 400),
         ("POST", "", {"rpm": 0}, 400),

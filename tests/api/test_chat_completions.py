@@ -329,3 +329,24 @@ def test_a_body_sent_in_chunks_without_a_length_is_read_and_limited(gateway):
     response = httpx.post(url, content=big, headers=headers, timeout=30)
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "request_too_large"
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"model": "local-model", "messages": MESSAGES}),
+        ("/v1/messages", {"model": "local-model", "max_tokens": 10, "messages": MESSAGES}),
+    ],
+)
+def test_json_nested_too_deep_to_forward_is_a_clear_400(gateway, path, body):
+    """orjson parses JSON nested up to 1,024 deep but encodes no deeper than 254: a body in
+    between must be refused as the client's error, not fail later as ours."""
+    depth = 1000
+    nested = b'{"a":' * depth + b"1" + b"}" * depth
+    payload = orjson.dumps(body)[:-1] + b',"metadata":' + nested + b"}"
+    logged = len(gateway.log.read_text())
+    headers = {"authorization": f"Bearer {gateway.key}", "x-api-key": gateway.key}
+    response = httpx.post(f"{gateway.url}{path}", content=payload, headers=headers)
+    assert response.status_code == 400, response.text
+    assert "deeper than 254 levels" in response.text
+    assert "Traceback" not in gateway.log.read_text()[logged:]

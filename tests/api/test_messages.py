@@ -108,6 +108,8 @@ def test_stream_wire_format(gateway):
         "index": 0,
         "content_block": {"type": "text", "text": ""},
     }
+    timings = events[6][1].pop("x_callmissed")["timings"]  # Server-Timing's totals
+    assert {"gw_ms", "upstream_ms", "first_token_ms", "total_ms"} <= timings.keys()
     assert events[6][1] == {
         "type": "message_delta",
         "delta": {"stop_reason": "end_turn", "stop_sequence": None},
@@ -336,6 +338,8 @@ def test_stop_sequences(claude, gateway, stream):
 def test_errors_before_the_stream_have_anthropic_statuses_and_types(
     claude, model, status, error_type, error, stream
 ):
+    # A route per case: repeated failures of one route would open its breaker (routes_resting).
+    model = model.replace("fake/", f"fake-{'stream' if stream else 'whole'}/")
     with pytest.raises(error) as caught:
         claude.messages.create(model=model, max_tokens=64, messages=MESSAGES, stream=stream)
     assert caught.value.status_code == status
@@ -529,5 +533,6 @@ def test_count_tokens_knows_unknown_models(claude):
 def test_openai_sdk_still_gets_openai_errors(client):
     # The Anthropic renderer's statuses must not leak into the OpenAI surface.
     with pytest.raises(openai.InternalServerError) as caught:
-        client.chat.completions.create(model="fake/error-500", messages=MESSAGES)
+        # A route of its own: fake/error-500's breaker may be open from the tests before.
+        client.chat.completions.create(model="leak-check/error-500", messages=MESSAGES)
     assert caught.value.status_code == 502

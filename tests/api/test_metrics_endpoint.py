@@ -41,3 +41,35 @@ def test_the_metrics_token_lets_a_scraper_in(guarded):
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
     assert "callmissed_inflight_requests" in response.text
+
+
+def test_invented_model_ids_fold_into_one_other_series(upstream, tmp_path, client_for):
+    """Any vendor/model id reaches OpenRouter, so clients choose label values: past the limit,
+    models outside the catalog/config are counted as model="other", their routes as
+    route="openrouter:other", and get no route gauges of their own."""
+    running = start_gateway(upstream, tmp_path, CALLMISSED_METRICS_MAX_MODELS="2")
+    try:
+        client = client_for(running)
+        for n in range(5):
+            client.chat.completions.create(
+                model=f"vendor/invented-{n}", messages=[{"role": "user", "content": "hi"}]
+            )
+        client.chat.completions.create(
+            model="local-model", messages=[{"role": "user", "content": "hi"}]
+        )
+        text = httpx.get(f"{running.url}/metrics").text
+    finally:
+        stop_gateway(running)
+    requests = [line for line in text.splitlines() if line.startswith("callmissed_requests_total")]
+    assert sorted(requests) == [
+        'callmissed_requests_total{model="local-model",outcome="ok"} 1',  # configured: its own
+        'callmissed_requests_total{model="other",outcome="ok"} 3',
+        'callmissed_requests_total{model="vendor/invented-0",outcome="ok"} 1',
+        'callmissed_requests_total{model="vendor/invented-1",outcome="ok"} 1',
+    ]
+    assert 'callmissed_attempts_total{route="openrouter:other",outcome="ok"} 3' in text
+    assert 'callmissed_ttfb_seconds_count{route="openrouter:other"} 3' in text
+    assert "invented-4" not in text
+    gauges = [line for line in text.splitlines() if line.startswith("callmissed_route_error_rate")]
+    assert 'callmissed_route_error_rate{route="openrouter:vendor/invented-1"} 0' in gauges
+    assert not any("invented-2" in line or "other" in line for line in gauges)

@@ -12,6 +12,8 @@ from tests.browser import Browser
 from tests.conftest import require_service
 
 FINISHED = "['done', 'error'].includes(document.body.dataset.state)"
+SETTLED = "['ready', 'done', 'error'].includes(document.body.dataset.state)"
+SEND = "document.getElementById('send').click()"
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ def test_root_redirects_to_the_playground(gateway):
 
 def test_playground_streams_an_answer_in_a_browser(gateway, browser):
     url = f"{gateway.url}/playground?model=sim/instant&prompt=hi&effort=low&run=1#key={gateway.key}"
-    page = browser.wait_for(url, FINISHED)
+    page = browser.wait_for(url, SETTLED, then=[(SEND, FINISHED)])
     assert page["state"] == "done", page["error"]
     assert page["output"].startswith("Quicksort picks a pivot")
     assert page["stat-route"] == "sim"
@@ -49,7 +51,47 @@ def test_playground_streams_an_answer_in_a_browser(gateway, browser):
 
 def test_playground_shows_errors_in_a_browser(gateway, browser):
     page = browser.wait_for(
-        f"{gateway.url}/playground?model=fake/error-400&run=1#key={gateway.key}", FINISHED
+        f"{gateway.url}/playground?model=fake/error-400&run=1#key={gateway.key}",
+        SETTLED,
+        then=[(SEND, FINISHED)],
     )
     assert page["state"] == "error"
     assert "fake failure 400" in page["error"]
+
+
+def test_a_link_readies_a_request_but_only_a_click_spends_the_stored_key(gateway, browser):
+    browser.wait_for(  # the visitor used the playground once: their key is stored
+        f"{gateway.url}/playground?model=sim/instant#key={gateway.key}",
+        SETTLED,
+        then=[(SEND, FINISHED)],
+    )
+    link = f"{gateway.url}/playground?model=sim/instant&prompt=a+costly+request&run=1"
+    page = browser.wait_for(link, SETTLED)  # no key in the link: the stored one is filled in
+    assert page["state"] == "ready"
+    assert page["stat-status"] == "\u2013" and page["output"] == ""  # nothing was sent
+    assert "press Send" in page["ready"]
+    clicked = browser.wait_for(link, SETTLED, then=[(SEND, FINISHED)])
+    assert clicked["state"] == "done", clicked["error"]
+    assert clicked["stat-status"] == "200"
+
+
+def test_the_playground_sends_security_headers(gateway):
+    for path in ("/playground", "/playground/playground.js", "/playground/playground.css"):
+        headers = httpx.get(f"{gateway.url}{path}").headers
+        assert headers["x-content-type-options"] == "nosniff"
+        assert headers["x-frame-options"] == "DENY"
+        policy = headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in policy and "script-src 'self'" in policy
+
+
+def test_the_content_security_policy_holds_in_a_browser(gateway, browser):
+    """The page works under its CSP (the tests above), and the CSP does bite: a script element
+    injected into the page, as an XSS would, does not run."""
+    injected = browser.evaluate(
+        f"{gateway.url}/playground",
+        SETTLED,
+        "(() => { const s = document.createElement('script');"
+        " s.textContent = 'window.injected = true'; document.body.append(s);"
+        " return window.injected === true; })()",
+    )
+    assert injected is False

@@ -163,8 +163,9 @@ def test_passed_through_reasoning_streams(sdk):
 def test_an_upstream_status_before_the_first_byte_is_an_http_error(sdk):
     with pytest.raises(openai.RateLimitError):
         sdk.responses.create(model="fake/error-429", input="Hi", stream=True)
+    # Another route: the first 429's Retry-After rests its own (then: 503 routes_resting).
     with pytest.raises(openai.RateLimitError):
-        sdk.responses.create(model="fake/error-429", input="Hi")
+        sdk.responses.create(model="fake-b/error-429", input="Hi")
 
 
 def test_bounded_storage(upstream, tmp_path):

@@ -15,6 +15,7 @@ from callmissed.formats.anthropic_message import MessageStreamEncoder
 from callmissed.providers.openai import OpenAICompatible
 from callmissed.relay import ChatStream
 from callmissed.settings import ProviderSettings
+from callmissed.timing import RequestTrace
 
 
 def _event(delta: dict[str, str], finish: str | None = None) -> bytes:
@@ -42,12 +43,14 @@ class Reads:
     status: int = 200
     retry_after: float | None = None
     http_version: str = "HTTP/1.1"
+    connect_s: float | None = 0.0
 
     def __init__(self, reads: list[bytes]) -> None:
         self._reads = list(reads)
 
-    async def read(self) -> bytes:
-        return b"".join(self._reads)
+    async def read(self, limit: int) -> tuple[bytes, bool]:
+        body = b"".join(self._reads)
+        return body[:limit], len(body) > limit
 
     async def receive(self) -> bytes:
         return self._reads.pop(0) if self._reads else b""
@@ -65,12 +68,13 @@ def _parts(reads: list[bytes], edge: str) -> list[bytes]:
         stream = ChatStream(provider, Reads(reads), include_usage=True)
         await stream.start()
         if edge == "openai":
-            parts = _aiter_sse(stream, "req_test")
+            parts = _aiter_sse(stream, "req_test", RequestTrace("req_test"))
         else:
             request = parse_message_request(
                 {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}]}
             )
-            parts = _aiter_events(stream, MessageStreamEncoder(request), "req_test")
+            trace = RequestTrace("req_test")
+            parts = _aiter_events(stream, MessageStreamEncoder(request), trace)
         return [part async for part in parts]
 
     return asyncio.run(collect())

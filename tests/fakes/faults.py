@@ -40,6 +40,7 @@ class Call:
     ended: float | None = None  # when the answer was fully written
     disconnected: float | None = None  # when the gateway closed the connection on us
     reset: bool = False  # we reset the connection on purpose
+    headers: dict[str, str] = field(default_factory=dict)  # what the gateway sent, names lower
 
 
 @dataclass
@@ -151,6 +152,7 @@ async def _chat(request: web.Request) -> web.StreamResponse:
         peer[1] if peer else 0,
         body,
         time.monotonic(),
+        headers={name.lower(): value for name, value in request.headers.items()},
     )
     fake.calls.append(call)
     name = call.model.rsplit("/", 1)[-1]

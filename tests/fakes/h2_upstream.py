@@ -1,7 +1,7 @@
 """A TLS upstream that speaks HTTP/2, served by granian in its own process.
 
 It answers every chat completion with "Hello over <http version>", so a test can see which
-protocol the gateway used to reach it.
+protocol the gateway used to reach it; model "h2-bomb" gets a gzip bomb instead.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+
+from tests.fakes.hostile import deflate_bomb
 
 
 def _frame(delta: dict[str, Any], finish: str | None = None) -> bytes:
@@ -36,7 +38,13 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if not message.get("more_body"):
             break
     text = f"Hello over HTTP/{scope['http_version']}"
-    stream = orjson.loads(body).get("stream")
+    request = orjson.loads(body)
+    stream = request.get("stream")
+    if request.get("model") == "h2-bomb":  # gzip, ~40 KB on the wire, 40 MiB inflated
+        headers = [(b"content-type", b"application/json"), (b"content-encoding", b"gzip")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": deflate_bomb("h2-bomb", wbits=31)})
+        return
     if not stream:
         answer = {
             "id": "chatcmpl-h2",

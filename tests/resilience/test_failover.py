@@ -169,6 +169,7 @@ def test_a_long_retry_after_is_honoured_for_later_requests_too(client, faults):
     # The second request did not reach the upstream: it had asked for 30 s of quiet.
     assert len(faults.for_model("solo/error-503-ra30")) == 1
     assert "tried again in" in second.value.message
+    assert second.value.code == "routes_resting"  # not the first answer's text, as if repeated
     assert int(second.value.response.headers["retry-after"]) > 25
 
 

@@ -6,7 +6,13 @@ from typing import Any
 
 import pytest
 
-from callmissed.errors import UpstreamError, UpstreamOverloaded, UpstreamRejected
+from callmissed.errors import (
+    RoutesResting,
+    UpstreamError,
+    UpstreamRejected,
+    to_anthropic,
+    to_openai,
+)
 from callmissed.health import CLOSED, HALF_OPEN, OPEN, Health
 from callmissed.providers import REGISTRY
 from callmissed.routing import Target
@@ -102,22 +108,97 @@ def test_retry_after_keeps_a_route_out_until_it_has_passed(clock):
     assert health.order(ORDERED, [A, B]) == [A, B]
 
 
-def test_unavailable_repeats_the_failure_with_the_wait(clock):
+def test_unavailable_says_every_route_is_resting_and_when_one_is_back(clock):
     health = _health(clock)
     rejected = UpstreamRejected("slow down", provider="p", upstream_status=429, retry_after=20)
     health.failed(A.route, rejected)
+    for _ in range(3):
+        health.failed(B.route, _failure())
     clock.now += 5
-    error = health.unavailable(ORDERED, [A])
-    assert isinstance(error, UpstreamRejected)
-    assert error.http_status == 429
+    error = health.unavailable(ORDERED, [A, B])
+    assert isinstance(error, RoutesResting)
+    assert (error.http_status, error.code) == (503, "routes_resting")
     assert error.retry_after == pytest.approx(15)
-    assert "tried again in 15 s" in error.message
-    assert rejected.message == "slow down"  # the stored failure is not changed
+    assert error.headers() == [(b"retry-after", b"15")]
+    assert "Every route of m is resting, so nothing was sent upstream" in error.message
+    assert "p:a: its upstream asked for a pause (Retry-After)" in error.message
+    assert "p:b: circuit breaker open after repeated failures" in error.message
+    assert "the last failure (500) was 5 s ago" in error.message
+    assert "slow down" not in error.message  # not the stale upstream text
+    assert error.message.endswith("The first is tried again in 15 s.")
 
 
-def test_unavailable_without_a_failure_is_overloaded(clock):
-    health = _health(clock)
-    assert isinstance(health.unavailable(ORDERED, [A]), UpstreamOverloaded)
+def test_routes_resting_is_a_503_in_both_dialects():
+    error = RoutesResting("resting", retry_after=0.2)
+    assert to_openai(error)[0] == 503 and to_openai(error)[1]["error"]["code"] == "routes_resting"
+    assert to_anthropic(error)[0] == 503
+    assert error.headers() == [(b"retry-after", b"1")]
+
+
+def _exchange(one: Health, other: Health) -> tuple[list[Any], list[Any]]:
+    """Wire two workers' Health together the way health_peers.py does; their outboxes."""
+    sent: tuple[list[Any], list[Any]] = ([], [])
+    one.subscribe(lambda event, urgent: sent[0].append(event))
+    other.subscribe(lambda event, urgent: sent[1].append(event))
+    return sent
+
+
+def test_failures_at_two_workers_open_the_breaker_at_both(clock):
+    one, other = _health(clock), _health(clock)
+    to_other, to_one = _exchange(one, other)
+    one.failed(A.route, _failure())
+    other.failed(A.route, _failure())
+    one.apply(to_one)
+    other.apply(to_other)
+    to_one.clear()
+    to_other.clear()
+    one.failed(A.route, _failure())  # the third failure in a row, counted over both
+    assert one.get(A.route).state == OPEN
+    other.apply(to_other)
+    assert other.get(A.route).state == OPEN
+    assert other.get(A.route).reopen_at == one.get(A.route).reopen_at == clock.now + 30
+    assert other.order(ORDERED, [A, B]) == [B]
+    assert other.get(A.route).error_rate == one.get(A.route).error_rate
+
+
+def test_a_success_reported_late_does_not_close_a_breaker_opened_after_it(clock):
+    one, other = _health(clock), _health(clock)
+    to_other, _ = _exchange(one, other)
+    one.succeeded(A.route, 0.1)  # held back in a batch ...
+    late = list(to_other)
+    clock.now += 1
+    for _ in range(3):
+        other.failed(A.route, _failure())
+    other.apply(late)  # ... and delivered after the breaker opened
+    assert other.get(A.route).state == OPEN
+    assert other.get(A.route).ttfb == pytest.approx(0.1)
+
+
+def test_successes_summed_by_another_worker_move_the_averages_as_one_by_one(clock):
+    one, other = _health(clock), _health(clock)
+    for health in (one, other):
+        health.failed(A.route, _failure())
+        health.succeeded(A.route, 0.4)
+    for _ in range(5):
+        one.succeeded(A.route, 0.1)
+    other.apply([["oks", "p", "a", clock.now, 5, 0.1, 5]])
+    assert other.get(A.route).error_rate == pytest.approx(one.get(A.route).error_rate)
+    assert other.get(A.route).ttfb == pytest.approx(one.get(A.route).ttfb)
+
+
+def test_a_probe_that_succeeds_closes_the_breaker_at_every_worker(clock):
+    one, other = _health(clock), _health(clock)
+    to_other, _ = _exchange(one, other)
+    for _ in range(3):
+        one.failed(A.route, _failure())
+    other.apply(to_other)
+    to_other.clear()
+    clock.now += 31
+    assert one.acquire(A.route)
+    one.succeeded(A.route, 0.05)
+    other.apply(to_other)
+    assert other.get(A.route).state == CLOSED
+    assert other.order(ORDERED, [A, B]) == [A, B]
 
 
 def test_fastest_orders_by_first_token_time_and_error_rate(clock):

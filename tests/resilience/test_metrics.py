@@ -32,3 +32,17 @@ def test_counters_histograms_and_route_gauges_render_as_prometheus_text():
         line.startswith('callmissed_route_ttfb_ewma_seconds{route="p:b"}') for line in lines
     )
     assert metrics.value("callmissed_requests_total", "m", "ok") == 2
+
+
+def test_past_the_limit_unknown_models_and_routes_share_one_other_series():
+    metrics = Metrics(known_models={"m"}, known_routes={"p:m"}, max_other=1)
+    for model in ("x/a", "x/b", "x/c", "m"):
+        metrics.inc("callmissed_requests_total", model, "ok")
+        metrics.observe("callmissed_ttfb_seconds", 0.1, f"openrouter:{model}")
+    lines = metrics.render([], inflight=0).splitlines()
+    assert 'callmissed_requests_total{model="x/a",outcome="ok"} 1' in lines
+    assert 'callmissed_requests_total{model="other",outcome="ok"} 2' in lines
+    assert 'callmissed_requests_total{model="m",outcome="ok"} 1' in lines  # known: never folded
+    assert 'callmissed_ttfb_seconds_count{route="openrouter:x/a"} 1' in lines
+    assert 'callmissed_ttfb_seconds_count{route="openrouter:other"} 3' in lines
+    assert not any("x/b" in line or "x/c" in line for line in lines)
