@@ -12,6 +12,7 @@ from callmissed.api import admin as admin_api, anthropic, embeddings, keys, open
 from callmissed.api.playground import playground_routes, redirect_home
 from callmissed.asgi import ASGIApp
 from callmissed.auth import Principal, bearer_matches
+from callmissed.console.site import Console
 from callmissed.errors import AuthenticationFailed
 from callmissed.gateway import Gateway
 from callmissed.health_peers import HealthPeers
@@ -48,7 +49,10 @@ def guards(gateway: Gateway) -> dict[str, Guard | None]:
     accounting = gateway.settings.accounting
 
     async def bearer_key(headers: dict[str, str]) -> Principal:
-        return await authenticate(headers.get("authorization"))
+        authorization = headers.get("authorization")
+        if authorization is None:  # say so if the key came as the Anthropic SDK sends it
+            return await authenticate(None, headers.get("x-api-key"), bearer_only=True)
+        return await authenticate(authorization, bearer_only=True)
 
     async def any_key(headers: dict[str, str]) -> Principal:
         # The Anthropic SDK sends `api_key` as x-api-key and `auth_token` as a bearer token.
@@ -56,6 +60,9 @@ def guards(gateway: Gateway) -> dict[str, Guard | None]:
 
     async def admin(headers: dict[str, str]) -> None:
         admin_api.authorize(accounting.admin_token, headers)
+
+    async def admin_write(headers: dict[str, str]) -> None:
+        admin_api.authorize(accounting.admin_token, headers, write=True)
 
     async def metrics_token(headers: dict[str, str]) -> None:
         token = accounting.metrics_token
@@ -69,6 +76,7 @@ def guards(gateway: Gateway) -> dict[str, Guard | None]:
         "bearer": bearer_key,
         "key": any_key,
         "admin": admin,
+        "admin_write": admin_write,
         "metrics": metrics_token if accounting.metrics_token is not None else None,
     }
 
@@ -109,6 +117,7 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> App:
     gateway = gateway or Gateway(settings)
     peers, health = connect_peers(gateway)
     history = History(gateway.store, settings.responses)
+    console = Console(gateway, peers)
 
     def bind(handler: GatewayHandler) -> Callable[[Request], Awaitable[Response | StreamResponse]]:
         return functools.partial(handler, gateway)
@@ -118,14 +127,16 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> App:
         await peers.start()  # after the ledger: a peer's journal tells whether it is alive
         await health.start()
         await history.start()
+        console.start()
 
     async def shutdown() -> None:
+        await console.close()
         await history.close()
         await peers.close()
         await gateway.close()
 
     guard = guards(gateway)
-    bearer, key, admin = guard["bearer"], guard["key"], guard["admin"]
+    bearer, key, admin, write = guard["bearer"], guard["key"], guard["admin"], guard["admin_write"]
     routes = {
         ("POST", "/v1/chat/completions"): Endpoint(
             bind(openai.create_chat_completion), guard=bearer
@@ -149,13 +160,12 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> App:
             functools.partial(responses.delete_response, gateway, history), guard=bearer
         ),
         ("GET", "/v1/key"): Endpoint(bind(keys.retrieve_current_key), guard=key),
-        **{
-            (method, "/admin/keys"): Endpoint(bind(admin_api.keys_collection), guard=admin)
-            for method in ("GET", "POST")
-        },
+        ("GET", "/admin/keys"): Endpoint(bind(admin_api.keys_collection), guard=admin),
+        ("POST", "/admin/keys"): Endpoint(bind(admin_api.keys_collection), guard=write),
         **{
             (method, "/admin/keys/*"): Endpoint(
-                functools.partial(admin_api.keys_item, gateway, peers), guard=admin
+                functools.partial(admin_api.keys_item, gateway, peers),
+                guard=admin if method == "GET" else write,
             )
             for method in ("GET", "PATCH", "POST")
         },
@@ -165,6 +175,7 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> App:
         ),
         ("GET", "/"): Endpoint(redirect_home),
         **{("GET", path): Endpoint(handler) for path, handler in playground_routes().items()},
+        **console.routes(admin, write),
     }
     limits = settings.edge
     return App(routes, settings.max_body_bytes, limits.max_open_body_bytes, startup, shutdown)

@@ -56,14 +56,13 @@ class Authenticator:
         self._version = -1  # the store's keys_version() the cache was filled under
 
     async def authenticate(
-        self, authorization: str | None, api_key: str | None = None
+        self, authorization: str | None, api_key: str | None = None, *, bearer_only: bool = False
     ) -> Principal:
-        """The Principal for `Authorization: Bearer cm_...` (or `x-api-key`), or raise."""
-        key = _bearer(authorization) or api_key
+        """The Principal for `Authorization: Bearer cm_...` (or `x-api-key`, unless
+        `bearer_only`: then `api_key` only says that one was sent, for the message), or raise."""
+        key = _bearer(authorization) or (None if bearer_only else api_key)
         if not key:
-            raise AuthenticationFailed(
-                "Missing API key: send 'Authorization: Bearer cm_...' or 'x-api-key: cm_...'."
-            )
+            raise AuthenticationFailed(_missing_key(bearer_only, api_key is not None))
         digest = hash_key(key)
         version = self._store.keys_version()
         if version != self._version:
@@ -99,6 +98,17 @@ def bearer_matches(authorization: str | None, token: str) -> bool:
     """Whether the header is `Bearer <token>`, compared in constant time (operator tokens)."""
     given = _bearer(authorization)
     return given is not None and hmac.compare_digest(given.encode(), token.encode())
+
+
+def _missing_key(bearer_only: bool, api_key_sent: bool) -> str:
+    if not bearer_only:
+        return "Missing API key: send 'Authorization: Bearer cm_...' or 'x-api-key: cm_...'."
+    if api_key_sent:
+        return (
+            "This endpoint reads the key from 'Authorization: Bearer cm_...', as the OpenAI SDKs "
+            "send it; x-api-key is read only by /v1/messages and /v1/key."
+        )
+    return "Missing API key: send 'Authorization: Bearer cm_...'."
 
 
 def _bearer(authorization: str | None) -> str | None:

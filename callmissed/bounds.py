@@ -35,6 +35,7 @@ _SETTINGS: dict[str, tuple[float, float]] = {
     "CALLMISSED_PORT": (1, 65_535),
     "CALLMISSED_WORKERS": (1, 1024),
     "CALLMISSED_MAX_BODY_BYTES": (_KIB, 2 * _GIB),
+    "CALLMISSED_RETENTION_DAYS": (0, 36_500),  # 0: ledger rows are kept forever
 }
 _Table = Mapping[str, tuple[str, tuple[float, float]]]
 _TIMEOUTS: _Table = {
@@ -99,6 +100,7 @@ def check_bounds(settings: Settings) -> None:
         "CALLMISSED_PORT": settings.port,
         "CALLMISSED_WORKERS": settings.workers,
         "CALLMISSED_MAX_BODY_BYTES": settings.max_body_bytes,
+        "CALLMISSED_RETENTION_DAYS": settings.accounting.retention_days,
     }
     for name, value in top.items():
         _check(name, value, _SETTINGS[name])

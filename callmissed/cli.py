@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import errno
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -106,6 +107,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from callmissed.ratelimit import limits_warning
     from callmissed.shutdown import SERVER_PID_ENV
 
+    in_use = _port_in_use(settings.host, settings.port)
+    if in_use:
+        print(f"callmissed: {in_use}", file=sys.stderr)
+        return 1
     if _with_store(settings, _first_key, first_key_path(settings)):
         return 1
     tls = bool(settings.tls_cert and settings.tls_key)
@@ -153,6 +158,24 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     )
     server.serve()
     return 0
+
+
+def _port_in_use(host: str, port: int) -> str | None:
+    """Why `host:port` cannot be served, if something listens on it already. granian binds with
+    SO_REUSEPORT, so without this check a second gateway would share the port with the first,
+    each answering some of the requests."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
+            probe.bind(address)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return f"{host}:{port} is already in use (another `callmissed serve`?)"
+        return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
 
 
 def _raise_open_files(connections: int) -> None:

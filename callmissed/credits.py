@@ -38,6 +38,7 @@ from callmissed.wallet import Wallet
 
 if TYPE_CHECKING:
     from callmissed.relay import ChatStream, Chunk
+    from callmissed.timing import RequestTrace
 
 __all__ = [
     "DEFAULT_OUTPUT_CAP",
@@ -375,6 +376,24 @@ class Charge:
         self.settled = False
         self._wallet = wallet  # holds `hold` for it; what it does not use goes back at the end
         self._hold = hold
+        # What the console shows of it (describe()), and what a failure's client was told.
+        self._trace: RequestTrace | None = None
+        self._efforts: tuple[str | None, str | None] = (None, None)
+        self._tags: tuple[str, ...] = ()
+        self._error: str | None = None
+
+    def describe(
+        self,
+        trace: RequestTrace,
+        effort_in: str | None,
+        effort_out: str | None,
+        tags: tuple[str, ...],
+    ) -> None:
+        """What the ledger row keeps for the console: the upstream attempts (from `trace`),
+        reasoning_effort as received and as sent, the request's tags (tags.py)."""
+        self._trace = trace
+        self._efforts = (effort_in, effort_out)
+        self._tags = tags
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         """x-ratelimit-* headers for the response."""
@@ -405,6 +424,7 @@ class Charge:
     def fail(self, error: BaseException) -> None:
         """The request failed before a response: charge what was delivered (nothing)."""
         if isinstance(error, GatewayError):
+            self._error = error.message
             self._settle(error.http_status, error.code, TokenUsage(), 0)
         elif isinstance(error, Exception):
             self._settle(500, "internal_error", TokenUsage(), 0)
@@ -449,6 +469,7 @@ class Charge:
         tokens = TokenUsage(completion=self.delivered_tokens)
         if stream.failure is not None:
             failure = stream.failure
+            self._error = failure.message
             self._settle(failure.http_status, failure.code, tokens, cost_of(self.rates, tokens))
         else:
             self._settle(CLIENT_CLOSED, "client_closed", tokens, cost_of(self.rates, tokens))
@@ -476,6 +497,11 @@ class Charge:
             ttfb_ms=None if self._ttfb is None else round(self._ttfb * 1000, 3),
             total_ms=round(elapsed_ms, 3),
             wallet=None if self._wallet is None else self._wallet.hold_id,
+            effort_in=self._efforts[0],
+            effort_out=self._efforts[1],
+            attempts=_attempts_worth_keeping(self._trace),
+            tags=list(self._tags) if self._tags else None,
+            error_message=None if self._error is None else self._error[:1000],
         )
         try:
             self._ledger.append(entry)
@@ -483,6 +509,26 @@ class Charge:
             if self._wallet is not None:
                 self._wallet.put_back(self._hold, cost)
             self._lease.release(tokens.total)
+
+
+def _attempts_worth_keeping(trace: RequestTrace | None) -> list[dict[str, Any]] | None:
+    """The attempts as the ledger keeps them, ms from the first one's start: none when the one
+    attempt made answered (its route and first-token time are in the row already), so most
+    rows carry nothing extra."""
+    attempts = trace.attempts if trace is not None else ()
+    if not attempts or (len(attempts) == 1 and attempts[0].outcome == "ok"):
+        return None
+    first, now = attempts[0].started, time.perf_counter()
+    return [
+        {
+            "route": f"{a.target.route.provider}:{a.target.route.upstream_model}",
+            "start_ms": round((a.started - first) * 1000, 3),
+            "ms": round(((a.ended or now) - a.started) * 1000, 3),
+            "outcome": a.outcome or "abandoned",
+            "hedge": a.hedge,
+        }
+        for a in attempts
+    ]
 
 
 def _put_cost(usage: dict[str, Any], cost: int) -> None:

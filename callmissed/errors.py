@@ -11,6 +11,7 @@
     + AdminDisabled                403 permission_error       admin_disabled
   x ModelNotFound                  404 not_found_error        model_not_found
   x KeyNotFound                    404 not_found_error        key_not_found
+  x RequestNotFound                404 not_found_error        request_not_found
   x ResponseNotFound               404 not_found_error        response_not_found
   x RateLimited                    429 rate_limit_error       rate_limit_exceeded (+retry_after)
   x ProviderNotConfigured          503 api_error              provider_not_configured
@@ -45,6 +46,7 @@ __all__ = [
     "PermissionDenied",
     "ProviderNotConfigured",
     "RateLimited",
+    "RequestNotFound",
     "RequestTimeout",
     "RequestTooLarge",
     "ResponseNotFound",
@@ -140,6 +142,14 @@ class KeyNotFound(GatewayError):
     code = "key_not_found"
 
 
+class RequestNotFound(GatewayError):
+    """The admin API was asked about a request id the ledger does not hold."""
+
+    status = 404
+    type = "not_found_error"
+    code = "request_not_found"
+
+
 class ResponseNotFound(GatewayError):
     """No stored response has that id for this key (never made, not stored, expired, deleted,
     or another key's: all look the same)."""
@@ -185,8 +195,14 @@ class RateLimited(GatewayError):
 
 
 class ProviderNotConfigured(GatewayError):
+    """The model's provider has no credentials: only the operator can change that, so the SDKs,
+    which retry a 503 with backoff, are told not to (they honour `x-should-retry`)."""
+
     status = 503
     code = "provider_not_configured"
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"x-should-retry", b"false")]
 
 
 class ShuttingDown(GatewayError):
@@ -250,6 +266,11 @@ class UpstreamError(GatewayError):
         self.upstream_status = upstream_status
         self.retry_after = retry_after
         self.retryable = retryable
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        if self.upstream_status == 401:  # our credentials: as for ProviderNotConfigured
+            return [(b"x-should-retry", b"false")]
+        return []
 
 
 class UpstreamTimeout(UpstreamError):

@@ -26,7 +26,7 @@ from callmissed.metrics import Metrics
 from callmissed.providers import Provider, UpstreamRequest
 from callmissed.relay import CHAT_COMPLETIONS, ChatStream, UpstreamAPI
 from callmissed.routing import Target
-from callmissed.settings import Limits, ModelSettings, Settings, Timeouts
+from callmissed.settings import Limits, ModelSettings, Route, Settings, Timeouts
 from callmissed.timing import RequestTrace
 from callmissed.upstream import Upstream, UpstreamResponse
 
@@ -55,10 +55,11 @@ class Won(Generic[T]):
 class _Inflight:
     """One request the gateway is serving, so shutdown can end it."""
 
-    __slots__ = ("deadline", "reason", "scope", "stream")
+    __slots__ = ("deadline", "reason", "route", "scope", "stream")
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
+        self.route: Route | None = None  # the route of its latest attempt, or the one answering
         self.reason: GatewayError | None = None  # why it was ended early, if it was
         self.scope: Timeout | None = None
         self.stream: ChatStream | None = None
@@ -101,6 +102,16 @@ class Failover:
     @property
     def inflight(self) -> int:
         return len(self._active)
+
+    def inflight_by_route(self) -> dict[str, int]:
+        """Requests in flight per route: the one answering them, or the one they wait on (a
+        hedged request counts once, under its latest attempt). Counted when asked (console)."""
+        counts: dict[str, int] = {}
+        for request in self._active:
+            if request.route is not None:
+                name = route_name(request.route)
+                counts[name] = counts.get(name, 0) + 1
+        return counts
 
     async def complete(
         self,
@@ -220,7 +231,7 @@ class Failover:
         trace: RequestTrace,
     ) -> Won[T]:
         """The route loop, within the request's total timeout (or until shutdown ends it)."""
-        plan = _Plan(self, model, targets, request.deadline, trace)
+        plan = _Plan(self, model, targets, request, trace)
         try:
             with self._deadlines.timeout_at(request.deadline) as request.scope:
                 if model.hedge_after_ms:
@@ -317,10 +328,11 @@ class _Plan:
         failover: Failover,
         model: ModelSettings,
         targets: list[Target],
-        deadline: float,
+        request: _Inflight,
         trace: RequestTrace,
     ) -> None:
-        self._deadline = deadline
+        self._deadline = request.deadline
+        self._request = request
         self._trace = trace
         self._health = failover._health
         self._metrics = failover._metrics
@@ -344,6 +356,7 @@ class _Plan:
             if self._health.acquire(target.route):
                 self.attempts += 1
                 self._trace.begin_attempt(target, hedge=True)
+                self._request.route = target.route
                 return target
         return None
 
@@ -360,6 +373,7 @@ class _Plan:
             if self._health.acquire(target.route):
                 self.attempts += 1
                 self._trace.begin_attempt(target)
+                self._request.route = target.route
                 return target
         return None
 
@@ -397,6 +411,7 @@ class _Plan:
 
     def won(self, target: Target, result: T, started: float) -> Won[T]:
         self._trace.end_attempt(target, "ok")
+        self._request.route = target.route
         ttfb = asyncio.get_running_loop().time() - started
         name = route_name(target.route)
         self._health.succeeded(target.route, ttfb)

@@ -152,16 +152,20 @@ class Gateway:
         request_id: str | None = None,
         trace: RequestTrace | None = None,
         api: UpstreamAPI = CHAT_COMPLETIONS,
+        tags: tuple[str, ...] = (),
     ) -> tuple[dict[str, Any], RouteInfo]:
         """A whole chat.completion for a checked OpenAI-format body, `usage.cost` included
-        (with `api`, that API's answer: relay_responses.RESPONSES gives a Response).
+        (with `api`, that API's answer: relay_responses.RESPONSES gives a Response); `tags`
+        (tags.py) go into its ledger row.
 
         `trace` records where the time went (timing.py); one is made if none is given."""
         trace = trace or RequestTrace(request_id or new_request_id())
         model, targets = self._route(body)
         trace.key_name, trace.model = principal.name, model.name
+        received = _effort_received(body)
         effort = apply_reasoning_effort(body, model, self.settings.reasoning_policies)
         charge = await self.credits.begin(principal, model, body, trace.request_id)
+        charge.describe(trace, received, _short(effort), tags)
         self.observer.track(trace)
         try:
             won = await self.failover.complete(model, targets, body, trace, api)
@@ -181,6 +185,7 @@ class Gateway:
         request_id: str | None = None,
         trace: RequestTrace | None = None,
         api: UpstreamAPI = CHAT_COMPLETIONS,
+        tags: tuple[str, ...] = (),
     ) -> tuple[ChatStream, RouteInfo]:
         """A started ChatStream: its first token is already in, so nothing can fail silently.
 
@@ -189,8 +194,10 @@ class Gateway:
         trace.stream = True
         model, targets = self._route(body)
         trace.key_name, trace.model = principal.name, model.name
+        received = _effort_received(body)
         effort = apply_reasoning_effort(body, model, self.settings.reasoning_policies)
         charge = await self.credits.begin(principal, model, body, trace.request_id)
+        charge.describe(trace, received, _short(effort), tags)
         self.observer.track(trace)
         try:
             won = await self.failover.open_stream(model, targets, body, include_usage, trace, api)
@@ -202,7 +209,12 @@ class Gateway:
         return won.result, info
 
     async def embed(
-        self, principal: Principal, request: EmbeddingRequest, *, request_id: str | None = None
+        self,
+        principal: Principal,
+        request: EmbeddingRequest,
+        *,
+        request_id: str | None = None,
+        tags: tuple[str, ...] = (),
     ) -> tuple[dict[str, Any], RouteInfo]:
         """A whole create-embedding response, `usage.cost` included, held and settled like a
         chat completion: the prompt's estimate held, the counted tokens billed."""
@@ -214,6 +226,7 @@ class Gateway:
         charge = await self.credits.begin(
             principal, model, request.body, trace.request_id, tokens=tokens
         )
+        charge.describe(trace, None, None, tags)
         self.observer.track(trace)
 
         async def attempt(target: Target) -> dict[str, Any]:
@@ -270,3 +283,16 @@ class Gateway:
 
 def _nothing() -> None:
     pass
+
+
+def _effort_received(body: dict[str, Any]) -> str | None:
+    """reasoning_effort as the client sent it, for the ledger ("null" if sent as null)."""
+    if "reasoning_effort" not in body:
+        return None
+    value = body["reasoning_effort"]
+    return "null" if value is None else _short(str(value))
+
+
+def _short(effort: str | None) -> str | None:
+    # A passthrough model forwards any value; the ledger keeps a bounded one.
+    return effort if effort is None else effort[:32]

@@ -98,6 +98,7 @@ class Accounting:
     redis_prefix: str = "callmissed"  # CALLMISSED_REDIS_PREFIX: one per database sharing Redis
     ledger_dir: str | None = None  # CALLMISSED_LEDGER_DIR; default: beside the SQLite file
     prices: Mapping[str, Prices] = field(default_factory=dict)  # the config file's [prices]
+    retention_days: float = 90.0  # CALLMISSED_RETENTION_DAYS: ledger rows kept (0: forever)
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,8 +277,7 @@ def available_cores() -> int:
 
 
 def validate(settings: Settings) -> None:
-    """Raise SettingsError if any model names an unknown provider or reasoning policy, a
-    number is out of its range, or the store named needs a package that is not installed."""
+    """SettingsError for an unknown provider or policy, a number out of range, a missing package."""
     from callmissed.bounds import check_bounds, check_extras  # late: they read Settings
     from callmissed.providers import REGISTRY  # late: providers import settings
 
@@ -546,6 +546,7 @@ def _parse_accounting(env: Mapping[str, str], config: Mapping[str, Any]) -> Acco
         redis_prefix=env.get("CALLMISSED_REDIS_PREFIX") or "callmissed",
         ledger_dir=env.get("CALLMISSED_LEDGER_DIR") or None,
         prices={name: _parse_prices(f"[prices.{name!r}]", table) for name, table in prices.items()},
+        retention_days=_float(env, "CALLMISSED_RETENTION_DAYS", 90.0),
     )
 
 
@@ -553,8 +554,7 @@ _LIMITS_ENV = {item.name: f"CALLMISSED_{item.name.upper()}" for item in fields(L
 
 
 def _parse_prices(where: str, table: Any) -> Prices:
-    """USD per million tokens; cached_input and cache_write default to input. All must be
-    numbers >= 0."""
+    """USD per million tokens, each >= 0; cached_input and cache_write default to input."""
     if not isinstance(table, dict) or not {"input", "output"} <= table.keys():
         raise SettingsError(f"{where}: prices need input and output (USD per million tokens)")
     unknown = table.keys() - {"input", "cached_input", "cache_write", "output"}

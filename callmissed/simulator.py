@@ -60,14 +60,24 @@ class SimulatedResponse:
         self._created = int(time.time())
         self._model = f"sim/{body.get('model', 'model')}"
         self._thinking, self._text, self._finish = _plan(profile, body)
+        # The profile's times are for its whole default answer, so the gap between tokens is
+        # fixed by it: an answer with fewer tokens (no thinking, a max_tokens cap) ends sooner.
+        gaps = max(profile.tokens + profile.thinking_tokens - 1, 1)
+        self._gap = max(profile.total_ms - profile.ttfb_ms, 0) / 1000 / gaps
         self._events: deque[tuple[float, bytes]] | None = None  # (wait first, event) to send
+
+    @property
+    def duration(self) -> float:
+        """Seconds the whole answer takes: the first token's wait, then each token's share."""
+        tokens = len(self._thinking) + len(self._text)
+        return self._profile.ttfb_ms / 1000 + self._gap * max(tokens - 1, 0)
 
     async def read(self, limit: int) -> tuple[bytes, bool]:
         body = await self._completion()
         return body[:limit], len(body) > limit
 
     async def _completion(self) -> bytes:
-        await asyncio.sleep(self._profile.total_ms / 1000)
+        await asyncio.sleep(self.duration)
         message: dict[str, Any] = {"role": "assistant", "content": " ".join(self._text)}
         if self._thinking:
             message["reasoning"] = " ".join(self._thinking)
@@ -91,7 +101,7 @@ class SimulatedResponse:
 
     async def receive(self) -> bytes:
         if self._events is None:
-            self._events = self._stream()
+            self._events = self.events()
         if not self._events:
             return b""
         wait, event = self._events.popleft()
@@ -99,16 +109,15 @@ class SimulatedResponse:
             await asyncio.sleep(wait)
         return event
 
-    def _stream(self) -> deque[tuple[float, bytes]]:
+    def events(self) -> deque[tuple[float, bytes]]:
         """The streamed answer's events, each with the seconds to wait before it."""
-        tokens = [("reasoning", word) for word in self._thinking]
-        tokens += [("content", word) for word in self._text]
-        gap = max(self._profile.total_ms - self._profile.ttfb_ms, 0) / 1000 / max(len(tokens), 1)
+        tokens = [("reasoning", word, not i) for i, word in enumerate(self._thinking)]
+        tokens += [("content", word, not i) for i, word in enumerate(self._text)]
         role = self._chunk({"role": "assistant", "content": ""})
         events = deque([(self._profile.ttfb_ms / 1000, role)])
-        for position, (field, word) in enumerate(tokens):
-            text = word if position == 0 else " " + word
-            events.append((gap if position else 0.0, self._chunk({field: text})))
+        for position, (field, word, first) in enumerate(tokens):
+            text = word if first else " " + word  # each text starts without a space
+            events.append((self._gap if position else 0.0, self._chunk({field: text})))
         events.append((0.0, self._chunk({}, finish_reason=self._finish)))
         if (self._body.get("stream_options") or {}).get("include_usage"):
             usage = self._frame({**self._envelope(), "choices": [], "usage": self._usage()})

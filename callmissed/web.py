@@ -180,8 +180,24 @@ class App:
         if endpoint is None:
             if path in self._paths:
                 raise MethodNotAllowed(f"{method} is not allowed on {path}.")
-            raise EndpointNotFound(f"There is no endpoint at {path}.")
+            raise EndpointNotFound(f"There is no endpoint at {path}.{self._base_url_hint(path)}")
         return endpoint
+
+    def _base_url_hint(self, path: str) -> str:
+        """What to change when an SDK's base_url has one /v1 too few or too many."""
+        if path.startswith("/v1/v1/") and self._exists(path[3:]):
+            return (
+                f" Did you mean {path[3:]}? The Anthropic SDK adds /v1 itself: give it the "
+                "gateway's root URL as base_url, without /v1."
+            )
+        if not path.startswith("/v1/") and self._exists(f"/v1{path}"):
+            return f" Did you mean /v1{path}? An OpenAI SDK's base_url ends in /v1."
+        return ""
+
+    def _exists(self, path: str) -> bool:
+        return path in self._paths or any(
+            path.startswith(prefix) and len(path) > len(prefix) for _, prefix, _ in self._prefixes
+        )
 
     def _match_prefix(self, method: str, path: str) -> Endpoint | None:
         for route_method, prefix, endpoint in self._prefixes:

@@ -6,6 +6,7 @@ import os
 import pty
 import re
 import select
+import signal
 import stat
 import subprocess
 import sys
@@ -121,3 +122,25 @@ def test_doctor_fails_when_an_upstream_is_down(gateway, tmp_path):
     result = gateway.cli("--config", str(config), "doctor")
     assert result.returncode == 1
     assert "FAIL  provider down: http://127.0.0.1:9/v1 unreachable" in result.stdout
+
+
+def test_serve_refuses_a_port_another_server_listens_on(gateway):
+    # granian binds with SO_REUSEPORT, which would let a second gateway share the port unseen.
+    port = gateway.url.rsplit(":", 1)[1]
+    second = subprocess.Popen(
+        [sys.executable, "-m", "callmissed", "serve", "--port", port],
+        env=gateway.env,
+        cwd=gateway.workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its workers too can be stopped, should it start after all
+    )
+    try:
+        _, stderr = second.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(second.pid, signal.SIGKILL)
+        second.communicate()
+        raise AssertionError("a second `callmissed serve` started on a port in use") from None
+    assert second.returncode == 1
+    assert f"127.0.0.1:{port} is already in use" in stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import httpx
 import pytest
@@ -419,6 +420,34 @@ def test_a_model_without_a_price_is_refused_for_metered_keys_only(billing):
     response = chat(billing, unlimited, model="local-model")
     assert response.status_code == 200
     assert response.json()["usage"]["cost"] == 0
+
+
+def test_models_show_the_prices_billed_and_what_a_metered_key_cannot_use(billing):
+    metered, _ = new_key(billing, credits=1)
+    unlimited, _ = new_key(billing)
+
+    def described(key: str) -> dict[str, dict[str, Any]]:
+        listed = httpx.get(f"{billing.base_url}/models", headers={"authorization": f"Bearer {key}"})
+        return {model["id"]: model for model in listed.json()["data"]}
+
+    for models in (described(metered), described(unlimited)):
+        # "priced" has no prices of its own: the config file's [prices] table sets them.
+        assert models["priced"]["pricing"] == {
+            "input_per_million": 1.0,
+            "cached_input_per_million": 1.0,
+            "cache_write_per_million": 1.0,
+            "output_per_million": 2.0,
+        }
+        assert models["priced"]["available"] is True
+        assert models["sim/instant"]["available"] is True  # free, so anyone's
+    refused = described(metered)["local-model"]  # no price: 403 model_not_priced for this key
+    assert refused["available"] is False
+    assert "no price" in refused["unavailable_reason"]
+    assert described(unlimited)["local-model"]["available"] is True
+    one = httpx.get(
+        f"{billing.base_url}/models/local-model", headers={"authorization": f"Bearer {metered}"}
+    )
+    assert one.json() == refused
 
 
 def test_simulator_models_are_free(billing):

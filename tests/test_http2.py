@@ -72,16 +72,20 @@ def test_h2_over_tls_via_alpn(tls_gateway):
 def test_openai_sdk_over_tls_and_http2(tls_gateway):
     gateway, cert = tls_gateway
     context = ssl.create_default_context(cafile=str(cert))
-    http_client = httpx2.Client(http2=True, verify=context)  # the SDK's own HTTP library
+    transport = httpx2.HTTPTransport(http2=True, verify=context)  # the SDK's own HTTP library
+    http_client = httpx2.Client(transport=transport)
     with openai.OpenAI(
         base_url=gateway.base_url, api_key=gateway.key, http_client=http_client
     ) as client:
-        for _ in range(3):  # one client, one connection, three calls
-            stream = client.chat.completions.create(
+        for _ in range(3):  # the page's three back-to-back streaming calls on one client
+            with client.chat.completions.with_streaming_response.create(
                 model="local-model", messages=[{"role": "user", "content": "hi"}], stream=True
-            )
-            text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+            ) as raw:
+                assert raw.http_version == "HTTP/2"
+                stream = raw.parse()
+                text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
             assert text == "Hello world"
+            assert len(transport._pool.connections) == 1  # reused: one TLS handshake in all
 
 
 def self_signed(folder: Path) -> tuple[Path, Path, Path]:

@@ -30,11 +30,13 @@ def node() -> str:
     return node
 
 
-def test_javascript_quickstart_streams(gateway, node):
+@pytest.mark.parametrize("credits", [None, "5"], ids=["unlimited", "metered"])
+def test_javascript_quickstart_streams(gateway, node, credits):
+    key = gateway.key if credits is None else gateway.create_key("--credits", credits)
     result = subprocess.run(
         [node, "quickstart.mjs"],
         cwd=JS,
-        env={**gateway.env, "CALLMISSED_KEY": gateway.key, "CALLMISSED_BASE_URL": gateway.base_url},
+        env={**gateway.env, "CALLMISSED_KEY": key, "CALLMISSED_BASE_URL": gateway.base_url},
         capture_output=True,
         text=True,
         timeout=60,

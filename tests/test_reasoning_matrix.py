@@ -6,7 +6,7 @@ and what the x-callmissed-reasoning-effort header reports.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import httpx
 import openai
@@ -34,6 +34,17 @@ MATRIX: dict[str, tuple[str, Mapping[str, object]]] = {
     "anthropic/claude-sonnet-4.6": ("anthropic/claude-sonnet-4.6", AS_IS),
 }
 
+# No published USD price (docs/credits.md): a key with a credit limit gets 403 model_not_priced.
+UNPRICED = {"sarvam-30b", "sarvam-105b", "openai/gpt-5.1"}
+
+
+@pytest.fixture(scope="module")
+def metered_client(gateway) -> Iterator[openai.OpenAI]:
+    key = gateway.create_key("--credits", "5")
+    with openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0) as sdk:
+        yield sdk
+
+
 CASES = [
     (model, sent, received)
     for model, (_, table) in MATRIX.items()
@@ -57,6 +68,26 @@ def test_upstream_receives_what_the_matrix_says(client, gateway, model, sent, re
     else:
         assert body["reasoning_effort"] == received
         assert header == received
+
+
+# What a key with a credit limit may use: the priced models (docs/credits.md refuses the rest).
+PRICED_CASES = [case for case in CASES if case[0] not in UNPRICED]
+
+
+@pytest.mark.parametrize(("model", "sent", "received"), PRICED_CASES)
+def test_a_key_that_pays_with_credits_gets_the_same_matrix(
+    gateway, metered_client, model, sent, received
+):
+    raw = metered_client.chat.completions.with_raw_response.create(
+        model=model,
+        messages=[{"role": "user", "content": "What is 2+2?"}],
+        reasoning_effort=sent,
+    )
+    body = gateway.upstream.last(MATRIX[model][0]).body
+    assert body.get("reasoning_effort", DROPPED) == received
+    assert raw.headers["x-callmissed-reasoning-effort"] == (
+        "dropped" if received is DROPPED else received
+    )
 
 
 def test_no_reasoning_effort_means_none_is_added(client, gateway):

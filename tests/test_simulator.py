@@ -1,4 +1,5 @@
-"""The simulator's embeddings: offline, deterministic, unit length, similar for similar texts."""
+"""The simulator: chat answers paced like the Getting Started page's models; embeddings offline,
+deterministic, unit length, similar for similar texts."""
 
 from __future__ import annotations
 
@@ -10,7 +11,55 @@ import orjson
 import pytest
 
 from callmissed.formats.embeddings import decode_vector, shorten
-from callmissed.simulator import MAX_SIM_DIMENSIONS, embed, simulate_embeddings
+from callmissed.settings import SimProfile
+from callmissed.simulator import (
+    MAX_SIM_DIMENSIONS,
+    SimulatedResponse,
+    embed,
+    simulate_embeddings,
+)
+
+# sim/kimi-k2.6 in catalog.toml: the page's "What is 2+2?" on kimi-k2.6, 101 tokens thinking on.
+KIMI = SimProfile(ttfb_ms=50, total_ms=1500, tokens=9, thinking_tokens=92)
+QUESTION = {"model": "kimi-k2.6", "messages": [{"role": "user", "content": "What is 2+2?"}]}
+
+
+def _streamed(response: SimulatedResponse) -> tuple[float, dict[str, str]]:
+    """The stream's total wait, and the text of each delta field."""
+    waits, fields = 0.0, {"reasoning": "", "content": ""}
+    for wait, event in response.events():
+        waits += wait
+        if event.startswith(b"data: {"):
+            for choice in orjson.loads(event[6:])["choices"]:
+                for name in fields:
+                    fields[name] += choice["delta"].get(name) or ""
+    return waits, fields
+
+
+def test_reasoning_effort_none_is_eleven_times_fewer_tokens_and_proportionally_sooner():
+    thinking = SimulatedResponse(KIMI, QUESTION)
+    instant = SimulatedResponse(KIMI, {**QUESTION, "reasoning_effort": "none"})
+    (thinking_time, _), (instant_time, _) = _streamed(thinking), _streamed(instant)
+    pace = (1.5 - 0.05) / 100  # 101 tokens: the first at 50 ms, the last at 1.5 s
+    assert thinking_time == pytest.approx(1.5)
+    assert instant_time == pytest.approx(0.05 + 8 * pace)  # 9 tokens
+    assert thinking.duration == pytest.approx(thinking_time)
+    assert instant.duration == pytest.approx(instant_time)
+
+
+def test_a_max_tokens_cap_ends_the_answer_sooner():
+    whole = SimulatedResponse(KIMI, QUESTION)
+    capped = SimulatedResponse(KIMI, {**QUESTION, "max_tokens": 10})
+    assert capped.duration < whole.duration / 5
+
+
+def test_the_streamed_answer_reads_like_the_whole_one():
+    instant = SimProfile(ttfb_ms=0, total_ms=0, tokens=9, thinking_tokens=92)
+    _, fields = _streamed(SimulatedResponse(instant, QUESTION))
+    whole, _ = asyncio.run(SimulatedResponse(instant, QUESTION).read(1 << 20))
+    message = orjson.loads(whole)["choices"][0]["message"]
+    assert fields == {"reasoning": message["reasoning"], "content": message["content"]}
+    assert fields["content"].startswith("Quicksort")
 
 
 def _dot(a: list[float], b: list[float]) -> float:

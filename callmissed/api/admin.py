@@ -17,9 +17,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from callmissed.auth import bearer_matches, create_key
+from callmissed.auth import create_key
+from callmissed.console.session import admit
 from callmissed.credits import MICRO, format_credits, parse_credits
-from callmissed.errors import AdminDisabled, AuthenticationFailed, InvalidRequest, KeyNotFound
+from callmissed.errors import InvalidRequest, KeyNotFound
 from callmissed.gateway import Gateway
 from callmissed.peers import Peers
 from callmissed.store import MAX_BALANCE, NO_POLICY, KeyPolicy, KeyRecord
@@ -128,12 +129,11 @@ def parse_policy(body: Mapping[str, Any], current: KeyPolicy = NO_POLICY) -> Key
     return KeyPolicy(**values)
 
 
-def authorize(token: str | None, headers: Mapping[str, str]) -> None:
-    """The edge's guard for every admin endpoint: `token` is CALLMISSED_ADMIN_TOKEN."""
-    if token is None:
-        raise AdminDisabled("The admin API is off: set CALLMISSED_ADMIN_TOKEN to turn it on.")
-    if not bearer_matches(headers.get("authorization"), token):
-        raise AuthenticationFailed("The admin API needs 'Authorization: Bearer <admin token>'.")
+def authorize(token: str | None, headers: Mapping[str, str], write: bool = False) -> None:
+    """The edge's guard for every admin endpoint: `token` is CALLMISSED_ADMIN_TOKEN, sent as a
+    bearer token, or a console session's cookie (console/session.py), whose writes must carry
+    the session's CSRF token."""
+    admit(token, headers, write)
 
 
 def _topup_refusal(record: KeyRecord) -> str:

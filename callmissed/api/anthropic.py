@@ -22,6 +22,7 @@ from callmissed.formats.anthropic_message import MessageStreamEncoder, build_mes
 from callmissed.gateway import Gateway
 from callmissed.keepalive import InBand, in_band_error
 from callmissed.relay import ChatStream
+from callmissed.tags import request_tags
 from callmissed.timing import RequestTrace
 from callmissed.token_estimate import estimate_input_tokens
 from callmissed.web import Request, Response, StreamResponse, error_response, json_response
@@ -47,16 +48,18 @@ async def _create(
 ) -> Response | StreamResponse:
     principal = request.key
     trace.key_name = principal.name
-    message = parse_message_request(request.json())
+    body = request.json()
+    message = parse_message_request(body)
+    tags = request_tags(request.headers, body)
     headers = [(b"request-id", request.request_id.encode())]
     if not message.stream:
-        completion, info = await gateway.complete(principal, message.chat, trace=trace)
+        completion, info = await gateway.complete(principal, message.chat, trace=trace, tags=tags)
         headers += [*info.headers(), (b"server-timing", trace.server_timing(total=True))]
         answer = build_message(completion, message, info.prompt_estimate)
         return json_response(answer, headers=headers)
     request_id = request.request_id
     keepalive = gateway.keepalive(request.start_stream, headers)
-    opening = gateway.open_stream(principal, message.chat, False, trace=trace)
+    opening = gateway.open_stream(principal, message.chat, False, trace=trace, tags=tags)
     try:
         stream, info = await keepalive.run(opening)
     except InBand as failed:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from callmissed.formats.embeddings import parse_embedding_request
 from callmissed.gateway import Gateway
+from callmissed.tags import request_tags
 from callmissed.web import Request, Response, json_response
 
 __all__ = ["create_embedding"]
@@ -11,6 +12,10 @@ __all__ = ["create_embedding"]
 
 async def create_embedding(gateway: Gateway, request: Request) -> Response:
     principal = request.key
-    embedding_request = parse_embedding_request(request.json())
-    answer, info = await gateway.embed(principal, embedding_request, request_id=request.request_id)
+    body = request.json()
+    embedding_request = parse_embedding_request(body)
+    tags = request_tags(request.headers, body)
+    answer, info = await gateway.embed(
+        principal, embedding_request, request_id=request.request_id, tags=tags
+    )
     return json_response(answer, headers=info.headers())

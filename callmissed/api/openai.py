@@ -19,6 +19,7 @@ from callmissed.gateway import Gateway
 from callmissed.keepalive import InBand, in_band_error
 from callmissed.relay import ChatStream, Chunk
 from callmissed.settings import ModelSettings
+from callmissed.tags import request_tags
 from callmissed.timing import RequestTrace
 from callmissed.web import Request, Response, StreamResponse, error_response, json_response
 
@@ -47,14 +48,15 @@ async def _create(
     trace.key_name = principal.name
     body = request.json()
     check_chat_request(body)
+    tags = request_tags(request.headers, body)
     if not body.get("stream"):
-        completion, info = await gateway.complete(principal, body, trace=trace)
+        completion, info = await gateway.complete(principal, body, trace=trace, tags=tags)
         headers = [*info.headers(), (b"server-timing", trace.server_timing(total=True))]
         return json_response(completion, headers=headers)
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     request_id = request.request_id
     keepalive = gateway.keepalive(request.start_stream, [])
-    opening = gateway.open_stream(principal, body, include_usage, trace=trace)
+    opening = gateway.open_stream(principal, body, include_usage, trace=trace, tags=tags)
     try:
         stream, info = await keepalive.run(opening)
     except InBand as failed:
@@ -108,19 +110,27 @@ def _error_event(exc: GatewayError) -> bytes:
 
 
 async def list_models(gateway: Gateway, request: Request) -> Response:
-    data = [_describe(gateway, model) for model in gateway.settings.models.values()]
+    """GET /v1/models, as the caller's key sees them: unavailable if it could not use one."""
+    metered = request.key.metered
+    data = [_describe(gateway, model, metered) for model in gateway.settings.models.values()]
     return json_response({"object": "list", "data": data})
 
 
 async def retrieve_model(gateway: Gateway, request: Request) -> Response:
     """GET /v1/models/{id}: any id we can route, including vendor/model ids via OpenRouter."""
     model = gateway.router.model(request.path.removeprefix("/v1/models/"))
-    return json_response(_describe(gateway, model))
+    return json_response(_describe(gateway, model, request.key.metered))
 
 
-def _describe(gateway: Gateway, model: ModelSettings) -> dict[str, Any]:
+def _describe(gateway: Gateway, model: ModelSettings, metered: bool) -> dict[str, Any]:
     route = model.routes[0]
     unavailable = gateway.router.unavailable_reason(model)
+    if unavailable is None and metered and gateway.credits.rates_for(model) is None:
+        unavailable = (
+            "it has no price set, so keys with a credit limit cannot use it "
+            "(the operator can set one under [prices])"
+        )
+    prices = gateway.settings.accounting.prices.get(model.name) or model.prices  # as billed
     entry: dict[str, Any] = {
         "id": model.name,
         "object": "model",
@@ -143,14 +153,14 @@ def _describe(gateway: Gateway, model: ModelSettings) -> dict[str, Any]:
         entry["description"] = model.description
     if model.context:
         entry["context_length"] = model.context
-    if model.prices:
+    if prices:
         entry["pricing"] = {
-            "input_per_million": model.prices.input,
-            "cached_input_per_million": model.prices.cached_input,
+            "input_per_million": prices.input,
+            "cached_input_per_million": prices.cached_input,
             "cache_write_per_million": (
-                model.prices.input if model.prices.cache_write is None else model.prices.cache_write
+                prices.input if prices.cache_write is None else prices.cache_write
             ),
-            "output_per_million": model.prices.output,
+            "output_per_million": prices.output,
         }
     return entry
 

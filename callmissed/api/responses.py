@@ -37,6 +37,7 @@ from callmissed.history import History
 from callmissed.keepalive import InBand, in_band_error
 from callmissed.relay import CHAT_COMPLETIONS, ChatStream, UpstreamAPI
 from callmissed.relay_responses import RESPONSES
+from callmissed.tags import request_tags
 from callmissed.web import Request, Response, StreamResponse, json_response
 
 __all__ = ["create_response", "delete_response", "list_input_items", "retrieve_response"]
@@ -85,8 +86,11 @@ async def _translate(
 ) -> Response | StreamResponse:
     chat = build_chat(ask, earlier)
     encoder = ResponseEncoder(ask)
+    tags = request_tags(request.headers, ask.body)
     if not ask.stream:
-        completion, info = await gateway.complete(principal, chat, request_id=request.request_id)
+        completion, info = await gateway.complete(
+            principal, chat, request_id=request.request_id, tags=tags
+        )
         encoder.start()
         encoder.feed(_as_chunk(completion))
         encoder.finish(completion.get("usage"))
@@ -94,7 +98,7 @@ async def _translate(
         if save is not None:
             await save(encoder.response)
         return json_response(encoder.response, headers=info.headers())
-    opened = await _open(gateway, request, principal, chat, CHAT_COMPLETIONS)
+    opened = await _open(gateway, request, principal, chat, CHAT_COMPLETIONS, tags)
     if isinstance(opened, StreamResponse):
         return opened
     stream, headers = opened
@@ -174,9 +178,10 @@ async def _pass_through(
         return format_credits(cost_of(rates, parse_usage(usage)))
 
     editor = PassThroughEditor(ask, new_id("resp_"), price)
+    tags = request_tags(request.headers, ask.body)
     if not ask.stream:
         answer, info = await gateway.complete(
-            principal, body, request_id=request.request_id, api=RESPONSES
+            principal, body, request_id=request.request_id, api=RESPONSES, tags=tags
         )
         cost = (answer.get("usage") or {}).get("cost")  # the charge priced it
         response = editor.edit(answer, final=True)
@@ -185,7 +190,7 @@ async def _pass_through(
         if save is not None:
             await save(response)
         return json_response(response, headers=info.headers())
-    opened = await _open(gateway, request, principal, body, RESPONSES)
+    opened = await _open(gateway, request, principal, body, RESPONSES, tags)
     if isinstance(opened, StreamResponse):
         return opened
     stream, headers = opened
@@ -237,11 +242,14 @@ async def _open(
     principal: Principal,
     body: dict[str, Any],
     api: UpstreamAPI,
+    tags: tuple[str, ...],
 ) -> tuple[ChatStream, list[tuple[bytes, bytes]]] | StreamResponse:
     """The stream, started (usage asked for: the Response reports it), and its headers; or,
     if it failed after keep-alives committed the 200, a StreamResponse with the error event."""
     keepalive = gateway.keepalive(request.start_stream, [])
-    opening = gateway.open_stream(principal, body, True, request_id=request.request_id, api=api)
+    opening = gateway.open_stream(
+        principal, body, True, request_id=request.request_id, api=api, tags=tags
+    )
     try:
         stream, info = await keepalive.run(opening)
     except InBand as failed:

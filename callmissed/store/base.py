@@ -21,6 +21,7 @@ __all__ = [
     "FAIR_SHARE",
     "KEY_COLUMNS",
     "LEDGER_COLUMNS",
+    "LEDGER_DETAIL_COLUMNS",
     "MAX_BALANCE",
     "NO_POLICY",
     "Funding",
@@ -47,6 +48,8 @@ LEDGER_COLUMNS = (
     " prompt_tokens, completion_tokens, reasoning_tokens, cached_tokens, cost, uncharged,"
     " ttfb_ms, total_ms"
 )
+# The console's columns (migration 0010), written after LEDGER_COLUMNS; JSON text for lists.
+LEDGER_DETAIL_COLUMNS = "effort_in, effort_out, attempts, tags, error_message"
 
 # The most micro-credits one grant, or a key's balance, may hold: a billion USD. Far inside the
 # 64-bit columns (9.2e18), so no sum of balances, grants and top-ups can overflow them.
@@ -126,6 +129,14 @@ class LedgerEntry:
     ttfb_ms: float | None
     total_ms: float
     wallet: str | None = None
+    # What the console shows of it (migration 0010): reasoning_effort as received and as sent
+    # (reasoning.py), the upstream attempts when there was more than the one that answered
+    # (failover.Attempt), the request's tags (tags.py), and a failure's message.
+    effort_in: str | None = None
+    effort_out: str | None = None
+    attempts: list[Any] | None = None
+    tags: list[str] | None = None
+    error_message: str | None = None  # what the client was told, for a failed request
 
 
 class Store(Protocol):

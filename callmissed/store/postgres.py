@@ -31,6 +31,7 @@ from callmissed.store.base import (
     FAIR_SHARE,
     KEY_COLUMNS as _KEY_COLUMNS,
     LEDGER_COLUMNS as _LEDGER_COLUMNS,
+    LEDGER_DETAIL_COLUMNS as _DETAIL_COLUMNS,
     MAX_BALANCE,
     NO_POLICY,
     Funding,
@@ -50,6 +51,7 @@ from callmissed.store.budget import (
     with_limit_reset,
 )
 from callmissed.store.responses import PostgresResponses
+from callmissed.store.rollup import write_postgres
 
 __all__ = ["PostgresStore"]
 
@@ -185,25 +187,28 @@ WITH keys AS (
     DELETE FROM holds USING unnest($6::text[]) AS d (request_id)
      WHERE holds.request_id = d.request_id
 )
-INSERT INTO ledger ({_LEDGER_COLUMNS})
+INSERT INTO ledger ({_LEDGER_COLUMNS}, {_DETAIL_COLUMNS})
 SELECT request_id, key_id, created_at, model, route, upstream_model, stream, status, error_code,
        prompt_tokens, completion_tokens, reasoning_tokens, cached_tokens, charged,
-       cost - charged, ttfb_ms, total_ms
+       cost - charged, ttfb_ms, total_ms, effort_in, effort_out, attempts::text, tags::text,
+       error_message
   FROM ROWS FROM (
            json_to_recordset($7::json) AS (
                request_id text, key_id bigint, created_at float8, model text, route text,
                upstream_model text, stream boolean, status int, error_code text,
                prompt_tokens int, completion_tokens int, reasoning_tokens int, cached_tokens int,
-               cost bigint, ttfb_ms float8, total_ms float8
+               cost bigint, ttfb_ms float8, total_ms float8, effort_in text, effort_out text,
+               attempts json, tags json, error_message text
            ),
            unnest($8::bigint[])
        ) AS entry (
            request_id, key_id, created_at, model, route, upstream_model, stream, status,
            error_code, prompt_tokens, completion_tokens, reasoning_tokens, cached_tokens, cost,
-           ttfb_ms, total_ms, charged
+           ttfb_ms, total_ms, effort_in, effort_out, attempts, tags, error_message, charged
        )
     ON CONFLICT (request_id) DO NOTHING
 """
+
 _SETTLE_ATTEMPTS = 3  # a batch that raced another writer (or lost a deadlock) is worked out again
 
 _LOCK_INSTANCE_KEYS = """
@@ -225,8 +230,10 @@ WITH gone AS (
            0, 0, 0, 0, 0, 0, NULL, 0
       FROM gone WHERE NOT wallet
         ON CONFLICT (request_id) DO NOTHING
+ RETURNING request_id, key_id, created_at, model
 )
-SELECT count(*) FROM gone
+SELECT (SELECT count(*) FROM gone) AS released,
+       (SELECT json_agg(written) FROM written)::text AS written
 """
 
 _CHARGED_SINCE = (
@@ -477,7 +484,10 @@ class PostgresStore:
     async def release_holds(self, instance: str) -> int:
         async with self._db.acquire() as db, db.transaction():
             await db.execute(_LOCK_INSTANCE_KEYS, instance)
-            return int(await db.fetchval(_RELEASE, instance))
+            row = await db.fetchrow(_RELEASE, instance)
+            written = orjson.loads(row["written"] or "[]")
+            await write_postgres(db, [(_interrupted(**entry), 0) for entry in written])
+            return int(row["released"])
 
     async def recent_usage(self, key_id: int, limit: int) -> list[dict[str, Any]]:
         rows = await self._db.fetch(
@@ -501,6 +511,13 @@ class PostgresStore:
             if pool is not None:
                 await pool.close()
         self._pool = self._holds = None
+
+
+def _interrupted(request_id: str, key_id: int, created_at: float, model: str) -> LedgerEntry:
+    return LedgerEntry(
+        request_id, key_id, created_at, model, "", "", False, 500, "interrupted",
+        0, 0, 0, 0, 0, None, 0.0,
+    )  # fmt: skip
 
 
 def _translate(sql: str) -> str:
@@ -546,6 +563,7 @@ async def _settle(db: asyncpg.Connection, entries: Sequence[LedgerEntry], now: f
     )  # fmt: skip
     if status != f"INSERT 0 {len(plan.rows)}":
         raise _Raced(status)
+    await write_postgres(db, plan.rows)  # the console's rollups
 
 
 def _policy_row(policy: KeyPolicy) -> tuple[int | None, int | None, int | None, str | None]:

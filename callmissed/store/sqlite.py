@@ -18,10 +18,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
+import orjson
+
 from callmissed.store.base import (
     FAIR_SHARE,
     KEY_COLUMNS as _KEY_COLUMNS,
     LEDGER_COLUMNS as _LEDGER_COLUMNS,
+    LEDGER_DETAIL_COLUMNS as _DETAIL_COLUMNS,
     MAX_BALANCE,
     NO_POLICY,
     Funding,
@@ -41,6 +44,7 @@ from callmissed.store.budget import (
     with_limit_reset,
 )
 from callmissed.store.responses import SQLiteResponses
+from callmissed.store.rollup import write_sqlite
 from callmissed.store.walwatch import WalWatch
 
 __all__ = ["SQLiteStore"]
@@ -78,6 +82,10 @@ _SET_BUDGET = (
 )
 
 _CHECKPOINT_EVERY = 0.5  # seconds
+
+_INSERT_LEDGER = (
+    f"INSERT INTO ledger ({_LEDGER_COLUMNS}, {_DETAIL_COLUMNS}) VALUES ({', '.join('?' * 22)})"
+)
 
 
 class SQLiteStore:
@@ -400,11 +408,8 @@ def _settle(db: sqlite3.Connection, entries: Sequence[LedgerEntry], now: float) 
         [(amount, hold) for hold, amount in plan.drawn.items()],
     )
     db.executemany("DELETE FROM holds WHERE request_id = ?", [(hold,) for hold in plan.released])
-    db.executemany(
-        f"INSERT INTO ledger ({_LEDGER_COLUMNS})"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [_ledger_row(entry, charged) for entry, charged in plan.rows],
-    )
+    db.executemany(_INSERT_LEDGER, [_ledger_row(entry, charged) for entry, charged in plan.rows])
+    write_sqlite(db, plan.rows)  # the console's rollups
 
 
 def _ledger_row(entry: LedgerEntry, charged: int) -> tuple[Any, ...]:
@@ -413,6 +418,8 @@ def _ledger_row(entry: LedgerEntry, charged: int) -> tuple[Any, ...]:
         entry.upstream_model, entry.stream, entry.status, entry.error_code,
         entry.prompt_tokens, entry.completion_tokens, entry.reasoning_tokens,
         entry.cached_tokens, charged, entry.cost - charged, entry.ttfb_ms, entry.total_ms,
+        entry.effort_in, entry.effort_out, _json_or_null(entry.attempts),
+        _json_or_null(entry.tags), entry.error_message,
     )  # fmt: skip
 
 
@@ -428,6 +435,10 @@ def _budget(row: Sequence[Any] | None) -> Budget | None:
     if row[0] is None:
         raise ValueError("an unlimited key has no credit limit to reset")
     return Budget(*row)
+
+
+def _json_or_null(value: list[Any] | None) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
 
 
 def _json_list(values: Iterable[object]) -> str:

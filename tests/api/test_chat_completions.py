@@ -190,6 +190,9 @@ def test_openrouter_non_stream_error_in_a_200_is_an_error(client):
 )
 @pytest.mark.parametrize("stream", [False, True])
 def test_upstream_errors_are_translated(client, model, status, error, stream):
+    # One route per case: a 429's Retry-After rests its route, and the case after it would be
+    # refused as resting (its own error) without reaching the upstream.
+    model = model.replace("fake/", "fake-stream/") if stream else model
     with pytest.raises(error) as caught:
         client.chat.completions.create(model=model, messages=MESSAGES, stream=stream)
     assert caught.value.status_code == status
@@ -231,6 +234,19 @@ def test_model_without_credentials_says_which_variable_to_set(client):
         client.chat.completions.create(model="unconfigured-model", messages=MESSAGES)
     assert caught.value.status_code == 503
     assert "GHOST_API_KEY" in caught.value.message
+
+
+@pytest.mark.parametrize("model", ["unconfigured-model", "fake/error-401"])
+def test_what_only_the_operator_can_fix_is_not_retried_by_the_sdk(gateway, model):
+    # No credentials, or credentials the upstream refuses (its 401, our 502): a 5xx is retried
+    # by the SDKs (twice, with backoff: seconds) unless told it is no use.
+    sdk = openai.OpenAI(base_url=gateway.base_url, api_key=gateway.key, max_retries=2)
+    with sdk, pytest.raises(openai.APIStatusError) as caught:
+        sdk.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Say hello"}]
+        )
+    assert caught.value.response.headers["x-should-retry"] == "false"
+    assert caught.value.response.request.headers["x-stainless-retry-count"] == "0"
 
 
 @pytest.mark.parametrize(
@@ -299,6 +315,34 @@ def test_requests_without_a_valid_key_are_401(gateway, authorization):
     )
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "invalid_api_key"
+
+
+@pytest.mark.parametrize("path", ["/chat/completions", "/embeddings", "/responses", "/models"])
+def test_a_missing_key_is_asked_for_the_way_the_endpoint_reads_it(gateway, path):
+    method = "GET" if path == "/models" else "POST"
+    missing = httpx.request(method, f"{gateway.base_url}{path}", json={})
+    assert (
+        missing.json()["error"]["message"]
+        == "Missing API key: send 'Authorization: Bearer cm_...'."
+    )
+    anthropic_style = httpx.request(
+        method, f"{gateway.base_url}{path}", json={}, headers={"x-api-key": gateway.key}
+    )
+    assert anthropic_style.status_code == 401
+    message = anthropic_style.json()["error"]["message"]
+    assert "'Authorization: Bearer cm_...'" in message
+    assert "x-api-key is read only by /v1/messages" in message  # the Anthropic SDK's header
+
+
+def test_a_base_url_without_v1_is_told_to_add_it(gateway):
+    sdk = openai.OpenAI(base_url=gateway.url, api_key=gateway.key, max_retries=0)
+    with sdk, pytest.raises(openai.NotFoundError) as caught:
+        sdk.chat.completions.create(
+            model="local-model", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert "Did you mean /v1/chat/completions? An OpenAI SDK's base_url ends in /v1." in str(
+        caught.value
+    )
 
 
 def test_unknown_path_and_method(gateway):

@@ -383,6 +383,16 @@ def test_the_sdk_raises_authentication_error_for_a_bad_key(gateway):
         sdk.messages.create(model="local-model", max_tokens=8, messages=MESSAGES)
 
 
+def test_a_base_url_ending_in_v1_is_told_to_drop_it(gateway):
+    # The OpenAI SDK's base_url, reused: the Anthropic SDK adds /v1 itself.
+    with (
+        anthropic.Anthropic(base_url=gateway.base_url, api_key=gateway.key, max_retries=0) as sdk,
+        pytest.raises(anthropic.NotFoundError) as caught,
+    ):
+        sdk.messages.create(model="local-model", max_tokens=8, messages=MESSAGES)
+    assert "Did you mean /v1/messages? The Anthropic SDK adds /v1 itself" in str(caught.value)
+
+
 def test_a_bearer_token_works_too(gateway):
     with anthropic.Anthropic(base_url=gateway.url, auth_token=gateway.key, max_retries=0) as sdk:
         message = sdk.messages.create(model="local-model", max_tokens=8, messages=MESSAGES)

@@ -9,7 +9,8 @@ import httpx
 import pytest
 
 from tests.browser import Browser
-from tests.conftest import require_service
+from tests.conftest import require_service, start_gateway, stop_gateway
+from tests.test_http2 import self_signed
 
 FINISHED = "['done', 'error'].includes(document.body.dataset.state)"
 SETTLED = "['ready', 'done', 'error'].includes(document.body.dataset.state)"
@@ -47,6 +48,24 @@ def test_playground_streams_an_answer_in_a_browser(gateway, browser):
     assert page["stat-effort"] == "low"
     assert page["stat-usage"].endswith(" / 20 / 0")
     assert page["stat-ttfb"].endswith("ms")
+
+
+def test_playground_defaults_to_a_stream_from_auto_over_one_http2_connection(
+    upstream, tmp_path, browser
+):
+    """The page's "Why the playground feels faster" table: stream: true, the auto model, one
+    persistent HTTP/2 connection (which browsers speak only over TLS)."""
+    _, cert, key = self_signed(tmp_path)
+    tls = start_gateway(upstream, tmp_path, "--tls-cert", str(cert), "--tls-key", str(key))
+    try:
+        url = f"{tls.url}/playground#key={tls.key}"
+        page = browser.wait_for(url, SETTLED, then=[(SEND, FINISHED)])
+    finally:
+        stop_gateway(tls)
+    assert page["state"] == "done", page["error"]
+    assert (page["model:value"], page["stream:value"]) == ("auto", True)
+    assert page["stat-route"] == "openrouter"
+    assert page["protocols"] == ["h2", "h2"]  # GET /v1/models, then the chat completion
 
 
 def test_playground_shows_errors_in_a_browser(gateway, browser):

@@ -185,6 +185,20 @@ def test_anthropic_dialect_reports_cache_reads_and_writes_and_bills_them_cached(
     assert _ledger(caching, key, key_id) == [(1000, 600, CACHED_COST, 0)] * 2
 
 
+def test_responses_dialect_reports_cache_reads_and_writes_and_bills_them_cached(caching, metered):
+    key, key_id = metered
+    with openai.OpenAI(base_url=caching.base_url, api_key=key, max_retries=0) as client:
+        response = client.responses.create(model="priced-cached", input="Say hello")
+        with client.responses.stream(model="priced-cached", input="Say hello") as stream:
+            final = stream.get_final_response()
+    for usage in (response.usage, final.usage):
+        assert usage is not None
+        assert (usage.input_tokens, usage.input_tokens_details.cached_tokens) == (1000, 600)
+        assert usage.input_tokens_details.model_dump()["cache_write_tokens"] == 200
+        assert usage.model_dump()["cost"] == format_credits(CACHED_COST)
+    assert _ledger(caching, key, key_id) == [(1000, 600, CACHED_COST, 0)] * 2
+
+
 def test_the_hold_covers_a_prompt_that_is_all_written_to_the_cache(caching):
     """Writes cost more than input here (1.25 vs 1): the worst case prices the prompt so."""
     key, _ = new_key(caching, credits="0.000028")
