@@ -24,6 +24,7 @@ from typing import Any
 
 import h2.config
 import h2.connection
+import hpack
 import httpx
 import orjson
 
@@ -215,10 +216,19 @@ def _tally(answers: list[str]) -> str:
     return ", ".join(f"{count}x {answer}" for answer, count in sorted(counts.items()))
 
 
+class _PlainEncoder(hpack.Encoder):
+    """Header blocks without Huffman coding: hpack's coder is quadratic in a value's length, so
+    one 8 MB header took the benchmark itself hours to encode, and the attack never started."""
+
+    def encode(self, headers: Any, huffman: bool = True) -> bytes:
+        return super().encode(headers, huffman=False)
+
+
 def _h2(
     target: Target, _: int, method: str, path: str, extra: list[tuple[str, str]], end: bool = False
 ) -> Any:
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.encoder = _PlainEncoder()
     conn.initiate_connection()
     headers = [(":method", method), (":path", path), (":scheme", "http"), (":authority", "g")]
     conn.send_headers(

@@ -78,7 +78,9 @@ class ASGIApp:
                 for name, value in scope["headers"]
             }
             principal, limit = await app.admit(endpoint, headers)  # before reading any body
-            body = await app.read_body(headers, _body_parts(receive), limit)
+            body = await app.read_body(
+                headers, _body_parts(receive), limit, app.budget_for(endpoint, principal)
+            )
         except GatewayError as exc:
             await _send_response(send, error_response(exc, dialect, request_id), request_id)
             return

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from callmissed.settings import EdgeLimits
-from callmissed.sockdiag import Diag, Peer, TCPState, own_socket_fds, parse_peer
+from callmissed.sockdiag import Address, Diag, Peer, TCPState, own_socket_fds, parse_peer
 from callmissed.web import WriteGate
 
 __all__ = ["ClientStuck", "Connections"]
@@ -28,6 +28,7 @@ log = logging.getLogger("callmissed")
 
 _FIRST_POLL = 0.005  # seconds between looks at a held stream's socket, doubling ...
 _LAST_POLL = 0.1  # ... up to this
+_ADDRESSES_KEPT = 64  # local addresses of a wildcard-bound server remembered (a host has a few)
 
 
 class ClientStuck(Exception):
@@ -43,6 +44,7 @@ class Connections:
         self.diag = diag or Diag()
         self._busy: Counter[Peer] = Counter()
         self._timer: asyncio.TimerHandle | None = None
+        self._addresses: dict[Address, None] = {}  # local addresses seen, in order (state())
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Sweep every quarter of the shorter timeout (at least every 2 s, at most every 0.25 s)."""
@@ -83,7 +85,9 @@ class Connections:
 
     def sweep(self) -> int:
         """Shut down this worker's silent and idle connections; how many."""
-        stale = [state for state in self.diag.connections(self.port) if self._stale(state)]
+        states = self.diag.connections(self.port)
+        self._learn(states)
+        stale = [state for state in states if self._stale(state)]
         if not stale:
             return 0
         fds = own_socket_fds()
@@ -106,14 +110,31 @@ class Connections:
         return _TCPGate(self, server, client) if self.diag.available else _UNBOUNDED
 
     def state(self, server: str, client: str) -> TCPState | None:
-        """The connection between these ends (a look through every one if the server is bound
-        to a wildcard address); None once it has closed."""
+        """The connection between these ends; None once it has closed.
+
+        A server bound to a wildcard address is reported as that address (0.0.0.0): the
+        connection is looked up at each address connections have come in on, and all of
+        them are listed (~25 ms at 800 connections) only to learn a new one."""
         local, peer = parse_peer(server), parse_peer(client)
         if local is None or peer is None:
             return None
         if not local.ip.is_unspecified:
             return self.diag.lookup(local, peer)
-        return next((s for s in self.diag.connections(local.port) if s.peer == peer), None)
+        for address in self._addresses:
+            found = self.diag.lookup(Peer(address, local.port), peer)
+            if found is not None:
+                return found
+        states = self.diag.connections(local.port)
+        self._learn(states)
+        return next((s for s in states if s.peer == peer), None)
+
+    def _learn(self, states: list[TCPState]) -> None:
+        """Note the addresses these connections came in on (a host has a few)."""
+        for state in states:
+            if state.local.ip not in self._addresses:
+                if len(self._addresses) >= _ADDRESSES_KEPT:
+                    self._addresses.clear()
+                self._addresses[state.local.ip] = None
 
 
 class _TCPGate(WriteGate):

@@ -132,6 +132,7 @@ def _merge(
     request = plan.request
     data: list[dict[str, Any]] = []
     prompt = 0
+    lengths: set[int] = set()
     for batch, answer in zip(batches, answers, strict=True):
         if len(answer.vectors) != len(batch):
             raise UpstreamError(
@@ -143,6 +144,9 @@ def _merge(
         for vector in answer.vectors:
             try:
                 finished = finish_vector(vector, request.encoding, plan.shorten_to)
+                lengths.add(len(finished))  # all in one encoding: equal lengths, equal vectors
+                if len(lengths) > 1:  # one model's vectors all have its length
+                    raise ValueError("its vectors have different lengths")
             except ValueError as exc:
                 raise UpstreamError(
                     f"{label} sent a malformed embedding: {exc}", provider=provider.name

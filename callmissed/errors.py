@@ -51,6 +51,7 @@ __all__ = [
     "RequestTooLarge",
     "ResponseNotFound",
     "RoutesResting",
+    "ServerBusy",
     "ShuttingDown",
     "UpstreamError",
     "UpstreamOverloaded",
@@ -210,6 +211,17 @@ class ShuttingDown(GatewayError):
     status = 503
     type = "overloaded_error"
     code = "shutting_down"
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", b"1")]
+
+
+class ServerBusy(GatewayError):
+    """A bound on what requests may hold at once is reached (docs/security.md); try again."""
+
+    status = 503
+    type = "overloaded_error"
+    code = "server_busy"
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         return [(b"retry-after", b"1")]

@@ -13,22 +13,57 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
-from callmissed.errors import ResponseNotFound
+from callmissed.errors import RateLimited, ResponseNotFound
 from callmissed.settings import ResponsesStorage
 from callmissed.store import Store
 from callmissed.store.responses import ResponseStore, StoredResponse
 
-__all__ = ["History", "output_as_input"]
+__all__ = ["History", "Readers", "output_as_input"]
 
 log = logging.getLogger("callmissed")
 
 _PURGE_EVERY = 600.0  # seconds between purges; a purge repeats at once while it finds a full batch
 _PURGE_BATCH = 500  # rows per purge transaction: short, so no request waits long for the lock
 _DAY = 86_400.0
+
+
+class Readers:
+    """The bytes of stored responses on their way to each key's clients, in this worker.
+
+    Reading a stored response costs the key nothing, and a client that stops reading keeps
+    its body here (the write gate holds it back, not away): so a key may have at most `limit`
+    bytes of reads in flight. A single read always goes, whatever its size."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._held: dict[int, int] = {}
+
+    def take(self, key_id: int, size: int) -> Callable[[], None]:
+        """Count `size` bytes against the key; the call returned gives them back (once).
+        RateLimited if the key's reads in flight leave no room for it."""
+        held = self._held.get(key_id, 0)
+        if held and held + size > self._limit:
+            raise RateLimited(
+                "This key has too many stored responses on their way to it; read them as they "
+                "come, fewer at a time.",
+                retry_after=1.0,
+            )
+        self._held[key_id] = held + size
+        given: list[bool] = []
+
+        def give_back() -> None:
+            if not given:
+                given.append(True)
+                left = self._held.pop(key_id) - size
+                if left:
+                    self._held[key_id] = left
+
+        return give_back
 
 
 class History:
@@ -39,6 +74,8 @@ class History:
         self._settings = settings
         self._rows: ResponseStore | None = None
         self._purger: asyncio.Task[None] | None = None
+        # Twice the largest row: a page of input items may be a little larger than its row.
+        self.readers = Readers(2 * settings.max_bytes)
 
     @property
     def rows(self) -> ResponseStore:
@@ -75,7 +112,7 @@ class History:
         self, key_id: int, response: dict[str, Any], items: list[dict[str, Any]]
     ) -> bool:
         """Keep `response` and the items it answered; False (and `store` set false in it) if
-        they are larger than one stored response may be."""
+        they are larger than one stored response may be, or the store fails."""
         stored = StoredResponse(
             response["id"],
             float(response.get("created_at") or time.time()),
@@ -87,7 +124,12 @@ class History:
             response["store"] = False
             return False
         expires = time.time() + self._settings.retention_days * _DAY
-        await self.rows.save(key_id, stored, expires, self._settings.key_bytes)
+        try:
+            await self.rows.save(key_id, stored, expires, self._settings.key_bytes)
+        except Exception as exc:  # the answer was paid for: it goes out, unstored, and says so
+            log.warning("response %s not stored: the store failed: %r", response["id"], exc)
+            response["store"] = False
+            return False
         return True
 
     async def delete(self, key_id: int, response_id: str) -> None:

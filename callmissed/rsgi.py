@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from callmissed.app import build_app
+from callmissed.bodies import BodyBudget
 from callmissed.connections import Connections
 from callmissed.deadlines import Deadlines
 from callmissed.errors import GatewayError, RequestTimeout
@@ -45,6 +46,10 @@ __all__ = ["RSGIApp", "create_app"]
 # (docs/performance.md). A slower one starts it while waiting for its upstream, and a client
 # already gone by then is noticed at once.
 _WATCH_AFTER = 0.02  # seconds
+# A body whose length is declared may take a second longer than the body timeout per this many
+# bytes: a slow mobile uplink's pace, so that a large upload over one is not taken for a client
+# that stalls (a 32 MiB body may take 30 s + 512 s; one of the open limit's 64 KiB, 31 s).
+_SLOW_LINK = 64 * 1024  # bytes a second
 
 
 class _ClientGone(Exception):
@@ -88,7 +93,8 @@ class RSGIApp:
             dialect = endpoint.dialect
             headers: dict[str, str] = dict(scope.headers.items())  # names come lower-cased
             principal, limit = await app.admit(endpoint, headers)  # before reading any body
-            body = await self._read_body(protocol, headers, limit)
+            budget = app.budget_for(endpoint, principal)
+            body = await self._read_body(protocol, headers, limit, budget)
         except GatewayError as exc:
             _send_response(protocol, error_response(exc, dialect, request_id), request_id)
             return
@@ -115,26 +121,30 @@ class RSGIApp:
         if response is not None and early.transport is None:
             _send_response(protocol, response, request_id)
 
-    async def _read_body(self, protocol: Any, headers: dict[str, str], limit: int) -> bytes:
-        """The body, within `limit` bytes and the body timeout (408 past it)."""
-        if headers.get("content-length") == "0":
+    async def _read_body(
+        self, protocol: Any, headers: dict[str, str], limit: int, budget: BodyBudget | None
+    ) -> bytes:
+        """The body, within `limit` bytes, `budget` and its time (408 past it): the body
+        timeout, and a second more per _SLOW_LINK bytes its Content-Length declares."""
+        declared = headers.get("content-length")
+        if declared == "0":
             return b""
+        size = None if declared is None else int(declared)  # granian checked it is a number
+        self._app.check_declared_size(headers, limit)
+        allowed = self._body_timeout + (size or 0) / _SLOW_LINK
         task = asyncio.current_task()
         assert task is not None
         late = _Late(task)
         loop = asyncio.get_running_loop()
-        deadline = self._deadlines.call_at(loop.time() + self._body_timeout, late)
+        deadline = self._deadlines.call_at(loop.time() + allowed, late)
         try:
-            if "content-length" in headers:  # granian reads it whole, at most that long
-                self._app.check_declared_size(headers, limit)
-                return await _whole_body(protocol)
-            return await self._app.read_body(headers, _body_parts(protocol), limit)
+            if size is not None:  # granian reads it whole, at most that long
+                return await _whole_body(protocol, size, budget)
+            return await self._app.read_body(headers, _body_parts(protocol), limit, budget)
         except asyncio.CancelledError:
             if not late.fired or task.uncancel() > 0:
                 raise
-            raise RequestTimeout(
-                f"The request body did not arrive within {self._body_timeout:g} s."
-            ) from None
+            raise RequestTimeout(f"The request body did not arrive within {allowed:g} s.") from None
         finally:
             deadline.cancel()
 
@@ -218,11 +228,18 @@ def _latin1(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
     return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
 
 
-async def _whole_body(protocol: Any) -> bytes:
+async def _whole_body(protocol: Any, size: int, budget: BodyBudget | None) -> bytes:
+    """A body of a declared `size` (granian has checked it is a number), held against
+    `budget` while it arrives."""
+    if budget is not None:
+        budget.take(size)
     try:
         body: bytes = await protocol()
     except Exception:  # granian's error for a body cut short: the client reset or closed
         raise _ClientGone from None
+    finally:
+        if budget is not None:
+            budget.give(size)
     return body
 
 

@@ -16,7 +16,7 @@ import struct
 from dataclasses import dataclass
 from typing import NamedTuple
 
-__all__ = ["Diag", "Peer", "TCPState", "own_socket_fds", "parse_peer"]
+__all__ = ["Address", "Diag", "Peer", "TCPState", "own_socket_fds", "parse_peer"]
 
 _NETLINK_SOCK_DIAG = 4
 _SOCK_DIAG_BY_FAMILY = 20
@@ -87,9 +87,17 @@ class Diag:
             self._sock = None
 
     def lookup(self, local: Peer, peer: Peer) -> TCPState | None:
-        """The connection between exactly these two ends, if it is still open."""
-        states = self._ask(local.ip.version, local, peer)
-        return states[0] if states else None
+        """The connection between exactly these two ends, if it is still open (an IPv4 one
+        also as a dual-stack socket's IPv4-mapped addresses)."""
+        found = self._one(local.ip.version, local, peer)
+        if found is None and local.ip.version == 4 and peer.ip.version == 4:
+            found = self._one(6, local, peer)
+        return found
+
+    def _one(self, version: int, local: Peer, peer: Peer) -> TCPState | None:
+        # Once the connection has gone, the kernel's exact lookup answers with the socket
+        # listening on `local` instead: that is not it.
+        return next((s for s in self._ask(version, local, peer) if s.peer == peer), None)
 
     def connections(self, port: int) -> list[TCPState]:
         """Every open connection whose local end is `port`, in any process."""

@@ -19,6 +19,7 @@ from typing import Any, Literal, TypeVar
 import orjson
 
 from callmissed.auth import Principal
+from callmissed.bodies import Bodies, BodyBudget
 from callmissed.endings import CLIENT_LEFT
 from callmissed.errors import (
     AuthenticationFailed,
@@ -171,6 +172,7 @@ class App:
         self._paths = {path for _, path in self._routes}
         self.max_body_bytes = max_body_bytes
         self.max_open_body_bytes = max_open_body_bytes
+        self.bodies = Bodies(max_body_bytes, max_open_body_bytes)
         self.startup = startup
         self.shutdown = shutdown
 
@@ -213,6 +215,13 @@ class App:
             return None, self.max_open_body_bytes
         return await endpoint.guard(headers), self.max_body_bytes
 
+    def budget_for(self, endpoint: Endpoint, principal: Principal | None) -> BodyBudget | None:
+        """What a body counts against while it is read (bodies.py): the open budget on an
+        endpoint without a guard, the key's past a key's guard, nothing for an operator's."""
+        if endpoint.guard is None:
+            return self.bodies.open
+        return None if principal is None else self.bodies.of_key(principal.key_id)
+
     def check_declared_size(self, headers: dict[str, str], limit: int) -> None:
         """Refuse a body whose Content-Length is past `limit`, before reading it."""
         declared = headers.get("content-length")
@@ -220,17 +229,30 @@ class App:
             raise RequestTooLarge(f"The request body is larger than the {limit}-byte limit.")
 
     async def read_body(
-        self, headers: dict[str, str], parts: AsyncIterator[bytes], limit: int
+        self,
+        headers: dict[str, str],
+        parts: AsyncIterator[bytes],
+        limit: int,
+        budget: BodyBudget | None = None,
     ) -> bytes:
-        """The request body from the server's `parts`, refused early past `limit`."""
+        """The request body from the server's `parts`, refused early past `limit` (or once
+        `budget` has no room for what it holds so far)."""
         self.check_declared_size(headers, limit)
         received: list[bytes] = []
         size = 0
-        async for part in parts:
-            size += len(part)
-            if size > limit:
-                raise RequestTooLarge(f"The request body is larger than the {limit}-byte limit.")
-            received.append(part)
+        try:
+            async for part in parts:
+                if size + len(part) > limit:
+                    raise RequestTooLarge(
+                        f"The request body is larger than the {limit}-byte limit."
+                    )
+                if budget is not None:
+                    budget.take(len(part))
+                size += len(part)
+                received.append(part)
+        finally:
+            if budget is not None:
+                budget.give(size)
         return b"".join(received)
 
     async def respond(

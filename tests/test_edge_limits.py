@@ -17,6 +17,7 @@ from pathlib import Path
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 import httpx
 import orjson
 import pytest
@@ -218,3 +219,133 @@ def test_a_client_that_stops_reading_does_not_make_the_worker_buffer_its_answer(
 def _h2_headers(gateway: Gateway, method: str, path: str) -> list[tuple[str, str]]:
     authority = gateway.url.removeprefix("http://")
     return [(":method", method), (":path", path), (":scheme", "http"), (":authority", authority)]
+
+
+def test_bodies_no_credential_checked_hold_little_memory_together(upstream, tmp_path):
+    """One h2c connection may hold 100 streams, each with a body up to the open limit (64 KiB)
+    that no credential checked: 100 x 1,000 connections x 64 KiB was 6.4 GB a worker, held
+    until the body timeout (measured: 100 connections, 600 MB). Together such bodies may hold
+    16 x the open limit per worker; a body past that is refused with a 503 at once, and
+    requests without a body are served as ever."""
+    gateway = start_gateway(upstream, tmp_path)  # the default timeouts: the bodies stay
+    try:
+        sock, conn = _h2c(gateway)
+        statuses: dict[int, str] = {}
+        with sock:
+            streams = []
+            for _ in range(40):
+                streams.append(stream := conn.get_next_available_stream_id())
+                conn.send_headers(stream, _h2_headers(gateway, "GET", "/healthz"))  # a body...
+                _send_within_windows(sock, conn, stream, b"x" * 60_000, statuses)  # never ends
+            assert httpx.get(f"{gateway.url}/healthz").status_code == 200  # no body: served
+            _read_statuses(sock, conn, statuses, until=len(streams) - 17)
+    finally:
+        stop_gateway(gateway)
+    # At most 17 bodies of 60,000 bytes fit in 16 x 64 KiB (which ones depends on the order
+    # their chunks are read in); without the bound every one waits for its 408.
+    assert set(statuses.values()) == {"503"} and len(statuses) >= 23, statuses
+
+
+def _send_within_windows(
+    sock: socket.socket,
+    conn: h2.connection.H2Connection,
+    stream: int,
+    data: bytes,
+    statuses: dict[int, str],
+) -> None:
+    """Send `data` on `stream` as fast as the server's flow-control windows let it, noting
+    the responses that arrive meanwhile in `statuses`."""
+    while data:
+        size = min(conn.local_flow_control_window(stream), conn.max_outbound_frame_size)
+        if size <= 0:
+            sock.sendall(conn.data_to_send())
+            if not _read_statuses(sock, conn, statuses, until=0):
+                return  # no window opened: the server answered, or holds the stream
+            continue
+        try:
+            conn.send_data(stream, data[:size])
+        except h2.exceptions.StreamClosedError:
+            return  # answered and reset by the server
+        data = data[size:]
+    sock.sendall(conn.data_to_send())
+
+
+def _read_statuses(
+    sock: socket.socket, conn: h2.connection.H2Connection, statuses: dict[int, str], until: int
+) -> bool:
+    """Read frames, noting each response's status in `statuses`, until it holds `until` of
+    them (at least one read); False if a second went by without a frame or the connection
+    ended."""
+    sock.settimeout(1)
+    while True:
+        try:
+            data = sock.recv(65536)
+        except (ConnectionResetError, TimeoutError):
+            return False
+        if not data:
+            return False
+        for event in conn.receive_data(data):
+            if isinstance(event, h2.events.ResponseReceived):
+                statuses[event.stream_id] = dict(event.headers)[b":status"].decode()
+        sock.sendall(conn.data_to_send())
+        if len(statuses) >= until:
+            return True
+
+
+def test_a_large_body_sent_steadily_over_a_slow_link_is_not_cut_off(edge):
+    """The body timeout (1 s here) counts from the head; a body that declares its length gets
+    a second more per 64 KiB of it, so an upload at a slow link's pace (~150 KB/s, 2.2 s for
+    320 KB) goes through where it got a 408. A body that stalls still gets its 408."""
+    body = orjson.dumps(
+        {"model": "sim/instant", "messages": [{"role": "user", "content": "x" * 320_000}]}
+    )
+    with _connect(edge) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\n"
+            + f"Authorization: Bearer {edge.key}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        )
+        try:
+            for start in range(0, len(body), 16_000):
+                sock.sendall(body[start : start + 16_000])
+                time.sleep(0.1)
+        except OSError:  # answered (408) and closed while we were still sending
+            pass
+        sock.settimeout(10)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+
+
+def test_a_keys_bodies_in_flight_hold_at_most_twice_the_body_limit(upstream, tmp_path):
+    """A body declared at the full limit may take minutes to arrive (a second per 64 KiB), and
+    a key may send many: together, one key's bodies being read hold at most twice the body
+    limit in a worker; another past that is a 429 at once. Another key is not affected."""
+    gateway = start_gateway(upstream, tmp_path, CALLMISSED_MAX_BODY_BYTES="100000")
+    other = gateway.create_key()
+    try:
+        answers = []
+        stalled = []
+        for _ in range(4):
+            sock = _connect(gateway)
+            stalled.append(sock)
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Length: 90000"
+                + f"\r\nAuthorization: Bearer {gateway.key}\r\n\r\n".encode()
+                + b"{"  # and the rest never comes
+            )
+            sock.settimeout(0.5)
+            try:
+                answers.append(sock.recv(65536).split(b"\r\n", 1)[0])
+            except TimeoutError:
+                answers.append(b"waiting")
+        body = {"model": "sim/instant", "messages": [{"role": "user", "content": "hi"}]}
+        response = httpx.post(
+            f"{gateway.base_url}/chat/completions",
+            json=body,
+            headers={"authorization": f"Bearer {other}"},
+        )
+        assert response.status_code == 200
+    finally:
+        for sock in stalled:
+            sock.close()
+        stop_gateway(gateway)
+    assert answers == [b"waiting"] * 2 + [b"HTTP/1.1 429 Too Many Requests"] * 2, answers

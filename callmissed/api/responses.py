@@ -152,11 +152,11 @@ async def _aiter_translated(
 
 async def _finish(encoder: ResponseEncoder, usage: Any, save: Save | None) -> bytes:
     """The last events; the response is stored before they go, so a continuation that follows
-    them at once finds it."""
-    events = encoder.finish(usage)
+    them at once finds it, and the last one says whether it was (`store`)."""
+    events = encoder.conclude(usage)
     if encoder.response is not None and save is not None:
         await save(encoder.response)
-    return events
+    return events + encoder.final_event()
 
 
 # Passed through: upstreams that serve the Responses API ----------------------------------
@@ -220,10 +220,13 @@ async def _aiter_passed(
 ) -> AsyncIterator[bytes]:
     try:
         async for batch in stream.aiter_batches():
-            events = b"".join([editor.feed(chunk.data, chunk.json()) for chunk in batch])
-            if editor.finished and editor.response is not None and save is not None:
-                await save(editor.response)  # before the end goes out (see _finish)
-            yield events
+            events = []
+            for chunk in batch:
+                payload = chunk.json()
+                if save is not None and (final := editor.ends(payload)) is not None:
+                    await save(final)  # before the end is written (see _finish)
+                events.append(editor.feed(chunk.data, payload))
+            yield b"".join(events)
     except GatewayError as exc:
         yield editor.fail(exc.code, exc.message)
     except Exception:
@@ -266,7 +269,7 @@ def _error_event(exc: GatewayError) -> bytes:
 # Stored responses ------------------------------------------------------------------------
 
 
-async def retrieve_response(gateway: Gateway, history: History, request: Request) -> Response:
+async def retrieve_response(gateway: Gateway, history: History, request: Request) -> StreamResponse:
     """GET /v1/responses/{id} and GET /v1/responses/{id}/input_items."""
     principal = request.key
     response_id, _, rest = request.path.removeprefix(_PREFIX).partition("/")
@@ -275,7 +278,24 @@ async def retrieve_response(gateway: Gateway, history: History, request: Request
     if rest:
         raise InvalidRequest(f"There is no endpoint at {request.path}.")
     stored = await history.load(principal.key_id, response_id)
-    return Response(200, stored.response.encode())
+    return _stored_body(history, principal, stored.response.encode())
+
+
+_PIECE = 64 * 1024  # a stored body goes out in pieces this size, so the write gate can hold it
+
+
+def _stored_body(history: History, principal: Principal, body: bytes) -> StreamResponse:
+    """A stored response's JSON `body` as an answer that a client who stops reading holds
+    back (the write gate) and that counts against its key's reads in flight (Readers)."""
+    done = history.readers.take(principal.key_id, len(body))
+    length = [(b"content-length", str(len(body)).encode())]
+    return StreamResponse(_pieces(body), length, done, b"application/json")
+
+
+async def _pieces(body: bytes) -> AsyncIterator[bytes]:
+    view = memoryview(body)
+    for start in range(0, len(body), _PIECE):
+        yield bytes(view[start : start + _PIECE])
 
 
 async def delete_response(gateway: Gateway, history: History, request: Request) -> Response:
@@ -287,7 +307,7 @@ async def delete_response(gateway: Gateway, history: History, request: Request) 
 
 async def list_input_items(
     history: History, principal: Principal, response_id: str, query: str
-) -> Response:
+) -> StreamResponse:
     """A page of the items the response answered, newest first unless `order=asc`, as OpenAI
     lists them (`limit` 1-100, default 20; `after` an item id)."""
     stored = await history.load(principal.key_id, response_id)
@@ -301,20 +321,20 @@ async def list_input_items(
         items = items[ids.index(after) + 1 :] if after in ids else []
     limit = _limit(params.get("limit"))
     page = items[:limit]
-    return json_response(
-        {
-            "object": "list",
-            "data": page,
-            "first_id": page[0].get("id") if page else None,
-            "last_id": page[-1].get("id") if page else None,
-            "has_more": len(items) > limit,
-        }
-    )
+    listing = {
+        "object": "list",
+        "data": page,
+        "first_id": page[0].get("id") if page else None,
+        "last_id": page[-1].get("id") if page else None,
+        "has_more": len(items) > limit,
+    }
+    return _stored_body(history, principal, orjson.dumps(listing))
 
 
 def _limit(value: str | None) -> int:
     if value is None:
         return 20
-    if not value.isdigit() or not 1 <= int(value) <= 100:
+    # isdigit() alone passes '²', which int() refuses: ASCII digits only.
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 100:
         raise InvalidRequest("'limit' must be an integer between 1 and 100.", param="limit")
     return int(value)

@@ -12,6 +12,8 @@ import base64
 import binascii
 import math
 import struct
+import sys
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +23,7 @@ from callmissed.token_estimate import estimate_embedding_tokens
 
 __all__ = [
     "ENCODINGS",
+    "MAX_DIMENSIONS",
     "MAX_INPUTS",
     "MAX_INPUT_TOKENS",
     "EmbeddingBatch",
@@ -29,11 +32,15 @@ __all__ = [
     "decode_vector",
     "encode_vector",
     "finish_vector",
+    "float32s",
     "parse_embedding_request",
     "shorten",
 ]
 
 MAX_INPUTS = 2048  # OpenAI's own limit on the inputs of one request
+# The longest vectors an upstream may send: four times the longest any model makes today
+# (4,096: Qwen3-Embedding-8B, NV-Embed-v2). Longer ones are a broken or hostile upstream's.
+MAX_DIMENSIONS = 16_384
 MAX_INPUT_TOKENS = 300_000  # OpenAI's limit on one request's tokens, summed (here: estimated)
 ENCODINGS = ("float", "base64")
 
@@ -171,22 +178,48 @@ def shorten(values: Sequence[float], dimensions: int) -> list[float]:
     return [value / norm for value in head] if norm > 0 else head
 
 
-def finish_vector(vector: Vector, encoding: str, shorten_to: int | None) -> Vector:
-    """An upstream's vector as the client asked for it: shortened if asked, in its encoding.
-    ValueError if the upstream's vector is not floats or OpenAI's base64."""
+def float32s(vector: Vector) -> array[float]:
+    """An upstream's vector (numbers, or OpenAI's base64) as float32s; ValueError unless every
+    value is a finite float32 and there are at most MAX_DIMENSIONS of them."""
     if isinstance(vector, str):
-        if encoding == "base64" and (shorten_to is None or len(vector) * 3 // 16 <= shorten_to):
-            return vector  # pass-through: already what the client wants (base64 is 4/3 x bytes)
-        values: Sequence[float] = decode_vector(vector)
+        try:
+            raw = base64.b64decode(vector, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("an embedding is not valid base64") from None
+        if len(raw) % 4:
+            raise ValueError("a base64 embedding is not a whole number of float32s")
+        _check_length(len(raw) // 4)
+        values = array("f")
+        values.frombytes(raw)
+        if sys.byteorder != "little":
+            values.byteswap()
     elif isinstance(vector, list):
-        values = vector
+        _check_length(len(vector))
+        try:
+            values = array("f", vector)  # C speed; a value past float32's range becomes inf
+        except (TypeError, OverflowError):
+            raise ValueError("an embedding holds something other than numbers") from None
     else:
         raise ValueError("an embedding is neither an array of numbers nor base64")
-    try:
-        if shorten_to is not None and len(values) > shorten_to:
-            values = shorten(values, shorten_to)
-        if encoding == "base64":
-            return encode_vector(values)
-    except (struct.error, TypeError):
-        raise ValueError("an embedding holds something other than numbers") from None
-    return values if isinstance(values, list) else list(values)
+    if not math.isfinite(sum(values)):  # one sum, not a test per value: any NaN or inf shows
+        raise ValueError("an embedding holds a value that is not a finite float32")
+    return values
+
+
+def _check_length(dimensions: int) -> None:
+    if dimensions > MAX_DIMENSIONS:
+        raise ValueError(
+            f"an embedding has {dimensions} dimensions; no model makes more than {MAX_DIMENSIONS}"
+        )
+
+
+def finish_vector(vector: Vector, encoding: str, shorten_to: int | None) -> Vector:
+    """An upstream's vector as the client asked for it: shortened if asked, in its encoding.
+    ValueError unless the upstream's vector is finite float32s (float32s() says how not)."""
+    values = float32s(vector)
+    if shorten_to is not None and len(values) > shorten_to:
+        short = shorten(values, shorten_to)
+        return encode_vector(short) if encoding == "base64" else short
+    if isinstance(vector, str) == (encoding == "base64"):
+        return vector  # already what the client wants, as the upstream wrote it
+    return encode_vector(values) if encoding == "base64" else values.tolist()

@@ -181,6 +181,12 @@ class ResponseEncoder:
 
     def finish(self, usage: Any) -> bytes:
         """Close the open item; response.completed (or response.incomplete) with the usage."""
+        return self.conclude(usage) + self.final_event()
+
+    def conclude(self, usage: Any) -> bytes:
+        """Close the open item and make `response`, the whole Response with the usage: the
+        events up to the last, which final_event() writes from `response` as it then is (the
+        edge stores it first, and it may say `store: false` by then)."""
         events: list[bytes] = []
         self._close(events)
         if not self.output:  # an empty answer is still a message
@@ -190,8 +196,13 @@ class ResponseEncoder:
         status = "completed" if reason is None else "incomplete"
         details = {"incomplete_details": {"reason": reason}} if reason else {}
         self.response = self._snapshot(status, self.output, build_usage(usage), **details)
-        events.append(self._event({"type": f"response.{status}", "response": self.response}))
         return b"".join(events)
+
+    def final_event(self) -> bytes:
+        """response.completed (or response.incomplete) with the Response conclude() made."""
+        assert self.response is not None
+        status = self.response["status"]
+        return self._event({"type": f"response.{status}", "response": self.response})
 
     def fail(self, code: str, message: str) -> bytes:
         """The upstream broke: response.failed, then the `error` event the SDKs raise.

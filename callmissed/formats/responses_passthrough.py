@@ -67,10 +67,19 @@ class PassThroughEditor:
             self._sequence = sequence
         response = payload.get("response")
         if kind in _LIFECYCLE and isinstance(response, dict):
-            self.edit(response, kind in _ENDS)
+            if response is not self.response:  # else edited already (ends(), to store it first)
+                self.edit(response, kind in _ENDS)
             return event(payload)
         name = kind.encode() if isinstance(kind, str) else b"message"
         return b"event: " + name + b"\ndata: " + data + b"\n\n"
+
+    def ends(self, payload: dict[str, Any]) -> dict[str, Any] | None:
+        """The final Response, edited, if `payload` is the event that carries it: the edge
+        stores it before feed() writes the event, which then says what was stored."""
+        response = payload.get("response")
+        if payload.get("type") in _ENDS and isinstance(response, dict):
+            return self.edit(response, final=True)
+        return None
 
     @property
     def finished(self) -> bool:

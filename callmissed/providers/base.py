@@ -15,15 +15,32 @@ from typing import Any, ClassVar
 import orjson
 
 from callmissed.errors import (
+    InvalidRequest,
     UpstreamError,
     UpstreamOverloaded,
     UpstreamRejected,
     UpstreamTimeout,
 )
 from callmissed.formats.embeddings import EmbeddingBatch
+from callmissed.nesting import MAX_DEPTH
 from callmissed.settings import ModelSettings, ProviderSettings, Route
 
-__all__ = ["Provider", "UpstreamRequest"]
+__all__ = ["Provider", "UpstreamRequest", "encode_body"]
+
+
+def encode_body(body: dict[str, Any]) -> bytes:
+    """An upstream request's body as JSON. The client's body was checked to nest no deeper
+    than orjson encodes (nesting.py), but a translation may put a part a level deeper (an
+    Anthropic input_schema, a Responses tool's parameters: a chat tool's function.parameters):
+    that is still the client's JSON nesting too deep, a 400."""
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        raise InvalidRequest(
+            f"The request body nests JSON deeper than {MAX_DEPTH} levels once translated for "
+            "the upstream (a tool's schema sits a level deeper there)."
+        ) from None
+
 
 # Upstream statuses that are the client's problem and reach it as-is (see errors.UpstreamRejected).
 _CLIENT_STATUSES = frozenset({400, 403, 404, 413, 422, 429})
@@ -80,7 +97,7 @@ class Provider:
             # when the client did not ask.
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         self.adapt_body(body, model)
-        return UpstreamRequest(self._url, self._headers, orjson.dumps(body), route.upstream_model)
+        return UpstreamRequest(self._url, self._headers, encode_body(body), route.upstream_model)
 
     def build_responses_request(
         self, body: dict[str, Any], route: Route, model: ModelSettings
@@ -92,7 +109,7 @@ class Provider:
             effort = body.pop("reasoning_effort")
             body["reasoning"] = {**(body.get("reasoning") or {}), "effort": effort}
         url = f"{self.settings.base_url}/responses"
-        return UpstreamRequest(url, self._headers, orjson.dumps(body), route.upstream_model)
+        return UpstreamRequest(url, self._headers, encode_body(body), route.upstream_model)
 
     def build_get(self, path: str) -> UpstreamRequest:
         """A GET of `{base_url}/{path}` (its model list, say) with this upstream's credentials."""
@@ -109,7 +126,7 @@ class Provider:
         other field as the client sent it. `body` is not modified."""
         body = {**body, "model": route.upstream_model, "input": inputs}
         return UpstreamRequest(
-            self._embeddings_url, self._headers, orjson.dumps(body), route.upstream_model
+            self._embeddings_url, self._headers, encode_body(body), route.upstream_model
         )
 
     def parse_embeddings(self, body: bytes) -> EmbeddingBatch:

@@ -19,7 +19,7 @@ import orjson
 
 from callmissed.errors import InvalidRequest, UpstreamError
 from callmissed.formats.embeddings import EmbeddingBatch
-from callmissed.providers.base import Provider, UpstreamRequest
+from callmissed.providers.base import Provider, UpstreamRequest, encode_body
 from callmissed.settings import ModelSettings, ProviderSettings, Route
 
 __all__ = ["Cloudflare"]
@@ -82,7 +82,7 @@ class Cloudflare(Provider):
         native: dict[str, Any] = {"text": inputs}
         native.update((key, body[key]) for key in EMBEDDING_OPTIONS if key in body)
         url = self._run_url + route.upstream_model
-        return UpstreamRequest(url, self._headers, orjson.dumps(native), route.upstream_model)
+        return UpstreamRequest(url, self._headers, encode_body(native), route.upstream_model)
 
     def parse_embeddings(self, body: bytes) -> EmbeddingBatch:
         """`{"result": {"shape": [n, d], "data": [[...], ...]}, "success": true, ...}`."""

@@ -120,27 +120,32 @@ def _immediate(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 
 def _evict(db: sqlite3.Connection, key_id: int, keep: str, excess: int) -> None:
+    """Drop the key's oldest rows but `keep` until `excess` bytes are free, reading them off
+    the (key_id, created_at) index only as far as that: a key at its budget may have a
+    quarter of a million rows, and reading them all took seconds under the write lock."""
     freed = 0
-    doomed: list[tuple[int, int]] = []
+    doomed: list[tuple[str]] = []
     rows = db.execute(
         "SELECT id, size FROM responses WHERE key_id = ? AND id != ? ORDER BY created_at",
         (key_id, keep),
-    ).fetchall()
-    for response_id, size in rows:
+    )
+    for response_id, size in rows:  # stepped one row at a time: no fetchall()
+        doomed.append((response_id,))
+        freed += size
         if freed >= excess:
             break
-        db.execute("DELETE FROM responses WHERE id = ?", (response_id,))
-        doomed.append((key_id, size))
-        freed += size
-    _release(db, doomed)
+    rows.close()
+    db.executemany("DELETE FROM responses WHERE id = ?", doomed)
+    _release(db, [(key_id, freed)])
 
 
 def _freed(gone: list[Any]) -> dict[int, int]:
-    """Bytes freed per key by deleted (key_id, size) rows."""
+    """Bytes freed per key by deleted (key_id, size) rows, by key id: two purges lock the
+    quota rows they update in the same order, so neither waits for the other in a cycle."""
     freed: dict[int, int] = {}
     for key_id, size in gone:
         freed[key_id] = freed.get(key_id, 0) + size
-    return freed
+    return dict(sorted(freed.items()))
 
 
 def _release(db: sqlite3.Connection, gone: list[Any]) -> None:
@@ -180,7 +185,7 @@ class PostgresResponses:
                 stored.input_items,
             )
             if total > key_budget:
-                await db.execute(_PG_EVICT, key_id, stored.id, total - key_budget)
+                await _pg_evict(db, key_id, stored.id, total - key_budget)
 
     async def load(self, key_id: int, response_id: str, now: float) -> StoredResponse | None:
         row = await self._pool.fetchrow(
@@ -214,18 +219,33 @@ class PostgresResponses:
         return len(gone)
 
 
-# The key's oldest rows, but the new one, whose sizes first reach `excess`; and their bytes.
-_PG_EVICT = """
-WITH oldest AS (
-    SELECT id, size, sum(size) OVER (ORDER BY created_at, id) - size AS before
-      FROM responses WHERE key_id = $1 AND id <> $2
-), gone AS (
-    DELETE FROM responses WHERE id IN (SELECT id FROM oldest WHERE before < $3)
-    RETURNING size
+# The key's oldest rows but the new one, a batch at a time: with the LIMIT the planner walks
+# the (key_id, created_at) index instead of sorting every row of the key. Rows another
+# transaction holds (a DELETE, a purge) are skipped, not waited for: this transaction holds the
+# key's quota row, which those lock next, so waiting for them would deadlock.
+_PG_OLDEST = (
+    "SELECT id, size FROM responses WHERE key_id = $1 AND id <> $2 ORDER BY created_at"
+    " LIMIT $3 FOR UPDATE SKIP LOCKED"
 )
-UPDATE response_quota SET bytes = GREATEST(bytes - COALESCE((SELECT sum(size) FROM gone), 0), 0)
- WHERE key_id = $1
-"""
+_PG_DROP = "DELETE FROM responses USING unnest($1::text[]) AS d (id) WHERE responses.id = d.id"
+_EVICT_BATCH = 64  # rows read at a time: enough for most saves' excess
+
+
+async def _pg_evict(db: Any, key_id: int, keep: str, excess: int) -> None:
+    """Drop the key's oldest rows but `keep` until `excess` bytes are free, reading only as
+    many as that takes (see SQLite's _evict)."""
+    freed = 0
+    while freed < excess:
+        doomed: list[str] = []
+        for response_id, size in await db.fetch(_PG_OLDEST, key_id, keep, _EVICT_BATCH):
+            doomed.append(response_id)
+            freed += size
+            if freed >= excess:
+                break
+        if not doomed:
+            break  # nothing older left to drop (or all of it held by others)
+        await db.execute(_PG_DROP, doomed)
+    await _pg_release(db, [(key_id, freed)])
 
 
 async def _pg_release(db: Any, gone: list[Any]) -> None:

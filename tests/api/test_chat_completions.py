@@ -394,3 +394,28 @@ def test_json_nested_too_deep_to_forward_is_a_clear_400(gateway, path, body):
     assert response.status_code == 400, response.text
     assert "deeper than 254 levels" in response.text
     assert "Traceback" not in gateway.log.read_text()[logged:]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/messages", {"model": "local-model", "max_tokens": 10, "messages": MESSAGES}),
+        ("/v1/responses", {"model": "local-model", "input": "Hi"}),
+    ],
+)
+def test_a_schema_that_translation_nests_too_deep_is_a_clear_400(gateway, path, body):
+    """A tool's schema one level inside the limit passes the body's check, but a translated
+    body puts it a level deeper (Anthropic's input_schema and a Responses tool's parameters
+    become a chat tool's function.parameters), past what orjson encodes: a 500 and a
+    traceback, where it is the client's too-deep JSON all the same."""
+    depth = 251  # the deepest schema such a body may carry
+    schema = b'{"a":' * depth + b"1" + b"}" * depth
+    field = b'"input_schema":' if path == "/v1/messages" else b'"type":"function","parameters":'
+    tools = b',"tools":[{"name":"f",' + field + schema + b"}]}"
+    payload = orjson.dumps(body)[:-1] + tools
+    logged = len(gateway.log.read_text())
+    headers = {"authorization": f"Bearer {gateway.key}", "x-api-key": gateway.key}
+    response = httpx.post(f"{gateway.url}{path}", content=payload, headers=headers)
+    assert response.status_code == 400, response.text
+    assert "deeper than 254 levels" in response.text
+    assert "Traceback" not in gateway.log.read_text()[logged:]

@@ -337,6 +337,27 @@ def test_an_answer_with_too_few_vectors_is_an_upstream_error(sdk):
     assert "answered 1 embeddings for 2 inputs" in raised.value.message
 
 
+@pytest.mark.parametrize(
+    "behaviour",
+    ["huge-floats", "not-numbers", "ragged", "nan-base64", "bad-base64", "too-wide"],
+)
+@pytest.mark.parametrize("encoding_format", ["float", "base64"])
+def test_a_malformed_vector_is_an_upstream_error_not_an_answer(
+    embedding_gateway, behaviour, encoding_format
+):
+    """Vectors that are not finite float32s (1e300, NaN), not numbers, not base64, of lengths
+    that differ within one answer or longer than any model makes fail the attempt with a 502:
+    never a 200 that carries them (nor bills them), never a 500."""
+    response = post(
+        embedding_gateway,
+        model=f"vendor/{behaviour}",
+        input=TEXTS,
+        encoding_format=encoding_format,
+    )
+    assert response.status_code == 502, response.text[:300]
+    assert "malformed embedding" in response.json()["error"]["message"]
+
+
 def test_usage_counts_and_costs_the_upstreams_tokens(embedding_gateway):
     response = post(embedding_gateway, model="priced-embed", input=TEXTS)
     usage = response.json()["usage"]

@@ -8,14 +8,16 @@ Vectors come from `fake_vector(text)`: eight multiples of 1/8, exact in float32,
 check a base64 round trip to the bit. The upstream model name picks the behaviour:
 "error-<status>[-<code>]" fails like the chat fake; "floats-only" ignores encoding_format;
 "no-usage" counts no tokens; "batch-4" refuses more than 4 inputs; "one-short" answers one
-vector too few.
+vector too few; the names in _HOSTILE send malformed vectors.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -89,6 +91,10 @@ async def _openai_embeddings(request: web.Request) -> web.Response:
     ]
     if name == "one-short":
         data.pop()
+    hostile = _HOSTILE.get(name)
+    if hostile is not None:
+        for index, item in enumerate(data):
+            item["embedding"] = hostile(index, fake_vector(text_of(inputs[index])))
     data.reverse()  # answered out of order: `index` is what counts
     answer: dict[str, Any] = {"object": "list", "data": data, "model": body["model"]}
     if name != "no-usage":
@@ -98,6 +104,18 @@ async def _openai_embeddings(request: web.Request) -> web.Response:
             answer.update(id="gen-emb-fake", provider="Fake")
             answer["usage"].update(cost=0.5, is_byok=False, cost_details={"upstream": 0.4})
     return web.json_response(answer)
+
+
+# Vectors a hostile or broken upstream sends, whatever the encoding asked for: (index, the
+# honest vector) -> what it sends instead.
+_HOSTILE: dict[str, Callable[[int, list[float]], Any]] = {
+    "huge-floats": lambda index, vector: [1e300] * len(vector),  # no float32 holds them
+    "not-numbers": lambda index, vector: ["a", None, {"x": 1}, [0.5]],
+    "ragged": lambda index, vector: vector[: len(vector) - index],  # lengths differ
+    "nan-base64": lambda index, vector: _encoded([math.nan, *vector[1:]], True),
+    "bad-base64": lambda index, vector: "!!not base64!!",
+    "too-wide": lambda index, vector: [0.25] * 100_000,  # no model makes such vectors
+}
 
 
 def _encoded(vector: list[float], as_base64: bool) -> list[float] | str:

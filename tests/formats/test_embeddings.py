@@ -11,6 +11,7 @@ import pytest
 
 from callmissed.errors import InvalidRequest
 from callmissed.formats.embeddings import (
+    MAX_DIMENSIONS,
     decode_vector,
     encode_vector,
     finish_vector,
@@ -100,3 +101,32 @@ def test_finish_vector_converts_both_ways():
 def test_malformed_upstream_vectors_are_refused(vector):
     with pytest.raises(ValueError):
         finish_vector(vector, "base64", 1)
+
+
+NAN_BASE64 = base64.b64encode(struct.pack("<2f", math.nan, 1.0)).decode()
+
+
+@pytest.mark.parametrize(
+    "vector",
+    [
+        [1e300, 0.5],  # past float32's range: was an OverflowError (a 500) as base64
+        [0.5, 10**400],
+        NAN_BASE64,
+        base64.b64encode(struct.pack("<2f", math.inf, 1.0)).decode(),
+        [0.5, None],
+        [0.5, [0.5]],
+        [0.25] * (MAX_DIMENSIONS + 1),
+        encode_vector([0.25] * (MAX_DIMENSIONS + 1)),
+    ],
+)
+@pytest.mark.parametrize("encoding", ["float", "base64"])
+def test_vectors_that_are_not_finite_float32s_are_refused_in_either_encoding(vector, encoding):
+    """Even where the vector would pass through as it came (base64 to base64, numbers to
+    float): a NaN becomes null in JSON, and a client's float32 decoder chokes on the rest."""
+    with pytest.raises(ValueError):
+        finish_vector(vector, encoding, None)
+
+
+def test_a_vector_of_max_dimensions_passes():
+    vector = [0.25] * MAX_DIMENSIONS
+    assert finish_vector(vector, "float", None) is vector

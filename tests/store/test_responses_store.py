@@ -4,14 +4,24 @@ by a key, expiry, purge in batches, and a byte budget per key that drops the old
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 
-from callmissed.history import History
+from callmissed.errors import RateLimited
+from callmissed.history import History, Readers
 from callmissed.settings import ResponsesStorage
 from callmissed.store import Store
-from callmissed.store.responses import StoredResponse
+from callmissed.store.responses import (
+    PostgresResponses,
+    ResponseStore,
+    SQLiteResponses,
+    StoredResponse,
+)
+from callmissed.store.sqlite import connect as sqlite_connect
 from tests.store.test_store_contract import Scenario, run, url  # noqa: F401 (the fixture)
 
 HOUR = 3600.0
@@ -106,3 +116,139 @@ def test_history_purges_what_the_retention_let_expire(url):  # noqa: F811
         assert await history.purge() == 3
 
     run(url, scenario)
+
+
+def test_a_key_at_its_budget_reads_only_the_rows_it_drops(url):  # noqa: F811
+    """Past its budget, a save reads the key's oldest rows until enough bytes are free, not
+    every row the key has: reading them all took ~3 s a save at 250,000 small responses (a
+    256 MiB budget), with SQLite's write lock held and the worker's event loop blocked."""
+
+    async def work_of_one_save(rows_before: int) -> int:
+        async with _metered_rows(url) as (rows, fill, work):
+            await fill(rows_before)
+            before = await work()
+            await rows.save(1, stored("resp_new", 1e9, size=98), 2e9, rows_before * 100)
+            return await work() - before
+
+    async def scenario(store: Store) -> None:
+        await store.create_key("a", "hash-a", "cm_a", None)
+        few, many = await work_of_one_save(100), await work_of_one_save(5_000)
+        assert many < 2 * few + 50, (few, many)
+
+    run(url, scenario)
+
+
+# A key's rows, a way to give it `n` of 100 bytes each, and a meter of the database's work.
+Metered = tuple[ResponseStore, Callable[[int], Awaitable[None]], Callable[[], Awaitable[int]]]
+
+
+@contextlib.asynccontextmanager
+async def _metered_rows(url: str) -> AsyncIterator[Metered]:  # noqa: F811
+    """A ResponseStore for key 1 on `url`, a way to give that key `n` rows of 100 bytes (the
+    oldest first, its quota row to match), and a meter of the work the database has done:
+    SQLite's virtual-machine steps (in hundreds), PostgreSQL's rows read in the transaction
+    the whole block runs in (each save is a savepoint in it)."""
+    rows_sql = "INSERT INTO responses VALUES ({}, 1, {}, 2e9, 100, {}, '[]')"
+    if url.startswith("sqlite"):
+        db = sqlite_connect(url.removeprefix("sqlite:///"))
+        steps = [0]
+
+        def step() -> int:
+            steps[0] += 1
+            return 0  # go on
+
+        db.set_progress_handler(step, 100)
+        db.execute("DELETE FROM responses")
+        db.execute("DELETE FROM response_quota")
+
+        async def fill_sqlite(n: int) -> None:
+            sql = rows_sql.format("?", "?", "?")
+            db.executemany(sql, ((f"old_{i}", float(i), "r" * 98) for i in range(n)))
+            db.execute("INSERT INTO response_quota VALUES (1, ?)", (n * 100,))
+
+        async def sqlite_work() -> int:
+            return steps[0]
+
+        try:
+            yield SQLiteResponses(db), fill_sqlite, sqlite_work
+        finally:
+            db.close()
+        return
+    import asyncpg
+
+    connection = await asyncpg.connect(url)
+    outer = connection.transaction()
+    await outer.start()
+
+    async def fill_postgres(n: int) -> None:
+        sql = rows_sql.format("$1", "$2", "$3")
+        await connection.executemany(sql, [(f"old_{i}", float(i), "r" * 98) for i in range(n)])
+        await connection.execute("INSERT INTO response_quota VALUES (1, $1)", n * 100)
+        await connection.execute("ANALYZE responses")  # as autovacuum would have by then
+
+    async def postgres_work() -> int:
+        read = await connection.fetchval(
+            "SELECT seq_tup_read + COALESCE(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables"
+            " WHERE relname = 'responses' AND schemaname = current_schema()"
+        )
+        return int(read)
+
+    class OneConnection:
+        @contextlib.asynccontextmanager
+        async def acquire(self) -> AsyncIterator[Any]:
+            yield connection
+
+    try:
+        yield PostgresResponses(OneConnection()), fill_postgres, postgres_work
+    finally:
+        await outer.rollback()
+        await connection.close()
+
+
+def test_a_save_at_its_budget_and_a_delete_of_its_oldest_row_both_finish(url):  # noqa: F811
+    """PostgreSQL: a DELETE locks its row and then the key's quota row; a save past the budget
+    holds the quota row and drops the oldest rows. It skips a row another transaction holds
+    instead of waiting for it, which was a deadlock (one of the two failed after a second)."""
+    if not url.startswith("postgres"):
+        pytest.skip("SQLite runs one writer at a time: there is no lock to wait for")
+
+    async def scenario(store: Store) -> None:
+        import asyncpg
+
+        key, _ = await two_keys(store)
+        rows = store.responses()
+        for n in range(3):
+            await rows.save(key, stored(f"old_{n}", n, size=98), 2e9, 300)
+        deleter = await asyncpg.connect(url)
+        try:
+            async with deleter.transaction():  # PostgresResponses.delete, one statement at a time
+                await deleter.execute("DELETE FROM responses WHERE id = 'old_0'")
+                save = asyncio.ensure_future(rows.save(key, stored("new", 10, size=98), 2e9, 300))
+                await asyncio.wait([save], timeout=0.5)
+                await deleter.execute(
+                    "UPDATE response_quota SET bytes = bytes - 100 WHERE key_id = $1", key
+                )
+            await save
+        finally:
+            await deleter.close()
+        kept = [n for n in range(3) if await rows.load(key, f"old_{n}", 0) is not None]
+        assert kept == [2]  # old_0 deleted, old_1 dropped for the new row
+        assert await rows.load(key, "new", 0) is not None
+
+    run(url, scenario)
+
+
+def test_a_keys_reads_in_flight_are_bounded_and_given_back_once():
+    readers = Readers(limit=100)
+    first = readers.take(1, 60)
+    readers.take(2, 100)  # another key's reads count for that key alone
+    with pytest.raises(RateLimited):
+        readers.take(1, 60)
+    first()
+    first()  # a second give-back changes nothing
+    second = readers.take(1, 60)
+    readers.take(1, 40)
+    with pytest.raises(RateLimited):
+        readers.take(1, 1)
+    second()
+    readers.take(3, 1_000)  # one read alone always goes, however large
