@@ -34,9 +34,11 @@ from benchmarks.upstream import CHUNKS
 from callmissed.auth import Authenticator, create_key
 from callmissed.credits import Credits
 from callmissed.ledger import Ledger
+from callmissed.pricing import PriceBook
+from callmissed.providers import REGISTRY
 from callmissed.ratelimit import MemoryLimiter
 from callmissed.relay import Chunk
-from callmissed.settings import ModelSettings, Prices, Route
+from callmissed.settings import ModelSettings, Prices, ProviderSettings, Route
 from callmissed.store import KeyPolicy, open_store
 
 __all__ = ["main"]
@@ -47,19 +49,13 @@ _PRICED = ModelSettings(
     "priced", (Route("p", "x"),), "passthrough", prices=Prices(0.15, 0.075, 0.6)
 )
 _LIMITS = KeyPolicy(rpm=10**9, tpm=2 * 10**9, max_concurrent=10**6)
+_PROVIDERS = {
+    name: REGISTRY[kind](ProviderSettings(name, kind, "http://127.0.0.1:1/v1"))
+    for name, kind in (("sim", "sim"), ("p", "openai"))
+}
 
 
 _USAGE = {"prompt_tokens": 12, "completion_tokens": CHUNKS, "total_tokens": 32}
-
-
-class _Ended:
-    """What Charge.on_close reads from a finished ChatStream."""
-
-    finished = True
-    failure = None
-
-    def __init__(self) -> None:
-        self.usage: dict[str, Any] = dict(_USAGE)
 
 
 def _batches() -> list[list[Chunk]]:
@@ -81,7 +77,7 @@ async def _in_process(rounds: int, metered: bool, url: str | None) -> tuple[list
         ledger = Ledger(store, Path(folder) / "ledger")
         await ledger.start()
         auth = Authenticator(store)
-        credits = Credits(store, ledger, MemoryLimiter(), auth, {})
+        credits = Credits(store, ledger, MemoryLimiter(), auth, PriceBook({}, _PROVIDERS, {}))
         policy = _LIMITS if metered else KeyPolicy()
         key, _ = await create_key(store, "bench", 10**15 if metered else None, policy)
         model = _PRICED if metered else _FREE
@@ -91,10 +87,12 @@ async def _in_process(rounds: int, metered: bool, url: str | None) -> tuple[list
             began = time.perf_counter_ns()
             principal = await auth.authenticate(f"Bearer {key}")
             charge = await credits.begin(principal, model, _BODY, f"req_{n}")
-            charge.routed("p", "x", stream=True)
+            charge.routed(Route("p", "x"), stream=True)
             for batch in batches:
                 charge.on_batch(batch)
-            charge.on_close(_Ended())  # type: ignore[arg-type]
+            # What endings.StreamOwner.ended() does for a stream that ended with its usage.
+            tokens, cost = charge.price_usage(dict(_USAGE))
+            charge.settle(200, None, tokens, cost)
             elapsed = time.perf_counter_ns() - began
             if n >= 500:
                 samples.append(elapsed / 1000)

@@ -446,9 +446,11 @@ async def _keys_show(store: Store, args: argparse.Namespace) -> int:
         start = datetime.fromtimestamp(record.window_start, UTC).strftime("%Y-%m-%d %H:%M UTC")
         print(f"  this window (since {start}): spent {_usd(record.window_spent)}")
     for row in await store.recent_usage(record.id, 10):
+        upstream_id = row.get("upstream_id")  # the upstream's own id: check the bill with it
         print(
             f"  {row['request_id']}  {row['model']}  {row['status']}  "
             f"{row['prompt_tokens']}+{row['completion_tokens']} tokens  {_usd(row['cost'])}"
+            + (f"  {upstream_id}" if upstream_id else "")
         )
     return 0
 

@@ -1,12 +1,13 @@
-"""Credits: prices as integers, the worst-case hold before a request, the real charge after it.
+"""Credits: the worst-case hold before a request, the real charge after it.
 
-Money is integer micro-credits (1 credit = 1 USD, as OpenRouter's). `Credits.begin()` is the
-gateway's seam before the upstream call: allow-list, rate limits, revocation, then the request's
-worst case held from this process's wallet for the key (wallet.py), in memory unless the wallet
-must be topped up from the store. The `Charge` it returns ends exactly once (completed, failed,
-or the client went away), charges what was used, puts the rest of the hold back in the wallet,
-and journals the ledger row before the response ends (docs/credits.md). Its only I/O is the
-journal's begin and end lines, and the store calls in begin().
+Money is integer micro-credits (1 credit = 1 USD, as OpenRouter's); prices are pricing.py's.
+`Credits.begin()` is the gateway's seam before the upstream call: allow-list, price, rate limits,
+revocation, then the request's worst case held from this process's wallet for the key
+(wallet.py), in memory unless the wallet must be topped up from the store. The `Charge` it returns
+is settled exactly once — how each way a request can end is billed is endings.py's table —
+charges what was used, puts the rest of the hold back in the wallet, and journals the ledger row
+before the response ends (docs/credits.md). Its only I/O is the journal's begin and end lines,
+and the store calls in begin().
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
@@ -30,17 +29,31 @@ from callmissed.errors import (
     ShuttingDown,
 )
 from callmissed.ledger import Ledger
+from callmissed.pricing import (
+    DEFAULT_OUTPUT_CAP,
+    MICRO,
+    ModelPrice,
+    PriceBook,
+    Rates,
+    TokenUsage,
+    cost_of,
+    format_credits,
+    parse_credits,
+    parse_usage,
+    rates_of,
+)
 from callmissed.ratelimit import Lease, Limiter
-from callmissed.settings import ModelSettings, Prices, Route
-from callmissed.store import MAX_BALANCE, Funding, LedgerEntry, Store
+from callmissed.settings import ModelSettings, Route
+from callmissed.store import Funding, LedgerEntry, Store
 from callmissed.token_estimate import estimate_input_tokens, estimate_output_tokens
 from callmissed.wallet import Wallet
 
 if TYPE_CHECKING:
-    from callmissed.relay import ChatStream, Chunk
+    from callmissed.relay import Chunk
     from callmissed.timing import RequestTrace
 
 __all__ = [
+    "CLIENT_CLOSED",
     "DEFAULT_OUTPUT_CAP",
     "MICRO",
     "Charge",
@@ -56,160 +69,24 @@ __all__ = [
 
 log = logging.getLogger("callmissed")
 
-MICRO = 1_000_000  # micro-credits per credit (USD)
-DEFAULT_OUTPUT_CAP = 32_768  # output tokens assumed when neither the client nor the model says
-_SCALE = 1_000_000  # a rate is USD per million tokens x 1e6: 1e-12 credits per token
 CLIENT_CLOSED = 499  # the ledger's status for a request the client abandoned (nginx's code)
-
-
-@dataclass(frozen=True, slots=True)
-class Rates:
-    """Integer prices, in 1e-12 credits per token (numerically: micro-USD per million tokens).
-    `cache_write` None: prompt tokens written to the upstream's cache bill as input."""
-
-    input: int
-    cached_input: int
-    output: int
-    cache_write: int | None = None
-
-
-FREE = Rates(0, 0, 0)
-
-
-def rates_of(prices: Prices) -> Rates:
-    write = None if prices.cache_write is None else _rate(prices.cache_write)
-    return Rates(_rate(prices.input), _rate(prices.cached_input), _rate(prices.output), write)
-
-
-def _rate(per_million: float) -> int:
-    # repr() gives the decimal the operator typed (0.0605, not its binary approximation).
-    exact = Decimal(repr(per_million)) * _SCALE
-    return int(exact.to_integral_value(ROUND_HALF_UP))
-
-
-# Not frozen: one or more is made per request, and a frozen dataclass is ~5x slower to make.
-@dataclass(slots=True)
-class TokenUsage:
-    prompt: int = 0
-    completion: int = 0  # includes reasoning
-    reasoning: int = 0
-    cached: int = 0  # part of prompt: read from the upstream's prompt cache
-    cache_write: int = 0  # part of prompt: written to it
-
-    @property
-    def total(self) -> int:
-        return self.prompt + self.completion
-
-
-def parse_usage(usage: Mapping[str, Any]) -> TokenUsage:
-    """An OpenAI usage object (docs/credits.md), chat's or the Responses API's (which names its
-    fields input_/output_tokens); missing or odd fields count as 0. Cache reads
-    (`prompt_tokens_details.cached_tokens`) and writes (`cache_write_tokens`, as OpenRouter
-    reports them) are parts of prompt_tokens."""
-    if "input_tokens" in usage:
-        return _parse_responses_usage(usage)
-    prompt_details = usage.get("prompt_tokens_details") or {}
-    completion_details = usage.get("completion_tokens_details") or {}
-    reasoning = _count(completion_details.get("reasoning_tokens"))
-    return TokenUsage(
-        prompt=_count(usage.get("prompt_tokens")),
-        # completion_tokens includes reasoning by the spec; never bill less than the reasoning.
-        completion=max(_count(usage.get("completion_tokens")), reasoning),
-        reasoning=reasoning,
-        cached=_count(prompt_details.get("cached_tokens")),
-        cache_write=_count(prompt_details.get("cache_write_tokens")),
-    )
-
-
-def _parse_responses_usage(usage: Mapping[str, Any]) -> TokenUsage:
-    input_details = usage.get("input_tokens_details") or {}
-    output_details = usage.get("output_tokens_details") or {}
-    reasoning = _count(output_details.get("reasoning_tokens"))
-    return TokenUsage(
-        prompt=_count(usage.get("input_tokens")),
-        completion=max(_count(usage.get("output_tokens")), reasoning),
-        reasoning=reasoning,
-        cached=_count(input_details.get("cached_tokens")),
-    )
-
-
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
-def cost_of(rates: Rates, usage: TokenUsage) -> int:
-    """Micro-credits for `usage`: computed exactly, rounded to the nearest, halves up."""
-    cached = min(usage.cached, usage.prompt)
-    written = min(usage.cache_write, usage.prompt - cached)
-    write_rate = rates.input if rates.cache_write is None else rates.cache_write
-    exact = (
-        (usage.prompt - cached - written) * rates.input
-        + cached * rates.cached_input
-        + written * write_rate
-        + usage.completion * rates.output
-    )
-    return (exact + _SCALE // 2) // _SCALE
-
-
-def parse_credits(value: object) -> int:
-    """USD as typed by a person ("5", 2.5) -> micro-credits; ValueError unless a number from 0
-    to MAX_BALANCE's billion USD with at most six decimals."""
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise ValueError("credits must be a number of USD")
-    try:
-        amount = Decimal(value if isinstance(value, str) else repr(value)) * MICRO
-    except ArithmeticError:
-        raise ValueError(f"credits must be a number of USD, got {value!r}") from None
-    if not amount.is_finite() or amount < 0 or amount != amount.to_integral_value():
-        raise ValueError(f"credits must be >= 0 with at most 6 decimals, got {value!r}")
-    if amount > MAX_BALANCE:
-        raise ValueError(f"credits may be at most {MAX_BALANCE // MICRO:,} USD, got {value!r}")
-    return int(amount)
-
-
-def format_credits(micro: int | None) -> float | None:
-    """Credits (USD) as a JSON number, like OpenRouter's `usage.cost`."""
-    return None if micro is None else micro / MICRO
+FIRST_LIST_WAIT = 10.0  # seconds a request may wait for a fresh install's first price list
 
 
 class Credits:
     """Prices, limits and holds: the gateway's accounting, shared by every API edge."""
 
     def __init__(
-        self,
-        store: Store,
-        ledger: Ledger,
-        limiter: Limiter,
-        auth: Authenticator,
-        price_overrides: Mapping[str, Prices],
+        self, store: Store, ledger: Ledger, limiter: Limiter, auth: Authenticator, prices: PriceBook
     ) -> None:
         self._store = store
         self._ledger = ledger
         self._limiter = limiter
         self._auth = auth
-        self._overrides = price_overrides
-        self._rates: dict[str, Rates | None] = {}  # Decimal maths once per model, not per request
+        self.prices = prices
         # Asks the server's other workers to give back what their wallets hold of a key, and
         # says how much they did (app.py wires it to peers.py; alone, there is nobody to ask).
         self.reclaim: Callable[[int], Awaitable[int]] = _nobody
-
-    def rates_for(self, model: ModelSettings) -> Rates | None:
-        """The model's prices, the config file's [prices] first; None if it has none.
-
-        A model served only by the in-process simulator is free."""
-        if model.name not in self._rates:
-            if len(self._rates) > 10_000:  # any vendor/model id routes to OpenRouter
-                self._rates.clear()
-            self._rates[model.name] = self._price(model)
-        return self._rates[model.name]
-
-    def _price(self, model: ModelSettings) -> Rates | None:
-        prices = self._overrides.get(model.name) or model.prices
-        if prices is not None:
-            return rates_of(prices)
-        if model.routes and all(route.provider == "sim" for route in model.routes):
-            return FREE
-        return None
 
     async def begin(
         self,
@@ -224,34 +101,41 @@ class Credits:
 
         `tokens` (prompt, output cap) stands in for a chat body's estimate (embeddings)."""
         _check_allowed(principal, model)
-        rates = self.rates_for(model)
-        if rates is None:
-            if principal.metered:
-                raise ModelNotPriced(
-                    f"The model {model.name!r} has no price set, so keys with a credit limit "
-                    "cannot use it. The operator can set one under [prices] in the config file.",
-                    param="model",
-                )
-            rates = FREE
+        price = self.prices.price(model) or await self._unpriced(principal, model)
         if tokens is None:
-            tokens = (_estimate_prompt(body), _output_cap(body, model))
+            tokens = (_estimate_prompt(body), _output_cap(body, price.output_cap))
         prompt, output_cap = tokens
         lease = await self._limiter.acquire(principal.key_id, principal.policy, prompt + output_cap)
         try:
             worst = TokenUsage(prompt=prompt, completion=output_cap)
-            if (rates.cache_write or 0) > rates.input:  # the prompt may all be cache writes
-                worst.cache_write = prompt
-            hold = cost_of(rates, worst)
+            hold = cost_of(price.hold, worst, per_request=True)
             wallet = await self._hold(principal, hold)
         except BaseException:
             lease.release(0)
             raise
         key_id = principal.key_id
-        charge = Charge(
-            self._ledger, lease, key_id, model.name, request_id, rates, prompt, wallet, hold
-        )
+        charge = Charge(self._ledger, lease, key_id, model.name, request_id, price, self.prices)
+        charge.prompt_estimate, charge.output_cap = prompt, output_cap
+        charge._wallet, charge._hold = wallet, hold
         self._ledger.begin(request_id, key_id, model.name, charge.created_at)
         return charge
+
+    async def _unpriced(self, principal: Principal, model: ModelSettings) -> ModelPrice:
+        """A model no source prices: free for a key without a credit limit, refused to others —
+        unless the price list that would price it is still on its way (a fresh install)."""
+        if not principal.metered:
+            return self.prices.unpriced(model)
+        for price_list in self.prices.listed(model):
+            if not price_list and await price_list.wait_listed(FIRST_LIST_WAIT):
+                price = self.prices.price(model)
+                if price is not None:
+                    return price
+        raise ModelNotPriced(
+            f"The model {model.name!r} has no price (neither its upstream's price list nor the "
+            "config file prices it), so keys with a credit limit cannot use it. The operator "
+            "can set one under [prices] in the config file.",
+            param="model",
+        )
 
     async def _hold(self, principal: Principal, hold: int) -> Wallet | None:
         """Check revocation and hold `hold` from the key's wallet; None if it holds nothing."""
@@ -329,12 +213,24 @@ def _estimate_prompt(body: Mapping[str, Any]) -> int:
         return len(orjson.dumps(text)) + len(orjson.dumps(body.get("tools")))
 
 
-def _output_cap(body: Mapping[str, Any], model: ModelSettings) -> int:
-    for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+def _output_cap(body: Mapping[str, Any], default: int) -> int:
+    """The output tokens an upstream that obeys the request may write: each of its `n` choices
+    up to the larger of max_tokens and max_completion_tokens (else the model's limit), plus a
+    reasoning budget an upstream may add on top (OpenRouter's reasoning.max_tokens)."""
+    # Inline checks, not a helper per field: this runs for every request.
+    limit = 0
+    for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):  # the last: Responses
         value = body.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return model.max_output or DEFAULT_OUTPUT_CAP
+        if value.__class__ is int and value > limit:
+            limit = value
+    limit = limit or default
+    reasoning = body.get("reasoning")
+    if reasoning.__class__ is dict:
+        budget = reasoning.get("max_tokens")
+        if budget.__class__ is int and budget > 0:
+            limit += budget
+    n = body.get("n")
+    return limit * n if n.__class__ is int and n > 1 else limit
 
 
 _NOT_ROUTED = Route("", "")  # a charge's route until one answers
@@ -343,10 +239,19 @@ _NOT_ROUTED = Route("", "")  # a charge's route until one answers
 class Charge:
     """One request's accounting, from its hold to its single settlement.
 
-    The gateway calls routed() once a route answers, then either complete() (non-stream) or
-    attaches the charge to the ChatStream as its meter. fail() and on_close() end it otherwise;
-    whichever comes first wins, the rest are no-ops.
+    The gateway tells it which route answered (routed()); it counts what reaches the client of a
+    stream (on_batch(), as the stream's meter) and prices what the upstream reports. How each
+    ending is billed is decided in endings.py, which calls settle() once; later calls are no-ops.
     """
+
+    # Slots, not an instance dict: one is made per request, and its ~20 attributes are set and
+    # read on the request's path.
+    __slots__ = (
+        "_book", "_efforts", "_error", "_hold", "_lease", "_ledger", "_priced", "_started",
+        "_tags", "_trace", "_ttfb", "_wallet", "billing", "created_at", "delivered_tokens",
+        "key_id", "model", "output_cap", "price", "prompt_estimate", "request_id", "route",
+        "settled", "stream", "upstream_id",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -355,18 +260,17 @@ class Charge:
         key_id: int,
         model: str,
         request_id: str,
-        rates: Rates,
-        prompt_estimate: int,
-        wallet: Wallet | None = None,
-        hold: int = 0,
+        price: ModelPrice,
+        book: PriceBook,
     ) -> None:
         self._ledger = ledger
         self._lease = lease
         self.key_id = key_id
         self.model = model
         self.request_id = request_id
-        self.rates = rates
-        self.prompt_estimate = prompt_estimate
+        self.price = price
+        self._book = book
+        self.billing = price.unrouted  # how it bills: its route's, once one answers
         self.route = _NOT_ROUTED
         self.stream = False
         self.created_at = time.time()
@@ -374,8 +278,14 @@ class Charge:
         self._ttfb: float | None = None
         self.delivered_tokens = 0
         self.settled = False
-        self._wallet = wallet  # holds `hold` for it; what it does not use goes back at the end
-        self._hold = hold
+        self.upstream_id: str | None = None  # the upstream's id for the answer
+        # What Credits.begin() held for it: the prompt's estimate and the most output an upstream
+        # that obeys the request may write, `_hold` in all, in `_wallet` (None: nothing held).
+        self.prompt_estimate = 0
+        self.output_cap = 0
+        self._wallet: Wallet | None = None  # what it does not use goes back there
+        self._hold = 0
+        self._priced: tuple[dict[str, Any], TokenUsage, int] | None = None  # usage, priced
         # What the console shows of it (describe()), and what a failure's client was told.
         self._trace: RequestTrace | None = None
         self._efforts: tuple[str | None, str | None] = (None, None)
@@ -400,43 +310,65 @@ class Charge:
         return self._lease.headers()
 
     def routed(self, route: Route, stream: bool) -> None:
-        self.route = route
+        if route is not self.route:
+            self.route = route
+            self.billing = self.price.routes.get(route) or self.price.unrouted
         self.stream = stream
         if self._ttfb is None:
             self._ttfb = time.perf_counter() - self._started
 
+    # What it cost
+
+    def price_usage(self, usage: dict[str, Any]) -> tuple[TokenUsage, int]:
+        """The upstream's usage object priced (PriceBook.bill), and `usage.cost` set to what the
+        key pays. Priced once; OpenRouter's `cost_details` is removed."""
+        priced = self._priced
+        if priced is not None and priced[0] is usage:
+            return priced[1], priced[2]
+        tokens, cost = self._book.bill(self.billing, usage)
+        usage["cost"] = cost / MICRO  # credits (format_credits(), without the call)
+        usage.pop("cost_details", None)  # what *we* paid the upstream is not the client's business
+        self._priced = (usage, tokens, cost)
+        return tokens, cost
+
+    def estimate(self, *, prompt: bool) -> tuple[TokenUsage, int]:
+        """Without the upstream's usage: the output that reached the client (never more than an
+        upstream that obeys the request can write), and the prompt estimate if `prompt` — an
+        upstream bills the prompt of every request it took, and a request fee with it."""
+        tokens = TokenUsage(
+            prompt=self.prompt_estimate if prompt else 0,
+            completion=min(self.delivered_tokens, self.output_cap or self.delivered_tokens),
+        )
+        return tokens, cost_of(self.billing.rates, tokens, per_request=prompt)
+
     # The non-streamed path
 
-    def complete(self, completion: dict[str, Any]) -> None:
-        """Price the completion, put `usage.cost` in it, and settle."""
+    def complete(self, completion: dict[str, Any], status: int = 200) -> None:
+        """Price a whole answer, put `usage.cost` in it, and settle (499: nobody waited)."""
+        self.upstream_id = _text(completion.get("id"))
         usage = completion.get("usage")
         if isinstance(usage, dict):
-            tokens = parse_usage(usage)
+            tokens, cost = self.price_usage(usage)
         else:
             choices = completion.get("choices") or ()  # a Response has none (relay_responses.py)
-            delivered = sum(_message_tokens(c.get("message")) for c in choices)
-            tokens = TokenUsage(prompt=self.prompt_estimate, completion=delivered)
-        cost = cost_of(self.rates, tokens)
-        if isinstance(usage, dict):
-            _put_cost(usage, cost)
-        self._settle(200, None, tokens, cost)
+            self.delivered_tokens = sum(_message_tokens(c.get("message")) for c in choices)
+            tokens, cost = self.estimate(prompt=True)
+        code = None if status == 200 else "client_closed"
+        self.settle(status, code, tokens, cost)
 
     def fail(self, error: BaseException) -> None:
-        """The request failed before a response: charge what was delivered (nothing)."""
+        """The request failed before anything was delivered: nothing is charged."""
         if isinstance(error, GatewayError):
-            self._error = error.message
-            self._settle(error.http_status, error.code, TokenUsage(), 0)
+            self.settle(error.http_status, error.code, TokenUsage(), 0, error.message)
         elif isinstance(error, Exception):
-            self._settle(500, "internal_error", TokenUsage(), 0)
-        else:  # cancelled: the client went away while we waited
-            self._settle(CLIENT_CLOSED, "client_closed", TokenUsage(), 0)
+            self.settle(500, "internal_error", TokenUsage(), 0)
+        else:  # cancelled: the client went away before an upstream had the request
+            self.settle(CLIENT_CLOSED, "client_closed", TokenUsage(), 0)
 
     # The streamed path: relay.StreamMeter
 
     def on_batch(self, batch: list[Chunk]) -> None:
         """Chunks on their way to the client: count their tokens, price a usage chunk."""
-        if self._ttfb is None:
-            self._ttfb = time.perf_counter() - self._started
         tokens = 0
         for chunk in batch:
             if chunk.tokens is not None:  # nothing but content (relay.Chunk): no need to walk it
@@ -447,37 +379,27 @@ class Charge:
                 delta = choice.get("delta")
                 if delta:
                     tokens += _message_tokens(delta)
-            if "usage" in parsed:
-                usage = parsed["usage"]
-                if isinstance(usage, dict) and "cost" not in usage:
-                    _put_cost(usage, cost_of(self.rates, parse_usage(usage)))
-                    chunk.data = orjson.dumps(parsed)
+            usage = parsed.get("usage")
+            if isinstance(usage, dict):
+                self.price_usage(usage)
+                chunk.data = orjson.dumps(parsed)
         self.delivered_tokens += tokens
 
-    def on_close(self, stream: ChatStream) -> None:
-        """The stream ended: used up, broken, or abandoned by the client."""
-        if self.settled:
-            return
-        if stream.failure is None and (stream.finished or stream.usage is not None):
-            if stream.usage is not None:
-                tokens = parse_usage(stream.usage)
-            else:
-                tokens = TokenUsage(prompt=self.prompt_estimate, completion=self.delivered_tokens)
-            self._settle(200, None, tokens, cost_of(self.rates, tokens))
-            return
-        # Broken or cancelled: only what reached the client is billed (the prompt is not).
-        tokens = TokenUsage(completion=self.delivered_tokens)
-        if stream.failure is not None:
-            failure = stream.failure
-            self._error = failure.message
-            self._settle(failure.http_status, failure.code, tokens, cost_of(self.rates, tokens))
-        else:
-            self._settle(CLIENT_CLOSED, "client_closed", tokens, cost_of(self.rates, tokens))
-
-    def _settle(self, status: int, error_code: str | None, tokens: TokenUsage, cost: int) -> None:
+    def settle(
+        self,
+        status: int,
+        error_code: str | None,
+        tokens: TokenUsage,
+        cost: int,
+        error_message: str | None = None,
+    ) -> None:
+        """Journal the ledger row, put back what the hold did not use, end the rate-limit lease;
+        `error_message` is what a failure's client was told (for the console)."""
         if self.settled:
             return
         self.settled = True
+        if error_message is not None:
+            self._error = error_message
         elapsed_ms = (time.perf_counter() - self._started) * 1000
         entry = LedgerEntry(
             request_id=self.request_id,
@@ -497,6 +419,7 @@ class Charge:
             ttfb_ms=None if self._ttfb is None else round(self._ttfb * 1000, 3),
             total_ms=round(elapsed_ms, 3),
             wallet=None if self._wallet is None else self._wallet.hold_id,
+            upstream_id=self.upstream_id,
             effort_in=self._efforts[0],
             effort_out=self._efforts[1],
             attempts=_attempts_worth_keeping(self._trace),
@@ -509,6 +432,11 @@ class Charge:
             if self._wallet is not None:
                 self._wallet.put_back(self._hold, cost)
             self._lease.release(tokens.total)
+
+
+def _text(value: Any) -> str | None:
+    """An upstream-sent id, if it is a sane one (it lands in the ledger)."""
+    return value if isinstance(value, str) and 0 < len(value) <= 200 else None
 
 
 def _attempts_worth_keeping(trace: RequestTrace | None) -> list[dict[str, Any]] | None:
@@ -529,12 +457,6 @@ def _attempts_worth_keeping(trace: RequestTrace | None) -> list[dict[str, Any]] 
         }
         for a in attempts
     ]
-
-
-def _put_cost(usage: dict[str, Any], cost: int) -> None:
-    usage["cost"] = format_credits(cost)
-    # OpenRouter's breakdown of what *we* paid it is not the client's business.
-    usage.pop("cost_details", None)
 
 
 def _message_tokens(message: Any) -> int:

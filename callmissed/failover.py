@@ -5,28 +5,38 @@ token wins and is committed to; before that, a retryable failure moves on to the
 bounded number of attempts; a route is retried only after a jittered backoff that honours its
 Retry-After) and a non-retryable one goes straight to the client. With `hedge_after_ms`, a slow
 first attempt gets a second one racing it; the loser is cancelled. After commit nothing switches:
-a broken, silent or overdue stream ends with an error the SDK raises. relay.py decodes; upstream.py
-does the I/O. docs/resilience.md has the rules and the defaults.
+the stream belongs to its owner (endings.py), which ends a silent or overdue one with an error the
+SDK raises and settles every ending. relay.py decodes; upstream.py does the I/O.
+docs/resilience.md has the rules and the defaults.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from callmissed.deadlines import Deadline, Deadlines, Timeout
+from callmissed.credits import Charge
+from callmissed.deadlines import Deadlines, Timeout
+from callmissed.endings import (
+    StreamOwner,
+    client_left,
+    discard_loser,
+    settle_abandoned,
+    settle_unanswered,
+)
 from callmissed.errors import GatewayError, UpstreamError, UpstreamTimeout
 from callmissed.health import Health, route_name
 from callmissed.metrics import Metrics
 from callmissed.providers import Provider, UpstreamRequest
 from callmissed.relay import CHAT_COMPLETIONS, ChatStream, UpstreamAPI
 from callmissed.routing import Target
-from callmissed.settings import Limits, ModelSettings, Route, Settings, Timeouts
+from callmissed.settings import Limits, ModelSettings, Route, Settings
 from callmissed.timing import RequestTrace
 from callmissed.upstream import Upstream, UpstreamResponse
 
@@ -55,19 +65,22 @@ class Won(Generic[T]):
 class _Inflight:
     """One request the gateway is serving, so shutdown can end it."""
 
-    __slots__ = ("deadline", "reason", "route", "scope", "stream")
+    __slots__ = ("answer", "cut_short", "deadline", "owner", "reason", "route", "scope")
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
         self.route: Route | None = None  # the route of its latest attempt, or the one answering
         self.reason: GatewayError | None = None  # why it was ended early, if it was
         self.scope: Timeout | None = None
-        self.stream: ChatStream | None = None
+        self.owner: StreamOwner | None = None  # its committed stream's
+        self.cut_short = False  # cancelled while an attempt was in flight: an upstream had it
+        # An accepted whole answer still being read after its client left, and its route.
+        self.answer: tuple[asyncio.Task[dict[str, Any]], Route] | None = None
 
     def abort(self, reason: GatewayError) -> None:
         self.reason = reason
-        if self.stream is not None:
-            self.stream.abort(reason)
+        if self.owner is not None:
+            self.owner.abort(reason)
         elif self.scope is not None:
             self.scope.expire()
 
@@ -93,6 +106,7 @@ class Failover:
         self._active: set[_Inflight] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._reading_on: set[asyncio.Task[None]] = set()  # answers whose clients left
 
     @property
     def limits(self) -> Limits:
@@ -118,10 +132,14 @@ class Failover:
         model: ModelSettings,
         targets: list[Target],
         body: dict[str, Any],
+        charge: Charge,
         trace: RequestTrace,
         api: UpstreamAPI = CHAT_COMPLETIONS,
     ) -> Won[dict[str, Any]]:
-        """A whole chat.completion from the first route that gives one.
+        """A whole chat.completion (or `api`'s answer) from the first route that gives one; the
+        caller settles `charge` for it. A failure, or the client leaving, settles `charge` here
+        (endings.py): an answer its upstream had accepted (its headers came) is read on, and
+        billed.
 
         The whole answer is its first token, so only the total timeout bounds an attempt
         (upstreams send a non-streamed answer's headers when it is done; see resilience.md).
@@ -129,9 +147,21 @@ class Failover:
 
         async def attempt(target: Target) -> dict[str, Any]:
             response = await self._send(target, body, model, api, trace)
-            return await api.read(target.provider, response, self._limits.upstream_body_bytes)
+            return await self._answer(request, target, response, api)
 
-        return await self.call(model, targets, attempt, trace)
+        request = self._enter(model)
+        try:
+            won = await self._run(request, model, targets, attempt, trace)
+        except BaseException as exc:
+            if request.answer is not None:
+                self._read_on(request, charge, *request.answer)
+            else:
+                self._leave(request)
+                settle_unanswered(charge, exc, upstream_had_it=request.cut_short)
+            raise
+        self._leave(request)
+        self._metrics.inc("callmissed_requests_total", model.name, "ok")
+        return won
 
     async def call(
         self,
@@ -140,8 +170,8 @@ class Failover:
         attempt: Callable[[Target], Awaitable[T]],
         trace: RequestTrace | None = None,
     ) -> Won[T]:
-        """The first route whose `attempt` gives a whole answer (complete(), embeddings), with
-        the same fallback, retries, hedging, total timeout and bookkeeping; `trace` records
+        """The first route whose `attempt` gives a whole answer (embeddings), with the same
+        fallback, retries, hedging, total timeout and bookkeeping as complete(); `trace` records
         the attempts (timing.py)."""
         request = self._enter(model)
         try:
@@ -151,19 +181,58 @@ class Failover:
         self._metrics.inc("callmissed_requests_total", model.name, "ok")
         return won
 
+    async def _answer(
+        self, request: _Inflight, target: Target, response: UpstreamResponse, api: UpstreamAPI
+    ) -> dict[str, Any]:
+        """Read an accepted answer; if its client leaves meanwhile, keep the read for _read_on."""
+        limit = self._limits.upstream_body_bytes
+        reading = asyncio.ensure_future(api.read(target.provider, response, limit))
+        try:
+            return await asyncio.shield(reading)
+        except asyncio.CancelledError as exc:
+            if client_left(exc):
+                request.answer = (reading, target.route)
+            else:  # our own timeout, shutdown, or a lost race: nobody will pay for it
+                reading.cancel()
+            raise
+
+    def _read_on(
+        self, request: _Inflight, charge: Charge, reading: asyncio.Task[Any], route: Route
+    ) -> None:
+        """Settle `charge` from an answer read for a client that left, within the request's total
+        timeout (and shutdown: drain() ends it as any request)."""
+
+        async def read_on() -> None:
+            try:
+                with self._deadlines.timeout_at(request.deadline) as request.scope:
+                    await settle_abandoned(reading, charge, route)
+            finally:
+                request.scope = None
+                self._leave(request)
+
+        task = asyncio.ensure_future(read_on())
+        self._reading_on.add(task)
+        task.add_done_callback(self._reading_on.discard)
+
+    async def close(self) -> None:
+        """Stop reading answers for clients that left: each settles for its prompt."""
+        for task in list(self._reading_on):
+            task.cancel()
+        if self._reading_on:
+            await asyncio.wait(self._reading_on)
+
     async def open_stream(
         self,
         model: ModelSettings,
         targets: list[Target],
         body: dict[str, Any],
         include_usage: bool,
+        charge: Charge,
         trace: RequestTrace,
         api: UpstreamAPI = CHAT_COMPLETIONS,
     ) -> Won[ChatStream]:
-        """A started ChatStream (its first token is in), watched for silence and overtime.
-
-        Closing the stream (ChatStream.close) ends the request's bookkeeping.
-        """
+        """A started ChatStream (its first token is in), handed to its owner (endings.py), which
+        settles `charge` however it ends. A failure to open it settles `charge` here."""
         timeouts = model.timeouts or self._timeouts
 
         async def attempt(target: Target) -> ChatStream:
@@ -189,10 +258,22 @@ class Failover:
         request = self._enter(model)
         try:
             won = await self._run(request, model, targets, attempt, trace)
-        except BaseException:
+        except BaseException as exc:
             self._leave(request)
+            settle_unanswered(charge, exc, upstream_had_it=request.cut_short)
             raise
-        self._commit(request, model, won, timeouts)
+        route = won.target.route
+        charge.routed(route, stream=True)
+        request.owner = StreamOwner(
+            won.result,
+            charge,
+            route,
+            model.name,
+            (self._health, self._metrics, self._deadlines),
+            timeouts.idle,
+            request.deadline,
+            functools.partial(self._leave, request),
+        )
         return won
 
     async def _send(
@@ -248,6 +329,7 @@ class Failover:
             self._metrics.inc("callmissed_requests_total", model.name, "error")
             raise
         except asyncio.CancelledError:
+            request.cut_short = plan.cut_short
             self._metrics.inc("callmissed_requests_total", model.name, "cancelled")
             raise
         finally:
@@ -269,26 +351,6 @@ class Failover:
         self._active.discard(request)
         if not self._active:
             self._idle.set()
-
-    def _commit(
-        self, request: _Inflight, model: ModelSettings, won: Won[ChatStream], timeouts: Timeouts
-    ) -> None:
-        stream = won.result
-        request.stream = stream
-        watchdog = _Watchdog(self._deadlines, stream, timeouts.idle, request.deadline)
-        route = won.target.route
-
-        def on_end(ended: ChatStream) -> None:
-            watchdog.cancel()
-            self._leave(request)
-            outcome = "ok" if ended.finished and ended.failure is None else "cancelled"
-            if ended.failure is not None:
-                outcome = "error"
-                self._health.failed(route, ended.failure)
-                self._metrics.inc("callmissed_stream_errors_total", route_name(route))
-            self._metrics.inc("callmissed_requests_total", model.name, outcome)
-
-        stream.on_end = on_end
 
     async def drain(self, grace: float, reason: GatewayError) -> None:
         """Let in-flight requests finish for `grace` seconds, then end the rest with `reason`."""
@@ -345,6 +407,7 @@ class _Plan:
         self.attempts = 0
         self.failures: list[tuple[Target, UpstreamError]] = []
         self.hedge: Target | None = None  # the attempt started to race a slow one
+        self.cut_short = False  # an attempt in flight was abandoned: its upstream had the request
 
     def can_hedge(self) -> bool:
         return bool(self._queue) and self._round == 0 and self.attempts < self._policy.max_attempts
@@ -404,6 +467,7 @@ class _Plan:
             self._retry.append((target, error))
 
     def abandoned(self, target: Target, started: float) -> None:
+        self.cut_short = True
         waited = asyncio.get_running_loop().time() - started
         self._trace.end_attempt(target, "abandoned")
         self._health.abandoned(target.route, waited)
@@ -466,55 +530,7 @@ async def _race(
     finally:
         for task, (target, started) in running.items():
             plan.abandoned(target, started)
-            _discard(task)
-
-
-def _discard(task: asyncio.Task[Any]) -> None:
-    """Cancel a losing attempt; if it won anyway meanwhile, close what it opened."""
-    if not task.done():
-        task.cancel()
-    task.add_done_callback(_close_result)
-
-
-def _close_result(task: asyncio.Task[Any]) -> None:
-    if task.cancelled() or task.exception() is not None:
-        return
-    result = task.result()
-    if isinstance(result, ChatStream):
-        result.close()
-
-
-class _Watchdog(Deadline):
-    """Ends a committed stream whose upstream is silent for `idle` s or that passes its deadline.
-
-    One deadline per stream, re-armed only when it is reached: the per-chunk cost is the
-    timestamp ChatStream takes before each read.
-    """
-
-    __slots__ = ("_deadline", "_idle", "_loop", "_stream")
-
-    def __init__(
-        self, deadlines: Deadlines, stream: ChatStream, idle: float, deadline: float
-    ) -> None:
-        self._loop = asyncio.get_running_loop()
-        super().__init__(deadlines, min(self._loop.time() + idle, deadline))
-        self._stream = stream
-        self._idle = idle
-        self._deadline = deadline
-        deadlines.add(self)
-
-    def reached(self) -> None:
-        now = self._loop.time()
-        stream = self._stream
-        if now >= self._deadline:
-            stream.abort(UpstreamTimeout("the answer did not finish within the total timeout"))
-            return
-        if stream.reading and now - stream.read_started >= self._idle:
-            stream.abort(UpstreamTimeout(f"the upstream sent nothing for {self._idle:g} s"))
-            return
-        since = stream.read_started if stream.reading else now
-        self.when = min(since + self._idle, self._deadline)
-        self._owner.add(self)
+            discard_loser(task)
 
 
 # How a failed attempt is counted in metrics and named in messages.

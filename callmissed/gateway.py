@@ -3,13 +3,15 @@
 Each edge (api/openai.py, api/anthropic.py) authenticates and parses its own dialect, then calls
 `complete()` or `open_stream()` with an OpenAI-format body. Until the first chunk arrives any
 failure is raised as a normal error (a real HTTP status); after that it travels in-band.
-Which route answers (fallback, hedging, timeouts) is failover.py's job. `embed()` is the same
-for POST /v1/embeddings (embedding.py does the batches).
+Which route answers (fallback, hedging, timeouts) is failover.py's job; how each ending is
+billed, endings.py's. `embed()` is the same for POST /v1/embeddings (embedding.py does the
+batches).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +28,8 @@ from callmissed.keepalive import KeepAlive
 from callmissed.ledger import Ledger, ledger_directory
 from callmissed.metrics import Metrics
 from callmissed.observe import Observer
+from callmissed.price_list import FETCH_TIMEOUT, MAX_LIST_BYTES, PriceList
+from callmissed.pricing import PriceBook
 from callmissed.providers import REGISTRY, Provider
 from callmissed.ratelimit import open_limiter
 from callmissed.reasoning import apply_reasoning_effort
@@ -60,12 +64,9 @@ class RouteInfo:
     prompt_estimate: int = 0  # the prompt's tokens as credits.py estimated them for the hold
 
     @classmethod
-    def of(
-        cls, won: Won[Any], reasoning_effort: str | None, charge: Charge, stream: bool
-    ) -> RouteInfo:
-        """The route that won, billed to `charge` from here on."""
+    def of(cls, won: Won[Any], reasoning_effort: str | None, charge: Charge) -> RouteInfo:
+        """The route that won, and the key's rate-limit state from `charge`."""
         route = won.target.route
-        charge.routed(route, stream)
         return cls(
             route.provider,
             route.upstream_model,
@@ -102,10 +103,12 @@ class Gateway:
         self.observer = Observer(settings.observability)  # access log, traces (observe.py)
         self.ledger = Ledger(self.store, ledger_directory(settings), self.observer.settled)
         self.limiter = open_limiter(settings, self.ledger.instance, self.ledger.alive)
-        self.credits = Credits(
-            self.store, self.ledger, self.limiter, self.auth, settings.accounting.prices
-        )
         self.upstream = Upstream(settings)
+        self.price_lists = self._price_lists()
+        accounting = settings.accounting
+        markup = accounting.pricing.markup
+        prices = PriceBook(accounting.prices, self.providers, self.price_lists, markup)
+        self.credits = Credits(self.store, self.ledger, self.limiter, self.auth, prices)
         self.health = Health(settings.resilience)
         self.metrics = Metrics(
             settings.models,
@@ -118,11 +121,29 @@ class Gateway:
         self._drain: asyncio.Task[None] | None = None
         self._undo_sigterm: Callable[[], None] = _nothing
 
+    def _price_lists(self) -> dict[str, PriceList]:
+        """A price list per configured upstream that publishes one (OpenRouter's /models)."""
+        every = self.settings.accounting.pricing.refresh
+        return {
+            name: PriceList(
+                name,
+                self.store,
+                functools.partial(
+                    self.upstream.fetch, provider, "models", MAX_LIST_BYTES, FETCH_TIMEOUT
+                ),
+                every,
+            )
+            for name, provider in self.providers.items()
+            if provider.reports_cost and not provider.settings.missing
+        }
+
     async def start(self) -> None:
         self._undo_sigterm = on_sigterm(asyncio.get_running_loop(), self.drain)
         await self.store.start()
         await self.ledger.start()
         await self.upstream.start()
+        for price_list in self.price_lists.values():
+            await price_list.start()
         self.observer.start()
 
     def drain(self) -> None:
@@ -138,6 +159,9 @@ class Gateway:
         self._undo_sigterm()
         if self._drain is not None:
             self._drain.cancel()
+        for price_list in self.price_lists.values():
+            await price_list.close()
+        await self.failover.close()
         await self.upstream.close()
         await self.ledger.close()
         await self.observer.close()
@@ -158,7 +182,9 @@ class Gateway:
         (with `api`, that API's answer: relay_responses.RESPONSES gives a Response); `tags`
         (tags.py) go into its ledger row.
 
-        `trace` records where the time went (timing.py); one is made if none is given."""
+        `trace` records where the time went (timing.py); one is made if none is given. However
+        the request fails or is abandoned, the failover settles its charge (an answer its
+        upstream accepted is read on, and billed, after its client left: endings.py)."""
         trace = trace or RequestTrace(request_id or new_request_id())
         model, targets = self._route(body)
         trace.key_name, trace.model = principal.name, model.name
@@ -167,12 +193,9 @@ class Gateway:
         charge = await self.credits.begin(principal, model, body, trace.request_id)
         charge.describe(trace, received, _short(effort), tags)
         self.observer.track(trace)
-        try:
-            won = await self.failover.complete(model, targets, body, trace, api)
-        except BaseException as exc:
-            charge.fail(exc)
-            raise
-        info = RouteInfo.of(won, effort, charge, stream=False)
+        won = await self.failover.complete(model, targets, body, charge, trace, api)
+        charge.routed(won.target.route, stream=False)
+        info = RouteInfo.of(won, effort, charge)  # its rate-limit headers, before the lease ends
         charge.complete(won.result)
         return won.result, info
 
@@ -189,7 +212,7 @@ class Gateway:
     ) -> tuple[ChatStream, RouteInfo]:
         """A started ChatStream: its first token is already in, so nothing can fail silently.
 
-        The stream settles its charge when it is closed, however it ends."""
+        Its owner (endings.py) settles the charge when the stream ends, however it ends."""
         trace = trace or RequestTrace(request_id or new_request_id())
         trace.stream = True
         model, targets = self._route(body)
@@ -199,14 +222,10 @@ class Gateway:
         charge = await self.credits.begin(principal, model, body, trace.request_id)
         charge.describe(trace, received, _short(effort), tags)
         self.observer.track(trace)
-        try:
-            won = await self.failover.open_stream(model, targets, body, include_usage, trace, api)
-        except BaseException as exc:
-            charge.fail(exc)
-            raise
-        info = RouteInfo.of(won, effort, charge, stream=True)
-        won.result.meter_with(charge)
-        return won.result, info
+        won = await self.failover.open_stream(
+            model, targets, body, include_usage, charge, trace, api
+        )
+        return won.result, RouteInfo.of(won, effort, charge)
 
     async def embed(
         self,
@@ -237,7 +256,8 @@ class Gateway:
         except BaseException as exc:
             charge.fail(exc)
             raise
-        info = RouteInfo.of(won, None, charge, stream=False)
+        charge.routed(won.target.route, stream=False)
+        info = RouteInfo.of(won, None, charge)
         charge.complete(won.result)
         return won.result, info
 

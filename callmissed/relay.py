@@ -5,8 +5,8 @@ ContentTemplate), and a run of such events goes out as the upstream framed it, u
 other chunk is parsed, and re-encoded only when its bytes show it may need an edit
 (formats.openai.needs_normalising). Everything else goes out as the upstream sent it.
 A stream that errors or ends before its finish reason raises UpstreamError, so every API edge
-can end it with an error the SDK raises.
-Which route to stream from, and when a silent upstream has waited too long, is failover.py's call.
+can end it with an error the SDK raises. However it ends, its owner (endings.py) is told once.
+Which route to stream from is failover.py's call.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ __all__ = [
     "ChatStream",
     "Chunk",
     "StreamMeter",
+    "StreamOwner",
     "UpstreamAPI",
     "read_completion",
 ]
@@ -70,13 +71,20 @@ class Chunk:
 
 
 class StreamMeter(Protocol):
-    """Accounting for one stream (credits.Charge): sees what reaches the client, and the end."""
+    """Accounting for one stream (credits.Charge): sees what reaches the client."""
 
     def on_batch(self, batch: list[Chunk]) -> None:
         """Chunks about to go to the client; may edit them (usage.cost)."""
 
-    def on_close(self, stream: ChatStream) -> None:
-        """The stream ended (finished, broke, or the client left); called exactly once."""
+
+class StreamOwner(Protocol):
+    """Who owns a stream's end (endings.StreamOwner): its meter sees every batch delivered, and
+    ended() is called exactly once, when the stream closes, however that came about."""
+
+    @property
+    def meter(self) -> StreamMeter: ...
+
+    def ended(self, stream: ChatStream) -> None: ...
 
 
 class ChatStream:
@@ -100,12 +108,13 @@ class ChatStream:
         self.finished = False  # a finish_reason was seen
         self.usage: dict[str, Any] | None = None
         self.failure: UpstreamError | None = None  # what ended the stream, if it broke
-        self.on_end: Callable[[ChatStream], None] | None = None  # called once, at close()
+        self.upstream_id: str | None = None  # the upstream's id for the answer (its first chunk's)
         self.reading = False  # waiting on the upstream right now
-        self.read_started = 0.0  # loop time that wait began (failover.py's idle watchdog)
+        self.read_started = 0.0  # loop time that wait began (the idle watchdog's, endings.py)
         self._aborted: GatewayError | None = None
         self._reader: asyncio.Task[Any] | None = None
         self._closed = False
+        self._owner: StreamOwner | None = None
         self._meter: StreamMeter | None = None
         self._batches = self._aiter_upstream()
         self._first: list[Chunk] = []
@@ -117,6 +126,12 @@ class ChatStream:
         with it: until a token has gone out, failover.py may still switch routes unseen.
         """
         while (batch := await anext(self._batches, None)) is not None:
+            if not self._first:
+                first = batch[0]
+                parsed = first.parsed  # usually: a role chunk, parsed to be normalised
+                answer_id = _chunk_id(first) if parsed is None else parsed.get("id")
+                if answer_id.__class__ is str and len(answer_id) <= 200:
+                    self.upstream_id = answer_id
             self._first += batch
             if any(_has_token(chunk) for chunk in batch):
                 return
@@ -138,11 +153,14 @@ class ChatStream:
         """The upstream's `[DONE]` has come: no batch follows the last one delivered."""
         return self._done
 
-    def meter_with(self, meter: StreamMeter) -> None:
-        """Account for this stream from here on: every batch delivered, then its end."""
-        self._meter = meter
-        if self._closed:  # it ended inside start(): nothing more will be delivered
-            meter.on_close(self)
+    def own(self, owner: StreamOwner) -> None:
+        """Hand the stream to `owner` from here on: its meter sees every batch delivered, and it
+        is told when the stream ends — now, if it already has (inside start())."""
+        self._meter = owner.meter
+        if self._closed:
+            owner.ended(self)
+        else:
+            self._owner = owner
 
     def abort(self, error: GatewayError) -> None:
         """End the stream with `error`: at once if it is waiting on the upstream, else next read."""
@@ -205,13 +223,11 @@ class ChatStream:
             self._response.release()
         else:
             self._response.close()
-        # Dropped once called: it holds failover's bookkeeping, which holds this stream, and that
-        # cycle would leave every request's objects to the garbage collector.
-        on_end, self.on_end = self.on_end, None
-        if on_end is not None:
-            on_end(self)
-        if self._meter is not None:
-            self._meter.on_close(self)
+        # Dropped once called: the owner holds this stream, and that cycle would leave every
+        # request's objects to the garbage collector.
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            owner.ended(self)
 
     def _chunks(self, raw: bytes) -> list[Chunk]:
         """The chunks an upstream read completes: each run of events in the learned envelope as
@@ -328,6 +344,14 @@ def _has_token(chunk: Chunk) -> bool:
         if any(value for key, value in delta.items() if key != "role"):
             return True
     return False
+
+
+def _chunk_id(chunk: Chunk) -> str | None:
+    """A chunk's `id` (OpenRouter's gen-…), found in the bytes of one not parsed."""
+    data = chunk.data
+    start = data.find(b'"id":"')
+    end = data.find(b'"', start + 6, start + 206) if start != -1 else -1
+    return None if end == -1 else data[start + 6 : end].decode("utf-8", "replace")
 
 
 async def read_completion(

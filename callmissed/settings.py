@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from callmissed.observability_settings import Observability, parse_observability
+from callmissed.pricing_settings import Prices, Pricing, parse_prices, parse_pricing
 
 __all__ = [
     "Accounting",
@@ -24,6 +25,7 @@ __all__ = [
     "ModelSettings",
     "Observability",
     "Prices",
+    "Pricing",
     "ProviderSettings",
     "Resilience",
     "ResponsesStorage",
@@ -78,17 +80,6 @@ class Route(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
-class Prices:
-    """USD per million tokens. `cached_input`: prompt tokens read from the upstream's prompt
-    cache; `cache_write`: prompt tokens written to it (None: billed as input)."""
-
-    input: float
-    cached_input: float
-    output: float
-    cache_write: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class Accounting:
     """Credits, limits and admin settings (docs/credits.md)."""
 
@@ -98,6 +89,7 @@ class Accounting:
     redis_prefix: str = "callmissed"  # CALLMISSED_REDIS_PREFIX: one per database sharing Redis
     ledger_dir: str | None = None  # CALLMISSED_LEDGER_DIR; default: beside the SQLite file
     prices: Mapping[str, Prices] = field(default_factory=dict)  # the config file's [prices]
+    pricing: Pricing = field(default_factory=Pricing)  # the markup, how often lists are read
     retention_days: float = 90.0  # CALLMISSED_RETENTION_DAYS: ledger rows kept (0: forever)
 
 
@@ -387,7 +379,7 @@ def _parse_model(name: str, table: Mapping[str, Any], defaults: Timeouts) -> Mod
         description=table.get("description", ""),
         context=table.get("context"),
         max_output=table.get("max_output"),
-        prices=_parse_prices(f"model {name!r}", prices) if prices else None,
+        prices=parse_prices(f"model {name!r}", prices) if prices else None,
         simulate=_parse_simulate(name, simulate) if simulate else None,
         strategy=table.get("strategy", "ordered"),
         hedge_after_ms=_positive(name, "hedge_after_ms", table.get("hedge_after_ms")),
@@ -545,32 +537,13 @@ def _parse_accounting(env: Mapping[str, str], config: Mapping[str, Any]) -> Acco
         redis_url=env.get("CALLMISSED_REDIS_URL") or None,
         redis_prefix=env.get("CALLMISSED_REDIS_PREFIX") or "callmissed",
         ledger_dir=env.get("CALLMISSED_LEDGER_DIR") or None,
-        prices={name: _parse_prices(f"[prices.{name!r}]", table) for name, table in prices.items()},
+        prices={name: parse_prices(f"[prices.{name!r}]", table) for name, table in prices.items()},
+        pricing=parse_pricing(env, config),
         retention_days=_float(env, "CALLMISSED_RETENTION_DAYS", 90.0),
     )
 
 
 _LIMITS_ENV = {item.name: f"CALLMISSED_{item.name.upper()}" for item in fields(Limits)}
-
-
-def _parse_prices(where: str, table: Any) -> Prices:
-    """USD per million tokens, each >= 0; cached_input and cache_write default to input."""
-    if not isinstance(table, dict) or not {"input", "output"} <= table.keys():
-        raise SettingsError(f"{where}: prices need input and output (USD per million tokens)")
-    unknown = table.keys() - {"input", "cached_input", "cache_write", "output"}
-    if unknown:
-        raise SettingsError(f"{where}: unknown price {sorted(unknown)[0]!r}")
-    values = {"cached_input": table["input"], **table}
-    for key, value in table.items():  # the keys written: the others default to input
-        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < 1e6:
-            raise SettingsError(f"{where}: price {key} must be a number from 0 to 1000000")
-    write = values.get("cache_write")
-    return Prices(
-        float(values["input"]),
-        float(values["cached_input"]),
-        float(values["output"]),
-        None if write is None else float(write),
-    )
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -64,6 +64,8 @@ log = logging.getLogger("callmissed")
 class _Transport(Protocol):
     async def send(self, provider: Provider, request: UpstreamRequest) -> UpstreamResponse: ...
 
+    async def get(self, request: UpstreamRequest) -> tuple[int, _Body]: ...
+
     async def warm(self, url: str, count: int) -> None: ...
 
     async def close(self) -> None: ...
@@ -126,6 +128,30 @@ class Upstream:
             await transport.close()
         self._transports.clear()
 
+    async def fetch(self, provider: Provider, path: str, max_bytes: int, seconds: float) -> bytes:
+        """GET `{base_url}/{path}` (a model list): the body of a 200, read within `seconds`
+        and `max_bytes`; UpstreamError for anything else. Never on a request's path."""
+        transport = self._transports.get(provider.name)
+        if transport is None:
+            raise UpstreamError(f"{provider.label} is not configured", provider=provider.name)
+        label = f"{provider.label} ({provider.name})"
+        try:
+            async with asyncio.timeout(seconds):
+                status, body = await transport.get(provider.build_get(path))
+                try:
+                    if status != 200:
+                        raise UpstreamError(f"{label} answered {status} to GET /{path}")
+                    data, more = await _read_capped(body.receive, max_bytes)
+                    if more:
+                        raise UpstreamError(f"{label}'s /{path} is larger than {max_bytes} bytes")
+                    return data
+                finally:
+                    body.close()
+        except TimeoutError:
+            raise UpstreamTimeout(f"{label} did not send /{path} within {seconds:g} s") from None
+        except (OSError, PyreqwestError) as exc:
+            raise UpstreamError(f"could not GET {label}'s /{path}: {type(exc).__name__}") from None
+
     async def send(self, provider: Provider, request: UpstreamRequest) -> UpstreamResponse:
         """POST the request; return once the upstream's status and headers are in."""
         if provider.type == "sim":
@@ -137,6 +163,12 @@ class Upstream:
             return simulate(profile, request.body)
         self._last_used[provider.name] = time.monotonic()
         return await self._transports[provider.name].send(provider, request)
+
+
+class _Body(Protocol):
+    async def receive(self) -> bytes: ...
+
+    def close(self) -> None: ...
 
 
 def _unreachable(provider: Provider, exc: BaseException) -> UpstreamError:
@@ -219,6 +251,11 @@ class _Http1Transport:
             raise _unreachable(provider, exc) from None
         return _Http1Response(response, provider)
 
+    async def get(self, request: UpstreamRequest) -> tuple[int, _Body]:
+        client, target = self._route(request.url)
+        response = await client.send("GET", target, request.headers)
+        return response.status, response
+
     async def warm(self, url: str, count: int) -> None:
         await self._route(url)[0].warm(count)
 
@@ -296,6 +333,11 @@ class _Http2Transport:
         inflater = http1.Inflater(self._max_inflated) if encoding in ("gzip", "deflate") else None
         return _Http2Response(streamed, response, provider, inflater)
 
+    async def get(self, request: UpstreamRequest) -> tuple[int, _Body]:
+        streamed = self._client.get(request.url).headers(request.headers).build_streamed()
+        response = await streamed.__aenter__()
+        return int(response.status), _Http2Body(streamed, response)
+
     async def warm(self, url: str, count: int) -> None:
         # One h2 connection carries every request, so one HEAD warms the pool.
         response = await self._client.head(url).build().send()
@@ -369,6 +411,24 @@ class _Http2Response:
 
     def release(self) -> None:
         self.close()  # an h2 stream ends by itself; the connection stays either way
+
+
+class _Http2Body:
+    """A GET's body over h2, chunk by chunk (so its size can be bounded while it is read)."""
+
+    def __init__(self, request: StreamRequest, response: Any) -> None:
+        self._request = request
+        self._response = response
+        self._closing: asyncio.Future[Any] | None = None
+
+    async def receive(self) -> bytes:
+        chunk = await self._response.body_reader.read_chunk()
+        return b"" if chunk is None else bytes(chunk)
+
+    def close(self) -> None:
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._request.__aexit__(None, None, None))
+            self._closing.add_done_callback(_ignore_outcome)
 
 
 def _ignore_outcome(future: asyncio.Future[Any]) -> None:

@@ -20,6 +20,7 @@ import orjson
 
 from callmissed.auth import Principal
 from callmissed.bodies import Bodies, BodyBudget
+from callmissed.endings import CLIENT_LEFT
 from callmissed.errors import (
     AuthenticationFailed,
     EndpointNotFound,
@@ -321,15 +322,16 @@ def stream_headers(
 async def unless_disconnected(awaitable: Awaitable[T], gone: asyncio.Future[Any]) -> T | None:
     """Await in this task, cancelling it if the client disconnects (`gone` ends): None then.
 
-    The cancellation reaches whatever is awaited — an upstream request, a stream being written —
-    which closes it. Running in this task rather than a new one keeps a request's task count low.
+    The cancellation (its message: endings.CLIENT_LEFT) reaches whatever is awaited — an upstream
+    request, a stream being written — which closes it. Running in this task rather than a new
+    one keeps a request's task count low.
     """
     task = asyncio.current_task()
     assert task is not None
 
     def cancel(_: asyncio.Future[Any]) -> None:
         if not gone.cancelled():
-            task.cancel()
+            task.cancel(CLIENT_LEFT)
 
     gone.add_done_callback(cancel)
     try:

@@ -84,11 +84,11 @@ output = 2.0
 
 
 def start_billing_gateway(
-    upstream: FakeUpstream, workdir: Path, *serve_args: str, **env: str
+    upstream: FakeUpstream, workdir: Path, *serve_args: str, extra_config: str = "", **env: str
 ) -> Gateway:
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "billing.toml"
-    config.write_text(CONFIG.format(upstream=upstream.url) + PRICED)
+    config.write_text(CONFIG.format(upstream=upstream.url) + PRICED + extra_config)
     env = {"CALLMISSED_ADMIN_TOKEN": ADMIN_TOKEN, "CALLMISSED_CONFIG": str(config), **env}
     return start_gateway(upstream, workdir, *serve_args, **env)
 
@@ -192,11 +192,13 @@ def in_wallets(gateway: Gateway, key_id: int) -> int:
     return int(rows[0][0] or 0)
 
 
-def chat(gateway: Gateway, key: str, model: str = "priced", **body: Any) -> httpx.Response:
+def chat(
+    gateway: Gateway, key: str, model: str = "priced", *, timeout: float = 30, **body: Any
+) -> httpx.Response:
     payload = {"model": model, "messages": [{"role": "user", "content": "Say hello"}], **body}
     return httpx.post(
         f"{gateway.base_url}/chat/completions",
         json=payload,
         headers={"authorization": f"Bearer {key}"},
-        timeout=30,
+        timeout=timeout,
     )

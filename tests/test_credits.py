@@ -246,7 +246,8 @@ def test_an_upstream_failure_before_any_token_costs_nothing(billing, stream):
     assert balance(billing, key_id) == 1_000_000
 
 
-def test_client_disconnect_is_billed_only_for_delivered_tokens(billing):
+def test_a_client_that_leaves_a_stream_pays_its_prompt_and_what_was_delivered(billing):
+    """The upstream bills the prompt as soon as it has it: so does the key (issue 13)."""
     key, key_id = new_key(billing, credits=1)
     payload = {
         "model": "priced-endless",
@@ -271,16 +272,19 @@ def test_client_disconnect_is_billed_only_for_delivered_tokens(billing):
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         rows = query(
-            billing, "SELECT status, completion_tokens, cost FROM ledger WHERE key_id = ?", key_id
+            billing,
+            "SELECT status, prompt_tokens, completion_tokens, cost FROM ledger WHERE key_id = ?",
+            key_id,
         )
         if rows:
             break
         settle(billing, key)
         time.sleep(0.05)
-    status, delivered, cost = rows[0]
+    status, prompt, delivered, cost = rows[0]
     assert status == 499
+    assert prompt == 4 + 2  # the estimate of one message of five characters
     assert 5 <= delivered <= 7  # what reached the client; at most a chunk or two in flight
-    assert cost == delivered * 2
+    assert cost == prompt * 1 + delivered * 2
     assert balance(billing, key_id) == 1_000_000 - cost
 
 
@@ -437,6 +441,7 @@ def test_models_show_the_prices_billed_and_what_a_metered_key_cannot_use(billing
             "cached_input_per_million": 1.0,
             "cache_write_per_million": 1.0,
             "output_per_million": 2.0,
+            "request": 0.0,
         }
         assert models["priced"]["available"] is True
         assert models["sim/instant"]["available"] is True  # free, so anyone's
@@ -505,7 +510,8 @@ def test_the_anthropic_edge_is_billed_the_same_way(billing, stream):
 
 def test_keepalive_streams_settle_too(upstream, tmp_path):
     """A first token slower than CALLMISSED_KEEPALIVE_AFTER commits the 200 early: the charge
-    still settles once, both when the stream completes and when the client leaves first."""
+    still settles once, both when the stream completes and when the client leaves first (then
+    for the prompt its upstream had: 4 + 1 tokens of "hi")."""
     running = start_billing_gateway(upstream, tmp_path, CALLMISSED_KEEPALIVE_AFTER="0.05")
     try:
         key, key_id = new_key(running, credits=1)
@@ -531,8 +537,8 @@ def test_keepalive_streams_settle_too(upstream, tmp_path):
         rows = query(
             running, "SELECT status, cost FROM ledger WHERE key_id = ? ORDER BY created_at", key_id
         )
-        assert rows == [(200, HELLO_COST), (499, 0)]
-        assert balance(running, key_id) == 1_000_000 - HELLO_COST
+        assert rows == [(200, HELLO_COST), (499, 5)]
+        assert balance(running, key_id) == 1_000_000 - HELLO_COST - 5
         assert per_request_holds(running, key_id) == 0
     finally:
         stop_gateway(running)

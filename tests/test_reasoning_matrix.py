@@ -35,7 +35,8 @@ MATRIX: dict[str, tuple[str, Mapping[str, object]]] = {
 }
 
 # No published USD price (docs/credits.md): a key with a credit limit gets 403 model_not_priced.
-UNPRICED = {"sarvam-30b", "sarvam-105b", "openai/gpt-5.1"}
+# (openai/gpt-5.1 and every other id OpenRouter lists are priced from its model list.)
+UNPRICED = {"sarvam-30b", "sarvam-105b"}
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +89,28 @@ def test_a_key_that_pays_with_credits_gets_the_same_matrix(
     assert raw.headers["x-callmissed-reasoning-effort"] == (
         "dropped" if received is DROPPED else received
     )
+
+
+# More of the OpenRouter row, ids outside the catalog, streamed too: priced from OpenRouter's model
+# list (the fake serves one), so a paying key can use any of them as a free one can.
+OPENROUTER_IDS = ["openai/gpt-5-mini", "anthropic/claude-opus-4.5"]
+
+
+@pytest.mark.parametrize("sent", list(AS_IS))
+@pytest.mark.parametrize("model", OPENROUTER_IDS)
+def test_openrouter_ids_take_the_matrix_with_a_metered_key(metered_client, gateway, model, sent):
+    stream = sent in ("low", "high")  # streamed and whole answers alike
+    raw = metered_client.chat.completions.with_raw_response.create(
+        model=model,
+        messages=[{"role": "user", "content": "What is 2+2?"}],
+        reasoning_effort=sent,
+        max_tokens=100,
+        stream=stream,
+    )
+    assert raw.headers["x-callmissed-reasoning-effort"] == sent
+    assert gateway.upstream.last(model).body["reasoning_effort"] == sent
+    if not stream:
+        assert raw.parse().usage.model_extra["cost"] > 0  # billed at OpenRouter's price
 
 
 def test_no_reasoning_effort_means_none_is_added(client, gateway):

@@ -262,3 +262,33 @@ def _clean_env() -> dict[str, str]:
         for key, value in os.environ.items()
         if not key.startswith(("CALLMISSED_", "CLOUDFLARE_", "OPENROUTER_", "SARVAM_"))
     }
+
+
+def test_pricing_takes_a_markup_and_a_refresh_each_overridden_by_its_variable(tmp_path):
+    config = tmp_path / "pricing.toml"
+    config.write_text("[pricing]\nmarkup = 1.25\nrefresh = 0\n")
+    pricing = load_settings({}, str(config)).accounting.pricing
+    assert (pricing.markup, pricing.refresh) == (1.25, 0.0)  # 0: never fetch, use the stored copy
+    env = {"CALLMISSED_PRICE_MARKUP": "2", "CALLMISSED_PRICE_REFRESH": "60"}
+    pricing = load_settings(env, str(config)).accounting.pricing
+    assert (pricing.markup, pricing.refresh) == (2.0, 60.0)
+    assert load_settings({}).accounting.pricing.markup == 1.0
+
+
+@pytest.mark.parametrize(
+    ("table", "env", "message"),
+    [
+        ("markup = 0", {}, "markup must be a number above 0"),
+        ("markup = 1000", {}, "markup must be a number above 0"),
+        ("", {"CALLMISSED_PRICE_MARKUP": "nan"}, "markup must be a number above 0"),
+        ("markup = true", {}, "markup must be a number above 0"),
+        ("refresh = -1", {}, "refresh must be 0"),
+        ("", {"CALLMISSED_PRICE_REFRESH": "soon"}, "CALLMISSED_PRICE_REFRESH"),
+        ("discount = 0.5", {}, "[pricing] takes markup"),
+    ],
+)
+def test_bad_pricing_settings_are_refused(tmp_path, table, env, message):
+    config = tmp_path / "pricing.toml"
+    config.write_text(f"[pricing]\n{table}\n")
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        load_settings(env, str(config))

@@ -59,7 +59,10 @@ def _config(workdir: Path, base_url: str, cert: Path) -> Path:
     path.write_text(
         f'[providers.secure]\ntype = "openai"\nbase_url = "{base_url}"\nca_file = "{cert}"\n\n'
         '[models."secure-model"]\nroutes = ["secure:h2-model"]\n'
-        '[models."secure-bomb"]\nroutes = ["secure:h2-bomb"]\n'
+        '[models."secure-bomb"]\nroutes = ["secure:h2-bomb"]\n\n'
+        # An upstream that publishes its prices, as OpenRouter does (price_list.py).
+        f'[providers.listed]\ntype = "openrouter"\nbase_url = "{base_url}"\nca_file = "{cert}"\n\n'
+        '[models."listed-model"]\nroutes = ["listed:h2-model"]\n'
     )
     return path
 
@@ -86,3 +89,15 @@ def test_a_compressed_answer_over_http2_inflates_only_so_far(h2_gateway, client_
         )
     assert raised.value.status_code == 502
     assert "inflates past 33554432 bytes" in raised.value.message
+
+
+def test_an_upstreams_price_list_is_read_over_http2(h2_gateway, client_for):
+    """The list arrives in many HTTP/2 data frames; a key with a credit limit may then use the
+    model it prices, billed at its price: 1 + 2 x 3 micro-credits."""
+    key = h2_gateway.create_key("--credits", "1")
+    client = client_for(h2_gateway).with_options(api_key=key)
+    completion = client.chat.completions.create(
+        model="listed-model", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert completion.usage is not None
+    assert completion.usage.model_extra["cost"] == 0.000007

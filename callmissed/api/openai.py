@@ -125,12 +125,12 @@ async def retrieve_model(gateway: Gateway, request: Request) -> Response:
 def _describe(gateway: Gateway, model: ModelSettings, metered: bool) -> dict[str, Any]:
     route = model.routes[0]
     unavailable = gateway.router.unavailable_reason(model)
-    if unavailable is None and metered and gateway.credits.rates_for(model) is None:
+    price = gateway.credits.prices.price(model)
+    if unavailable is None and metered and price is None:
         unavailable = (
-            "it has no price set, so keys with a credit limit cannot use it "
-            "(the operator can set one under [prices])"
+            "it has no price (neither its upstream's price list nor the config file prices it), "
+            "so keys with a credit limit cannot use it (the operator can set one under [prices])"
         )
-    prices = gateway.settings.accounting.prices.get(model.name) or model.prices  # as billed
     entry: dict[str, Any] = {
         "id": model.name,
         "object": "model",
@@ -153,14 +153,17 @@ def _describe(gateway: Gateway, model: ModelSettings, metered: bool) -> dict[str
         entry["description"] = model.description
     if model.context:
         entry["context_length"] = model.context
-    if prices:
+    if price is not None:  # what its first route bills, markup included (docs/credits.md)
+        rates = price.route(route).rates
         entry["pricing"] = {
-            "input_per_million": prices.input,
-            "cached_input_per_million": prices.cached_input,
+            "input_per_million": rates.input / 1e6,
+            "cached_input_per_million": rates.cached_input / 1e6,
             "cache_write_per_million": (
-                prices.input if prices.cache_write is None else prices.cache_write
-            ),
-            "output_per_million": prices.output,
+                rates.input if rates.cache_write is None else rates.cache_write
+            )
+            / 1e6,
+            "output_per_million": rates.output / 1e6,
+            "request": rates.request / 1e12,
         }
     return entry
 

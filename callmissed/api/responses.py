@@ -21,7 +21,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from callmissed.auth import Principal
-from callmissed.credits import FREE, cost_of, format_credits, parse_usage
+from callmissed.credits import format_credits
 from callmissed.errors import GatewayError, InvalidRequest, to_openai
 from callmissed.formats.responses import (
     ResponseRequest,
@@ -171,11 +171,12 @@ async def _pass_through(
     save: Save | None,
 ) -> Response | StreamResponse:
     body = _upstream_body(ask, earlier + ask.items)
-    model, _ = gateway.router.resolve(ask.model)
-    rates = gateway.credits.rates_for(model) or FREE
+    model, targets = gateway.router.resolve(ask.model)
+    book = gateway.credits.prices
+    billing = (book.price(model) or book.unpriced(model)).route(targets[0].route)
 
-    def price(usage: dict[str, Any]) -> float | None:
-        return format_credits(cost_of(rates, parse_usage(usage)))
+    def price(usage: dict[str, Any]) -> float | None:  # as the charge prices it (credits.py)
+        return format_credits(book.bill(billing, usage)[1])
 
     editor = PassThroughEditor(ask, new_id("resp_"), price)
     tags = request_tags(request.headers, ask.body)

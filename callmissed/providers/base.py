@@ -71,6 +71,8 @@ class Provider:
     # The most inputs one upstream embeddings request may carry: OpenAI's own limit. A model's
     # `embedding.batch` in the catalog says less where its upstream accepts less.
     embedding_batch: ClassVar[int] = 2048
+    # Its usage objects carry `cost`, what it billed in USD (OpenRouter's): settle from that.
+    reports_cost: ClassVar[bool] = False
 
     def __init__(self, settings: ProviderSettings) -> None:
         self.name = settings.name
@@ -108,6 +110,11 @@ class Provider:
             body["reasoning"] = {**(body.get("reasoning") or {}), "effort": effort}
         url = f"{self.settings.base_url}/responses"
         return UpstreamRequest(url, self._headers, encode_body(body), route.upstream_model)
+
+    def build_get(self, path: str) -> UpstreamRequest:
+        """A GET of `{base_url}/{path}` (its model list, say) with this upstream's credentials."""
+        headers = {name: value for name, value in self._headers.items() if name != "content-type"}
+        return UpstreamRequest(f"{self.settings.base_url}/{path}", headers, b"", "")
 
     def adapt_body(self, body: dict[str, Any], model: ModelSettings) -> None:
         """Upstream-specific edits, in place. The base dialect needs none."""

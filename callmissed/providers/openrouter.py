@@ -4,7 +4,9 @@ OpenRouter reports errors as `{"error": {"code": <number>, "message", "metadata"
 as a chunk with a top-level `error`, and non-stream failures as HTTP 200 with
 `choices[].finish_reason == "error"` (wire-formats.md §4.6). The base class already checks both;
 `: OPENROUTER PROCESSING` keep-alive comments are skipped by the SSE decoder. It serves the
-Responses API too, so POST /v1/responses passes through to it (relay_responses.py).
+Responses API too, so POST /v1/responses passes through to it (relay_responses.py). Its usage
+objects carry `cost`, what it billed in USD, which settlement uses (docs/credits.md); its model
+list (`GET /models`) prices every model it serves (price_list.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ class OpenRouter(Provider):
     serves_responses = (
         True  # POST /api/v1/responses (https://openrouter.ai/docs/api/reference/responses/overview)
     )
+    reports_cost = True
 
     def extra_headers(self) -> dict[str, str]:
         return {"http-referer": "https://github.com/callmissed/callmissed", "x-title": "CallMissed"}

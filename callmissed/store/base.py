@@ -46,7 +46,7 @@ KEY_COLUMNS = (
 LEDGER_COLUMNS = (
     "request_id, key_id, created_at, model, route, upstream_model, stream, status, error_code,"
     " prompt_tokens, completion_tokens, reasoning_tokens, cached_tokens, cost, uncharged,"
-    " ttfb_ms, total_ms"
+    " ttfb_ms, total_ms, upstream_id"
 )
 # The console's columns (migration 0010), written after LEDGER_COLUMNS; JSON text for lists.
 LEDGER_DETAIL_COLUMNS = "effort_in, effort_out, attempts, tags, error_message"
@@ -129,6 +129,7 @@ class LedgerEntry:
     ttfb_ms: float | None
     total_ms: float
     wallet: str | None = None
+    upstream_id: str | None = None  # the upstream's id for the answer (OpenRouter's gen-…)
     # What the console shows of it (migration 0010): reasoning_effort as received and as sent
     # (reasoning.py), the upstream attempts when there was more than the one that answered
     # (failover.Attempt), the request's tags (tags.py), and a failure's message.
@@ -216,6 +217,19 @@ class Store(Protocol):
         per-request hold also gets an interrupted ledger row. The number of rows given back."""
 
     async def recent_usage(self, key_id: int, limit: int) -> list[dict[str, Any]]: ...
+
+    async def load_price_list(self, source: str, newer_than: float) -> tuple[float, bytes] | None:
+        """The stored price list of `source` (when it was fetched, its body) if one was fetched
+        after `newer_than`; else None."""
+
+    async def claim_price_refresh(
+        self, source: str, now: float, until: float, stale_before: float
+    ) -> bool:
+        """Atomically claim fetching `source`'s list until `until`: only if nobody holds a claim
+        at `now` and the stored copy was fetched before `stale_before` (or there is none)."""
+
+    async def save_price_list(self, source: str, fetched_at: float, body: bytes) -> None:
+        """Store a fetched list as `source`'s current copy, and end the claim on it."""
 
     def responses(self) -> ResponseStore:
         """Stored Responses (POST /v1/responses), on this store's connection."""

@@ -50,6 +50,7 @@ from callmissed.store.budget import (
     window_starts,
     with_limit_reset,
 )
+from callmissed.store.price_lists import PostgresPriceLists
 from callmissed.store.responses import PostgresResponses
 from callmissed.store.rollup import write_postgres
 
@@ -190,21 +191,22 @@ WITH keys AS (
 INSERT INTO ledger ({_LEDGER_COLUMNS}, {_DETAIL_COLUMNS})
 SELECT request_id, key_id, created_at, model, route, upstream_model, stream, status, error_code,
        prompt_tokens, completion_tokens, reasoning_tokens, cached_tokens, charged,
-       cost - charged, ttfb_ms, total_ms, effort_in, effort_out, attempts::text, tags::text,
-       error_message
+       cost - charged, ttfb_ms, total_ms, upstream_id, effort_in, effort_out, attempts::text,
+       tags::text, error_message
   FROM ROWS FROM (
            json_to_recordset($7::json) AS (
                request_id text, key_id bigint, created_at float8, model text, route text,
                upstream_model text, stream boolean, status int, error_code text,
                prompt_tokens int, completion_tokens int, reasoning_tokens int, cached_tokens int,
-               cost bigint, ttfb_ms float8, total_ms float8, effort_in text, effort_out text,
-               attempts json, tags json, error_message text
+               cost bigint, ttfb_ms float8, total_ms float8, upstream_id text, effort_in text,
+               effort_out text, attempts json, tags json, error_message text
            ),
            unnest($8::bigint[])
        ) AS entry (
            request_id, key_id, created_at, model, route, upstream_model, stream, status,
            error_code, prompt_tokens, completion_tokens, reasoning_tokens, cached_tokens, cost,
-           ttfb_ms, total_ms, effort_in, effort_out, attempts, tags, error_message, charged
+           ttfb_ms, total_ms, upstream_id, effort_in, effort_out, attempts, tags, error_message,
+           charged
        )
     ON CONFLICT (request_id) DO NOTHING
 """
@@ -227,7 +229,7 @@ WITH gone AS (
 ), written AS (
     INSERT INTO ledger ({_LEDGER_COLUMNS})
     SELECT request_id, key_id, created_at, model, '', '', false, 500, 'interrupted',
-           0, 0, 0, 0, 0, 0, NULL, 0
+           0, 0, 0, 0, 0, 0, NULL, 0, NULL
       FROM gone WHERE NOT wallet
         ON CONFLICT (request_id) DO NOTHING
  RETURNING request_id, key_id, created_at, model
@@ -249,7 +251,7 @@ _CHANGES = "callmissed_keys"  # NOTIFY channel: a key changed (migrations 0004, 
 _TRUST_FOR = 2.0  # seconds a key read as active stays trusted while no listener is connected
 
 
-class PostgresStore:
+class PostgresStore(PostgresPriceLists):
     def __init__(
         self, url: str, pool_size: int = 10, clock: Callable[[], float] = time.time
     ) -> None:

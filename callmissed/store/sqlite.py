@@ -43,6 +43,7 @@ from callmissed.store.budget import (
     window_starts,
     with_limit_reset,
 )
+from callmissed.store.price_lists import SQLitePriceLists
 from callmissed.store.responses import SQLiteResponses
 from callmissed.store.rollup import write_sqlite
 from callmissed.store.walwatch import WalWatch
@@ -84,11 +85,11 @@ _SET_BUDGET = (
 _CHECKPOINT_EVERY = 0.5  # seconds
 
 _INSERT_LEDGER = (
-    f"INSERT INTO ledger ({_LEDGER_COLUMNS}, {_DETAIL_COLUMNS}) VALUES ({', '.join('?' * 22)})"
+    f"INSERT INTO ledger ({_LEDGER_COLUMNS}, {_DETAIL_COLUMNS}) VALUES ({', '.join('?' * 23)})"
 )
 
 
-class SQLiteStore:
+class SQLiteStore(SQLitePriceLists):
     def __init__(self, path: str, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock  # dates budget windows (store/budget.py)
         self._db = connect(path)
@@ -418,6 +419,7 @@ def _ledger_row(entry: LedgerEntry, charged: int) -> tuple[Any, ...]:
         entry.upstream_model, entry.stream, entry.status, entry.error_code,
         entry.prompt_tokens, entry.completion_tokens, entry.reasoning_tokens,
         entry.cached_tokens, charged, entry.cost - charged, entry.ttfb_ms, entry.total_ms,
+        entry.upstream_id,
         entry.effort_in, entry.effort_out, _json_or_null(entry.attempts),
         _json_or_null(entry.tags), entry.error_message,
     )  # fmt: skip

@@ -1,7 +1,8 @@
 """A TLS upstream that speaks HTTP/2, served by granian in its own process.
 
 It answers every chat completion with "Hello over <http version>", so a test can see which
-protocol the gateway used to reach it; model "h2-bomb" gets a gzip bomb instead.
+protocol the gateway used to reach it; model "h2-bomb" gets a gzip bomb instead, and
+`GET …/models` an OpenRouter-shaped price list (in several body frames) that prices its one model.
 """
 
 from __future__ import annotations
@@ -24,8 +25,23 @@ def _frame(delta: dict[str, Any], finish: str | None = None) -> bytes:
     return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
 
+async def _models(send: Any) -> None:
+    pricing = {"prompt": "0.000001", "completion": "0.000002"}
+    listing = orjson.dumps({"data": [{"id": "h2-model", "pricing": pricing}]})
+    headers = [(b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    for start in range(0, len(listing), 16):
+        await send(
+            {"type": "http.response.body", "body": listing[start : start + 16], "more_body": True}
+        )
+    await send({"type": "http.response.body", "body": b""})
+
+
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] != "http":
+        return
+    if scope["method"] == "GET" and scope["path"].endswith("/models"):
+        await _models(send)
         return
     if scope["method"] == "GET":  # health probe
         await send({"type": "http.response.start", "status": 200, "headers": []})

@@ -3,7 +3,9 @@
 Paths choose the dialect, as the real providers' base URLs would:
   /client/v4/accounts/{account}/ai/v1/chat/completions   Cloudflare Workers AI (v4 error envelope)
   /openrouter/api/v1/chat/completions                     OpenRouter (numeric error codes,
-                                                           `: OPENROUTER PROCESSING` comments)
+                                                           `: OPENROUTER PROCESSING` comments,
+                                                           usage.cost; openrouter.py)
+  /openrouter/api/v1/models                               OpenRouter's model list, with prices
   /sarvam/v1/chat/completions                             Sarvam AI
   /local/v1/chat/completions                              any OpenAI-compatible server
   /openrouter/api/v1/responses                            OpenRouter's Responses API
@@ -26,6 +28,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tests.fakes.openrouter import OpenRouterSide, bill_completion, bill_listed, metered
 from tests.fakes.server import serve_in_thread
 
 
@@ -42,6 +45,7 @@ class FakeUpstream:
     url: str = ""
     requests: list[Received] = field(default_factory=list)
     disconnects: list[float] = field(default_factory=list)  # when a streaming client went away
+    openrouter: OpenRouterSide = field(default_factory=OpenRouterSide)
     gate: threading.Event = field(default_factory=threading.Event)  # "gated" waits for it
 
     def last(self, model: str | None = None) -> Received:
@@ -346,9 +350,26 @@ async def _chat(request: web.Request) -> web.StreamResponse:
         status_text, _, code_text = name.removeprefix(ERROR_PREFIX).partition("-")
         status, code = int(status_text), int(code_text or 0)
         return _error_response(dialect, status, f"fake failure {status}", code)
+    side = fake.openrouter
+    if dialect == "openrouter" and model.startswith("metered/"):
+        return await metered(request, side, body)
+    listed = dialect == "openrouter" and model in side.models
     if not body.get("stream"):
-        return web.json_response(_non_stream(model, name, body))
-    return await _stream(request, fake, BEHAVIOURS.get(name, _hello)(model, body))
+        completion = _non_stream(model, name, body)
+        if listed and "usage" in completion:
+            bill_completion(side, body, completion)
+        return web.json_response(completion)
+    frames = BEHAVIOURS.get(name, _hello)(model, body)
+    if listed:
+        bill_listed(side, body, frames)
+    return await _stream(request, fake, frames)
+
+
+async def _models(request: web.Request) -> web.Response:
+    side = request.app[FAKE].openrouter
+    side.list_requests += 1
+    body = side.list_body if side.list_body is not None else side.listing()
+    return web.Response(status=side.list_status, body=body, content_type="application/json")
 
 
 def _non_stream(model: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -427,6 +448,7 @@ def start_fake_upstream() -> tuple[FakeUpstream, Callable[[], None]]:
     app[FAKE] = fake
     app.router.add_post("/client/v4/accounts/{account}/ai/v1/chat/completions", _chat)
     app.router.add_post("/{dialect}/api/v1/chat/completions", _chat)
+    app.router.add_get("/openrouter/api/v1/models", _models)
     app.router.add_post("/{dialect}/v1/chat/completions", _chat)
     add_responses_routes(app)
     from tests.fakes.embeddings import add_embedding_routes  # late: it builds on this module
