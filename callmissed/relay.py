@@ -179,11 +179,14 @@ class ChatStream:
         self.reading = True
         try:
             while raw := await receive():
-                batch = self._chunks(raw)
+                batch: list[Chunk] = []
+                failure = self._read(raw, batch)
                 if batch:
                     self.reading = False
                     yield batch
                     self.reading = True
+                if failure is not None:
+                    raise failure
                 if self._done:
                     return
                 if self._aborted is not None:
@@ -229,12 +232,24 @@ class ChatStream:
         if owner is not None:
             owner.ended(self)
 
-    def _chunks(self, raw: bytes) -> list[Chunk]:
-        """The chunks an upstream read completes: each run of events in the learned envelope as
-        one Chunk, forwarded as it came; any other event on its own."""
+    def _read(self, raw: bytes, chunks: list[Chunk]) -> UpstreamError | None:
+        """Put the chunks an upstream read completes into `chunks`; the failure that one of its
+        events reports, if any, once the chunks before it are in (they go out first: an error
+        that shares a read with content must neither lose the content nor pass for a failure
+        before the first token, which failover would retry)."""
+        try:
+            self._chunks(raw, chunks)
+        except UpstreamError as exc:
+            if not chunks:
+                raise
+            return exc
+        return None
+
+    def _chunks(self, raw: bytes, chunks: list[Chunk]) -> None:
+        """The chunks an upstream read completes, into `chunks`: each run of events in the
+        learned envelope as one Chunk, forwarded as it came; any other event on its own."""
         events = self._take(raw)
         template = self._template
-        chunks: list[Chunk] = []
         start, size = 0, len(events)
         while start < size:
             end, length, pieces = template.scan(events, start)
@@ -249,7 +264,6 @@ class ChatStream:
             start = end + 2
             if data is not None and (chunk := self._accept(data)) is not None:
                 chunks.append(chunk)
-        return chunks
 
     def _take(self, raw: bytes) -> bytes:
         """The whole events `raw` completes (sse.SSEDecoder.take), within the event limit."""

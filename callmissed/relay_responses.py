@@ -39,13 +39,11 @@ class ResponsesStream(ChatStream):
             if any(chunk.tokens or chunk.json().get("type") in _ENDS for chunk in batch):
                 return
 
-    def _chunks(self, raw: bytes) -> list[Chunk]:
-        chunks: list[Chunk] = []
+    def _chunks(self, raw: bytes, chunks: list[Chunk]) -> None:
         for block in self._take(raw).split(b"\n\n"):
             data = event_data(block) if block else None
             if data is not None and data != b"[DONE]":
                 chunks.append(self._event(data))
-        return chunks
 
     def _event(self, data: bytes) -> Chunk:
         label = f"{self._provider.label} ({self._provider.name})"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from callmissed.errors import UpstreamError
 from callmissed.providers.openai import OpenAICompatible
-from callmissed.relay import ChatStream
+from callmissed.relay import ChatStream, Chunk
 from callmissed.settings import ProviderSettings
 from callmissed.token_estimate import estimate_output_tokens
 
@@ -14,6 +15,12 @@ from callmissed.token_estimate import estimate_output_tokens
 def _event(text: str) -> bytes:
     chunk = {"id": "c1", "choices": [{"index": 0, "delta": {"content": text}}]}
     return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+def _read(stream: ChatStream, raw: bytes) -> list[Chunk]:
+    chunks: list[Chunk] = []
+    assert stream._read(raw, chunks) is None
+    return chunks
 
 
 def _stream() -> ChatStream:
@@ -24,9 +31,9 @@ def _stream() -> ChatStream:
 @pytest.mark.parametrize("texts", [["Hel", "lo", " world"], ["नमस्ते", " दु", "निया"], ["a", "", "b"]])
 def test_a_run_goes_out_as_it_came_with_the_tokens_of_its_text_alone(texts):
     stream = _stream()
-    first = stream._chunks(_event("learn"))  # the first plain chunk teaches the envelope
+    first = _read(stream, _event("learn"))  # the first plain chunk teaches the envelope
     run = b"".join(_event(text) for text in texts)
-    chunks = stream._chunks(run)
+    chunks = _read(stream, run)
     assert len(first) == 1 and len(chunks) == 1
     assert chunks[0].event() == run
     pieces = sum(1 for text in texts if text)
@@ -38,9 +45,9 @@ def test_chunks_that_need_no_edit_go_out_as_the_upstream_sent_them():
     stream = _stream()
     role = b'data: {"id":"c1","choices":[{"index":0,"delta":{"role":"assistant"}}]}\n\n'
     finish = b'data: {"id":"c1","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
-    chunks = stream._chunks(role + _event("Hi") + finish)
+    chunks = _read(stream, role + _event("Hi") + finish)
     assert b"".join(chunk.event() for chunk in chunks) == role + _event("Hi") + finish
-    again = stream._chunks(role)  # a repeated role is edited out: that one is re-encoded
+    again = _read(stream, role)  # a repeated role is edited out: that one is re-encoded
     assert again[0].json()["choices"][0]["delta"] == {}
 
 
@@ -53,5 +60,22 @@ def test_a_chunk_split_over_several_data_lines_goes_out_on_one(kind):
     data = orjson.dumps({"id": "c1", "choices": [choice]})
     split = data.replace(b'"choices":', b'"choices":\ndata: ')
     stream = _stream()
-    chunks = stream._chunks(b"data: " + split + b"\n\n")
+    chunks = _read(stream, b"data: " + split + b"\n\n")
     assert len(chunks) == 1 and chunks[0].event() == b"data: " + data + b"\n\n"
+
+
+def test_an_error_in_the_read_that_brought_content_goes_out_after_that_content():
+    stream = _stream()
+    error = {"error": {"message": "the model crashed", "code": 500}}
+    raw = _event("Hel") + _event("lo") + b"data: " + orjson.dumps(error) + b"\n\n"
+    chunks: list[Chunk] = []
+    failure = stream._read(raw, chunks)
+    assert isinstance(failure, UpstreamError)
+    assert b"".join(chunk.event() for chunk in chunks).count(b'"content"') == 2
+
+
+def test_an_error_alone_in_its_read_is_raised_at_once():
+    stream = _stream()
+    error = {"error": {"message": "the model crashed", "code": 500}}
+    with pytest.raises(UpstreamError):
+        stream._read(b"data: " + orjson.dumps(error) + b"\n\n", [])

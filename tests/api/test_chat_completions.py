@@ -163,6 +163,21 @@ def test_openrouter_midstream_error_chunk_makes_the_sdk_raise(client):
             pass
 
 
+def test_an_error_read_with_the_first_tokens_comes_after_them_and_is_not_retried(client, gateway):
+    stream = client.chat.completions.create(
+        model="fake/content-then-error", messages=MESSAGES, stream=True
+    )
+    received = []
+    with pytest.raises(openai.APIError, match="Provider returned error"):
+        for chunk in stream:
+            received.append(chunk.choices[0].delta.content or "" if chunk.choices else "")
+    assert "".join(received) == "Hello"
+    sent = [
+        r for r in gateway.upstream.requests if r.body.get("model") == "fake/content-then-error"
+    ]
+    assert len(sent) == 1  # content went out: no other attempt may follow
+
+
 def test_error_before_the_first_chunk_is_a_real_status(client):
     with pytest.raises(openai.RateLimitError):
         client.chat.completions.create(

@@ -211,6 +211,13 @@ def _midstream_error(model: str, body: dict[str, Any]) -> list[bytes | float]:
     ]
 
 
+def _error_with_content(model: str, body: dict[str, Any]) -> list[bytes | float]:
+    """The first tokens and an error chunk in one write, so the gateway reads them together."""
+    error = {"code": 502, "message": "Provider returned error", "metadata": {}}
+    failure = sse_chunk(model, {"content": ""}, "error", error=error, provider="Fake")
+    return [b"".join([*_hello(model, body)[:2], failure])]  # type: ignore[list-item]
+
+
 def _first_chunk_error(model: str, body: dict[str, Any]) -> list[bytes | float]:
     error = {"code": 429, "message": "Rate limit exceeded", "metadata": {}}
     return [sse_chunk(model, {"content": ""}, "error", error=error)]
@@ -322,6 +329,7 @@ BEHAVIOURS: dict[str, Script] = {
     "drop-after-2": _drop_after_2,
     "gated": _gated,
     "midstream-error": _midstream_error,
+    "content-then-error": _error_with_content,
     "first-chunk-error": _first_chunk_error,
     "no-finish": _no_finish,
     "bad-json": _bad_json,
