@@ -45,6 +45,7 @@ from callmissed.pricing import (
 from callmissed.ratelimit import Lease, Limiter
 from callmissed.settings import ModelSettings, Route
 from callmissed.store import Funding, LedgerEntry, Store
+from callmissed.token_bound import prompt_bound
 from callmissed.token_estimate import estimate_input_tokens, estimate_output_tokens
 from callmissed.wallet import Wallet
 
@@ -95,19 +96,28 @@ class Credits:
         body: Mapping[str, Any],
         request_id: str,
         *,
-        tokens: tuple[int, int] | None = None,
+        tokens: tuple[int, int, int] | None = None,
     ) -> Charge:
         """Check the allow-list and limits, then hold the worst case; raise if any refuses.
 
-        `tokens` (prompt, output cap) stands in for a chat body's estimate (embeddings)."""
+        `tokens` (prompt estimate, prompt bound, output cap) stands in for a chat or Responses
+        body's (embeddings). The hold is on the bound (token_bound.py): an estimate can be far
+        below what a tokenizer counts, and a hold must never be."""
         _check_allowed(principal, model)
         price = self.prices.price(model) or await self._unpriced(principal, model)
         if tokens is None:
-            tokens = (_estimate_prompt(body), _output_cap(body, price.output_cap))
-        prompt, output_cap = tokens
+            tokens = (
+                _estimate_prompt(body),
+                prompt_bound(body),
+                _output_cap(body, price.output_cap),
+            )
+        prompt, bound, output_cap = tokens
+        # The rate limit reserves the estimate, as OpenAI's does, and the lease ends at the real
+        # count (Lease.release): a reservation only shapes throughput, while money is the hold's
+        # to guard. On the bound, a request whose real tokens fit `tpm` could be refused forever.
         lease = await self._limiter.acquire(principal.key_id, principal.policy, prompt + output_cap)
         try:
-            worst = TokenUsage(prompt=prompt, completion=output_cap)
+            worst = TokenUsage(prompt=max(bound, prompt), completion=output_cap)
             hold = cost_of(price.hold, worst, per_request=True)
             wallet = await self._hold(principal, hold)
         except BaseException:
@@ -279,8 +289,9 @@ class Charge:
         self.delivered_tokens = 0
         self.settled = False
         self.upstream_id: str | None = None  # the upstream's id for the answer
-        # What Credits.begin() held for it: the prompt's estimate and the most output an upstream
-        # that obeys the request may write, `_hold` in all, in `_wallet` (None: nothing held).
+        # What Credits.begin() held it on: the prompt's estimate (its bound was held) and the
+        # most output an upstream that obeys the request may write, `_hold` in all, in `_wallet`
+        # (None: nothing held).
         self.prompt_estimate = 0
         self.output_cap = 0
         self._wallet: Wallet | None = None  # what it does not use goes back there

@@ -61,7 +61,7 @@ class RouteInfo:
     fallbacks: tuple[str, ...] = ()  # "provider:model outcome" of each failed attempt
     hedged: bool = False
     limits: tuple[tuple[bytes, bytes], ...] = ()  # the key's x-ratelimit-* (credits.py)
-    prompt_estimate: int = 0  # the prompt's tokens as credits.py estimated them for the hold
+    prompt_estimate: int = 0  # the prompt's tokens as credits.py estimated them
 
     @classmethod
     def of(cls, won: Won[Any], reasoning_effort: str | None, charge: Charge) -> RouteInfo:
@@ -236,12 +236,12 @@ class Gateway:
         tags: tuple[str, ...] = (),
     ) -> tuple[dict[str, Any], RouteInfo]:
         """A whole create-embedding response, `usage.cost` included, held and settled like a
-        chat completion: the prompt's estimate held, the counted tokens billed."""
+        chat completion: the prompt's bound held, the counted tokens billed."""
         model, targets = self._route_embedding(request.model)
         plan = plan_embedding(model, request)
         trace = RequestTrace(request_id or new_request_id())  # for the access log
         trace.key_name, trace.model, trace.endpoint = principal.name, model.name, "/v1/embeddings"
-        tokens = (request.prompt_estimate, 0)
+        tokens = (request.prompt_estimate, request.prompt_bound, 0)
         charge = await self.credits.begin(
             principal, model, request.body, trace.request_id, tokens=tokens
         )

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from callmissed.errors import InvalidRequest
+from callmissed.token_bound import embedding_bound
 from callmissed.token_estimate import estimate_embedding_tokens
 
 __all__ = [
@@ -57,6 +58,7 @@ class EmbeddingRequest:
     dimensions: int | None
     body: dict[str, Any]  # the client's body, unknown fields included
     prompt_estimate: int  # the inputs' tokens, estimated (token_estimate.py)
+    prompt_bound: int  # the most tokens they can be (token_bound.py): what is held
 
     @property
     def tokens(self) -> bool:
@@ -100,7 +102,8 @@ def parse_embedding_request(body: Any) -> EmbeddingRequest:
             f"one request may have at most {MAX_INPUT_TOKENS}. Send them in several requests.",
             param="input",
         )
-    return EmbeddingRequest(model, inputs, encoding, dimensions, body, estimate)
+    bound = embedding_bound(inputs)
+    return EmbeddingRequest(model, inputs, encoding, dimensions, body, estimate, bound)
 
 
 _INPUT_SHAPE = (
