@@ -7,8 +7,9 @@
 Vectors come from `fake_vector(text)`: eight multiples of 1/8, exact in float32, so a test can
 check a base64 round trip to the bit. The upstream model name picks the behaviour:
 "error-<status>[-<code>]" fails like the chat fake; "floats-only" ignores encoding_format;
-"no-usage" counts no tokens; "batch-4" refuses more than 4 inputs; "one-short" answers one
-vector too few; the names in _HOSTILE send malformed vectors.
+"no-usage" counts no tokens; "bytes" (OpenRouter's `metered/bytes`) counts a token per UTF-8
+byte and 2 an input, costed from the fake's model list; "batch-4" refuses more than 4 inputs;
+"one-short" answers one vector too few; the names in _HOSTILE send malformed vectors.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.openrouter import Bill
 from tests.fakes.upstream import ERROR_PREFIX, FAKE, Received, _dialect, _error_response
 
 __all__ = ["add_embedding_routes", "fake_vector", "text_of"]
@@ -99,11 +101,19 @@ async def _openai_embeddings(request: web.Request) -> web.Response:
     answer: dict[str, Any] = {"object": "list", "data": data, "model": body["model"]}
     if name != "no-usage":
         tokens = sum(len(text_of(item).split()) for item in inputs)
+        if name == "bytes":
+            tokens = sum(2 + len(text_of(item).encode()) for item in inputs)
         answer["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
         if dialect == "openrouter":
+            cost = 0.5 if name != "bytes" else _per_byte_cost(request, body["model"], tokens)
             answer.update(id="gen-emb-fake", provider="Fake")
-            answer["usage"].update(cost=0.5, is_byok=False, cost_details={"upstream": 0.4})
+            answer["usage"].update(cost=cost, is_byok=False, cost_details={"upstream": 0.4})
     return web.json_response(answer)
+
+
+def _per_byte_cost(request: web.Request, model: str, tokens: int) -> float:
+    side = request.app[FAKE].openrouter
+    return float(side.cost(model, Bill(tokens)))
 
 
 # Vectors a hostile or broken upstream sends, whatever the encoding asked for: (index, the

@@ -10,7 +10,9 @@ message says `tokens:K` (at most K a choice); `pause:K` holds the answer after K
 client leaves, and a non-streamed answer's headers go out at once while its body waits
 `pause-body:S` seconds (`pause-headers:S` holds the headers instead). A request whose client
 leaves is billed for its prompt and the tokens sent. Prompt tokens are counted as
-callmissed.token_estimate counts plain text: 4 a message plus one per 4 characters.
+callmissed.token_estimate counts plain text: 4 a message plus one per 4 characters — except by
+`metered/bytes` (PER_BYTE), whose tokenizer makes a token of every UTF-8 byte: 4 a message plus
+one per byte, the most a real tokenizer can count ("x x x", Devanagari run close to it).
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-__all__ = ["MODELS", "Bill", "OpenRouterSide", "prompt_tokens"]
+__all__ = ["MODELS", "PER_BYTE", "Bill", "OpenRouterSide", "byte_tokens", "prompt_tokens"]
+
+PER_BYTE = "metered/bytes"
 
 # USD per token (per request for `request`), as OpenRouter writes them.
 MODELS: dict[str, dict[str, Any]] = {
@@ -36,6 +40,7 @@ MODELS: dict[str, dict[str, Any]] = {
     "anthropic/claude-haiku-4.5": {"prompt": "0.000001", "completion": "0.000005"},
     "openrouter/auto": {"prompt": "-1", "completion": "-1"},  # a router: no price of its own
     "metered/model": {"prompt": "0.000001", "completion": "0.000002", "max": 48},
+    PER_BYTE: {"prompt": "0.000001", "completion": "0.000002", "max": 16},
     "metered/fee": {
         "prompt": "0.000001",
         "completion": "0.000003",
@@ -106,13 +111,19 @@ class OpenRouterSide:
 
 
 def prompt_tokens(body: dict[str, Any]) -> int:
+    per_byte = body.get("model") == PER_BYTE
     total = 0
     for message in body["messages"]:
         content = message.get("content") or ""
         if isinstance(content, list):
             content = "".join(part.get("text", "") for part in content)
-        total += 4 + (len(content) + 3) // 4
+        total += 4 + (byte_tokens(content) if per_byte else (len(content) + 3) // 4)
     return total
+
+
+def byte_tokens(*texts: Any) -> int:
+    """PER_BYTE's count of some strings (anything else counts nothing): a token a byte."""
+    return sum(len(text.encode()) for text in texts if isinstance(text, str))
 
 
 def _directive(body: dict[str, Any], name: str) -> float | None:

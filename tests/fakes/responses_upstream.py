@@ -9,6 +9,9 @@ The upstream model name picks the behaviour, as for chat (tests/fakes/upstream.p
   midstream-error         a delta, then response.failed
   error-<status>          that status, in OpenRouter's error shape
 Streams carry OpenRouter's own `usage.cost`, which the gateway must replace with its own.
+`metered/bytes` (tests/fakes/openrouter.py's PER_BYTE) answers "Hello world" billed as OpenRouter
+would: a prompt token per UTF-8 byte of the instructions and input text (4 an item), 6 out, and
+its bill recorded in the side's `bills`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tests.fakes.openrouter import PER_BYTE, Bill, OpenRouterSide, byte_tokens
 from tests.fakes.upstream import FAKE, STRUCTURED, Received, _error_response
 
 __all__ = ["add_responses_routes"]
@@ -51,11 +55,12 @@ async def _responses(request: web.Request) -> web.StreamResponse:
         status = int(name.removeprefix("error-"))
         return _error_response("openrouter", status, f"fake failure {status}")
     output = _output(name, body)
+    usage = _per_byte(fake.openrouter, body) if model == PER_BYTE else _USAGE
     if not body.get("stream"):
-        return web.json_response(_echo(body, _response(model, "completed", output, _USAGE)))
+        return web.json_response(_echo(body, _response(model, "completed", output, usage)))
     response = web.StreamResponse(headers={"content-type": "text/event-stream"})
     await response.prepare(request)
-    for number, event in enumerate(_events(model, name, output)):
+    for number, event in enumerate(_events(model, name, output, usage)):
         if "response" in event:
             _echo(body, event["response"])
         await response.write(b"event: " + event["type"].encode() + b"\ndata: ")
@@ -124,7 +129,24 @@ def _echo(body: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
     return response
 
 
-def _events(model: str, name: str, output: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+def _per_byte(side: OpenRouterSide, body: dict[str, Any]) -> dict[str, Any]:
+    """PER_BYTE's usage of a request, its bill recorded."""
+    items = body["input"] if isinstance(body["input"], list) else [{"content": body["input"]}]
+    prompt = byte_tokens(body.get("instructions"))
+    for item in items:
+        content = item.get("content")
+        parts = content if isinstance(content, list) else [{"text": content}]
+        prompt += 4 + byte_tokens(*(part.get("text") for part in parts))
+    answer_id = side.next_id()
+    bill = side.bills[answer_id] = Bill(prompt, completion=6, finished=True, said=str(items[-1]))
+    bill.cost = side.cost(PER_BYTE, bill)
+    usage = {**_USAGE, "input_tokens": prompt, "total_tokens": prompt + 6}
+    return {**usage, "cost": float(bill.cost), "cost_details": {"upstream_inference_cost": None}}
+
+
+def _events(
+    model: str, name: str, output: list[dict[str, Any]], usage: dict[str, Any]
+) -> Iterator[dict[str, Any]]:
     yield {"type": "response.created", "response": _response(model, "in_progress", [], None)}
     yield {"type": "response.in_progress", "response": _response(model, "in_progress", [], None)}
     for index, item in enumerate(output):
@@ -134,7 +156,7 @@ def _events(model: str, name: str, output: list[dict[str, Any]]) -> Iterator[dic
             failed["error"] = {"code": "server_error", "message": "Provider returned error"}
             yield {"type": "response.failed", "response": failed}
             return
-    yield {"type": "response.completed", "response": _response(model, "completed", output, _USAGE)}
+    yield {"type": "response.completed", "response": _response(model, "completed", output, usage)}
 
 
 def _item_events(index: int, item: dict[str, Any]) -> Iterator[dict[str, Any]]:
