@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from callmissed.token_bound import prompt_bound
 from tests.conftest import CONFIG, Gateway, require_service, start_gateway
 from tests.fakes.upstream import FakeUpstream
 
@@ -28,6 +29,8 @@ BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.services)]
 
 ADMIN_TOKEN = "admin-test-token-0123456789"
 HELLO_COST = 5 * 1 + 6 * 2  # micro-credits for the fake's usual answer on a priced model
+# The prompt tokens chat() holds, by the rule every hold follows (callmissed/token_bound.py).
+HELLO_BOUND = prompt_bound({"messages": [{"role": "user", "content": "Say hello"}]})
 
 # Priced models on the fake upstream (USD per million tokens): one micro-credit per input token
 # and two per output token, so costs in these tests are easy to check by hand.
@@ -52,6 +55,9 @@ routes = ["local:slow"]
 
 [models."priced-fails"]
 routes = ["local:error-500"]
+
+[models."priced-wordy"]
+routes = ["local:hello"]
 
 [prices.priced]
 input = 1.0
@@ -80,6 +86,10 @@ output = 2.0
 [prices."priced-fails"]
 input = 1.0
 output = 2.0
+
+[prices."priced-wordy"]
+input = 1.0
+output = 40.0
 """
 
 

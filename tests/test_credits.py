@@ -28,6 +28,7 @@ from callmissed.credits import (
 from callmissed.settings import Prices
 from tests.accounting import (
     BACKENDS,
+    HELLO_BOUND,
     HELLO_COST,
     backend_env,
     balance,
@@ -40,7 +41,7 @@ from tests.accounting import (
 )
 from tests.conftest import Gateway, stop_gateway
 
-HOLD_50 = 7 + 2 * 50  # the worst case of chat(max_tokens=50): 7 prompt-estimate tokens, 50 out
+HOLD_50 = HELLO_BOUND + 2 * 50  # the worst case of chat(max_tokens=50): the prompt's bound, 50 out
 
 
 def per_request_holds(gateway: Gateway, key_id: int) -> int:
@@ -141,7 +142,8 @@ def test_zero_balance_is_402_with_the_balance_in_the_message(billing):
 
 
 def test_402_before_any_upstream_call(billing):
-    key, _ = new_key(billing, credits="0.00005")  # less than the 32768-token default cap costs
+    # Less than the 32768-token default cap costs, enough for 10 tokens.
+    key, _ = new_key(billing, credits=(HELLO_BOUND + 2 * 10) / 1_000_000)
     before = len(billing.upstream.requests)
     assert chat(billing, key).status_code == 402
     assert len(billing.upstream.requests) == before
@@ -289,9 +291,9 @@ def test_a_client_that_leaves_a_stream_pays_its_prompt_and_what_was_delivered(bi
 
 
 def test_200_concurrent_requests_never_overdraw_and_every_success_is_billed(billing):
-    # Each request holds 7 (prompt estimate) + 2 x 50 (max_tokens) = 107 micro-credits and
+    # Each request holds its prompt's bound + 2 x 50 (max_tokens) = HOLD_50 micro-credits and
     # really costs 17: the balance covers ten holds at a time.
-    key, key_id = new_key(billing, credits="0.00107")
+    key, key_id = new_key(billing, credits=10 * HOLD_50 / 1_000_000)
 
     async def one(client: httpx.AsyncClient) -> int:
         response = await client.post(
@@ -327,19 +329,21 @@ def test_200_concurrent_requests_never_overdraw_and_every_success_is_billed(bill
         key_id,
     )
     assert rows == [(successes, successes * HELLO_COST)]
-    assert left == 1070 - successes * HELLO_COST
+    assert left == 10 * HOLD_50 - successes * HELLO_COST
     assert per_request_holds(billing, key_id) == 0
 
 
 def test_a_balance_that_covers_exactly_n_requests_gets_n_then_402(billing):
-    # Each request must find its worst case (107) unspent; each really costs 17.
+    # Each request must find its worst case (HOLD_50) unspent; each really costs 17.
     key, key_id = new_key(billing, credits=(HELLO_COST * 4 + HOLD_50) / 1_000_000)
     statuses = [chat(billing, key, max_tokens=50).status_code for _ in range(6)]
     assert statuses == [200] * 5 + [402]
-    left = HOLD_50 - HELLO_COST  # 90: less than one worst case
+    left = HOLD_50 - HELLO_COST  # less than one worst case
     refused = chat(billing, key, max_tokens=50).json()["error"]
     assert f"${format_credits(left):.6f} left" in refused["message"]
-    assert chat(billing, key, max_tokens=41).status_code == 200  # 7 + 82 = 89 fits
+    fits = (left - HELLO_BOUND) // 2  # the most output tokens what is left can hold
+    assert chat(billing, key, max_tokens=fits + 1).status_code == 402
+    assert chat(billing, key, max_tokens=fits).status_code == 200
     settle(billing, key)
     assert balance(billing, key_id) == left - HELLO_COST
     assert query(billing, "SELECT count(*), sum(cost) FROM ledger WHERE key_id = ?", key_id) == [
@@ -348,16 +352,20 @@ def test_a_balance_that_covers_exactly_n_requests_gets_n_then_402(billing):
 
 
 def test_requests_that_cost_more_than_their_hold_are_charged_as_before(billing):
-    # max_tokens=1 holds 7 + 2 = 9, but the fake answers 6 tokens: each costs 17. The wallet pays
-    # what it can and the balance the rest; the wallet's own count of what it has left falls
-    # behind the store's, which must not turn a request the key can pay for into a 402.
-    key, key_id = new_key(billing, credits="0.00005")
-    statuses = [chat(billing, key, max_tokens=1).status_code for _ in range(4)]
-    assert statuses == [200, 200, 200, 402]  # 50 - 17 - 17 = 16 still covers a hold of 9
+    # priced-wordy: 40 micro-credits an output token. max_tokens=1 holds the prompt's bound and
+    # 40, but the fake (disobeying) answers 6 tokens: each costs more than its hold. The wallet
+    # pays what it can and the balance the rest; the wallet's own count of what it has left
+    # falls behind the store's, which must not turn a request the key can pay for into a 402.
+    hold, cost = HELLO_BOUND + 40, 5 + 6 * 40
+    assert cost > hold
+    key, key_id = new_key(billing, credits=(2 * cost + hold + 1) / 1_000_000)
+    statuses = [chat(billing, key, "priced-wordy", max_tokens=1).status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 402]  # after two, hold + 1 still covers a hold
     settle(billing, key)
     assert balance(billing, key_id) == 0
     rows = query(billing, "SELECT cost, uncharged FROM ledger WHERE key_id = ?", key_id)
-    assert sorted(rows) == [(16, 1), (17, 0), (17, 0)]  # never below zero
+    # never below zero
+    assert sorted(rows) == [(hold + 1, cost - hold - 1), (cost, 0), (cost, 0)]
 
 
 def test_many_requests_settle_to_exactly_the_expected_balance(billing):
@@ -559,7 +567,8 @@ def test_two_worker_processes_share_a_key_without_overdrawing_it(upstream, tmp_p
             while len(list(journals.glob("*.journal"))) < 2:  # both workers are up and serving
                 assert time.monotonic() < deadline, "the second worker did not start"
                 time.sleep(0.05)
-            key, key_id = new_key(running, credits="0.00107")  # ten worst cases at a time
+            # ten worst cases at a time
+            key, key_id = new_key(running, credits=10 * HOLD_50 / 1_000_000)
 
             async def burst() -> list[int]:
                 async with httpx.AsyncClient(
@@ -585,7 +594,8 @@ def test_two_worker_processes_share_a_key_without_overdrawing_it(upstream, tmp_p
             [(credits, spent)] = query(
                 running, "SELECT credits, spent FROM api_keys WHERE id = ?", key_id
             )
-            assert (credits, spent) == (1070 - successes * HELLO_COST, successes * HELLO_COST)
+            unspent = 10 * HOLD_50 - successes * HELLO_COST
+            assert (credits, spent) == (unspent, successes * HELLO_COST)
             assert query(
                 running, "SELECT count(*), sum(cost) FROM ledger WHERE key_id = ?", key_id
             ) == [(successes, successes * HELLO_COST)]
