@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
+from callmissed.formats.anthropic import parse_message_request
+from callmissed.token_bound import prompt_bound
 from tests.accounting import (
     BACKENDS,
     backend_env,
@@ -117,29 +119,32 @@ def test_the_price_is_published_on_the_model(billing):
     }
 
 
-# metered/model: $1 / $2 per million tokens, at most 48 output tokens a choice. "hi" is 4 + 1
-# prompt tokens: a choice's worst case is 5 + 2 x 48 = 101 micro-credits.
+# metered/model: $1 / $2 per million tokens, at most 48 output tokens a choice. "hi" is billed
+# 4 + 1 prompt tokens and held at its bound (HI_BOUND, token_bound.py): a choice's worst case is
+# HI_BOUND + 2 x 48 micro-credits.
+HI_BOUND = prompt_bound({"messages": [{"role": "user", "content": "hi"}]})
 
 
 @pytest.mark.parametrize(("n", "status"), [(1, 200), (2, 402), (4, 402)])
 def test_the_hold_covers_every_choice(billing, n, status):
-    key, key_id = new_key(billing, credits="0.000150")  # one choice's worst case, not two
+    # one choice's worst case, not two
+    key, key_id = new_key(billing, credits=(HI_BOUND + 96 + 49) / 1e6)
     response = chat(billing, key, model="metered/model", n=n, messages=_say("hi"))
     assert response.status_code == status, response.text
     if status == 402:
-        assert f"up to ${(5 + 96 * n) / 1e6:.6f}" in response.json()["error"]["message"]
+        assert f"up to ${(HI_BOUND + 96 * n) / 1e6:.6f}" in response.json()["error"]["message"]
     else:
         [row] = rows(billing, key, key_id)
         assert row[3] == billed(billing.upstream, row) == 5 + 96 and row[4] == 0
 
 
 def test_the_hold_covers_the_larger_of_max_tokens_and_max_completion_tokens(billing):
-    key, key_id = new_key(billing, credits="0.000050")
+    key, key_id = new_key(billing, credits=(HI_BOUND + 45) / 1e6)
     limits = {"max_completion_tokens": 1, "max_tokens": 40}  # the upstream may write 40
     assert (
         chat(billing, key, model="metered/model", messages=_say("hi"), **limits).status_code == 402
     )
-    limits = {"max_completion_tokens": 1, "max_tokens": 20}  # 5 + 40 = 45 fits
+    limits = {"max_completion_tokens": 1, "max_tokens": 20}  # HI_BOUND + 40 fits
     assert (
         chat(billing, key, model="metered/model", messages=_say("hi"), **limits).status_code == 200
     )
@@ -150,31 +155,37 @@ def test_the_hold_covers_the_larger_of_max_tokens_and_max_completion_tokens(bill
 
 def test_the_hold_covers_a_reasoning_budget_and_a_request_fee(billing):
     # metered/fee: $1 / $3 per million and $0.00005 a request, at most 24 output tokens.
-    key, key_id = new_key(billing, credits="0.000160")
+    key, key_id = new_key(billing, credits=(HI_BOUND + 155) / 1e6)
     body: dict[str, Any] = {"messages": _say("hi"), "max_tokens": 10}
-    body["reasoning"] = {"max_tokens": 30}  # 5 + (10 + 30) x 3 + 50 = 175: too much
+    body["reasoning"] = {"max_tokens": 30}  # HI_BOUND + (10 + 30) x 3 + 50: too much
     assert chat(billing, key, model="metered/fee", **body).status_code == 402
-    body["reasoning"] = {"max_tokens": 20}  # 5 + 90 + 50 = 145 fits
+    body["reasoning"] = {"max_tokens": 20}  # HI_BOUND + 90 + 50 fits
     response = chat(billing, key, model="metered/fee", **body)
     assert response.status_code == 200, response.text
     [row] = rows(billing, key, key_id)
     assert row[2:5] == (30, 145, 0)  # 20 reasoning tokens and 10 more, as the budget allowed
+    # (billed: 5 prompt tokens + 30 x 3 + 50)
     assert billed(billing.upstream, row) == 145
 
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_the_anthropic_edge_holds_its_max_tokens(billing, stream):
-    key, key_id = new_key(billing, credits="0.000050")
+    def body(max_tokens: int) -> dict[str, Any]:
+        return {
+            "model": "metered/model",
+            "max_tokens": max_tokens,
+            "stream": stream,
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+
+    # What the edge holds: the bound of the request as translated, and the output.
+    bound = prompt_bound(parse_message_request(body(20)).chat)
+    key, key_id = new_key(billing, credits=(bound + 45) / 1e6)
 
     def create(max_tokens: int) -> httpx.Response:
         return httpx.post(
             f"{billing.base_url}/messages",
-            json={
-                "model": "metered/model",
-                "max_tokens": max_tokens,
-                "stream": stream,
-                "messages": [{"role": "user", "content": "hi"}],
-            },
+            json=body(max_tokens),
             headers={"x-api-key": key, "anthropic-version": "2023-06-01"},
             timeout=10,
         )
