@@ -23,6 +23,7 @@ from callmissed.settings import available_cores
 from tests.accounting import (
     ADMIN_TOKEN,
     BACKENDS,
+    HELLO_BOUND,
     HELLO_COST,
     backend_env,
     balance,
@@ -33,7 +34,7 @@ from tests.accounting import (
 )
 from tests.conftest import Gateway, stop_gateway
 
-HOLD_50 = 7 + 2 * 50  # the worst case of a request with max_tokens=50 on a priced model
+HOLD_50 = HELLO_BOUND + 2 * 50  # the worst case of a request with max_tokens=50 on a priced model
 
 
 @contextlib.contextmanager
@@ -157,9 +158,10 @@ def test_a_nearly_drained_key_gets_every_request_it_can_pay_for(upstream, tmp_pa
                 key, key_id = new_key(running, credits=(HELLO_COST * 4 + HOLD_50) / 1_000_000)
                 responses = [chat(clients[n % 2], key, max_tokens=50) for n in range(7)]
                 assert [r.status_code for r in responses] == [200] * 5 + [402] * 2
-                left = HOLD_50 - HELLO_COST  # 90: less than one worst case
+                left = HOLD_50 - HELLO_COST  # less than one worst case
                 assert f"${left / 1_000_000:.6f} left" in responses[-1].json()["error"]["message"]
-                assert chat(clients[1], key, max_tokens=41).status_code == 200  # 89 fits
+                fits = (left - HELLO_BOUND) // 2  # the most output tokens `left` can hold
+                assert chat(clients[1], key, max_tokens=fits).status_code == 200
             settle(running, key)
             assert balance(running, key_id) == left - HELLO_COST
             assert query(

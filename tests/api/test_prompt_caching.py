@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from callmissed.credits import format_credits
-from tests.accounting import PRICED, new_key, query, settle, start_billing_gateway
+from tests.accounting import HELLO_BOUND, PRICED, new_key, query, settle, start_billing_gateway
 from tests.conftest import CONFIG, Gateway, stop_gateway
 
 CACHED = """
@@ -201,16 +201,17 @@ def test_responses_dialect_reports_cache_reads_and_writes_and_bills_them_cached(
 
 def test_the_hold_covers_a_prompt_that_is_all_written_to_the_cache(caching):
     """Writes cost more than input here (1.25 vs 1): the worst case prices the prompt so."""
-    key, _ = new_key(caching, credits="0.000028")
+    # The prompt's bound x 1.25 + 10 output tokens x 2, rounded half up: a micro-credit short.
+    hold = (HELLO_BOUND * 125 + 10 * 200 + 50) // 100
+    key, _ = new_key(caching, credits=(hold - 1) / 1_000_000)
     with (
         openai.OpenAI(base_url=caching.base_url, api_key=key, max_retries=0) as client,
         pytest.raises(openai.APIStatusError) as refused,
     ):
         client.chat.completions.create(
             model="priced-cached",
-            messages=[{"role": "user", "content": "Say hello"}],  # ~7 tokens, estimated
+            messages=[{"role": "user", "content": "Say hello"}],  # HELLO_BOUND tokens at most
             max_tokens=10,
         )
     assert refused.value.status_code == 402
-    # 7 prompt tokens x 1.25 + 10 output tokens x 2 = 28.75: 29 micro-credits
-    assert "could cost up to $0.000029" in refused.value.message
+    assert f"could cost up to ${hold / 1_000_000:.6f}" in refused.value.message
