@@ -7,6 +7,12 @@ request fee, streamed or not, and a client that reads to the end or walks away a
 concurrently to a gateway with two workers, on a key whose credit runs out partway. The fake
 OpenRouter (tests/fakes/openrouter.py) writes every token a request allows unless told fewer, and
 records its bill of every answer; the ledger is checked against those bills row by row.
+
+A third of the requests go to `metered/bytes`, whose tokenizer bills a prompt token per UTF-8 byte,
+with prompts dense in tokens ("x x x ...", Hindi): far above any estimate, never above the hold.
+Their clients read to the end or leave after a whole answer's headers, so the upstream's usage
+reaches the gateway: one that left before it is billed the prompt's estimate (docs/credits.md),
+which such a tokenizer exceeds by design.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from tests.accounting import (
     start_billing_gateway,
 )
 from tests.conftest import Gateway, stop_gateway
+from tests.fakes.openrouter import PER_BYTE
 from tests.fakes.upstream import FakeUpstream
 
 # A failing seed is printed in the assertion; CALLMISSED_PROPERTY_SEED=<seed> runs that one alone.
@@ -71,13 +78,18 @@ def draw(rng: random.Random) -> Draw:
         "model": rng.choice(["metered/model", "metered/fee"]),
         "n": rng.randint(1, 3),
     }
+    dense = ""
+    if rng.random() < 1 / 3:
+        body["model"] = PER_BYTE
+        leaves = "stays" if stream or leaves == "before-headers" else leaves
+        dense = rng.choice(["x ", "नमस्ते दुनिया "]) * rng.randint(5, 300)
     for name in ("max_tokens", "max_completion_tokens"):
         if rng.random() < 0.6:
             body[name] = rng.randint(1, 40)
     if rng.random() < 0.3:
         body["reasoning"] = {"max_tokens": rng.randint(1, 10)}
     words = [rng.choice(["alpha", "beta", "gamma", "delta"]) for _ in range(rng.randint(1, 40))]
-    said = f"{' '.join(words)} {uuid.uuid4().hex}"
+    said = f"{dense}{' '.join(words)} {uuid.uuid4().hex}"
     if rng.random() < 0.4:
         said += f" tokens:{rng.randint(0, 30)}"
     pause = 0
