@@ -70,8 +70,7 @@ def prompt_bound(body: Mapping[str, Any]) -> int:
     if conversation.__class__ is str:
         total += MESSAGE_OVERHEAD + _walk(conversation)
     elif conversation.__class__ is list:
-        for message in conversation:
-            total += MESSAGE_OVERHEAD + _walk(message)
+        total += MESSAGE_OVERHEAD * len(conversation) + _walk(conversation)
     for name in _TOOL_FIELDS:
         tools = body.get(name)
         if tools:
@@ -100,6 +99,7 @@ def utf8_length(text: str) -> int:
 def _walk(value: Any) -> int:
     """The bound of one value of a conversation: strings at their bytes, objects with their
     separators, images and audio at their own bounds."""
+    # Strings are counted inline, not by a call each: this runs over every request's prompt.
     kind = value.__class__
     if kind is str:
         return len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
@@ -109,12 +109,20 @@ def _walk(value: Any) -> int:
             return PART_OVERHEAD + IMAGE_TOKENS
         if part == "input_audio":
             return PART_OVERHEAD + _audio(value.get("input_audio"))
-        return PART_OVERHEAD + sum(_walk(item) for item in value.values())
-    if kind is list:
-        return sum(_walk(item) for item in value)
-    if kind is int or kind is float:
+        items: Any = value.values()
+        total = PART_OVERHEAD
+    elif kind is list:
+        items, total = value, 0
+    elif kind is int or kind is float:
         return len(repr(value))  # a number a template writes out, digit by digit at worst
-    return 0  # null, true, false: no text of their own
+    else:
+        return 0  # null, true, false: no text of their own
+    for item in items:
+        if item.__class__ is str:
+            total += len(item) if item.isascii() else len(item.encode("utf-8", "surrogatepass"))
+        elif item is not None:
+            total += _walk(item)
+    return total
 
 
 def _audio(audio: Any) -> int:
