@@ -19,6 +19,7 @@ from typing import Any
 from callmissed.auth import Authenticator, Principal
 from callmissed.credits import Charge, Credits
 from callmissed.deadlines import Deadlines
+from callmissed.edge.web import Headers, StartStream, new_request_id
 from callmissed.embedding import embed_on, plan_embedding
 from callmissed.errors import InvalidRequest, ShuttingDown
 from callmissed.failover import Failover, Won
@@ -40,7 +41,6 @@ from callmissed.shutdown import on_sigterm
 from callmissed.store import Store, open_store
 from callmissed.timing import RequestTrace
 from callmissed.upstream import Upstream
-from callmissed.web import Headers, StartStream, new_request_id
 
 __all__ = ["Gateway", "RouteInfo"]
 

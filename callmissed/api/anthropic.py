@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 
 import orjson
 
+from callmissed.edge.web import Request, Response, StreamResponse, error_response, json_response
 from callmissed.errors import GatewayError, to_anthropic
 from callmissed.formats.anthropic import parse_message_request
 from callmissed.formats.anthropic_message import MessageStreamEncoder, build_message
@@ -25,7 +26,6 @@ from callmissed.relay import ChatStream
 from callmissed.tags import request_tags
 from callmissed.timing import RequestTrace
 from callmissed.token_estimate import estimate_input_tokens
-from callmissed.web import Request, Response, StreamResponse, error_response, json_response
 
 __all__ = ["count_tokens", "create_message"]
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from callmissed.edge.web import Request, Response, StreamResponse, error_response, json_response
 from callmissed.errors import GatewayError, to_openai
 from callmissed.formats.openai import check_chat_request
 from callmissed.gateway import Gateway
@@ -21,7 +22,6 @@ from callmissed.relay import ChatStream, Chunk
 from callmissed.settings import ModelSettings
 from callmissed.tags import request_tags
 from callmissed.timing import RequestTrace
-from callmissed.web import Request, Response, StreamResponse, error_response, json_response
 
 __all__ = ["create_chat_completion", "list_models", "retrieve_model"]
 

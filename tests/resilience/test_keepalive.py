@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 from callmissed.deadlines import Deadlines
+from callmissed.edge.web import Headers, Write
 from callmissed.errors import GatewayError
 from callmissed.keepalive import COMMENT, InBand, KeepAlive, in_band_error
-from callmissed.web import Headers, Write
 
 
 class Edge:

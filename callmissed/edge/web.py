@@ -19,7 +19,7 @@ from typing import Any, Literal, TypeVar
 import orjson
 
 from callmissed.auth import Principal
-from callmissed.bodies import Bodies, BodyBudget
+from callmissed.edge.bodies import Bodies, BodyBudget
 from callmissed.endings import CLIENT_LEFT
 from callmissed.errors import (
     AuthenticationFailed,

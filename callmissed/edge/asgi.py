@@ -13,8 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from callmissed.errors import GatewayError
-from callmissed.web import (
+from callmissed.edge.web import (
     App,
     Headers,
     Request,
@@ -27,6 +26,7 @@ from callmissed.web import (
     stream_headers,
     write_stream,
 )
+from callmissed.errors import GatewayError
 
 __all__ = ["ASGIApp"]
 
