@@ -19,9 +19,9 @@ from typing import Any
 from callmissed.auth import Authenticator, Principal
 from callmissed.credits import Charge, Credits
 from callmissed.deadlines import Deadlines
-from callmissed.edge.web import Headers, StartStream, new_request_id
 from callmissed.embedding import embed_on, plan_embedding
 from callmissed.errors import InvalidRequest, ShuttingDown
+from callmissed.exchange import Headers, StartStream, new_request_id
 from callmissed.failover import Failover, Won
 from callmissed.formats.embeddings import EmbeddingRequest
 from callmissed.health import Health, route_name

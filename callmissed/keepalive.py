@@ -19,8 +19,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from callmissed.deadlines import Deadline, Deadlines
-from callmissed.edge.web import Headers, StartStream
 from callmissed.errors import GatewayError
+from callmissed.exchange import Headers, StartStream
 
 __all__ = ["COMMENT", "InBand", "KeepAlive", "in_band_error"]
 

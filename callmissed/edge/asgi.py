@@ -15,18 +15,16 @@ from typing import Any
 
 from callmissed.edge.web import (
     App,
-    Headers,
     Request,
     Response,
     StreamResponse,
-    Write,
     error_response,
-    new_request_id,
     response_headers,
     stream_headers,
     write_stream,
 )
 from callmissed.errors import GatewayError
+from callmissed.exchange import Headers, Write, new_request_id
 
 __all__ = ["ASGIApp"]
 

@@ -22,19 +22,17 @@ from callmissed.edge.connections import Connections
 from callmissed.edge.web import (
     App,
     Dialect,
-    Headers,
     Request,
     Response,
     StreamResponse,
-    Write,
     WriteGate,
     error_response,
-    new_request_id,
     response_headers,
     stream_headers,
     write_stream,
 )
 from callmissed.errors import GatewayError, RequestTimeout
+from callmissed.exchange import Headers, Write, new_request_id
 from callmissed.settings import EdgeLimits, load_settings
 from callmissed.shutdown import stop_with_parent
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from callmissed.deadlines import Deadlines
-from callmissed.edge.web import Headers, Write
 from callmissed.errors import GatewayError
+from callmissed.exchange import Headers, Write
 from callmissed.keepalive import COMMENT, InBand, KeepAlive, in_band_error
 
 
