@@ -12,6 +12,7 @@ list (`GET /models`) prices every model it serves (price_list.py).
 from __future__ import annotations
 
 from callmissed.providers.base import Provider
+from callmissed.providers.environment import Environment
 
 __all__ = ["OpenRouter"]
 
@@ -23,6 +24,12 @@ class OpenRouter(Provider):
         True  # POST /api/v1/responses (https://openrouter.ai/docs/api/reference/responses/overview)
     )
     reports_cost = True
+    environment = Environment(
+        "https://openrouter.ai/api/v1",
+        base_url_env="OPENROUTER_BASE_URL",
+        api_key_env="OPENROUTER_API_KEY",
+        required=("OPENROUTER_API_KEY",),
+    )
 
     def extra_headers(self) -> dict[str, str]:
         return {"http-referer": "https://github.com/callmissed/callmissed", "x-title": "CallMissed"}
