@@ -74,6 +74,11 @@ class Provider:
     embedding_batch: ClassVar[int] = 2048
     # Its usage objects carry `cost`, what it billed in USD (OpenRouter's): settle from that.
     reports_cost: ClassVar[bool] = False
+    # Answered in-process, with no socket (the simulator): nothing to probe; and every model id
+    # under "{type}/" is in the catalog, so an unknown one is not found rather than sent on.
+    is_local: ClassVar[bool] = False
+    # Serves any "vendor/model" id as-is (OpenRouter): where a name outside the catalog goes.
+    accepts_any_model: ClassVar[bool] = False
     # Built in: its variables and default URL (environment.py). None: declared in the config file.
     environment: ClassVar[Environment | None] = None
 

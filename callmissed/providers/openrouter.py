@@ -24,6 +24,7 @@ class OpenRouter(Provider):
         True  # POST /api/v1/responses (https://openrouter.ai/docs/api/reference/responses/overview)
     )
     reports_cost = True
+    accepts_any_model = True  # its catalog is every vendor's (GET /models)
     environment = Environment(
         "https://openrouter.ai/api/v1",
         base_url_env="OPENROUTER_BASE_URL",
