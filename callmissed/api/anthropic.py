@@ -3,8 +3,8 @@
 A thin edge: the key (`x-api-key` or `Authorization: Bearer`) was checked by web.App before the
 body was read; this translates with
 formats/anthropic*.py, and hands the OpenAI-format body to the same gateway use-cases as the
-OpenAI edge, so keys, routing, reasoning and usage are one path. Framing follows wire-formats.md
-§2.4-2.5: `event:` + `data:` on every event, and a failure after the first byte goes out as
+OpenAI edge, so keys, routing, reasoning and usage are one path. Framing follows docs/anthropic.md
+(Streaming): `event:` + `data:` on every event, and a failure after the first byte goes out as
 `event: error`, which the SDK raises. `anthropic-version` is accepted and not needed.
 A first token slow to come commits the stream early, with `: keep-alive` comments (keepalive.py).
 """

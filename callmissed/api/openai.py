@@ -1,6 +1,6 @@
 """The OpenAI-compatible edge: POST /v1/chat/completions and GET /v1/models.
 
-Framing follows wire-formats.md §1.6-1.7 and §5: data-only SSE events, `data: [DONE]` at the
+Framing follows docs/streaming.md: data-only SSE events, `data: [DONE]` at the
 end, and a failure after the first byte sent as `data: {"error": {...}}`, which the SDK raises.
 A first token slow to come commits the stream early, with `: keep-alive` comments (keepalive.py).
 """

@@ -2,8 +2,9 @@
 
 OpenRouter reports errors as `{"error": {"code": <number>, "message", "metadata"}}`; mid-stream
 as a chunk with a top-level `error`, and non-stream failures as HTTP 200 with
-`choices[].finish_reason == "error"` (wire-formats.md §4.6). The base class already checks both;
-`: OPENROUTER PROCESSING` keep-alive comments are skipped by the SSE decoder. It serves the
+`choices[].finish_reason == "error"`
+(https://openrouter.ai/docs/api/reference/errors-and-debugging). The base class already checks
+both; `: OPENROUTER PROCESSING` keep-alive comments are skipped by the SSE decoder. It serves the
 Responses API too, so POST /v1/responses passes through to it (relay_responses.py). Its usage
 objects carry `cost`, what it billed in USD, which settlement uses (docs/credits.md); its model
 list (`GET /models`) prices every model it serves (price_list.py).
