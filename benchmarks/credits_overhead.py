@@ -31,12 +31,12 @@ import orjson
 
 from benchmarks.systems import ROOT, CallMissed, Upstream, Upstreams
 from benchmarks.upstream import CHUNKS
+from callmissed.accounting.credits import Credits
+from callmissed.accounting.ledger import Ledger
+from callmissed.accounting.pricing import PriceBook
+from callmissed.accounting.ratelimit import MemoryLimiter
 from callmissed.auth import Authenticator, create_key
-from callmissed.credits import Credits
-from callmissed.ledger import Ledger
-from callmissed.pricing import PriceBook
 from callmissed.providers import REGISTRY
-from callmissed.ratelimit import MemoryLimiter
 from callmissed.relay import Chunk
 from callmissed.settings import ModelSettings, Prices, ProviderSettings, Route
 from callmissed.store import KeyPolicy, open_store

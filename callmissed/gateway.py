@@ -16,8 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from callmissed.accounting.credits import Charge, Credits
+from callmissed.accounting.ledger import Ledger, ledger_directory
+from callmissed.accounting.price_list import FETCH_TIMEOUT, MAX_LIST_BYTES, PriceList
+from callmissed.accounting.pricing import PriceBook
+from callmissed.accounting.ratelimit import open_limiter
 from callmissed.auth import Authenticator, Principal
-from callmissed.credits import Charge, Credits
 from callmissed.deadlines import Deadlines
 from callmissed.embedding import embed_on, plan_embedding
 from callmissed.errors import InvalidRequest, ShuttingDown
@@ -25,13 +29,9 @@ from callmissed.failover import Failover, Won
 from callmissed.formats.embeddings import EmbeddingRequest
 from callmissed.health import Health, route_name
 from callmissed.keepalive import KeepAlive
-from callmissed.ledger import Ledger, ledger_directory
 from callmissed.metrics import Metrics
 from callmissed.observe import Observer
-from callmissed.price_list import FETCH_TIMEOUT, MAX_LIST_BYTES, PriceList
-from callmissed.pricing import PriceBook
 from callmissed.providers import REGISTRY, Provider
-from callmissed.ratelimit import open_limiter
 from callmissed.reasoning import apply_reasoning_effort
 from callmissed.relay import CHAT_COMPLETIONS, ChatStream, UpstreamAPI
 from callmissed.routing import Router, Target
@@ -60,8 +60,10 @@ class RouteInfo:
     attempts: int = 1  # upstream requests made for this one, the winner included
     fallbacks: tuple[str, ...] = ()  # "provider:model outcome" of each failed attempt
     hedged: bool = False
-    limits: tuple[tuple[bytes, bytes], ...] = ()  # the key's x-ratelimit-* (credits.py)
-    prompt_estimate: int = 0  # the prompt's tokens as credits.py estimated them for the hold
+    limits: tuple[tuple[bytes, bytes], ...] = ()  # the key's x-ratelimit-* (accounting/credits.py)
+    prompt_estimate: int = (
+        0  # the prompt's tokens as accounting/credits.py estimated them for the hold
+    )
 
     @classmethod
     def of(cls, won: Won[Any], reasoning_effort: str | None, charge: Charge) -> RouteInfo:

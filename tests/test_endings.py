@@ -19,17 +19,17 @@ from typing import Any, cast
 import orjson
 import pytest
 
+from callmissed.accounting.credits import Charge, Credits
+from callmissed.accounting.ledger import Ledger
+from callmissed.accounting.pricing import PriceBook
+from callmissed.accounting.ratelimit import MemoryLimiter
 from callmissed.auth import Authenticator, create_key
-from callmissed.credits import Charge, Credits
 from callmissed.deadlines import Deadlines
 from callmissed.endings import Ending, StreamOwner, discard_loser
 from callmissed.errors import ShuttingDown
 from callmissed.health import Health
-from callmissed.ledger import Ledger
 from callmissed.metrics import Metrics
-from callmissed.pricing import PriceBook
 from callmissed.providers import REGISTRY
-from callmissed.ratelimit import MemoryLimiter
 from callmissed.relay import ChatStream
 from callmissed.settings import ModelSettings, Prices, ProviderSettings, Resilience, Route
 from callmissed.store import open_store

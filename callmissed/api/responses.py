@@ -20,8 +20,8 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from callmissed.accounting.credits import format_credits
 from callmissed.auth import Principal
-from callmissed.credits import format_credits
 from callmissed.errors import GatewayError, InvalidRequest, to_openai
 from callmissed.formats.responses import (
     ResponseRequest,
@@ -175,7 +175,9 @@ async def _pass_through(
     book = gateway.credits.prices
     billing = (book.price(model) or book.unpriced(model)).route(targets[0].route)
 
-    def price(usage: dict[str, Any]) -> float | None:  # as the charge prices it (credits.py)
+    def price(
+        usage: dict[str, Any],
+    ) -> float | None:  # as the charge prices it (accounting/credits.py)
         return format_credits(book.bill(billing, usage)[1])
 
     editor = PassThroughEditor(ask, new_id("resp_"), price)

@@ -17,10 +17,10 @@ import httpx
 import orjson
 import pytest
 
-from callmissed import ledger as ledger_module, wallet as wallet_module
-from callmissed.ledger import Ledger
+from callmissed.accounting import ledger as ledger_module, wallet as wallet_module
+from callmissed.accounting.ledger import Ledger
+from callmissed.accounting.wallet import Wallet, Wallets
 from callmissed.store import LedgerEntry, Store, open_store
-from callmissed.wallet import Wallet, Wallets
 from tests.accounting import (
     BACKENDS,
     HELLO_COST,

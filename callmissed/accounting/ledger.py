@@ -28,9 +28,9 @@ from typing import Any
 
 import orjson
 
+from callmissed.accounting.wallet import Wallets
 from callmissed.settings import Settings
 from callmissed.store import LedgerEntry, Store
-from callmissed.wallet import Wallets
 
 __all__ = ["Ledger", "ledger_directory"]
 

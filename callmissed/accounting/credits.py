@@ -19,17 +19,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
 
-from callmissed.auth import Authenticator, Principal
-from callmissed.errors import (
-    AuthenticationFailed,
-    GatewayError,
-    InsufficientCredits,
-    ModelNotPriced,
-    PermissionDenied,
-    ShuttingDown,
-)
-from callmissed.ledger import Ledger
-from callmissed.pricing import (
+from callmissed.accounting.ledger import Ledger
+from callmissed.accounting.pricing import (
     DEFAULT_OUTPUT_CAP,
     MICRO,
     ModelPrice,
@@ -42,11 +33,20 @@ from callmissed.pricing import (
     parse_usage,
     rates_of,
 )
-from callmissed.ratelimit import Lease, Limiter
+from callmissed.accounting.ratelimit import Lease, Limiter
+from callmissed.accounting.wallet import Wallet
+from callmissed.auth import Authenticator, Principal
+from callmissed.errors import (
+    AuthenticationFailed,
+    GatewayError,
+    InsufficientCredits,
+    ModelNotPriced,
+    PermissionDenied,
+    ShuttingDown,
+)
 from callmissed.settings import ModelSettings, Route
 from callmissed.store import Funding, LedgerEntry, Store
 from callmissed.token_estimate import estimate_input_tokens, estimate_output_tokens
-from callmissed.wallet import Wallet
 
 if TYPE_CHECKING:
     from callmissed.relay import Chunk

@@ -7,8 +7,8 @@ fewer than `max_concurrent` requests are in flight. A request reserves its worst
 estimate + max_tokens, as OpenAI counts it); when it ends, the reservation becomes its real
 token count, dated at its end. There is no window edge, so no double burst (docs/credits.md).
 
-`Limiter` is the interface; MemoryLimiter serves one process. SQLiteLimiter (ratelimit_sqlite.py)
-shares the log between the processes on one SQLite file, RedisLimiter (ratelimit_redis.py)
+`Limiter` is the interface; MemoryLimiter serves one process. SQLiteLimiter (sqlite.py)
+shares the log between the processes on one SQLite file, RedisLimiter (redis.py)
 between any processes and replicas; open_limiter() picks one.
 """
 
@@ -270,12 +270,12 @@ def open_limiter(settings: Settings, owner: str, alive: Callable[[str], bool]) -
     ~170 us). limits_warning says when limits are per process. `owner`/`alive`: the leases'."""
     accounting = settings.accounting
     if accounting.redis_url:
-        from callmissed.ratelimit_redis import RedisLimiter
+        from callmissed.accounting.ratelimit.redis import RedisLimiter
 
         return RedisLimiter(accounting.redis_url, prefix=accounting.redis_prefix)
     path = _sqlite_file(settings.database_url)
     if path is not None and settings.workers > 1:
-        from callmissed.ratelimit_sqlite import SQLiteLimiter
+        from callmissed.accounting.ratelimit.sqlite import SQLiteLimiter
 
         return SQLiteLimiter(path, owner, alive)
     return MemoryLimiter()
