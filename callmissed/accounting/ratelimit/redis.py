@@ -21,7 +21,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from callmissed.accounting.ratelimit import (
+from callmissed.accounting.ratelimit.base import (
     UNLIMITED,
     WINDOW,
     HeldLease,

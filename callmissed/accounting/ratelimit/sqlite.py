@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from callmissed.accounting.ratelimit import (
+from callmissed.accounting.ratelimit.base import (
     UNLIMITED,
     WINDOW,
     HeldLease,
