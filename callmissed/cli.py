@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from callmissed import __version__
-from callmissed.accounting.credits import MICRO, parse_credits
+from callmissed.accounting.pricing import MICRO, parse_credits
 from callmissed.auth import create_key
 from callmissed.settings import Settings, SettingsError, load_settings
 from callmissed.store import MAX_BALANCE, KeyPolicy, KeyRecord, Store, open_store

@@ -16,11 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from callmissed.accounting.credits import Charge, Credits
+from callmissed.accounting.credits import Accounting
 from callmissed.accounting.ledger import Ledger, ledger_directory
 from callmissed.accounting.price_list import FETCH_TIMEOUT, MAX_LIST_BYTES, PriceList
 from callmissed.accounting.pricing import PriceBook
 from callmissed.accounting.ratelimit import open_limiter
+from callmissed.accounting.settlement import Charge
+from callmissed.accounting.wallet import Wallets
 from callmissed.auth import Authenticator, Principal
 from callmissed.deadlines import Deadlines
 from callmissed.embedding import embed_on, plan_embedding
@@ -31,6 +33,7 @@ from callmissed.health import Health, route_name
 from callmissed.keepalive import KeepAlive
 from callmissed.metrics import Metrics
 from callmissed.observe import Observer
+from callmissed.peers import Peers
 from callmissed.providers import REGISTRY, Provider
 from callmissed.reasoning import apply_reasoning_effort
 from callmissed.relay import CHAT_COMPLETIONS, ChatStream, UpstreamAPI
@@ -103,14 +106,20 @@ class Gateway:
         self.store = store or open_store(settings.database_url)
         self.auth = Authenticator(self.store)
         self.observer = Observer(settings.observability)  # access log, traces (observe.py)
-        self.ledger = Ledger(self.store, ledger_directory(settings), self.observer.settled)
-        self.limiter = open_limiter(settings, self.ledger.instance, self.ledger.alive)
+        wallets = Wallets(self.store)
+        self.ledger = Ledger(self.store, ledger_directory(settings), wallets, self.observer.settled)
+        ledger = self.ledger
+        # The server's other workers (app.py starts the channel after the ledger's journal).
+        self.peers = Peers(ledger.directory, ledger.instance, ledger.alive)
+        self.limiter = open_limiter(settings, ledger.instance, ledger.alive)
         self.upstream = Upstream(settings)
         self.price_lists = self._price_lists()
         accounting = settings.accounting
         markup = accounting.pricing.markup
         prices = PriceBook(accounting.prices, self.providers, self.price_lists, markup)
-        self.credits = Credits(self.store, self.ledger, self.limiter, self.auth, prices)
+        self.accounting = Accounting(
+            self.store, ledger, wallets, self.limiter, self.auth, prices, self.peers
+        )
         self.health = Health(settings.resilience)
         self.metrics = Metrics(
             settings.models,
@@ -192,7 +201,7 @@ class Gateway:
         trace.key_name, trace.model = principal.name, model.name
         received = _effort_received(body)
         effort = apply_reasoning_effort(body, model, self.settings.reasoning_policies)
-        charge = await self.credits.begin(principal, model, body, trace.request_id)
+        charge = await self.accounting.admit(principal, model, body, trace.request_id)
         charge.describe(trace, received, _short(effort), tags)
         self.observer.track(trace)
         won = await self.failover.complete(model, targets, body, charge, trace, api)
@@ -221,7 +230,7 @@ class Gateway:
         trace.key_name, trace.model = principal.name, model.name
         received = _effort_received(body)
         effort = apply_reasoning_effort(body, model, self.settings.reasoning_policies)
-        charge = await self.credits.begin(principal, model, body, trace.request_id)
+        charge = await self.accounting.admit(principal, model, body, trace.request_id)
         charge.describe(trace, received, _short(effort), tags)
         self.observer.track(trace)
         won = await self.failover.open_stream(
@@ -244,7 +253,7 @@ class Gateway:
         trace = RequestTrace(request_id or new_request_id())  # for the access log
         trace.key_name, trace.model, trace.endpoint = principal.name, model.name, "/v1/embeddings"
         tokens = (request.prompt_estimate, 0)
-        charge = await self.credits.begin(
+        charge = await self.accounting.admit(
             principal, model, request.body, trace.request_id, tokens=tokens
         )
         charge.describe(trace, None, None, tags)

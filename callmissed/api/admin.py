@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from callmissed.accounting.credits import MICRO, format_credits, parse_credits
+from callmissed.accounting.pricing import MICRO, format_credits, parse_credits
 from callmissed.auth import create_key
 from callmissed.console.session import admit
 from callmissed.errors import InvalidRequest, KeyNotFound

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from callmissed.accounting.credits import format_credits
+from callmissed.accounting.pricing import format_credits
 from callmissed.errors import AuthenticationFailed
 from callmissed.gateway import Gateway
 from callmissed.store import KeyRecord

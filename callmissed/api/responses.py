@@ -20,7 +20,7 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from callmissed.accounting.credits import format_credits
+from callmissed.accounting.pricing import format_credits
 from callmissed.auth import Principal
 from callmissed.errors import GatewayError, InvalidRequest, to_openai
 from callmissed.formats.responses import (
@@ -172,7 +172,7 @@ async def _pass_through(
 ) -> Response | StreamResponse:
     body = _upstream_body(ask, earlier + ask.items)
     model, targets = gateway.router.resolve(ask.model)
-    book = gateway.credits.prices
+    book = gateway.accounting.prices
     billing = (book.price(model) or book.unpriced(model)).route(targets[0].route)
 
     def price(

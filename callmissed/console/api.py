@@ -16,7 +16,7 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from callmissed.accounting.credits import format_credits
+from callmissed.accounting.pricing import format_credits
 from callmissed.console import fleet, queries
 from callmissed.console.database import ConsoleDatabase
 from callmissed.console.overview import RANGES, Totals, build_overview, metrics_of, parse_range

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from callmissed.accounting.credits import (
+from callmissed.accounting.pricing import (
     Rates,
     TokenUsage,
     cost_of,
