@@ -90,11 +90,10 @@ def guards(gateway: Gateway) -> dict[str, Guard | None]:
 
 
 def connect_peers(gateway: Gateway) -> tuple[Peers, HealthPeers]:
-    """This worker's link to the server's other workers: what they may ask of it (its metrics,
-    to drop its cached keys, a key's idle credit), the credit it may ask of them, and the
-    routes' health, which they share."""
-    ledger = gateway.ledger
-    peers = Peers(ledger.directory, ledger.instance, ledger.alive)
+    """This worker's link to the server's other workers (built by the gateway, whose accounting
+    asks them for a key's idle credit and answers the same): what else they may ask of it (its
+    metrics, to drop its cached keys), and the routes' health, which they share."""
+    peers = gateway.peers
     health = HealthPeers(gateway.health, peers)
 
     async def snapshot(_: Any) -> dict[str, Any]:
@@ -104,19 +103,8 @@ def connect_peers(gateway: Gateway) -> tuple[Peers, HealthPeers]:
         gateway.auth.forget()
         return True
 
-    async def give_back(key_id: Any) -> int:
-        return await gateway.credits.give_back(key_id) if isinstance(key_id, int) else 0
-
-    async def reclaim(key_id: int) -> int:
-        # Longer than a scrape's bound: a peer settles its finished requests first, and a 402
-        # that a moment's wait would have avoided is worse than the wait.
-        answers = await peers.ask("give_back", key_id, within=2.0)
-        return sum(answers.values)
-
     peers.serve("metrics", snapshot)
     peers.serve("forget", forget)
-    peers.serve("give_back", give_back)
-    gateway.credits.reclaim = reclaim
     return peers, health
 
 

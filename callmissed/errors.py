@@ -185,7 +185,7 @@ class RateLimited(GatewayError):
     ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
-        self._headers = list(headers)  # x-ratelimit-* (ratelimit.py)
+        self._headers = list(headers)  # x-ratelimit-* (accounting/ratelimit)
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         if self.retry_after is None:
