@@ -2,7 +2,7 @@
 
 A provider is pure translation: it builds the upstream request (chat, or one batch of embeddings
 inputs) and turns upstream answers and errors into ours. It performs no I/O;
-callmissed/upstream.py does all outbound HTTP.
+callmissed/upstream/ does all outbound HTTP.
 The base class speaks the OpenAI-compatible dialect every current upstream shares; a provider
 module overrides only what its upstream does differently.
 """

@@ -1,13 +1,13 @@
 """The only module that talks to upstreams: one pooled client per provider.
 
 Two transports, chosen per provider (docs/performance.md has the measurements):
-- callmissed/http1.py for HTTP/1.1 upstreams (plain-http vLLM, Ollama, llama.cpp): our own
+- callmissed/upstream/http1.py for HTTP/1.1 upstreams (plain-http vLLM, Ollama, llama.cpp): our own
   asyncio.Protocol + llhttp client, because aiohttp's client (itself ~5x cheaper than httpx)
   was still ~14% of the gateway's CPU per streamed request;
 - pyreqwest (Rust hyper) for HTTP/2 upstreams: https providers negotiate h2 via ALPN, so one
   multiplexed connection carries many requests. Its streamed read buffer is set to 0 so
   chunks are handed on as they arrive rather than collected into 64 KiB.
-`sim` providers are answered in-process by callmissed/simulator.py (chat and embeddings).
+`sim` providers are answered in-process by callmissed/upstream/simulator.py (chat and embeddings).
 Pools are kept warm (`warm_connections`, `warm_interval`): at start-up and whenever an upstream
 sat idle, its connections are opened ahead of time (HTTP/1.1: bare TCP and TLS handshakes; h2:
 a HEAD), so no user request pays the handshake.
@@ -29,11 +29,11 @@ from pyreqwest.client import Client as H2Client, ClientBuilder
 from pyreqwest.exceptions import PyreqwestError
 from pyreqwest.request import StreamRequest
 
-from callmissed import http1
 from callmissed.errors import UpstreamError, UpstreamTimeout
 from callmissed.providers import Provider, UpstreamRequest
 from callmissed.settings import ProviderSettings, Settings, SimProfile
-from callmissed.simulator import simulate, simulate_embeddings
+from callmissed.upstream import http1
+from callmissed.upstream.simulator import simulate, simulate_embeddings
 
 __all__ = ["Upstream", "UpstreamResponse"]
 
