@@ -13,8 +13,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from callmissed.edge.web import Request, Response, json_response
 from callmissed.accounting.pricing import format_credits
+from callmissed.edge.web import Request, Response, json_response
 from callmissed.errors import AuthenticationFailed
 from callmissed.gateway import Gateway
 from callmissed.store import KeyRecord
