@@ -4,6 +4,9 @@ The common chunk, content only, is known by its envelope once one was parsed (fo
 ContentTemplate), and a run of such events goes out as the upstream framed it, unparsed; any
 other chunk is parsed, and re-encoded only when its bytes show it may need an edit
 (formats.openai.needs_normalising). Everything else goes out as the upstream sent it.
+An upstream in another dialect (its provider has a stream_translator) has each event parsed and
+turned into chunks by its translator, chosen once per stream; a whole answer is its provider's
+to parse (Provider.parse_completion).
 A stream that errors or ends before its finish reason raises UpstreamError, so every API edge
 can end it with an error the SDK raises. However it ends, its owner (endings.py) is told once.
 Which route to stream from is failover.py's call.
@@ -23,7 +26,6 @@ from callmissed.formats.openai import (
     ChunkNormaliser,
     ContentTemplate,
     needs_normalising,
-    normalise_completion,
     plain_content,
 )
 from callmissed.nesting import MAX_DEPTH, SHORTEST_TOO_DEEP, too_deep
@@ -41,6 +43,7 @@ __all__ = [
     "StreamOwner",
     "UpstreamAPI",
     "read_completion",
+    "read_whole",
 ]
 
 _DONE = b"[DONE]"
@@ -118,6 +121,10 @@ class ChatStream:
         self._meter: StreamMeter | None = None
         self._batches = self._aiter_upstream()
         self._first: list[Chunk] = []
+        # Chosen once: OpenAI chunks take the fast path; another dialect, its translator.
+        translator = provider.stream_translator()
+        self._translator = translator
+        self._parse = self._chunks if translator is None else self._translated
 
     async def start(self) -> None:
         """Wait for the first token, so that an early failure can still be an HTTP error.
@@ -238,7 +245,7 @@ class ChatStream:
         that shares a read with content must neither lose the content nor pass for a failure
         before the first token, which failover would retry)."""
         try:
-            self._chunks(raw, chunks)
+            self._parse(raw, chunks)
         except UpstreamError as exc:
             if not chunks:
                 raise
@@ -264,6 +271,41 @@ class ChatStream:
             start = end + 2
             if data is not None and (chunk := self._accept(data)) is not None:
                 chunks.append(chunk)
+
+    def _translated(self, raw: bytes, chunks: list[Chunk]) -> None:
+        """The chunks the translator makes of the events an upstream read completes."""
+        translator = self._translator
+        assert translator is not None
+        for block in self._take(raw).split(b"\n\n"):
+            data = event_data(block) if block else None
+            if data is None:
+                continue
+            for parsed in translator.feed(self._load(data)):
+                chunk = self._edit(orjson.dumps(parsed), parsed)
+                if chunk is not None:
+                    chunks.append(chunk)
+            if translator.done:
+                self._done = True
+                return
+
+    def _load(self, data: bytes) -> dict[str, Any]:
+        """One event's data, parsed: an object of bounded depth, or UpstreamError."""
+        try:
+            # Parsing costs ~1 us and guarantees the client never gets broken JSON.
+            parsed: dict[str, Any] = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(
+                f"{self._provider.described} sent malformed JSON in its stream",
+                provider=self._provider.name,
+            ) from None
+        if parsed.__class__ is not dict:
+            raise UpstreamError("the upstream sent a chunk that is not an object")
+        if len(data) >= SHORTEST_TOO_DEEP and too_deep(parsed, len(data)):
+            raise UpstreamError(
+                f"{self._provider.described} sent JSON nested deeper than {MAX_DEPTH} levels",
+                provider=self._provider.name,
+            )
+        return parsed
 
     def _take(self, raw: bytes) -> bytes:
         """The whole events `raw` completes (sse.SSEDecoder.take), within the event limit."""
@@ -293,22 +335,7 @@ class ChatStream:
         if data == _DONE:
             self._done = True
             return None
-        try:
-            # Parsing costs ~1 us and guarantees the client never gets broken JSON.
-            chunk = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            raise UpstreamError(
-                f"{self._provider.label} ({self._provider.name}) sent malformed JSON in its stream",
-                provider=self._provider.name,
-            ) from None
-        if chunk.__class__ is not dict:
-            raise UpstreamError("the upstream sent a chunk that is not an object")
-        if len(data) >= SHORTEST_TOO_DEEP and too_deep(chunk, len(data)):
-            raise UpstreamError(
-                f"{self._provider.label} ({self._provider.name}) sent JSON nested deeper than"
-                f" {MAX_DEPTH} levels",
-                provider=self._provider.name,
-            )
+        chunk = self._load(data)
         if b"\n" in data:  # several `data:` lines, which SSE joins with line feeds: make it one
             data = orjson.dumps(chunk)
         content = plain_content(chunk)
@@ -371,40 +398,28 @@ def _chunk_id(chunk: Chunk) -> str | None:
 async def read_completion(
     provider: Provider, response: UpstreamResponse, limit: int
 ) -> dict[str, Any]:
-    """Read a non-streamed chat.completion of at most `limit` bytes, raising if it is longer
-    or an error in disguise."""
+    """Read a whole answer of at most `limit` bytes, as a normalised chat.completion (its
+    provider parses it), raising if it is longer or an error in disguise."""
+    return provider.parse_completion(await read_whole(provider, response, limit))
+
+
+async def read_whole(provider: Provider, response: UpstreamResponse, limit: int) -> bytes:
+    """A whole answer's bytes, at most `limit` of them: UpstreamError if there are more."""
     try:
         body, more = await response.read(limit)
     finally:
         response.close()
     if more:
         raise UpstreamError(
-            f"{provider.label} ({provider.name}) answered with more than {limit} bytes",
-            provider=provider.name,
+            f"{provider.described} answered with more than {limit} bytes", provider=provider.name
         )
-    try:
-        completion = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise UpstreamError(
-            f"{provider.label} ({provider.name}) answered with malformed JSON",
-            provider=provider.name,
-        ) from None
-    if too_deep(completion, len(body)):
-        raise UpstreamError(
-            f"{provider.label} ({provider.name}) answered with JSON nested deeper than"
-            f" {MAX_DEPTH} levels",
-            provider=provider.name,
-        )
-    if not isinstance(completion, dict) or not isinstance(completion.get("choices"), list):
-        error = provider.stream_error(completion) if isinstance(completion, dict) else None
-        raise error or UpstreamError(
-            f"{provider.label} ({provider.name}) answered without choices", provider=provider.name
-        )
-    error = provider.stream_error(completion)
-    if error is not None:
-        raise error
-    normalise_completion(completion)
-    return completion
+    return body
+
+
+def _build_chat(
+    provider: Provider, body: dict[str, Any], route: Route, model: ModelSettings
+) -> UpstreamRequest:
+    return provider.build_request(body, route, model)
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,4 +433,4 @@ class UpstreamAPI:
     stream: Callable[[Provider, UpstreamResponse, bool, int], ChatStream]  # event byte limit
 
 
-CHAT_COMPLETIONS = UpstreamAPI(Provider.build_request, read_completion, ChatStream)
+CHAT_COMPLETIONS = UpstreamAPI(_build_chat, read_completion, ChatStream)

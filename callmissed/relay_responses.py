@@ -15,8 +15,9 @@ import orjson
 
 from callmissed.errors import UpstreamError
 from callmissed.nesting import MAX_DEPTH, SHORTEST_TOO_DEEP, too_deep
-from callmissed.providers import Provider
-from callmissed.relay import ChatStream, Chunk, UpstreamAPI
+from callmissed.providers import Provider, UpstreamRequest
+from callmissed.relay import ChatStream, Chunk, UpstreamAPI, read_whole
+from callmissed.settings import ModelSettings, Route
 from callmissed.sse import event_data
 from callmissed.token_estimate import estimate_output_tokens
 from callmissed.upstream import UpstreamResponse
@@ -88,26 +89,8 @@ async def read_response(
 ) -> dict[str, Any]:
     """A whole Response object of at most `limit` bytes, raising if it failed, is longer or is
     not one."""
-    try:
-        body, more = await response.read(limit)
-    finally:
-        response.close()
-    label = f"{provider.label} ({provider.name})"
-    if more:
-        raise UpstreamError(
-            f"{label} answered with more than {limit} bytes", provider=provider.name
-        )
-    try:
-        answer = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise UpstreamError(
-            f"{label} answered with malformed JSON", provider=provider.name
-        ) from None
-    if too_deep(answer, len(body)):
-        raise UpstreamError(
-            f"{label} answered with JSON nested deeper than {MAX_DEPTH} levels",
-            provider=provider.name,
-        )
+    answer = provider.load_answer(await read_whole(provider, response, limit))
+    label = provider.described
     if not isinstance(answer, dict) or not isinstance(answer.get("output"), list):
         error = provider.stream_error(answer) if isinstance(answer, dict) else None
         raise error or UpstreamError(f"{label} answered without output", provider=provider.name)
@@ -116,4 +99,10 @@ async def read_response(
     return answer
 
 
-RESPONSES = UpstreamAPI(Provider.build_responses_request, read_response, ResponsesStream)
+def _build(
+    provider: Provider, body: dict[str, Any], route: Route, model: ModelSettings
+) -> UpstreamRequest:
+    return provider.build_responses_request(body, route, model)
+
+
+RESPONSES = UpstreamAPI(_build, read_response, ResponsesStream)
