@@ -321,6 +321,9 @@ def _builtin_providers(env: Mapping[str, str]) -> dict[str, ProviderSettings]:
             env, "openrouter", "OpenRouter", "OPENROUTER", "https://openrouter.ai/api/v1"
         ),
         "sarvam": _keyed_provider(env, "sarvam", "Sarvam AI", "SARVAM", "https://api.sarvam.ai/v1"),
+        "anthropic": _keyed_provider(
+            env, "anthropic", "Anthropic", "ANTHROPIC", "https://api.anthropic.com"
+        ),
         "sim": ProviderSettings(name="sim", type="sim", base_url="sim://local"),
     }
 

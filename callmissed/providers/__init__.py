@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from callmissed.providers.anthropic import Anthropic
 from callmissed.providers.base import Provider, StreamTranslator, UpstreamRequest
 from callmissed.providers.cloudflare import Cloudflare
 from callmissed.providers.openai import OpenAICompatible
@@ -13,5 +14,5 @@ __all__ = ["REGISTRY", "Provider", "StreamTranslator", "UpstreamRequest"]
 
 REGISTRY: dict[str, type[Provider]] = {
     provider.type: provider
-    for provider in (OpenAICompatible, Cloudflare, OpenRouter, Sarvam, Simulator)
+    for provider in (OpenAICompatible, Cloudflare, OpenRouter, Sarvam, Simulator, Anthropic)
 }

@@ -164,6 +164,15 @@ class Provider:
         """An Anthropic Messages body passed through, for a provider that serves_messages."""
         raise NotImplementedError(f"{self.described} does not serve the Messages API")
 
+    def parse_message(self, body: bytes) -> dict[str, Any]:
+        """A whole Messages answer, for a provider that serves_messages."""
+        raise NotImplementedError(f"{self.described} does not serve the Messages API")
+
+    def event_error(self, event: dict[str, Any]) -> UpstreamError:
+        """The UpstreamError an `error` event in a stream of typed events reports."""
+        message = self.error_message(event) or "the upstream failed while generating"
+        return self.make_error(502, message, None)
+
     def build_responses_request(
         self, body: dict[str, Any], route: Route, model: ModelSettings
     ) -> UpstreamRequest:
