@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import orjson
 
@@ -93,6 +93,10 @@ class StreamOwner(Protocol):
 class ChatStream:
     """An upstream stream of chat.completion chunks. Iterate `aiter_batches()` once; close()."""
 
+    # Whether an upstream in another dialect is read through its provider's translator; a
+    # subclass that passes its own dialect through (relay_messages.py) reads it itself.
+    translates: ClassVar[bool] = True
+
     def __init__(
         self,
         provider: Provider,
@@ -122,7 +126,7 @@ class ChatStream:
         self._batches = self._aiter_upstream()
         self._first: list[Chunk] = []
         # Chosen once: OpenAI chunks take the fast path; another dialect, its translator.
-        translator = provider.stream_translator()
+        translator = provider.stream_translator() if self.translates else None
         self._translator = translator
         self._parse = self._chunks if translator is None else self._translated
 

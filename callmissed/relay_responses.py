@@ -32,6 +32,8 @@ class ResponsesStream(ChatStream):
     """A Responses event stream, read as ChatStream reads chat chunks (the same meter, watchdog
     and close): each Chunk is one event's data, parsed, with `tokens` set, so no meter walks it."""
 
+    translates = False
+
     async def start(self) -> None:
         """Wait for the first event that carries output (or ends the answer): until then,
         failover.py may still switch routes unseen."""
