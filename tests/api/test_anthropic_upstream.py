@@ -195,10 +195,12 @@ def test_upstream_errors_keep_their_meaning(claude, client, model, anthropic_err
 
 @pytest.mark.parametrize("model", ["claude-broken", "claude-cut"])
 def test_a_broken_stream_ends_with_an_error_each_sdk_raises(claude, client, model):
-    with pytest.raises(anthropic.APIStatusError):  # noqa: PT012
-        with claude.messages.stream(model=model, max_tokens=64, messages=ASK) as events:
-            for _ in events:
-                pass
+    with (
+        pytest.raises(anthropic.APIStatusError),
+        claude.messages.stream(model=model, max_tokens=64, messages=ASK) as events,
+    ):
+        for _ in events:
+            pass
     stream = client.chat.completions.create(model=model, messages=ASK, stream=True)
     with pytest.raises(openai.APIError):
         for _ in stream:
