@@ -86,6 +86,10 @@ class Anthropic(Provider):
             self._url, self._headers, encode_body(messages), route.upstream_model
         )
 
+    def build_get(self, path: str) -> UpstreamRequest:
+        """A GET of `{base_url}/v1/{path}` (its model list, say): the API's paths carry /v1."""
+        return super().build_get(f"v1/{path}")
+
     def build_messages_request(
         self, body: dict[str, Any], route: Route, model: ModelSettings
     ) -> UpstreamRequest:

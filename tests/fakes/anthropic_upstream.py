@@ -44,6 +44,14 @@ _ERROR_TYPES = {
 
 def add_anthropic_routes(app: web.Application) -> None:
     app.router.add_post("/anthropic/v1/messages", _messages)
+    app.router.add_get("/anthropic/v1/models", _models)
+
+
+async def _models(request: web.Request) -> web.Response:
+    if request.headers.get("x-api-key") != API_KEY:
+        return _error(401, "invalid x-api-key")
+    model = {"type": "model", "id": "claude-haiku-4-5", "display_name": "Claude Haiku 4.5"}
+    return web.json_response({"data": [model], "has_more": False})
 
 
 def error_body(status: int, message: str) -> dict[str, Any]:
