@@ -11,6 +11,7 @@ SDK raises. The edge (api/anthropic.py) makes the few edits the route needs.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from callmissed.providers import Provider, UpstreamRequest
@@ -20,7 +21,7 @@ from callmissed.sse import event_data
 from callmissed.token_estimate import estimate_output_tokens
 from callmissed.upstream import UpstreamResponse
 
-__all__ = ["MESSAGES", "MessagesStream", "read_message"]
+__all__ = ["MESSAGES", "MessagesStream", "messages_api", "read_message"]
 
 # The delta fields whose text the model wrote (a signature_delta's is not output).
 _DELTA_TEXT = ("text", "thinking", "partial_json")
@@ -94,10 +95,21 @@ async def read_message(
     return provider.parse_message(await read_whole(provider, response, limit))
 
 
+def messages_api(beta: str | None = None) -> UpstreamAPI:
+    """The Messages API, asked for the client's `anthropic-beta` features if it named any."""
+    if beta is None:
+        return MESSAGES
+    return UpstreamAPI(functools.partial(_build, beta=beta), read_message, MessagesStream)
+
+
 def _build(
-    provider: Provider, body: dict[str, Any], route: Route, model: ModelSettings
+    provider: Provider,
+    body: dict[str, Any],
+    route: Route,
+    model: ModelSettings,
+    beta: str | None = None,
 ) -> UpstreamRequest:
-    return provider.build_messages_request(body, route, model)
+    return provider.build_messages_request(body, route, model, beta)
 
 
 MESSAGES = UpstreamAPI(_build, read_message, MessagesStream)

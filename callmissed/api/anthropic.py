@@ -25,7 +25,7 @@ from callmissed.formats.anthropic_message import MessageStreamEncoder, build_mes
 from callmissed.gateway import Gateway
 from callmissed.keepalive import InBand, in_band_error
 from callmissed.relay import ChatStream
-from callmissed.relay_messages import MESSAGES
+from callmissed.relay_messages import messages_api
 from callmissed.tags import request_tags
 from callmissed.timing import RequestTrace
 from callmissed.token_estimate import estimate_input_tokens
@@ -94,16 +94,17 @@ async def _pass_through(
     trace: RequestTrace,
     tags: tuple[str, ...],
 ) -> Response | StreamResponse:
-    """The client's body to an upstream that speaks Messages; its answer back as it came, with
-    the model named as the client named it."""
+    """The client's body (and `anthropic-beta`) to an upstream that speaks Messages; its answer
+    back as it came, with the model named as the client named it."""
     principal, name = request.key, body["model"]
     headers = [(b"request-id", request.request_id.encode())]
+    api = messages_api(request.headers.get("anthropic-beta"))
     if not check_passthrough(body):
-        answer, info = await gateway.complete(principal, body, trace=trace, api=MESSAGES, tags=tags)
+        answer, info = await gateway.complete(principal, body, trace=trace, api=api, tags=tags)
         headers += [*info.headers(), (b"server-timing", trace.server_timing(total=True))]
         return json_response({**answer, "model": name}, headers=headers)
     keepalive = gateway.keepalive(request.start_stream, headers)
-    opening = gateway.open_stream(principal, body, True, trace=trace, api=MESSAGES, tags=tags)
+    opening = gateway.open_stream(principal, body, True, trace=trace, api=api, tags=tags)
     try:
         stream, info = await keepalive.run(opening)
     except InBand as failed:

@@ -91,11 +91,13 @@ class Anthropic(Provider):
         return super().build_get(f"v1/{path}")
 
     def build_messages_request(
-        self, body: dict[str, Any], route: Route, model: ModelSettings
+        self, body: dict[str, Any], route: Route, model: ModelSettings, beta: str | None = None
     ) -> UpstreamRequest:
-        """A Messages body as the client sent it, with the route's model id."""
+        """A Messages body as the client sent it, with the route's model id, and the client's
+        `anthropic-beta` features (`beta`), which change what the body may hold."""
         body = {**body, "model": route.upstream_model}
-        return UpstreamRequest(self._url, self._headers, encode_body(body), route.upstream_model)
+        headers = self._headers if beta is None else {**self._headers, "anthropic-beta": beta}
+        return UpstreamRequest(self._url, headers, encode_body(body), route.upstream_model)
 
     def parse_completion(self, body: bytes) -> dict[str, Any]:
         return to_completion(self.parse_message(body))

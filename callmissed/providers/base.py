@@ -159,9 +159,10 @@ class Provider:
         return None
 
     def build_messages_request(
-        self, body: dict[str, Any], route: Route, model: ModelSettings
+        self, body: dict[str, Any], route: Route, model: ModelSettings, beta: str | None = None
     ) -> UpstreamRequest:
-        """An Anthropic Messages body passed through, for a provider that serves_messages."""
+        """An Anthropic Messages body passed through, for a provider that serves_messages, with
+        the client's `anthropic-beta` header (`beta`)."""
         raise NotImplementedError(f"{self.described} does not serve the Messages API")
 
     def parse_message(self, body: bytes) -> dict[str, Any]:

@@ -82,22 +82,28 @@ def test_multi_turn_thinking_with_tools_keeps_the_signature(claude, gateway, str
     assert received.dialect == "anthropic"
     assert received.headers["x-api-key"] == API_KEY
     assert received.headers["anthropic-version"] == "2023-06-01"
-    assert "authorization" not in {name.lower() for name in received.headers}
+    assert not {"authorization", "anthropic-beta"} & {name.lower() for name in received.headers}
     sent = {**ask, "messages": messages, **({"stream": True} if stream else {})}
     assert received.body == sent  # passed through: only the model would change, and it did not
 
 
-def test_the_route_renames_the_model_both_ways(claude, gateway):
+def test_the_route_renames_the_model_both_ways_and_beta_features_reach_it(claude, gateway):
+    beta = "interleaved-thinking-2025-05-14"
     raw = claude.messages.with_raw_response.create(
-        model="claude-haiku-4-5", max_tokens=64, messages=ASK, metadata={"user_id": "u1"}
+        model="claude-haiku-4-5",
+        max_tokens=64,
+        messages=ASK,
+        metadata={"user_id": "u1"},
+        extra_headers={"anthropic-beta": beta},
     )
     assert raw.headers["x-callmissed-route"] == "anthropic"
     message = raw.parse()
     assert message.model == "claude-haiku-4-5"
     assert message.content[0].text == "Hello world"
     assert (message.usage.input_tokens, message.usage.output_tokens) == (5, 6)
-    received = gateway.upstream.last("claude-haiku-4-5").body
-    assert received["metadata"] == {"user_id": "u1"}
+    received = gateway.upstream.last("claude-haiku-4-5")
+    assert received.body["metadata"] == {"user_id": "u1"}
+    assert received.headers["anthropic-beta"] == beta
 
 
 def test_an_anthropic_stream_passes_every_event_through(gateway):
