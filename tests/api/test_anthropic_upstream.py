@@ -45,7 +45,9 @@ def claude(gateway):
 def _second_turn(first: anthropic.types.Message) -> list[Any]:
     """The conversation with the first answer sent back as the SDK returned it."""
     assistant = {"role": "assistant", "content": [block.model_dump() for block in first.content]}
-    result = {"type": "tool_result", "tool_use_id": first.content[1].id, "content": "sunny"}
+    tool_use = first.content[1]
+    assert isinstance(tool_use, anthropic.types.ToolUseBlock)
+    result = {"type": "tool_result", "tool_use_id": tool_use.id, "content": "sunny"}
     return [*ASK, assistant, {"role": "user", "content": [result]}]
 
 
