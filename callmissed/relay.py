@@ -39,6 +39,7 @@ __all__ = [
     "CHAT_COMPLETIONS",
     "ChatStream",
     "Chunk",
+    "EventStream",
     "StreamMeter",
     "StreamOwner",
     "UpstreamAPI",
@@ -373,6 +374,33 @@ class ChatStream:
             chunk["choices"] = []
             changed = True
         return Chunk(orjson.dumps(chunk) if changed else data, chunk)
+
+
+class EventStream(ChatStream):
+    """An upstream's own stream of typed events, passed through in its dialect (relay_responses.py,
+    relay_messages.py), read as ChatStream reads chat chunks (the same meter, watchdog and
+    close): each Chunk is one event's data, parsed by `_event`, with `tokens` set, so no meter
+    walks it."""
+
+    translates = False
+
+    async def start(self) -> None:
+        """Wait for the first event that carries output (or ends the answer): until then,
+        failover.py may still switch routes unseen."""
+        while (batch := await anext(self._batches, None)) is not None:
+            self._first += batch
+            if self.finished or any(chunk.tokens for chunk in batch):
+                return
+
+    def _chunks(self, raw: bytes, chunks: list[Chunk]) -> None:
+        for block in self._take(raw).split(b"\n\n"):
+            data = event_data(block) if block else None
+            if data is not None and data != _DONE:
+                chunks.append(self._event(data))
+
+    def _event(self, data: bytes) -> Chunk:
+        """One event's Chunk; what it says about the answer (its end, usage, id) recorded."""
+        raise NotImplementedError
 
 
 def _has_token(chunk: Chunk) -> bool:

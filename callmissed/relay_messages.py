@@ -15,9 +15,8 @@ import functools
 from typing import Any
 
 from callmissed.providers import Provider, UpstreamRequest
-from callmissed.relay import ChatStream, Chunk, UpstreamAPI, read_whole
+from callmissed.relay import Chunk, EventStream, UpstreamAPI, read_whole
 from callmissed.settings import ModelSettings, Route
-from callmissed.sse import event_data
 from callmissed.token_estimate import estimate_output_tokens
 from callmissed.upstream import UpstreamResponse
 
@@ -27,25 +26,8 @@ __all__ = ["MESSAGES", "MessagesStream", "messages_api", "read_message"]
 _DELTA_TEXT = ("text", "thinking", "partial_json")
 
 
-class MessagesStream(ChatStream):
-    """A Messages event stream, read as ChatStream reads chat chunks (the same meter, watchdog
-    and close): each Chunk is one event's data, parsed, with `tokens` set, so no meter walks it."""
-
-    translates = False
-
-    async def start(self) -> None:
-        """Wait for the first event that carries output (or ends the answer): until then,
-        failover.py may still switch routes unseen."""
-        while (batch := await anext(self._batches, None)) is not None:
-            self._first += batch
-            if any(chunk.tokens or self.finished for chunk in batch):
-                return
-
-    def _chunks(self, raw: bytes, chunks: list[Chunk]) -> None:
-        for block in self._take(raw).split(b"\n\n"):
-            data = event_data(block) if block else None
-            if data is not None:
-                chunks.append(self._event(data))
+class MessagesStream(EventStream):
+    """A Messages event stream: one Chunk per event, its text counted."""
 
     def _event(self, data: bytes) -> Chunk:
         payload = self._load(data)
