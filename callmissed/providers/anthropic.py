@@ -47,6 +47,9 @@ _FINISH_REASONS = {
     "refusal": "content_filter",
 }
 _TOOL_CHOICES = {"auto": "auto", "required": "any", "none": "none"}
+# reasoning_details entries (OpenRouter's convention, which OpenAI-dialect clients keep and send
+# back) carry a thinking block's signature, or a redacted block's data, in this format.
+DETAILS_FORMAT = "anthropic-claude-v1"
 # An `error` event's type -> the HTTP status Anthropic answers the same error with.
 ERROR_STATUSES = {
     "invalid_request_error": 400,
@@ -228,9 +231,10 @@ def _source(url: Any, where: str) -> dict[str, Any]:
 
 
 def _assistant_blocks(message: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
-    # Earlier reasoning is not sent back: Messages takes thinking blocks only with Anthropic's
-    # signature, which the OpenAI dialect has no place for (Anthropic clients pass through).
-    blocks = _blocks(message.get("content"), where)
+    # Earlier reasoning goes back only as signed thinking blocks (from reasoning_details):
+    # Messages refuses thinking without Anthropic's signature; plain `reasoning` is left out.
+    blocks = _thinking_blocks(message.get("reasoning_details"))
+    blocks += _blocks(message.get("content"), where)
     for call in message.get("tool_calls") or ():
         function = call.get("function") or {}
         arguments = function.get("arguments")
@@ -245,6 +249,30 @@ def _assistant_blocks(message: Mapping[str, Any], where: str) -> list[dict[str, 
             )
         tool_use = {"type": "tool_use", "id": call.get("id"), "name": function.get("name")}
         blocks.append({**tool_use, "input": parsed})
+    return blocks
+
+
+def _thinking_blocks(details: Any) -> list[dict[str, Any]]:
+    """Signed thinking and redacted thinking blocks from reasoning_details, whose entries may
+    come as a stream's pieces (merged by `index`, as the OpenAI SDK merges them); entries in
+    another vendor's format are left out (Anthropic could not read their signatures)."""
+    merged: dict[Any, dict[str, Any]] = {}
+    for item in details if isinstance(details, list) else ():
+        if not isinstance(item, dict):
+            continue
+        entry = merged.setdefault(item.get("index", len(merged)), {"text": ""})
+        entry["text"] += item.get("text") or ""
+        keys = ("type", "signature", "data", "format")
+        entry.update((key, item[key]) for key in keys if item.get(key))
+    blocks = []
+    for entry in merged.values():
+        if entry.get("format", DETAILS_FORMAT) != DETAILS_FORMAT:
+            continue
+        if entry.get("type") == "reasoning.encrypted" and isinstance(entry.get("data"), str):
+            blocks.append({"type": "redacted_thinking", "data": entry["data"]})
+        elif isinstance(entry.get("signature"), str):
+            thinking = {"type": "thinking", "thinking": entry["text"]}
+            blocks.append({**thinking, "signature": entry["signature"]})
     return blocks
 
 
@@ -316,15 +344,19 @@ def _add_output_format(chat: Mapping[str, Any], body: dict[str, Any]) -> None:
 
 
 def to_completion(message: Mapping[str, Any]) -> dict[str, Any]:
-    """A whole Message as a chat.completion: text, thinking as `reasoning`, tool_use as
-    tool_calls (server tools and other blocks have no chat form and are left out)."""
+    """A whole Message as a chat.completion: text, thinking as `reasoning` (and, signed, as
+    `reasoning_details`, which a client sends back), tool_use as tool_calls (server tools and
+    other blocks have no chat form and are left out)."""
     texts, thoughts, calls = [], [], []
+    details: list[dict[str, Any]] = []
     for block in message["content"]:
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
             texts.append(str(block.get("text") or ""))
-        elif kind == "thinking":
-            thoughts.append(str(block.get("thinking") or ""))
+        elif kind in ("thinking", "redacted_thinking"):
+            if kind == "thinking":
+                thoughts.append(str(block.get("thinking") or ""))
+            details.append(_detail(len(details), block))
         elif kind == "tool_use":
             arguments = orjson.dumps(block.get("input") or {}).decode()
             function = {"name": block.get("name"), "arguments": arguments}
@@ -332,6 +364,8 @@ def to_completion(message: Mapping[str, Any]) -> dict[str, Any]:
     reply: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
     if thoughts:
         reply["reasoning"] = "".join(thoughts)
+    if details:
+        reply["reasoning_details"] = details
     if calls:
         reply["tool_calls"] = calls
     choice = {"index": 0, "message": reply, "finish_reason": _finish(message.get("stop_reason"))}
@@ -340,6 +374,18 @@ def to_completion(message: Mapping[str, Any]) -> dict[str, Any]:
         "choices": [{**choice, "logprobs": None}],
         "usage": chat_usage(message.get("usage")),
     }
+
+
+def _detail(index: int, block: Mapping[str, Any]) -> dict[str, Any]:
+    """A thinking block as a reasoning_details entry: its text and signature, or its data."""
+    if block.get("type") == "redacted_thinking":
+        return {"type": "reasoning.encrypted", "data": block.get("data"), **_at(index)}
+    detail = {"type": "reasoning.text", "text": block.get("thinking") or ""}
+    return {**detail, "signature": block.get("signature"), **_at(index)}
+
+
+def _at(index: int) -> dict[str, Any]:
+    return {"format": DETAILS_FORMAT, "index": index}
 
 
 def chat_usage(usage: Any) -> dict[str, Any]:
@@ -385,10 +431,16 @@ def _call(index: int, call_id: Any, name: Any) -> dict[str, Any]:
 
 class MessagesToChunks:
     """One Messages stream as chunks (a relay StreamTranslator): text and thinking deltas as
-    `content` and `reasoning`, tool_use blocks as tool_calls, message_delta as the finish reason
-    and the usage (message_start's input figures with its output), message_stop as [DONE]."""
+    `content` and `reasoning`, thinking blocks also as `reasoning_details` pieces (their text,
+    then their signature; `format` on a block's first piece only, since the OpenAI SDK joins the
+    strings of pieces with one index), tool_use blocks as tool_calls, message_delta as the finish
+    reason and the usage (message_start's input figures with its output), message_stop as
+    [DONE]."""
 
-    __slots__ = ("_envelope", "_provider", "_tool", "_tools", "_usage", "done")
+    __slots__ = (
+        "_envelope", "_formatted", "_provider", "_thought", "_thoughts", "_tool", "_tools",
+        "_usage", "done",
+    )  # fmt: skip
 
     def __init__(self, provider: Anthropic) -> None:
         self._provider = provider
@@ -396,6 +448,9 @@ class MessagesToChunks:
         self._usage: dict[str, Any] = {}
         self._tools = 0  # tool_use blocks seen: the next one's tool_calls index
         self._tool: int | None = None  # the open block's tool_calls index, if it is a tool_use
+        self._thoughts = 0  # thinking blocks seen: the next one's reasoning_details index
+        self._thought: int | None = None  # the open block's, if it is a thinking block
+        self._formatted = False  # the open thinking block's `format` went out
         self.done = False
 
     def feed(self, event: dict[str, Any]) -> list[dict[str, Any]]:
@@ -423,23 +478,46 @@ class MessagesToChunks:
         return []  # ping, content_block_stop, and events newer than this code
 
     def _start(self, block: Any) -> list[dict[str, Any]]:
-        self._tool = None
-        if not isinstance(block, dict) or block.get("type") != "tool_use":
+        self._tool = self._thought = None
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind in ("thinking", "redacted_thinking"):
+            self._thought, self._thoughts = self._thoughts, self._thoughts + 1
+            self._formatted = False
+            if kind == "redacted_thinking":
+                encrypted = self._piece("reasoning.encrypted", data=block.get("data"))
+                return [self._chunk({"reasoning_details": [encrypted]})]
+            return []
+        if kind != "tool_use":
             return []
         self._tool, self._tools = self._tools, self._tools + 1
         call = _call(self._tool, block.get("id"), block.get("name"))
         return [self._chunk({"tool_calls": [call]})]
 
+    def _piece(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """A reasoning_details piece of the open thinking block."""
+        piece = {"type": kind, **fields, "index": self._thought}
+        if not self._formatted:
+            piece["format"] = DETAILS_FORMAT
+            self._formatted = True
+        return piece
+
     def _delta(self, delta: Any) -> list[dict[str, Any]]:
         kind = delta.get("type") if isinstance(delta, dict) else None
         if kind == "text_delta":
             return [self._chunk({"content": delta.get("text")})]
-        if kind == "thinking_delta":
-            return [self._chunk({"reasoning": delta.get("thinking")})]
         if kind == "input_json_delta" and self._tool is not None:
             call = {"index": self._tool, "function": {"arguments": delta.get("partial_json")}}
             return [self._chunk({"tool_calls": [call]})]
-        return []  # signature_delta, citations_delta: no chat form
+        if self._thought is None:
+            return []  # citations_delta, and deltas newer than this code: no chat form
+        if kind == "thinking_delta":
+            text = delta.get("thinking")
+            piece = self._piece("reasoning.text", text=text)
+            return [self._chunk({"reasoning": text, "reasoning_details": [piece]})]
+        if kind == "signature_delta":
+            piece = self._piece("reasoning.text", signature=delta.get("signature"))
+            return [self._chunk({"reasoning_details": [piece]})]
+        return []
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         choice = {"index": 0, "delta": delta, "finish_reason": finish}

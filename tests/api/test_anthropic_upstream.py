@@ -121,11 +121,22 @@ def test_an_anthropic_stream_passes_every_event_through(gateway):
     assert '"signature_delta"' in reply.text and SIGNATURE in reply.text
 
 
-def test_openai_sdk_gets_a_translated_answer(client, gateway):
-    first = client.chat.completions.create(
-        model="claude-thinker", messages=ASK, tools=[OPENAI_TOOL], reasoning_effort="low"
-    )
-    choice = first.choices[0]
+def _openai_turn(client: openai.OpenAI, messages: list[Any], stream: bool) -> Any:
+    """One answer of claude-thinker with thinking on, as the SDK gives it (streamed: as its
+    stream helper accumulates the chunks)."""
+    ask: dict[str, Any] = {"model": "claude-thinker", "messages": messages}
+    ask |= {"tools": [OPENAI_TOOL], "reasoning_effort": "low"}
+    if not stream:
+        return client.chat.completions.create(**ask).choices[0]
+    with client.chat.completions.stream(**ask) as events:
+        return events.get_final_completion().choices[0]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_sdk_multi_turn_thinking_with_tools(client, gateway, stream):
+    """Translated both ways: the thinking block's signature travels in reasoning_details (as
+    OpenRouter's do), so the second turn sends it back signed and unchanged."""
+    choice = _openai_turn(client, ASK, stream)
     assert choice.finish_reason == "tool_calls"
     (call,) = choice.message.tool_calls or []
     assert (call.id, call.function.name, call.function.arguments) == (
@@ -133,28 +144,29 @@ def test_openai_sdk_gets_a_translated_answer(client, gateway):
         "get_weather",
         '{"city":"Paris"}',
     )
-    assert (choice.message.model_extra or {})["reasoning"] == THINKING
+    extra = choice.message.model_extra or {}
+    assert extra["reasoning"] == THINKING
+    (detail,) = extra["reasoning_details"]
+    assert (detail["text"], detail["signature"]) == (THINKING, SIGNATURE)
+    assert detail["format"] == "anthropic-claude-v1"
     sent = gateway.upstream.last("claude-thinker").body
     assert sent["thinking"] == {"type": "enabled", "budget_tokens": 1024}
     assert sent["max_tokens"] == 4096  # Messages requires it: the default, past the budget
     assert sent["tools"] == [WEATHER_TOOL]
-    turn = [
-        *ASK,
-        choice.message.model_dump(exclude_none=True),
-        {"role": "tool", "tool_call_id": call.id, "content": "sunny"},
-    ]
-    second = client.chat.completions.create(model="claude-thinker", messages=turn)
-    assert second.choices[0].message.content == "It is sunny in Paris."
-    assert second.choices[0].finish_reason == "stop"
+    tool = {"role": "tool", "tool_call_id": call.id, "content": "sunny"}
+    turn = [*ASK, choice.message.model_dump(exclude_none=True), tool]
+    second = _openai_turn(client, turn, stream)
+    assert second.message.content == "It is sunny in Paris."
+    assert second.finish_reason == "stop"
     sent = gateway.upstream.last("claude-thinker").body
     assert sent["messages"][1]["content"] == [
-        {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {"city": "Paris"}}
+        {"type": "thinking", "thinking": THINKING, "signature": SIGNATURE},
+        {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {"city": "Paris"}},
     ]
     assert sent["messages"][2] == {
         "role": "user",
         "content": [{"type": "tool_result", "tool_use_id": "toolu_01", "content": "sunny"}],
     }
-    assert second.usage is not None and second.usage.prompt_tokens == 5
 
 
 def test_openai_sdk_streams_text_tools_and_usage(client, gateway):

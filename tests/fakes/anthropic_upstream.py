@@ -100,7 +100,15 @@ async def _messages(request: web.Request) -> web.StreamResponse:
 
 
 def _signature_problem(body: dict[str, Any]) -> str | None:
-    """Anthropic's check: a thinking block sent back must be the one it signed, unchanged."""
+    """Anthropic's checks: a thinking block sent back must be the one it signed, unchanged; and
+    with thinking on, an assistant turn that used a tool must start with its thinking."""
+    assistants = [m for m in body.get("messages") or () if m.get("role") == "assistant"]
+    last = assistants[-1].get("content") if assistants else None
+    last = last if isinstance(last, list) else []
+    thinking = (body.get("thinking") or {}).get("type") == "enabled"
+    used_tool = any(block.get("type") == "tool_use" for block in last)
+    if thinking and used_tool and last[0].get("type") not in ("thinking", "redacted_thinking"):
+        return "Expected `thinking` or `redacted_thinking`, but found `tool_use`."
     for message in body.get("messages") or ():
         content = message.get("content") if message.get("role") == "assistant" else None
         for block in content if isinstance(content, list) else ():

@@ -113,3 +113,21 @@ def test_an_error_event_keeps_the_status_its_type_means():
     assert "sk-secret" not in error.message
     with pytest.raises(UpstreamOverloaded):
         provider.parse_message(orjson.dumps(event))
+
+
+def test_signed_reasoning_details_go_back_as_thinking_blocks_and_others_are_left_out():
+    details = [
+        {"type": "reasoning.text", "text": "Hmm, ", "format": "anthropic-claude-v1", "index": 0},
+        {"type": "reasoning.text", "text": "yes.", "index": 0},
+        {"type": "reasoning.text", "signature": "sig==", "index": 0},
+        {"type": "reasoning.encrypted", "data": "opaque", "format": "anthropic-claude-v1"},
+        {"type": "reasoning.text", "text": "x", "signature": "s", "format": "openai-v1"},
+        {"type": "reasoning.text", "text": "unsigned", "index": 7},
+    ]
+    assistant = {"role": "assistant", "content": "ok", "reasoning_details": details}
+    body = _translate(messages=[{"role": "user", "content": "hi"}, assistant])
+    assert body["messages"][1]["content"] == [
+        {"type": "thinking", "thinking": "Hmm, yes.", "signature": "sig=="},
+        {"type": "redacted_thinking", "data": "opaque"},
+        {"type": "text", "text": "ok"},
+    ]
