@@ -29,7 +29,7 @@ from pyreqwest.client import Client as H2Client, ClientBuilder
 from pyreqwest.exceptions import PyreqwestError
 from pyreqwest.request import StreamRequest
 
-from callmissed import http1
+from callmissed import failures, http1
 from callmissed.errors import UpstreamError, UpstreamTimeout
 from callmissed.providers import Provider, UpstreamRequest
 from callmissed.settings import ProviderSettings, Settings, SimProfile
@@ -174,25 +174,25 @@ class _Body(Protocol):
 def _unreachable(provider: Provider, exc: BaseException) -> UpstreamError:
     label = f"{provider.label} ({provider.name})"
     if isinstance(exc, TimeoutError):
-        return UpstreamTimeout(f"{label} did not answer in time", provider=provider.name)
-    return UpstreamError(f"could not reach {label}: {type(exc).__name__}", provider=provider.name)
+        message = f"{label} did not answer in time"
+        return failures.failure(failures.FIRST_TOKEN_TIMEOUT, message, provider=provider.name)
+    message = f"could not reach {label}: {type(exc).__name__}"
+    return failures.failure(failures.UNREACHABLE, message, provider=provider.name)
 
 
 def _broken(provider: Provider, exc: BaseException) -> UpstreamError:
     label = f"{provider.label} ({provider.name})"
+    kind, message = failures.BROKEN, f"{label} broke the connection mid-response"
     if isinstance(exc, TimeoutError):
-        return UpstreamTimeout(f"{label} stopped sending", provider=provider.name)
-    if isinstance(exc, http1.BodyTooLarge):
-        return UpstreamError(
-            f"{label} sent a compressed body that inflates past {exc.limit} bytes",
-            provider=provider.name,
-        )
-    if isinstance(exc, http1.ProtocolError):
-        return UpstreamError(f"{label} sent {exc}", provider=provider.name)
-    return UpstreamError(
-        f"{label} broke the connection mid-response ({type(exc).__name__})",
-        provider=provider.name,
-    )
+        kind, message = failures.IDLE_TIMEOUT, f"{label} stopped sending"
+    elif isinstance(exc, http1.BodyTooLarge):
+        kind, message = failures.TOO_LARGE, f"{label} sent a compressed body that inflates past"
+        message += f" {exc.limit} bytes"
+    elif isinstance(exc, http1.ProtocolError):
+        kind, message = failures.MALFORMED, f"{label} sent {exc}"
+    else:
+        message += f" ({type(exc).__name__})"
+    return failures.failure(kind, message, provider=provider.name)
 
 
 async def _read_capped(receive: Callable[[], Awaitable[bytes]], limit: int) -> tuple[bytes, bool]:
