@@ -104,7 +104,7 @@ TABLE: tuple[Rule, ...] = (
     Rule("422", _REJ, False, False, _S, "422", "the request is well-formed but invalid"),
     Rule("425", _ERR, True, False, _F, "425", "the upstream wants the request later"),
     Rule("429", _REJ, True, False, _F, "rate_limited", "rate limited; its Retry-After is kept"),
-    Rule("4xx", _ERR, False, False, _F, "", "any other 4xx: the route is misconfigured"),
+    Rule("4xx", _ERR, False, False, _F, "", "any other 4xx"),
     Rule("500", _ERR, True, True, _F, "500", "the upstream failed"),
     Rule("502", _ERR, True, True, _F, "502", "a proxy before the upstream failed"),
     Rule("503", _OVER, True, True, _F, "503", "the upstream is overloaded or down"),
@@ -184,21 +184,25 @@ def from_status(
 def markdown() -> str:
     """The table as docs/errors.md shows it: one line per row, what each client sees."""
     lines = [
-        "| upstream answer | another route | same route again | breaker | OpenAI client "
-        "| Anthropic client | meaning |",
-        "|---|---|---|---|---|---|---|",
+        "| upstream answer | another route | same route again | breaker | named "
+        "| OpenAI client | Anthropic client | meaning |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in TABLE:
         sample = failure(row.key, "x") if not row.key[0].isdigit() else _sample(row)
         openai_status, openai_body = to_openai(sample)
         anthropic_status, anthropic_body = to_anthropic(sample)
-        openai = f"{openai_status} `{openai_body['error']['type']}` `{sample.code}`"
-        anthropic = f"{anthropic_status} `{anthropic_body['error']['type']}`"
-        if row.streaming_only:
+        openai = f"`{openai_body['error']['type']}` `{sample.code}`"
+        anthropic = f"`{anthropic_body['error']['type']}`"
+        if row.streaming_only:  # the 200 went out with the stream's first token
             openai, anthropic = f"in-band {openai}", f"in-band {anthropic}"
+        else:
+            openai, anthropic = f"{openai_status} {openai}", f"{anthropic_status} {anthropic}"
         retry = "yes, after backoff" if row.retry else "no"
         fallback = "yes" if row.fallback else "**no**"
-        cells = (f"`{row.key}`", fallback, retry, row.breaker.value, openai, anthropic, row.when)
+        named = f"`{row.outcome}`" if row.outcome else "its status"
+        breaker = row.breaker.value
+        cells = (f"`{row.key}`", fallback, retry, breaker, named, openai, anthropic, row.when)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
