@@ -41,7 +41,7 @@ from collections.abc import Callable
 from typing import Any
 
 from callmissed import failures
-from callmissed.credits import CLIENT_CLOSED, Charge
+from callmissed.accounting.settlement import CLIENT_CLOSED, Charge
 from callmissed.deadlines import Deadline, Deadlines
 from callmissed.errors import GatewayError, ShuttingDown, UpstreamError
 from callmissed.health import Health, route_name

@@ -7,7 +7,7 @@ only after a jittered backoff that honours its Retry-After), as the failure tabl
 (failures.py). With `hedge_after_ms`, a slow
 first attempt gets a second one racing it; the loser is cancelled. After commit nothing switches:
 the stream belongs to its owner (endings.py), which ends a silent or overdue one with an error the
-SDK raises and settles every ending. relay.py decodes; upstream.py does the I/O.
+SDK raises and settles every ending. relay.py decodes; upstream/ does the I/O.
 docs/resilience.md has the rules and the defaults.
 """
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from callmissed import failures
-from callmissed.credits import Charge
+from callmissed.accounting.settlement import Charge
 from callmissed.deadlines import Deadlines, Timeout
 from callmissed.endings import (
     StreamOwner,

@@ -26,10 +26,13 @@ import sys
 from dataclasses import dataclass
 
 from callmissed.errors import (
+    UpstreamBodyTooLarge,
+    UpstreamBroken,
     UpstreamError,
     UpstreamOverloaded,
     UpstreamRejected,
     UpstreamTimeout,
+    UpstreamUnreachable,
     to_anthropic,
     to_openai,
 )
@@ -90,6 +93,7 @@ _KIND_STATUS = {ACCOUNT: 403}
 
 _F, _S = Breaker.FAILURE, Breaker.SUCCESS
 _ERR, _REJ, _TIME, _OVER = UpstreamError, UpstreamRejected, UpstreamTimeout, UpstreamOverloaded
+_GONE, _BROKE = UpstreamUnreachable, UpstreamBroken
 
 # key, error, fallback, retry, breaker, outcome, when
 TABLE: tuple[Rule, ...] = (
@@ -118,16 +122,25 @@ TABLE: tuple[Rule, ...] = (
     Rule("526", _ERR, True, True, _F, "526", "Cloudflare: the origin's certificate is invalid"),
     Rule("529", _OVER, True, True, _F, "529", "the upstream is overloaded"),
     Rule("5xx", _ERR, False, False, _F, "", "any other 5xx"),
-    Rule(UNREACHABLE, _ERR, True, True, _F, "broken", "no connection: refused, reset, DNS, TLS"),
+    Rule(UNREACHABLE, _GONE, True, True, _F, "broken", "no answer began: refused, reset, TLS"),
     Rule(FIRST_TOKEN_TIMEOUT, _TIME, True, False, _F, "timeout", "no first byte or token in time"),
-    Rule(BROKEN, _ERR, True, True, _F, "broken", "the connection broke or the answer stopped"),
-    Rule(MALFORMED, _ERR, True, True, _F, "broken", "the answer is not valid SSE or JSON"),
-    Rule(TOO_LARGE, _ERR, True, False, _F, "broken", "an answer or event past its byte limit"),
+    Rule(BROKEN, _BROKE, True, True, _F, "broken", "the answer began, then broke off"),
+    Rule(MALFORMED, _BROKE, True, True, _F, "broken", "the answer is not valid SSE or JSON"),
+    Rule(TOO_LARGE, _BROKE, True, False, _F, "broken", "an answer or event past its byte limit"),
     Rule(IDLE_TIMEOUT, _TIME, False, False, _F, "timeout", "silence past the idle timeout", True),
     Rule(TOTAL_TIMEOUT, _TIME, False, False, _F, "timeout", "the total timeout passed"),
     Rule(ACCOUNT, _REJ, True, False, _F, "403", "our account may not use the model"),
 )
 _BY_KEY = {row.key: row for row in TABLE}
+# The row of an error a transport raised (callmissed/upstream/contract.py: it knows the class of
+# failure, not the table), most specific class first. A timeout there is a connection or an
+# answer that did not come in time, as the first-token timeout is.
+_BY_CLASS: tuple[tuple[type[UpstreamError], str], ...] = (
+    (UpstreamBodyTooLarge, TOO_LARGE),
+    (UpstreamBroken, BROKEN),
+    (UpstreamUnreachable, UNREACHABLE),
+    (UpstreamTimeout, FIRST_TOKEN_TIMEOUT),
+)
 
 
 def rule(error: UpstreamError) -> Rule:
@@ -137,7 +150,8 @@ def rule(error: UpstreamError) -> Rule:
         return found
     if error.upstream_status:
         return _status_rule(error.upstream_status)
-    return _BY_KEY[FIRST_TOKEN_TIMEOUT if isinstance(error, UpstreamTimeout) else BROKEN]
+    kind = next((kind for cls, kind in _BY_CLASS if isinstance(error, cls)), BROKEN)
+    return _BY_KEY[kind]
 
 
 def outcome(error: UpstreamError) -> str:

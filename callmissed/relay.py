@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import orjson
 
 from callmissed import failures
+from callmissed.accounting.settlement import StreamMeter
 from callmissed.errors import GatewayError, UpstreamError
 from callmissed.formats.openai import (
     ChunkNormaliser,
@@ -38,7 +39,6 @@ __all__ = [
     "CHAT_COMPLETIONS",
     "ChatStream",
     "Chunk",
-    "StreamMeter",
     "StreamOwner",
     "UpstreamAPI",
     "malformed",
@@ -70,13 +70,6 @@ class Chunk:
     def event(self) -> bytes:
         """The chunk as an SSE event (a run: its events)."""
         return self.data if self.run is not None else b"data: " + self.data + b"\n\n"
-
-
-class StreamMeter(Protocol):
-    """Accounting for one stream (credits.Charge): sees what reaches the client."""
-
-    def on_batch(self, batch: list[Chunk]) -> None:
-        """Chunks about to go to the client; may edit them (usage.cost)."""
 
 
 class StreamOwner(Protocol):

@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 
 from callmissed import failures
-from callmissed.errors import UpstreamError, UpstreamTimeout
+from callmissed.errors import (
+    UpstreamBodyTooLarge,
+    UpstreamBroken,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 from callmissed.providers.cloudflare import Cloudflare
 from callmissed.settings import ProviderSettings
 
@@ -48,10 +54,19 @@ def test_a_status_without_a_row_of_its_own_takes_its_class_s(status, key):
     assert failures.outcome(error) == str(status)
 
 
-def test_an_error_made_without_the_table_still_finds_a_row():
-    assert failures.rule(UpstreamError("x")).key == failures.BROKEN
-    assert failures.rule(UpstreamTimeout("x")).key == failures.FIRST_TOKEN_TIMEOUT
-    assert failures.rule(UpstreamError("x", upstream_status=429)).key == "429"
+@pytest.mark.parametrize(
+    ("error", "key"),
+    [
+        (UpstreamUnreachable("x"), failures.UNREACHABLE),
+        (UpstreamBroken("x"), failures.BROKEN),
+        (UpstreamBodyTooLarge("x", limit=1), failures.TOO_LARGE),
+        (UpstreamTimeout("x"), failures.FIRST_TOKEN_TIMEOUT),
+        (UpstreamError("x"), failures.BROKEN),
+        (UpstreamError("x", upstream_status=429), "429"),
+    ],
+)
+def test_a_transport_s_error_finds_its_row_by_its_class(error, key):
+    assert failures.rule(error).key == key
 
 
 def test_each_row_raises_its_own_class():
