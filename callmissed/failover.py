@@ -2,12 +2,12 @@
 
 A model's routes are tried best first (health.py orders them). The first attempt to produce a first
 token wins and is committed to; before that, a failure moves on to the next route or goes straight
-to the client, and may have its route tried again (a bounded number of attempts; a route is retried
-only after a jittered backoff that honours its Retry-After), as the failure table says
-(failures.py). With `hedge_after_ms`, a slow
-first attempt gets a second one racing it; the loser is cancelled. After commit nothing switches:
-the stream belongs to its owner (endings.py), which ends a silent or overdue one with an error the
-SDK raises and settles every ending. relay.py decodes; upstream/ does the I/O.
+to the client, and may have its route tried again, as the failure table says (failures.py): a
+bounded number of attempts, and a route is retried only after a jittered backoff that honours its
+Retry-After. With `hedge_after_ms`, a slow first attempt gets a second one racing it; the loser
+is cancelled. After commit nothing switches: the stream belongs to its owner (endings.py), which
+ends a silent or overdue one with an error the SDK raises and settles every ending. relay.py
+decodes; upstream/ does the I/O.
 docs/resilience.md has the rules and the defaults.
 """
 
