@@ -30,7 +30,7 @@ client left      before an upstream had it         499      nothing
 
 In one sentence: the key pays for what it got, and for what an upstream bills for a request the
 key walked away from; never for a failure beyond the output that reached it. Output is never
-billed beyond what an upstream that obeys the request can write (credits.Charge.estimate).
+billed beyond what an upstream that obeys the request can write (accounting/settlement.py: Charge.estimate).
 """
 
 from __future__ import annotations
