@@ -10,16 +10,24 @@ from typing import Any
 from callmissed import __version__
 from callmissed.api import admin as admin_api, anthropic, embeddings, keys, openai, responses
 from callmissed.api.playground import playground_routes, redirect_home
-from callmissed.asgi import ASGIApp
 from callmissed.auth import Principal, bearer_matches
 from callmissed.console.site import Console
+from callmissed.edge.asgi import ASGIApp
+from callmissed.edge.web import (
+    App,
+    Endpoint,
+    Guard,
+    Request,
+    Response,
+    StreamResponse,
+    json_response,
+)
 from callmissed.errors import AuthenticationFailed
 from callmissed.gateway import Gateway
 from callmissed.health_peers import HealthPeers
 from callmissed.history import History
 from callmissed.peers import Peers
 from callmissed.settings import Settings, load_settings
-from callmissed.web import App, Endpoint, Guard, Request, Response, StreamResponse, json_response
 
 __all__ = ["build_app", "connect_peers", "create_app", "guards"]
 

@@ -6,7 +6,7 @@ bounded number of attempts; a route is retried only after a jittered backoff tha
 Retry-After) and a non-retryable one goes straight to the client. With `hedge_after_ms`, a slow
 first attempt gets a second one racing it; the loser is cancelled. After commit nothing switches:
 the stream belongs to its owner (endings.py), which ends a silent or overdue one with an error the
-SDK raises and settles every ending. relay.py decodes; upstream.py does the I/O.
+SDK raises and settles every ending. relay.py decodes; upstream/ does the I/O.
 docs/resilience.md has the rules and the defaults.
 """
 

@@ -28,6 +28,7 @@ from callmissed.auth import Authenticator, Principal
 from callmissed.deadlines import Deadlines
 from callmissed.embedding import embed_on, plan_embedding
 from callmissed.errors import InvalidRequest, ShuttingDown
+from callmissed.exchange import Headers, StartStream, new_request_id
 from callmissed.failover import Failover, Won
 from callmissed.formats.embeddings import EmbeddingRequest
 from callmissed.health import Health, route_name
@@ -44,7 +45,6 @@ from callmissed.shutdown import on_sigterm
 from callmissed.store import Store, open_store
 from callmissed.timing import RequestTrace
 from callmissed.upstream import Upstream
-from callmissed.web import Headers, StartStream, new_request_id
 
 __all__ = ["Gateway", "RouteInfo"]
 

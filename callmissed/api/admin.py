@@ -20,10 +20,10 @@ from typing import Any
 from callmissed.accounting.keys import UNCHANGED
 from callmissed.accounting.pricing import format_credits, parse_credits
 from callmissed.console.session import admit
+from callmissed.edge.web import Request, Response, json_response
 from callmissed.errors import InvalidRequest, KeyNotFound
 from callmissed.gateway import Gateway
 from callmissed.store import NO_POLICY, KeyPolicy, KeyRecord
-from callmissed.web import Request, Response, json_response
 
 __all__ = ["authorize", "describe_key", "keys_collection", "keys_item", "parse_policy"]
 

@@ -22,6 +22,7 @@ import orjson
 
 from callmissed.accounting.pricing import format_credits
 from callmissed.auth import Principal
+from callmissed.edge.web import Request, Response, StreamResponse, json_response
 from callmissed.errors import GatewayError, InvalidRequest, to_openai
 from callmissed.formats.responses import (
     ResponseRequest,
@@ -38,7 +39,6 @@ from callmissed.keepalive import InBand, in_band_error
 from callmissed.relay import CHAT_COMPLETIONS, ChatStream, UpstreamAPI
 from callmissed.relay_responses import RESPONSES
 from callmissed.tags import request_tags
-from callmissed.web import Request, Response, StreamResponse, json_response
 
 __all__ = ["create_response", "delete_response", "list_input_items", "retrieve_response"]
 

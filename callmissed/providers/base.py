@@ -2,7 +2,7 @@
 
 A provider is pure translation: it builds the upstream request (chat, or one batch of embeddings
 inputs) and turns upstream answers and errors into ours. It performs no I/O;
-callmissed/upstream.py does all outbound HTTP.
+callmissed/upstream/ does all outbound HTTP.
 The base class speaks the OpenAI-compatible dialect every current upstream shares; a provider
 module overrides only what its upstream does differently.
 """
@@ -10,7 +10,7 @@ module overrides only what its upstream does differently.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import orjson
 
@@ -23,6 +23,7 @@ from callmissed.errors import (
 )
 from callmissed.formats.embeddings import EmbeddingBatch
 from callmissed.nesting import MAX_DEPTH
+from callmissed.providers.environment import Environment
 from callmissed.settings import ModelSettings, ProviderSettings, Route
 
 __all__ = ["Provider", "UpstreamRequest", "encode_body"]
@@ -67,12 +68,22 @@ class Provider:
 
     type: ClassVar[str] = "openai"
     label: ClassVar[str] = "OpenAI-compatible upstream"
+    # How callmissed/upstream/ reaches it: "http" (HTTP/1.1 or HTTP/2, as its settings say) or
+    # "simulator" (answered in-process).
+    transport: ClassVar[Literal["http", "simulator"]] = "http"
     serves_responses: ClassVar[bool] = False  # also POST /responses (relay_responses.py)
     # The most inputs one upstream embeddings request may carry: OpenAI's own limit. A model's
     # `embedding.batch` in the catalog says less where its upstream accepts less.
     embedding_batch: ClassVar[int] = 2048
     # Its usage objects carry `cost`, what it billed in USD (OpenRouter's): settle from that.
     reports_cost: ClassVar[bool] = False
+    # Answered in-process, with no socket (the simulator): nothing to probe; and every model id
+    # under "{type}/" is in the catalog, so an unknown one is not found rather than sent on.
+    is_local: ClassVar[bool] = False
+    # Serves any "vendor/model" id as-is (OpenRouter): where a name outside the catalog goes.
+    accepts_any_model: ClassVar[bool] = False
+    # Built in: its variables and default URL (environment.py). None: declared in the config file.
+    environment: ClassVar[Environment | None] = None
 
     def __init__(self, settings: ProviderSettings) -> None:
         self.name = settings.name

@@ -14,17 +14,15 @@ ACCOUNTING = PACKAGE / "accounting"
 CALLERS = (
     "callmissed.api",
     "callmissed.app",
-    "callmissed.asgi",
     "callmissed.cli",
     "callmissed.console",
+    "callmissed.edge",
     "callmissed.endings",
     "callmissed.failover",
     "callmissed.gateway",
     "callmissed.relay",
     "callmissed.relay_responses",
-    "callmissed.rsgi",
     "callmissed.upstream",
-    "callmissed.web",
 )
 # The store's writes to keys and their credit.
 KEY_WRITES = {"create_key", "revoke_key", "topup", "set_policy", "set_limit_reset"}
