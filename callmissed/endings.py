@@ -30,7 +30,8 @@ client left      before an upstream had it         499      nothing
 
 In one sentence: the key pays for what it got, and for what an upstream bills for a request the
 key walked away from; never for a failure beyond the output that reached it. Output is never
-billed beyond what an upstream that obeys the request can write (credits.Charge.estimate).
+billed beyond what an upstream that obeys the request can write (Charge.estimate, in
+accounting/settlement.py).
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ class StreamOwner(Deadline):
         super().__init__(deadlines, min(self._loop.time() + idle, deadline))
         self._stream = stream
         self._charge = charge
-        self.meter = charge  # sees every batch that reaches the client (relay.StreamMeter)
+        self.meter = charge  # sees every batch that reaches the client (settlement.StreamMeter)
         self._route = route
         self._model = model
         self._health = health
