@@ -19,9 +19,15 @@
   x RoutesResting                  503 api_error              routes_resting (+retry_after)
   x UpstreamError                  502 api_error              upstream_error (+provider, status,
                                                                               retryable)
+    + UpstreamUnreachable          502 api_error              upstream_error (no answer began)
+    + UpstreamBroken               502 api_error              upstream_error (the answer broke)
+      + UpstreamBodyTooLarge       502 api_error              upstream_error (inflates too far)
     + UpstreamTimeout              504 timeout_error          upstream_timeout
     + UpstreamOverloaded           503 overloaded_error       upstream_overloaded
     + UpstreamRejected             4xx (the upstream's own)   upstream_rejected
+
+Every upstream transport (callmissed/upstream/contract.py) fails with one of UpstreamUnreachable,
+UpstreamBroken (UpstreamBodyTooLarge) or UpstreamTimeout, whichever transport it is.
 
 Messages are written for a human and never carry an upstream secret or a raw upstream body.
 """
@@ -53,10 +59,13 @@ __all__ = [
     "RoutesResting",
     "ServerBusy",
     "ShuttingDown",
+    "UpstreamBodyTooLarge",
+    "UpstreamBroken",
     "UpstreamError",
     "UpstreamOverloaded",
     "UpstreamRejected",
     "UpstreamTimeout",
+    "UpstreamUnreachable",
     "to_anthropic",
     "to_openai",
 ]
@@ -271,6 +280,24 @@ class UpstreamError(GatewayError):
         if self.upstream_status == 401:  # our credentials: as for ProviderNotConfigured
             return [(b"x-should-retry", b"false")]
         return []
+
+
+class UpstreamUnreachable(UpstreamError):
+    """No answer began: the connection was refused, reset, or failed its TLS handshake, or it
+    ended before the first byte of a response."""
+
+
+class UpstreamBroken(UpstreamError):
+    """The answer began, then broke: the connection or stream ended early, or the upstream sent
+    something that is not HTTP."""
+
+
+class UpstreamBodyTooLarge(UpstreamBroken):
+    """A compressed body would inflate past the limit the transport was given."""
+
+    def __init__(self, message: str, *, provider: str = "", limit: int) -> None:
+        super().__init__(message, provider=provider)
+        self.limit = limit
 
 
 class UpstreamTimeout(UpstreamError):

@@ -10,7 +10,7 @@ module overrides only what its upstream does differently.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import orjson
 
@@ -67,6 +67,9 @@ class Provider:
 
     type: ClassVar[str] = "openai"
     label: ClassVar[str] = "OpenAI-compatible upstream"
+    # How callmissed/upstream/ reaches it: "http" (HTTP/1.1 or HTTP/2, as its settings say) or
+    # "simulator" (answered in-process).
+    transport: ClassVar[Literal["http", "simulator"]] = "http"
     serves_responses: ClassVar[bool] = False  # also POST /responses (relay_responses.py)
     # The most inputs one upstream embeddings request may carry: OpenAI's own limit. A model's
     # `embedding.batch` in the catalog says less where its upstream accepts less.

@@ -20,6 +20,7 @@ SIM_DIMENSIONS = 256  # a simulated embedding model's vectors, unless the catalo
 class Simulator(Provider):
     type = "sim"
     label = "CallMissed simulator"
+    transport = "simulator"
 
     def build_embedding_request(
         self, body: dict[str, Any], inputs: list[Any], route: Route, model: ModelSettings
