@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pyreqwest.client import Client, ClientBuilder
-from pyreqwest.exceptions import PyreqwestError, RequestTimeoutError
+from pyreqwest.exceptions import PyreqwestError
 from pyreqwest.request import StreamRequest
 
 from callmissed.errors import UpstreamError
@@ -138,7 +138,7 @@ class Http2Response:
 
 def _failure(peer: Peer, exc: BaseException, *, begun: bool) -> UpstreamError:
     """The contract's error for one of pyreqwest's (or the inflater's)."""
-    if isinstance(exc, TimeoutError | RequestTimeoutError):
+    if isinstance(exc, TimeoutError):  # pyreqwest's RequestTimeoutError is one
         return peer.timeout(begun)
     if isinstance(exc, http1.BodyTooLarge):
         return peer.too_large(exc.limit)
