@@ -17,8 +17,8 @@ from typing import Any
 import orjson
 
 from callmissed import __version__
+from callmissed.accounting.pricing import MICRO, parse_credits
 from callmissed.auth import create_key
-from callmissed.credits import MICRO, parse_credits
 from callmissed.settings import Settings, SettingsError, load_settings
 from callmissed.store import MAX_BALANCE, KeyPolicy, KeyRecord, Store, open_store
 from callmissed.store.budget import LIMIT_RESETS
@@ -104,7 +104,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from granian.constants import HTTPModes, Interfaces, Loops
     from granian.http import HTTP1Settings, HTTP2Settings
 
-    from callmissed.ratelimit import limits_warning
+    from callmissed.accounting.ratelimit import limits_warning
     from callmissed.shutdown import SERVER_PID_ENV
 
     in_use = _port_in_use(settings.host, settings.port)
@@ -128,7 +128,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     limits = settings.edge
     _raise_open_files(limits.max_connections)
     server = Granian(
-        "callmissed.rsgi:create_app",  # granian's native interface: docs/performance.md
+        "callmissed.edge.rsgi:create_app",  # granian's native interface: docs/performance.md
         factory=True,
         address=settings.host,
         port=settings.port,

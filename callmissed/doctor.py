@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from callmissed.checklist import FAIL, OK, Check, Gateway, run_checklist
+from callmissed.providers import REGISTRY
 from callmissed.settings import ProviderSettings, Settings
 from callmissed.store import open_store
 
@@ -39,7 +40,7 @@ async def run_doctor(settings: Settings, gateway: GatewayOptions | None) -> list
     probes = [
         _check_provider(provider, settings.connect_timeout)
         for provider in settings.providers.values()
-        if provider.type != "sim"
+        if not REGISTRY[provider.type].is_local
     ]
     checks += await asyncio.gather(*probes)
     if gateway is not None:

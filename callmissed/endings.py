@@ -40,7 +40,7 @@ import enum
 from collections.abc import Callable
 from typing import Any
 
-from callmissed.credits import CLIENT_CLOSED, Charge
+from callmissed.accounting.settlement import CLIENT_CLOSED, Charge
 from callmissed.deadlines import Deadline, Deadlines
 from callmissed.errors import GatewayError, ShuttingDown, UpstreamError, UpstreamTimeout
 from callmissed.health import Health, route_name

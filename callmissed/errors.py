@@ -194,7 +194,7 @@ class RateLimited(GatewayError):
     ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
-        self._headers = list(headers)  # x-ratelimit-* (ratelimit.py)
+        self._headers = list(headers)  # x-ratelimit-* (accounting/ratelimit)
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         if self.retry_after is None:
@@ -391,8 +391,9 @@ _ANTHROPIC_TYPES = {
 def to_anthropic(exc: GatewayError) -> tuple[int, dict[str, Any]]:
     """Render as Anthropic does: `{"type": "error", "error": {type, message}}`.
 
-    Statuses follow Anthropic's own (wire-formats.md §2.6, §2.8): 413 is request_too_large,
-    overloaded is 529 (the SDK's OverloadedError), and a failed upstream is a 500 api_error.
+    Statuses follow Anthropic's own (https://docs.claude.com/en/api/errors, docs/errors.md):
+    413 is request_too_large, overloaded is 529 (the SDK's OverloadedError), and a failed
+    upstream is a 500 api_error.
     """
     error_type = exc.anthropic_type if isinstance(exc, UpstreamRejected) else exc.type
     error_type = _ANTHROPIC_TYPES.get(error_type, error_type)

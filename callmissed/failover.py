@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from callmissed.credits import Charge
+from callmissed.accounting.settlement import Charge
 from callmissed.deadlines import Deadlines, Timeout
 from callmissed.endings import (
     StreamOwner,

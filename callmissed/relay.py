@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from callmissed.accounting.settlement import StreamMeter
 from callmissed.errors import GatewayError, UpstreamError
 from callmissed.formats.openai import (
     ChunkNormaliser,
@@ -37,7 +38,6 @@ __all__ = [
     "CHAT_COMPLETIONS",
     "ChatStream",
     "Chunk",
-    "StreamMeter",
     "StreamOwner",
     "UpstreamAPI",
     "read_completion",
@@ -68,13 +68,6 @@ class Chunk:
     def event(self) -> bytes:
         """The chunk as an SSE event (a run: its events)."""
         return self.data if self.run is not None else b"data: " + self.data + b"\n\n"
-
-
-class StreamMeter(Protocol):
-    """Accounting for one stream (credits.Charge): sees what reaches the client."""
-
-    def on_batch(self, batch: list[Chunk]) -> None:
-        """Chunks about to go to the client; may edit them (usage.cost)."""
 
 
 class StreamOwner(Protocol):

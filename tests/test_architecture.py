@@ -4,6 +4,7 @@ callmissed/upstream/, modest module sizes."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,39 @@ def test_every_module_says_what_it_owns():
         if path.name != "__main__.py" and ast.get_docstring(ast.parse(path.read_text())) is None
     ]
     assert not undocumented
+
+
+# The server side and what plugs handlers into it; everything else is use cases and below.
+EDGE_SIDE = ("edge/", "api/", "console/", "app.py", "cli.py")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        p
+        for p in sorted(PACKAGE.rglob("*.py"))
+        if not str(p.relative_to(PACKAGE)).startswith(EDGE_SIDE)
+    ],
+    ids=lambda p: str(p.relative_to(PACKAGE)),
+)
+def test_use_cases_do_not_depend_on_their_server(path):
+    """The arrows run from the edge to the gateway, never back (docs/architecture.md)."""
+    edge = {name for name in _imports(path) if name.startswith("callmissed.edge")}
+    assert not edge, f"{path.name} imports {edge}"
+
+
+def test_every_document_the_code_cites_is_in_the_repository():
+    """A docstring or comment that names a .md file names one a reader of the repository has."""
+    root = PACKAGE.parent
+    cited = {
+        (path.relative_to(PACKAGE), name)
+        for path in PACKAGE.rglob("*.py")
+        for name in re.findall(r"[\w./-]+\.md\b", path.read_text())
+    }
+    missing = [
+        f"{path}: {name}"
+        for path, name in sorted(cited)
+        if not any((base / name).is_file() for base in (root, root / "docs"))
+        or name.startswith("..")
+    ]
+    assert not missing

@@ -17,15 +17,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from callmissed.accounting.pricing import MICRO, format_credits, parse_credits
 from callmissed.auth import create_key
 from callmissed.console.session import admit
-from callmissed.credits import MICRO, format_credits, parse_credits
+from callmissed.edge.web import Request, Response, json_response
 from callmissed.errors import InvalidRequest, KeyNotFound
 from callmissed.gateway import Gateway
 from callmissed.peers import Peers
 from callmissed.store import MAX_BALANCE, NO_POLICY, KeyPolicy, KeyRecord
 from callmissed.store.budget import LIMIT_RESETS
-from callmissed.web import Request, Response, json_response
 
 __all__ = ["authorize", "describe_key", "keys_collection", "keys_item", "parse_policy"]
 

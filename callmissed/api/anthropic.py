@@ -3,8 +3,8 @@
 A thin edge: the key (`x-api-key` or `Authorization: Bearer`) was checked by web.App before the
 body was read; this translates with
 formats/anthropic*.py, and hands the OpenAI-format body to the same gateway use-cases as the
-OpenAI edge, so keys, routing, reasoning and usage are one path. Framing follows wire-formats.md
-§2.4-2.5: `event:` + `data:` on every event, and a failure after the first byte goes out as
+OpenAI edge, so keys, routing, reasoning and usage are one path. Framing follows docs/anthropic.md
+(Streaming): `event:` + `data:` on every event, and a failure after the first byte goes out as
 `event: error`, which the SDK raises. `anthropic-version` is accepted and not needed.
 A first token slow to come commits the stream early, with `: keep-alive` comments (keepalive.py).
 """
@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 
 import orjson
 
+from callmissed.edge.web import Request, Response, StreamResponse, error_response, json_response
 from callmissed.errors import GatewayError, to_anthropic
 from callmissed.formats.anthropic import parse_message_request
 from callmissed.formats.anthropic_message import MessageStreamEncoder, build_message
@@ -25,7 +26,6 @@ from callmissed.relay import ChatStream
 from callmissed.tags import request_tags
 from callmissed.timing import RequestTrace
 from callmissed.token_estimate import estimate_input_tokens
-from callmissed.web import Request, Response, StreamResponse, error_response, json_response
 
 __all__ = ["count_tokens", "create_message"]
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from callmissed.credits import format_credits
+from callmissed.accounting.pricing import format_credits
+from callmissed.edge.web import Request, Response, json_response
 from callmissed.errors import AuthenticationFailed
 from callmissed.gateway import Gateway
 from callmissed.store import KeyRecord
 from callmissed.store.budget import window_starts
-from callmissed.web import Request, Response, json_response
 
 __all__ = ["describe_limits", "retrieve_current_key"]
 

@@ -23,6 +23,7 @@ from callmissed.errors import (
 )
 from callmissed.formats.embeddings import EmbeddingBatch
 from callmissed.nesting import MAX_DEPTH
+from callmissed.providers.environment import Environment
 from callmissed.settings import ModelSettings, ProviderSettings, Route
 
 __all__ = ["Provider", "UpstreamRequest", "encode_body"]
@@ -76,6 +77,13 @@ class Provider:
     embedding_batch: ClassVar[int] = 2048
     # Its usage objects carry `cost`, what it billed in USD (OpenRouter's): settle from that.
     reports_cost: ClassVar[bool] = False
+    # Answered in-process, with no socket (the simulator): nothing to probe; and every model id
+    # under "{type}/" is in the catalog, so an unknown one is not found rather than sent on.
+    is_local: ClassVar[bool] = False
+    # Serves any "vendor/model" id as-is (OpenRouter): where a name outside the catalog goes.
+    accepts_any_model: ClassVar[bool] = False
+    # Built in: its variables and default URL (environment.py). None: declared in the config file.
+    environment: ClassVar[Environment | None] = None
 
     def __init__(self, settings: ProviderSettings) -> None:
         self.name = settings.name

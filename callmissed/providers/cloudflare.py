@@ -20,6 +20,7 @@ import orjson
 from callmissed.errors import InvalidRequest, UpstreamError
 from callmissed.formats.embeddings import EmbeddingBatch
 from callmissed.providers.base import Provider, UpstreamRequest, encode_body
+from callmissed.providers.environment import Environment
 from callmissed.settings import ModelSettings, ProviderSettings, Route
 
 __all__ = ["Cloudflare"]
@@ -58,6 +59,13 @@ EMBEDDING_OPTIONS = ("truncate_inputs", "pooling")
 class Cloudflare(Provider):
     type = "cloudflare"
     label = "Cloudflare Workers AI"
+    environment = Environment(
+        "https://api.cloudflare.com/client/v4",
+        base_url_env="CLOUDFLARE_BASE_URL",
+        api_key_env="CLOUDFLARE_API_TOKEN",
+        required=("CLOUDFLARE_ACCOUNT_ID", "CLOUDFLARE_API_TOKEN"),
+        path="/accounts/{CLOUDFLARE_ACCOUNT_ID}/ai/v1",
+    )
     embedding_batch = 100  # the `text` array's maxItems in every embedding model's schema
 
     def __init__(self, settings: ProviderSettings) -> None:

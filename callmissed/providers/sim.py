@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from callmissed.providers.base import Provider, UpstreamRequest
+from callmissed.providers.environment import Environment
 from callmissed.settings import ModelSettings, Route
 
 __all__ = ["SIM_DIMENSIONS", "Simulator"]
@@ -20,6 +21,8 @@ SIM_DIMENSIONS = 256  # a simulated embedding model's vectors, unless the catalo
 class Simulator(Provider):
     type = "sim"
     label = "CallMissed simulator"
+    is_local = True
+    environment = Environment("sim://local")  # always there: it needs no credentials
     transport = "simulator"
 
     def build_embedding_request(

@@ -16,27 +16,25 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from callmissed.app import build_app
-from callmissed.bodies import BodyBudget
-from callmissed.connections import Connections
 from callmissed.deadlines import Deadlines
-from callmissed.errors import GatewayError, RequestTimeout
-from callmissed.settings import EdgeLimits, load_settings
-from callmissed.shutdown import stop_with_parent
-from callmissed.web import (
+from callmissed.edge.bodies import BodyBudget
+from callmissed.edge.connections import Connections
+from callmissed.edge.web import (
     App,
     Dialect,
-    Headers,
     Request,
     Response,
     StreamResponse,
-    Write,
     WriteGate,
     error_response,
-    new_request_id,
     response_headers,
     stream_headers,
     write_stream,
 )
+from callmissed.errors import GatewayError, RequestTimeout
+from callmissed.exchange import Headers, Write, new_request_id
+from callmissed.settings import EdgeLimits, load_settings
+from callmissed.shutdown import stop_with_parent
 
 __all__ = ["RSGIApp", "create_app"]
 
@@ -248,7 +246,7 @@ async def _body_parts(protocol: Any) -> AsyncIterator[bytes]:
 
     granian (2.8.9, the latest tried) ends a body with an empty chunk and then
     StopAsyncIteration; when an HTTP/2 client resets its stream mid-body it yields empty chunks
-    forever instead (tests/test_granian_h2_body.py), which spun a worker at 100 % CPU. So an
+    forever instead (tests/edge/test_granian_h2_body.py), which spun a worker at 100 % CPU. So an
     empty chunk followed by another means the client has gone.
     """
     chunks = protocol.__aiter__()

@@ -13,20 +13,18 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from callmissed.errors import GatewayError
-from callmissed.web import (
+from callmissed.edge.web import (
     App,
-    Headers,
     Request,
     Response,
     StreamResponse,
-    Write,
     error_response,
-    new_request_id,
     response_headers,
     stream_headers,
     write_stream,
 )
+from callmissed.errors import GatewayError
+from callmissed.exchange import Headers, Write, new_request_id
 
 __all__ = ["ASGIApp"]
 

@@ -17,9 +17,9 @@ import orjson
 
 from callmissed.app import build_app
 from callmissed.auth import create_key
+from callmissed.edge.web import App, Endpoint, Request, StreamResponse, write_stream
 from callmissed.gateway import Gateway
 from callmissed.settings import load_settings
-from callmissed.web import App, Endpoint, Request, StreamResponse, write_stream
 from tests.conftest import gateway_env
 from tests.fakes.upstream import FakeUpstream
 

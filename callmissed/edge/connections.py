@@ -18,9 +18,9 @@ import socket
 from collections import Counter
 from collections.abc import Callable
 
+from callmissed.edge.sockdiag import Address, Diag, Peer, TCPState, own_socket_fds, parse_peer
+from callmissed.edge.web import WriteGate
 from callmissed.settings import EdgeLimits
-from callmissed.sockdiag import Address, Diag, Peer, TCPState, own_socket_fds, parse_peer
-from callmissed.web import WriteGate
 
 __all__ = ["ClientStuck", "Connections"]
 

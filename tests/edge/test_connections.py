@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from callmissed.connections import Connections
+from callmissed.edge.connections import Connections
+from callmissed.edge.sockdiag import Diag, TCPState
 from callmissed.settings import EdgeLimits
-from callmissed.sockdiag import Diag, TCPState
 
 
 class CountingDiag(Diag):

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -19,7 +17,7 @@ from typing import Any, Literal, TypeVar
 import orjson
 
 from callmissed.auth import Principal
-from callmissed.bodies import Bodies, BodyBudget
+from callmissed.edge.bodies import Bodies, BodyBudget
 from callmissed.endings import CLIENT_LEFT
 from callmissed.errors import (
     AuthenticationFailed,
@@ -31,6 +29,7 @@ from callmissed.errors import (
     to_anthropic,
     to_openai,
 )
+from callmissed.exchange import Headers, StartStream
 from callmissed.nesting import MAX_DEPTH, too_deep
 
 __all__ = [
@@ -38,16 +37,12 @@ __all__ = [
     "Dialect",
     "Endpoint",
     "Guard",
-    "Headers",
     "Request",
     "Response",
-    "StartStream",
     "StreamResponse",
-    "Write",
     "WriteGate",
     "error_response",
     "json_response",
-    "new_request_id",
     "response_headers",
     "stream_headers",
     "unless_disconnected",
@@ -60,12 +55,6 @@ T = TypeVar("T")
 _NEVER = 1 << 62
 
 Dialect = Literal["openai", "anthropic"]
-
-
-Headers = list[tuple[bytes, bytes]]
-Write = Callable[[bytes], Awaitable[None]]
-# Starts a 200 event stream with these headers before the handler has returned (keepalive.py).
-StartStream = Callable[[Headers], Awaitable[Write]]
 
 
 @dataclass(slots=True)
@@ -270,18 +259,6 @@ class App:
             return error_response(
                 GatewayError("Internal error."), endpoint.dialect, request.request_id
             )
-
-
-def new_request_id() -> str:
-    """Milliseconds since the epoch (48 bits), then 48 random bits, in hex.
-
-    Ids that sort by time matter: the ledger's primary key is this id, and rows whose keys come
-    in order are appended to its index, where random ones land anywhere in it and touch a cold
-    page each. Settling cost 7 -> 10 us an entry from an empty ledger to 400,000 rows with these
-    ids, 12 -> 32 us with random ones. The random bits come from the `random` module (seeded
-    from the OS, and again in each forked worker), not from a getrandom() call per request.
-    """
-    return f"req_{time.time_ns() // 1_000_000:012x}{random.getrandbits(48):012x}"
 
 
 def error_response(exc: GatewayError, dialect: Dialect, request_id: str) -> Response:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from callmissed.bodies import KEY_BODIES_AT_ONCE, OPEN_BODIES_AT_ONCE, Bodies
+from callmissed.edge.bodies import KEY_BODIES_AT_ONCE, OPEN_BODIES_AT_ONCE, Bodies
 from callmissed.errors import RateLimited, ServerBusy
 
 
