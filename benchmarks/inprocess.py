@@ -118,9 +118,9 @@ async def _measure(
     # Imported here: the environment names the config and database before settings load.
     from callmissed.app import build_app
     from callmissed.auth import create_key
+    from callmissed.edge.web import Request, StreamResponse, write_stream
     from callmissed.gateway import Gateway
     from callmissed.settings import load_settings
-    from callmissed.web import Request, StreamResponse, write_stream
 
     settings = load_settings()
     gateway = Gateway(settings)
@@ -181,7 +181,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.linger is not None:
-        from callmissed import ledger
+        from callmissed.accounting import ledger
 
         ledger._LINGER = args.linger
     home = Path(tempfile.mkdtemp(prefix="callmissed-inprocess-"))

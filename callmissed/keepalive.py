@@ -20,7 +20,7 @@ from typing import TypeVar
 
 from callmissed.deadlines import Deadline, Deadlines
 from callmissed.errors import GatewayError
-from callmissed.web import Headers, StartStream
+from callmissed.exchange import Headers, StartStream
 
 __all__ = ["COMMENT", "InBand", "KeepAlive", "in_band_error"]
 

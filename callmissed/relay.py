@@ -21,6 +21,8 @@ from typing import Any, ClassVar, Protocol
 
 import orjson
 
+from callmissed import failures
+from callmissed.accounting.settlement import StreamMeter
 from callmissed.errors import GatewayError, UpstreamError
 from callmissed.formats.openai import (
     ChunkNormaliser,
@@ -40,9 +42,9 @@ __all__ = [
     "ChatStream",
     "Chunk",
     "EventStream",
-    "StreamMeter",
     "StreamOwner",
     "UpstreamAPI",
+    "malformed",
     "read_completion",
     "read_whole",
 ]
@@ -72,13 +74,6 @@ class Chunk:
     def event(self) -> bytes:
         """The chunk as an SSE event (a run: its events)."""
         return self.data if self.run is not None else b"data: " + self.data + b"\n\n"
-
-
-class StreamMeter(Protocol):
-    """Accounting for one stream (credits.Charge): sees what reaches the client."""
-
-    def on_batch(self, batch: list[Chunk]) -> None:
-        """Chunks about to go to the client; may edit them (usage.cost)."""
 
 
 class StreamOwner(Protocol):
@@ -206,8 +201,10 @@ class ChatStream:
                 self.read_started = loop.time()
             if not self.finished:
                 label = f"{self._provider.label} ({self._provider.name})"
-                raise UpstreamError(
-                    f"{label} ended the stream before it finished", provider=self._provider.name
+                raise failures.failure(
+                    failures.BROKEN,
+                    f"{label} ended the stream before it finished",
+                    provider=self._provider.name,
                 )
         except UpstreamError as exc:
             self.failure = exc
@@ -299,17 +296,11 @@ class ChatStream:
             # Parsing costs ~1 us and guarantees the client never gets broken JSON.
             parsed: dict[str, Any] = orjson.loads(data)
         except orjson.JSONDecodeError:
-            raise UpstreamError(
-                f"{self._provider.described} sent malformed JSON in its stream",
-                provider=self._provider.name,
-            ) from None
+            raise self._provider.malformed("sent malformed JSON in its stream") from None
         if parsed.__class__ is not dict:
-            raise UpstreamError("the upstream sent a chunk that is not an object")
+            raise self._provider.malformed("sent an event that is not an object")
         if len(data) >= SHORTEST_TOO_DEEP and too_deep(parsed, len(data)):
-            raise UpstreamError(
-                f"{self._provider.described} sent JSON nested deeper than {MAX_DEPTH} levels",
-                provider=self._provider.name,
-            )
+            raise self._provider.malformed(f"sent JSON nested deeper than {MAX_DEPTH} levels")
         return parsed
 
     def _take(self, raw: bytes) -> bytes:
@@ -318,7 +309,8 @@ class ChatStream:
             return self._decoder.take(raw)
         except EventTooLarge as exc:
             label = f"{self._provider.label} ({self._provider.name})"
-            raise UpstreamError(
+            raise failures.failure(
+                failures.TOO_LARGE,
                 f"{label} sent a stream event longer than {exc.limit} bytes",
                 provider=self._provider.name,
             ) from None
@@ -427,6 +419,11 @@ def _chunk_id(chunk: Chunk) -> str | None:
     return None if end == -1 else data[start + 6 : end].decode("utf-8", "replace")
 
 
+def malformed(provider: Provider, what: str) -> UpstreamError:
+    """The failure table's "malformed" error (Provider.malformed)."""
+    return provider.malformed(what)
+
+
 async def read_completion(
     provider: Provider, response: UpstreamResponse, limit: int
 ) -> dict[str, Any]:
@@ -442,8 +439,10 @@ async def read_whole(provider: Provider, response: UpstreamResponse, limit: int)
     finally:
         response.close()
     if more:
-        raise UpstreamError(
-            f"{provider.described} answered with more than {limit} bytes", provider=provider.name
+        raise failures.failure(
+            failures.TOO_LARGE,
+            f"{provider.described} answered with more than {limit} bytes",
+            provider=provider.name,
         )
     return body
 

@@ -58,10 +58,9 @@ async def read_response(
     """A whole Response object of at most `limit` bytes, raising if it failed, is longer or is
     not one."""
     answer = provider.load_answer(await read_whole(provider, response, limit))
-    label = provider.described
     if not isinstance(answer, dict) or not isinstance(answer.get("output"), list):
         error = provider.stream_error(answer) if isinstance(answer, dict) else None
-        raise error or UpstreamError(f"{label} answered without output", provider=provider.name)
+        raise error or provider.malformed("answered without output")
     if answer.get("status") == "failed":
         raise _failure(provider, {"response": answer})
     return answer

@@ -11,8 +11,6 @@ from callmissed.settings import ModelSettings, Route, Settings
 
 __all__ = ["Router", "Target"]
 
-OPENROUTER = "openrouter"
-
 
 @dataclass(frozen=True, slots=True)
 class Target:
@@ -25,6 +23,14 @@ class Router:
         self._models = settings.models
         self._providers = providers
         self._resolved: dict[str, tuple[ModelSettings, list[Target]]] = {}  # catalog models
+        # Where a vendor/model id outside the catalog goes (Provider.accepts_any_model), and the
+        # prefixes of ids that are all in the catalog (Provider.is_local).
+        self._any_model = next(
+            (name for name, provider in providers.items() if provider.accepts_any_model), None
+        )
+        self._catalog_only = tuple(
+            f"{provider.type}/" for provider in providers.values() if provider.is_local
+        )
 
     def resolve(self, name: str) -> tuple[ModelSettings, list[Target]]:
         """The model and its configured targets, in order (a shared list: do not change it);
@@ -41,7 +47,7 @@ class Router:
         if not targets:
             reason = self._providers[model.routes[0].provider].settings.missing
             raise ProviderNotConfigured(f"Model {name!r} is unavailable: {reason}.", param="model")
-        if name in self._models:  # not OpenRouter's any vendor/model: their number is unbounded
+        if name in self._models:  # not any vendor/model sent on: their number is unbounded
             self._resolved[name] = (model, targets)
         return model, targets
 
@@ -49,10 +55,10 @@ class Router:
         model = self._models.get(name)
         if model is not None:
             return model
-        # Any vendor/model id outside the catalog goes to OpenRouter as-is.
-        if "/" in name and not name.startswith("sim/") and OPENROUTER in self._providers:
+        # Any vendor/model id outside the catalog goes as-is to a provider that serves any.
+        if "/" in name and self._any_model and not name.startswith(self._catalog_only):
             return ModelSettings(
-                name=name, routes=(Route(OPENROUTER, name),), reasoning="passthrough"
+                name=name, routes=(Route(self._any_model, name),), reasoning="passthrough"
             )
         raise ModelNotFound(
             f"The model {name!r} does not exist. GET /v1/models lists the models you can use.",

@@ -1,5 +1,7 @@
 """Settings: read once at start-up from CALLMISSED_* / provider env vars and one optional TOML file.
 
+Each built-in provider declares its own variables and default URL (providers/environment.py).
+
 Everything is parsed into frozen dataclasses and validated here; nothing reads os.environ later.
 The built-in catalog (catalog.toml beside this file) is merged under the config file's entries.
 """
@@ -14,8 +16,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from callmissed.accounting.pricing_settings import Prices, Pricing, parse_prices, parse_pricing
 from callmissed.observability_settings import Observability, parse_observability
-from callmissed.pricing_settings import Prices, Pricing, parse_prices, parse_pricing
 
 __all__ = [
     "Accounting",
@@ -223,12 +225,14 @@ class Settings:
 
 def load_settings(env: Mapping[str, str] | None = None, config_path: str | None = None) -> Settings:
     """Build validated Settings from the environment and the optional TOML config file."""
+    from callmissed.providers import builtin_providers  # late: providers import settings
+
     env = os.environ if env is None else env
     config_path = config_path or env.get("CALLMISSED_CONFIG") or None
     catalog = _read_toml(CATALOG_PATH)
     config = _read_toml(Path(config_path)) if config_path else {}
     policies = {**catalog.get("reasoning", {}), **config.get("reasoning", {})}
-    providers = _builtin_providers(env)
+    providers = builtin_providers(env)
     for name, table in config.get("providers", {}).items():
         providers[name] = _parse_provider(name, table, env)
     timeouts = _from_env(Timeouts(), env, _TIMEOUT_ENV)
@@ -301,44 +305,6 @@ def validate(settings: Settings) -> None:
         missing = [value for value in EFFORT_VALUES if value not in policy]
         if missing:
             raise SettingsError(f"reasoning policy {name!r} does not say what to do with {missing}")
-
-
-def _builtin_providers(env: Mapping[str, str]) -> dict[str, ProviderSettings]:
-    account = env.get("CLOUDFLARE_ACCOUNT_ID", "")
-    cloudflare_base = env.get("CLOUDFLARE_BASE_URL", "https://api.cloudflare.com/client/v4")
-    cloudflare_missing = [
-        name for name in ("CLOUDFLARE_ACCOUNT_ID", "CLOUDFLARE_API_TOKEN") if not env.get(name)
-    ]
-    return {
-        "cloudflare": ProviderSettings(
-            name="cloudflare",
-            type="cloudflare",
-            base_url=f"{cloudflare_base.rstrip('/')}/accounts/{account}/ai/v1",
-            api_key=env.get("CLOUDFLARE_API_TOKEN") or None,
-            missing=_missing_text("Cloudflare Workers AI", cloudflare_missing),
-        ),
-        "openrouter": _keyed_provider(
-            env, "openrouter", "OpenRouter", "OPENROUTER", "https://openrouter.ai/api/v1"
-        ),
-        "sarvam": _keyed_provider(env, "sarvam", "Sarvam AI", "SARVAM", "https://api.sarvam.ai/v1"),
-        "anthropic": _keyed_provider(
-            env, "anthropic", "Anthropic", "ANTHROPIC", "https://api.anthropic.com"
-        ),
-        "sim": ProviderSettings(name="sim", type="sim", base_url="sim://local"),
-    }
-
-
-def _keyed_provider(
-    env: Mapping[str, str], name: str, label: str, prefix: str, default_base: str
-) -> ProviderSettings:
-    key_var = f"{prefix}_API_KEY"
-    return ProviderSettings(
-        name=name,
-        type=name,
-        base_url=env.get(f"{prefix}_BASE_URL", default_base).rstrip("/"),
-        api_key=env.get(key_var) or None,
-        missing=None if env.get(key_var) else _missing_text(label, [key_var]),
-    )
 
 
 def _missing_text(label: str, variables: list[str]) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from callmissed.web import new_request_id
+from callmissed.exchange import new_request_id
 
 
 def test_request_ids_are_unique_and_sort_by_time():

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from callmissed.providers import REGISTRY
 from callmissed.settings import SettingsError, load_settings
 
 
@@ -260,8 +261,20 @@ def _clean_env() -> dict[str, str]:
     return {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("CALLMISSED_", "CLOUDFLARE_", "OPENROUTER_", "SARVAM_"))
+        if not key.startswith("CALLMISSED_") and key not in _PROVIDER_VARIABLES
     }
+
+
+_PROVIDER_VARIABLES = {
+    name
+    for provider in REGISTRY.values()
+    if provider.environment
+    for name in (
+        *provider.environment.required,
+        provider.environment.base_url_env,
+        provider.environment.api_key_env,
+    )
+}
 
 
 def test_pricing_takes_a_markup_and_a_refresh_each_overridden_by_its_variable(tmp_path):

@@ -6,9 +6,10 @@ anthropic.py) gets the client's body passed through (relay_messages.py), with th
 id, and its answer back with the model name the client asked for; any other is translated with
 formats/anthropic*.py and handed, as an OpenAI-format body, to the same gateway use-cases as the
 OpenAI edge. Either way keys, routing, credits and usage are one path. Framing follows
-docs/anthropic.md: `event:` + `data:` on every event, and a failure after the first byte goes out as
-`event: error`, which the SDK raises. `anthropic-version` is accepted and not needed.
-A first token slow to come commits the stream early, with `: keep-alive` comments (keepalive.py).
+docs/anthropic.md (Streaming): `event:` + `data:` on every event, and a failure after the first
+byte goes out as `event: error`, which the SDK raises. `anthropic-version` is accepted and not
+needed. A first token slow to come commits the stream early, with `: keep-alive` comments
+(keepalive.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from callmissed.edge.web import Request, Response, StreamResponse, error_response, json_response
 from callmissed.errors import GatewayError, to_anthropic
 from callmissed.formats.anthropic import check_passthrough, parse_message_request
 from callmissed.formats.anthropic_message import MessageStreamEncoder, build_message
@@ -29,7 +31,6 @@ from callmissed.relay_messages import messages_api
 from callmissed.tags import request_tags
 from callmissed.timing import RequestTrace
 from callmissed.token_estimate import estimate_input_tokens
-from callmissed.web import Request, Response, StreamResponse, error_response, json_response
 
 __all__ = ["count_tokens", "create_message"]
 

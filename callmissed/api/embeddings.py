@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from callmissed.edge.web import Request, Response, json_response
 from callmissed.formats.embeddings import parse_embedding_request
 from callmissed.gateway import Gateway
 from callmissed.tags import request_tags
-from callmissed.web import Request, Response, json_response
 
 __all__ = ["create_embedding"]
 

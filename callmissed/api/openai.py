@@ -1,6 +1,6 @@
 """The OpenAI-compatible edge: POST /v1/chat/completions and GET /v1/models.
 
-Framing follows wire-formats.md §1.6-1.7 and §5: data-only SSE events, `data: [DONE]` at the
+Framing follows docs/streaming.md: data-only SSE events, `data: [DONE]` at the
 end, and a failure after the first byte sent as `data: {"error": {...}}`, which the SDK raises.
 A first token slow to come commits the stream early, with `: keep-alive` comments (keepalive.py).
 """
@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from callmissed.edge.web import Request, Response, StreamResponse, error_response, json_response
 from callmissed.errors import GatewayError, to_openai
 from callmissed.formats.openai import check_chat_request
 from callmissed.gateway import Gateway
@@ -21,7 +22,6 @@ from callmissed.relay import ChatStream, Chunk
 from callmissed.settings import ModelSettings
 from callmissed.tags import request_tags
 from callmissed.timing import RequestTrace
-from callmissed.web import Request, Response, StreamResponse, error_response, json_response
 
 __all__ = ["create_chat_completion", "list_models", "retrieve_model"]
 
@@ -125,7 +125,7 @@ async def retrieve_model(gateway: Gateway, request: Request) -> Response:
 def _describe(gateway: Gateway, model: ModelSettings, metered: bool) -> dict[str, Any]:
     route = model.routes[0]
     unavailable = gateway.router.unavailable_reason(model)
-    price = gateway.credits.prices.price(model)
+    price = gateway.accounting.prices.price(model)
     if unavailable is None and metered and price is None:
         unavailable = (
             "it has no price (neither its upstream's price list nor the config file prices it), "

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from importlib import resources
 
-from callmissed.web import Request, Response
+from callmissed.edge.web import Request, Response
 
 __all__ = ["playground_routes", "redirect_home"]
 

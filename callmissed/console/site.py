@@ -24,10 +24,10 @@ from callmissed.console.session import (
     read_session,
     session_cookie,
 )
+from callmissed.edge.web import Endpoint, Guard, Request, Response, json_response
 from callmissed.errors import AdminDisabled, AuthenticationFailed, InvalidRequest
 from callmissed.gateway import Gateway
 from callmissed.peers import Peers
-from callmissed.web import Endpoint, Guard, Request, Response, json_response
 
 __all__ = ["Console"]
 

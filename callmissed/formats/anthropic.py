@@ -1,8 +1,9 @@
 """Anthropic Messages requests, checked and translated into the OpenAI chat dialect we route.
 
-Pure translation, no I/O (wire-formats.md §2.7). Prompt-cache breakpoints (`cache_control` on
-system, message and tool blocks, or at the top level) land where OpenRouter reads them in that
-dialect: on content parts and tools. The answer's way back is formats/anthropic_message.py.
+Pure translation, no I/O (docs/anthropic.md has the tables). Prompt-cache breakpoints
+(`cache_control` on system, message and tool blocks, or at the top level) land where OpenRouter
+reads them in that dialect: on content parts and tools. The answer's way back is
+formats/anthropic_message.py.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from callmissed.errors import InvalidRequest
 __all__ = ["BUDGET_EFFORTS", "MessageRequest", "check_passthrough", "parse_message_request"]
 
 # thinking.budget_tokens -> reasoning_effort: the first threshold the budget reaches; smaller
-# budgets mean "minimal". The convention of LiteLLM's adapter (wire-formats.md §2.7), so clients
-# moving from it see the same efforts. The model's reasoning policy then applies as usual.
+# budgets mean "minimal". The convention of LiteLLM's Anthropic adapter (github.com/BerriAI/litellm,
+# litellm/llms/anthropic/experimental_pass_through/), so clients moving from it see the same
+# efforts. The model's reasoning policy then applies as usual.
 BUDGET_EFFORTS = ((4096, "high"), (2048, "medium"), (1024, "low"))
 _CONFIG_EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "high"}
 _TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}

@@ -1,6 +1,6 @@
 """Anthropic Messages answers, translated from the OpenAI chat dialect our upstreams speak.
 
-Pure translation, no I/O (wire-formats.md §2.3-2.5, §2.7): build_message turns a chat.completion
+Pure translation, no I/O (docs/anthropic.md has the tables): build_message turns a chat.completion
 into a Message, and MessageStreamEncoder turns chat.completion chunks into the Messages events.
 Finish reasons map to stop reasons; usage maps with cache reads and writes kept apart.
 """
@@ -147,7 +147,7 @@ class MessageStreamEncoder:
 
     start() first, feed() each normalised chunk, finish() with the upstream usage once the
     chunks end. Blocks open one at a time with dense indices, as the SDK's accumulator needs
-    (wire-formats.md §2.5); the finish reason is held until the usage is known.
+    (docs/anthropic.md, Streaming); the finish reason is held until the usage is known.
     `input_estimate` is the prompt's estimated tokens: message_start's input_tokens, which agents
     read to track their context before the upstream's exact figures end the stream.
     """

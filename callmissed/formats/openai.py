@@ -2,7 +2,7 @@
 
 Pass-through is the rule (docs/streaming.md): we check the fields we know, forward everything,
 and edit upstream chunks only where an official SDK would otherwise break
-(wire-formats.md §1.8 and §5): one reasoning field name, integer tool-call indices, tool-call
+(the table in docs/streaming.md): one reasoning field name, integer tool-call indices, tool-call
 id/type/name only on a call's first delta, `role` only on a choice's first delta, string arguments.
 """
 

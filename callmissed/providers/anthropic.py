@@ -21,6 +21,7 @@ import orjson
 
 from callmissed.errors import InvalidRequest, UpstreamError
 from callmissed.providers.base import Provider, StreamTranslator, UpstreamRequest, encode_body
+from callmissed.providers.environment import Environment
 from callmissed.settings import ModelSettings, ProviderSettings, Route
 
 __all__ = [
@@ -69,6 +70,12 @@ class Anthropic(Provider):
     type = "anthropic"
     label = "Anthropic"
     serves_messages = True
+    environment = Environment(
+        "https://api.anthropic.com",
+        base_url_env="ANTHROPIC_BASE_URL",
+        api_key_env="ANTHROPIC_API_KEY",
+        required=("ANTHROPIC_API_KEY",),
+    )
 
     def __init__(self, settings: ProviderSettings) -> None:
         super().__init__(settings)
@@ -111,9 +118,9 @@ class Anthropic(Provider):
         if not isinstance(message, dict) or message.get("type") != "message":
             if isinstance(message, dict) and message.get("type") == "error":
                 raise self.event_error(message)
-            raise UpstreamError(f"{self.described} answered without a message", provider=self.name)
+            raise self.malformed("answered without a message")
         if not isinstance(message.get("content"), list):
-            raise UpstreamError(f"{self.described} answered without content", provider=self.name)
+            raise self.malformed("answered without content")
         return message
 
     def stream_translator(self) -> StreamTranslator:

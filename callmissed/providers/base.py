@@ -5,7 +5,7 @@ request from the gateway's OpenAI-format chat body (or one batch of embeddings i
 a whole answer into a chat.completion (parse_completion), picks how a stream is read
 (stream_translator: None means the upstream streams OpenAI chunks, which relay.py forwards on its
 fast path; otherwise one translator per stream turns its events into chunks), and reads its error
-bodies. It performs no I/O; callmissed/upstream.py does all outbound HTTP.
+bodies. It performs no I/O; callmissed/upstream/ does all outbound HTTP.
 The base class speaks the OpenAI-compatible dialect most upstreams share; a provider module
 overrides only what its upstream does differently (providers/anthropic.py: all of it).
 """
@@ -13,20 +13,16 @@ overrides only what its upstream does differently (providers/anthropic.py: all o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import orjson
 
-from callmissed.errors import (
-    InvalidRequest,
-    UpstreamError,
-    UpstreamOverloaded,
-    UpstreamRejected,
-    UpstreamTimeout,
-)
+from callmissed import failures
+from callmissed.errors import InvalidRequest, UpstreamError
 from callmissed.formats.embeddings import EmbeddingBatch
 from callmissed.formats.openai import normalise_completion
 from callmissed.nesting import MAX_DEPTH, too_deep
+from callmissed.providers.environment import Environment
 from callmissed.settings import ModelSettings, ProviderSettings, Route
 
 __all__ = ["Provider", "StreamTranslator", "UpstreamRequest", "encode_body"]
@@ -44,17 +40,6 @@ def encode_body(body: dict[str, Any]) -> bytes:
             f"The request body nests JSON deeper than {MAX_DEPTH} levels once translated for "
             "the upstream (a tool's schema sits a level deeper there)."
         ) from None
-
-
-# Upstream statuses that are the client's problem and reach it as-is (see errors.UpstreamRejected).
-_CLIENT_STATUSES = frozenset({400, 403, 404, 413, 422, 429})
-_TIMEOUT_STATUSES = frozenset({408, 504, 524})
-_OVERLOADED_STATUSES = frozenset({503, 529})
-# Statuses that say "this route, not this request": another route may well succeed (failover.py).
-# 401/402 are our own credentials or balance at that upstream; 404 is an upstream that does not
-# serve the model id *we* chose for the route.
-RETRYABLE_STATUSES = frozenset({401, 402, 404, 408, 409, 425, 429, 500, 502, 503, 504, 529})
-RETRYABLE_STATUSES |= frozenset(range(520, 527))  # Cloudflare's origin-unreachable family
 
 
 # Not frozen: one or more is made per request, and a frozen dataclass is ~5x slower to make.
@@ -82,6 +67,9 @@ class Provider:
 
     type: ClassVar[str] = "openai"
     label: ClassVar[str] = "OpenAI-compatible upstream"
+    # How callmissed/upstream/ reaches it: "http" (HTTP/1.1 or HTTP/2, as its settings say) or
+    # "simulator" (answered in-process).
+    transport: ClassVar[Literal["http", "simulator"]] = "http"
     serves_responses: ClassVar[bool] = False  # also POST /responses (relay_responses.py)
     serves_messages: ClassVar[bool] = False  # Anthropic's POST /v1/messages (relay_messages.py)
     # The most inputs one upstream embeddings request may carry: OpenAI's own limit. A model's
@@ -89,6 +77,13 @@ class Provider:
     embedding_batch: ClassVar[int] = 2048
     # Its usage objects carry `cost`, what it billed in USD (OpenRouter's): settle from that.
     reports_cost: ClassVar[bool] = False
+    # Answered in-process, with no socket (the simulator): nothing to probe; and every model id
+    # under "{type}/" is in the catalog, so an unknown one is not found rather than sent on.
+    is_local: ClassVar[bool] = False
+    # Serves any "vendor/model" id as-is (OpenRouter): where a name outside the catalog goes.
+    accepts_any_model: ClassVar[bool] = False
+    # Built in: its variables and default URL (environment.py). None: declared in the config file.
+    environment: ClassVar[Environment | None] = None
 
     def __init__(self, settings: ProviderSettings) -> None:
         self.name = settings.name
@@ -130,9 +125,7 @@ class Provider:
         completion = self.load_answer(body)
         if not isinstance(completion, dict) or not isinstance(completion.get("choices"), list):
             error = self.stream_error(completion) if isinstance(completion, dict) else None
-            raise error or UpstreamError(
-                f"{self.described} answered without choices", provider=self.name
-            )
+            raise error or self.malformed("answered without choices")
         error = self.stream_error(completion)
         if error is not None:
             raise error
@@ -144,14 +137,9 @@ class Provider:
         try:
             answer = orjson.loads(body)
         except orjson.JSONDecodeError:
-            raise UpstreamError(
-                f"{self.described} answered with malformed JSON", provider=self.name
-            ) from None
+            raise self.malformed("answered with malformed JSON") from None
         if too_deep(answer, len(body)):
-            raise UpstreamError(
-                f"{self.described} answered with JSON nested deeper than {MAX_DEPTH} levels",
-                provider=self.name,
-            )
+            raise self.malformed(f"answered with JSON nested deeper than {MAX_DEPTH} levels")
         return answer
 
     def stream_translator(self) -> StreamTranslator | None:
@@ -230,11 +218,17 @@ class Provider:
         """Turn an upstream error response into the right UpstreamError."""
         payload = _loads(body)
         message = self.error_message(payload) or f"HTTP {status} with no error message"
-        return self.make_error(self.error_status(status, payload), message, retry_after)
+        status = self.error_status(status, payload)
+        return self.make_error(status, message, retry_after, self.error_kind(payload))
 
     def error_status(self, status: int, payload: Any) -> int:
         """The status the failure really means; some upstreams say more in the body."""
         return status
+
+    def error_kind(self, payload: Any) -> str | None:
+        """A row of the failure table (callmissed/failures.py) an error body names beyond its
+        status, such as an account refused the model; None: its status decides."""
+        return None
 
     def error_message(self, payload: Any) -> str | None:
         if not isinstance(payload, dict):
@@ -259,27 +253,24 @@ class Provider:
                 return self.make_error(502, message, None)
         return None
 
-    def make_error(self, status: int, message: str, retry_after: float | None) -> UpstreamError:
-        message = self._scrub(message)[:500]
-        text = f"{self.label} ({self.name}) answered {status}: {message}"
-        kwargs: dict[str, Any] = {
-            "provider": self.name,
-            "upstream_status": status,
-            "retry_after": retry_after,
-            "retryable": status in RETRYABLE_STATUSES,
-        }
+    def make_error(
+        self, status: int, message: str, retry_after: float | None, kind: str | None = None
+    ) -> UpstreamError:
+        """The error for an upstream's failure `status` (or its own `kind` of failure, a row of
+        callmissed/failures.py): which class, and what follows it, is that table's."""
+        label = f"{self.label} ({self.name})"
         if status == 401:
-            return UpstreamError(
-                f"{self.label} ({self.name}) rejected CallMissed's credentials: check its API key.",
-                **kwargs,
-            )
-        if status in _CLIENT_STATUSES:
-            return UpstreamRejected(text, **kwargs)
-        if status in _TIMEOUT_STATUSES:
-            return UpstreamTimeout(text, **kwargs)
-        if status in _OVERLOADED_STATUSES:
-            return UpstreamOverloaded(text, **kwargs)
-        return UpstreamError(text, **kwargs)
+            text = f"{label} rejected CallMissed's credentials: check its API key."
+        else:
+            text = f"{label} answered {status}: {self._scrub(message)[:500]}"
+        if kind is not None:
+            return failures.failure(kind, text, provider=self.name, retry_after=retry_after)
+        return failures.from_status(status, text, provider=self.name, retry_after=retry_after)
+
+    def malformed(self, what: str) -> UpstreamError:
+        """The failure table's "malformed" error: this upstream `what` (sent or answered
+        something that is not the SSE or JSON it should be)."""
+        return failures.failure(failures.MALFORMED, f"{self.described} {what}", provider=self.name)
 
     def _scrub(self, text: str) -> str:
         key = self.settings.api_key

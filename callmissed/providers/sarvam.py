@@ -7,6 +7,7 @@ thinking as `reasoning_content`, which the relay renames like any other upstream
 from __future__ import annotations
 
 from callmissed.providers.base import Provider
+from callmissed.providers.environment import Environment
 
 __all__ = ["Sarvam"]
 
@@ -14,3 +15,9 @@ __all__ = ["Sarvam"]
 class Sarvam(Provider):
     type = "sarvam"
     label = "Sarvam AI"
+    environment = Environment(
+        "https://api.sarvam.ai/v1",
+        base_url_env="SARVAM_BASE_URL",
+        api_key_env="SARVAM_API_KEY",
+        required=("SARVAM_API_KEY",),
+    )

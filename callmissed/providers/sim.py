@@ -1,4 +1,4 @@
-"""The simulator provider: `sim/...` models answered in-process by callmissed/simulator.py.
+"""The simulator provider: `sim/...` models answered in-process by callmissed/upstream/simulator.py.
 
 The request is built exactly as for an OpenAI-compatible server, so the simulated path runs
 the same relay code as a real upstream; only the transport differs. An embeddings request is
@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from callmissed.providers.base import Provider, UpstreamRequest
+from callmissed.providers.environment import Environment
 from callmissed.settings import ModelSettings, Route
 
 __all__ = ["SIM_DIMENSIONS", "Simulator"]
@@ -20,6 +21,9 @@ SIM_DIMENSIONS = 256  # a simulated embedding model's vectors, unless the catalo
 class Simulator(Provider):
     type = "sim"
     label = "CallMissed simulator"
+    is_local = True
+    environment = Environment("sim://local")  # always there: it needs no credentials
+    transport = "simulator"
 
     def build_embedding_request(
         self, body: dict[str, Any], inputs: list[Any], route: Route, model: ModelSettings

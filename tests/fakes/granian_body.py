@@ -1,5 +1,5 @@
 """A bare granian RSGI app that reads a request body the plain way, chunk by chunk, and writes
-what it saw to $BODY_REPORT: tests/test_granian_h2_body.py runs it to show granian's h2 body
+what it saw to $BODY_REPORT: tests/edge/test_granian_h2_body.py runs it to show granian's h2 body
 iterator yielding empty chunks without end once the client has reset its stream."""
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ from typing import Any
 import orjson
 import pytest
 
+from callmissed.accounting.pricing import TokenUsage, parse_usage
 from callmissed.errors import InvalidRequest, UpstreamOverloaded
-from callmissed.pricing import TokenUsage, parse_usage
 from callmissed.providers.anthropic import Anthropic, chat_usage, to_messages_body
 from callmissed.settings import ModelSettings, ProviderSettings, Route
 

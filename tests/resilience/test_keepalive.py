@@ -6,8 +6,8 @@ import asyncio
 
 from callmissed.deadlines import Deadlines
 from callmissed.errors import GatewayError
+from callmissed.exchange import Headers, Write
 from callmissed.keepalive import COMMENT, InBand, KeepAlive, in_band_error
-from callmissed.web import Headers, Write
 
 
 class Edge:
