@@ -41,9 +41,10 @@ import enum
 from collections.abc import Callable
 from typing import Any
 
+from callmissed import failures
 from callmissed.accounting.settlement import CLIENT_CLOSED, Charge
 from callmissed.deadlines import Deadline, Deadlines
-from callmissed.errors import GatewayError, ShuttingDown, UpstreamError, UpstreamTimeout
+from callmissed.errors import GatewayError, ShuttingDown, UpstreamError
 from callmissed.health import Health, route_name
 from callmissed.metrics import Metrics
 from callmissed.relay import ChatStream
@@ -128,10 +129,12 @@ class StreamOwner(Deadline):
         now = self._loop.time()
         stream = self._stream
         if now >= self._deadline:
-            self._end(UpstreamTimeout("the answer did not finish within the total timeout"))
+            message = "the answer did not finish within the total timeout"
+            self._end(failures.failure(failures.TOTAL_TIMEOUT, message))
             return
         if stream.reading and now - stream.read_started >= self._idle:
-            self._end(UpstreamTimeout(f"the upstream sent nothing for {self._idle:g} s"))
+            message = f"the upstream sent nothing for {self._idle:g} s"
+            self._end(failures.failure(failures.IDLE_TIMEOUT, message))
             return
         since = stream.read_started if stream.reading else now
         self.when = min(since + self._idle, self._deadline)

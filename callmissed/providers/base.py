@@ -14,13 +14,8 @@ from typing import Any, ClassVar, Literal
 
 import orjson
 
-from callmissed.errors import (
-    InvalidRequest,
-    UpstreamError,
-    UpstreamOverloaded,
-    UpstreamRejected,
-    UpstreamTimeout,
-)
+from callmissed import failures
+from callmissed.errors import InvalidRequest, UpstreamError
 from callmissed.formats.embeddings import EmbeddingBatch
 from callmissed.nesting import MAX_DEPTH
 from callmissed.providers.environment import Environment
@@ -41,17 +36,6 @@ def encode_body(body: dict[str, Any]) -> bytes:
             f"The request body nests JSON deeper than {MAX_DEPTH} levels once translated for "
             "the upstream (a tool's schema sits a level deeper there)."
         ) from None
-
-
-# Upstream statuses that are the client's problem and reach it as-is (see errors.UpstreamRejected).
-_CLIENT_STATUSES = frozenset({400, 403, 404, 413, 422, 429})
-_TIMEOUT_STATUSES = frozenset({408, 504, 524})
-_OVERLOADED_STATUSES = frozenset({503, 529})
-# Statuses that say "this route, not this request": another route may well succeed (failover.py).
-# 401/402 are our own credentials or balance at that upstream; 404 is an upstream that does not
-# serve the model id *we* chose for the route.
-RETRYABLE_STATUSES = frozenset({401, 402, 404, 408, 409, 425, 429, 500, 502, 503, 504, 529})
-RETRYABLE_STATUSES |= frozenset(range(520, 527))  # Cloudflare's origin-unreachable family
 
 
 # Not frozen: one or more is made per request, and a frozen dataclass is ~5x slower to make.
@@ -166,11 +150,17 @@ class Provider:
         """Turn an upstream error response into the right UpstreamError."""
         payload = _loads(body)
         message = self.error_message(payload) or f"HTTP {status} with no error message"
-        return self.make_error(self.error_status(status, payload), message, retry_after)
+        status = self.error_status(status, payload)
+        return self.make_error(status, message, retry_after, self.error_kind(payload))
 
     def error_status(self, status: int, payload: Any) -> int:
         """The status the failure really means; some upstreams say more in the body."""
         return status
+
+    def error_kind(self, payload: Any) -> str | None:
+        """A row of the failure table (callmissed/failures.py) an error body names beyond its
+        status, such as an account refused the model; None: its status decides."""
+        return None
 
     def error_message(self, payload: Any) -> str | None:
         if not isinstance(payload, dict):
@@ -195,27 +185,19 @@ class Provider:
                 return self.make_error(502, message, None)
         return None
 
-    def make_error(self, status: int, message: str, retry_after: float | None) -> UpstreamError:
-        message = self._scrub(message)[:500]
-        text = f"{self.label} ({self.name}) answered {status}: {message}"
-        kwargs: dict[str, Any] = {
-            "provider": self.name,
-            "upstream_status": status,
-            "retry_after": retry_after,
-            "retryable": status in RETRYABLE_STATUSES,
-        }
+    def make_error(
+        self, status: int, message: str, retry_after: float | None, kind: str | None = None
+    ) -> UpstreamError:
+        """The error for an upstream's failure `status` (or its own `kind` of failure, a row of
+        callmissed/failures.py): which class, and what follows it, is that table's."""
+        label = f"{self.label} ({self.name})"
         if status == 401:
-            return UpstreamError(
-                f"{self.label} ({self.name}) rejected CallMissed's credentials: check its API key.",
-                **kwargs,
-            )
-        if status in _CLIENT_STATUSES:
-            return UpstreamRejected(text, **kwargs)
-        if status in _TIMEOUT_STATUSES:
-            return UpstreamTimeout(text, **kwargs)
-        if status in _OVERLOADED_STATUSES:
-            return UpstreamOverloaded(text, **kwargs)
-        return UpstreamError(text, **kwargs)
+            text = f"{label} rejected CallMissed's credentials: check its API key."
+        else:
+            text = f"{label} answered {status}: {self._scrub(message)[:500]}"
+        if kind is not None:
+            return failures.failure(kind, text, provider=self.name, retry_after=retry_after)
+        return failures.from_status(status, text, provider=self.name, retry_after=retry_after)
 
     def _scrub(self, text: str) -> str:
         key = self.settings.api_key
