@@ -31,12 +31,13 @@ import orjson
 
 from benchmarks.systems import ROOT, CallMissed, Upstream, Upstreams
 from benchmarks.upstream import CHUNKS
+from callmissed.accounting.credits import Accounting
+from callmissed.accounting.ledger import Ledger
+from callmissed.accounting.pricing import PriceBook
+from callmissed.accounting.ratelimit import MemoryLimiter
+from callmissed.accounting.wallet import Wallets
 from callmissed.auth import Authenticator, create_key
-from callmissed.credits import Credits
-from callmissed.ledger import Ledger
-from callmissed.pricing import PriceBook
 from callmissed.providers import REGISTRY
-from callmissed.ratelimit import MemoryLimiter
 from callmissed.relay import Chunk
 from callmissed.settings import ModelSettings, Prices, ProviderSettings, Route
 from callmissed.store import KeyPolicy, open_store
@@ -74,10 +75,12 @@ async def _in_process(rounds: int, metered: bool, url: str | None) -> tuple[list
     with tempfile.TemporaryDirectory() as folder:
         store = open_store(url or f"sqlite:///{folder}/bench.sqlite3")
         await store.start()
-        ledger = Ledger(store, Path(folder) / "ledger")
+        wallets = Wallets(store)
+        ledger = Ledger(store, Path(folder) / "ledger", wallets)
         await ledger.start()
         auth = Authenticator(store)
-        credits = Credits(store, ledger, MemoryLimiter(), auth, PriceBook({}, _PROVIDERS, {}))
+        prices = PriceBook({}, _PROVIDERS, {})
+        accounting = Accounting(store, ledger, wallets, MemoryLimiter(), auth, prices)
         policy = _LIMITS if metered else KeyPolicy()
         key, _ = await create_key(store, "bench", 10**15 if metered else None, policy)
         model = _PRICED if metered else _FREE
@@ -86,7 +89,7 @@ async def _in_process(rounds: int, metered: bool, url: str | None) -> tuple[list
             batches = _batches()  # fresh dicts: pricing edits the usage chunk
             began = time.perf_counter_ns()
             principal = await auth.authenticate(f"Bearer {key}")
-            charge = await credits.begin(principal, model, _BODY, f"req_{n}")
+            charge = await accounting.admit(principal, model, _BODY, f"req_{n}")
             charge.routed(Route("p", "x"), stream=True)
             for batch in batches:
                 charge.on_batch(batch)

@@ -181,7 +181,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.linger is not None:
-        from callmissed import ledger
+        from callmissed.accounting import ledger
 
         ledger._LINGER = args.linger
     home = Path(tempfile.mkdtemp(prefix="callmissed-inprocess-"))

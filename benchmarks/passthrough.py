@@ -2,7 +2,7 @@
 
 granian (its native RSGI interface on uvloop, as `callmissed serve` runs; `--interface asgi` for
 granian's ASGI, `--server uvicorn` for uvicorn) + one pooled client as the gateway uses for the
-upstream's protocol (`callmissed/http1.py` for HTTP/1.1, plain or over TLS; pyreqwest for
+upstream's protocol (`callmissed/upstream/http1.py` for HTTP/1.1, plain or over TLS; pyreqwest for
 HTTP/2, `--upstream-http2`): forward the body to the upstream and stream its bytes back
 unchanged. No auth, no parsing, no accounting.
 What CallMissed costs beyond this row is the cost of its features; what this row costs over
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from callmissed.http1 import Client
+from callmissed.upstream.http1 import Client
 
 __all__ = ["app", "main", "rsgi_app"]
 
@@ -42,7 +42,7 @@ def _upstream() -> tuple[Client, str]:
 
 
 def _h2_client() -> Any:
-    """A pyreqwest client as callmissed/upstream.py builds one for an https provider."""
+    """A pyreqwest client as callmissed/upstream/ builds one for an https provider."""
     global _h2
     if _h2 is None:
         from datetime import timedelta

@@ -90,33 +90,17 @@ def guards(gateway: Gateway) -> dict[str, Guard | None]:
 
 
 def connect_peers(gateway: Gateway) -> tuple[Peers, HealthPeers]:
-    """This worker's link to the server's other workers: what they may ask of it (its metrics,
-    to drop its cached keys, a key's idle credit), the credit it may ask of them, and the
+    """This worker's link to the server's other workers, which the gateway built: its
+    accounting asks them for a key's idle credit and to drop cached keys, and answers the same
+    (accounting/holds.py, accounting/keys.py); here, what they may ask of its metrics, and the
     routes' health, which they share."""
-    ledger = gateway.ledger
-    peers = Peers(ledger.directory, ledger.instance, ledger.alive)
+    peers = gateway.peers
     health = HealthPeers(gateway.health, peers)
 
     async def snapshot(_: Any) -> dict[str, Any]:
         return gateway.metrics.snapshot(gateway.failover.inflight)
 
-    async def forget(_: Any) -> bool:
-        gateway.auth.forget()
-        return True
-
-    async def give_back(key_id: Any) -> int:
-        return await gateway.credits.give_back(key_id) if isinstance(key_id, int) else 0
-
-    async def reclaim(key_id: int) -> int:
-        # Longer than a scrape's bound: a peer settles its finished requests first, and a 402
-        # that a moment's wait would have avoided is worse than the wait.
-        answers = await peers.ask("give_back", key_id, within=2.0)
-        return sum(answers.values)
-
     peers.serve("metrics", snapshot)
-    peers.serve("forget", forget)
-    peers.serve("give_back", give_back)
-    gateway.credits.reclaim = reclaim
     return peers, health
 
 
@@ -172,7 +156,7 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> App:
         ("POST", "/admin/keys"): Endpoint(bind(admin_api.keys_collection), guard=write),
         **{
             (method, "/admin/keys/*"): Endpoint(
-                functools.partial(admin_api.keys_item, gateway, peers),
+                functools.partial(admin_api.keys_item, gateway),
                 guard=admin if method == "GET" else write,
             )
             for method in ("GET", "PATCH", "POST")

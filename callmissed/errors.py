@@ -18,12 +18,19 @@
   x ShuttingDown                   503 overloaded_error       shutting_down (+retry_after)
   x RoutesResting                  503 api_error              routes_resting (+retry_after)
   x UpstreamError                  502 api_error              upstream_error (+provider, status,
-                                                                              retryable)
+                                                                              kind)
+    + UpstreamUnreachable          502 api_error              upstream_error (no answer began)
+    + UpstreamBroken               502 api_error              upstream_error (the answer broke)
+      + UpstreamBodyTooLarge       502 api_error              upstream_error (inflates too far)
     + UpstreamTimeout              504 timeout_error          upstream_timeout
     + UpstreamOverloaded           503 overloaded_error       upstream_overloaded
     + UpstreamRejected             4xx (the upstream's own)   upstream_rejected
 
+Every upstream transport (callmissed/upstream/contract.py) fails with one of UpstreamUnreachable,
+UpstreamBroken (UpstreamBodyTooLarge) or UpstreamTimeout, whichever transport it is.
+
 Messages are written for a human and never carry an upstream secret or a raw upstream body.
+Which UpstreamError an upstream's failure raises, and what follows it, is callmissed/failures.py.
 """
 
 from __future__ import annotations
@@ -53,10 +60,13 @@ __all__ = [
     "RoutesResting",
     "ServerBusy",
     "ShuttingDown",
+    "UpstreamBodyTooLarge",
+    "UpstreamBroken",
     "UpstreamError",
     "UpstreamOverloaded",
     "UpstreamRejected",
     "UpstreamTimeout",
+    "UpstreamUnreachable",
     "to_anthropic",
     "to_openai",
 ]
@@ -185,7 +195,7 @@ class RateLimited(GatewayError):
     ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
-        self._headers = list(headers)  # x-ratelimit-* (ratelimit.py)
+        self._headers = list(headers)  # x-ratelimit-* (accounting/ratelimit)
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         if self.retry_after is None:
@@ -245,8 +255,8 @@ class RoutesResting(GatewayError):
 class UpstreamError(GatewayError):
     """The upstream failed, answered garbage, or broke its stream.
 
-    `retryable` says whether another route may succeed where this one failed (failover.py);
-    a broken connection or stream is, the client's own bad request is not.
+    `kind` is its row of the failure table (callmissed/failures.py, which makes these errors):
+    whether another route is tried, the same one again, and how its breaker counts it.
     """
 
     status = 502
@@ -259,18 +269,35 @@ class UpstreamError(GatewayError):
         provider: str = "",
         upstream_status: int | None = None,
         retry_after: float | None = None,
-        retryable: bool = True,
     ) -> None:
         super().__init__(message)
         self.provider = provider
         self.upstream_status = upstream_status
         self.retry_after = retry_after
-        self.retryable = retryable
+        self.kind = ""  # set by failures.py; "" reads as its status's row (failures.rule)
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         if self.upstream_status == 401:  # our credentials: as for ProviderNotConfigured
             return [(b"x-should-retry", b"false")]
         return []
+
+
+class UpstreamUnreachable(UpstreamError):
+    """No answer began: the connection was refused, reset, or failed its TLS handshake, or it
+    ended before the first byte of a response."""
+
+
+class UpstreamBroken(UpstreamError):
+    """The answer began, then broke: the connection or stream ended early, or the upstream sent
+    something that is not HTTP."""
+
+
+class UpstreamBodyTooLarge(UpstreamBroken):
+    """A compressed body would inflate past the limit the transport was given."""
+
+    def __init__(self, message: str, *, provider: str = "", limit: int) -> None:
+        super().__init__(message, provider=provider)
+        self.limit = limit
 
 
 class UpstreamTimeout(UpstreamError):

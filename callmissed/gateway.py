@@ -16,8 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from callmissed.accounting.credits import Accounting
+from callmissed.accounting.keys import KeyAdmin
+from callmissed.accounting.ledger import Ledger, ledger_directory
+from callmissed.accounting.price_list import FETCH_TIMEOUT, MAX_LIST_BYTES, PriceList
+from callmissed.accounting.pricing import PriceBook
+from callmissed.accounting.ratelimit import open_limiter
+from callmissed.accounting.settlement import Charge
+from callmissed.accounting.wallet import Wallets
 from callmissed.auth import Authenticator, Principal
-from callmissed.credits import Charge, Credits
 from callmissed.deadlines import Deadlines
 from callmissed.embedding import embed_on, plan_embedding
 from callmissed.errors import InvalidRequest, ShuttingDown
@@ -26,13 +33,10 @@ from callmissed.failover import Failover, Won
 from callmissed.formats.embeddings import EmbeddingRequest
 from callmissed.health import Health, route_name
 from callmissed.keepalive import KeepAlive
-from callmissed.ledger import Ledger, ledger_directory
 from callmissed.metrics import Metrics
 from callmissed.observe import Observer
-from callmissed.price_list import FETCH_TIMEOUT, MAX_LIST_BYTES, PriceList
-from callmissed.pricing import PriceBook
+from callmissed.peers import Peers
 from callmissed.providers import REGISTRY, Provider
-from callmissed.ratelimit import open_limiter
 from callmissed.reasoning import apply_reasoning_effort
 from callmissed.relay import CHAT_COMPLETIONS, ChatStream, UpstreamAPI
 from callmissed.routing import Router, Target
@@ -60,8 +64,10 @@ class RouteInfo:
     attempts: int = 1  # upstream requests made for this one, the winner included
     fallbacks: tuple[str, ...] = ()  # "provider:model outcome" of each failed attempt
     hedged: bool = False
-    limits: tuple[tuple[bytes, bytes], ...] = ()  # the key's x-ratelimit-* (credits.py)
-    prompt_estimate: int = 0  # the prompt's tokens as credits.py estimated them for the hold
+    limits: tuple[tuple[bytes, bytes], ...] = ()  # the key's x-ratelimit-* (accounting/credits.py)
+    prompt_estimate: int = (
+        0  # the prompt's tokens as accounting/credits.py estimated them for the hold
+    )
 
     @classmethod
     def of(cls, won: Won[Any], reasoning_effort: str | None, charge: Charge) -> RouteInfo:
@@ -101,14 +107,21 @@ class Gateway:
         self.store = store or open_store(settings.database_url)
         self.auth = Authenticator(self.store)
         self.observer = Observer(settings.observability)  # access log, traces (observe.py)
-        self.ledger = Ledger(self.store, ledger_directory(settings), self.observer.settled)
-        self.limiter = open_limiter(settings, self.ledger.instance, self.ledger.alive)
+        wallets = Wallets(self.store)
+        self.ledger = Ledger(self.store, ledger_directory(settings), wallets, self.observer.settled)
+        ledger = self.ledger
+        # The server's other workers (app.py starts the channel after the ledger's journal).
+        self.peers = Peers(ledger.directory, ledger.instance, ledger.alive)
+        self.limiter = open_limiter(settings, ledger.instance, ledger.alive)
         self.upstream = Upstream(settings)
         self.price_lists = self._price_lists()
         accounting = settings.accounting
         markup = accounting.pricing.markup
         prices = PriceBook(accounting.prices, self.providers, self.price_lists, markup)
-        self.credits = Credits(self.store, self.ledger, self.limiter, self.auth, prices)
+        self.accounting = Accounting(
+            self.store, ledger, wallets, self.limiter, self.auth, prices, self.peers
+        )
+        self.keys = KeyAdmin(self.store, ledger, self.auth, self.peers)  # admin API, GET /v1/key
         self.health = Health(settings.resilience)
         self.metrics = Metrics(
             settings.models,
@@ -190,7 +203,7 @@ class Gateway:
         trace.key_name, trace.model = principal.name, model.name
         received = _effort_received(body)
         effort = apply_reasoning_effort(body, model, self.settings.reasoning_policies)
-        charge = await self.credits.begin(principal, model, body, trace.request_id)
+        charge = await self.accounting.admit(principal, model, body, trace.request_id)
         charge.describe(trace, received, _short(effort), tags)
         self.observer.track(trace)
         won = await self.failover.complete(model, targets, body, charge, trace, api)
@@ -219,7 +232,7 @@ class Gateway:
         trace.key_name, trace.model = principal.name, model.name
         received = _effort_received(body)
         effort = apply_reasoning_effort(body, model, self.settings.reasoning_policies)
-        charge = await self.credits.begin(principal, model, body, trace.request_id)
+        charge = await self.accounting.admit(principal, model, body, trace.request_id)
         charge.describe(trace, received, _short(effort), tags)
         self.observer.track(trace)
         won = await self.failover.open_stream(
@@ -242,7 +255,7 @@ class Gateway:
         trace = RequestTrace(request_id or new_request_id())  # for the access log
         trace.key_name, trace.model, trace.endpoint = principal.name, model.name, "/v1/embeddings"
         tokens = (request.prompt_estimate, 0)
-        charge = await self.credits.begin(
+        charge = await self.accounting.admit(
             principal, model, request.body, trace.request_id, tokens=tokens
         )
         charge.describe(trace, None, None, tags)

@@ -18,6 +18,8 @@ from typing import Any, Protocol
 
 import orjson
 
+from callmissed import failures
+from callmissed.accounting.settlement import StreamMeter
 from callmissed.errors import GatewayError, UpstreamError
 from callmissed.formats.openai import (
     ChunkNormaliser,
@@ -37,9 +39,9 @@ __all__ = [
     "CHAT_COMPLETIONS",
     "ChatStream",
     "Chunk",
-    "StreamMeter",
     "StreamOwner",
     "UpstreamAPI",
+    "malformed",
     "read_completion",
 ]
 
@@ -68,13 +70,6 @@ class Chunk:
     def event(self) -> bytes:
         """The chunk as an SSE event (a run: its events)."""
         return self.data if self.run is not None else b"data: " + self.data + b"\n\n"
-
-
-class StreamMeter(Protocol):
-    """Accounting for one stream (credits.Charge): sees what reaches the client."""
-
-    def on_batch(self, batch: list[Chunk]) -> None:
-        """Chunks about to go to the client; may edit them (usage.cost)."""
 
 
 class StreamOwner(Protocol):
@@ -194,8 +189,10 @@ class ChatStream:
                 self.read_started = loop.time()
             if not self.finished:
                 label = f"{self._provider.label} ({self._provider.name})"
-                raise UpstreamError(
-                    f"{label} ended the stream before it finished", provider=self._provider.name
+                raise failures.failure(
+                    failures.BROKEN,
+                    f"{label} ended the stream before it finished",
+                    provider=self._provider.name,
                 )
         except UpstreamError as exc:
             self.failure = exc
@@ -271,7 +268,8 @@ class ChatStream:
             return self._decoder.take(raw)
         except EventTooLarge as exc:
             label = f"{self._provider.label} ({self._provider.name})"
-            raise UpstreamError(
+            raise failures.failure(
+                failures.TOO_LARGE,
                 f"{label} sent a stream event longer than {exc.limit} bytes",
                 provider=self._provider.name,
             ) from None
@@ -297,18 +295,11 @@ class ChatStream:
             # Parsing costs ~1 us and guarantees the client never gets broken JSON.
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
-            raise UpstreamError(
-                f"{self._provider.label} ({self._provider.name}) sent malformed JSON in its stream",
-                provider=self._provider.name,
-            ) from None
+            raise malformed(self._provider, "sent malformed JSON in its stream") from None
         if chunk.__class__ is not dict:
-            raise UpstreamError("the upstream sent a chunk that is not an object")
+            raise malformed(self._provider, "sent a chunk that is not an object")
         if len(data) >= SHORTEST_TOO_DEEP and too_deep(chunk, len(data)):
-            raise UpstreamError(
-                f"{self._provider.label} ({self._provider.name}) sent JSON nested deeper than"
-                f" {MAX_DEPTH} levels",
-                provider=self._provider.name,
-            )
+            raise malformed(self._provider, f"sent JSON nested deeper than {MAX_DEPTH} levels")
         if b"\n" in data:  # several `data:` lines, which SSE joins with line feeds: make it one
             data = orjson.dumps(chunk)
         content = plain_content(chunk)
@@ -368,6 +359,13 @@ def _chunk_id(chunk: Chunk) -> str | None:
     return None if end == -1 else data[start + 6 : end].decode("utf-8", "replace")
 
 
+def malformed(provider: Provider, what: str) -> UpstreamError:
+    """The failure table's "malformed" error: `provider` `what` (sent or answered something
+    that is not the SSE or JSON it should be)."""
+    message = f"{provider.label} ({provider.name}) {what}"
+    return failures.failure(failures.MALFORMED, message, provider=provider.name)
+
+
 async def read_completion(
     provider: Provider, response: UpstreamResponse, limit: int
 ) -> dict[str, Any]:
@@ -378,28 +376,20 @@ async def read_completion(
     finally:
         response.close()
     if more:
-        raise UpstreamError(
+        raise failures.failure(
+            failures.TOO_LARGE,
             f"{provider.label} ({provider.name}) answered with more than {limit} bytes",
             provider=provider.name,
         )
     try:
         completion = orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise UpstreamError(
-            f"{provider.label} ({provider.name}) answered with malformed JSON",
-            provider=provider.name,
-        ) from None
+        raise malformed(provider, "answered with malformed JSON") from None
     if too_deep(completion, len(body)):
-        raise UpstreamError(
-            f"{provider.label} ({provider.name}) answered with JSON nested deeper than"
-            f" {MAX_DEPTH} levels",
-            provider=provider.name,
-        )
+        raise malformed(provider, f"answered with JSON nested deeper than {MAX_DEPTH} levels")
     if not isinstance(completion, dict) or not isinstance(completion.get("choices"), list):
         error = provider.stream_error(completion) if isinstance(completion, dict) else None
-        raise error or UpstreamError(
-            f"{provider.label} ({provider.name}) answered without choices", provider=provider.name
-        )
+        raise error or malformed(provider, "answered without choices")
     error = provider.stream_error(completion)
     if error is not None:
         raise error

@@ -13,10 +13,11 @@ from typing import Any
 
 import orjson
 
+from callmissed import failures
 from callmissed.errors import UpstreamError
 from callmissed.nesting import MAX_DEPTH, SHORTEST_TOO_DEEP, too_deep
 from callmissed.providers import Provider
-from callmissed.relay import ChatStream, Chunk, UpstreamAPI
+from callmissed.relay import ChatStream, Chunk, UpstreamAPI, malformed
 from callmissed.sse import event_data
 from callmissed.token_estimate import estimate_output_tokens
 from callmissed.upstream import UpstreamResponse
@@ -46,20 +47,14 @@ class ResponsesStream(ChatStream):
                 chunks.append(self._event(data))
 
     def _event(self, data: bytes) -> Chunk:
-        label = f"{self._provider.label} ({self._provider.name})"
         try:
             payload = orjson.loads(data)
         except orjson.JSONDecodeError:
-            raise UpstreamError(
-                f"{label} sent malformed JSON in its stream", provider=self._provider.name
-            ) from None
+            raise malformed(self._provider, "sent malformed JSON in its stream") from None
         if payload.__class__ is not dict:
-            raise UpstreamError(f"{label} sent an event that is not an object")
+            raise malformed(self._provider, "sent an event that is not an object")
         if len(data) >= SHORTEST_TOO_DEEP and too_deep(payload, len(data)):
-            raise UpstreamError(
-                f"{label} sent JSON nested deeper than {MAX_DEPTH} levels",
-                provider=self._provider.name,
-            )
+            raise malformed(self._provider, f"sent JSON nested deeper than {MAX_DEPTH} levels")
         kind = payload.get("type")
         if kind in _FAILS:
             raise _failure(self._provider, payload)
@@ -94,23 +89,17 @@ async def read_response(
         response.close()
     label = f"{provider.label} ({provider.name})"
     if more:
-        raise UpstreamError(
-            f"{label} answered with more than {limit} bytes", provider=provider.name
-        )
+        message = f"{label} answered with more than {limit} bytes"
+        raise failures.failure(failures.TOO_LARGE, message, provider=provider.name)
     try:
         answer = orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise UpstreamError(
-            f"{label} answered with malformed JSON", provider=provider.name
-        ) from None
+        raise malformed(provider, "answered with malformed JSON") from None
     if too_deep(answer, len(body)):
-        raise UpstreamError(
-            f"{label} answered with JSON nested deeper than {MAX_DEPTH} levels",
-            provider=provider.name,
-        )
+        raise malformed(provider, f"answered with JSON nested deeper than {MAX_DEPTH} levels")
     if not isinstance(answer, dict) or not isinstance(answer.get("output"), list):
         error = provider.stream_error(answer) if isinstance(answer, dict) else None
-        raise error or UpstreamError(f"{label} answered without output", provider=provider.name)
+        raise error or malformed(provider, "answered without output")
     if answer.get("status") == "failed":
         raise _failure(provider, {"response": answer})
     return answer

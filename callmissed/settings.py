@@ -16,8 +16,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from callmissed.accounting.pricing_settings import Prices, Pricing, parse_prices, parse_pricing
 from callmissed.observability_settings import Observability, parse_observability
-from callmissed.pricing_settings import Prices, Pricing, parse_prices, parse_pricing
 
 __all__ = [
     "Accounting",

@@ -19,17 +19,19 @@ from typing import Any, cast
 import orjson
 import pytest
 
+from callmissed.accounting.credits import Accounting
+from callmissed.accounting.ledger import Ledger
+from callmissed.accounting.pricing import PriceBook
+from callmissed.accounting.ratelimit import MemoryLimiter
+from callmissed.accounting.settlement import Charge
+from callmissed.accounting.wallet import Wallets
 from callmissed.auth import Authenticator, create_key
-from callmissed.credits import Charge, Credits
 from callmissed.deadlines import Deadlines
 from callmissed.endings import Ending, StreamOwner, discard_loser
 from callmissed.errors import ShuttingDown
 from callmissed.health import Health
-from callmissed.ledger import Ledger
 from callmissed.metrics import Metrics
-from callmissed.pricing import PriceBook
 from callmissed.providers import REGISTRY
-from callmissed.ratelimit import MemoryLimiter
 from callmissed.relay import ChatStream
 from callmissed.settings import ModelSettings, Prices, ProviderSettings, Resilience, Route
 from callmissed.store import open_store
@@ -85,7 +87,7 @@ class Script:
 
 @dataclass
 class World:
-    credits: Credits
+    accounting: Accounting
     ledger: Ledger
     store: Any
     key_id: int
@@ -99,7 +101,7 @@ class World:
         self, frames: list[Any], idle: float = 60.0
     ) -> tuple[ChatStream, StreamOwner, Charge]:
         """A charge, a started stream over `frames`, and its owner: as failover commits one."""
-        charge = await self.credits.begin(self.principal, MODEL, BODY, f"req_{time.time_ns()}")
+        charge = await self.accounting.admit(self.principal, MODEL, BODY, f"req_{time.time_ns()}")
         stream = ChatStream(PROVIDER, Script(frames), include_usage=True)  # type: ignore[arg-type]
         await stream.start()
         charge.routed(ROUTE, stream=True)
@@ -129,14 +131,16 @@ def scenario(tmp_path: Path, body: Callable[[World], Awaitable[None]]) -> None:
     async def main() -> None:
         store = open_store(f"sqlite:///{tmp_path / 'db.sqlite3'}")
         await store.start()
-        ledger = Ledger(store, tmp_path / "ledger")
+        wallets = Wallets(store)
+        ledger = Ledger(store, tmp_path / "ledger", wallets)
         await ledger.start()
         auth = Authenticator(store)
         key, record = await create_key(store, "k", 10**6)
         principal = await auth.authenticate(f"Bearer {key}")
-        credits = Credits(store, ledger, MemoryLimiter(), auth, PriceBook({}, {}, {}))
+        prices = PriceBook({}, {}, {})
+        accounting = Accounting(store, ledger, wallets, MemoryLimiter(), auth, prices)
         try:
-            await body(World(credits, ledger, store, record.id, principal))
+            await body(World(accounting, ledger, store, record.id, principal))
         finally:
             await ledger.close()
             await store.close()

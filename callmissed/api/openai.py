@@ -125,7 +125,7 @@ async def retrieve_model(gateway: Gateway, request: Request) -> Response:
 def _describe(gateway: Gateway, model: ModelSettings, metered: bool) -> dict[str, Any]:
     route = model.routes[0]
     unavailable = gateway.router.unavailable_reason(model)
-    price = gateway.credits.prices.price(model)
+    price = gateway.accounting.prices.price(model)
     if unavailable is None and metered and price is None:
         unavailable = (
             "it has no price (neither its upstream's price list nor the config file prices it), "

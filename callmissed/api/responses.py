@@ -20,8 +20,8 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from callmissed.accounting.pricing import format_credits
 from callmissed.auth import Principal
-from callmissed.credits import format_credits
 from callmissed.edge.web import Request, Response, StreamResponse, json_response
 from callmissed.errors import GatewayError, InvalidRequest, to_openai
 from callmissed.formats.responses import (
@@ -172,10 +172,12 @@ async def _pass_through(
 ) -> Response | StreamResponse:
     body = _upstream_body(ask, earlier + ask.items)
     model, targets = gateway.router.resolve(ask.model)
-    book = gateway.credits.prices
+    book = gateway.accounting.prices
     billing = (book.price(model) or book.unpriced(model)).route(targets[0].route)
 
-    def price(usage: dict[str, Any]) -> float | None:  # as the charge prices it (credits.py)
+    def price(
+        usage: dict[str, Any],
+    ) -> float | None:  # as the charge prices it (accounting/credits.py)
         return format_credits(book.bill(billing, usage)[1])
 
     editor = PassThroughEditor(ask, new_id("resp_"), price)

@@ -16,11 +16,11 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from callmissed.accounting.pricing import format_credits
 from callmissed.console import fleet, queries
 from callmissed.console.database import ConsoleDatabase
 from callmissed.console.overview import RANGES, Totals, build_overview, metrics_of, parse_range
 from callmissed.console.retention import MINUTE_ROLLUP_DAYS, Retention
-from callmissed.credits import format_credits
 from callmissed.edge.web import Request, Response, json_response
 from callmissed.errors import InvalidRequest, RequestNotFound
 from callmissed.gateway import Gateway

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from callmissed.credits import format_credits
+from callmissed.accounting.pricing import format_credits
 from callmissed.errors import InvalidRequest
 from callmissed.store.rollup import histogram_columns, percentile
 

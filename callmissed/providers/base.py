@@ -2,7 +2,7 @@
 
 A provider is pure translation: it builds the upstream request (chat, or one batch of embeddings
 inputs) and turns upstream answers and errors into ours. It performs no I/O;
-callmissed/upstream.py does all outbound HTTP.
+callmissed/upstream/ does all outbound HTTP.
 The base class speaks the OpenAI-compatible dialect every current upstream shares; a provider
 module overrides only what its upstream does differently.
 """
@@ -10,17 +10,12 @@ module overrides only what its upstream does differently.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import orjson
 
-from callmissed.errors import (
-    InvalidRequest,
-    UpstreamError,
-    UpstreamOverloaded,
-    UpstreamRejected,
-    UpstreamTimeout,
-)
+from callmissed import failures
+from callmissed.errors import InvalidRequest, UpstreamError
 from callmissed.formats.embeddings import EmbeddingBatch
 from callmissed.nesting import MAX_DEPTH
 from callmissed.providers.environment import Environment
@@ -43,17 +38,6 @@ def encode_body(body: dict[str, Any]) -> bytes:
         ) from None
 
 
-# Upstream statuses that are the client's problem and reach it as-is (see errors.UpstreamRejected).
-_CLIENT_STATUSES = frozenset({400, 403, 404, 413, 422, 429})
-_TIMEOUT_STATUSES = frozenset({408, 504, 524})
-_OVERLOADED_STATUSES = frozenset({503, 529})
-# Statuses that say "this route, not this request": another route may well succeed (failover.py).
-# 401/402 are our own credentials or balance at that upstream; 404 is an upstream that does not
-# serve the model id *we* chose for the route.
-RETRYABLE_STATUSES = frozenset({401, 402, 404, 408, 409, 425, 429, 500, 502, 503, 504, 529})
-RETRYABLE_STATUSES |= frozenset(range(520, 527))  # Cloudflare's origin-unreachable family
-
-
 # Not frozen: one or more is made per request, and a frozen dataclass is ~5x slower to make.
 @dataclass(slots=True)
 class UpstreamRequest:
@@ -68,6 +52,9 @@ class Provider:
 
     type: ClassVar[str] = "openai"
     label: ClassVar[str] = "OpenAI-compatible upstream"
+    # How callmissed/upstream/ reaches it: "http" (HTTP/1.1 or HTTP/2, as its settings say) or
+    # "simulator" (answered in-process).
+    transport: ClassVar[Literal["http", "simulator"]] = "http"
     serves_responses: ClassVar[bool] = False  # also POST /responses (relay_responses.py)
     # The most inputs one upstream embeddings request may carry: OpenAI's own limit. A model's
     # `embedding.batch` in the catalog says less where its upstream accepts less.
@@ -163,11 +150,17 @@ class Provider:
         """Turn an upstream error response into the right UpstreamError."""
         payload = _loads(body)
         message = self.error_message(payload) or f"HTTP {status} with no error message"
-        return self.make_error(self.error_status(status, payload), message, retry_after)
+        status = self.error_status(status, payload)
+        return self.make_error(status, message, retry_after, self.error_kind(payload))
 
     def error_status(self, status: int, payload: Any) -> int:
         """The status the failure really means; some upstreams say more in the body."""
         return status
+
+    def error_kind(self, payload: Any) -> str | None:
+        """A row of the failure table (callmissed/failures.py) an error body names beyond its
+        status, such as an account refused the model; None: its status decides."""
+        return None
 
     def error_message(self, payload: Any) -> str | None:
         if not isinstance(payload, dict):
@@ -192,27 +185,19 @@ class Provider:
                 return self.make_error(502, message, None)
         return None
 
-    def make_error(self, status: int, message: str, retry_after: float | None) -> UpstreamError:
-        message = self._scrub(message)[:500]
-        text = f"{self.label} ({self.name}) answered {status}: {message}"
-        kwargs: dict[str, Any] = {
-            "provider": self.name,
-            "upstream_status": status,
-            "retry_after": retry_after,
-            "retryable": status in RETRYABLE_STATUSES,
-        }
+    def make_error(
+        self, status: int, message: str, retry_after: float | None, kind: str | None = None
+    ) -> UpstreamError:
+        """The error for an upstream's failure `status` (or its own `kind` of failure, a row of
+        callmissed/failures.py): which class, and what follows it, is that table's."""
+        label = f"{self.label} ({self.name})"
         if status == 401:
-            return UpstreamError(
-                f"{self.label} ({self.name}) rejected CallMissed's credentials: check its API key.",
-                **kwargs,
-            )
-        if status in _CLIENT_STATUSES:
-            return UpstreamRejected(text, **kwargs)
-        if status in _TIMEOUT_STATUSES:
-            return UpstreamTimeout(text, **kwargs)
-        if status in _OVERLOADED_STATUSES:
-            return UpstreamOverloaded(text, **kwargs)
-        return UpstreamError(text, **kwargs)
+            text = f"{label} rejected CallMissed's credentials: check its API key."
+        else:
+            text = f"{label} answered {status}: {self._scrub(message)[:500]}"
+        if kind is not None:
+            return failures.failure(kind, text, provider=self.name, retry_after=retry_after)
+        return failures.from_status(status, text, provider=self.name, retry_after=retry_after)
 
     def _scrub(self, text: str) -> str:
         key = self.settings.api_key

@@ -7,7 +7,7 @@ as a chunk with a top-level `error`, and non-stream failures as HTTP 200 with
 both; `: OPENROUTER PROCESSING` keep-alive comments are skipped by the SSE decoder. It serves the
 Responses API too, so POST /v1/responses passes through to it (relay_responses.py). Its usage
 objects carry `cost`, what it billed in USD, which settlement uses (docs/credits.md); its model
-list (`GET /models`) prices every model it serves (price_list.py).
+list (`GET /models`) prices every model it serves (accounting/price_list.py).
 """
 
 from __future__ import annotations

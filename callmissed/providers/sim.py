@@ -1,4 +1,4 @@
-"""The simulator provider: `sim/...` models answered in-process by callmissed/simulator.py.
+"""The simulator provider: `sim/...` models answered in-process by callmissed/upstream/simulator.py.
 
 The request is built exactly as for an OpenAI-compatible server, so the simulated path runs
 the same relay code as a real upstream; only the transport differs. An embeddings request is
@@ -23,6 +23,7 @@ class Simulator(Provider):
     label = "CallMissed simulator"
     is_local = True
     environment = Environment("sim://local")  # always there: it needs no credentials
+    transport = "simulator"
 
     def build_embedding_request(
         self, body: dict[str, Any], inputs: list[Any], route: Route, model: ModelSettings

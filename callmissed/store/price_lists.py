@@ -1,6 +1,7 @@
-"""Upstream price lists in the store (price_list.py, migration 0007): the last good copy of each
-list, and which process is fetching it now. Each statement is one statement, so that of several
-processes looking at once exactly one gets a claim. The two backends take these methods in."""
+"""Upstream price lists in the store (accounting/price_list.py, migration 0007): the last good
+copy of each list, and which process is fetching it now. Each statement is one statement, so that
+of several processes looking at once exactly one gets a claim. The two backends take these
+methods in."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from callmissed.simulator import embed
+from callmissed.upstream.simulator import embed
 from tests.accounting import new_key, query, settle
 from tests.api.embedding_gateway import embedding_gateway, shortened, unit
 from tests.fakes.embeddings import fake_vector

@@ -7,7 +7,7 @@ import subprocess
 import orjson
 import pytest
 
-from callmissed.simulator import embed
+from callmissed.upstream.simulator import embed
 from tests.api.embedding_gateway import embedding_gateway, shortened, unit
 from tests.conftest import require_service
 from tests.fakes.embeddings import fake_vector

@@ -15,7 +15,7 @@ import anthropic
 import openai
 import pytest
 
-from callmissed.credits import format_credits
+from callmissed.accounting.pricing import format_credits
 from tests.accounting import PRICED, new_key, query, settle, start_billing_gateway
 from tests.conftest import CONFIG, Gateway, stop_gateway
 

@@ -1,4 +1,4 @@
--- SQLite only: the rate limiter's sliding log (ratelimit_sqlite.py), shared by every process that
+-- SQLite only: the rate limiter's sliding log (accounting/ratelimit/sqlite.py), shared by every process that
 -- opens the database file. PostgreSQL deployments share limits through Redis instead.
 -- Admissions of keys with an rpm limit, and the real tokens of finished requests of keys with a
 -- tpm limit: rows older than the window are deleted as the key is used, and all once a window.

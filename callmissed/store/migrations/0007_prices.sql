@@ -1,4 +1,4 @@
--- Upstream price lists (price_list.py): the last good copy of each, so that a restart without the
+-- Upstream price lists (accounting/price_list.py): the last good copy of each, so that a restart without the
 -- network still prices, and who is fetching it now, so that one process of the deployment does.
 CREATE TABLE IF NOT EXISTS price_lists (
     source        TEXT PRIMARY KEY,            -- the provider the list came from

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
-from callmissed.price_list import ListedPrice, PriceList
+from callmissed.accounting.price_list import ListedPrice, PriceList
 from callmissed.providers import Provider
 from callmissed.settings import ModelSettings, Prices, Route
 from callmissed.store import MAX_BALANCE

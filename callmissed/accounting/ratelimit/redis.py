@@ -1,4 +1,5 @@
-"""RedisLimiter: ratelimit.py's sliding log kept in Redis, shared by every process and replica.
+"""RedisLimiter: the sliding log (ratelimit/__init__.py) kept in Redis, shared by every process
+and replica.
 
 Each check is one Lua script (one round-trip, atomic in Redis), using Redis's clock so replicas
 with skewed clocks still share one window. Per key: a sorted set of admission times, a sorted
@@ -20,7 +21,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from callmissed.ratelimit import (
+from callmissed.accounting.ratelimit.base import (
     UNLIMITED,
     WINDOW,
     HeldLease,

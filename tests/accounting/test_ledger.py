@@ -17,10 +17,10 @@ import httpx
 import orjson
 import pytest
 
-from callmissed import ledger as ledger_module, wallet as wallet_module
-from callmissed.ledger import Ledger
+from callmissed.accounting import ledger as ledger_module, wallet as wallet_module
+from callmissed.accounting.ledger import Ledger
+from callmissed.accounting.wallet import Wallet, Wallets
 from callmissed.store import LedgerEntry, Store, open_store
-from callmissed.wallet import Wallet, Wallets
 from tests.accounting import (
     BACKENDS,
     HELLO_COST,
@@ -54,7 +54,7 @@ def test_append_then_flush_settles(store, tmp_path):
     key = call(store.create_key("k", "h", "cm_x", 100))
 
     async def run() -> None:
-        ledger = Ledger(store, tmp_path / "journal")
+        ledger = Ledger(store, tmp_path / "journal", Wallets(store))
         await ledger.start()
         wallet = await ledger.wallets.top_up(key.id, 50)
         assert isinstance(wallet, Wallet)
@@ -79,7 +79,7 @@ def test_close_ends_the_writer_even_as_it_wakes(store, tmp_path, monkeypatch, pa
     monkeypatch.setattr(ledger_module, "_LINGER", 0)
 
     async def run() -> None:
-        ledger = Ledger(store, tmp_path / "journal")
+        ledger = Ledger(store, tmp_path / "journal", Wallets(store))
         await ledger.start()
         await asyncio.sleep(0.05)  # the writer waits for a wake-up
         ledger._wake.set()
@@ -105,7 +105,7 @@ def test_entries_that_keep_coming_are_settled_in_batches(store, tmp_path, monkey
     monkeypatch.setattr(store, "settle", counting_settle)
 
     async def run() -> None:
-        ledger = Ledger(store, tmp_path / "journal")
+        ledger = Ledger(store, tmp_path / "journal", Wallets(store))
         await ledger.start()
         loop = asyncio.get_running_loop()
         stop = loop.time() + 0.2
@@ -126,7 +126,7 @@ def test_starts_are_journaled_together_once_the_loop_is_free(store, tmp_path):
     key = call(store.create_key("k", "h", "cm_x", 100))
 
     async def run() -> None:
-        ledger = Ledger(store, tmp_path / "journal")
+        ledger = Ledger(store, tmp_path / "journal", Wallets(store))
         await ledger.start()
         for request_id in ("a", "b", "gone"):
             ledger.begin(request_id, key.id, "m", time.time())
@@ -151,7 +151,7 @@ def _crash(ledger: Ledger) -> None:
 
 
 async def _hold(ledger: Ledger, key_id: int, request_id: str, amount: int) -> Wallet:
-    """What Credits.begin does for a metered request: hold from the wallet, journal the start."""
+    """What Accounting.admit does for a metered request: hold from the wallet, journal the start."""
     wallet = ledger.wallets.take(key_id, amount) or await ledger.wallets.top_up(key_id, amount)
     assert isinstance(wallet, Wallet)
     ledger.begin(request_id, key_id, "m", time.time())
@@ -164,7 +164,7 @@ def test_a_dead_process_journal_is_replayed_and_its_wallets_given_back(store, tm
     directory = tmp_path / "journal"
 
     async def die() -> None:
-        ledger = Ledger(store, directory)
+        ledger = Ledger(store, directory, Wallets(store))
         await ledger.start()
         wallet = await _hold(ledger, key.id, "done", 100)
         await _hold(ledger, key.id, "in-flight", 100)
@@ -172,7 +172,7 @@ def test_a_dead_process_journal_is_replayed_and_its_wallets_given_back(store, tm
         _crash(ledger)
 
     async def restart() -> None:
-        ledger = Ledger(store, directory)
+        ledger = Ledger(store, directory, Wallets(store))
         await ledger.start()  # replays the dead journal first
         await ledger.close()
 
@@ -193,7 +193,7 @@ def test_a_clean_close_writes_requests_in_flight_as_interrupted(store, tmp_path)
     key = call(store.create_key("k", "h", "cm_x", 1000))
 
     async def run() -> None:
-        ledger = Ledger(store, tmp_path / "journal")
+        ledger = Ledger(store, tmp_path / "journal", Wallets(store))
         await ledger.start()
         wallet = await _hold(ledger, key.id, "done", 100)
         await _hold(ledger, key.id, "in-flight", 100)
@@ -217,7 +217,7 @@ def test_an_idle_wallet_goes_back_to_the_balance(store, tmp_path, monkeypatch):
     key = call(store.create_key("k", "h", "cm_x", 1000))
 
     async def run() -> None:
-        ledger = Ledger(store, tmp_path / "journal")
+        ledger = Ledger(store, tmp_path / "journal", Wallets(store))
         await ledger.start()
         wallet = await _hold(ledger, key.id, "r1", 100)
         ledger.append(entry("r1", key.id, 17, wallet=wallet.hold_id))
@@ -243,7 +243,7 @@ def test_a_wallet_in_use_is_not_given_back(store, tmp_path, monkeypatch):
     key = call(store.create_key("k", "h", "cm_x", 1000))
 
     async def run() -> None:
-        ledger = Ledger(store, tmp_path / "journal")
+        ledger = Ledger(store, tmp_path / "journal", Wallets(store))
         await ledger.start()
         wallet = await _hold(ledger, key.id, "long", 100)
         await asyncio.sleep(1.0)  # the writer looked, twice: a request still holds part of it
@@ -264,7 +264,7 @@ def test_replay_is_idempotent_and_ignores_a_torn_last_line(store, tmp_path):
     directory = tmp_path / "journal"
     directory.mkdir()
     line = b'{"request_id":"r1","key_id":%d' % key.id
-    good = Ledger(store, directory)
+    good = Ledger(store, directory, Wallets(store))
     journal = directory / "dead.journal"
     journal.write_bytes(_line(entry("r1", key.id, 10)) * 2 + line)  # twice, then a torn write
     call(store.settle([entry("r1", key.id, 10)]))  # and it was settled already, before the crash
@@ -305,7 +305,7 @@ def test_a_database_outage_grows_the_journal_not_memory_and_loses_nothing(store,
     flaky = _FlakyStore(store)
 
     async def run() -> None:
-        ledger = Ledger(flaky, tmp_path / "journal")
+        ledger = Ledger(flaky, tmp_path / "journal", Wallets(flaky))
         await ledger.start()
         for n in range(2000):
             ledger.append(entry(f"r{n}", key.id, 1))
@@ -341,7 +341,7 @@ def test_past_its_memory_bound_the_writer_reads_the_journal_and_loses_nothing(
     monkeypatch.setattr(ledger_module, "_parse", counting_parse)
 
     async def run() -> None:
-        ledger = Ledger(flaky, tmp_path / "journal")
+        ledger = Ledger(flaky, tmp_path / "journal", Wallets(flaky))
         await ledger.start()
         for n in range(2000):
             ledger.append(entry(f"r{n}", key.id, 1))
@@ -372,7 +372,7 @@ def test_a_settled_journal_starts_over(store, tmp_path, monkeypatch):
     key = call(store.create_key("k", "h", "cm_x", None))
 
     async def run() -> None:
-        ledger = Ledger(store, tmp_path / "journal")
+        ledger = Ledger(store, tmp_path / "journal", Wallets(store))
         await ledger.start()
         for n in range(100):
             ledger.append(entry(f"r{n}", key.id, 1))
@@ -431,7 +431,7 @@ def test_a_journal_that_starts_over_keeps_the_requests_in_flight(store, tmp_path
     directory = tmp_path / "journal"
 
     async def die() -> None:
-        ledger = Ledger(store, directory)
+        ledger = Ledger(store, directory, Wallets(store))
         await ledger.start()
         await _hold(ledger, key.id, "in-flight", 100)
         for n in range(100):
@@ -443,7 +443,7 @@ def test_a_journal_that_starts_over_keeps_the_requests_in_flight(store, tmp_path
         _crash(ledger)
 
     async def restart() -> None:
-        ledger = Ledger(store, directory)
+        ledger = Ledger(store, directory, Wallets(store))
         await ledger.start()
         await ledger.close()
 

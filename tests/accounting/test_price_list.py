@@ -1,4 +1,4 @@
-"""callmissed.price_list: OpenRouter's model list read, bounded, checked, kept in the store,
+"""accounting/price_list.py: OpenRouter's model list read, bounded, checked, kept in the store,
 refreshed by one process, and never replaced by a failed or garbled fetch."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from callmissed.price_list import (
+from callmissed.accounting.price_list import (
     MAX_LIST_BYTES,
     MAX_MODELS,
     ListedPrice,

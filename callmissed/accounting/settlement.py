@@ -1,239 +1,67 @@
-"""Credits: the worst-case hold before a request, the real charge after it.
+"""Settlement: one request's `Charge`, from its hold to its single settle.
 
-Money is integer micro-credits (1 credit = 1 USD, as OpenRouter's); prices are pricing.py's.
-`Credits.begin()` is the gateway's seam before the upstream call: allow-list, price, rate limits,
-revocation, then the request's worst case held from this process's wallet for the key
-(wallet.py), in memory unless the wallet must be topped up from the store. The `Charge` it returns
-is settled exactly once — how each way a request can end is billed is endings.py's table —
-charges what was used, puts the rest of the hold back in the wallet, and journals the ledger row
-before the response ends (docs/credits.md). Its only I/O is the journal's begin and end lines,
-and the store calls in begin().
+The gateway tells the charge which route answered (routed()); as a stream's meter it counts what
+reaches the client (on_batch()) and prices the usage the upstream reports. How each way a request
+can end is billed is decided in endings.py, which calls settle() once: the ledger row is
+journaled (ledger.py), what the hold did not use goes back to the wallet (wallet.py), the
+rate-limit lease ends. Billing reads the stream through `Delivered` alone: the relay depends on
+these types, never the reverse.
 """
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, NoReturn
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import orjson
 
-from callmissed.auth import Authenticator, Principal
-from callmissed.errors import (
-    AuthenticationFailed,
-    GatewayError,
-    InsufficientCredits,
-    ModelNotPriced,
-    PermissionDenied,
-    ShuttingDown,
-)
-from callmissed.ledger import Ledger
-from callmissed.pricing import (
-    DEFAULT_OUTPUT_CAP,
-    MICRO,
-    ModelPrice,
-    PriceBook,
-    Rates,
-    TokenUsage,
-    cost_of,
-    format_credits,
-    parse_credits,
-    parse_usage,
-    rates_of,
-)
-from callmissed.ratelimit import Lease, Limiter
-from callmissed.settings import ModelSettings, Route
-from callmissed.store import Funding, LedgerEntry, Store
-from callmissed.token_estimate import estimate_input_tokens, estimate_output_tokens
-from callmissed.wallet import Wallet
+from callmissed.accounting.ledger import Ledger
+from callmissed.accounting.pricing import MICRO, ModelPrice, PriceBook, TokenUsage, cost_of
+from callmissed.accounting.ratelimit import Lease
+from callmissed.accounting.wallet import Wallet
+from callmissed.errors import GatewayError
+from callmissed.settings import Route
+from callmissed.store import LedgerEntry
+from callmissed.token_estimate import estimate_output_tokens
 
 if TYPE_CHECKING:
-    from callmissed.relay import Chunk
     from callmissed.timing import RequestTrace
 
-__all__ = [
-    "CLIENT_CLOSED",
-    "DEFAULT_OUTPUT_CAP",
-    "MICRO",
-    "Charge",
-    "Credits",
-    "Rates",
-    "TokenUsage",
-    "cost_of",
-    "format_credits",
-    "parse_credits",
-    "parse_usage",
-    "rates_of",
-]
-
-log = logging.getLogger("callmissed")
+__all__ = ["CLIENT_CLOSED", "Charge", "Delivered", "Held", "StreamMeter"]
 
 CLIENT_CLOSED = 499  # the ledger's status for a request the client abandoned (nginx's code)
-FIRST_LIST_WAIT = 10.0  # seconds a request may wait for a fresh install's first price list
 
 
-class Credits:
-    """Prices, limits and holds: the gateway's accounting, shared by every API edge."""
+class Delivered(Protocol):
+    """What billing reads of one chunk on its way to the client (relay.Chunk is one): `tokens`
+    when the relay counted a content-only chunk already, else the parsed JSON, whose usage gets
+    its `cost`; `data` is what goes out, rewritten when that usage was priced."""
 
-    def __init__(
-        self, store: Store, ledger: Ledger, limiter: Limiter, auth: Authenticator, prices: PriceBook
-    ) -> None:
-        self._store = store
-        self._ledger = ledger
-        self._limiter = limiter
-        self._auth = auth
-        self.prices = prices
-        # Asks the server's other workers to give back what their wallets hold of a key, and
-        # says how much they did (app.py wires it to peers.py; alone, there is nobody to ask).
-        self.reclaim: Callable[[int], Awaitable[int]] = _nobody
+    data: bytes
+    tokens: int | None
 
-    async def begin(
-        self,
-        principal: Principal,
-        model: ModelSettings,
-        body: Mapping[str, Any],
-        request_id: str,
-        *,
-        tokens: tuple[int, int] | None = None,
-    ) -> Charge:
-        """Check the allow-list and limits, then hold the worst case; raise if any refuses.
-
-        `tokens` (prompt, output cap) stands in for a chat body's estimate (embeddings)."""
-        _check_allowed(principal, model)
-        price = self.prices.price(model) or await self._unpriced(principal, model)
-        if tokens is None:
-            tokens = (_estimate_prompt(body), _output_cap(body, price.output_cap))
-        prompt, output_cap = tokens
-        lease = await self._limiter.acquire(principal.key_id, principal.policy, prompt + output_cap)
-        try:
-            worst = TokenUsage(prompt=prompt, completion=output_cap)
-            hold = cost_of(price.hold, worst, per_request=True)
-            wallet = await self._hold(principal, hold)
-        except BaseException:
-            lease.release(0)
-            raise
-        key_id = principal.key_id
-        charge = Charge(self._ledger, lease, key_id, model.name, request_id, price, self.prices)
-        charge.prompt_estimate, charge.output_cap = prompt, output_cap
-        charge._wallet, charge._hold = wallet, hold
-        self._ledger.begin(request_id, key_id, model.name, charge.created_at)
-        return charge
-
-    async def _unpriced(self, principal: Principal, model: ModelSettings) -> ModelPrice:
-        """A model no source prices: free for a key without a credit limit, refused to others —
-        unless the price list that would price it is still on its way (a fresh install)."""
-        if not principal.metered:
-            return self.prices.unpriced(model)
-        for price_list in self.prices.listed(model):
-            if not price_list and await price_list.wait_listed(FIRST_LIST_WAIT):
-                price = self.prices.price(model)
-                if price is not None:
-                    return price
-        raise ModelNotPriced(
-            f"The model {model.name!r} has no price (neither its upstream's price list nor the "
-            "config file prices it), so keys with a credit limit cannot use it. The operator "
-            "can set one under [prices] in the config file.",
-            param="model",
-        )
-
-    async def _hold(self, principal: Principal, hold: int) -> Wallet | None:
-        """Check revocation and hold `hold` from the key's wallet; None if it holds nothing."""
-        if await self._store.is_revoked(principal.key_id):
-            self._revoked()
-        if hold <= 0 or not principal.metered:
-            return None
-        wallet = self._ledger.wallets.take(principal.key_id, hold)
-        return wallet if wallet is not None else await self._top_up(principal.key_id, hold)
-
-    async def _top_up(self, key_id: int, hold: int) -> Wallet:
-        wallets = self._ledger.wallets
-        held = await wallets.top_up(key_id, hold) if not wallets.closed else Funding(0, None)
-        if isinstance(held, Wallet):
-            return held
-        # The wallet may undercount what its row holds (a request that cost more than its hold):
-        # once this process's entries are settled, giving it back makes the next top-up exact.
-        settled = not held.revoked and wallets.retirable(key_id)
-        settled = settled and await self._ledger.flush(at_most=1.0) and not self._ledger.pending
-        if settled and await wallets.retire(key_id):
-            held = await wallets.top_up(key_id, hold)
-            if isinstance(held, Wallet):
-                return held
-        # Other workers' wallets may hold the credit this request needs: once they gave back
-        # what no request of theirs holds, the balance is all the key has left.
-        if not held.revoked and not wallets.closed and await self.reclaim(key_id):
-            held = await wallets.top_up(key_id, hold)
-            if isinstance(held, Wallet):
-                return held
-        if held.revoked:
-            self._revoked()
-        if wallets.closed:  # after shutdown nothing may be funded: nobody would give it back
-            raise ShuttingDown("The server is shutting down; send the request again.")
-        left = (held.balance or 0) + wallets.free(key_id)
-        raise InsufficientCredits(
-            f"Insufficient credits: this key has ${format_credits(left):.6f} "
-            f"left, and this request could cost up to ${format_credits(hold):.6f}. "
-            "Top the key up, or lower max_tokens."
-        )
-
-    async def give_back(self, key_id: int) -> int:
-        """Another worker cannot fund a request of this key: give back what this process's
-        wallet holds of it and no request here does (all of it if idle); the amount."""
-        wallets = self._ledger.wallets
-        settled = wallets.retirable(key_id)
-        settled = settled and await self._ledger.flush(at_most=0.5) and not self._ledger.pending
-        return await wallets.release(key_id, settled)
-
-    def _revoked(self) -> NoReturn:
-        self._auth.forget()
-        raise AuthenticationFailed("This API key has been revoked.")
+    def json(self) -> dict[str, Any]: ...
 
 
-async def _nobody(key_id: int) -> int:
-    return 0
+class StreamMeter(Protocol):
+    """Accounting for one stream (Charge is one): sees what reaches the client."""
 
-
-def _check_allowed(principal: Principal, model: ModelSettings) -> None:
-    allowed = principal.policy.models
-    if allowed is not None and model.name not in allowed:
-        raise PermissionDenied(
-            f"This API key may not use the model {model.name!r}; "
-            f"it may use: {', '.join(allowed) or 'no models'}.",
-            param="model",
-        )
-
-
-def _estimate_prompt(body: Mapping[str, Any]) -> int:
-    try:
-        return estimate_input_tokens(body)
-    except (KeyError, TypeError, AttributeError):
-        # A shape the estimator does not know: a byte is never less than a token's worth.
-        # A Responses body (relay_responses.py) has `input` and `instructions` instead.
-        text = body.get("messages") or [body.get("input"), body.get("instructions")]
-        return len(orjson.dumps(text)) + len(orjson.dumps(body.get("tools")))
-
-
-def _output_cap(body: Mapping[str, Any], default: int) -> int:
-    """The output tokens an upstream that obeys the request may write: each of its `n` choices
-    up to the larger of max_tokens and max_completion_tokens (else the model's limit), plus a
-    reasoning budget an upstream may add on top (OpenRouter's reasoning.max_tokens)."""
-    # Inline checks, not a helper per field: this runs for every request.
-    limit = 0
-    for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):  # the last: Responses
-        value = body.get(name)
-        if value.__class__ is int and value > limit:
-            limit = value
-    limit = limit or default
-    reasoning = body.get("reasoning")
-    if reasoning.__class__ is dict:
-        budget = reasoning.get("max_tokens")
-        if budget.__class__ is int and budget > 0:
-            limit += budget
-    n = body.get("n")
-    return limit * n if n.__class__ is int and n > 1 else limit
+    def on_batch(self, batch: Sequence[Delivered]) -> None:
+        """Chunks about to go to the client; may edit them (usage.cost)."""
 
 
 _NOT_ROUTED = Route("", "")  # a charge's route until one answers
+
+
+class Held(NamedTuple):
+    """What admission held for a request: the prompt's estimate, its output cap, and `amount`
+    micro-credits in all from `wallet` (None: nothing held)."""
+
+    prompt: int
+    output_cap: int
+    wallet: Wallet | None
+    amount: int
 
 
 class Charge:
@@ -262,6 +90,7 @@ class Charge:
         request_id: str,
         price: ModelPrice,
         book: PriceBook,
+        held: Held,
     ) -> None:
         self._ledger = ledger
         self._lease = lease
@@ -279,12 +108,12 @@ class Charge:
         self.delivered_tokens = 0
         self.settled = False
         self.upstream_id: str | None = None  # the upstream's id for the answer
-        # What Credits.begin() held for it: the prompt's estimate and the most output an upstream
+        # What admission held for it: the prompt's estimate and the most output an upstream
         # that obeys the request may write, `_hold` in all, in `_wallet` (None: nothing held).
-        self.prompt_estimate = 0
-        self.output_cap = 0
-        self._wallet: Wallet | None = None  # what it does not use goes back there
-        self._hold = 0
+        self.prompt_estimate = held.prompt
+        self.output_cap = held.output_cap
+        self._wallet = held.wallet  # what it does not use goes back there
+        self._hold = held.amount
         self._priced: tuple[dict[str, Any], TokenUsage, int] | None = None  # usage, priced
         # What the console shows of it (describe()), and what a failure's client was told.
         self._trace: RequestTrace | None = None
@@ -365,13 +194,13 @@ class Charge:
         else:  # cancelled: the client went away before an upstream had the request
             self.settle(CLIENT_CLOSED, "client_closed", TokenUsage(), 0)
 
-    # The streamed path: relay.StreamMeter
+    # The streamed path: StreamMeter
 
-    def on_batch(self, batch: list[Chunk]) -> None:
+    def on_batch(self, batch: Sequence[Delivered]) -> None:
         """Chunks on their way to the client: count their tokens, price a usage chunk."""
         tokens = 0
         for chunk in batch:
-            if chunk.tokens is not None:  # nothing but content (relay.Chunk): no need to walk it
+            if chunk.tokens is not None:  # nothing but content: no need to walk it
                 tokens += chunk.tokens
                 continue
             parsed = chunk.json()

@@ -60,7 +60,7 @@ def _config(workdir: Path, base_url: str, cert: Path) -> Path:
         f'[providers.secure]\ntype = "openai"\nbase_url = "{base_url}"\nca_file = "{cert}"\n\n'
         '[models."secure-model"]\nroutes = ["secure:h2-model"]\n'
         '[models."secure-bomb"]\nroutes = ["secure:h2-bomb"]\n\n'
-        # An upstream that publishes its prices, as OpenRouter does (price_list.py).
+        # An upstream that publishes its prices, as OpenRouter does (accounting/price_list.py).
         f'[providers.listed]\ntype = "openrouter"\nbase_url = "{base_url}"\nca_file = "{cert}"\n\n'
         '[models."listed-model"]\nroutes = ["listed:h2-model"]\n'
     )

@@ -1,5 +1,6 @@
-"""SQLiteLimiter: ratelimit.py's sliding log kept in the gateway's SQLite file, so that it is exact
-across every process that opens the file (granian workers, or several `callmissed serve`).
+"""SQLiteLimiter: the sliding log (ratelimit/__init__.py) kept in the gateway's SQLite file, so
+that it is exact across every process that opens the file (granian workers, or several
+`callmissed serve`).
 
 A limited key's acquire and release are one short BEGIN IMMEDIATE transaction each on the
 limiter's own connection: SQLite's single write lock makes the read-check-write atomic across
@@ -25,8 +26,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from callmissed.accounting.ratelimit.base import (
+    UNLIMITED,
+    WINDOW,
+    HeldLease,
+    Lease,
+    Snapshot,
+    limited,
+    refusal,
+)
 from callmissed.errors import RateLimited
-from callmissed.ratelimit import UNLIMITED, WINDOW, HeldLease, Lease, Snapshot, limited, refusal
 from callmissed.store import KeyPolicy
 from callmissed.store.sqlite import connect, immediate
 

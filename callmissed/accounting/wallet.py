@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 
 from callmissed.store import Funding, Store
 
@@ -70,14 +71,15 @@ class Wallet:
 class Wallets:
     """This process's wallets, one per metered key it has served lately."""
 
-    def __init__(self, store: Store, instance: str) -> None:
+    def __init__(self, store: Store, instance: str | None = None) -> None:
+        """`instance` names this process in the store's hold rows (a new one if None)."""
         self._store = store
-        self._instance = instance
+        self.instance = instance or uuid.uuid4().hex
         self._open: dict[int, Wallet] = {}
         self._opened = 0
         self._stranded: list[str] = []  # wallets whose give-back failed: retried by the sweep
         self._refills: set[asyncio.Task[None]] = set()
-        self.closed = False  # after shutdown nothing may be funded (Credits refuses first)
+        self.closed = False  # after shutdown nothing may be funded (holds.py refuses first)
 
     def __len__(self) -> int:
         return len(self._open)
@@ -105,7 +107,7 @@ class Wallets:
         wallet = self._open.get(key_id)
         if wallet is None:
             self._opened += 1
-            wallet = Wallet(key_id, f"wallet:{self._instance}:{key_id}:{self._opened}")
+            wallet = Wallet(key_id, f"wallet:{self.instance}:{key_id}:{self._opened}")
             self._open[key_id] = wallet
         wallet.flying += 1  # not given back while this waits
         try:
@@ -139,7 +141,7 @@ class Wallets:
     async def _fund(self, wallet: Wallet, need: int, amount: int) -> Funding:
         """Top up by at least `need`, asking for a batch of `amount`-sized worst cases."""
         want = max(need, wallet.batch * amount)
-        funding = await self._store.fund(wallet.key_id, wallet.hold_id, need, want, self._instance)
+        funding = await self._store.fund(wallet.key_id, wallet.hold_id, need, want, self.instance)
         if self.closed and funding.taken:  # shut down meanwhile: nobody would give it back
             await self._store.give_back(wallet.hold_id)
             return Funding(0, None)

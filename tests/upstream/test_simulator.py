@@ -12,7 +12,7 @@ import pytest
 
 from callmissed.formats.embeddings import decode_vector, shorten
 from callmissed.settings import SimProfile
-from callmissed.simulator import (
+from callmissed.upstream.simulator import (
     MAX_SIM_DIMENSIONS,
     SimulatedResponse,
     embed,

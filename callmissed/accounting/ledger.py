@@ -20,7 +20,6 @@ import itertools
 import logging
 import os
 import tempfile
-import uuid
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -28,9 +27,9 @@ from typing import Any
 
 import orjson
 
+from callmissed.accounting.wallet import Wallets
 from callmissed.settings import Settings
 from callmissed.store import LedgerEntry, Store
-from callmissed.wallet import Wallets
 
 __all__ = ["Ledger", "ledger_directory"]
 
@@ -55,14 +54,18 @@ class Ledger:
         self,
         store: Store,
         directory: Path,
+        wallets: Wallets,
         on_settled: Callable[[LedgerEntry], None] | None = None,
     ) -> None:
-        """`on_settled` hears of each request as it is journaled (observe.py: the access log
-        and traces are written from here, where a request's accounting settles)."""
+        """`wallets` are this process's: entries name them, the writer gives idle ones back and
+        close() all of them, and the journal is named for their instance (recovery gives a dead
+        process's wallets back by it). `on_settled` hears of each request as it is journaled
+        (observe.py: the access log and traces are written from here, where a request's
+        accounting settles)."""
         self._store = store
         self._on_settled = on_settled
         self._directory = directory
-        self.instance = uuid.uuid4().hex
+        self.instance = wallets.instance
         self._path = directory / f"{self.instance}{_SUFFIX}"
         self._fd = -1
         self._base = 0  # total bytes ever appended when the file was last truncated
@@ -80,7 +83,7 @@ class Ledger:
         self._stragglers: set[asyncio.Task[None]] = set()
         self._flying: dict[str, bytes] = {}  # request id -> its begin line, until it ends
         self._unjournaled: list[str] = []  # requests whose begin line is not written yet
-        self.wallets = Wallets(store, self.instance)
+        self.wallets = wallets
 
     def alive(self, instance: str) -> bool:
         """Whether the process of ledger `instance` still runs: it holds its journal's flock until

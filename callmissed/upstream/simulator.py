@@ -3,6 +3,8 @@
 It speaks the OpenAI-compatible wire format as bytes, exactly like a real server would, so the
 whole relay runs unchanged; it only skips the network. Timing comes from each model's
 `simulate` profile in the catalog (first-token and total times from the Getting Started page).
+`SimulatorTransport` keeps the transport contract (contract.py), so the pool sends to it as to
+any other upstream.
 Embeddings are feature-hashed words: the same text always gets the same unit vector, and texts
 that share words point the same way, so retrieval demos work offline.
 """
@@ -21,14 +23,18 @@ from typing import Any
 
 import orjson
 
+from callmissed.errors import UpstreamError
 from callmissed.formats.embeddings import encode_vector
-from callmissed.settings import SimProfile
+from callmissed.providers import UpstreamRequest
+from callmissed.settings import Settings, SimProfile
 from callmissed.token_estimate import estimate_embedding_tokens
+from callmissed.upstream.contract import Peer, Response
 
 __all__ = [
     "MAX_SIM_DIMENSIONS",
     "SimulatedEmbeddings",
     "SimulatedResponse",
+    "SimulatorTransport",
     "embed",
     "simulate",
     "simulate_embeddings",
@@ -45,8 +51,37 @@ _THOUGHT = _THINKING.split()
 _THINKING_SCALE = {"none": 0.0, "minimal": 0.25, "low": 0.5, "medium": 1.0, "high": 2.0}
 
 
+class SimulatorTransport:
+    """Answers chat and embeddings requests in-process, paced by each model's profile."""
+
+    def __init__(self, settings: Settings, peer: Peer) -> None:
+        self._peer = peer
+        self._profiles: dict[str, SimProfile] = {
+            route.upstream_model: model.simulate
+            for model in settings.models.values()
+            if model.simulate
+            for route in model.routes
+        }
+
+    async def send(self, request: UpstreamRequest, method: str = "POST") -> Response:
+        if method != "POST":
+            raise UpstreamError(f"{self._peer} answers no {method}", provider=self._peer.name)
+        if request.url.endswith("/embeddings"):
+            return simulate_embeddings(request.body)
+        profile = self._profiles.get(request.model)
+        if profile is None:
+            raise UpstreamError("the simulator has no such model", provider=self._peer.name)
+        return simulate(profile, request.body)
+
+    async def warm(self, url: str, count: int) -> None:
+        pass  # no connections
+
+    async def close(self) -> None:
+        pass
+
+
 class SimulatedResponse:
-    """Quacks like upstream.UpstreamResponse; produced without a socket."""
+    """A contract.Response produced without a socket."""
 
     status = 200
     retry_after: float | None = None

@@ -1,4 +1,4 @@
-"""callmissed.pricing: where each route's price comes from, the hold's worst case, the markup."""
+"""accounting/pricing.py: where each route's price comes from, the hold's worst case, the markup."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-from callmissed.price_list import PriceList, parse_model_list
-from callmissed.pricing import (
+from callmissed.accounting.price_list import PriceList, parse_model_list
+from callmissed.accounting.pricing import (
     DEFAULT_OUTPUT_CAP,
     PriceBook,
     Rates,

@@ -1,9 +1,9 @@
-"""Credits against the real gateway, on SQLite and PostgreSQL: prices, wallets, settlement,
-402, usage.cost.
+"""Credits against the real gateway, on SQLite and PostgreSQL: prices, wallets, settlement, 402,
+usage.cost.
 
 Every balance is checked to the micro-credit straight from the database, wallets included. The
-priced fake models (tests/accounting.py) cost 1 micro-credit per input token and 2 per output
-token; the fake upstream reports 5 prompt and 6 completion tokens unless its behaviour says
+priced fake models (tests/accounting/__init__.py) cost 1 micro-credit per input token and 2 per
+output token; the fake upstream reports 5 prompt and 6 completion tokens unless its behaviour says
 otherwise.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from callmissed.credits import (
+from callmissed.accounting.pricing import (
     Rates,
     TokenUsage,
     cost_of,

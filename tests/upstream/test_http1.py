@@ -1,4 +1,4 @@
-"""callmissed.http1 against real servers on 127.0.0.1, under asyncio and uvloop.
+"""callmissed.upstream.http1 against real servers on 127.0.0.1, under asyncio and uvloop.
 
 aiohttp.web serves the well-behaved cases; raw asyncio servers play the odd upstreams.
 """
@@ -20,7 +20,7 @@ import pytest
 import uvloop
 from aiohttp import web
 
-from callmissed.http1 import Client, Disconnected
+from callmissed.upstream.http1 import Client, Disconnected
 from tests.conftest import free_port
 from tests.test_http2 import self_signed
 

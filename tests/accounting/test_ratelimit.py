@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from callmissed.accounting.ratelimit import Limiter, MemoryLimiter
+from callmissed.accounting.ratelimit.sqlite import SQLiteLimiter
 from callmissed.errors import RateLimited
-from callmissed.ratelimit import Limiter, MemoryLimiter
-from callmissed.ratelimit_sqlite import SQLiteLimiter
 from callmissed.store import KeyPolicy
 from callmissed.store.sqlite import SQLiteStore
 from tests.accounting import chat, new_key, query, settle, start_billing_gateway
@@ -236,7 +236,7 @@ def test_sqlite_tables_stay_bounded(sqlite_path, clock):
 async def _redis_limiter(window: float) -> Limiter:
     from redis.asyncio import Redis
 
-    from callmissed.ratelimit_redis import RedisLimiter
+    from callmissed.accounting.ratelimit.redis import RedisLimiter
 
     probe = Redis.from_url(REDIS_URL)
     try:
