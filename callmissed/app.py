@@ -90,21 +90,17 @@ def guards(gateway: Gateway) -> dict[str, Guard | None]:
 
 
 def connect_peers(gateway: Gateway) -> tuple[Peers, HealthPeers]:
-    """This worker's link to the server's other workers (built by the gateway, whose accounting
-    asks them for a key's idle credit and answers the same): what else they may ask of it (its
-    metrics, to drop its cached keys), and the routes' health, which they share."""
+    """This worker's link to the server's other workers, which the gateway built: its
+    accounting asks them for a key's idle credit and to drop cached keys, and answers the same
+    (accounting/holds.py, accounting/keys.py); here, what they may ask of its metrics, and the
+    routes' health, which they share."""
     peers = gateway.peers
     health = HealthPeers(gateway.health, peers)
 
     async def snapshot(_: Any) -> dict[str, Any]:
         return gateway.metrics.snapshot(gateway.failover.inflight)
 
-    async def forget(_: Any) -> bool:
-        gateway.auth.forget()
-        return True
-
     peers.serve("metrics", snapshot)
-    peers.serve("forget", forget)
     return peers, health
 
 
@@ -160,7 +156,7 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> App:
         ("POST", "/admin/keys"): Endpoint(bind(admin_api.keys_collection), guard=write),
         **{
             (method, "/admin/keys/*"): Endpoint(
-                functools.partial(admin_api.keys_item, gateway, peers),
+                functools.partial(admin_api.keys_item, gateway),
                 guard=admin if method == "GET" else write,
             )
             for method in ("GET", "PATCH", "POST")
@@ -179,4 +175,5 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> App:
 
 def create_app() -> ASGIApp:
     """The factory for an ASGI server (`callmissed serve` uses rsgi.create_app instead)."""
-    return ASGIApp(build_app(load_settings()))
+    settings = load_settings()
+    return ASGIApp(build_app(settings), settings.edge)

@@ -17,10 +17,11 @@ from typing import Any
 import orjson
 
 from callmissed import __version__
+from callmissed.accounting.keys import UNCHANGED, KeyAdmin
 from callmissed.accounting.pricing import MICRO, parse_credits
-from callmissed.auth import create_key
+from callmissed.errors import GatewayError
 from callmissed.settings import Settings, SettingsError, load_settings
-from callmissed.store import MAX_BALANCE, KeyPolicy, KeyRecord, Store, open_store
+from callmissed.store import KeyPolicy, KeyRecord, open_store
 from callmissed.store.budget import LIMIT_RESETS
 
 __all__ = ["FIRST_KEY_FILE", "first_key_path", "main"]
@@ -359,13 +360,13 @@ def first_key_path(settings: Settings) -> Path:
     return Path(FIRST_KEY_FILE).absolute()
 
 
-async def _first_key(store: Store, path: Path) -> int:
+async def _first_key(keys: KeyAdmin, path: Path) -> int:
     """An unlimited key for a new database. On a terminal it is shown; anywhere else (a
     container's or a service manager's log keeps what it is given) it goes to a file only
     this user can read, and the log gets the file's path."""
-    if await store.list_keys():
+    if await keys.list_keys():
         return 0
-    key, record = await create_key(store, "first key")
+    key, record = await keys.create("first key")
     if sys.stdout.isatty():
         print("Created your first API key (unlimited; shown once, store it now):", flush=True)
         print(f"  {key}", flush=True)
@@ -373,7 +374,7 @@ async def _first_key(store: Store, path: Path) -> int:
     try:
         _write_private(path, f"{key}\n")
     except OSError as exc:
-        await store.revoke_key(record.id)
+        await keys.revoke(record.id)
         print(
             f"callmissed: could not write the first key to {path} ({exc.strerror}); "
             "create one with `callmissed keys create`",
@@ -397,47 +398,49 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def _with_store(
-    settings: Settings, run: Callable[[Store, Any], Awaitable[int]], args: Any = None
+    settings: Settings, run: Callable[[KeyAdmin, Any], Awaitable[int]], args: Any = None
 ) -> int:
     async def main() -> int:
         store = open_store(settings.database_url)
         await store.start()
         try:
-            return await run(store, args)
+            return await run(KeyAdmin(store), args)
+        except GatewayError as exc:  # a refusal (accounting/keys.py), as the admin API's
+            print(f"callmissed: {exc.message}", file=sys.stderr)
+            return 1
         finally:
             await store.close()
 
     return asyncio.run(main())
 
 
-def _on_store(run: Callable[[Store, Any], Awaitable[int]]) -> Callable[[Settings, Any], int]:
-    """A key command: `run(store, args)` with the store open, in an event loop."""
+def _on_store(run: Callable[[KeyAdmin, Any], Awaitable[int]]) -> Callable[[Settings, Any], int]:
+    """A key command: `run(keys, args)` with the store open, in an event loop; the same key
+    administration as the admin API's (accounting/keys.py)."""
     return lambda settings, args: _with_store(settings, run, args)
 
 
-async def _keys_create(store: Store, args: argparse.Namespace) -> int:
+async def _keys_create(keys: KeyAdmin, args: argparse.Namespace) -> int:
     credits = _credits(args.credits) if args.credits is not None else None
     if args.limit_reset is not None and credits is None:
         raise SystemExit("callmissed: --limit-reset needs --credits: the limit that resets")
     models = tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else None
     policy = KeyPolicy(args.rpm, args.tpm, args.max_concurrent, models)
-    key, record = await create_key(store, args.name, credits, policy, args.limit_reset)
+    key, record = await keys.create(args.name, credits, policy, args.limit_reset)
     print(f"Created key {record.id} ({record.name}): {_summary(record)}. It is shown only once:")
     print(key)
     return 0
 
 
-async def _keys_list(store: Store, args: argparse.Namespace) -> int:
-    for record in await store.list_keys():
+async def _keys_list(keys: KeyAdmin, args: argparse.Namespace) -> int:
+    for record in await keys.list_keys():
         state = "active" if record.active else "revoked"
         print(f"{record.id}\t{record.key_prefix}…\t{record.name}\t{_usd(record.credits)}\t{state}")
     return 0
 
 
-async def _keys_show(store: Store, args: argparse.Namespace) -> int:
-    record = await _find(store, args.key_id)
-    if record is None:
-        return 1
+async def _keys_show(keys: KeyAdmin, args: argparse.Namespace) -> int:
+    record = await keys.get(args.key_id)
     state = "active" if record.active else "revoked"
     print(f"key {record.id} ({record.name}, {record.key_prefix}…): {state}")
     print(f"  {_summary(record)}")
@@ -445,7 +448,7 @@ async def _keys_show(store: Store, args: argparse.Namespace) -> int:
     if record.limit_reset is not None and record.window_start is not None:
         start = datetime.fromtimestamp(record.window_start, UTC).strftime("%Y-%m-%d %H:%M UTC")
         print(f"  this window (since {start}): spent {_usd(record.window_spent)}")
-    for row in await store.recent_usage(record.id, 10):
+    for row in await keys.usage(record.id, 10):
         upstream_id = row.get("upstream_id")  # the upstream's own id: check the bill with it
         print(
             f"  {row['request_id']}  {row['model']}  {row['status']}  "
@@ -455,15 +458,11 @@ async def _keys_show(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _keys_update(store: Store, args: argparse.Namespace) -> int:
-    record = await _find(store, args.key_id)
-    if record is None:
-        return 1
+async def _keys_update(keys: KeyAdmin, args: argparse.Namespace) -> int:
+    record = await keys.get(args.key_id)
+    limit_reset: Any = UNCHANGED
     if args.limit_reset is not None:
-        if record.credits is None:
-            raise SystemExit("callmissed: an unlimited key has no credit limit to reset")
         limit_reset = None if args.limit_reset == "none" else args.limit_reset
-        record = await store.set_limit_reset(record.id, limit_reset) or record
     changes = {
         name: value
         for name, value in (
@@ -474,44 +473,29 @@ async def _keys_update(store: Store, args: argparse.Namespace) -> int:
     if args.models is not None:
         models = tuple(m.strip() for m in args.models.split(",") if m.strip())
         changes["models"] = None if args.models == "none" else models
+    policy = None
     if changes:
         policy = dataclasses.replace(
             record.policy, **{name: value or None for name, value in changes.items()}
         )
-        record = await store.set_policy(record.id, policy) or record
+    record = await keys.update(record.id, policy, limit_reset)
     print(f"Key {record.id} ({record.name}): {_summary(record)}.")
     return 0
 
 
-async def _keys_revoke(store: Store, args: argparse.Namespace) -> int:
-    if not await store.revoke_key(args.key_id):
+async def _keys_revoke(keys: KeyAdmin, args: argparse.Namespace) -> int:
+    if not await keys.revoke(args.key_id):
         print(f"callmissed: no active key with id {args.key_id}", file=sys.stderr)
         return 1
     print(f"Revoked key {args.key_id}.")
     return 0
 
 
-async def _keys_topup(store: Store, args: argparse.Namespace) -> int:
+async def _keys_topup(keys: KeyAdmin, args: argparse.Namespace) -> int:
     amount = _credits(args.credits)
-    record = await store.topup(args.key_id, amount)
-    if record is None:
-        found = await _find(store, args.key_id)
-        if found is not None and found.active and found.credits is not None:
-            most = MAX_BALANCE // MICRO
-            print(f"callmissed: a top-up may not take a balance past {most:,} USD", file=sys.stderr)
-        elif found is not None:
-            message = "only an active key with a credit limit can be topped up"
-            print(f"callmissed: {message}", file=sys.stderr)
-        return 1
+    record = await keys.top_up(args.key_id, amount)
     print(f"Key {record.id}: added {_usd(amount)}, balance {_usd(record.credits)}.")
     return 0
-
-
-async def _find(store: Store, key_id: int) -> KeyRecord | None:
-    record = await store.get_key(key_id)
-    if record is None:
-        print(f"callmissed: no key with id {key_id}", file=sys.stderr)
-    return record
 
 
 def _summary(record: KeyRecord) -> str:

@@ -13,7 +13,8 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from callmissed.errors import InvalidRequest, UpstreamError
+from callmissed import failures
+from callmissed.errors import InvalidRequest
 from callmissed.failover import Failover
 from callmissed.formats.embeddings import EmbeddingBatch, EmbeddingRequest, finish_vector
 from callmissed.routing import Target
@@ -94,15 +95,14 @@ async def _send(
         response.close()
     if more:
         label = f"{provider.label} ({provider.name})"
-        raise UpstreamError(
-            f"{label} answered with more than {limit} bytes", provider=provider.name
-        )
+        message = f"{label} answered with more than {limit} bytes"
+        raise failures.failure(failures.TOO_LARGE, message, provider=provider.name)
     return provider.parse_embeddings(body)
 
 
 async def _gather(jobs: list[Awaitable[T]]) -> list[T]:
     """Every job's result in order, at most MAX_BATCHES_AT_ONCE at once; the first failure
-    cancels the rest and is raised as it is (failover.py tells retryable failures apart)."""
+    cancels the rest and is raised as it is (failures.py says what follows it)."""
     if len(jobs) == 1:
         return [await jobs[0]]  # the usual case: no task to make
     slots = asyncio.Semaphore(MAX_BATCHES_AT_ONCE)
@@ -135,7 +135,8 @@ def _merge(
     lengths: set[int] = set()
     for batch, answer in zip(batches, answers, strict=True):
         if len(answer.vectors) != len(batch):
-            raise UpstreamError(
+            raise failures.failure(
+                failures.MALFORMED,
                 f"{label} answered {len(answer.vectors)} embeddings for {len(batch)} inputs",
                 provider=provider.name,
             )
@@ -148,8 +149,9 @@ def _merge(
                 if len(lengths) > 1:  # one model's vectors all have its length
                     raise ValueError("its vectors have different lengths")
             except ValueError as exc:
-                raise UpstreamError(
-                    f"{label} sent a malformed embedding: {exc}", provider=provider.name
+                message = f"{label} sent a malformed embedding: {exc}"
+                raise failures.failure(
+                    failures.MALFORMED, message, provider=provider.name
                 ) from None
             data.append({"object": "embedding", "index": len(data), "embedding": finished})
     envelope = answers[0].envelope

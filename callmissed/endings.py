@@ -30,7 +30,8 @@ client left      before an upstream had it         499      nothing
 
 In one sentence: the key pays for what it got, and for what an upstream bills for a request the
 key walked away from; never for a failure beyond the output that reached it. Output is never
-billed beyond what an upstream that obeys the request can write (credits.Charge.estimate).
+billed beyond what an upstream that obeys the request can write (Charge.estimate, in
+accounting/settlement.py).
 """
 
 from __future__ import annotations
@@ -40,9 +41,10 @@ import enum
 from collections.abc import Callable
 from typing import Any
 
+from callmissed import failures
 from callmissed.accounting.settlement import CLIENT_CLOSED, Charge
 from callmissed.deadlines import Deadline, Deadlines
-from callmissed.errors import GatewayError, ShuttingDown, UpstreamError, UpstreamTimeout
+from callmissed.errors import GatewayError, ShuttingDown, UpstreamError
 from callmissed.health import Health, route_name
 from callmissed.metrics import Metrics
 from callmissed.relay import ChatStream
@@ -107,7 +109,7 @@ class StreamOwner(Deadline):
         super().__init__(deadlines, min(self._loop.time() + idle, deadline))
         self._stream = stream
         self._charge = charge
-        self.meter = charge  # sees every batch that reaches the client (relay.StreamMeter)
+        self.meter = charge  # sees every batch that reaches the client (settlement.StreamMeter)
         self._route = route
         self._model = model
         self._health = health
@@ -127,10 +129,12 @@ class StreamOwner(Deadline):
         now = self._loop.time()
         stream = self._stream
         if now >= self._deadline:
-            self._end(UpstreamTimeout("the answer did not finish within the total timeout"))
+            message = "the answer did not finish within the total timeout"
+            self._end(failures.failure(failures.TOTAL_TIMEOUT, message))
             return
         if stream.reading and now - stream.read_started >= self._idle:
-            self._end(UpstreamTimeout(f"the upstream sent nothing for {self._idle:g} s"))
+            message = f"the upstream sent nothing for {self._idle:g} s"
+            self._end(failures.failure(failures.IDLE_TIMEOUT, message))
             return
         since = stream.read_started if stream.reading else now
         self.when = min(since + self._idle, self._deadline)

@@ -18,7 +18,7 @@
   x ShuttingDown                   503 overloaded_error       shutting_down (+retry_after)
   x RoutesResting                  503 api_error              routes_resting (+retry_after)
   x UpstreamError                  502 api_error              upstream_error (+provider, status,
-                                                                              retryable)
+                                                                              kind)
     + UpstreamUnreachable          502 api_error              upstream_error (no answer began)
     + UpstreamBroken               502 api_error              upstream_error (the answer broke)
       + UpstreamBodyTooLarge       502 api_error              upstream_error (inflates too far)
@@ -30,6 +30,7 @@ Every upstream transport (callmissed/upstream/contract.py) fails with one of Ups
 UpstreamBroken (UpstreamBodyTooLarge) or UpstreamTimeout, whichever transport it is.
 
 Messages are written for a human and never carry an upstream secret or a raw upstream body.
+Which UpstreamError an upstream's failure raises, and what follows it, is callmissed/failures.py.
 """
 
 from __future__ import annotations
@@ -254,8 +255,8 @@ class RoutesResting(GatewayError):
 class UpstreamError(GatewayError):
     """The upstream failed, answered garbage, or broke its stream.
 
-    `retryable` says whether another route may succeed where this one failed (failover.py);
-    a broken connection or stream is, the client's own bad request is not.
+    `kind` is its row of the failure table (callmissed/failures.py, which makes these errors):
+    whether another route is tried, the same one again, and how its breaker counts it.
     """
 
     status = 502
@@ -268,13 +269,12 @@ class UpstreamError(GatewayError):
         provider: str = "",
         upstream_status: int | None = None,
         retry_after: float | None = None,
-        retryable: bool = True,
     ) -> None:
         super().__init__(message)
         self.provider = provider
         self.upstream_status = upstream_status
         self.retry_after = retry_after
-        self.retryable = retryable
+        self.kind = ""  # set by failures.py; "" reads as its status's row (failures.rule)
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         if self.upstream_status == 401:  # our credentials: as for ProviderNotConfigured

@@ -1,12 +1,13 @@
 """Which route answers a request: fallback, same-route retries, hedging, and its time limits.
 
 A model's routes are tried best first (health.py orders them). The first attempt to produce a first
-token wins and is committed to; before that, a retryable failure moves on to the next route (a
-bounded number of attempts; a route is retried only after a jittered backoff that honours its
-Retry-After) and a non-retryable one goes straight to the client. With `hedge_after_ms`, a slow
-first attempt gets a second one racing it; the loser is cancelled. After commit nothing switches:
-the stream belongs to its owner (endings.py), which ends a silent or overdue one with an error the
-SDK raises and settles every ending. relay.py decodes; upstream/ does the I/O.
+token wins and is committed to; before that, a failure moves on to the next route or goes straight
+to the client, and may have its route tried again, as the failure table says (failures.py): a
+bounded number of attempts, and a route is retried only after a jittered backoff that honours its
+Retry-After. With `hedge_after_ms`, a slow first attempt gets a second one racing it; the loser
+is cancelled. After commit nothing switches: the stream belongs to its owner (endings.py), which
+ends a silent or overdue one with an error the SDK raises and settles every ending. relay.py
+decodes; upstream/ does the I/O.
 docs/resilience.md has the rules and the defaults.
 """
 
@@ -21,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from callmissed import failures
 from callmissed.accounting.settlement import Charge
 from callmissed.deadlines import Deadlines, Timeout
 from callmissed.endings import (
@@ -30,7 +32,7 @@ from callmissed.endings import (
     settle_abandoned,
     settle_unanswered,
 )
-from callmissed.errors import GatewayError, UpstreamError, UpstreamTimeout
+from callmissed.errors import GatewayError, UpstreamError
 from callmissed.health import Health, route_name
 from callmissed.metrics import Metrics
 from callmissed.providers import Provider, UpstreamRequest
@@ -40,14 +42,9 @@ from callmissed.settings import Limits, ModelSettings, Route, Settings
 from callmissed.timing import RequestTrace
 from callmissed.upstream import Upstream, UpstreamResponse
 
-__all__ = ["TRANSIENT_STATUSES", "Failover", "Won"]
+__all__ = ["Failover", "Won"]
 
 T = TypeVar("T")
-
-# Failures the same route may well not repeat a moment later, so it is worth one more try.
-# No status means the connection broke or the answer was garbage. Timeouts and 429s are not
-# here: waiting them out again is the client's call, and its SDK backs off by itself.
-TRANSIENT_STATUSES = frozenset({None, 500, 502, 503, 520, 521, 522, 523, 525, 526, 529})
 
 
 # Not frozen: one or more is made per request, and a frozen dataclass is ~5x slower to make.
@@ -249,7 +246,8 @@ class Failover:
                         raise
             except TimeoutError:
                 label = f"{target.provider.label} ({target.provider.name})"
-                raise UpstreamTimeout(
+                raise failures.failure(
+                    failures.FIRST_TOKEN_TIMEOUT,
                     f"{label} sent no first token within {timeouts.first_token:g} s",
                     provider=target.provider.name,
                 ) from None
@@ -322,8 +320,9 @@ class Failover:
         except TimeoutError:
             self._metrics.inc("callmissed_requests_total", model.name, "error")
             total = (model.timeouts or self._timeouts).total
-            raise request.reason or UpstreamTimeout(
-                f"{model.name} produced no answer within the {total:g} s total timeout"
+            raise request.reason or failures.failure(
+                failures.TOTAL_TIMEOUT,
+                f"{model.name} produced no answer within the {total:g} s total timeout",
             ) from None
         except GatewayError:
             self._metrics.inc("callmissed_requests_total", model.name, "error")
@@ -455,15 +454,15 @@ class _Plan:
 
     def failed(self, target: Target, error: UpstreamError) -> None:
         """Record a failed attempt; raise `error` if no other route should be tried after it."""
+        rule = failures.rule(error)
         self._health.failed(target.route, error)
         self.failures.append((target, error))
-        name = route_name(target.route)
-        outcome = _outcome(error)
+        outcome = failures.outcome(error)
         self._trace.end_attempt(target, outcome)
-        self._metrics.inc("callmissed_attempts_total", name, outcome)
-        if not error.retryable:
+        self._metrics.inc("callmissed_attempts_total", route_name(target.route), outcome)
+        if not rule.fallback:
             raise error
-        if error.upstream_status in TRANSIENT_STATUSES and not isinstance(error, UpstreamTimeout):
+        if rule.retry:
             self._retry.append((target, error))
 
     def abandoned(self, target: Target, started: float) -> None:
@@ -484,7 +483,7 @@ class _Plan:
         if self.hedge is not None:
             winner = "hedge" if target is self.hedge else "first"
             self._metrics.inc("callmissed_hedges_total", self._model.name, winner)
-        failed = tuple([f"{route_name(t.route)} {_outcome(e)}" for t, e in self.failures])
+        failed = tuple([_attempt(t, e) for t, e in self.failures])
         return Won(target, result, self.attempts, failed, self.hedge is not None)
 
     def exhausted(self) -> GatewayError:
@@ -493,7 +492,7 @@ class _Plan:
             return self._health.unavailable(self._model, self._targets)
         last = self.failures[-1][1]
         if len(self.failures) > 1:
-            tried = ", ".join(f"{route_name(t.route)} {_outcome(e)}" for t, e in self.failures)
+            tried = ", ".join(_attempt(t, e) for t, e in self.failures)
             last.message = f"{last.message} (after {len(self.failures)} attempts: {tried})"
         return last
 
@@ -533,12 +532,6 @@ async def _race(
             discard_loser(task)
 
 
-# How a failed attempt is counted in metrics and named in messages.
-_OUTCOMES = {None: "broken", 429: "rate_limited", 408: "timeout", 504: "timeout"}
-
-
-def _outcome(error: UpstreamError) -> str:
-    if isinstance(error, UpstreamTimeout) and error.upstream_status is None:
-        return "timeout"
-    status = error.upstream_status
-    return _OUTCOMES.get(status) or str(status)
+def _attempt(target: Target, error: UpstreamError) -> str:
+    """A failed attempt as the "after n attempts" message and RouteInfo name it."""
+    return f"{route_name(target.route)} {failures.outcome(error)}"

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from callmissed.accounting.credits import Accounting
+from callmissed.accounting.keys import KeyAdmin
 from callmissed.accounting.ledger import Ledger, ledger_directory
 from callmissed.accounting.price_list import FETCH_TIMEOUT, MAX_LIST_BYTES, PriceList
 from callmissed.accounting.pricing import PriceBook
@@ -118,6 +119,7 @@ class Gateway:
         self.accounting = Accounting(
             self.store, ledger, wallets, self.limiter, self.auth, prices, self.peers
         )
+        self.keys = KeyAdmin(self.store, ledger, self.auth, self.peers)  # admin API, GET /v1/key
         self.health = Health(settings.resilience)
         self.metrics = Metrics(
             settings.models,

@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from callmissed.errors import RoutesResting, UpstreamError, UpstreamTimeout
+from callmissed import failures
+from callmissed.errors import RoutesResting, UpstreamError
 from callmissed.routing import Target
 from callmissed.settings import ModelSettings, Resilience, Route
 
@@ -142,9 +143,14 @@ class Health:
             self._listener(["ok", *route, now, ttfb], was != CLOSED)
 
     def failed(self, route: Route, error: UpstreamError) -> None:
+        """An attempt failed with `error`; the failure table (failures.py) says how it counts:
+        the client's own bad request is the route answering."""
+        if failures.rule(error).breaker is failures.Breaker.SUCCESS:
+            self.succeeded(route, None)
+            return
         health = self.get(route)
         now = self._clock()
-        outcome = _outcome(error)
+        outcome = failures.outcome(error)
         self._failed(health, now, error.retry_after, outcome, opened=False)
         opened = health.state == OPEN and health.changed_at == now  # it opened, or again
         if self._listener is not None:
@@ -290,12 +296,6 @@ def _raise_ttfb(health: RouteHealth, waited: float) -> None:
     if health.ttfb is None or waited > health.ttfb:
         current = waited if health.ttfb is None else health.ttfb
         health.ttfb = _ewma(current, waited, TTFB_ALPHA)
-
-
-def _outcome(error: UpstreamError) -> str:
-    if error.upstream_status is not None:
-        return str(error.upstream_status)
-    return "timeout" if isinstance(error, UpstreamTimeout) else "broken"
 
 
 def _resting(health: RouteHealth, now: float) -> str:

@@ -1,4 +1,5 @@
-"""The layout STYLE.md promises, checked: pure providers and formats, modest module sizes."""
+"""The layout STYLE.md promises, checked: pure providers and formats, upstream I/O only in
+callmissed/upstream/, modest module sizes."""
 
 from __future__ import annotations
 
@@ -10,12 +11,42 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "callmissed"
 PURE = ["providers", "formats"]
-IO_MODULES = {
+UPSTREAM = PACKAGE / "upstream"
+# What talks to upstreams: the HTTP clients and parsers, and the transports built on them
+# (callmissed/upstream/contract.py). Only callmissed/upstream/ imports them, but for the tools
+# named here, which run beside the gateway and never on a request's path.
+UPSTREAM_IO = {
+    "pyreqwest",  # http2.py
+    "httptools",  # http1.py's response parser
     "aiohttp",
     "httpx",
+    "h2",
+    "callmissed.upstream.http1",
+    "callmissed.upstream.http1_transport",
+    "callmissed.upstream.http2",
+    "callmissed.upstream.simulator",
+}
+UPSTREAM_IO_OUTSIDE = {
+    "bench.py": {"pyreqwest"},  # `callmissed bench`: its client of the gateway under test
+    "checklist.py": {"aiohttp"},  # `callmissed doctor --url`: the checklist against a gateway
+    "doctor.py": {"aiohttp"},  # `callmissed doctor`: times each upstream's handshakes
+}
+# Sockets opened through asyncio's streams (the other way to reach a server), and who may.
+SOCKET_CALLS = {"open_connection", "create_connection", "open_unix_connection", "sock_connect"}
+SOCKETS_OUTSIDE = {
+    "checklist.py",  # ALPN and h2c probes of the gateway
+    "doctor.py",  # TCP and TLS handshake timings
+    "peers.py",  # the gateway's own workers, over unix sockets
+}
+# Everything that does I/O, none of which a pure module may import.
+IO_MODULES = UPSTREAM_IO | {
     "asyncpg",
     "redis",
     "sqlite3",
+    "socket",
+    "ssl",
+    "http.client",
+    "asyncio",
     "callmissed.store",
     "callmissed.upstream",
 }
@@ -28,7 +59,8 @@ def _imports(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
+            names.add(node.module)  # and each name, which may be a module (`from a import b`)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
 
 
@@ -38,10 +70,46 @@ def _imports(path: Path) -> set[str]:
     ids=lambda p: f"{p.parent.name}/{p.name}",
 )
 def test_providers_and_formats_do_no_io(path):
-    leaks = {
-        name for name in _imports(path) if name.split(".")[0] in IO_MODULES or name in IO_MODULES
-    }
+    leaks = {name for name in _imports(path) if _within(name, IO_MODULES)}
     assert not leaks, f"{path.name} imports {leaks}"
+
+
+def _within(name: str, modules: set[str]) -> bool:
+    """Whether `name` is one of `modules` or inside one."""
+    return any(name == module or name.startswith(f"{module}.") for module in modules)
+
+
+def _socket_calls(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    return {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and node.attr in SOCKET_CALLS
+    }
+
+
+OUTSIDE_UPSTREAM = [p for p in sorted(PACKAGE.rglob("*.py")) if UPSTREAM not in p.parents]
+
+
+@pytest.mark.parametrize("path", OUTSIDE_UPSTREAM, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_only_the_upstream_package_talks_to_upstreams(path):
+    allowed = UPSTREAM_IO_OUTSIDE.get(str(path.relative_to(PACKAGE)), set())
+    leaks = {
+        name for name in _imports(path) if _within(name, UPSTREAM_IO) and not _within(name, allowed)
+    }
+    assert not leaks, f"{path.name} imports {leaks}: upstream I/O belongs in callmissed/upstream/"
+    if str(path.relative_to(PACKAGE)) not in SOCKETS_OUTSIDE:
+        assert not _socket_calls(path), f"{path.name} opens sockets of its own"
+
+
+def test_the_upstream_io_list_names_what_upstream_uses():
+    """The list above is the transports' real dependencies, not a wish: each is imported."""
+    used = set().union(*(_imports(path) for path in UPSTREAM.glob("*.py")))
+    used |= {name.split(".")[0] for name in used}
+    assert {"pyreqwest", "httptools"} <= used
+    transports = {name for name in UPSTREAM_IO if name.startswith("callmissed.upstream.")}
+    assert transports <= used
+    assert (UPSTREAM / "http1.py").exists() and _socket_calls(UPSTREAM / "http1.py")
 
 
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: p.name)

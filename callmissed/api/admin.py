@@ -17,15 +17,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from callmissed.accounting.pricing import MICRO, format_credits, parse_credits
-from callmissed.auth import create_key
+from callmissed.accounting.keys import UNCHANGED
+from callmissed.accounting.pricing import format_credits, parse_credits
 from callmissed.console.session import admit
 from callmissed.edge.web import Request, Response, json_response
 from callmissed.errors import InvalidRequest, KeyNotFound
 from callmissed.gateway import Gateway
-from callmissed.peers import Peers
-from callmissed.store import MAX_BALANCE, NO_POLICY, KeyPolicy, KeyRecord
-from callmissed.store.budget import LIMIT_RESETS
+from callmissed.store import NO_POLICY, KeyPolicy, KeyRecord
 
 __all__ = ["authorize", "describe_key", "keys_collection", "keys_item", "parse_policy"]
 
@@ -37,51 +35,40 @@ ID_MAX = 2**63 - 1  # a key id: SQLite's INTEGER PRIMARY KEY, PostgreSQL's BIGIN
 
 async def keys_collection(gateway: Gateway, request: Request) -> Response:
     """GET lists, POST creates (the edge has checked the admin token: authorize())."""
+    keys = gateway.keys
     if request.method == "GET":
-        return json_response({"data": [describe_key(r) for r in await gateway.store.list_keys()]})
+        return json_response({"data": [describe_key(r) for r in await keys.list_keys()]})
     body = _object(request)
     name = body.get("name", "key")
     if not isinstance(name, str) or not name:
         raise InvalidRequest("'name' must be a non-empty string.", param="name")
     credits = _credits(body.get("credits")) if body.get("credits") is not None else None
-    limit_reset = _limit_reset(body.get("limit_reset"), credits is not None)
-    key, record = await create_key(gateway.store, name, credits, parse_policy(body), limit_reset)
+    key, record = await keys.create(name, credits, parse_policy(body), body.get("limit_reset"))
     return json_response({"key": key, "data": describe_key(record)}, status=201)
 
 
-async def keys_item(gateway: Gateway, peers: Peers, request: Request) -> Response:
-    """/admin/keys/{id}[/revoke|/topup]: GET, PATCH, or POST an action."""
+async def keys_item(gateway: Gateway, request: Request) -> Response:
+    """/admin/keys/{id}[/revoke|/topup]: GET, PATCH, or POST an action (accounting/keys.py:
+    each change reaches the very next request, whichever worker serves it)."""
+    keys = gateway.keys
     key_id, _, action = request.path.removeprefix(_PREFIX).partition("/")
-    record = await _record(gateway, key_id)
+    record = await keys.get(_key_id(key_id), settled=request.method == "GET" and not action)
     match (request.method, action):
         case ("GET", ""):
-            await gateway.ledger.flush(at_most=1.0)
-            usage = await gateway.store.recent_usage(record.id, 100)
-            fresh = await gateway.store.get_key(record.id) or record
-            return json_response({"data": describe_key(fresh), "usage": usage})
+            usage = await keys.usage(record.id, 100)
+            return json_response({"data": describe_key(record), "usage": usage})
         case ("PATCH", ""):
             body = _object(request)
             policy = parse_policy(body, record.policy)
-            if "limit_reset" in body:
-                limit_reset = _limit_reset(body["limit_reset"], record.credits is not None)
-                await gateway.store.set_limit_reset(record.id, limit_reset)
-            updated = await gateway.store.set_policy(record.id, policy) or record
+            limit_reset = body.get("limit_reset", UNCHANGED)
+            updated = await keys.update(record.id, policy, limit_reset)
         case ("POST", "revoke"):
-            await gateway.store.revoke_key(record.id)
-            updated = await gateway.store.get_key(record.id) or record
+            await keys.revoke(record.id)
+            updated = await keys.get(record.id)
         case ("POST", "topup"):
-            amount = _credits(_object(request).get("credits"))
-            topped = await gateway.store.topup(record.id, amount)
-            if topped is None:
-                raise InvalidRequest(_topup_refusal(record), param="credits")
-            updated = topped
+            updated = await keys.top_up(record.id, _credits(_object(request).get("credits")))
         case _:
             raise InvalidRequest(f"{request.method} {request.path} is not an admin action.")
-    # Revocations and new limits apply to the very next request, whichever worker serves it:
-    # the others drop their cached keys before this answers (the store tells them too, but a
-    # PostgreSQL notification may cross the network after this answer).
-    gateway.auth.forget()
-    await peers.ask("forget")
     return json_response({"data": describe_key(updated)})
 
 
@@ -136,20 +123,11 @@ def authorize(token: str | None, headers: Mapping[str, str], write: bool = False
     admit(token, headers, write)
 
 
-def _topup_refusal(record: KeyRecord) -> str:
-    if record.active and record.credits is not None:
-        most = MAX_BALANCE // MICRO
-        return f"A top-up may not take a key's balance past {most:,} USD."
-    return "Only an active key with a credit limit can be topped up."
-
-
-async def _record(gateway: Gateway, key_id: str) -> KeyRecord:
+def _key_id(key_id: str) -> int:
     # isdigit() alone also takes "²" and other digits int() refuses; ids are 64-bit.
-    valid = key_id.isascii() and key_id.isdigit() and int(key_id) <= ID_MAX
-    record = await gateway.store.get_key(int(key_id)) if valid else None
-    if record is None:
+    if not (key_id.isascii() and key_id.isdigit() and int(key_id) <= ID_MAX):
         raise KeyNotFound(f"There is no API key with id {key_id!r}.")
-    return record
+    return int(key_id)
 
 
 def _object(request: Request) -> dict[str, Any]:
@@ -157,21 +135,6 @@ def _object(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     return body
-
-
-def _limit_reset(value: Any, metered: bool) -> str | None:
-    """`limit_reset` from a JSON body: one of LIMIT_RESETS, or null for a limit that never
-    resets; only a key with a credit limit has one to reset."""
-    if value is not None and value not in LIMIT_RESETS:
-        raise InvalidRequest(
-            f"'limit_reset' must be one of {', '.join(LIMIT_RESETS)}, or null.", param="limit_reset"
-        )
-    if value is not None and not metered:
-        raise InvalidRequest(
-            "'limit_reset' needs a credit limit: an unlimited key has nothing to reset.",
-            param="limit_reset",
-        )
-    return None if value is None else str(value)
 
 
 def _credits(value: Any) -> int:

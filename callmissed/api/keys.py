@@ -25,12 +25,11 @@ __all__ = ["describe_limits", "retrieve_current_key"]
 
 async def retrieve_current_key(gateway: Gateway, request: Request) -> Response:
     principal = request.key
-    await gateway.ledger.flush(at_most=1.0)
-    record = await gateway.store.get_key(principal.key_id)
+    record = await gateway.keys.find(principal.key_id, settled=True)
     if record is None or not record.active:
         gateway.auth.forget()
         raise AuthenticationFailed("This API key has been revoked.")
-    daily, weekly, monthly = await gateway.store.spent_since(record.id, window_starts(time.time()))
+    daily, weekly, monthly = await gateway.keys.spent_since(record.id, window_starts(time.time()))
     data = {
         "label": record.name,
         "usage": format_credits(record.spent),

@@ -17,7 +17,8 @@ from typing import Any
 
 import orjson
 
-from callmissed.errors import InvalidRequest, UpstreamError
+from callmissed import failures
+from callmissed.errors import InvalidRequest
 from callmissed.formats.embeddings import EmbeddingBatch
 from callmissed.providers.base import Provider, UpstreamRequest, encode_body
 from callmissed.providers.environment import Environment
@@ -49,8 +50,8 @@ ERROR_STATUS = {
     7009: 503,
 }
 # 403s about our account rather than the request (blocked, private model, agreement, Workers
-# Paid only): another route may serve the same model, so they are retryable (failover.py).
-# Capacity (3040), the daily allocation (3036) and 7009 are retryable through their statuses.
+# Paid only): the failure table's "account" row (callmissed/failures.py), which another route
+# may well serve. Capacity (3040), the daily allocation (3036) and 7009 go by their statuses.
 ACCOUNT_CODES = frozenset({3023, 3041, 5016, 5018, 5035})
 # Native embedding options a client may send (as extra_body) that reach /ai/run as they are.
 EMBEDDING_OPTIONS = ("truncate_inputs", "pooling")
@@ -116,15 +117,10 @@ class Cloudflare(Provider):
         if isinstance(messages, list) and any(_has_null_content(m) for m in messages):
             body["messages"] = [_with_empty_content(message) for message in messages]
 
-    def parse_error(self, status: int, body: bytes, retry_after: float | None) -> UpstreamError:
-        error = super().parse_error(status, body, retry_after)
-        try:
-            first = _first_envelope_error(orjson.loads(body))
-        except orjson.JSONDecodeError:
-            return error
-        if first is not None and first.get("code") in ACCOUNT_CODES:
-            error.retryable = True
-        return error
+    def error_kind(self, payload: Any) -> str | None:
+        first = _first_envelope_error(payload)
+        account = first is not None and first.get("code") in ACCOUNT_CODES
+        return failures.ACCOUNT if account else None
 
     def error_status(self, status: int, payload: Any) -> int:
         first = _first_envelope_error(payload)

@@ -31,10 +31,12 @@ from typing import Protocol
 from callmissed.errors import (
     UpstreamBodyTooLarge,
     UpstreamBroken,
+    UpstreamError,
     UpstreamTimeout,
     UpstreamUnreachable,
 )
 from callmissed.providers import UpstreamRequest
+from callmissed.upstream.http1 import BodyTooLarge, ProtocolError
 
 __all__ = ["Peer", "Response", "Transport", "read_capped", "retry_after"]
 
@@ -97,6 +99,19 @@ class Peer:
     def timeout(self, begun: bool) -> UpstreamTimeout:
         what = "stopped sending" if begun else "did not answer in time"
         return UpstreamTimeout(f"{self} {what}", provider=self.name)
+
+    def failure(self, exc: BaseException, *, begun: bool) -> UpstreamError:
+        """The contract's error for a client's own (an OSError, pyreqwest's, the inflater's):
+        `begun` once the body was being read."""
+        if isinstance(exc, TimeoutError):  # pyreqwest's RequestTimeoutError is one too
+            return self.timeout(begun)
+        if isinstance(exc, BodyTooLarge):
+            return self.too_large(exc.limit)
+        if isinstance(exc, ProtocolError):
+            return self.broken(f"sent {exc}")
+        if begun:
+            return self.broken(f"broke the connection mid-response ({type(exc).__name__})")
+        return self.unreachable(exc)
 
     def __str__(self) -> str:
         return f"{self.label} ({self.name})"

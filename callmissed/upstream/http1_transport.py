@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from callmissed.errors import UpstreamError
 from callmissed.providers import UpstreamRequest
 from callmissed.settings import ProviderSettings, Settings
 from callmissed.upstream import http1
@@ -51,7 +50,7 @@ class Http1Transport:
         try:
             response = await client.send(method, target, request.headers, request.body)
         except OSError as exc:  # refused, reset, TLS, timeouts (TimeoutError is an OSError)
-            raise _failure(self._peer, exc, begun=False) from None
+            raise self._peer.failure(exc, begun=False) from None
         return Http1Response(response, self._peer)
 
     async def warm(self, url: str, count: int) -> None:
@@ -89,23 +88,10 @@ class Http1Response:
         try:
             return await self._response.receive()
         except OSError as exc:
-            raise _failure(self._peer, exc, begun=True) from None
+            raise self._peer.failure(exc, begun=True) from None
 
     def close(self) -> None:
         self._response.close()
 
     def release(self) -> None:
         self._response.release()
-
-
-def _failure(peer: Peer, exc: OSError, *, begun: bool) -> UpstreamError:
-    """The contract's error for one of http1's: `begun` once the body was being read."""
-    if isinstance(exc, TimeoutError):
-        return peer.timeout(begun)
-    if isinstance(exc, http1.BodyTooLarge):
-        return peer.too_large(exc.limit)
-    if isinstance(exc, http1.ProtocolError):
-        return peer.broken(f"sent {exc}")
-    if begun:
-        return peer.broken(f"broke the connection mid-response ({type(exc).__name__})")
-    return peer.unreachable(exc)

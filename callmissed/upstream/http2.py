@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from pyreqwest.client import Client, ClientBuilder
-from pyreqwest.exceptions import PyreqwestError, RequestTimeoutError
+from pyreqwest.exceptions import PyreqwestError
 from pyreqwest.request import StreamRequest
 
-from callmissed.errors import UpstreamError
 from callmissed.providers import UpstreamRequest
 from callmissed.settings import ProviderSettings, Settings
 from callmissed.upstream import http1
@@ -59,7 +58,7 @@ class Http2Transport:
         try:
             response = await streamed.__aenter__()
         except (TimeoutError, PyreqwestError) as exc:
-            raise _failure(self._peer, exc, begun=False) from None
+            raise self._peer.failure(exc, begun=False) from None
         encoding = (response.get_header("content-encoding") or "").lower()
         inflater = http1.Inflater(self._max_inflated) if encoding in ("gzip", "deflate") else None
         return Http2Response(streamed, response, self._peer, inflater)
@@ -115,7 +114,7 @@ class Http2Response:
                 return await self._receive_inflated(self._inflater)
             chunk = await self._response.body_reader.read_chunk()
         except (TimeoutError, PyreqwestError, http1.ProtocolError) as exc:
-            raise _failure(self._peer, exc, begun=True) from None
+            raise self._peer.failure(exc, begun=True) from None
         return b"" if chunk is None else bytes(chunk)
 
     async def _receive_inflated(self, inflater: http1.Inflater) -> bytes:
@@ -134,19 +133,6 @@ class Http2Response:
 
     def release(self) -> None:
         self.close()  # an h2 stream ends by itself; the connection stays either way
-
-
-def _failure(peer: Peer, exc: BaseException, *, begun: bool) -> UpstreamError:
-    """The contract's error for one of pyreqwest's (or the inflater's)."""
-    if isinstance(exc, TimeoutError | RequestTimeoutError):
-        return peer.timeout(begun)
-    if isinstance(exc, http1.BodyTooLarge):
-        return peer.too_large(exc.limit)
-    if isinstance(exc, http1.ProtocolError):
-        return peer.broken(f"sent {exc}")
-    if begun:
-        return peer.broken(f"broke the connection mid-response ({type(exc).__name__})")
-    return peer.unreachable(exc)
 
 
 def _ignore_outcome(future: asyncio.Future[Any]) -> None:

@@ -111,6 +111,8 @@ BEHAVIOURS: dict[str, tuple[list[Frame], list[Frame]]] = {
     "slowish-first": ([ROLE, 0.3, TOKEN, FINISH], [0.3, TOKEN]),
     "slow-tokens": ([ROLE, TOKEN, 0.2, TOKEN, 0.2, TOKEN, 0.2, FINISH], [0.6, TOKEN]),
     "endless": ([ROLE, *_ENDLESS], [STALL]),
+    # One event past a 64 KiB CALLMISSED_SSE_EVENT_BYTES, before any token.
+    "huge-event": ([b"data: " + b"x" * 100_000 + b"\n\n"], [b"x" * 100_000]),
 }
 
 FAULTS = web.AppKey("faults", FaultUpstream)
