@@ -44,7 +44,6 @@ __all__ = [
     "EventStream",
     "StreamOwner",
     "UpstreamAPI",
-    "malformed",
     "read_completion",
     "read_whole",
 ]
@@ -417,11 +416,6 @@ def _chunk_id(chunk: Chunk) -> str | None:
     start = data.find(b'"id":"')
     end = data.find(b'"', start + 6, start + 206) if start != -1 else -1
     return None if end == -1 else data[start + 6 : end].decode("utf-8", "replace")
-
-
-def malformed(provider: Provider, what: str) -> UpstreamError:
-    """The failure table's "malformed" error (Provider.malformed)."""
-    return provider.malformed(what)
 
 
 async def read_completion(
