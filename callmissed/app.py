@@ -175,4 +175,5 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> App:
 
 def create_app() -> ASGIApp:
     """The factory for an ASGI server (`callmissed serve` uses rsgi.create_app instead)."""
-    return ASGIApp(build_app(load_settings()))
+    settings = load_settings()
+    return ASGIApp(build_app(settings), settings.edge)

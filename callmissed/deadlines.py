@@ -1,10 +1,11 @@
 """Many deadlines that are rarely reached, on one event-loop timer.
 
 Every streamed request has four in the gateway's: its total timeout, its first-token timeout,
-its stream watchdog and its keep-alive start; rsgi.py keeps a fifth in its own, when to start
-watching for the client leaving (20 ms). The others are seconds to minutes away, almost never
-reached, yet `asyncio.timeout()` arms and cancels a loop timer for each (on uvloop ~5 us to
-enter and leave one; the four came to ~5 % of a request's instructions). `Deadlines` keeps them
+its stream watchdog and its keep-alive start; the edge keeps two in its own (edge/lifecycle.py):
+its body's deadline, and when to start watching for the client leaving (20 ms). The others
+are seconds to minutes away, almost never reached, yet `asyncio.timeout()` arms and cancels a
+loop timer for each (on uvloop ~5 us to enter and leave one; the four came to ~5 % of a
+request's instructions). `Deadlines` keeps them
 in a set and arms one loop timer for the earliest: adding a later deadline, or cancelling one,
 costs a set operation. When the timer fires it runs what is due and re-arms for the earliest left.
 """

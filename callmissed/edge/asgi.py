@@ -1,8 +1,9 @@
-"""Serve the app to any ASGI server (uvicorn, hypercorn): kept for comparison and embedding.
+"""Serve the app to any ASGI server (uvicorn, hypercorn): kept to measure against and to embed.
 
-`callmissed serve` uses granian's native interface instead (rsgi.py, docs/performance.md).
-This module only translates: the ASGI scope, receive() and send() to web.App's calls, and the
-ASGI lifespan to its startup and shutdown.
+`callmissed serve` uses granian's native interface instead (rsgi.py, docs/performance.md);
+`python -m benchmarks run --server uvicorn` runs the real app on uvicorn through this module.
+It only translates: the ASGI scope, receive() and send() to lifecycle.py's ServerCall, and the
+ASGI lifespan to the app's startup and shutdown.
 """
 
 from __future__ import annotations
@@ -13,18 +14,10 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from callmissed.edge.web import (
-    App,
-    Request,
-    Response,
-    StreamResponse,
-    error_response,
-    response_headers,
-    stream_headers,
-    write_stream,
-)
-from callmissed.errors import GatewayError
-from callmissed.exchange import Headers, Write, new_request_id
+from callmissed.edge.lifecycle import ClientGone, Lifecycle
+from callmissed.edge.web import App, WriteGate
+from callmissed.exchange import Headers, Write
+from callmissed.settings import EdgeLimits
 
 __all__ = ["ASGIApp"]
 
@@ -37,12 +30,13 @@ Send = Callable[[Message], Awaitable[None]]
 
 
 class ASGIApp:
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, limits: EdgeLimits | None = None) -> None:
         self._app = app
+        self._lifecycle = Lifecycle(app, (limits or EdgeLimits()).body_timeout)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            await self._http(scope, receive, send)
+            await self._lifecycle.run(_Call(scope, receive, send))
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
 
@@ -62,79 +56,56 @@ class ASGIApp:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        app = self._app
-        request_id = new_request_id()
-        method: str = scope["method"]
-        path: str = scope["path"]
-        dialect: Any = "openai"
-        try:
-            endpoint = app.route(method, path)
-            dialect = endpoint.dialect
-            headers = {
-                name.decode("latin-1").lower(): value.decode("latin-1")
-                for name, value in scope["headers"]
-            }
-            principal, limit = await app.admit(endpoint, headers)  # before reading any body
-            body = await app.read_body(
-                headers, _body_parts(receive), limit, app.budget_for(endpoint, principal)
-            )
-        except GatewayError as exc:
-            await _send_response(send, error_response(exc, dialect, request_id), request_id)
-            return
-        # From here on the client may leave at any moment; the upstream call stops with it.
-        gone = asyncio.ensure_future(_wait_for_disconnect(receive))
-        early = _EarlyStream(send, request_id)
-        query = scope.get("query_string", b"").decode("latin-1")
-        request = Request(method, path, headers, body, request_id, early.start, principal, query)
-        response = await app.respond(endpoint, request, gone)
-        if isinstance(response, StreamResponse):
-            if not early.started:
-                start = {"type": "http.response.start", "status": 200}
-                await send({**start, "headers": response_headers(response, request_id)})
-            await write_stream(response, early.write, gone, request_id)
-            with contextlib.suppress(Exception):  # the client may be gone already
-                await send({"type": "http.response.body", "body": b""})
-            return
-        gone.cancel()
-        if response is not None and not early.started:
-            await _send_response(send, response, request_id)
 
+class _Call:
+    """One ASGI request as a lifecycle.ServerCall."""
 
-class _EarlyStream:
-    """Request.start_stream: the event stream started before the handler returns (keep-alives)."""
+    __slots__ = ("_receive", "_send", "headers", "method", "path", "query")
 
-    __slots__ = ("_request_id", "_send", "started")
-
-    def __init__(self, send: Send, request_id: str) -> None:
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._receive = receive
         self._send = send
-        self._request_id = request_id
-        self.started = False
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        self.query: str = scope.get("query_string", b"").decode("latin-1")
+        self.headers = {
+            name.decode("latin-1").lower(): value.decode("latin-1")
+            for name, value in scope["headers"]
+        }
 
-    async def start(self, headers: Headers) -> Write:
-        start = {"type": "http.response.start", "status": 200}
-        await self._send({**start, "headers": stream_headers(headers, self._request_id)})
-        self.started = True
-        return self.write
+    async def whole_body(self) -> bytes:
+        """The server holds the body to its declared length; its messages, joined."""
+        return b"".join([part async for part in self.body_parts()])
 
-    async def write(self, part: bytes) -> None:
+    async def body_parts(self) -> AsyncIterator[bytes]:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            yield message.get("body", b"")
+            if not message.get("more_body"):
+                return
+
+    def departure(self) -> asyncio.Future[None]:
+        return asyncio.ensure_future(_wait_for_disconnect(self._receive))
+
+    async def start_stream(self, headers: Headers) -> Write:
+        await self._send({"type": "http.response.start", "status": 200, "headers": headers})
+        return self._write
+
+    async def _write(self, part: bytes) -> None:
         await self._send({"type": "http.response.body", "body": part, "more_body": True})
 
+    async def end_stream(self) -> None:
+        with contextlib.suppress(Exception):  # the client may be gone already
+            await self._send({"type": "http.response.body", "body": b""})
 
-async def _send_response(send: Send, response: Response, request_id: str) -> None:
-    headers = response_headers(response, request_id)
-    await send({"type": "http.response.start", "status": response.status, "headers": headers})
-    await send({"type": "http.response.body", "body": response.body})
+    async def send(self, status: int, headers: Headers, body: bytes) -> None:
+        await self._send({"type": "http.response.start", "status": status, "headers": headers})
+        await self._send({"type": "http.response.body", "body": body})
 
-
-async def _body_parts(receive: Receive) -> AsyncIterator[bytes]:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise asyncio.CancelledError
-        yield message.get("body", b"")
-        if not message.get("more_body"):
-            return
+    def gate(self) -> WriteGate | None:
+        return None  # an ASGI server's send() is its own flow control
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

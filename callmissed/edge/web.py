@@ -138,9 +138,9 @@ class WriteGate:
 class App:
     """Dispatches (method, path) through `routes`; `startup`/`shutdown` bracket its life.
 
-    Server-agnostic: rsgi.py (granian's native interface, what `callmissed serve` runs) and
-    asgi.py (any ASGI server) turn their server's request into calls to route(), read_body()
-    and respond(), and write what comes back.
+    Server-agnostic: lifecycle.py takes each request through route(), admit(), read_body()
+    and respond() and writes what comes back, for rsgi.py (granian's native interface, what
+    `callmissed serve` runs) and asgi.py (any ASGI server) alike.
     """
 
     def __init__(

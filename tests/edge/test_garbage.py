@@ -3,7 +3,8 @@
 A reference cycle through a request's stream (its failover bookkeeping, its watchdog) once left
 ~37 objects a request for the collector: a young-generation collection every ~20 requests,
 ~0.2 ms each on the event loop, in the middle of other requests' answers. This drives the real
-app in-process (web.App, as rsgi.py calls it) against the fake upstream over loopback.
+app in-process, through the edge's one request lifecycle (edge/lifecycle.py, as rsgi.py hands it
+each request), against the fake upstream over loopback.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
@@ -18,7 +20,8 @@ import pytest
 
 from callmissed.app import build_app
 from callmissed.auth import create_key
-from callmissed.edge.web import App, Endpoint, Request, StreamResponse, write_stream
+from callmissed.edge.lifecycle import Lifecycle
+from callmissed.exchange import Headers, Write
 from callmissed.gateway import Gateway
 from callmissed.settings import load_settings
 from tests.conftest import gateway_env
@@ -62,13 +65,13 @@ async def _stream_requests(
         key, _ = await create_key(gateway.store, "garbage", 10**9)
         body = orjson.dumps({"model": model, "stream": True, "messages": [_HELLO]})
         headers = {"authorization": f"Bearer {key}", "content-length": str(len(body))}
-        endpoint = app.route("POST", "/v1/chat/completions")
-        answers = [await _one(app, endpoint, headers, body)]  # warm: pools, caches, wallet
+        lifecycle = Lifecycle(app, settings.edge.body_timeout)
+        answers = [await _one(lifecycle, headers, body)]  # warm: pools, caches, wallet
         gc.collect()
         gc.disable()
         gc.set_debug(gc.DEBUG_SAVEALL)
         try:
-            answers = [await _one(app, endpoint, headers, body) for _ in range(count)]
+            answers = [await _one(lifecycle, headers, body) for _ in range(count)]
             gc.collect()
             garbage = Counter(type(thing).__name__ for thing in gc.garbage)
         finally:
@@ -83,16 +86,48 @@ async def _stream_requests(
 _HELLO = {"role": "user", "content": "Hello"}
 
 
-async def _one(app: App, endpoint: Endpoint, headers: dict[str, str], body: bytes) -> bytes:
-    gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    principal, _ = await app.admit(endpoint, headers)
-    request = Request("POST", "/v1/chat/completions", headers, body, "req_garbage", None, principal)
-    response = await app.respond(endpoint, request, gone)
-    assert isinstance(response, StreamResponse), response
-    written: list[bytes] = []
+async def _one(lifecycle: Lifecycle, headers: dict[str, str], body: bytes) -> bytes:
+    call = _MemoryCall(headers, body)
+    await lifecycle.run(call)
+    assert call.status == 200, call.written
+    return b"".join(call.written)
 
-    async def write(part: bytes) -> None:
-        written.append(part)
 
-    await write_stream(response, write, gone, "req_garbage")
-    return b"".join(written)
+class _MemoryCall:
+    """A POST /v1/chat/completions as a server would hand it over; what comes back is kept."""
+
+    method = "POST"
+    path = "/v1/chat/completions"
+    query = ""
+
+    def __init__(self, headers: dict[str, str], body: bytes) -> None:
+        self.headers = headers
+        self._body = body
+        self.status = 0
+        self.written: list[bytes] = []
+
+    async def whole_body(self) -> bytes:
+        return self._body
+
+    async def body_parts(self) -> AsyncIterator[bytes]:
+        yield self._body
+
+    def departure(self) -> asyncio.Future[None]:
+        return asyncio.get_running_loop().create_future()  # the client stays
+
+    async def start_stream(self, headers: Headers) -> Write:
+        self.status = 200
+        return self._write
+
+    async def _write(self, part: bytes) -> None:
+        self.written.append(part)
+
+    async def end_stream(self) -> None:
+        return None
+
+    async def send(self, status: int, headers: Headers, body: bytes) -> None:
+        self.status = status
+        self.written.append(body)
+
+    def gate(self) -> None:
+        return None
