@@ -31,7 +31,7 @@ from callmissed.formats.openai import (
     plain_content,
 )
 from callmissed.nesting import MAX_DEPTH, SHORTEST_TOO_DEEP, too_deep
-from callmissed.providers import Provider, UpstreamRequest
+from callmissed.providers import Provider, StreamTranslator, UpstreamRequest
 from callmissed.settings import ModelSettings, Route
 from callmissed.sse import DEFAULT_MAX_EVENT, EventTooLarge, SSEDecoder, event_data
 from callmissed.token_estimate import ascii_output_tokens, estimate_output_tokens
@@ -120,10 +120,9 @@ class ChatStream:
         self._meter: StreamMeter | None = None
         self._batches = self._aiter_upstream()
         self._first: list[Chunk] = []
-        # Chosen once: OpenAI chunks take the fast path; another dialect, its translator.
-        translator = provider.stream_translator() if self.translates else None
-        self._translator = translator
-        self._parse = self._chunks if translator is None else self._translated
+        # Chosen once: OpenAI chunks take the fast path; another dialect, its translator. (Not
+        # as a bound method kept on self: that cycle would leave every stream to the collector.)
+        self._translator = provider.stream_translator() if self.translates else None
 
     async def start(self) -> None:
         """Wait for the first token, so that an early failure can still be an HTTP error.
@@ -246,7 +245,10 @@ class ChatStream:
         that shares a read with content must neither lose the content nor pass for a failure
         before the first token, which failover would retry)."""
         try:
-            self._parse(raw, chunks)
+            if self._translator is None:
+                self._chunks(raw, chunks)
+            else:
+                self._translated(raw, chunks, self._translator)
         except UpstreamError as exc:
             if not chunks:
                 raise
@@ -273,10 +275,8 @@ class ChatStream:
             if data is not None and (chunk := self._accept(data)) is not None:
                 chunks.append(chunk)
 
-    def _translated(self, raw: bytes, chunks: list[Chunk]) -> None:
-        """The chunks the translator makes of the events an upstream read completes."""
-        translator = self._translator
-        assert translator is not None
+    def _translated(self, raw: bytes, chunks: list[Chunk], translator: StreamTranslator) -> None:
+        """The chunks `translator` makes of the events an upstream read completes."""
         for block in self._take(raw).split(b"\n\n"):
             data = event_data(block) if block else None
             if data is None:

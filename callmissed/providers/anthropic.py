@@ -141,6 +141,11 @@ def to_messages_body(
     chat: Mapping[str, Any], upstream_model: str, max_output: int | None = None
 ) -> dict[str, Any]:
     """A checked OpenAI chat body (formats/openai.py) as a Messages body for `upstream_model`."""
+    n = chat.get("n")
+    if isinstance(n, int) and n > 1:  # a client asking for several would silently get one
+        raise InvalidRequest(
+            "Anthropic's models give one choice a request: 'n' must be 1.", param="n"
+        )
     system, messages = _turns(chat["messages"])
     body: dict[str, Any] = {"model": upstream_model, "messages": messages}
     if system:

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
+import pytest
 
 from callmissed.app import build_app
 from callmissed.auth import create_key
@@ -31,20 +32,30 @@ _PRICED = """
 [models."priced-model"]
 routes = ["local:hello"]
 prices = { input = 0.15, cached_input = 0.075, output = 0.6 }
+
+[models."priced-claude"]
+routes = ["anthropic:claude-haiku-4-5"]
+prices = { input = 0.15, cached_input = 0.075, output = 0.6 }
 """
 
 
-def test_a_streamed_request_leaves_no_reference_cycles(upstream: FakeUpstream, tmp_path: Path):
+# An OpenAI upstream's chunks, and Anthropic's events translated (providers/anthropic.py).
+@pytest.mark.parametrize("model", ["priced-model", "priced-claude"])
+def test_a_streamed_request_leaves_no_reference_cycles(
+    upstream: FakeUpstream, tmp_path: Path, model: str
+):
     env = gateway_env(upstream.url, tmp_path)
     with Path(env["CALLMISSED_CONFIG"]).open("a") as config:  # priced: a metered key is charged
         config.write(_PRICED)
-    answers, garbage = asyncio.run(_stream_requests(env, REQUESTS))
+    answers, garbage = asyncio.run(_stream_requests(env, REQUESTS, model))
     assert len(answers) == REQUESTS and all(b"data: [DONE]" in answer for answer in answers)
     # What the collector finds is from start-up, not a cycle per request.
     assert sum(garbage.values()) < REQUESTS, garbage
 
 
-async def _stream_requests(env: dict[str, str], count: int) -> tuple[list[bytes], Counter[str]]:
+async def _stream_requests(
+    env: dict[str, str], count: int, model: str
+) -> tuple[list[bytes], Counter[str]]:
     """`count` streamed answers, and the objects the collector freed meanwhile, by type."""
     settings = load_settings(env=env)
     gateway = Gateway(settings)
@@ -52,7 +63,7 @@ async def _stream_requests(env: dict[str, str], count: int) -> tuple[list[bytes]
     await app.startup()
     try:
         key, _ = await create_key(gateway.store, "garbage", 10**9)
-        body = orjson.dumps({"model": "priced-model", "stream": True, "messages": [_HELLO]})
+        body = orjson.dumps({"model": model, "stream": True, "messages": [_HELLO]})
         headers = {"authorization": f"Bearer {key}", "content-length": str(len(body))}
         lifecycle = Lifecycle(app, settings.edge.body_timeout)
         answers = [await _one(lifecycle, headers, body)]  # warm: pools, caches, wallet

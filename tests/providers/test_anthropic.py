@@ -87,10 +87,12 @@ def test_reasoning_effort_becomes_a_thinking_budget_inside_max_tokens(effort, th
     assert body["max_tokens"] == max_tokens
 
 
-def test_a_part_messages_cannot_carry_is_the_clients_400():
+def test_what_messages_cannot_carry_is_the_clients_400():
     audio = {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}
     with pytest.raises(InvalidRequest):
         _translate(messages=[{"role": "user", "content": [audio]}])
+    with pytest.raises(InvalidRequest, match="'n' must be 1"):
+        _translate(messages=[{"role": "user", "content": "hi"}], n=2)
 
 
 def test_cache_reads_and_writes_are_parts_of_the_prompt_for_both_readers():
