@@ -36,15 +36,7 @@ class _EveryLook(SQLiteStore):
     """The store without the watch: `PRAGMA data_version` (a read transaction) every look."""
 
     def _look(self) -> None:
-        version = self._db.execute("PRAGMA data_version").fetchone()[0]
-        if version == self._version:
-            return
-        self._version = version
-        generation = self._db.execute("SELECT generation FROM key_changes").fetchone()[0]
-        if generation != self._generation:
-            self._generation = generation
-            self._active.clear()
-            self._changes += 1
+        self._read_version()
 
 
 def _time(store: SQLiteStore, looks: int) -> tuple[float, float]:

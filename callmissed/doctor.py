@@ -69,7 +69,7 @@ async def _check_provider(provider: ProviderSettings, limit: float) -> Check:
     except (OSError, TimeoutError, aiohttp.ClientError) as exc:
         return Check(name, FAIL, f"{provider.base_url} unreachable: {type(exc).__name__} {exc}")
     verdict = {401: "credentials REJECTED", 403: "credentials refused (403)"}.get(status)
-    detail = f"{timings}, GET /models HTTP {status} first byte {first_byte:.1f} ms"
+    detail = f"{timings}, GET its model list HTTP {status} first byte {first_byte:.1f} ms"
     return Check(
         name, OK if verdict is None else FAIL, f"{verdict + '; ' if verdict else ''}{detail}"
     )
@@ -97,10 +97,11 @@ async def _time_handshakes(base_url: str) -> str:
 
 
 async def _time_get(provider: ProviderSettings) -> tuple[int, float]:
-    headers = {"authorization": f"Bearer {provider.api_key}"} if provider.api_key else {}
+    # The provider knows where its model list is and how it takes our key.
+    request = REGISTRY[provider.type](provider).build_get("models")
     async with aiohttp.ClientSession() as session:
         started = time.perf_counter()
-        async with session.get(f"{provider.base_url}/models", headers=headers) as response:
+        async with session.get(request.url, headers=request.headers) as response:
             await response.content.read(1)
             return response.status, (time.perf_counter() - started) * 1000
 

@@ -4,6 +4,9 @@ The common chunk, content only, is known by its envelope once one was parsed (fo
 ContentTemplate), and a run of such events goes out as the upstream framed it, unparsed; any
 other chunk is parsed, and re-encoded only when its bytes show it may need an edit
 (formats.openai.needs_normalising). Everything else goes out as the upstream sent it.
+An upstream in another dialect (its provider has a stream_translator) has each event parsed and
+turned into chunks by its translator, chosen once per stream; a whole answer is its provider's
+to parse (Provider.parse_completion).
 A stream that errors or ends before its finish reason raises UpstreamError, so every API edge
 can end it with an error the SDK raises. However it ends, its owner (endings.py) is told once.
 Which route to stream from is failover.py's call.
@@ -14,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import orjson
 
@@ -25,7 +28,6 @@ from callmissed.formats.openai import (
     ChunkNormaliser,
     ContentTemplate,
     needs_normalising,
-    normalise_completion,
     plain_content,
 )
 from callmissed.nesting import MAX_DEPTH, SHORTEST_TOO_DEEP, too_deep
@@ -39,10 +41,12 @@ __all__ = [
     "CHAT_COMPLETIONS",
     "ChatStream",
     "Chunk",
+    "EventStream",
     "StreamOwner",
     "UpstreamAPI",
     "malformed",
     "read_completion",
+    "read_whole",
 ]
 
 _DONE = b"[DONE]"
@@ -85,6 +89,10 @@ class StreamOwner(Protocol):
 class ChatStream:
     """An upstream stream of chat.completion chunks. Iterate `aiter_batches()` once; close()."""
 
+    # Whether an upstream in another dialect is read through its provider's translator; a
+    # subclass that passes its own dialect through (relay_messages.py) reads it itself.
+    translates: ClassVar[bool] = True
+
     def __init__(
         self,
         provider: Provider,
@@ -113,6 +121,10 @@ class ChatStream:
         self._meter: StreamMeter | None = None
         self._batches = self._aiter_upstream()
         self._first: list[Chunk] = []
+        # Chosen once: OpenAI chunks take the fast path; another dialect, its translator.
+        translator = provider.stream_translator() if self.translates else None
+        self._translator = translator
+        self._parse = self._chunks if translator is None else self._translated
 
     async def start(self) -> None:
         """Wait for the first token, so that an early failure can still be an HTTP error.
@@ -235,7 +247,7 @@ class ChatStream:
         that shares a read with content must neither lose the content nor pass for a failure
         before the first token, which failover would retry)."""
         try:
-            self._chunks(raw, chunks)
+            self._parse(raw, chunks)
         except UpstreamError as exc:
             if not chunks:
                 raise
@@ -261,6 +273,35 @@ class ChatStream:
             start = end + 2
             if data is not None and (chunk := self._accept(data)) is not None:
                 chunks.append(chunk)
+
+    def _translated(self, raw: bytes, chunks: list[Chunk]) -> None:
+        """The chunks the translator makes of the events an upstream read completes."""
+        translator = self._translator
+        assert translator is not None
+        for block in self._take(raw).split(b"\n\n"):
+            data = event_data(block) if block else None
+            if data is None:
+                continue
+            for parsed in translator.feed(self._load(data)):
+                chunk = self._edit(orjson.dumps(parsed), parsed)
+                if chunk is not None:
+                    chunks.append(chunk)
+            if translator.done:
+                self._done = True
+                return
+
+    def _load(self, data: bytes) -> dict[str, Any]:
+        """One event's data, parsed: an object of bounded depth, or UpstreamError."""
+        try:
+            # Parsing costs ~1 us and guarantees the client never gets broken JSON.
+            parsed: dict[str, Any] = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise self._provider.malformed("sent malformed JSON in its stream") from None
+        if parsed.__class__ is not dict:
+            raise self._provider.malformed("sent an event that is not an object")
+        if len(data) >= SHORTEST_TOO_DEEP and too_deep(parsed, len(data)):
+            raise self._provider.malformed(f"sent JSON nested deeper than {MAX_DEPTH} levels")
+        return parsed
 
     def _take(self, raw: bytes) -> bytes:
         """The whole events `raw` completes (sse.SSEDecoder.take), within the event limit."""
@@ -291,15 +332,7 @@ class ChatStream:
         if data == _DONE:
             self._done = True
             return None
-        try:
-            # Parsing costs ~1 us and guarantees the client never gets broken JSON.
-            chunk = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            raise malformed(self._provider, "sent malformed JSON in its stream") from None
-        if chunk.__class__ is not dict:
-            raise malformed(self._provider, "sent a chunk that is not an object")
-        if len(data) >= SHORTEST_TOO_DEEP and too_deep(chunk, len(data)):
-            raise malformed(self._provider, f"sent JSON nested deeper than {MAX_DEPTH} levels")
+        chunk = self._load(data)
         if b"\n" in data:  # several `data:` lines, which SSE joins with line feeds: make it one
             data = orjson.dumps(chunk)
         content = plain_content(chunk)
@@ -335,6 +368,33 @@ class ChatStream:
         return Chunk(orjson.dumps(chunk) if changed else data, chunk)
 
 
+class EventStream(ChatStream):
+    """An upstream's own stream of typed events, passed through in its dialect (relay_responses.py,
+    relay_messages.py), read as ChatStream reads chat chunks (the same meter, watchdog and
+    close): each Chunk is one event's data, parsed by `_event`, with `tokens` set, so no meter
+    walks it."""
+
+    translates = False
+
+    async def start(self) -> None:
+        """Wait for the first event that carries output (or ends the answer): until then,
+        failover.py may still switch routes unseen."""
+        while (batch := await anext(self._batches, None)) is not None:
+            self._first += batch
+            if self.finished or any(chunk.tokens for chunk in batch):
+                return
+
+    def _chunks(self, raw: bytes, chunks: list[Chunk]) -> None:
+        for block in self._take(raw).split(b"\n\n"):
+            data = event_data(block) if block else None
+            if data is not None and data != _DONE:
+                chunks.append(self._event(data))
+
+    def _event(self, data: bytes) -> Chunk:
+        """One event's Chunk; what it says about the answer (its end, usage, id) recorded."""
+        raise NotImplementedError
+
+
 def _has_token(chunk: Chunk) -> bool:
     """Whether a chunk carries anything a client would see: not just a role or empty strings."""
     if chunk.tokens is not None:
@@ -360,17 +420,20 @@ def _chunk_id(chunk: Chunk) -> str | None:
 
 
 def malformed(provider: Provider, what: str) -> UpstreamError:
-    """The failure table's "malformed" error: `provider` `what` (sent or answered something
-    that is not the SSE or JSON it should be)."""
-    message = f"{provider.label} ({provider.name}) {what}"
-    return failures.failure(failures.MALFORMED, message, provider=provider.name)
+    """The failure table's "malformed" error (Provider.malformed)."""
+    return provider.malformed(what)
 
 
 async def read_completion(
     provider: Provider, response: UpstreamResponse, limit: int
 ) -> dict[str, Any]:
-    """Read a non-streamed chat.completion of at most `limit` bytes, raising if it is longer
-    or an error in disguise."""
+    """Read a whole answer of at most `limit` bytes, as a normalised chat.completion (its
+    provider parses it), raising if it is longer or an error in disguise."""
+    return provider.parse_completion(await read_whole(provider, response, limit))
+
+
+async def read_whole(provider: Provider, response: UpstreamResponse, limit: int) -> bytes:
+    """A whole answer's bytes, at most `limit` of them: UpstreamError if there are more."""
     try:
         body, more = await response.read(limit)
     finally:
@@ -378,23 +441,16 @@ async def read_completion(
     if more:
         raise failures.failure(
             failures.TOO_LARGE,
-            f"{provider.label} ({provider.name}) answered with more than {limit} bytes",
+            f"{provider.described} answered with more than {limit} bytes",
             provider=provider.name,
         )
-    try:
-        completion = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise malformed(provider, "answered with malformed JSON") from None
-    if too_deep(completion, len(body)):
-        raise malformed(provider, f"answered with JSON nested deeper than {MAX_DEPTH} levels")
-    if not isinstance(completion, dict) or not isinstance(completion.get("choices"), list):
-        error = provider.stream_error(completion) if isinstance(completion, dict) else None
-        raise error or malformed(provider, "answered without choices")
-    error = provider.stream_error(completion)
-    if error is not None:
-        raise error
-    normalise_completion(completion)
-    return completion
+    return body
+
+
+def _build_chat(
+    provider: Provider, body: dict[str, Any], route: Route, model: ModelSettings
+) -> UpstreamRequest:
+    return provider.build_request(body, route, model)
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,4 +464,4 @@ class UpstreamAPI:
     stream: Callable[[Provider, UpstreamResponse, bool, int], ChatStream]  # event byte limit
 
 
-CHAT_COMPLETIONS = UpstreamAPI(Provider.build_request, read_completion, ChatStream)
+CHAT_COMPLETIONS = UpstreamAPI(_build_chat, read_completion, ChatStream)

@@ -11,14 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
-from callmissed import failures
 from callmissed.errors import UpstreamError
-from callmissed.nesting import MAX_DEPTH, SHORTEST_TOO_DEEP, too_deep
-from callmissed.providers import Provider
-from callmissed.relay import ChatStream, Chunk, UpstreamAPI, malformed
-from callmissed.sse import event_data
+from callmissed.providers import Provider, UpstreamRequest
+from callmissed.relay import Chunk, EventStream, UpstreamAPI, read_whole
+from callmissed.settings import ModelSettings, Route
 from callmissed.token_estimate import estimate_output_tokens
 from callmissed.upstream import UpstreamResponse
 
@@ -28,33 +24,11 @@ _ENDS = frozenset({"response.completed", "response.incomplete"})
 _FAILS = frozenset({"response.failed", "error"})
 
 
-class ResponsesStream(ChatStream):
-    """A Responses event stream, read as ChatStream reads chat chunks (the same meter, watchdog
-    and close): each Chunk is one event's data, parsed, with `tokens` set, so no meter walks it."""
-
-    async def start(self) -> None:
-        """Wait for the first event that carries output (or ends the answer): until then,
-        failover.py may still switch routes unseen."""
-        while (batch := await anext(self._batches, None)) is not None:
-            self._first += batch
-            if any(chunk.tokens or chunk.json().get("type") in _ENDS for chunk in batch):
-                return
-
-    def _chunks(self, raw: bytes, chunks: list[Chunk]) -> None:
-        for block in self._take(raw).split(b"\n\n"):
-            data = event_data(block) if block else None
-            if data is not None and data != b"[DONE]":
-                chunks.append(self._event(data))
+class ResponsesStream(EventStream):
+    """A Responses event stream: one Chunk per event, its text counted."""
 
     def _event(self, data: bytes) -> Chunk:
-        try:
-            payload = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            raise malformed(self._provider, "sent malformed JSON in its stream") from None
-        if payload.__class__ is not dict:
-            raise malformed(self._provider, "sent an event that is not an object")
-        if len(data) >= SHORTEST_TOO_DEEP and too_deep(payload, len(data)):
-            raise malformed(self._provider, f"sent JSON nested deeper than {MAX_DEPTH} levels")
+        payload = self._load(data)
         kind = payload.get("type")
         if kind in _FAILS:
             raise _failure(self._provider, payload)
@@ -83,26 +57,19 @@ async def read_response(
 ) -> dict[str, Any]:
     """A whole Response object of at most `limit` bytes, raising if it failed, is longer or is
     not one."""
-    try:
-        body, more = await response.read(limit)
-    finally:
-        response.close()
-    label = f"{provider.label} ({provider.name})"
-    if more:
-        message = f"{label} answered with more than {limit} bytes"
-        raise failures.failure(failures.TOO_LARGE, message, provider=provider.name)
-    try:
-        answer = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise malformed(provider, "answered with malformed JSON") from None
-    if too_deep(answer, len(body)):
-        raise malformed(provider, f"answered with JSON nested deeper than {MAX_DEPTH} levels")
+    answer = provider.load_answer(await read_whole(provider, response, limit))
     if not isinstance(answer, dict) or not isinstance(answer.get("output"), list):
         error = provider.stream_error(answer) if isinstance(answer, dict) else None
-        raise error or malformed(provider, "answered without output")
+        raise error or provider.malformed("answered without output")
     if answer.get("status") == "failed":
         raise _failure(provider, {"response": answer})
     return answer
 
 
-RESPONSES = UpstreamAPI(Provider.build_responses_request, read_response, ResponsesStream)
+def _build(
+    provider: Provider, body: dict[str, Any], route: Route, model: ModelSettings
+) -> UpstreamRequest:
+    return provider.build_responses_request(body, route, model)
+
+
+RESPONSES = UpstreamAPI(_build, read_response, ResponsesStream)

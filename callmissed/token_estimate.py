@@ -22,13 +22,16 @@ __all__ = [
 _MESSAGE_TOKENS = 4  # role markers and separators around each message
 _IMAGE_TOKENS = 1600  # ~1.15 megapixels, the size Anthropic scales large images down to
 _FILE_TOKENS = 3000  # a few pages; a file's real length is unknown without parsing it
+# A Messages body's blocks that are text at heart, counted as their JSON.
+_MESSAGES_BLOCKS = frozenset({"tool_use", "tool_result", "thinking", "redacted_thinking"})
 
 
 def estimate_input_tokens(chat: Mapping[str, Any]) -> int:
     """About 4 characters per token for ASCII text and 1 per other character (CJK and Indic
     scripts), plus fixed costs per message, image and file; tools count as their JSON.
 
-    `chat` is a checked body (formats.anthropic.parse_message_request's output, for one).
+    `chat` is a checked body (formats.anthropic.parse_message_request's output, for one), or a
+    Messages body passed through as the client sent it (its system, and blocks as their JSON).
     """
     total = 0
     for message in chat["messages"]:
@@ -39,6 +42,8 @@ def estimate_input_tokens(chat: Mapping[str, Any]) -> int:
             total += _text_tokens(function["name"]) + _text_tokens(function["arguments"])
     if chat.get("tools"):
         total += _text_tokens(orjson.dumps(chat["tools"]).decode())
+    if chat.get("system"):  # a Messages body passed through (relay_messages.py)
+        total += _content_tokens(chat["system"])
     return max(total, 1)
 
 
@@ -71,10 +76,13 @@ def _content_tokens(content: Any) -> int:
         return _text_tokens(content)
     total = 0
     for part in content or ():
-        if part["type"] == "text":
+        kind = part["type"]
+        if kind == "text":
             total += _text_tokens(part["text"])
+        elif kind in _MESSAGES_BLOCKS:
+            total += _text_tokens(orjson.dumps(part).decode())
         else:
-            total += _IMAGE_TOKENS if part["type"] == "image_url" else _FILE_TOKENS
+            total += _IMAGE_TOKENS if kind in ("image_url", "image") else _FILE_TOKENS
     return total
 
 

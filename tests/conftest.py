@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from callmissed.cli import FIRST_KEY_FILE
+from tests.fakes.anthropic_upstream import API_KEY as ANTHROPIC_KEY
 from tests.fakes.upstream import FakeUpstream, start_fake_upstream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +58,24 @@ routes = ["sim:instant-thinker"]
 reasoning = "toggle"
 simulate = {{ ttfb_ms = 0, total_ms = 0, tokens = 9, thinking_tokens = 92 }}
 
+[models."claude-thinker"]
+routes = ["anthropic:claude-thinker"]
+
+[models."claude-cached"]
+routes = ["anthropic:claude-cached"]
+
+[models."claude-broken"]
+routes = ["anthropic:claude-broken"]
+
+[models."claude-cut"]
+routes = ["anthropic:claude-cut"]
+
+[models."claude-overloaded"]
+routes = ["anthropic:error-529"]
+
+[models."claude-refused"]
+routes = ["anthropic:error-400"]
+
 [models."unconfigured-model"]
 routes = ["ghost:whatever"]
 
@@ -65,6 +84,10 @@ type = "openai"
 base_url = "http://127.0.0.1:9/v1"
 api_key_env = "GHOST_API_KEY"
 """
+
+
+# The environment's own vendor settings never reach a test gateway: gateway_env sets its own.
+VENDOR_PREFIXES = ("CALLMISSED_", "CLOUDFLARE_", "OPENROUTER_", "SARVAM_", "ANTHROPIC_")
 
 
 def free_port() -> int:
@@ -113,7 +136,9 @@ def gateway_env(upstream_url: str, workdir: Path, **extra: str) -> dict[str, str
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("CALLMISSED_", "CLOUDFLARE_", "OPENROUTER_", "SARVAM_"))
+        if not key.startswith(
+            ("CALLMISSED_", "CLOUDFLARE_", "OPENROUTER_", "SARVAM_", "ANTHROPIC_")
+        )
     }
     env.update(
         CALLMISSED_DATABASE_URL=f"sqlite:///{workdir / 'gateway.sqlite3'}",
@@ -125,6 +150,8 @@ def gateway_env(upstream_url: str, workdir: Path, **extra: str) -> dict[str, str
         OPENROUTER_API_KEY="sk-or-secret",
         SARVAM_BASE_URL=f"{upstream_url}/sarvam/v1",
         SARVAM_API_KEY="sarvam-secret",
+        ANTHROPIC_BASE_URL=f"{upstream_url}/anthropic",
+        ANTHROPIC_API_KEY=ANTHROPIC_KEY,
         PYTHONPATH=str(ROOT),
     )
     env.update(extra)

@@ -108,6 +108,8 @@ def test_doctor_checks_store_upstreams_and_a_running_gateway(gateway):
     assert any(line.startswith("ok    database:") for line in lines)
     cloudflare = next(line for line in lines if "provider cloudflare:" in line)
     assert cloudflare.startswith("ok") and "connect" in cloudflare and "first byte" in cloudflare
+    anthropic = next(line for line in lines if "provider anthropic:" in line)  # x-api-key, /v1
+    assert anthropic.startswith("ok") and "model list HTTP 200" in anthropic
     assert any(
         "provider ghost: not configured (" in line and "GHOST_API_KEY" in line for line in lines
     )

@@ -91,9 +91,12 @@ class TokenUsage:
 
 def parse_usage(usage: Mapping[str, Any]) -> TokenUsage:
     """An OpenAI usage object (docs/credits.md), chat's or the Responses API's (which names its
-    fields input_/output_tokens); missing or odd fields count as 0. Cache reads
+    fields input_/output_tokens), or Anthropic's (its cache fields tell it apart: without
+    them it reads the same); missing or odd fields count as 0. Cache reads
     (`prompt_tokens_details.cached_tokens`) and writes (`cache_write_tokens`, as OpenRouter
     reports them) are parts of prompt_tokens."""
+    if "cache_read_input_tokens" in usage or "cache_creation_input_tokens" in usage:
+        return _parse_messages_usage(usage)
     if "input_tokens" in usage:
         return _parse_responses_usage(usage)
     prompt_details = usage.get("prompt_tokens_details") or {}
@@ -106,6 +109,19 @@ def parse_usage(usage: Mapping[str, Any]) -> TokenUsage:
         reasoning=reasoning,
         cached=_count(prompt_details.get("cached_tokens")),
         cache_write=_count(prompt_details.get("cache_write_tokens")),
+    )
+
+
+def _parse_messages_usage(usage: Mapping[str, Any]) -> TokenUsage:
+    """Anthropic's Messages usage (providers/anthropic.py): its input_tokens leave out the cache
+    reads and writes, which are counted, and billed, apart."""
+    read = _count(usage.get("cache_read_input_tokens"))
+    write = _count(usage.get("cache_creation_input_tokens"))
+    return TokenUsage(
+        prompt=_count(usage.get("input_tokens")) + read + write,
+        completion=_count(usage.get("output_tokens")),
+        cached=read,
+        cache_write=write,
     )
 
 

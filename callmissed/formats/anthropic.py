@@ -16,7 +16,7 @@ import orjson
 
 from callmissed.errors import InvalidRequest
 
-__all__ = ["BUDGET_EFFORTS", "MessageRequest", "parse_message_request"]
+__all__ = ["BUDGET_EFFORTS", "MessageRequest", "check_passthrough", "parse_message_request"]
 
 # thinking.budget_tokens -> reasoning_effort: the first threshold the budget reaches; smaller
 # budgets mean "minimal". The convention of LiteLLM's Anthropic adapter (github.com/BerriAI/litellm,
@@ -70,6 +70,18 @@ def parse_message_request(body: Any, *, count_only: bool = False) -> MessageRequ
     if isinstance(metadata.get("user_id"), str) and metadata["user_id"]:
         chat["user"] = metadata["user_id"]
     return MessageRequest(chat, model, stream, thinking, stop_sequences)
+
+
+def check_passthrough(body: Any) -> bool:
+    """The few checks a Messages request passed through to an upstream that speaks Messages
+    needs (the upstream checks the rest, block types and server tools included): whether it
+    streams."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    if not isinstance(body.get("messages"), list) or not body["messages"]:
+        raise _invalid("messages", "must be a non-empty array")
+    _positive_int(body.get("max_tokens"), "max_tokens")
+    return _optional(body, "stream", bool, "a boolean") is True
 
 
 def _invalid(param: str, problem: str) -> InvalidRequest:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from callmissed.providers.base import Provider, UpstreamRequest
+from callmissed.providers.anthropic import Anthropic
+from callmissed.providers.base import Provider, StreamTranslator, UpstreamRequest
 from callmissed.providers.cloudflare import Cloudflare
 from callmissed.providers.openai import OpenAICompatible
 from callmissed.providers.openrouter import OpenRouter
@@ -12,11 +13,11 @@ from callmissed.providers.sarvam import Sarvam
 from callmissed.providers.sim import Simulator
 from callmissed.settings import ProviderSettings
 
-__all__ = ["REGISTRY", "Provider", "UpstreamRequest", "builtin_providers"]
+__all__ = ["REGISTRY", "Provider", "StreamTranslator", "UpstreamRequest", "builtin_providers"]
 
 REGISTRY: dict[str, type[Provider]] = {
     provider.type: provider
-    for provider in (OpenAICompatible, Cloudflare, OpenRouter, Sarvam, Simulator)
+    for provider in (OpenAICompatible, Cloudflare, OpenRouter, Sarvam, Simulator, Anthropic)
 }
 
 

@@ -1,27 +1,31 @@
-"""The provider contract: how a request reaches one upstream API and how its failures read.
+"""The provider contract: how a request reaches one upstream API and how its answers read.
 
-A provider is pure translation: it builds the upstream request (chat, or one batch of embeddings
-inputs) and turns upstream answers and errors into ours. It performs no I/O;
-callmissed/upstream/ does all outbound HTTP.
-The base class speaks the OpenAI-compatible dialect every current upstream shares; a provider
-module overrides only what its upstream does differently.
+A provider owns its upstream's dialect end to end, as pure translation: it builds the upstream
+request from the gateway's OpenAI-format chat body (or one batch of embeddings inputs), parses
+a whole answer into a chat.completion (parse_completion), picks how a stream is read
+(stream_translator: None means the upstream streams OpenAI chunks, which relay.py forwards on its
+fast path; otherwise one translator per stream turns its events into chunks), and reads its error
+bodies. It performs no I/O; callmissed/upstream/ does all outbound HTTP.
+The base class speaks the OpenAI-compatible dialect most upstreams share; a provider module
+overrides only what its upstream does differently (providers/anthropic.py: all of it).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 import orjson
 
 from callmissed import failures
 from callmissed.errors import InvalidRequest, UpstreamError
 from callmissed.formats.embeddings import EmbeddingBatch
-from callmissed.nesting import MAX_DEPTH
+from callmissed.formats.openai import normalise_completion
+from callmissed.nesting import MAX_DEPTH, too_deep
 from callmissed.providers.environment import Environment
 from callmissed.settings import ModelSettings, ProviderSettings, Route
 
-__all__ = ["Provider", "UpstreamRequest", "encode_body"]
+__all__ = ["Provider", "StreamTranslator", "UpstreamRequest", "encode_body"]
 
 
 def encode_body(body: dict[str, Any]) -> bytes:
@@ -47,6 +51,17 @@ class UpstreamRequest:
     model: str  # the upstream's model id, as in the body
 
 
+class StreamTranslator(Protocol):
+    """One upstream stream in another dialect, read as OpenAI chat.completion chunks: fed each
+    event's parsed data in order (relay.ChatStream does the reading and the JSON checks)."""
+
+    done: bool  # the upstream ended the stream as its dialect should (OpenAI's [DONE])
+
+    def feed(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        """The chunks one event makes (often none); the UpstreamError an error event reports."""
+        ...
+
+
 class Provider:
     """An OpenAI-compatible upstream: vLLM, Ollama, llama.cpp, OpenAI itself, ..."""
 
@@ -56,6 +71,7 @@ class Provider:
     # "simulator" (answered in-process).
     transport: ClassVar[Literal["http", "simulator"]] = "http"
     serves_responses: ClassVar[bool] = False  # also POST /responses (relay_responses.py)
+    serves_messages: ClassVar[bool] = False  # Anthropic's POST /v1/messages (relay_messages.py)
     # The most inputs one upstream embeddings request may carry: OpenAI's own limit. A model's
     # `embedding.batch` in the catalog says less where its upstream accepts less.
     embedding_batch: ClassVar[int] = 2048
@@ -77,10 +93,19 @@ class Provider:
         self._headers = {"content-type": "application/json", **self.extra_headers()}
         self._headers.update(settings.headers)
         if settings.api_key:
-            self._headers["authorization"] = f"Bearer {settings.api_key}"
+            self._headers.update(self.credential_headers(settings.api_key))
 
     def extra_headers(self) -> dict[str, str]:
         return {}
+
+    def credential_headers(self, api_key: str) -> dict[str, str]:
+        """How the upstream takes our key."""
+        return {"authorization": f"Bearer {api_key}"}
+
+    @property
+    def described(self) -> str:
+        """The upstream as messages name it: its label and its configured name."""
+        return f"{self.label} ({self.name})"
 
     def build_request(
         self, body: dict[str, Any], route: Route, model: ModelSettings
@@ -93,6 +118,49 @@ class Provider:
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         self.adapt_body(body, model)
         return UpstreamRequest(self._url, self._headers, encode_body(body), route.upstream_model)
+
+    def parse_completion(self, body: bytes) -> dict[str, Any]:
+        """A whole answer's bytes as a normalised chat.completion; UpstreamError if it is not one
+        (malformed, nested too deep, or an error in disguise)."""
+        completion = self.load_answer(body)
+        if not isinstance(completion, dict) or not isinstance(completion.get("choices"), list):
+            error = self.stream_error(completion) if isinstance(completion, dict) else None
+            raise error or self.malformed("answered without choices")
+        error = self.stream_error(completion)
+        if error is not None:
+            raise error
+        normalise_completion(completion)
+        return completion
+
+    def load_answer(self, body: bytes) -> Any:
+        """A whole answer's JSON; UpstreamError if it is malformed or nests too deep."""
+        try:
+            answer = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise self.malformed("answered with malformed JSON") from None
+        if too_deep(answer, len(body)):
+            raise self.malformed(f"answered with JSON nested deeper than {MAX_DEPTH} levels")
+        return answer
+
+    def stream_translator(self) -> StreamTranslator | None:
+        """How one stream is read: None, as OpenAI chunks (relay.py's fast path)."""
+        return None
+
+    def build_messages_request(
+        self, body: dict[str, Any], route: Route, model: ModelSettings, beta: str | None = None
+    ) -> UpstreamRequest:
+        """An Anthropic Messages body passed through, for a provider that serves_messages, with
+        the client's `anthropic-beta` header (`beta`)."""
+        raise NotImplementedError(f"{self.described} does not serve the Messages API")
+
+    def parse_message(self, body: bytes) -> dict[str, Any]:
+        """A whole Messages answer, for a provider that serves_messages."""
+        raise NotImplementedError(f"{self.described} does not serve the Messages API")
+
+    def event_error(self, event: dict[str, Any]) -> UpstreamError:
+        """The UpstreamError an `error` event in a stream of typed events reports."""
+        message = self.error_message(event) or "the upstream failed while generating"
+        return self.make_error(502, message, None)
 
     def build_responses_request(
         self, body: dict[str, Any], route: Route, model: ModelSettings
@@ -198,6 +266,11 @@ class Provider:
         if kind is not None:
             return failures.failure(kind, text, provider=self.name, retry_after=retry_after)
         return failures.from_status(status, text, provider=self.name, retry_after=retry_after)
+
+    def malformed(self, what: str) -> UpstreamError:
+        """The failure table's "malformed" error: this upstream `what` (sent or answered
+        something that is not the SSE or JSON it should be)."""
+        return failures.failure(failures.MALFORMED, f"{self.described} {what}", provider=self.name)
 
     def _scrub(self, text: str) -> str:
         key = self.settings.api_key

@@ -257,8 +257,11 @@ class SQLiteStore(SQLitePriceLists):
         # after the wal-index shows some commit (walwatch.py). Most commits are settlements and
         # top-ups, which change no key: the generation, which every key change bumps (a
         # trigger), tells those apart.
-        if not self._wal.changed():
-            return
+        if self._wal.changed():
+            self._read_version()
+
+    def _read_version(self) -> None:
+        """PRAGMA data_version, and the key-change generation if another connection committed."""
         version = self._db.execute("PRAGMA data_version").fetchone()[0]
         if version == self._version:
             return

@@ -70,3 +70,34 @@ def test_keys_and_credit_change_only_through_accounting():
             ):
                 calls.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.func.attr}")
     assert not calls, f"store writes past accounting/keys.py: {calls}"
+
+
+def test_no_module_patches_a_part_of_another_object():
+    """Dependencies are passed in when a part is built: nothing sets `a.b.c = …` on an object
+    it does not own (app.py once set `gateway.credits.reclaim` after building the gateway)."""
+    patched = [
+        f"{path.relative_to(PACKAGE)}:{node.lineno}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for node in ast.walk(_tree(path))
+        if isinstance(node, ast.stmt) and any(map(_reaches_into_another, _assigned(node)))
+    ]
+    assert not patched, f"set after construction: {patched}"
+
+
+def _assigned(node: ast.stmt) -> list[ast.expr]:
+    targets: list[ast.expr] = []
+    if isinstance(node, ast.AugAssign | ast.AnnAssign):
+        targets.append(node.target)
+    for target in node.targets if isinstance(node, ast.Assign) else []:
+        targets.extend(target.elts if isinstance(target, ast.Tuple) else [target])
+    return targets
+
+
+def _reaches_into_another(target: ast.expr) -> bool:
+    """`a.b.c` for any `a` but `self`: an attribute of a part of another object."""
+    if not (isinstance(target, ast.Attribute) and isinstance(target.value, ast.Attribute)):
+        return False
+    root: ast.expr = target.value
+    while isinstance(root, ast.Attribute):
+        root = root.value
+    return not (isinstance(root, ast.Name) and root.id == "self")

@@ -42,6 +42,7 @@ class Scripted:
     url: str
     script: Callable[[str, int], Answer]
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)  # an answer abandoned
+    ended: asyncio.Event = field(default_factory=asyncio.Event)  # an answer played to its end
 
 
 async def wait_for_part(part: asyncio.Event | float, gone: asyncio.Future[Any]) -> bool:
@@ -128,6 +129,7 @@ async def _play(
         if not answer.sized:
             writer.write(b"0\r\n\r\n")
         await writer.drain()
+        scripted.ended.set()
         return True
     finally:
         gone.cancel()

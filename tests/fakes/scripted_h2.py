@@ -132,6 +132,7 @@ class _Connection(asyncio.Protocol):
         self._h2.end_stream(stream_id)
         self._flush()
         self._tasks.pop(stream_id, None)
+        self._scripted.ended.set()
 
     async def _send(self, stream_id: int, data: bytes) -> None:
         while data:

@@ -1,4 +1,4 @@
-"""A fake LLM upstream: a real aiohttp server on 127.0.0.1 speaking four dialects.
+"""A fake LLM upstream: a real aiohttp server on 127.0.0.1 speaking five dialects.
 
 Paths choose the dialect, as the real providers' base URLs would:
   /client/v4/accounts/{account}/ai/v1/chat/completions   Cloudflare Workers AI (v4 error envelope)
@@ -8,6 +8,8 @@ Paths choose the dialect, as the real providers' base URLs would:
   /openrouter/api/v1/models                               OpenRouter's model list, with prices
   /sarvam/v1/chat/completions                             Sarvam AI
   /local/v1/chat/completions                              any OpenAI-compatible server
+  /anthropic/v1/messages                                  Anthropic's Messages API
+                                                           (tests/fakes/anthropic_upstream.py)
   /openrouter/api/v1/responses                            OpenRouter's Responses API
                                                            (tests/fakes/responses_upstream.py)
   .../ai/run/{model}, .../embeddings                      embeddings (tests/fakes/embeddings.py)
@@ -459,6 +461,9 @@ def start_fake_upstream() -> tuple[FakeUpstream, Callable[[], None]]:
     app.router.add_get("/openrouter/api/v1/models", _models)
     app.router.add_post("/{dialect}/v1/chat/completions", _chat)
     add_responses_routes(app)
+    from tests.fakes.anthropic_upstream import add_anthropic_routes  # it imports this module
+
+    add_anthropic_routes(app)
     from tests.fakes.embeddings import add_embedding_routes  # late: it builds on this module
 
     add_embedding_routes(app)

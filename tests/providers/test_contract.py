@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import orjson
 import pytest
 
@@ -13,6 +16,7 @@ from callmissed.errors import (
     UpstreamTimeout,
 )
 from callmissed.providers import REGISTRY, Provider
+from callmissed.relay import ChatStream, Chunk
 from callmissed.settings import EmbeddingSettings, ModelSettings, ProviderSettings, Route
 
 MODEL = ModelSettings(
@@ -26,6 +30,96 @@ BODY = {
 }
 
 
+@dataclass(frozen=True)
+class Dialect:
+    """What a provider's upstream speaks, as the contract checks it: where a chat request goes
+    (after base_url) and how it carries the key; a whole answer and a stream, each saying
+    "Hello" with usage of 5 prompt and 6 output tokens; an in-band error of status 429."""
+
+    path: str
+    credential: tuple[str, str]
+    answer: dict[str, Any]
+    stream: list[bytes]  # each event's data
+    error: bytes  # an in-band error event's data
+    same_as_openai: bool = True  # unknown fields and stream_options reach the upstream
+    embeds: bool = True
+
+
+def _chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    return orjson.dumps({"id": "c1", "model": "up-model", "choices": [choice], **extra})
+
+
+USAGE = {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11}
+OPENAI = Dialect(
+    path="/chat/completions",
+    credential=("authorization", "Bearer secret-key-123"),
+    answer={
+        "id": "c1",
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello"}}],
+        "usage": USAGE,
+    },
+    stream=[
+        _chunk({"role": "assistant", "content": ""}),
+        _chunk({"content": "Hel"}),
+        _chunk({"content": "lo"}),
+        _chunk({}, "stop"),
+        orjson.dumps({"id": "c1", "choices": [], "usage": USAGE}),
+        b"[DONE]",
+    ],
+    error=orjson.dumps({"error": {"code": 429, "message": "slow down"}, "choices": []}),
+)
+
+
+def _messages_events() -> list[bytes]:
+    usage = {"input_tokens": 5, "cache_read_input_tokens": 0, "output_tokens": 1}
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "content": []}
+    events: list[dict[str, Any]] = [
+        {"type": "message_start", "message": {**message, "model": "up-model", "usage": usage}},
+        {"type": "ping"},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text"}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hel"}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "lo"}},
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn"},
+            "usage": {"output_tokens": 6},
+        },
+        {"type": "message_stop"},
+    ]
+    return [orjson.dumps(event) for event in events]
+
+
+ANTHROPIC = Dialect(
+    path="/v1/messages",
+    credential=("x-api-key", "secret-key-123"),
+    answer={
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "up-model",
+        "content": [{"type": "text", "text": "Hello"}],
+        "stop_reason": "end_turn",
+        "usage": {"input_tokens": 5, "output_tokens": 6},
+    },
+    stream=_messages_events(),
+    error=orjson.dumps({"type": "error", "error": {"type": "rate_limit_error", "message": "x"}}),
+    same_as_openai=False,
+    embeds=False,
+)
+# Every provider in REGISTRY, and the dialect its upstream speaks: one line per provider.
+CONTRACT = {
+    "openai": OPENAI,
+    "cloudflare": OPENAI,
+    "openrouter": OPENAI,
+    "sarvam": OPENAI,
+    "sim": OPENAI,
+    "anthropic": ANTHROPIC,
+}
+
+
 def _provider(kind: str, api_key: str | None = "secret-key-123") -> Provider:
     settings = ProviderSettings(name="p", type=kind, base_url="http://up/v1", api_key=api_key)
     return REGISTRY[kind](settings)
@@ -36,20 +130,63 @@ def provider(request: pytest.FixtureRequest) -> Provider:
     return _provider(request.param)
 
 
-def test_request_keeps_every_field_and_asks_for_usage(provider):
+def test_every_provider_is_in_the_contract():
+    assert set(CONTRACT) == set(REGISTRY)
+
+
+def test_a_request_goes_to_its_dialects_endpoint_with_the_key(provider):
+    dialect = CONTRACT[provider.type]
     built = provider.build_request(dict(BODY), MODEL.routes[0], MODEL)
     body = orjson.loads(built.body)
-    assert built.url == "http://up/v1/chat/completions"
-    assert body["model"] == "up-model"
-    assert body["mystery_field"] == {"kept": True}
-    assert body["stream_options"] == {"include_usage": True}
-    assert built.headers["authorization"] == "Bearer secret-key-123"
+    assert built.url == "http://up/v1" + dialect.path
+    assert (body["model"], built.model) == ("up-model", "up-model")
+    name, value = dialect.credential
+    assert built.headers[name] == value
+    if dialect.same_as_openai:  # within the dialect every field passes through
+        assert body["mystery_field"] == {"kept": True}
+        assert body["stream_options"] == {"include_usage": True}
 
 
 def test_build_request_leaves_the_clients_body_alone(provider):
     body = dict(BODY)
     provider.build_request(body, MODEL.routes[0], MODEL)
     assert body == BODY
+
+
+def test_a_whole_answer_reads_as_a_chat_completion(provider):
+    completion = provider.parse_completion(orjson.dumps(CONTRACT[provider.type].answer))
+    (choice,) = completion["choices"]
+    assert choice["message"]["content"] == "Hello"
+    assert (completion["usage"]["prompt_tokens"], completion["usage"]["completion_tokens"]) == (
+        5,
+        6,
+    )
+
+
+def _streamed(provider: Provider, events: list[bytes]) -> tuple[ChatStream, list[Chunk]]:
+    stream = ChatStream(provider, None, include_usage=True)  # type: ignore[arg-type]
+    chunks: list[Chunk] = []
+    raw = b"".join(b"data: " + data + b"\n\n" for data in events)
+    failure = stream._read(raw, chunks)
+    if failure is not None:
+        raise failure
+    return stream, chunks
+
+
+def test_a_stream_reads_as_chunks_with_usage(provider):
+    stream, chunks = _streamed(provider, CONTRACT[provider.type].stream)
+    deltas = [c.json()["choices"][0]["delta"] for c in chunks if c.json()["choices"]]
+    assert "".join(delta.get("content") or "" for delta in deltas) == "Hello"
+    assert stream.finished and stream.complete
+    assert stream.usage is not None and stream.usage["prompt_tokens"] == 5
+    assert stream.usage["completion_tokens"] == 6
+
+
+def test_an_in_band_error_is_raised_with_its_status(provider):
+    dialect = CONTRACT[provider.type]
+    with pytest.raises(UpstreamError) as raised:
+        _streamed(provider, [*dialect.stream[:2], dialect.error])
+    assert raised.value.http_status == 429
 
 
 @pytest.mark.parametrize(
@@ -61,6 +198,7 @@ def test_build_request_leaves_the_clients_body_alone(provider):
         (401, UpstreamError, 502),
         (500, UpstreamError, 502),
         (503, UpstreamOverloaded, 503),
+        (529, UpstreamOverloaded, 503),
         (504, UpstreamTimeout, 504),
     ],
 )
@@ -76,7 +214,8 @@ def test_error_without_a_json_body(provider):
     assert "502" in error.message
 
 
-def test_in_band_errors_are_found(provider):
+def test_in_band_errors_are_found():
+    provider = _provider("openai")
     chunk = {"error": {"code": 429, "message": "slow down"}, "choices": []}
     error = provider.stream_error(chunk)
     assert error is not None and error.http_status == 429
@@ -129,14 +268,19 @@ EMBED_MODEL = ModelSettings(
 EMBED_BODY = {"model": "e", "input": ["a", "b", "c"], "encoding_format": "base64", "x": 1}
 
 
-def test_an_embedding_batch_request_carries_the_batch_and_the_upstream_model(provider):
-    built = provider.build_embedding_request(
+@pytest.fixture(params=sorted(kind for kind in REGISTRY if CONTRACT[kind].embeds))
+def embedder(request: pytest.FixtureRequest) -> Provider:
+    return _provider(request.param)
+
+
+def test_an_embedding_batch_request_carries_the_batch_and_the_upstream_model(embedder):
+    built = embedder.build_embedding_request(
         dict(EMBED_BODY), ["b", "c"], EMBED_MODEL.routes[0], EMBED_MODEL
     )
     body = orjson.loads(built.body)
     assert built.model == "up-embed"
     assert built.headers["authorization"] == "Bearer secret-key-123"
-    if provider.type == "cloudflare":
+    if embedder.type == "cloudflare":
         assert built.url == "http://up/run/up-embed"  # the native API: base_url less its /v1
         assert body == {"text": ["b", "c"]}
     else:
@@ -145,27 +289,27 @@ def test_an_embedding_batch_request_carries_the_batch_and_the_upstream_model(pro
         assert (body["model"], body["x"], body["encoding_format"]) == ("up-embed", 1, "base64")
 
 
-def test_building_an_embedding_request_leaves_the_clients_body_alone(provider):
+def test_building_an_embedding_request_leaves_the_clients_body_alone(embedder):
     body = dict(EMBED_BODY)
-    provider.build_embedding_request(body, ["a"], EMBED_MODEL.routes[0], EMBED_MODEL)
+    embedder.build_embedding_request(body, ["a"], EMBED_MODEL.routes[0], EMBED_MODEL)
     assert body == EMBED_BODY
 
 
-def test_an_embeddings_answer_is_read_in_input_order(provider):
-    if provider.type == "cloudflare":
+def test_an_embeddings_answer_is_read_in_input_order(embedder):
+    if embedder.type == "cloudflare":
         answer = {"result": {"shape": [2, 2], "data": [[1, 0], [0, 1]]}, "success": True}
     else:
         data = [{"index": 1, "embedding": [0, 1]}, {"index": 0, "embedding": [1, 0]}]
         answer = {"object": "list", "data": data, "model": "m", "usage": {"prompt_tokens": 3}}
-    batch = provider.parse_embeddings(orjson.dumps(answer))
+    batch = embedder.parse_embeddings(orjson.dumps(answer))
     assert batch.vectors == [[1, 0], [0, 1]]
-    assert batch.prompt_tokens == (None if provider.type == "cloudflare" else 3)
+    assert batch.prompt_tokens == (None if embedder.type == "cloudflare" else 3)
 
 
 @pytest.mark.parametrize("answer", [b"[]", b"not json", b'{"error": {"message": "nope"}}'])
-def test_an_embeddings_answer_without_vectors_is_an_upstream_error(provider, answer):
+def test_an_embeddings_answer_without_vectors_is_an_upstream_error(embedder, answer):
     with pytest.raises(UpstreamError):
-        provider.parse_embeddings(answer)
+        embedder.parse_embeddings(answer)
 
 
 def test_cloudflare_embeds_text_only_and_keeps_its_native_options():
@@ -194,7 +338,7 @@ def test_the_simulator_is_told_its_models_vector_length():
 
 
 def test_batch_limits_are_data_per_provider():
-    assert {kind: REGISTRY[kind].embedding_batch for kind in REGISTRY} == {
+    assert {kind: REGISTRY[kind].embedding_batch for kind in REGISTRY if CONTRACT[kind].embeds} == {
         "cloudflare": 100,
         "openai": 2048,
         "openrouter": 2048,
