@@ -1,4 +1,5 @@
-"""build_app(settings): the route table and the lifespan that builds every resource."""
+"""build_app(settings): the route table and the lifespan that builds every resource; and the
+factories each server is handed (granian: create_rsgi_app; an ASGI server: create_app)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from callmissed.api.playground import playground_routes, redirect_home
 from callmissed.auth import Principal, bearer_matches
 from callmissed.console.site import Console
 from callmissed.edge.asgi import ASGIApp
+from callmissed.edge.connections import Connections
+from callmissed.edge.rsgi import RSGIApp
 from callmissed.edge.web import (
     App,
     Endpoint,
@@ -29,7 +32,7 @@ from callmissed.history import History
 from callmissed.peers import Peers
 from callmissed.settings import Settings, load_settings
 
-__all__ = ["build_app", "connect_peers", "create_app", "guards"]
+__all__ = ["build_app", "connect_peers", "create_app", "create_rsgi_app", "guards"]
 
 GatewayHandler = Callable[[Gateway, Request], Awaitable[Response | StreamResponse]]
 
@@ -174,6 +177,12 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> App:
 
 
 def create_app() -> ASGIApp:
-    """The factory for an ASGI server (`callmissed serve` uses rsgi.create_app instead)."""
+    """The factory for an ASGI server (`callmissed serve` uses create_rsgi_app instead)."""
     settings = load_settings()
     return ASGIApp(build_app(settings), settings.edge)
+
+
+def create_rsgi_app() -> RSGIApp:
+    """The factory `callmissed serve` hands to granian: settings from the environment."""
+    settings = load_settings()
+    return RSGIApp(build_app(settings), Connections(settings.edge, settings.port))

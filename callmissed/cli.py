@@ -129,7 +129,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     limits = settings.edge
     _raise_open_files(limits.max_connections)
     server = Granian(
-        "callmissed.edge.rsgi:create_app",  # granian's native interface: docs/performance.md
+        "callmissed.app:create_rsgi_app",  # granian's native interface: docs/performance.md
         factory=True,
         address=settings.host,
         port=settings.port,

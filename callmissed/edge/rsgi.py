@@ -15,16 +15,15 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from callmissed.app import build_app
 from callmissed.deadlines import Deadlines
 from callmissed.edge.connections import Connections
 from callmissed.edge.lifecycle import ClientGone, Lifecycle
 from callmissed.edge.web import App, WriteGate
 from callmissed.exchange import Headers, Write
-from callmissed.settings import EdgeLimits, load_settings
+from callmissed.settings import EdgeLimits
 from callmissed.shutdown import stop_with_parent
 
-__all__ = ["RSGIApp", "create_app"]
+__all__ = ["RSGIApp"]
 
 # Watching for the client to leave (granian's client_disconnect(): a future on its Rust side,
 # handed back when it ends) starts this long into a request, so one over sooner never pays for it:
@@ -175,9 +174,3 @@ async def _body_parts(protocol: Any) -> AsyncIterator[bytes]:
             continue
         empty = False
         yield chunk
-
-
-def create_app() -> RSGIApp:
-    """The factory `callmissed serve` hands to granian: settings from the environment."""
-    settings = load_settings()
-    return RSGIApp(build_app(settings), Connections(settings.edge, settings.port))
