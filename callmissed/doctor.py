@@ -40,7 +40,7 @@ async def run_doctor(settings: Settings, gateway: GatewayOptions | None) -> list
     probes = [
         _check_provider(provider, settings.connect_timeout)
         for provider in settings.providers.values()
-        if not REGISTRY[provider.type].is_local
+        if REGISTRY[provider.type].transport != "simulator"
     ]
     checks += await asyncio.gather(*probes)
     if gateway is not None:

@@ -24,12 +24,14 @@ class Router:
         self._providers = providers
         self._resolved: dict[str, tuple[ModelSettings, list[Target]]] = {}  # catalog models
         # Where a vendor/model id outside the catalog goes (Provider.accepts_any_model), and the
-        # prefixes of ids that are all in the catalog (Provider.is_local).
+        # prefixes of ids that are all in the catalog (in-process ones: Provider.transport).
         self._any_model = next(
             (name for name, provider in providers.items() if provider.accepts_any_model), None
         )
         self._catalog_only = tuple(
-            f"{provider.type}/" for provider in providers.values() if provider.is_local
+            f"{provider.type}/"
+            for provider in providers.values()
+            if provider.transport == "simulator"
         )
 
     def resolve(self, name: str) -> tuple[ModelSettings, list[Target]]:

@@ -325,7 +325,7 @@ class PriceBook:
 
     def _is_simulated(self, route: Route) -> bool:
         provider = self._providers.get(route.provider)
-        return provider is not None and provider.type == "sim"
+        return provider is not None and provider.transport == "simulator"
 
 
 _UNROUTED_FREE = RoutePrice(FREE, False)

@@ -68,7 +68,9 @@ class Provider:
     type: ClassVar[str] = "openai"
     label: ClassVar[str] = "OpenAI-compatible upstream"
     # How callmissed/upstream/ reaches it: "http" (HTTP/1.1 or HTTP/2, as its settings say) or
-    # "simulator" (answered in-process).
+    # "simulator": answered in-process, with no socket, so nothing to probe (doctor.py) and no
+    # one to bill (pricing.py); and every model id under "{type}/" is in the catalog, so an
+    # unknown one is not found rather than sent on (routing.py).
     transport: ClassVar[Literal["http", "simulator"]] = "http"
     serves_responses: ClassVar[bool] = False  # also POST /responses (relay_responses.py)
     serves_messages: ClassVar[bool] = False  # Anthropic's POST /v1/messages (relay_messages.py)
@@ -77,9 +79,6 @@ class Provider:
     embedding_batch: ClassVar[int] = 2048
     # Its usage objects carry `cost`, what it billed in USD (OpenRouter's): settle from that.
     reports_cost: ClassVar[bool] = False
-    # Answered in-process, with no socket (the simulator): nothing to probe; and every model id
-    # under "{type}/" is in the catalog, so an unknown one is not found rather than sent on.
-    is_local: ClassVar[bool] = False
     # Serves any "vendor/model" id as-is (OpenRouter): where a name outside the catalog goes.
     accepts_any_model: ClassVar[bool] = False
     # Built in: its variables and default URL (environment.py). None: declared in the config file.

@@ -21,7 +21,6 @@ SIM_DIMENSIONS = 256  # a simulated embedding model's vectors, unless the catalo
 class Simulator(Provider):
     type = "sim"
     label = "CallMissed simulator"
-    is_local = True
     environment = Environment("sim://local")  # always there: it needs no credentials
     transport = "simulator"
 
