@@ -1,5 +1,5 @@
 """The layout STYLE.md promises, checked: pure providers and formats, upstream I/O only in
-callmissed/upstream/, modest module sizes."""
+callmissed/upstream/, modest module sizes; and docs/architecture.md true to the package."""
 
 from __future__ import annotations
 
@@ -160,3 +160,147 @@ def test_every_document_the_code_cites_is_in_the_repository():
         or name.startswith("..")
     ]
     assert not missing
+
+
+# docs/architecture.md: every module it names exists where it says, and its drawing names every
+# module of the package, so that a newcomer's map is the package as it is.
+ROOT = PACKAGE.parent
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+_ENTRY = re.compile(r"^  (\S+)")
+_FILE = re.compile(r"(?<![\w./-])((?:\w+/)*\w+\.(?:py|toml))\b")
+_FOLDER = re.compile(r"(?<![\w./-])((?:\w+/)+)(?![\w.])")
+_DOC = re.compile(r"[\w./-]+\.md\b")
+_DOTTED = re.compile(r"\bcallmissed(?:\.\w+)+")
+_CODE = re.compile(r"`([^`\n]+)`")
+_NOT_MODULES = {"__pycache__", "__init__.py", "py.typed"}
+
+
+def _drawing_and_prose() -> tuple[str, str]:
+    before, after = ARCHITECTURE.read_text().split("## The package", 1)
+    _, drawing, rest = after.split("```", 2)
+    return drawing, before + rest
+
+
+def _drawn() -> list[tuple[Path, str]]:
+    """Each name the drawing shows, with the folder it stands in (an entry's line and the lines
+    under it speak of that entry's folder; a heading or a top-level file's, of the package)."""
+    drawing, _ = _drawing_and_prose()
+    folder, names = PACKAGE, []
+    for line in drawing.splitlines():
+        entry = _ENTRY.match(line)
+        if entry or not line.startswith(" "):
+            name = entry.group(1) if entry else ""
+            folder = PACKAGE / name if name.endswith("/") else PACKAGE
+            if entry:
+                names.append((PACKAGE, name))
+                line = line[entry.end() :]
+        names += [(folder, found) for found in _FILE.findall(line) + _FOLDER.findall(line)]
+    return names
+
+
+def _where(folder: Path, name: str) -> list[Path]:
+    """What `name`, drawn in `folder`, is: the path itself, else (inside a folder of the package)
+    the files of that name below it."""
+    exact = folder / name.rstrip("/")
+    if exact.exists():
+        return [exact]
+    if folder == PACKAGE:
+        return []
+    return [p for p in folder.rglob(name.rstrip("/")) if p.is_dir() == name.endswith("/")]
+
+
+def test_every_module_the_architecture_drawing_names_exists_where_it_is_drawn():
+    missing = [f"{folder.name}/: {name}" for folder, name in _drawn() if not _where(folder, name)]
+    assert not missing
+
+
+def test_the_architecture_drawing_names_every_module_and_folder():
+    drawn = {path for folder, name in _drawn() for path in _where(folder, name)}
+    modules = [path for path in PACKAGE.iterdir() if path.name not in _NOT_MODULES]
+    for folder in [path for path in modules if path.is_dir()]:
+        modules += [
+            path
+            for path in folder.rglob("*")
+            if (path.suffix == ".py" or path.is_dir()) and path.name not in _NOT_MODULES
+        ]
+    undrawn = sorted(str(path.relative_to(PACKAGE)) for path in modules if path not in drawn)
+    assert not undrawn
+
+
+def test_every_path_and_module_the_architecture_prose_names_exists():
+    _, prose = _drawing_and_prose()
+    codes = _CODE.findall(prose)
+    missing = [name for name in _FILE.findall(prose) if not _exists(name)]
+    missing += [name for name in codes if _FOLDER.fullmatch(name) and not _exists(name)]
+    missing += [
+        name
+        for name in _DOTTED.findall(prose)
+        if not (ROOT / f"{name.replace('.', '/')}.py").is_file()
+        and not (ROOT / name.replace(".", "/")).is_dir()
+    ]
+    missing += [
+        name
+        for name in _DOC.findall(ARCHITECTURE.read_text())
+        if not ((ROOT / name).is_file() or (ROOT / "docs" / name).is_file())
+    ]
+    assert not missing
+
+
+def _exists(name: str) -> bool:
+    """A path from the repository or the package, or a file's or folder's name in the package."""
+    name = name.rstrip("/")
+    if "/" in name:
+        return (ROOT / name).exists() or (PACKAGE / name).exists()
+    return any(PACKAGE.rglob(name))
+
+
+def test_every_class_member_and_module_name_the_architecture_doc_names_exists():
+    """`Charge.settle`, `failures.rule`, `GIVE_BACK`: each is defined where the doc says."""
+    members, tops = _definitions()
+    wrong = []
+    for code in _CODE.findall(ARCHITECTURE.read_text()):
+        dotted = re.fullmatch(r"([A-Za-z_]\w*)\.(\w+)(?:\(\))?", code)
+        if _FILE.fullmatch(code) or _DOC.fullmatch(code):
+            continue  # a file: the tests above
+        if dotted is not None:
+            owner, name = dotted.groups()
+            known = members.get(owner) or tops.get(owner)
+            if known is not None and name not in known:
+                wrong.append(code)
+        elif re.fullmatch(r"[A-Z][A-Za-z0-9_]*", code) and code not in tops["*"]:
+            wrong.append(code)
+    assert not wrong
+
+
+def _definitions() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """Each class's members (methods, class attributes, what its methods set on self), by class
+    name; each module's top-level names, by module name, and every one of them under "*"."""
+    members: dict[str, set[str]] = {}
+    tops: dict[str, set[str]] = {"*": set()}
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        top = tops.setdefault(path.stem, set())
+        for node in tree.body:
+            top.update(_names(node))
+            if isinstance(node, ast.ClassDef):
+                found = members.setdefault(node.name, set())
+                found.update(name for child in node.body for name in _names(child))
+                found.update(
+                    target.attr
+                    for child in ast.walk(node)
+                    if isinstance(child, (ast.Assign, ast.AnnAssign))
+                    for target in (
+                        child.targets if isinstance(child, ast.Assign) else [child.target]
+                    )
+                    if isinstance(target, ast.Attribute)
+                )
+        tops["*"] |= top
+    return members, tops
+
+
+def _names(node: ast.stmt) -> set[str]:
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return {node.name}
+    targets = node.targets if isinstance(node, ast.Assign) else []
+    targets += [node.target] if isinstance(node, ast.AnnAssign) else []
+    return {target.id for target in targets if isinstance(target, ast.Name)}
