@@ -304,3 +304,37 @@ def _names(node: ast.stmt) -> set[str]:
     targets = node.targets if isinstance(node, ast.Assign) else []
     targets += [node.target] if isinstance(node, ast.AnnAssign) else []
     return {target.id for target in targets if isinstance(target, ast.Name)}
+
+
+# The two arrows that run up the drawing on purpose: a handler uses the edge's Request and
+# Response, and upstream/ sends the UpstreamRequest a provider built.
+_UPWARD = {("API", "EDGE"), ("UPSTREAM", "PROVIDERS")}
+
+
+def _layers() -> dict[str, tuple[int, str]]:
+    """Each top-level module or folder the drawing puts on the request path: its layer's place
+    from the top, and the layer's first word. Those beside the path are not in it."""
+    drawing, _ = _drawing_and_prose()
+    layers: dict[str, tuple[int, str]] = {}
+    heading = (0, "")
+    for line in drawing.splitlines():
+        if line and not line.startswith(" "):
+            heading = (heading[0] + 1, re.split(r"\W", line, maxsplit=1)[0])
+            if heading[1] == "BESIDE":
+                break
+        elif entry := _ENTRY.match(line):
+            layers[entry.group(1).removesuffix("/").removesuffix(".py")] = heading
+    return layers
+
+
+def test_imports_run_down_the_architecture_drawing():
+    layers = _layers()
+    upward = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        own = layers.get(path.relative_to(PACKAGE).parts[0].removesuffix(".py"))
+        for name in _imports(path) if own else ():
+            parts = name.split(".")
+            other = layers.get(parts[1]) if parts[0] == "callmissed" and len(parts) > 1 else None
+            if own and other and other[0] < own[0] and (own[1], other[1]) not in _UPWARD:
+                upward.append(f"{path.relative_to(PACKAGE)} imports {name}")
+    assert not upward
