@@ -7,8 +7,9 @@ vocabulary covers at least one byte of UTF-8 text, so a text is at most its UTF-
 the chat template adds a fixed number of marker tokens around each message and part.
 
 What this counts (docs/credits.md says it for operators):
-  * every string in the conversation (`messages`, or a Responses body's `input` and
-    `instructions`) at its UTF-8 bytes: text, names, tool calls and their ids, tool results;
+  * every string in the conversation (`messages`, with a Messages body's `system`, or a
+    Responses body's `input` and `instructions`) at its UTF-8 bytes: text, names, tool calls and
+    their ids, tool results;
   * MESSAGE_OVERHEAD a message or Responses item, PART_OVERHEAD each object within one (a content
     part, a tool call), REQUEST_OVERHEAD once (BOS, the answer's primer, a template's default
     system lines such as gpt-oss's and Llama 3.1's);
@@ -61,9 +62,13 @@ _SCHEMA_FIELDS = ("response_format", "text", "tool_choice")  # rendered into the
 
 def prompt_bound(body: Mapping[str, Any]) -> int:
     """The most prompt tokens an upstream can bill for a Chat Completions body (an Anthropic
-    request's translation is one) or a Responses body."""
+    request's translation is one), a Messages body passed through to an upstream that speaks
+    Messages (its `system` too), or a Responses body."""
     total = REQUEST_OVERHEAD
     conversation = body.get("messages")
+    system = body.get("system")  # a Messages body passed through (relay_messages.py)
+    if system is not None:
+        total += MESSAGE_OVERHEAD + _walk(system)
     if conversation is None:  # a Responses body
         conversation = body.get("input")
         total += _walk(body.get("instructions"))

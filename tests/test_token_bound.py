@@ -102,6 +102,20 @@ def test_a_responses_body_counts_instructions_and_every_item():
     assert prompt_bound({"input": "hi"}) == REQUEST_OVERHEAD + MESSAGE_OVERHEAD + 2
 
 
+def test_a_messages_body_passed_through_counts_its_system_prompt():
+    """Anthropic's own API gets the client's Messages body (relay_messages.py): its `system`,
+    text or blocks, is prompt too."""
+    user = [_message("user", "hi")]
+    bare = prompt_bound({"messages": user})
+    assert prompt_bound({"messages": user, "system": "Be brief."}) == (
+        bare + MESSAGE_OVERHEAD + len("Be brief.")
+    )
+    blocks = [{"type": "text", "text": "नमस्ते"}]
+    assert prompt_bound({"messages": user, "system": blocks}) == (
+        bare + MESSAGE_OVERHEAD + PART_OVERHEAD + len("text") + len("नमस्ते".encode())
+    )
+
+
 def test_embedding_inputs_are_bytes_each_with_its_markers_and_token_arrays_exact():
     assert embedding_bound(["x x", "दुनिया"]) == 3 + 18 + 2 * EMBEDDING_OVERHEAD
     assert embedding_bound([[1, 2, 3], [4]]) == 4
