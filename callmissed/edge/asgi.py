@@ -86,6 +86,9 @@ class _Call:
             if not message.get("more_body"):
                 return
 
+    def reading(self) -> Callable[[], None]:
+        return _nothing  # the ASGI server keeps its own connections
+
     def departure(self) -> asyncio.Future[None]:
         return asyncio.ensure_future(_wait_for_disconnect(self._receive))
 
@@ -111,3 +114,7 @@ class _Call:
 async def _wait_for_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+def _nothing() -> None:
+    return None

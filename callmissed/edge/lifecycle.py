@@ -13,7 +13,7 @@ a client meets the same limits on either.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 from callmissed.deadlines import Deadlines
@@ -59,6 +59,11 @@ class ServerCall(Protocol):
 
     def body_parts(self) -> AsyncIterator[bytes]:
         """A body without a Content-Length, part by part; ClientGone if the client goes."""
+        ...
+
+    def reading(self) -> Callable[[], None]:
+        """A body begins to arrive; the call returned says it is over (its request is in
+        flight meanwhile, however quiet the connection)."""
         ...
 
     def departure(self) -> asyncio.Future[None]:
@@ -143,6 +148,7 @@ class Lifecycle:
         late = _Late(task)
         loop = asyncio.get_running_loop()
         deadline = self.deadlines.call_at(loop.time() + allowed, late)
+        read = call.reading()
         try:
             if size is not None:  # the server reads it whole, at most that long
                 return await _whole_body(call, size, budget)
@@ -153,6 +159,7 @@ class Lifecycle:
             raise RequestTimeout(f"The request body did not arrive within {allowed:g} s.") from None
         finally:
             deadline.cancel()
+            read()
 
 
 class _Late:

@@ -26,7 +26,8 @@ from callmissed.shutdown import stop_with_parent
 __all__ = ["RSGIApp"]
 
 # Watching for the client to leave (granian's client_disconnect(): a future on its Rust side,
-# handed back when it ends) starts this long into a request, so one over sooner never pays for it:
+# handed back when it ends), like marking a body still arriving as a request in flight (for the
+# idle sweep), starts this long into a request, so one over sooner never pays for it:
 # 5 % of req/s at c=64 and 0.06 ms of added TTFB at c=1 against the benchmark's instant upstream
 # (docs/performance.md). A slower one starts it while waiting for its upstream, and a client
 # already gone by then is noticed at once.
@@ -98,6 +99,26 @@ class _Call:
 
     def body_parts(self) -> AsyncIterator[bytes]:
         return _body_parts(self._protocol)
+
+    def reading(self) -> Callable[[], None]:
+        """A body still arriving _WATCH_AFTER in marks its connection busy until it is read,
+        so that the idle sweep (connections.py) leaves it to the body timeout's 408."""
+        connections = self._connections
+        if connections is None:
+            return _nothing
+        client = self._scope.client
+        marks: list[Callable[[], None]] = []
+        loop = asyncio.get_running_loop()
+        start = self._deadlines.call_at(
+            loop.time() + _WATCH_AFTER, lambda: marks.append(connections.busy(client))
+        )
+
+        def over() -> None:
+            start.cancel()
+            for unmark in marks:
+                unmark()
+
+        return over
 
     def departure(self) -> asyncio.Future[None]:
         """Watched from _WATCH_AFTER on; cancelling it stops the watch."""
@@ -174,3 +195,7 @@ async def _body_parts(protocol: Any) -> AsyncIterator[bytes]:
             continue
         empty = False
         yield chunk
+
+
+def _nothing() -> None:
+    return None

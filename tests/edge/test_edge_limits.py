@@ -143,6 +143,24 @@ def test_a_body_that_stops_part_way_gets_408_in_the_clients_dialect(edge):
     assert orjson.loads(body)["error"]["type"] == "invalid_request_error"
 
 
+def test_a_body_that_stalls_past_the_idle_timeout_still_gets_its_408(upstream, tmp_path):
+    """A request whose body is still arriving is in flight, so the idle sweep leaves its
+    connection alone: the body timeout answers it, with a 408 the client can read."""
+    limits = {"CALLMISSED_BODY_TIMEOUT": "2", "CALLMISSED_IDLE_TIMEOUT": "0.5"}
+    gateway = start_gateway(upstream, tmp_path, **limits)
+    try:
+        with _connect(gateway) as sock:
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Length: 100\r\n"
+                b"authorization: Bearer " + gateway.key.encode() + b"\r\n\r\n{"
+            )
+            sock.settimeout(6)
+            answer = sock.recv(65536)
+    finally:
+        stop_gateway(gateway)
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+
+
 def test_a_credential_is_checked_before_the_body_is_read(edge):
     # No body follows the head: the answer comes from the head alone.
     with _connect(edge) as sock:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import orjson
@@ -111,6 +111,9 @@ class _MemoryCall:
 
     async def body_parts(self) -> AsyncIterator[bytes]:
         yield self._body
+
+    def reading(self) -> Callable[[], None]:
+        return lambda: None
 
     def departure(self) -> asyncio.Future[None]:
         return asyncio.get_running_loop().create_future()  # the client stays
