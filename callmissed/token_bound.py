@@ -45,11 +45,11 @@ MESSAGE_OVERHEAD = 12  # role and turn markers around a message (Llama 3: 4, Har
 PART_OVERHEAD = 4  # separators around a part or a tool call (Qwen's <tool_call> wrapper)
 REQUEST_OVERHEAD = 128  # BOS, the answer's primer, a template's default system lines (~60)
 TOOLS_OVERHEAD = 1024  # a tool-use preamble (Anthropic's: 264-530 tokens by model)
-# The most any model we know of bills an image: Qwen2.5-VL at its default max_pixels (16,384);
-# Claude's are at most ~1,600, GPT-4.1 / o-series / GPT-5 at most ~3,800, Gemini's ~4,100.
-# gpt-4o-mini bills up to ~48,000 for one high-detail image: the one known exception
-# (docs/credits.md).
-IMAGE_TOKENS = 16_384
+# The most any model we know of bills an image: gpt-4o-mini, up to ~48,000 for one high-detail
+# image (33x GPT-4o's count, to price it as GPT-4o does); then Qwen2.5-VL at its default
+# max_pixels (16,384). Claude's are at most ~1,600, GPT-4.1 / o-series / GPT-5 ~3,800, Gemini's
+# ~4,100. A hold gives back what the image did not cost, so the largest is held for all.
+IMAGE_TOKENS = 49_152
 # Audio comes as base64 of WAV or MP3: at least 1,000 bytes a second (MP3's lowest bitrate,
 # 8 kbit/s), which the most tokens a second any upstream bills (Gemini's 32) fits 31 times.
 AUDIO_BYTES_PER_TOKEN = 25
