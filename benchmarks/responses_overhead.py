@@ -25,7 +25,7 @@ import httpx
 import orjson
 
 from benchmarks.anthropic_overhead import _chunks, _openai_edge
-from benchmarks.systems import ROOT, CallMissed, Upstream
+from benchmarks.systems import ROOT, CallMissed, Upstream, Upstreams
 from benchmarks.upstream import CHUNKS
 from callmissed.formats.responses import build_chat, check_for_chat, parse_response_request
 from callmissed.formats.responses_output import ResponseEncoder
@@ -99,7 +99,7 @@ def main() -> None:
     workdir = ROOT / "benchmarks" / "results" / "tmp" / f"responses-{time.strftime('%H%M%S')}"
     workdir.mkdir(parents=True)
     upstream = Upstream(Path(workdir), 0.0, 0.0, 0.0)
-    gateway = CallMissed().start(upstream, workdir)
+    gateway = CallMissed().start(Upstreams(upstream), workdir)
     try:
         base = gateway.base_url.removesuffix("/v1")
         chat_ms, responses_ms = _end_to_end_ms(base, gateway.key, args.requests, args.warmup)

@@ -55,33 +55,62 @@ class Inflater:
 
     A compressed body is no bigger on the wire for being huge inflated (deflate reaches about
     1,000:1), so its inflated size is bounded here rather than by what the socket delivers.
+    One read's worth of input can inflate to the whole limit, so it comes out STEP bytes at a
+    time (`pending` says more of it is due): the reader yields to the event loop between
+    steps. And past FREE_BYTES, a body may inflate to at most MAX_RATIO times the compressed
+    bytes it came from: real answers compress less (an event stream compressed whole, its
+    envelopes alike, about 170:1; JSON far less), so a bomb is refused after a few
+    milliseconds of work rather than after the limit's worth.
     """
 
-    __slots__ = ("_room", "_zlib", "limit")
+    STEP = 256 * 1024
+    FREE_BYTES = 4 * 1024 * 1024
+    MAX_RATIO = 300  # deflate tops out near 1,032:1; an event stream compressed whole, ~170:1
+
+    __slots__ = ("_consumed", "_room", "_tail", "_zlib", "limit")
 
     def __init__(self, limit: int) -> None:
         self._zlib = zlib.decompressobj(zlib.MAX_WBITS | 32)  # a gzip or a zlib header
         self._room = self.limit = limit
+        self._tail = b""
+        self._consumed = 0  # compressed bytes inflated so far
+
+    @property
+    def pending(self) -> bool:
+        """Input taken by inflate() is not all inflated yet: more() gives its next step."""
+        return bool(self._tail)
 
     def inflate(self, data: bytes) -> bytes:
+        """The first step of `data` inflated (call only when nothing is pending)."""
+        self._tail = data
+        return self.more()
+
+    def more(self) -> bytes:
+        room, tail = self._room, self._tail
         try:
-            # At most one byte past the room: enough to know the limit is crossed.
-            out = self._zlib.decompress(data, self._room + 1)
+            # One byte past the room, when the room is the smaller: enough to know it is crossed.
+            out = self._zlib.decompress(tail, self.STEP if room >= self.STEP else room + 1)
         except zlib.error as exc:
             raise ProtocolError(f"a malformed compressed body: {exc}") from None
-        if len(out) > self._room:
+        if len(out) > room:
             raise BodyTooLarge(self.limit)
-        self._room -= len(out)
+        self._tail = self._zlib.unconsumed_tail
+        self._consumed += len(tail) - len(self._tail)
+        self._room = room - len(out)
+        inflated = self.limit - self._room
+        if inflated > self.FREE_BYTES and inflated > self._consumed * self.MAX_RATIO:
+            raise BodyTooLarge(inflated)  # a bomb: it would go on at this ratio to the limit
         return out
 
     def flush(self) -> bytes:
-        """What is left at the body's end (every inflate() consumed all its input, so little)."""
+        """What is left at the body's end (call once nothing is pending, so it is little)."""
         try:
             out = self._zlib.flush()
         except zlib.error as exc:
             raise ProtocolError(f"a malformed compressed body: {exc}") from None
         if len(out) > self._room:
             raise BodyTooLarge(self.limit)
+        self._room -= len(out)
         return out
 
 
@@ -123,6 +152,29 @@ class Response:
 
     async def receive(self) -> bytes:
         """The body's next bytes (all that arrived since the last call); b"" at its end."""
+        if self._decoder is not None:
+            return await self._receive_inflated(self._decoder)
+        return await self._receive_raw()
+
+    async def _receive_inflated(self, decoder: Inflater) -> bytes:
+        try:
+            while True:
+                if decoder.pending:
+                    await asyncio.sleep(0)  # the loop's other work, between steps
+                    data = decoder.more()
+                elif compressed := await self._receive_raw():
+                    data = decoder.inflate(compressed)
+                else:
+                    self._decoder = None  # flushed once: what follows is the end
+                    return decoder.flush()
+                if data:  # a step may inflate to nothing (a gzip header alone): not the end
+                    return data
+        except ProtocolError as exc:
+            if self._conn is not None:
+                self._conn.fail(exc)
+            raise
+
+    async def _receive_raw(self) -> bytes:
         while not self._chunks:
             if self._done:
                 return b""
@@ -187,15 +239,6 @@ class Response:
             waiter.set_result(None)
 
     def _feed(self, body: bytes) -> None:
-        if self._decoder is not None:
-            try:
-                body = self._decoder.inflate(body)
-            except ProtocolError as exc:
-                if self._conn is not None:
-                    self._conn.fail(exc)
-                return
-            if not body:
-                return
         self._chunks.append(body)
         self._size += len(body)
         conn = self._conn
@@ -204,14 +247,6 @@ class Response:
         self._wake()
 
     def _finish(self) -> None:
-        if self._decoder is not None:
-            try:
-                tail = self._decoder.flush()
-            except ProtocolError as exc:
-                self._fail(exc)
-                return
-            if tail:
-                self._chunks.append(tail)
         self._done = True
         self._conn = None
         self._wake()

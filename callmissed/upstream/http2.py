@@ -118,11 +118,18 @@ class Http2Response:
         return b"" if chunk is None else bytes(chunk)
 
     async def _receive_inflated(self, inflater: http1.Inflater) -> bytes:
-        # A chunk may inflate to nothing (a gzip header alone): that is not the end.
-        while (chunk := await self._response.body_reader.read_chunk()) is not None:
-            if data := inflater.inflate(bytes(chunk)):
+        # A step may inflate to nothing (a gzip header alone): that is not the end.
+        while True:
+            if inflater.pending:
+                await asyncio.sleep(0)  # the loop's other work, between steps (http1.Inflater)
+                data = inflater.more()
+            elif (chunk := await self._response.body_reader.read_chunk()) is not None:
+                data = inflater.inflate(bytes(chunk))
+            else:
+                self._inflater = None  # flushed once: what follows is the end
+                return inflater.flush()
+            if data:
                 return data
-        return inflater.flush()
 
     def close(self) -> None:
         # Leaving the request context drops the stream (RST_STREAM if it had not ended); it is

@@ -37,6 +37,7 @@ from callmissed.settings import (
     Timeouts,
 )
 from callmissed.upstream.contract import Peer, Response, Transport
+from callmissed.upstream.http1 import Inflater
 from callmissed.upstream.http1_transport import Http1Transport
 from callmissed.upstream.http2 import Http2Transport
 from callmissed.upstream.simulator import SimulatorTransport
@@ -318,6 +319,29 @@ def test_a_compressed_body_that_inflates_past_the_limit_is_refused(kind: str, en
             with pytest.raises(UpstreamBodyTooLarge):  # streamed, as it is bounded too
                 await body_of(response)
             response.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("kind", NETWORK)
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_compressed_body_comes_out_a_bounded_step_at_a_time(kind: str, encoding: str, tls):
+    """A few bytes on the wire may inflate to the whole limit: inflating it in one go would hold
+    the event loop, and every other request on it, for as long (a deflate bomb's attack)."""
+    inflated = b"\0" * (INFLATED_LIMIT - 1)  # within the limit, ~1 KiB on the wire
+    packed = gzip.compress(inflated) if encoding == "gzip" else zlib.compress(inflated)
+
+    def script(path: str, port: int) -> Answer:
+        return Answer(headers=(("content-encoding", encoding),), parts=(packed,), sized=True)
+
+    async def main() -> None:
+        async with rig(kind, script, tls) as (client, server):
+            response = await client.send(request(server.url))
+            parts = []
+            while part := await response.receive():
+                parts.append(part)
+            assert b"".join(parts) == inflated
+            assert max(map(len, parts)) <= Inflater.STEP < len(inflated)
 
     run(main())
 
