@@ -32,14 +32,59 @@ from callmissed.history import History
 from callmissed.peers import Peers
 from callmissed.settings import Settings, load_settings
 
-__all__ = ["build_app", "connect_peers", "create_app", "create_rsgi_app", "guards"]
+__all__ = [
+    "Readiness",
+    "build_app",
+    "connect_peers",
+    "create_app",
+    "create_rsgi_app",
+    "guards",
+]
 
 GatewayHandler = Callable[[Gateway, Request], Awaitable[Response | StreamResponse]]
 
 
-async def healthz(gateway: Gateway, request: Request) -> Response:
+class Readiness:
+    """Whether every worker the server started is serving. Until they all are, /healthz says
+    "starting" (503), so whatever waits for it (a load balancer, a script, the tests) then finds
+    them all: the console's fleet view and /metrics count every one. The other workers are
+    asked through peers.py until they have all been serving once; a worker that dies later is
+    started again by the server, and the server stays ready meanwhile."""
+
+    OP = "serving"
+
+    def __init__(self, peers: Peers, workers: int) -> None:
+        self.workers = workers
+        self._peers = peers
+        self._serving = False  # this worker's start-up is over
+        self._all = workers <= 1
+        peers.serve(self.OP, self._answer)
+
+    def serve(self) -> None:
+        """This worker's start-up is over: it serves from now on."""
+        self._serving = True
+
+    async def serving(self) -> int:
+        """How many of the server's workers serve: this one, and the others that say so."""
+        if self._all:
+            return self.workers
+        answers = await self._peers.ask(self.OP)
+        serving = 1 + sum(1 for value in answers.values if value is True)
+        self._all = serving >= self.workers
+        return serving
+
+    async def _answer(self, _: Any) -> bool:
+        return self._serving
+
+
+async def healthz(readiness: Readiness, request: Request) -> Response:
     # `worker`: which process answered, with --workers N (each has its own connections).
-    return json_response({"status": "ok", "version": __version__, "worker": os.getpid()})
+    answer = {"status": "ok", "version": __version__, "worker": os.getpid()}
+    serving = await readiness.serving()
+    if serving < readiness.workers:
+        starting = {"status": "starting", "serving": serving, "workers": readiness.workers}
+        return json_response({**answer, **starting}, status=503)
+    return json_response(answer)
 
 
 async def metrics(gateway: Gateway, peers: Peers, request: Request) -> Response:
@@ -107,10 +152,12 @@ def connect_peers(gateway: Gateway) -> tuple[Peers, HealthPeers]:
     return peers, health
 
 
-def build_app(settings: Settings, gateway: Gateway | None = None) -> App:
-    """The app over `gateway` (a new one for `settings` unless given: benchmarks.inprocess)."""
+def build_app(settings: Settings, gateway: Gateway | None = None, workers: int = 1) -> App:
+    """The app over `gateway` (a new one for `settings` unless given: benchmarks.inprocess),
+    one of the `workers` processes the server starts (what /healthz waits for)."""
     gateway = gateway or Gateway(settings)
     peers, health = connect_peers(gateway)
+    readiness = Readiness(peers, workers)
     history = History(gateway.store, settings.responses)
     console = Console(gateway, peers)
 
@@ -123,6 +170,7 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> App:
         await health.start()
         await history.start()
         console.start()
+        readiness.serve()
 
     async def shutdown() -> None:
         await console.close()
@@ -164,7 +212,7 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> App:
             )
             for method in ("GET", "PATCH", "POST")
         },
-        ("GET", "/healthz"): Endpoint(bind(healthz)),
+        ("GET", "/healthz"): Endpoint(functools.partial(healthz, readiness)),
         ("GET", "/metrics"): Endpoint(
             functools.partial(metrics, gateway, peers), guard=guard["metrics"]
         ),
@@ -177,7 +225,8 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> App:
 
 
 def create_app() -> ASGIApp:
-    """The factory for an ASGI server (`callmissed serve` uses create_rsgi_app instead)."""
+    """The factory for an ASGI server (`callmissed serve` uses create_rsgi_app instead): its
+    workers, if it starts several, are not known here, so /healthz waits for none of them."""
     settings = load_settings()
     return ASGIApp(build_app(settings), settings.edge)
 
@@ -185,4 +234,5 @@ def create_app() -> ASGIApp:
 def create_rsgi_app() -> RSGIApp:
     """The factory `callmissed serve` hands to granian: settings from the environment."""
     settings = load_settings()
-    return RSGIApp(build_app(settings), Connections(settings.edge, settings.port))
+    app = build_app(settings, workers=settings.workers)  # `callmissed serve` starts that many
+    return RSGIApp(app, Connections(settings.edge, settings.port))

@@ -1,8 +1,8 @@
 """The limits granian leaves to the app, kept per worker from what the kernel reports (sockdiag).
 
 - A connection that sent nothing within the header timeout, or on which nothing went either way
-  for the idle timeout with no request in flight, is shut down (granian has no timeout before a
-  connection's first bytes, nor for an idle HTTP/2 connection).
+  for the idle timeout with no request in flight nor ended meanwhile, is shut down (granian has
+  no timeout before a connection's first bytes, nor for an idle HTTP/2 connection).
 - A stream's writes wait while its client has more than the write buffer unread (granian queues
   every write without bound), and a client that takes nothing for the write timeout is gone.
 docs/security.md has the numbers; nothing here runs on a request that ends within 20 ms.
@@ -15,6 +15,7 @@ import contextlib
 import ipaddress
 import logging
 import socket
+import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -43,6 +44,11 @@ class Connections:
         self.port = port
         self.diag = diag or Diag()
         self._busy: Counter[Peer] = Counter()
+        # When each client's last request in flight ended, for an idle timeout. Its answer was
+        # handed to granian, which writes it from a thread of its own: until it has, the kernel
+        # still reports the connection quiet since the request came, and a sweep meanwhile would
+        # shut it on the answer (a stalled body's 408).
+        self._ended: dict[Peer, float] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._addresses: dict[Address, None] = {}  # local addresses seen, in order (state())
 
@@ -80,6 +86,8 @@ class Connections:
             self._busy[peer] -= 1
             if self._busy[peer] <= 0:
                 del self._busy[peer]
+                if self.diag.available:  # else no sweep forgets it
+                    self._ended[peer] = time.monotonic()
 
         return done
 
@@ -87,6 +95,8 @@ class Connections:
         """Shut down this worker's silent and idle connections; how many."""
         states = self.diag.connections(self.port)
         self._learn(states)
+        since = time.monotonic() - self.limits.idle_timeout
+        self._ended = {peer: ended for peer, ended in self._ended.items() if ended > since}
         stale = [state for state in states if self._stale(state)]
         if not stale:
             return 0
@@ -103,7 +113,11 @@ class Connections:
     def _stale(self, state: TCPState) -> bool:
         if state.received == 0:
             return state.quiet_ms >= self.limits.header_timeout * 1000
-        return state.idle_ms >= self.limits.idle_timeout * 1000 and state.peer not in self._busy
+        idle = self.limits.idle_timeout
+        if state.idle_ms < idle * 1000 or state.peer in self._busy:
+            return False
+        ended = self._ended.get(state.peer)
+        return ended is None or time.monotonic() - ended >= idle
 
     def gate(self, server: str, client: str) -> WriteGate:
         """The write gate of a stream from `server` to `client` (granian's scope strings)."""

@@ -4,6 +4,7 @@ and what that costs when the server is bound to a wildcard address."""
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -88,3 +89,43 @@ def test_a_closed_connection_has_no_state(accepted):
         assert connections.state(server, client) is None
     finally:
         diag.close()
+
+
+def test_a_request_that_just_ended_keeps_its_connection_from_the_idle_sweep():
+    """A stalled body's 408 (or any answer) is handed to granian, which writes it from a thread
+    of its own; until it has, the kernel still reports the connection quiet since the request
+    came. A sweep in that moment shut the connection on the answer. The idle clock restarts
+    when the request ends; the connection is shut down once idle for the timeout after it."""
+    if not hasattr(socket, "AF_NETLINK"):
+        pytest.skip("no sock_diag here (not Linux)")
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    server, _ = listener.accept()
+    connections = Connections(EdgeLimits(idle_timeout=1), port, Diag())
+    try:
+        client.sendall(b"{")  # a request's head and a part of its body
+        peer = "{}:{}".format(*client.getsockname())
+        done = connections.busy(peer)  # in flight, while the connection goes quiet
+        deadline = time.monotonic() + 10
+        while _idle_ms(connections, f"127.0.0.1:{port}", peer) < 1000:
+            assert time.monotonic() < deadline, "the connection never went quiet"
+            time.sleep(0.05)
+        assert connections.sweep() == 0
+        done()  # its answer is on its way
+        assert connections.sweep() == 0
+        while not connections.sweep():  # idle for the timeout since then: shut down
+            assert time.monotonic() < deadline, "the idle connection was never shut down"
+            time.sleep(0.05)
+        client.settimeout(5)
+        assert client.recv(1) == b""
+    finally:
+        connections.diag.close()
+        for sock in (client, server, listener):
+            sock.close()
+
+
+def _idle_ms(connections: Connections, server: str, client: str) -> int:
+    state = connections.state(server, client)
+    assert state is not None
+    return state.idle_ms
