@@ -173,7 +173,11 @@ def main() -> None:
     workdir.mkdir(parents=True)
     upstream = Upstream(Path(workdir), 0.0, 0.0, 0.0)
     system = CallMissed()
-    gateway = system.start(Upstreams(upstream), workdir)
+    try:
+        gateway = system.start(Upstreams(upstream), workdir)
+    except BaseException:  # the upstream stopped however the gateway's start fails
+        upstream.stop()
+        raise
     try:
         unlimited = _cli_key(system.env, [])
         limited = _cli_key(

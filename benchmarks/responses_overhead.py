@@ -99,12 +99,14 @@ def main() -> None:
     workdir = ROOT / "benchmarks" / "results" / "tmp" / f"responses-{time.strftime('%H%M%S')}"
     workdir.mkdir(parents=True)
     upstream = Upstream(Path(workdir), 0.0, 0.0, 0.0)
-    gateway = CallMissed().start(Upstreams(upstream), workdir)
-    try:
-        base = gateway.base_url.removesuffix("/v1")
-        chat_ms, responses_ms = _end_to_end_ms(base, gateway.key, args.requests, args.warmup)
+    try:  # the upstream is stopped however the gateway's start or the run ends
+        gateway = CallMissed().start(Upstreams(upstream), workdir)
+        try:
+            base = gateway.base_url.removesuffix("/v1")
+            chat_ms, responses_ms = _end_to_end_ms(base, gateway.key, args.requests, args.warmup)
+        finally:
+            gateway.stop()
     finally:
-        gateway.stop()
         upstream.stop()
     print(f"end to end, streamed, one at a time (p50 of {args.requests}):")
     print(f"  chat       {chat_ms:7.3f} ms")
