@@ -40,7 +40,7 @@ def capacity(rows: list[Row], system: str, path: str) -> tuple[int | None, Row |
 def cpu_per_chunk_us(row: Row | None) -> float | None:
     if row is None or not row.get("chunks_total") or row.get("server_rss_peak_mib") is None:
         return None  # no server (direct), or nothing relayed
-    return float(row["server_cpu_s"]) / row["chunks_total"] * 1e6
+    return float(row["server_cpu_s"]) / float(row["chunks_total"]) * 1e6
 
 
 def rss_per_stream_kb(row: Row | None, first: Row | None = None) -> float | None:
@@ -53,7 +53,7 @@ def rss_per_stream_kb(row: Row | None, first: Row | None = None) -> float | None
     else:
         grown = row["server_rss_peak_mib"] - (row.get("server_rss_before_mib") or 0.0)
         streams = row["concurrency"]
-    return max(0.0, grown) * 1024 / streams
+    return max(0.0, float(grown)) * 1024 / float(streams)
 
 
 def capacity_section(rows: list[Row]) -> str:
@@ -153,7 +153,7 @@ def _throughput_targets(rows: list[Row], path: str) -> list[list[str]]:
 def _loop_cpu_per_request_us(row: Row) -> float:
     """Event-loop CPU over the run per answer completed in it (warm-up and grace included)."""
     answers = row.get("chunks_total", 0) / 20 or row["ok"]
-    return float(row["server_loop_cpu_s"]) / answers * 1e6
+    return float(row["server_loop_cpu_s"]) / float(answers) * 1e6
 
 
 def _find(rows: list[Row], scenario: str, system: str, path: str, **match: Any) -> Row | None:

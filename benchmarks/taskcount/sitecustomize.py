@@ -14,7 +14,7 @@ if os.environ.get("CALLMISSED_BENCH_TASKS"):
     _counts: collections.Counter[str] = collections.Counter()
     _new_event_loop = uvloop.new_event_loop
 
-    def _count(loop, coro, **kwargs):  # type: ignore[no-untyped-def]
+    def _count(loop, coro, **kwargs):
         _counts[getattr(coro, "__qualname__", type(coro).__name__)] += 1
         return asyncio.Task(coro, loop=loop, **kwargs)
 
@@ -25,7 +25,7 @@ if os.environ.get("CALLMISSED_BENCH_TASKS"):
             with open(path, "w") as out:
                 out.writelines(f"{n} {name}\n" for name, n in _counts.most_common())
 
-    def _counting_loop():  # type: ignore[no-untyped-def]
+    def _counting_loop():
         loop = _new_event_loop()
         loop.set_task_factory(_count)
         threading.Thread(target=_write_forever, daemon=True).start()
