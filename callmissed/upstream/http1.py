@@ -17,7 +17,7 @@ import socket
 import ssl
 import time
 import zlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -67,13 +67,31 @@ class Inflater:
     FREE_BYTES = 4 * 1024 * 1024
     MAX_RATIO = 300  # deflate tops out near 1,032:1; an event stream compressed whole, ~170:1
 
-    __slots__ = ("_consumed", "_room", "_tail", "_zlib", "limit")
+    __slots__ = ("_consumed", "_flushed", "_room", "_tail", "_zlib", "limit")
 
     def __init__(self, limit: int) -> None:
         self._zlib = zlib.decompressobj(zlib.MAX_WBITS | 32)  # a gzip or a zlib header
         self._room = self.limit = limit
         self._tail = b""
         self._consumed = 0  # compressed bytes inflated so far
+        self._flushed = False
+
+    async def pull(self, read: Callable[[], Awaitable[bytes]]) -> bytes:
+        """The body's next inflated bytes, reading compressed ones with `read` (b"" at their end)
+        only once none are pending, yielding to the loop between steps; b"" at the body's end."""
+        while True:
+            if self._tail:
+                await asyncio.sleep(0)  # the loop's other work, between steps
+                data = self.more()
+            elif compressed := await read():
+                data = self.inflate(compressed)
+            elif self._flushed:
+                return b""
+            else:
+                self._flushed = True
+                return self.flush()
+            if data:  # a step may inflate to nothing (a gzip header alone): not the end
+                return data
 
     @property
     def pending(self) -> bool:
@@ -152,23 +170,10 @@ class Response:
 
     async def receive(self) -> bytes:
         """The body's next bytes (all that arrived since the last call); b"" at its end."""
-        if self._decoder is not None:
-            return await self._receive_inflated(self._decoder)
-        return await self._receive_raw()
-
-    async def _receive_inflated(self, decoder: Inflater) -> bytes:
+        if self._decoder is None:
+            return await self._receive_raw()
         try:
-            while True:
-                if decoder.pending:
-                    await asyncio.sleep(0)  # the loop's other work, between steps
-                    data = decoder.more()
-                elif compressed := await self._receive_raw():
-                    data = decoder.inflate(compressed)
-                else:
-                    self._decoder = None  # flushed once: what follows is the end
-                    return decoder.flush()
-                if data:  # a step may inflate to nothing (a gzip header alone): not the end
-                    return data
+            return await self._decoder.pull(self._receive_raw)
         except ProtocolError as exc:
             if self._conn is not None:
                 self._conn.fail(exc)

@@ -111,25 +111,15 @@ class Http2Response:
     async def receive(self) -> bytes:
         try:
             if self._inflater is not None:
-                return await self._receive_inflated(self._inflater)
-            chunk = await self._response.body_reader.read_chunk()
+                return await self._inflater.pull(self._chunk)
+            chunk = await self._response.body_reader.read_chunk()  # inline: once per read
         except (TimeoutError, PyreqwestError, http1.ProtocolError) as exc:
             raise self._peer.failure(exc, begun=True) from None
         return b"" if chunk is None else bytes(chunk)
 
-    async def _receive_inflated(self, inflater: http1.Inflater) -> bytes:
-        # A step may inflate to nothing (a gzip header alone): that is not the end.
-        while True:
-            if inflater.pending:
-                await asyncio.sleep(0)  # the loop's other work, between steps (http1.Inflater)
-                data = inflater.more()
-            elif (chunk := await self._response.body_reader.read_chunk()) is not None:
-                data = inflater.inflate(bytes(chunk))
-            else:
-                self._inflater = None  # flushed once: what follows is the end
-                return inflater.flush()
-            if data:
-                return data
+    async def _chunk(self) -> bytes:
+        chunk = await self._response.body_reader.read_chunk()
+        return b"" if chunk is None else bytes(chunk)
 
     def close(self) -> None:
         # Leaving the request context drops the stream (RST_STREAM if it had not ended); it is
