@@ -1,10 +1,11 @@
-"""results.json → report.md (tables, headline ratios) and PNG charts (matplotlib, optional)."""
+"""results.json → report.md (tables, headline ratios), and the PNG charts through charts.py."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from benchmarks.charts import write_charts
 from benchmarks.report_streams import PATH_NAMES, capacity_section, stream_targets
 
 __all__ = ["headline", "on_path", "write_report"]
@@ -36,7 +37,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         for section in (_overhead(tls), _throughput(tls), _held(tls)):
             sections.append(_retitled(section, f"upstream over {name}"))
     sections.append(_noise(every))
-    charts = _charts(rows, out)
+    charts = write_charts(rows, out)
     if charts:
         sections.append("## Charts\n\n" + "\n".join(f"![{name}]({name})" for name in charts))
     (out / "report.md").write_text("\n\n".join(s for s in sections if s) + "\n")
@@ -498,102 +499,3 @@ def _noise(rows: list[Row]) -> str:
         f"{sum(other) / len(other):.2f} cores, max {max(other):.2f} cores (of "
         "2). Above ~0.1 the numbers are noisy; a quiet run is the one to quote."
     )
-
-
-# -- charts -----------------------------------------------------------------------------------
-
-
-def _charts(rows: list[Row], out: Path) -> list[str]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no charts (pip install -e '.[bench]')")
-        return []
-    names = []
-    series = _concurrency_series(rows)
-    if series:
-        names += [_plot_rps(plt, series, out), _plot_latency(plt, series, out)]
-    held = [row for row in rows if row["scenario"] == "held" and row.get("gap_ms")]
-    if held:
-        names.append(_plot_held(plt, held, out))
-    return names
-
-
-def _concurrency_series(rows: list[Row]) -> dict[str, list[Row]]:
-    series: dict[str, list[Row]] = {}
-    for row in rows:
-        if row["scenario"] in ("overhead", "throughput") and row.get("ttfb_ms"):
-            series.setdefault(row["system"], []).append(row)
-    for points in series.values():
-        points.sort(key=lambda row: row["concurrency"])
-    return series
-
-
-def _plot_rps(plt: Any, series: dict[str, list[Row]], out: Path) -> str:
-    figure, axes = plt.subplots(figsize=(7, 4.2))
-    for system, points in series.items():
-        axes.plot(
-            [p["concurrency"] for p in points],
-            [_plotted_rps(p) for p in points],
-            "o-",
-            label=system,
-        )
-    axes.set(xscale="log", yscale="log", xlabel="concurrency", ylabel="streamed requests/s")
-    axes.set_title("Throughput vs concurrency")
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(out / "throughput.png", dpi=110)
-    plt.close(figure)
-    return "throughput.png"
-
-
-def _plotted_rps(row: Row) -> float:
-    """The windowed rate, unless fewer answers than workers landed in the window: then the
-    server answers in waves longer than the window and only the whole-run rate means anything."""
-    rps = float(row["rps"])
-    if rps * row.get("duration_s", 0) < row["concurrency"]:
-        return float(row.get("rps_whole_run", rps))
-    return rps
-
-
-def _plot_latency(plt: Any, series: dict[str, list[Row]], out: Path) -> str:
-    figure, axes = plt.subplots(figsize=(7, 4.2))
-    for system, points in series.items():
-        x = [p["concurrency"] for p in points]
-        (line,) = axes.plot(x, [p["ttfb_ms"]["p50"] for p in points], "o-", label=f"{system} p50")
-        axes.plot(
-            x,
-            [p["ttfb_ms"]["p99"] for p in points],
-            "s--",
-            color=line.get_color(),
-            label=f"{system} p99",
-        )
-    axes.set(xscale="log", yscale="log", xlabel="concurrency", ylabel="TTFB ms")
-    axes.set_title("Time to first token vs concurrency")
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(out / "latency.png", dpi=110)
-    plt.close(figure)
-    return "latency.png"
-
-
-def _plot_held(plt: Any, held: list[Row], out: Path) -> str:
-    figure, axes = plt.subplots(figsize=(7, 4.2))
-    pcts = ("p50", "p90", "p99", "p999")
-    width = 0.8 / len(held)
-    for index, row in enumerate(held):
-        x = [i + index * width for i in range(len(pcts))]
-        axes.bar(x, [row["gap_ms"][p] for p in pcts], width, label=row["system"])
-    axes.set_xticks([i + 0.4 - width / 2 for i in range(len(pcts))], list(pcts))
-    axes.set(ylabel="gap between content chunks, ms")
-    axes.set_title(f"Held streams: {held[0]['concurrency']} concurrent, paced tokens")
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(out / "held.png", dpi=110)
-    plt.close(figure)
-    return "held.png"
