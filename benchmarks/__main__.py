@@ -1,15 +1,18 @@
-"""`python -m benchmarks run [--quick] [--systems …] [--scenarios …] [--paths …] [--store …]`;
-`python -m benchmarks abuse [--scale S]`: issue 12's attacks (benchmarks/abuse.py).
+"""`python -m benchmarks run [--quick] [--systems …] [--scenarios …] [--paths …] [--store …]
+[--pin]`; `python -m benchmarks abuse [--scale S]`: issue 12's attacks (benchmarks/abuse.py).
 
 Starts the fake upstream, the systems and one load generator per measurement as separate
 processes on 127.0.0.1, runs the scenarios, and writes results.json, report.md and PNG charts
-to benchmarks/results/<time>-<profile>/. See docs/performance.md.
+to benchmarks/results/<time>-<profile>/. With --pin the load side (this runner, the load
+generator, the fake upstreams) runs on one half of the CPUs and every server under test on the
+other. See docs/performance.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shlex
 import sys
 import time
@@ -20,7 +23,7 @@ from typing import Any
 import orjson
 
 from benchmarks.litellm_env import LITELLM_VERSION
-from benchmarks.machine import describe_machine, git_revision, package_versions
+from benchmarks.machine import Placement, describe_machine, git_revision, package_versions
 from benchmarks.report import write_report
 from benchmarks.scenarios import PROFILES, Suite, hedging_status
 from benchmarks.systems import (
@@ -71,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = _csv(args.paths, PATHS) or (["http"] if args.quick else list(PATHS))
     if not set(scenarios) & set(PATH_SCENARIOS):
         paths = ["http"]
+    placement = _place(args)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out).resolve() if args.out else RESULTS / f"{stamp}-{profile_name}"
     workdir = RESULTS / "tmp" / stamp
@@ -78,8 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     meta = _meta(args, profile_name, systems, scenarios, argv)
     meta["paths"] = paths
+    meta["placement"] = {"load": placement.load, "server": placement.server}
+    meta["cores"] = placement.describe(args.workers)
     began = time.perf_counter()
-    rows = _run(args, profile_name, systems, scenarios, paths, workdir)
+    rows = _run(args, placement, profile_name, systems, scenarios, paths, workdir)
     meta["elapsed_s"] = round(time.perf_counter() - began, 1)
     meta["machine_after"] = {"load_average": describe_machine()["load_average"]}
     results = {"meta": meta, "rows": rows}
@@ -102,8 +108,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--workers",
         type=int,
-        default=available_cores(),
-        help="worker processes of callmissed and passthrough (default: callmissed's, one a core)",
+        help="worker processes of callmissed and passthrough (default: callmissed's, one a core"
+        " it may use: with --pin, the server's)",
+    )
+    run.add_argument(
+        "--pin",
+        action="store_true",
+        help="load generator and upstreams on one half of the CPUs, the server under test on the"
+        " other (default: unpinned, as a deployment's workers use every core)",
     )
     run.add_argument(
         "--server",
@@ -137,6 +149,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _place(args: argparse.Namespace) -> Placement:
+    """Where the two sides run (--pin), and so how many workers a server gets by default. This
+    process moves to the load side's CPUs, which every process it starts inherits; the servers
+    are started on theirs (systems.py)."""
+    placement = Placement.split(os.sched_getaffinity(0)) if args.pin else Placement()
+    if placement.load:
+        os.sched_setaffinity(0, placement.load)
+    args.workers = args.workers or len(placement.server) or available_cores()
+    return placement
+
+
 def _csv(text: str | None, known: tuple[str, ...]) -> list[str]:
     if not text:
         return []
@@ -149,6 +172,7 @@ def _csv(text: str | None, known: tuple[str, ...]) -> list[str]:
 
 def _run(
     args: argparse.Namespace,
+    placement: Placement,
     profile_name: str,
     systems: list[str],
     scenarios: list[str],
@@ -159,12 +183,15 @@ def _run(
     if args.capacity_steps:
         steps = tuple(int(step) for step in args.capacity_steps.split(","))
         profile = dataclasses.replace(profile, capacity_steps=steps)
-    callmissed = CallMissed(args.workers, args.hedge_after_ms, args.server, store=args.store)
+    cpus = placement.server  # the servers', when pinned
+    callmissed = CallMissed(
+        args.workers, args.hedge_after_ms, args.server, store=args.store, cpus=cpus
+    )
     makers: dict[str, System] = {
         "direct": Direct(),
-        "passthrough": Passthrough(args.workers, args.server),
+        "passthrough": Passthrough(args.workers, args.server, cpus),
         "callmissed": callmissed,
-        "litellm": LiteLLM(),
+        "litellm": LiteLLM(cpus),
     }
     knobs = (args.pace_ms, args.late_pct, args.late_ms, args.fail_pct)
     with ExitStack() as stack:

@@ -6,11 +6,20 @@ import importlib.metadata
 import os
 import platform
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CpuClock", "ProcessTree", "describe_machine", "package_versions"]
+__all__ = [
+    "CpuClock",
+    "Placement",
+    "ProcessTree",
+    "cpu_list",
+    "describe_machine",
+    "on_cpus",
+    "package_versions",
+]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -141,3 +150,46 @@ class CpuClock:
         ]
         idle = fields[3] + fields[4]  # idle + iowait
         return (sum(fields[:8]) - idle) / _TICK
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Which CPUs the two sides of a measurement run on: the load side (the runner, the load
+    generator, the fake upstreams, the profiler) and the server under test (every process of
+    it). Both empty: unpinned, where the scheduler puts them."""
+
+    load: tuple[int, ...] = ()
+    server: tuple[int, ...] = ()
+
+    @classmethod
+    def split(cls, cpus: Iterable[int]) -> Placement:
+        """The first half of `cpus` for the load side, the rest for the server."""
+        ordered = sorted(cpus)
+        if len(ordered) < 2:
+            raise ValueError(f"pinning needs two CPUs; this process may use {ordered}")
+        half = len(ordered) // 2
+        return cls(tuple(ordered[:half]), tuple(ordered[half:]))
+
+    def describe(self, workers: int) -> str:
+        if not self.server:
+            return (
+                "load generator, upstream(s) and server share the machine's cores, unpinned;"
+                " each table's CPU column says how they were shared"
+            )
+        return (
+            f"pinned (--pin): load generator, fake upstream(s) and runner on CPU "
+            f"{cpu_list(self.load)}; the server under test, every process of it ({workers} "
+            f"worker(s)), on CPU {cpu_list(self.server)}, the same for every system; direct's "
+            f"floor is CPU {cpu_list(self.load)}'s alone"
+        )
+
+
+def cpu_list(cpus: Iterable[int]) -> str:
+    return ",".join(str(cpu) for cpu in sorted(cpus))
+
+
+def on_cpus(command: list[str], cpus: tuple[int, ...]) -> list[str]:
+    """`command` confined to `cpus` (unchanged if empty). taskset sets the mask and then execs
+    the command, so the pid is the command's and every thread and child process it starts
+    later inherits the mask: granian's workers and their Rust threads included."""
+    return ["taskset", "--cpu-list", cpu_list(cpus), *command] if cpus else command

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.charts import write_charts
+from benchmarks.machine import Placement
 from benchmarks.report_streams import PATH_NAMES, capacity_section, stream_targets
 
 __all__ = ["headline", "on_path", "write_report"]
@@ -122,8 +123,7 @@ def _header(meta: dict[str, Any]) -> str:
             f"store {meta.get('store', 'sqlite')}, auth on (a real key with a balance)",
             f"- upstream paths: {', '.join(meta.get('paths', ['http']))} (HTTPS: granian, one "
             "worker, serving h2 or http/1.1 by ALPN)",
-            "- cores: load generator, upstream(s) and server share the machine's cores, unpinned;"
-            " each table's CPU column says how they were shared",
+            f"- cores: {meta.get('cores', Placement().describe(meta['callmissed_workers']))}",
             f"- machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, "
             f"{machine['os']}, kernel {machine['kernel']}, Python {machine['python']}",
             f"- load average before: {_loads(machine['load_average'])}; after: "

@@ -13,7 +13,8 @@
 * `LiteLLM`     LiteLLM's proxy from its own venv (benchmarks/litellm_env.py), master key on.
 
 Each system is reached over one upstream *path* (PATHS) at a time; CallMissed serves them all
-from one process, through a provider per path.
+from one process, through a provider per path. A server given `cpus` (the suite's --pin) runs
+on those CPUs only, every process and thread of it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.machine import ProcessTree
+from benchmarks.machine import ProcessTree, on_cpus
 from benchmarks.tls import Certificates, make_certificates
 from callmissed.settings import available_cores
 
@@ -136,10 +137,13 @@ class Running:
             self.process.wait()
 
 
-def _spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def _spawn(
+    command: list[str], env: dict[str, str], log: Path, cpus: tuple[int, ...] = ()
+) -> subprocess.Popen[bytes]:
+    """Start `command` logging to `log`, on `cpus` if given (a server under test with --pin)."""
     with log.open("wb") as out:
         return subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=log.parent
+            on_cpus(command, cpus), env=env, stdout=out, stderr=subprocess.STDOUT, cwd=log.parent
         )
 
 
@@ -235,9 +239,12 @@ class Direct(System):
 class Passthrough(System):
     name = "passthrough"
 
-    def __init__(self, workers: int = available_cores(), server: str = "granian") -> None:
+    def __init__(
+        self, workers: int = available_cores(), server: str = "granian", cpus: tuple[int, ...] = ()
+    ) -> None:
         self.workers = workers
         self.server = server
+        self.cpus = cpus
 
     def start(self, upstreams: Upstreams, workdir: Path, path: str = "http") -> Running:
         port = free_port()
@@ -250,7 +257,7 @@ class Passthrough(System):
             command.append("--upstream-http2")
         log = workdir / f"passthrough-{path}.log"
         started = time.perf_counter()
-        process = _spawn(command, clean_env(PYTHONPATH=str(ROOT)), log)
+        process = _spawn(command, clean_env(PYTHONPATH=str(ROOT)), log, self.cpus)
         healthy = wait_healthy(port, "/healthz", process, 30)
         base_url = f"http://{HOST}:{port}/v1"
         return Running(
@@ -283,8 +290,10 @@ class CallMissed(System):
         server: str = "granian",
         extra_env: dict[str, str] | None = None,
         store: str = "sqlite",
+        cpus: tuple[int, ...] = (),
     ) -> None:
         self.env: dict[str, str] = {}
+        self.cpus = cpus
         self.workers = workers
         self.server = server
         self.extra_env = extra_env or {}
@@ -362,7 +371,7 @@ class CallMissed(System):
         port = free_port()
         started = time.perf_counter()
         command = self._command(port)
-        process = _spawn(command, env, log)
+        process = _spawn(command, env, log, self.cpus)
         healthy = wait_healthy(port, "/healthz", process, 30)
         models = {kind: f"bench-{kind}" for kind in MODELS}
         if hedging_available():
@@ -458,9 +467,14 @@ class CallMissedOtel(CallMissed):
 
     @classmethod
     def like(cls, other: CallMissed) -> CallMissedOtel:
-        made = cls(other.workers, other.hedge_after_ms, other.server, dict(other.extra_env))
-        made.store = other.store
-        return made
+        return cls(
+            other.workers,
+            other.hedge_after_ms,
+            other.server,
+            dict(other.extra_env),
+            other.store,
+            other.cpus,
+        )
 
     def _start(self, upstreams: Upstreams, workdir: Path) -> Running:
         self._sink = OtlpSink(workdir)
@@ -480,6 +494,9 @@ class CallMissedOtel(CallMissed):
 
 class LiteLLM(System):
     name = "litellm"
+
+    def __init__(self, cpus: tuple[int, ...] = ()) -> None:
+        self.cpus = cpus
 
     def config(self, upstream_url: str, master_key: str) -> str:
         lines = ["model_list:"]
@@ -511,7 +528,7 @@ class LiteLLM(System):
             HF_HUB_OFFLINE="1",
         )
         started = time.perf_counter()
-        process = _spawn(command, env, home / "litellm.log")
+        process = _spawn(command, env, home / "litellm.log", self.cpus)
         healthy = wait_healthy(port, "/health/liveliness", process, 120)
         running = Running(
             self.name,
