@@ -16,7 +16,8 @@ import os
 import shlex
 import sys
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -179,37 +180,29 @@ def _run(
     paths: list[str],
     workdir: Path,
 ) -> list[dict[str, Any]]:
-    profile = dataclasses.replace(PROFILES[profile_name], held_streams=args.held_streams)
+    plan = dataclasses.replace(PROFILES[profile_name], held_streams=args.held_streams)
     if args.capacity_steps:
         steps = tuple(int(step) for step in args.capacity_steps.split(","))
-        profile = dataclasses.replace(profile, capacity_steps=steps)
-    cpus = placement.server  # the servers', when pinned
-    callmissed = CallMissed(
-        args.workers, args.hedge_after_ms, args.server, store=args.store, cpus=cpus
-    )
-    makers: dict[str, System] = {
-        "direct": Direct(),
-        "passthrough": Passthrough(args.workers, args.server, cpus),
-        "callmissed": callmissed,
-        "litellm": LiteLLM(cpus),
-    }
+        plan = dataclasses.replace(plan, capacity_steps=steps)
+    makers = _makers(args, placement)
     knobs = (args.pace_ms, args.late_pct, args.late_ms, args.fail_pct)
     with ExitStack() as stack:
         upstreams = Upstreams(Upstream(workdir, *knobs))
         stack.callback(upstreams.stop)
         if set(paths) - {"http"}:
             upstreams.tls = TLSUpstream(workdir, *knobs)
-        stack.callback(callmissed.stop)
-        running: dict[str, list[Running]] = {}
-        for path in paths:
-            for name in systems:
-                if name == "litellm" and path != "http":
-                    continue  # the comparison with LiteLLM is made over plain HTTP
-                print(f"starting {name} ({path}) …", flush=True)
-                system = makers[name].start(upstreams, workdir, path)
-                stack.callback(system.stop)
-                running.setdefault(path, []).append(system)
-        suite = Suite(profile, running, upstreams, workdir)
+        running = {
+            path: stack.enter_context(_started(makers, systems, upstreams, workdir, path))
+            for path in paths
+        }
+
+        def relaunch(path: str) -> AbstractContextManager[list[Running]]:
+            fresh = _makers(args, placement)
+            return _started(fresh, systems, upstreams, workdir / f"fresh-{path}", path)
+
+        suite = Suite(plan, running, upstreams, workdir, relaunch)
+        callmissed = makers["callmissed"]
+        assert isinstance(callmissed, CallMissed)
         for scenario in scenarios:
             print(f"{scenario}:", flush=True)
             if scenario in ("startup", "otel"):
@@ -217,6 +210,38 @@ def _run(
             else:
                 getattr(suite, scenario)()
         return suite.rows
+
+
+def _makers(args: argparse.Namespace, placement: Placement) -> dict[str, System]:
+    """A system of each kind, each server on the server's CPUs (none when unpinned)."""
+    cpus = placement.server
+    return {
+        "direct": Direct(),
+        "passthrough": Passthrough(args.workers, args.server, cpus),
+        "callmissed": CallMissed(
+            args.workers, args.hedge_after_ms, args.server, store=args.store, cpus=cpus
+        ),
+        "litellm": LiteLLM(cpus),
+    }
+
+
+@contextmanager
+def _started(
+    makers: dict[str, System], systems: list[str], upstreams: Upstreams, workdir: Path, path: str
+) -> Iterator[list[Running]]:
+    """`systems` reached over `path`, stopped (and their makers) when the block ends."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        started = []
+        for name in systems:
+            if name == "litellm" and path != "http":
+                continue  # the comparison with LiteLLM is made over plain HTTP
+            print(f"starting {name} ({path}) …", flush=True)
+            stack.callback(makers[name].stop)
+            system = makers[name].start(upstreams, workdir, path)
+            stack.callback(system.stop)
+            started.append(system)
+        yield started
 
 
 def _meta(

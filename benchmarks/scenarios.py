@@ -5,7 +5,8 @@ drift in the machine's other load hits all of them alike. Every measurement is o
 generator process; while it runs we sample the server's process tree for CPU and RSS and the
 whole machine's busy time, so a report can say how much foreign load it ran next to.
 Overhead, throughput, held streams and capacity run once per upstream path (systems.PATHS);
-the rest over plain HTTP/1.1.
+the rest over plain HTTP/1.1. Capacity runs on servers started for it, so that their memory is
+the held streams' and not what earlier scenarios left behind.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,8 +101,14 @@ PROFILES = {
 }
 
 
+Relaunch = Callable[[str], AbstractContextManager[list[Running]]]
+
+
 class Suite:
-    """Runs scenarios against started systems; collects one row per measurement."""
+    """Runs scenarios against started systems; collects one row per measurement.
+
+    `relaunch(path)` gives fresh copies of the systems over `path`, stopped when its block
+    ends (the capacity scenario's); without it, capacity measures the running ones."""
 
     def __init__(
         self,
@@ -107,13 +116,16 @@ class Suite:
         paths: dict[str, list[Running]],
         upstreams: Upstreams,
         workdir: Path,
+        relaunch: Relaunch | None = None,
     ) -> None:
         self.profile = profile
         self.paths = paths
         self.systems = paths.get("http", [])  # what the plain-HTTP-only scenarios measure
         self.upstreams = upstreams
         self.workdir = workdir
+        self.relaunch = relaunch
         self.rows: list[Row] = []
+        self._extra: list[Running] = []  # started for one scenario: settled like the rest
 
     # -- scenarios ----------------------------------------------------------------------------
 
@@ -151,25 +163,37 @@ class Suite:
                 self._measure("held", system, "paced", count, timing, gaps=True)
 
     def capacity(self) -> None:
-        """Held streams stepped up (Profile.capacity_steps): a system's capacity is the largest
-        count it holds with added gap p99 ≤ 5 ms over direct and no stall ≥ 100 ms
-        (report.py). A system that missed stops stepping; direct steps while anyone does."""
-        timing = self.profile.capacity
-        for systems in self.paths.values():
-            stepping = {system.name for system in systems}
-            for count in self.profile.capacity_steps:
-                if not stepping - {"direct"}:
-                    break
-                direct = None
-                for system in systems:
-                    if system.name not in stepping:
-                        continue
-                    self._measure("capacity", system, "paced", count, timing, gaps=True)
-                    row = self.rows[-1]
-                    if system.name == "direct":
-                        direct = row
-                    elif not holds(row, direct):
-                        stepping.discard(system.name)
+        """Held streams stepped up (Profile.capacity_steps) on freshly started servers: a
+        system's capacity is the largest count it holds with added gap p99 ≤ 5 ms over direct
+        and no stall ≥ 100 ms (report_streams.py). A system that missed stops stepping once it
+        has run two steps (RSS per stream is a slope); direct steps while anyone does."""
+        for path, systems in self.paths.items():
+            if self.relaunch is None:
+                self._capacity_steps(systems)
+                continue
+            print(f"  starting fresh servers ({path}) …", flush=True)
+            with self.relaunch(path) as fresh:
+                self._extra = fresh
+                try:
+                    self._capacity_steps(fresh)
+                finally:
+                    self._extra = []
+
+    def _capacity_steps(self, systems: list[Running]) -> None:
+        stepping = {system.name for system in systems}
+        for count in self.profile.capacity_steps:
+            if not stepping - {"direct"}:
+                break
+            direct = None
+            for system in systems:
+                if system.name not in stepping:
+                    continue
+                self._measure("capacity", system, "paced", count, self.profile.capacity, gaps=True)
+                row = self.rows[-1]
+                if system.name == "direct":
+                    direct = row
+                elif not holds(row, direct) and _steps_run(self.rows, row) >= 2:
+                    stepping.discard(system.name)
 
     def http2(self) -> None:
         for system in self.systems:
@@ -271,7 +295,7 @@ class Suite:
     def _settle(self, limit: float = 45.0) -> None:
         """Wait until every system is idle: a slow one (LiteLLM after 1,000 held streams) keeps
         working through requests its client gave up on, and would load the next measurement."""
-        trees = [tree for system in self.systems if (tree := system.tree) is not None]
+        trees = _trees([*(s for systems in self.paths.values() for s in systems), *self._extra])
         deadline = time.perf_counter() + limit
         while time.perf_counter() < deadline:
             before = sum(tree.cpu_seconds() for tree in trees)
@@ -311,6 +335,18 @@ class Suite:
         tls = self.upstreams.tls
         others = (tls.process.pid,) if tls is not None else ()
         return ProcessTree(self.upstreams.plain.process.pid, others)
+
+
+def _trees(systems: Iterable[Running]) -> list[ProcessTree]:
+    """Each server's process tree once (one callmissed serves every path)."""
+    found = {system.process.pid: system.tree for system in systems if system.process}
+    return [tree for tree in found.values() if tree is not None]
+
+
+def _steps_run(rows: list[Row], last: Row) -> int:
+    """How many capacity steps the system of row `last` has run over its path."""
+    same = ("capacity", last["system"], last["upstream"])
+    return sum((row["scenario"], row["system"], row.get("upstream")) == same for row in rows)
 
 
 def _median_row(rows: list[Row]) -> Row:

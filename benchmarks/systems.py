@@ -221,6 +221,9 @@ class System:
     def start(self, upstreams: Upstreams, workdir: Path, path: str = "http") -> Running:
         raise NotImplementedError
 
+    def stop(self) -> None:
+        """Stop what start() launched that no Running owns (by default there is nothing)."""
+
 
 class Direct(System):
     name = "direct"

@@ -1,0 +1,61 @@
+"""The capacity report's arithmetic (benchmarks/report_streams.py) on made-up rows: RSS per held
+stream."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.report_streams import capacity_section, rss_per_stream_kb
+
+
+def _step(count: int, peak: float | None, before: float | None = 60.0, **extra):
+    return {
+        "scenario": "capacity",
+        "system": "callmissed",
+        "upstream": "http",
+        "concurrency": count,
+        "server_rss_peak_mib": peak,
+        "server_rss_before_mib": before,
+        **extra,
+    }
+
+
+def test_rss_per_stream_is_the_slope_over_every_step_run():
+    # 100 → 400 → 1,600 streams at 30 KiB each over a 70 MiB base: the slope is 30 KiB, not
+    # the 70 MiB the first step also carries.
+    steps = [_step(n, 70 + n * 30 / 1024) for n in (100, 400, 1600)]
+    assert rss_per_stream_kb(steps) == pytest.approx(30.0)
+
+
+def test_the_slope_is_least_squares_and_keeps_a_shrinking_rss_negative():
+    steps = [_step(100, 80.0), _step(200, 90.0), _step(400, 100.0)]
+    # x̄ = 233.3, ȳ = 90: slope = Σ(x-x̄)(y-ȳ) / Σ(x-x̄)² = 3,000 / 46,666.7 MiB per stream,
+    # where the end points alone would give 20 / 300
+    assert rss_per_stream_kb(steps) == pytest.approx(3000 / 46666.7 * 1024, rel=1e-4)
+    shrinking = [_step(100, 190.6), _step(400, 179.2)]  # a shared server, as in issue 17's run
+    assert rss_per_stream_kb(shrinking) == pytest.approx(-11.4 * 1024 / 300)
+
+
+def test_one_step_counts_its_growth_over_the_rss_before_it():
+    assert rss_per_stream_kb([_step(100, 65.0, before=60.0)]) == pytest.approx(51.2)
+    assert rss_per_stream_kb([_step(100, 65.0, before=None)]) is None
+
+
+def test_direct_has_no_server_and_so_no_rss():
+    assert rss_per_stream_kb([_step(n, None, before=None) for n in (100, 400)]) is None
+    assert rss_per_stream_kb([]) is None
+
+
+def _gaps(p99: float) -> dict[str, object]:
+    return {"stalls": 0, "errors": {}, "unfinished": 0, "gap_ms": {"p99": p99}}
+
+
+def test_the_capacity_table_shows_the_slope_over_steps_held_or_not():
+    direct = [{**_step(n, None, None), "system": "direct", **_gaps(25.0)} for n in (100, 400)]
+    ours = [
+        {**_step(100, 80.0), **_gaps(26.0), "server_cpu_s": 1.0, "chunks_total": 10_000},
+        {**_step(400, 92.0), **_gaps(60.0), "server_cpu_s": 3.0, "chunks_total": 30_000},
+    ]
+    table = capacity_section(direct + ours)
+    # held 100 (400 missed by 35 ms); 100 µs of CPU a chunk there; (92 - 80) MiB / 300 streams
+    assert "| plain HTTP/1.1 | callmissed | 100 | 100, 400 | 100.0 | 41.0 | 26.0 |" in table
