@@ -46,6 +46,7 @@ SYSTEMS = ("direct", "passthrough", "callmissed", "litellm")
 SCENARIOS = (
     "overhead",
     "throughput",
+    "profile",
     "held",
     "capacity",
     "http2",
@@ -54,7 +55,7 @@ SCENARIOS = (
     "failover",
     "otel",
 )
-PATH_SCENARIOS = ("overhead", "throughput", "held", "capacity")  # the rest: plain HTTP only
+PATH_SCENARIOS = ("overhead", "throughput", "profile", "held", "capacity")  # rest: plain HTTP
 RESULTS = ROOT / "benchmarks" / "results"
 
 

@@ -2,8 +2,10 @@
 
 Starts the fake upstream and `callmissed serve` as in the suite, drives them with the load
 generator while py-spy samples the gateway's process tree (granian's workers are children),
-then prints the functions with the most samples, self and inclusive, and writes the collapsed
-stacks (for flamegraph tools or speedscope) to benchmarks/results/tmp/.
+then prints the functions with the most samples, self and inclusive, and each callmissed
+module's share, and writes the collapsed stacks (for flamegraph tools or speedscope) to
+benchmarks/results/tmp/. The suite's `profile` scenario (benchmarks/scenarios.py) samples with
+the same `record()` and reports `by_module()`.
 """
 
 from __future__ import annotations
@@ -17,10 +19,43 @@ from pathlib import Path
 
 from benchmarks.systems import ROOT, CallMissed, Upstream, Upstreams
 
-__all__ = ["main"]
+__all__ = ["Samples", "by_module", "main", "read", "record"]
+
+Samples = list[tuple[list[str], int]]  # (frames, outermost first; how many samples)
 
 
-def _read(collapsed: Path) -> list[tuple[list[str], int]]:
+def record(
+    pid: int,
+    load: list[str],
+    seconds: int,
+    out: Path,
+    *,
+    after: float = 0.0,
+    rate: int = 250,
+    idle: bool = False,
+) -> None:
+    """Sample process `pid` and its child processes with py-spy for `seconds` while `load` (a
+    load generator command that outlasts `after + seconds`) runs; py-spy starts `after`
+    seconds into the load, and the load is stopped when it ends. Writes py-spy's collapsed
+    stacks to `out`. Raises RuntimeError if py-spy is missing or fails."""
+    binary = Path(sys.executable).parent / "py-spy"
+    if not binary.exists():
+        raise RuntimeError("py-spy is not installed: pip install -e '.[bench]'")
+    command = [str(binary), "record", "--pid", str(pid), "--subprocesses", "--rate", str(rate),
+               "--format", "raw", "--output", str(out), "--duration", str(seconds),
+               *(["--idle"] if idle else [])]  # fmt: skip
+    loadgen = subprocess.Popen(load, stdout=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        time.sleep(after)
+        spy = subprocess.run(command, capture_output=True, timeout=seconds + 30, check=False)
+    finally:
+        loadgen.terminate()
+        loadgen.wait(timeout=10)
+    if spy.returncode != 0 or not out.exists():
+        raise RuntimeError(f"py-spy failed: {spy.stderr.decode(errors='replace')[-500:]}")
+
+
+def read(collapsed: Path) -> Samples:
     samples = []
     for line in collapsed.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -38,17 +73,17 @@ def _owner(frames: list[str]) -> str:
     return "(Python outside callmissed: granian glue, asyncio loop)"
 
 
-def _by_module(samples: list[tuple[list[str], int]]) -> str:
+def by_module(samples: Samples) -> list[tuple[str, float]]:
+    """Each owner's share of the samples, largest first: the deepest callmissed module on the
+    stack (the libraries it calls included), or native or other Python when there is none."""
     owners: Counter[str] = Counter()
     for frames, count in samples:
         owners[_owner(frames)] += count
     total = sum(owners.values())
-    lines = ["where the time goes (deepest callmissed module, libraries it calls included):"]
-    lines += [f"{n / total:6.1%}  {owner}" for owner, n in owners.most_common()]
-    return "\n".join(lines)
+    return [(owner, n / total) for owner, n in owners.most_common()]
 
 
-def _top(samples: list[tuple[list[str], int]], limit: int) -> str:
+def _top(samples: Samples, limit: int) -> str:
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     total = 0
@@ -67,7 +102,7 @@ def _top(samples: list[tuple[list[str], int]], limit: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--model", default="fast", choices=("fast", "paced"))
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
@@ -78,30 +113,24 @@ def main() -> None:
     workdir = ROOT / "benchmarks" / "results" / "tmp" / f"profile-{time.strftime('%H%M%S')}"
     workdir.mkdir(parents=True)
     upstream = Upstream(workdir, 20.0, 0.0, 0.0)
-    gateway = CallMissed().start(Upstreams(upstream), workdir)
+    maker = CallMissed()
     collapsed = workdir / "gateway.collapsed"
     try:
+        gateway = maker.start(Upstreams(upstream), workdir)
         assert gateway.process is not None
-        spy = subprocess.Popen(
-            [str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
-             str(gateway.process.pid), "--subprocesses", "--rate", str(args.rate),
-             "--format", "raw", "--output", str(collapsed), "--duration", str(int(args.seconds)),
-             *(["--idle"] if args.idle else [])],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
         load = [sys.executable, "-m", "benchmarks.loadgen", "--url",
                 f"{gateway.base_url}/chat/completions", "--key", gateway.key,
                 "--model", f"bench-{args.model}", "--concurrency", str(args.concurrency),
-                "--warmup", "0", "--duration", str(args.seconds)]  # fmt: skip
-        print(subprocess.run(load, capture_output=True, text=True, check=True).stdout)
-        spy.wait(timeout=30)
+                "--warmup", "0.5", "--duration", str(args.seconds + 5)]  # fmt: skip
+        record(gateway.process.pid, load, args.seconds, collapsed, after=0.5,
+               rate=args.rate, idle=args.idle)  # fmt: skip
     finally:
-        gateway.stop()
+        maker.stop()
         upstream.stop()
-    samples = _read(collapsed)
+    samples = read(collapsed)
     print(_top(samples, args.top))
-    print()
-    print(_by_module(samples))
+    print("\nwhere the time goes (deepest callmissed module, libraries it calls included):")
+    print("\n".join(f"{share:6.1%}  {owner}" for owner, share in by_module(samples)))
     print(f"\ncollapsed stacks: {collapsed.relative_to(ROOT)}")
 
 

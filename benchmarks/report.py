@@ -7,7 +7,7 @@ from typing import Any
 
 from benchmarks.charts import write_charts
 from benchmarks.machine import Placement
-from benchmarks.report_streams import PATH_NAMES, capacity_section, stream_targets
+from benchmarks.report_streams import PATH_NAMES, capacity_section, stream_targets, time_section
 
 __all__ = ["headline", "on_path", "write_report"]
 
@@ -23,6 +23,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         _headline_section(rows),
         _targets(rows),
         stream_targets(every),
+        time_section(every),
         _overhead(rows),
         _throughput(rows),
         _held(rows),

@@ -1,4 +1,5 @@
-"""The report's stream-capacity part: capacity per upstream path, and issue 17's targets.
+"""The report's stream-capacity part: capacity per upstream path, issue 17's targets, and
+where callmissed's time goes (the profile scenario) for the targets it misses.
 
 Capacity (scenarios.holds): the largest count of 20 ms-paced streams a system held with added
 gap p99 ≤ 5 ms over direct at the same count, no stall ≥ 100 ms and every stream answered.
@@ -22,6 +23,7 @@ __all__ = [
     "cpu_per_chunk_us",
     "rss_per_stream_kb",
     "stream_targets",
+    "time_section",
 ]
 
 Row = dict[str, Any]
@@ -112,6 +114,67 @@ def stream_targets(rows: list[Row]) -> str:
     if not body:
         return ""
     return "## Targets (issue 17)\n\n" + _table(["path", "target", "measured", "met"], body)
+
+
+_SHOWN_MODULES = 12
+
+
+def time_section(rows: list[Row]) -> str:
+    """Where callmissed's time goes at c=64 on each path (the profile scenario), under the
+    targets it misses there and the measured bound: what the server, upstream and load
+    generator used in the unprofiled c=64 run."""
+    parts = []
+    for row in rows:
+        if row["scenario"] != "profile":
+            continue
+        path = row["upstream"]
+        modules = [(str(owner), float(share)) for owner, share in row["modules"]]
+        shown = [[f"{share:.1%}", owner] for owner, share in modules[:_SHOWN_MODULES]]
+        if len(modules) > _SHOWN_MODULES:
+            rest = sum(share for _, share in modules[_SHOWN_MODULES:])
+            shown.append([f"{rest:.1%}", f"{len(modules) - _SHOWN_MODULES} more modules"])
+        parts.append(
+            f"### {PATH_NAMES.get(path, path)}\n\n{_missed(rows, path)}\n\n{_bound(rows, path)}"
+            f" Sampled: {row['samples']:,} stacks over {row['seconds']} s.\n\n"
+            + _table(["share", "where (deepest callmissed module on the stack)"], shown)
+        )
+    if not parts:
+        return ""
+    note = (
+        "py-spy (benchmarks/profile.py) samples every process of callmissed at 250 Hz while "
+        "64 clients stream from the zero-delay upstream; each sample counts for the deepest "
+        "callmissed module on its stack, the libraries it calls included. py-spy counts a "
+        "thread waiting for the GIL as busy, and slows what it samples: shares, not speeds."
+    )
+    return "## Where the time goes (callmissed, c=64)\n\n" + note + "\n\n" + "\n\n".join(parts)
+
+
+def _missed(rows: list[Row], path: str) -> str:
+    checks = _capacity_targets(rows, path) + _throughput_targets(rows, path)
+    missed = [f"{target} ({measured})" for _, target, measured, met in checks if met != "yes"]
+    if not missed:
+        return "Every issue-17 target measured on this path is met."
+    return "Missed on this path: " + "; ".join(missed) + "."
+
+
+def _bound(rows: list[Row], path: str) -> str:
+    """The c=64 throughput run's costs: which side used the CPU (or what there was of it)."""
+    ours = _find(rows, "throughput", "callmissed", path, concurrency=64)
+    if ours is None:
+        return "No c=64 throughput run on this path to bound it."
+    direct = _find(rows, "throughput", "direct", path, concurrency=64)
+    share = f" ({ours['rps'] / direct['rps']:.0%} of direct's)" if direct and direct["rps"] else ""
+    loop = (
+        f", its event loops {_loop_cpu_per_request_us(ours):.0f} µs a request"
+        if ours.get("server_loop_cpu_s") is not None and ours.get("ok")
+        else ""
+    )
+    return (
+        f"Bound, measured at c=64 without the profiler: {ours['rps']:,.0f} req/s{share}; CPU "
+        f"cores used by the server {ours.get('server_cpu_cores', 0):.2f}{loop}; the upstream "
+        f"{ours.get('upstream_cpu_cores', 0):.2f}, the load generator "
+        f"{ours.get('loadgen_cpu_cores', 0):.2f}, other load {ours.get('other_load_cores', 0):.2f}."
+    )
 
 
 def _capacity_targets(rows: list[Row], path: str) -> list[list[str]]:

@@ -4,9 +4,9 @@ Systems are measured back to back inside each scenario (direct, callmissed, lite
 drift in the machine's other load hits all of them alike. Every measurement is one load
 generator process; while it runs we sample the server's process tree for CPU and RSS and the
 whole machine's busy time, so a report can say how much foreign load it ran next to.
-Overhead, throughput, held streams and capacity run once per upstream path (systems.PATHS);
-the rest over plain HTTP/1.1. Capacity runs on servers started for it, so that their memory is
-the held streams' and not what earlier scenarios left behind.
+Overhead, throughput, profile, held streams and capacity run once per upstream path
+(systems.PATHS); the rest over plain HTTP/1.1. Capacity runs on servers started for it, so that
+their memory is the held streams' and not what earlier scenarios left behind.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks import profile
 from benchmarks.machine import CpuClock, ProcessTree
 from benchmarks.systems import (
     ROOT,
@@ -62,6 +63,7 @@ class Profile:
     startup_launches: int
     capacity: Timing
     capacity_steps: tuple[int, ...] = (100, 200, 400, 800, 1600)
+    profile_seconds: int = 4  # py-spy's sampling at c=64, per upstream path
 
 
 PROFILES = {
@@ -97,6 +99,7 @@ PROFILES = {
         startup_launches=1,
         capacity=Timing(1.0, 2.0, 1.0),
         capacity_steps=(100, 400, 1600),
+        profile_seconds=2,
     ),
 }
 
@@ -112,13 +115,13 @@ class Suite:
 
     def __init__(
         self,
-        profile: Profile,
+        plan: Profile,
         paths: dict[str, list[Running]],
         upstreams: Upstreams,
         workdir: Path,
         relaunch: Relaunch | None = None,
     ) -> None:
-        self.profile = profile
+        self.plan = plan
         self.paths = paths
         self.systems = paths.get("http", [])  # what the plain-HTTP-only scenarios measure
         self.upstreams = upstreams
@@ -132,11 +135,11 @@ class Suite:
     def overhead(self) -> None:
         """Short rounds, every system back to back in each, then the median of the rounds:
         other load on a shared machine drifts, and this keeps it from landing on one system."""
-        rounds = self.profile.overhead_rounds
+        rounds = self.plan.overhead_rounds
         for path, systems in self.paths.items():
             for index in range(rounds):
                 for system in systems:
-                    self._measure("overhead-round", system, "fast", 1, self.profile.overhead)
+                    self._measure("overhead-round", system, "fast", 1, self.plan.overhead)
                     self.rows[-1]["round"] = index + 1
             for system in systems:
                 measured = [
@@ -151,15 +154,15 @@ class Suite:
 
     def throughput(self) -> None:
         for systems in self.paths.values():
-            for concurrency in self.profile.levels:
+            for concurrency in self.plan.levels:
                 for system in systems:
-                    timing = self.profile.throughput
+                    timing = self.plan.throughput
                     self._measure("throughput", system, "fast", concurrency, timing)
 
     def held(self) -> None:
         for systems in self.paths.values():
             for system in systems:
-                count, timing = self.profile.held_streams, self.profile.held
+                count, timing = self.plan.held_streams, self.plan.held
                 self._measure("held", system, "paced", count, timing, gaps=True)
 
     def capacity(self) -> None:
@@ -181,30 +184,63 @@ class Suite:
 
     def _capacity_steps(self, systems: list[Running]) -> None:
         stepping = {system.name for system in systems}
-        for count in self.profile.capacity_steps:
+        for count in self.plan.capacity_steps:
             if not stepping - {"direct"}:
                 break
             direct = None
             for system in systems:
                 if system.name not in stepping:
                     continue
-                self._measure("capacity", system, "paced", count, self.profile.capacity, gaps=True)
+                self._measure("capacity", system, "paced", count, self.plan.capacity, gaps=True)
                 row = self.rows[-1]
                 if system.name == "direct":
                     direct = row
                 elif not holds(row, direct) and _steps_run(self.rows, row) >= 2:
                     stepping.discard(system.name)
 
+    def profile(self) -> None:
+        """py-spy over callmissed at c=64 (benchmarks/profile.py): each module's share of its
+        samples, for the report's "where the time goes". Sampling slows the gateway, so this
+        run's own numbers are not kept."""
+        seconds = self.plan.profile_seconds
+        timing = Timing(0.5, seconds + 3.0, 1.0)  # outlasts py-spy's start and its sampling
+        for path, systems in self.paths.items():
+            gateway = next((s for s in systems if s.name == "callmissed"), None)
+            if gateway is None or gateway.process is None:
+                continue
+            print(f"  py-spy     callmissed  {path:6} fast   c=64    {seconds} s …", flush=True)
+            self._settle()
+            load = _loadgen_command(gateway, "fast", 64, timing, gaps=False, http2=False)
+            out = self.workdir / f"profile-{path}.collapsed"
+            try:
+                profile.record(gateway.process.pid, load, seconds, out, after=timing.warmup)
+            except RuntimeError as error:
+                print(f"  skipped: {error}")
+                return
+            samples = profile.read(out)
+            self.rows.append(
+                {
+                    "scenario": "profile",
+                    "system": gateway.name,
+                    "upstream": path,
+                    "model": "fast",
+                    "concurrency": 64,
+                    "seconds": seconds,
+                    "samples": sum(count for _, count in samples),
+                    "modules": profile.by_module(samples),
+                }
+            )
+
     def http2(self) -> None:
         for system in self.systems:
             if system.name != "callmissed":
                 continue  # the fake upstream and LiteLLM's uvicorn speak HTTP/1.1 only
-            for concurrency in self.profile.http2_levels:
-                self._measure("http2", system, "fast", concurrency, self.profile.http2, http2=True)
+            for concurrency in self.plan.http2_levels:
+                self._measure("http2", system, "fast", concurrency, self.plan.http2, http2=True)
 
     def hedging(self) -> None:
         """A late first token 5% of the time: direct, through us unhedged, through us hedged."""
-        timing, concurrency = self.profile.hedging, self.profile.hedging_concurrency
+        timing, concurrency = self.plan.hedging, self.plan.hedging_concurrency
         for system in self.systems:
             if system.name in ("litellm", "passthrough"):
                 continue
@@ -214,7 +250,7 @@ class Suite:
 
     def failover(self) -> None:
         """One of two routes fails 30% of requests: direct to it, and through us with a fallback."""
-        timing, concurrency = self.profile.failover, self.profile.failover_concurrency
+        timing, concurrency = self.plan.failover, self.plan.failover_concurrency
         for system in self.systems:
             if system.name == "direct":
                 self._measure("failover", system, "flaky", concurrency, timing)
@@ -232,9 +268,9 @@ class Suite:
         maker = CallMissedOtel.like(callmissed)
         try:
             traced = maker.start(self.upstreams, self.workdir)
-            for index in range(self.profile.overhead_rounds):
+            for index in range(self.plan.overhead_rounds):
                 for system in (base, traced):
-                    self._measure("otel-round", system, "fast", 1, self.profile.overhead)
+                    self._measure("otel-round", system, "fast", 1, self.plan.overhead)
                     self.rows[-1]["round"] = index + 1
         finally:
             maker.stop()
@@ -242,7 +278,7 @@ class Suite:
             measured = [
                 r for r in self.rows if r["scenario"] == "otel-round" and r["system"] == name
             ]
-            rounds = self.profile.overhead_rounds
+            rounds = self.plan.overhead_rounds
             self.rows.append({**_median_row(measured), "scenario": "otel", "rounds": rounds})
 
     def startup(self, callmissed: CallMissed | None) -> None:
@@ -252,7 +288,7 @@ class Suite:
                 self.rows.append(_startup_row(system.name, system.startup_s, "first start"))
         if callmissed is None:
             return
-        for index in range(self.profile.startup_launches):
+        for index in range(self.plan.startup_launches):
             extra = callmissed.launch(callmissed.env, self.workdir / f"startup-{index}.log")
             extra.stop()
             assert extra.startup_s is not None

@@ -1,11 +1,11 @@
 """The capacity report's arithmetic (benchmarks/report_streams.py) on made-up rows: RSS per held
-stream."""
+stream, and the "where the time goes" section under the targets missed."""
 
 from __future__ import annotations
 
 import pytest
 
-from benchmarks.report_streams import capacity_section, rss_per_stream_kb
+from benchmarks.report_streams import capacity_section, rss_per_stream_kb, time_section
 
 
 def _step(count: int, peak: float | None, before: float | None = 60.0, **extra):
@@ -59,3 +59,53 @@ def test_the_capacity_table_shows_the_slope_over_steps_held_or_not():
     table = capacity_section(direct + ours)
     # held 100 (400 missed by 35 ms); 100 µs of CPU a chunk there; (92 - 80) MiB / 300 streams
     assert "| plain HTTP/1.1 | callmissed | 100 | 100, 400 | 100.0 | 41.0 | 26.0 |" in table
+
+
+def _throughput(system: str, rps: float, **extra):
+    return {
+        "scenario": "throughput",
+        "system": system,
+        "upstream": "http",
+        "concurrency": 64,
+        "rps": rps,
+        **extra,
+    }
+
+
+def test_where_the_time_goes_sits_under_the_targets_missed_and_the_measured_bound():
+    rows = [
+        _throughput("direct", 9000.0),
+        _throughput(
+            "callmissed",
+            3000.0,
+            ok=3000,
+            chunks_total=60_000,  # 3,000 answers of 20 chunks
+            server_loop_cpu_s=1.2,
+            server_cpu_cores=1.05,
+            upstream_cpu_cores=0.07,
+            loadgen_cpu_cores=0.55,
+            other_load_cores=0.0,
+        ),
+        {
+            "scenario": "profile",
+            "system": "callmissed",
+            "upstream": "http",
+            "concurrency": 64,
+            "seconds": 4,
+            "samples": 2000,
+            "modules": [["(native: granian)", 0.3], ["relay.py", 0.2]]
+            + [[f"m{index}.py", 0.5 / 14] for index in range(14)],
+        },
+    ]
+    section = time_section(rows)
+    assert section.startswith("## Where the time goes (callmissed, c=64)")
+    assert "Missed on this path: c=64: ≥ 60 % of direct's req/s (3,000 vs 9,000 (33%))" in section
+    assert "c=64: event-loop CPU / request ≤ 200 µs (400 µs)" in section
+    assert "3,000 req/s (33% of direct's); CPU cores used by the server 1.05" in section
+    assert "the load generator 0.55" in section
+    assert "| 30.0% | (native: granian) |" in section
+    assert "| 14.3% | 4 more modules |" in section  # 12 shown, the rest summed
+
+
+def test_no_profile_no_section():
+    assert time_section([_throughput("direct", 9000.0)]) == ""
