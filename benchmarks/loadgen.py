@@ -1,7 +1,8 @@
 """The load generator: C workers streaming chat completions over keep-alive connections.
 
-HTTP/1.1 goes through one aiohttp session (C connections); `--http2` multiplexes every worker
-over one HTTP/2 connection with the `h2` library: h2c (prior knowledge) for an http URL, h2 by
+HTTP/1.1 goes through one aiohttp session (C connections); `--http2` multiplexes the workers
+over HTTP/2 connections of at most 100 streams each (one up to C=100), as a client's pool would
+under a server's stream limit, with the `h2` library: h2c (prior knowledge) for an http URL, h2 by
 ALPN for an https one (`--cafile` names the CA to trust, for HTTP/1.1 too). Each request is
 timed from just before it is sent: TTFB is the first SSE event whose `delta.content` is
 non-empty, total is `data: [DONE]`, gaps are the times between successive content events
@@ -21,6 +22,7 @@ import ssl
 import time
 from array import array
 from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -179,7 +181,7 @@ class _H2Stream:
 
 
 class H2Connection(asyncio.Protocol):
-    """One client connection multiplexing every worker's streams."""
+    """One client connection multiplexing its share of the workers' streams."""
 
     def __init__(self, authority: str, scheme: bytes) -> None:
         import h2.config
@@ -200,6 +202,10 @@ class H2Connection(asyncio.Protocol):
         self._conn.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 1 << 24})
         self._conn.increment_flow_control_window(1 << 30)
         self._flush()
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)
 
     def connection_lost(self, exc: Exception | None) -> None:
         for stream in self._streams.values():
@@ -251,20 +257,33 @@ class H2Connection(asyncio.Protocol):
             self._transport.write(data)
 
 
+# Below granian's default SETTINGS_MAX_CONCURRENT_STREAMS (200): with one connection for every
+# worker, the TLS upstream refused direct's streams past 200 (TooManyStreamsError at C=256).
+_STREAMS_PER_CONNECTION = 100
+
+
 async def _run_h2(job: Job, results: Results) -> None:
     url = urlsplit(job.url)
     loop = asyncio.get_running_loop()
     authority, host = url.netloc, url.hostname or "127.0.0.1"
     port = url.port or (443 if job.tls else 80)
     scheme = b"https" if job.tls else b"http"
-    _, conn = await loop.create_connection(
-        lambda: H2Connection(authority, scheme),
-        host,
-        port,
-        ssl=job.tls,
-        server_hostname=host if job.tls else None,
-    )
-    await _drive(job, results, lambda start: conn.request(job, url.path, start))
+    connections = []
+    for _ in range(-(-job.concurrency // _STREAMS_PER_CONNECTION)):
+        _, conn = await loop.create_connection(
+            lambda: H2Connection(authority, scheme),
+            host,
+            port,
+            ssl=job.tls,
+            server_hostname=host if job.tls else None,
+        )
+        connections.append(conn)
+
+    def send(start: float) -> Awaitable[StreamTally]:
+        least_busy = min(connections, key=lambda conn: conn.open_streams)
+        return least_busy.request(job, url.path, start)
+
+    await _drive(job, results, send)
 
 
 # -- the driver -------------------------------------------------------------------------------
@@ -371,7 +390,7 @@ def main() -> None:
     parser.add_argument("--max-requests", type=int)
     parser.add_argument("--gaps", action="store_true", help="record inter-chunk gaps")
     parser.add_argument("--stall-ms", type=float, default=100.0)
-    parser.add_argument("--http2", action="store_true", help="one HTTP/2 connection")
+    parser.add_argument("--http2", action="store_true", help="HTTP/2, ≤ 100 streams a connection")
     parser.add_argument("--cafile", help="CA certificate to trust for an https URL")
     args = parser.parse_args()
     if urlsplit(args.url).hostname not in ("127.0.0.1", "localhost", "::1"):
