@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.report_streams import capacity_section, rss_per_stream_kb, time_section
+from benchmarks.report_streams import (
+    capacity_section,
+    rss_per_stream_kb,
+    stream_targets,
+    time_section,
+)
 
 
 def _step(count: int, peak: float | None, before: float | None = 60.0, **extra):
@@ -56,9 +61,34 @@ def test_the_capacity_table_shows_the_slope_over_steps_held_or_not():
         {**_step(100, 80.0), **_gaps(26.0), "server_cpu_s": 1.0, "chunks_total": 10_000},
         {**_step(400, 92.0), **_gaps(60.0), "server_cpu_s": 3.0, "chunks_total": 30_000},
     ]
+    ours[0]["ttfb_ms"] = {"p99": 12.5}
     table = capacity_section(direct + ours)
     # held 100 (400 missed by 35 ms); 100 µs of CPU a chunk there; (92 - 80) MiB / 300 streams
-    assert "| plain HTTP/1.1 | callmissed | 100 | 100, 400 | 100.0 | 41.0 | 26.0 |" in table
+    assert "| plain HTTP/1.1 | callmissed | 100 | 100, 400 | 100.0 | 41.0 | 26.0 | 12.5 |" in table
+
+
+def _capacity_run(ours_gap: float, bare_gap: float) -> list[dict[str, object]]:
+    """Direct, the pass-through and callmissed at 100 and 400 streams; 20 and 10 µs a chunk."""
+    rows = []
+    for count in (100, 400):
+        rows.append({**_step(count, None, None), "system": "direct", **_gaps(25.0)})
+        for system, gap, cpu_s in (("passthrough", bare_gap, 0.1), ("callmissed", ours_gap, 0.2)):
+            row = {**_step(count, 80.0 + count / 100), "system": system, **_gaps(gap)}
+            rows.append({**row, "server_cpu_s": cpu_s * count / 100, "chunks_total": 100 * count})
+    return rows
+
+
+def test_cpu_per_chunk_is_compared_at_the_largest_count_both_held():
+    targets = stream_targets(_capacity_run(ours_gap=26.0, bare_gap=26.0))
+    assert "| CPU / chunk ≤ 1.25 x pass-through's | 20.0 vs 10.0 µs at 400 streams (2.00 x) |" in (
+        targets
+    )
+
+
+def test_cpu_per_chunk_is_still_compared_when_callmissed_held_no_step():
+    targets = stream_targets(_capacity_run(ours_gap=40.0, bare_gap=26.0))
+    assert "| capacity ≥ 90 % of pass-through's | < 100 vs 400 (0%) | **no** |" in targets
+    assert "20.0 vs 10.0 µs at 100 streams, past a capacity (2.00 x) | **no** |" in targets
 
 
 def _throughput(system: str, rps: float, **extra):
