@@ -13,8 +13,9 @@ count does and the collector is needed only for the rare cycle. So, once the wor
 started: what start-up made is frozen (gc.freeze(): never scanned again, never freed, like the
 modules it mostly is), and the youngest generation is collected every 10,000 allocations, not
 700. The older two keep their defaults, so a cycle that lives long is still found.
-Measured in-process with 1,000 paced streams (benchmarks/chunk_path.py's setting): collector
-time 190 → 49 ms for 69,000 relayed chunks; the longest pause 30 → ~2 ms.
+Measured in-process with 1,000 paced streams (`python -m benchmarks.inprocess --held 1000`,
+against `--default-gc`): the collector's share of CPU 22–27 % → 5–9 %, its longest pause
+25–50 → 7–12 ms.
 """
 
 from __future__ import annotations
