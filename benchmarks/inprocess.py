@@ -206,6 +206,19 @@ class _Collector:
         self.longest = max(self.longest, lasted)
 
 
+async def _longest_lag() -> float:
+    """Until cancelled: the most a 1 ms sleep overslept, i.e. the longest the loop was busy."""
+    loop = asyncio.get_running_loop()
+    longest = 0.0
+    try:
+        while True:
+            before = loop.time()
+            await asyncio.sleep(0.001)
+            longest = max(longest, loop.time() - before - 0.001)
+    except asyncio.CancelledError:
+        return longest
+
+
 async def _held(streams: int, rounds: int, tune: bool) -> list[str]:
     """`rounds` of `streams` concurrent paced answers (after one unmeasured): a line each."""
     from callmissed.app import build_app
@@ -246,9 +259,12 @@ async def _held(streams: int, rounds: int, tune: bool) -> list[str]:
     for round_ in range(rounds + 1):
         events = 0
         cpu = time.process_time()
+        lag = asyncio.ensure_future(_longest_lag())
         with _Collector() as collector:
             await asyncio.gather(*[one() for _ in range(streams)])
         cpu = time.process_time() - cpu
+        lag.cancel()
+        stall = await lag
         if round_ == 0:
             continue  # warming: pools, caches, the wallet
         chunks = streams * 20
@@ -256,7 +272,7 @@ async def _held(streams: int, rounds: int, tune: bool) -> list[str]:
             f"{streams} held streams: {cpu / chunks * 1e6:.2f} us CPU per content chunk "
             f"({events} events); collector {collector.passes} passes, "
             f"{collector.seconds * 1e3:.1f} ms ({collector.seconds / cpu:.0%} of CPU), "
-            f"longest {collector.longest * 1e3:.1f} ms"
+            f"longest {collector.longest * 1e3:.1f} ms; longest loop stall {stall * 1e3:.1f} ms"
         )
     await app.shutdown()
     return lines

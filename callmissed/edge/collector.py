@@ -14,8 +14,8 @@ started: what start-up made is frozen (gc.freeze(): never scanned again, never f
 modules it mostly is), and the youngest generation is collected every 10,000 allocations, not
 700. The older two keep their defaults, so a cycle that lives long is still found.
 Measured in-process with 1,000 paced streams (`python -m benchmarks.inprocess --held 1000`,
-against `--default-gc`): the collector's share of CPU 22–27 % → 5–9 %, its longest pause
-25–50 → 7–12 ms.
+against `--default-gc`): the collector's share of CPU 22-27 % → 5-9 %, its longest pause
+25-50 → 7-12 ms.
 """
 
 from __future__ import annotations
