@@ -11,8 +11,13 @@ instructions, which do not drift:
     python -m benchmarks.inprocess --requests 2000                       # time
     python -m benchmarks.inprocess --profile                             # where (cProfile)
     python -m benchmarks.inprocess --tail                                # what the slowest 1 % met
+    python -m benchmarks.inprocess --held 1000                           # held streams, see below
     valgrind --tool=callgrind python -m benchmarks.inprocess --requests 50 --linger 5  # then 250:
         # (Ir at 250 - Ir at 50) / 600 = instructions per request, start-up cancelled out
+
+`--held N` runs N concurrent streams paced 20 ms apart instead, in rounds, and prints the CPU
+per relayed chunk and the garbage collector's share and longest pause, with the collector tuned
+as a served worker's is (edge/collector.py); `--default-gc` leaves CPython's defaults.
 
 `--linger 5` makes the ledger writer settle in full 64-entry batches whatever the speed: under
 valgrind a request takes ~50x longer, so the usual 20 ms linger would settle a batch of one or
@@ -57,7 +62,12 @@ base_url = "http://127.0.0.1:{port}/v1"
 [models."bench-fast"]
 routes = ["bench:fast"]
 prices = {{ input = 0.15, cached_input = 0.075, output = 0.6 }}
+
+[models."bench-paced"]
+routes = ["bench:paced"]
+prices = {{ input = 0.15, cached_input = 0.075, output = 0.6 }}
 """
+_PACED_BODY = orjson.dumps({**orjson.loads(_BODY), "model": "bench-paced"})
 
 
 class _Tail:
@@ -171,6 +181,103 @@ async def _measure(
     return best_wall, best_cpu
 
 
+class _Collector:
+    """The garbage collector's passes while entered: how many, their time, the longest."""
+
+    def __init__(self) -> None:
+        self.passes = 0
+        self.seconds = self.longest = 0.0
+        self._began = 0.0
+
+    def __enter__(self) -> _Collector:
+        gc.callbacks.append(self._seen)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        gc.callbacks.remove(self._seen)
+
+    def _seen(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+            return
+        lasted = time.perf_counter() - self._began
+        self.passes += 1
+        self.seconds += lasted
+        self.longest = max(self.longest, lasted)
+
+
+async def _longest_lag() -> float:
+    """Until cancelled: the most a 1 ms sleep overslept, i.e. the longest the loop was busy."""
+    loop = asyncio.get_running_loop()
+    longest = 0.0
+    try:
+        while True:
+            before = loop.time()
+            await asyncio.sleep(0.001)
+            longest = max(longest, loop.time() - before - 0.001)
+    except asyncio.CancelledError:
+        return longest
+
+
+async def _held(streams: int, rounds: int, tune: bool) -> list[str]:
+    """`rounds` of `streams` concurrent paced answers (after one unmeasured): a line each."""
+    from callmissed.app import build_app
+    from callmissed.auth import create_key
+    from callmissed.edge.collector import tune_collector
+    from callmissed.edge.web import Request, StreamResponse, write_stream
+    from callmissed.gateway import Gateway
+    from callmissed.settings import load_settings
+
+    settings = load_settings()
+    gateway = Gateway(settings)
+    app = build_app(settings, gateway)
+    await app.startup()
+    if tune:
+        tune_collector()  # as edge/rsgi.py does once the worker has started
+    key, _ = await create_key(gateway.store, "inprocess", 10**12)
+    headers = {"authorization": f"Bearer {key}", "content-length": str(len(_PACED_BODY))}
+    endpoint = app.route("POST", "/v1/chat/completions")
+    loop = asyncio.get_running_loop()
+    events = 0
+
+    async def count(part: bytes) -> None:
+        nonlocal events
+        events += part.count(b"data: ")
+
+    async def one() -> None:
+        gone: asyncio.Future[None] = loop.create_future()
+        request_id = "req_" + os.urandom(8).hex()
+        principal, _ = await app.admit(endpoint, headers)
+        request = Request(
+            "POST", "/v1/chat/completions", headers, _PACED_BODY, request_id, None, principal
+        )
+        response = await app.respond(endpoint, request, gone)
+        assert isinstance(response, StreamResponse), response
+        await write_stream(response, count, gone, request_id)
+
+    lines = []
+    for round_ in range(rounds + 1):
+        events = 0
+        cpu = time.process_time()
+        lag = asyncio.ensure_future(_longest_lag())
+        with _Collector() as collector:
+            await asyncio.gather(*[one() for _ in range(streams)])
+        cpu = time.process_time() - cpu
+        lag.cancel()
+        stall = await lag
+        if round_ == 0:
+            continue  # warming: pools, caches, the wallet
+        chunks = streams * 20
+        lines.append(
+            f"{streams} held streams: {cpu / chunks * 1e6:.2f} us CPU per content chunk "
+            f"({events} events); collector {collector.passes} passes, "
+            f"{collector.seconds * 1e3:.1f} ms ({collector.seconds / cpu:.0%} of CPU), "
+            f"longest {collector.longest * 1e3:.1f} ms; longest loop stall {stall * 1e3:.1f} ms"
+        )
+    await app.shutdown()
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000, help="per round (3 rounds)")
@@ -178,6 +285,11 @@ def main() -> None:
     parser.add_argument("--tail", action="store_true", help="what the slowest 1 %% overlapped")
     parser.add_argument(
         "--linger", type=float, help="seconds the ledger writer waits after a wake-up (20 ms)"
+    )
+    parser.add_argument("--held", type=int, help="N concurrent paced streams instead")
+    parser.add_argument("--rounds", type=int, default=3, help="--held: measured rounds")
+    parser.add_argument(
+        "--default-gc", action="store_true", help="--held: CPython's collector settings"
     )
     args = parser.parse_args()
     if args.linger is not None:
@@ -193,6 +305,10 @@ def main() -> None:
         (home / "inprocess.toml").write_text(_CONFIG.format(port=port))
         os.environ["CALLMISSED_CONFIG"] = str(home / "inprocess.toml")
         os.environ["CALLMISSED_DATABASE_URL"] = f"sqlite:///{home / 'inprocess.sqlite3'}"
+        os.environ.setdefault("CALLMISSED_ACCESS_LOG", str(home / "access.log"))
+        if args.held:
+            print("\n".join(uvloop.run(_held(args.held, args.rounds, not args.default_gc))))
+            return
         profile = cProfile.Profile() if args.profile else None
         tail = _Tail() if args.tail else None
         wall, cpu = uvloop.run(_measure(args.requests, profile, tail))

@@ -2,9 +2,9 @@
 
 granian (its native RSGI interface on uvloop, as `callmissed serve` runs; `--interface asgi` for
 granian's ASGI, `--server uvicorn` for uvicorn) + one pooled client as the gateway uses for the
-upstream's protocol (`callmissed/upstream/http1.py` for HTTP/1.1, plain or over TLS; pyreqwest for
-HTTP/2, `--upstream-http2`): forward the body to the upstream and stream its bytes back
-unchanged. No auth, no parsing, no accounting.
+upstream's protocol (`callmissed/upstream/http1.py` for HTTP/1.1, plain or over TLS;
+`callmissed/upstream/http2.py`'s transport for HTTP/2, `--upstream-http2`): forward the body
+to the upstream and stream its bytes back unchanged. No auth, no parsing, no accounting.
 What CallMissed costs beyond this row is the cost of its features; what this row costs over
 `direct` is the cost of the server and the client library.
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,7 +23,7 @@ from callmissed.upstream.http1 import Client
 __all__ = ["app", "main", "rsgi_app"]
 
 _client: Client | None = None
-_h2: Any = None  # a pyreqwest client, for --upstream-http2
+_h2: Any = None  # the gateway's HTTP/2 transport, for --upstream-http2
 
 
 def _upstream() -> tuple[Client, str]:
@@ -41,20 +40,22 @@ def _upstream() -> tuple[Client, str]:
     return _client, urlsplit(base).path
 
 
-def _h2_client() -> Any:
-    """A pyreqwest client as callmissed/upstream/ builds one for an https provider."""
+def _h2_transport() -> Any:
+    """The gateway's own HTTP/2 transport (its connections, as it opens them), for an https
+    upstream."""
     global _h2
     if _h2 is None:
-        from datetime import timedelta
+        from callmissed.settings import ProviderSettings, Settings, Timeouts
+        from callmissed.upstream.contract import Peer
+        from callmissed.upstream.http2 import Http2Transport
 
-        from pyreqwest.client import ClientBuilder
-
-        builder = ClientBuilder().http2(True).http2_adaptive_window(True).tcp_nodelay(True)
-        builder = builder.connect_timeout(timedelta(seconds=10))
-        ca_file = os.environ.get("PASSTHROUGH_CA_FILE")
-        if ca_file:
-            builder = builder.add_root_certificate_pem(Path(ca_file).read_bytes())
-        _h2 = builder.build()
+        ca_file = os.environ.get("PASSTHROUGH_CA_FILE") or None
+        base = os.environ["PASSTHROUGH_UPSTREAM"]
+        provider = ProviderSettings("upstream", "openai", base, ca_file=ca_file)
+        settings = Settings(
+            providers={}, models={}, reasoning_policies={}, timeouts=Timeouts(connect=10.0)
+        )
+        _h2 = Http2Transport(provider, settings, Peer("the upstream", "upstream"))
     return _h2
 
 
@@ -117,22 +118,18 @@ class _RSGIPassthrough:
 
 
 async def _forward_h2(scope: Any, protocol: Any, body: bytes) -> None:
-    base = os.environ["PASSTHROUGH_UPSTREAM"]
-    url = base + scope.path.removeprefix("/v1")
-    request = (
-        _h2_client()
-        .post(url)
-        .headers(_HEADERS)
-        .body_bytes(body)
-        .streamed_read_buffer_limit(0)
-        .build_streamed()
-    )
-    async with request as upstream:
+    from callmissed.providers import UpstreamRequest
+
+    url = os.environ["PASSTHROUGH_UPSTREAM"] + scope.path.removeprefix("/v1")
+    upstream = await _h2_transport().send(UpstreamRequest(url, _HEADERS, body, "passthrough"))
+    try:
         transport = protocol.response_stream(
-            int(upstream.status), [("content-type", "text/event-stream")]
+            upstream.status, [("content-type", "text/event-stream")]
         )
-        while (chunk := await upstream.body_reader.read_chunk()) is not None:
-            await transport.send_bytes(bytes(chunk))
+        while chunk := await upstream.receive():
+            await transport.send_bytes(chunk)
+    finally:
+        upstream.release()
 
 
 _HEADERS = {"content-type": "application/json"}

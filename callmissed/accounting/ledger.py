@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 
 from callmissed.accounting.wallet import Wallets
+from callmissed.jsonbytes import kept_dumps
 from callmissed.settings import Settings
 from callmissed.store import LedgerEntry, Store
 
@@ -128,7 +129,7 @@ class Ledger:
         upstream, and in one write with the other requests that began meanwhile."""
         if self._closed:
             return
-        line = orjson.dumps(
+        line = kept_dumps(
             {"begin": request_id, "key_id": key_id, "model": model, "created_at": created_at}
         )
         self._flying[request_id] = line

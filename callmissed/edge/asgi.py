@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from callmissed.edge.collector import tune_collector
 from callmissed.edge.lifecycle import ClientGone, Lifecycle
 from callmissed.edge.web import App, WriteGate
 from callmissed.exchange import Headers, Write
@@ -50,6 +51,7 @@ class ASGIApp:
                     log.exception("start-up failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
+                tune_collector()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self._app.shutdown()

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from callmissed.deadlines import Deadlines
+from callmissed.edge.collector import tune_collector
 from callmissed.edge.connections import Connections
 from callmissed.edge.lifecycle import ClientGone, Lifecycle
 from callmissed.edge.web import App, WriteGate
@@ -46,6 +47,7 @@ class RSGIApp:
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.run_until_complete(self._app.startup())
+        tune_collector()
         self._unwatch = stop_with_parent(loop)
         if self._connections is not None:
             self._connections.start(loop)

@@ -9,6 +9,7 @@ queries answer None and the limits that need them are not enforced.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import socket
@@ -57,8 +58,13 @@ class TCPState:
     quiet_ms: int  # since data last came in
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_peer(text: str) -> Peer | None:
-    """`ip:port` or `[ipv6]:port` (granian's scope.client and scope.server); None otherwise."""
+    """`ip:port` or `[ipv6]:port` (granian's scope.client and scope.server); None otherwise.
+
+    Remembered: a kept-alive connection asks for the same ends on every request, and
+    `ipaddress` takes ~5 µs to parse one, three times a request (connections.py).
+    """
     host, sep, port = text.rpartition(":")
     try:
         return Peer(_unmapped(ipaddress.ip_address(host.strip("[]"))), int(port)) if sep else None

@@ -18,6 +18,7 @@ import orjson
 
 from callmissed.auth import Principal
 from callmissed.edge.bodies import Bodies, BodyBudget
+from callmissed.edge.turns import Turns
 from callmissed.endings import CLIENT_LEFT
 from callmissed.errors import (
     AuthenticationFailed,
@@ -53,6 +54,7 @@ log = logging.getLogger("callmissed")
 
 T = TypeVar("T")
 _NEVER = 1 << 62
+_STARTS_PER_TURN = 8  # requests whose handlers start in one turn of the loop (edge/turns.py)
 
 Dialect = Literal["openai", "anthropic"]
 
@@ -164,6 +166,7 @@ class App:
         self.bodies = Bodies(max_body_bytes, max_open_body_bytes)
         self.startup = startup
         self.shutdown = shutdown
+        self.turns = Turns(_STARTS_PER_TURN)
 
     def route(self, method: str, path: str) -> Endpoint:
         endpoint = self._routes.get((method, path)) or self._match_prefix(method, path)
@@ -249,7 +252,7 @@ class App:
     ) -> Response | StreamResponse | None:
         """The handler's response, or its error rendered; None if the client left (`gone`)."""
         try:
-            return await unless_disconnected(endpoint.handler(request), gone)
+            return await unless_disconnected(self._handle(endpoint, request), gone)
         except GatewayError as exc:
             return error_response(exc, endpoint.dialect, request.request_id)
         except Exception:
@@ -259,6 +262,12 @@ class App:
             return error_response(
                 GatewayError("Internal error."), endpoint.dialect, request.request_id
             )
+
+    async def _handle(
+        self, endpoint: Endpoint, request: Request
+    ) -> Response | StreamResponse | None:
+        await self.turns.take()
+        return await endpoint.handler(request)
 
 
 def error_response(exc: GatewayError, dialect: Dialect, request_id: str) -> Response:

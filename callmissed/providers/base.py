@@ -21,6 +21,7 @@ from callmissed import failures
 from callmissed.errors import InvalidRequest, UpstreamError
 from callmissed.formats.embeddings import EmbeddingBatch
 from callmissed.formats.openai import normalise_completion
+from callmissed.jsonbytes import kept_dumps
 from callmissed.nesting import MAX_DEPTH, too_deep
 from callmissed.providers.environment import Environment
 from callmissed.settings import ModelSettings, ProviderSettings, Route
@@ -34,7 +35,7 @@ def encode_body(body: dict[str, Any]) -> bytes:
     Anthropic input_schema, a Responses tool's parameters: a chat tool's function.parameters):
     that is still the client's JSON nesting too deep, a 400."""
     try:
-        return orjson.dumps(body)
+        return kept_dumps(body)  # kept until the stream ends, for failover
     except orjson.JSONEncodeError:
         raise InvalidRequest(
             f"The request body nests JSON deeper than {MAX_DEPTH} levels once translated for "

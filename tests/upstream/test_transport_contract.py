@@ -401,3 +401,25 @@ def test_the_simulators_error_body_is_read_only_up_to_the_limit():
         response.close()
 
     run(main())
+
+
+def test_more_streams_than_one_http2_connection_allows_go_over_another_connection(tls):
+    """The scripted server allows 100 streams at once on a connection (h2's default, as many
+    vendors do): 150 held open at once are all answered, over more than one connection."""
+    release = asyncio.Event()
+
+    def script(path: str, port: int) -> Answer:
+        return Answer(parts=(str(port).encode(), release, b"."))
+
+    async def main() -> None:
+        async with rig("http2", script, tls) as (client, server):
+            sending = [client.send(request(server.url)) for _ in range(150)]
+            responses = await asyncio.wait_for(asyncio.gather(*sending), 10)
+            ports = {await response.receive() for response in responses}
+            release.set()
+            for response in responses:
+                assert await body_of(response) == b"."
+                response.release()
+            assert len(ports) >= 2
+
+    run(main())
