@@ -54,7 +54,7 @@ log = logging.getLogger("callmissed")
 
 T = TypeVar("T")
 _NEVER = 1 << 62
-_STARTS_PER_TURN = 8  # requests whose handlers start in one turn of the loop (edge/turns.py)
+_STARTS_PER_TURN = 16  # requests whose handlers start in one turn of the loop (edge/turns.py)
 
 Dialect = Literal["openai", "anthropic"]
 
