@@ -19,6 +19,9 @@ instructions, which do not drift:
 per relayed chunk and the garbage collector's share and longest pause, with the collector tuned
 as a served worker's is (edge/collector.py); `--default-gc` leaves CPython's defaults.
 
+`--store postgres` runs it on PostgreSQL + Redis on 127.0.0.1 (a throwaway schema), as
+`callmissed serve` runs in scale-out mode; with `--tail`, what its slowest requests met.
+
 `--linger 5` makes the ledger writer settle in full 64-entry batches whatever the speed: under
 valgrind a request takes ~50x longer, so the usual 20 ms linger would settle a batch of one or
 two requests at random moments, and the counts would swing by several percent between runs.
@@ -43,7 +46,7 @@ from typing import Any
 import orjson
 import uvloop
 
-from benchmarks.systems import ROOT, free_port, wait_healthy
+from benchmarks.systems import ROOT, drop_schema, free_port, scale_out_env, wait_healthy
 
 __all__ = ["main"]
 
@@ -287,6 +290,7 @@ def main() -> None:
         "--linger", type=float, help="seconds the ledger writer waits after a wake-up (20 ms)"
     )
     parser.add_argument("--held", type=int, help="N concurrent paced streams instead")
+    parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--rounds", type=int, default=3, help="--held: measured rounds")
     parser.add_argument(
         "--default-gc", action="store_true", help="--held: CPython's collector settings"
@@ -297,6 +301,7 @@ def main() -> None:
 
         ledger._LINGER = args.linger
     home = Path(tempfile.mkdtemp(prefix="callmissed-inprocess-"))
+    schema: str | None = None
     port = free_port()
     command = [sys.executable, "-m", "benchmarks.upstream", "--port", str(port)]
     upstream = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
@@ -305,6 +310,9 @@ def main() -> None:
         (home / "inprocess.toml").write_text(_CONFIG.format(port=port))
         os.environ["CALLMISSED_CONFIG"] = str(home / "inprocess.toml")
         os.environ["CALLMISSED_DATABASE_URL"] = f"sqlite:///{home / 'inprocess.sqlite3'}"
+        if args.store == "postgres":
+            schema = f"inprocess_{os.urandom(6).hex()}"
+            os.environ.update(scale_out_env(schema))
         os.environ.setdefault("CALLMISSED_ACCESS_LOG", str(home / "access.log"))
         if args.held:
             print("\n".join(uvloop.run(_held(args.held, args.rounds, not args.default_gc))))
@@ -315,6 +323,8 @@ def main() -> None:
     finally:
         upstream.terminate()
         upstream.wait(timeout=10)
+        if schema is not None:
+            drop_schema(schema)
     print(
         f"per streamed request: {wall:.1f} us wall, {cpu:.1f} us CPU (best of 3 x {args.requests})"
     )

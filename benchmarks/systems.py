@@ -49,7 +49,9 @@ __all__ = [
     "TLSUpstream",
     "Upstream",
     "Upstreams",
+    "drop_schema",
     "free_port",
+    "scale_out_env",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -353,12 +355,7 @@ class CallMissed(System):
         if self.store == "sqlite":
             return {"CALLMISSED_DATABASE_URL": f"sqlite:///{home / 'bench.sqlite3'}"}
         self._schema = f"bench_{secrets.token_hex(6)}"
-        _postgres(f"CREATE SCHEMA {self._schema}")
-        return {
-            "CALLMISSED_DATABASE_URL": f"{POSTGRES_URL}?search_path={self._schema}",
-            "CALLMISSED_REDIS_URL": REDIS_URL,
-            "CALLMISSED_REDIS_PREFIX": self._schema,
-        }
+        return scale_out_env(self._schema)
 
     def stop(self) -> None:
         """Stop the gateway this system launched, then drop the schema a postgres run made
@@ -367,7 +364,7 @@ class CallMissed(System):
             self._running.stop()
             self._running = None
         if self._schema is not None:
-            _postgres(f"DROP SCHEMA {self._schema} CASCADE")
+            drop_schema(self._schema)
             self._schema = None
 
     def launch(self, env: dict[str, str], log: Path) -> Running:
@@ -406,6 +403,21 @@ class CallMissed(System):
 
 POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def scale_out_env(schema: str) -> dict[str, str]:
+    """A gateway's environment for PostgreSQL + Redis on 127.0.0.1: in `schema`, made here, and
+    under a Redis prefix of that name (its keys expire by themselves). drop_schema() after."""
+    _postgres(f"CREATE SCHEMA {schema}")
+    return {
+        "CALLMISSED_DATABASE_URL": f"{POSTGRES_URL}?search_path={schema}",
+        "CALLMISSED_REDIS_URL": REDIS_URL,
+        "CALLMISSED_REDIS_PREFIX": schema,
+    }
+
+
+def drop_schema(schema: str) -> None:
+    _postgres(f"DROP SCHEMA {schema} CASCADE")
 
 
 def _postgres(sql: str) -> None:
