@@ -177,8 +177,8 @@ def _parse(message: bytes) -> TCPState | None:
     family = message[0]
     sport, dport = struct.unpack_from("!HH", message, 4)
     size = 4 if family == socket.AF_INET else 16
-    local = Peer(_unmapped(ipaddress.ip_address(message[8 : 8 + size])), sport)
-    peer = Peer(_unmapped(ipaddress.ip_address(message[24 : 24 + size])), dport)
+    local = Peer(_address(message[8 : 8 + size]), sport)
+    peer = Peer(_address(message[24 : 24 + size]), dport)
     wqueue, _, inode = struct.unpack_from("=III", message, 60)
     info = _attribute(message, _INET_DIAG_INFO)
     if info is None or len(info) < _TCP_INFO_NEEDED:
@@ -200,6 +200,13 @@ def _attribute(message: bytes, wanted: int) -> bytes | None:
             return message[offset + 4 : offset + length]
         offset += (length + 3) & ~3
     return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _address(packed: bytes) -> Address:
+    """An address as the kernel packs it. Remembered: a sweep reads every connection's two
+    ends (connections.py), and ~1,000 connections come from a few addresses."""
+    return _unmapped(ipaddress.ip_address(packed))
 
 
 def _unmapped(ip: Address) -> Address:
