@@ -17,6 +17,7 @@ instructions, which do not drift:
 `--linger 5` makes the ledger writer settle in full 64-entry batches whatever the speed: under
 valgrind a request takes ~50x longer, so the usual 20 ms linger would settle a batch of one or
 two requests at random moments, and the counts would swing by several percent between runs.
+It holds the access log's batches (observe.py) as long, for the same reason.
 """
 
 from __future__ import annotations
@@ -177,13 +178,14 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print a cProfile table")
     parser.add_argument("--tail", action="store_true", help="what the slowest 1 %% overlapped")
     parser.add_argument(
-        "--linger", type=float, help="seconds the ledger writer waits after a wake-up (20 ms)"
+        "--linger", type=float, help="seconds the ledger and the access log gather a batch (20 ms)"
     )
     args = parser.parse_args()
     if args.linger is not None:
+        from callmissed import observe
         from callmissed.accounting import ledger
 
-        ledger._LINGER = args.linger
+        ledger._LINGER = observe._LINGER = args.linger
     home = Path(tempfile.mkdtemp(prefix="callmissed-inprocess-"))
     port = free_port()
     command = [sys.executable, "-m", "benchmarks.upstream", "--port", str(port)]
