@@ -11,7 +11,9 @@ new lines are dropped and counted rather than held without bound.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import math
 import os
 import queue
 import select
@@ -49,9 +51,7 @@ def access_record(
         if a.outcome not in ("ok", "")
     ]
     record: dict[str, Any] = {
-        "time": datetime.fromtimestamp(trace.started + wall_offset, UTC).isoformat(
-            timespec="milliseconds"
-        ),
+        "time": _iso_time(trace.started + wall_offset),
         "request_id": trace.request_id,
         "endpoint": trace.endpoint,
         "key": trace.key_name,
@@ -72,6 +72,21 @@ def access_record(
     if failed:
         record["failed"] = failed
     return record
+
+
+def _iso_time(epoch: float) -> str:
+    """`datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")`, the date and the
+    time of day made once a second: the line's costliest field otherwise (~12,000 instructions)."""
+    fraction, whole = math.modf(epoch)
+    micros = round(fraction * 1e6)  # as datetime rounds a timestamp: half to even
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    return f"{_iso_second(int(whole))}.{micros // 1000:03d}+00:00"
+
+
+@functools.lru_cache(maxsize=2)
+def _iso_second(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat().removesuffix("+00:00")
 
 
 class AccessLog:
