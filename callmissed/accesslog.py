@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 from callmissed.store import LedgerEntry
-from callmissed.timing import RequestTrace
+from callmissed.timing import RequestTrace, round_ms
 
 __all__ = ["AccessLog", "access_record"]
 
@@ -63,7 +63,7 @@ def access_record(
         "error": error,
         "gw_ms": timings.get("gw_ms"),
         "first_token_ms": timings.get("first_token_ms"),
-        "total_ms": round((ended - trace.started) * 1000, 2),
+        "total_ms": round_ms((ended - trace.started) * 1000),
         "prompt_tokens": entry.prompt_tokens if entry is not None else 0,
         "completion_tokens": entry.completion_tokens if entry is not None else 0,
         "cost": entry.cost / 1_000_000 if entry is not None else 0.0,

@@ -230,7 +230,6 @@ class Charge:
         self.settled = True
         if error_message is not None:
             self._error = error_message
-        elapsed_ms = (time.perf_counter() - self._started) * 1000
         entry = LedgerEntry(
             request_id=self.request_id,
             key_id=self.key_id,
@@ -246,8 +245,8 @@ class Charge:
             reasoning_tokens=tokens.reasoning,
             cached_tokens=tokens.cached,
             cost=cost,
-            ttfb_ms=None if self._ttfb is None else round(self._ttfb * 1000, 3),
-            total_ms=round(elapsed_ms, 3),
+            ttfb_ms=None if self._ttfb is None else _ms(self._ttfb),
+            total_ms=_ms(time.perf_counter() - self._started),
             wallet=None if self._wallet is None else self._wallet.hold_id,
             upstream_id=self.upstream_id,
             effort_in=self._efforts[0],
@@ -262,6 +261,12 @@ class Charge:
             if self._wallet is not None:
                 self._wallet.put_back(self._hold, cost)
             self._lease.release(tokens.total)
+
+
+def _ms(seconds: float) -> float:
+    """Milliseconds to three decimals: round(ms, 3) but for an ulp at a tie, without its two
+    trips through dtoa (~1,900 instructions each time)."""
+    return round(seconds * 1_000_000) / 1000
 
 
 def _text(value: Any) -> str | None:
