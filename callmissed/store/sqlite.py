@@ -10,7 +10,6 @@ does fsync, runs on a background thread instead of inside some request's commit.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sqlite3
 import threading
 import time
@@ -460,7 +459,7 @@ def _json_or_null(value: list[Any] | None) -> str | None:
 
 def _json_list(values: Iterable[object]) -> str:
     """A JSON array for json_each(): one bound parameter, however many values."""
-    return json.dumps(list(values))
+    return orjson.dumps(list(values)).decode()
 
 
 def _policy_row(policy: KeyPolicy) -> tuple[int | None, int | None, int | None, str | None]:
