@@ -142,6 +142,17 @@ class RequestTrace:
                 return attempt
         return None
 
+    def gateway_ms(self) -> float | None:
+        """Milliseconds before the first attempt began; None if none did."""
+        return _ms(self.attempts[0].started - self.started) if self.attempts else None
+
+    def first_token_ms(self) -> float | None:
+        """Milliseconds to the winner's first token; None if no attempt won."""
+        winner = self.winner
+        if winner is None or winner.ended is None:
+            return None
+        return _ms(winner.ended - self.started)
+
     def timings(self, now: float | None = None) -> dict[str, float]:
         """Milliseconds: gw (before the first attempt), failover (attempts before the winner's),
         connect, upstream (the winner: sent to first token), first_token and total (to `now`)."""
