@@ -230,31 +230,18 @@ class Charge:
         self.settled = True
         if error_message is not None:
             self._error = error_message
+        # Positional: 23 keywords cost ~3x the call itself (LedgerEntry's fields, in order).
         entry = LedgerEntry(
-            request_id=self.request_id,
-            key_id=self.key_id,
-            created_at=self.created_at,
-            model=self.model,
-            route=self.route.provider,
-            upstream_model=self.route.upstream_model,
-            stream=self.stream,
-            status=status,
-            error_code=error_code,
-            prompt_tokens=tokens.prompt,
-            completion_tokens=tokens.completion,
-            reasoning_tokens=tokens.reasoning,
-            cached_tokens=tokens.cached,
-            cost=cost,
-            ttfb_ms=None if self._ttfb is None else _ms(self._ttfb),
-            total_ms=_ms(time.perf_counter() - self._started),
-            wallet=None if self._wallet is None else self._wallet.hold_id,
-            upstream_id=self.upstream_id,
-            effort_in=self._efforts[0],
-            effort_out=self._efforts[1],
-            attempts=_attempts_worth_keeping(self._trace),
-            tags=list(self._tags) if self._tags else None,
-            error_message=None if self._error is None else self._error[:1000],
-        )
+            self.request_id, self.key_id, self.created_at, self.model, self.route.provider,
+            self.route.upstream_model, self.stream, status, error_code, tokens.prompt,
+            tokens.completion, tokens.reasoning, tokens.cached, cost,
+            None if self._ttfb is None else _ms(self._ttfb),
+            _ms(time.perf_counter() - self._started),
+            None if self._wallet is None else self._wallet.hold_id, self.upstream_id,
+            self._efforts[0], self._efforts[1], _attempts_worth_keeping(self._trace),
+            list(self._tags) if self._tags else None,
+            None if self._error is None else self._error[:1000],
+        )  # fmt: skip
         try:
             self._ledger.append(entry)
         finally:
