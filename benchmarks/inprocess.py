@@ -11,6 +11,7 @@ instructions, which do not drift:
     python -m benchmarks.inprocess --requests 2000                       # time
     python -m benchmarks.inprocess --profile                             # where (cProfile)
     python -m benchmarks.inprocess --tail                                # what the slowest 1 % met
+    python -m benchmarks.inprocess --messages 20                         # a longer conversation
     valgrind --tool=callgrind python -m benchmarks.inprocess --requests 50 --linger 5  # then 250:
         # (Ir at 250 - Ir at 50) / 600 = instructions per request, start-up cancelled out
 
@@ -43,13 +44,16 @@ from benchmarks.systems import ROOT, free_port, wait_healthy
 
 __all__ = ["main"]
 
-_BODY = orjson.dumps(
-    {
-        "model": "bench-fast",
-        "stream": True,
-        "messages": [{"role": "user", "content": "Say hello in five words, please."}],
-    }
-)
+_QUESTION = {"role": "user", "content": "Say hello in five words, please."}
+_ANSWER = {"role": "assistant", "content": "Hello there, how are you?"}
+
+
+def _body(messages: int) -> bytes:
+    """A streamed chat request whose conversation has `messages` turns, the last a question."""
+    turns = [_QUESTION if (messages - index) % 2 else _ANSWER for index in range(messages)]
+    return orjson.dumps({"model": "bench-fast", "stream": True, "messages": turns})
+
+
 _CONFIG = """
 [providers.bench]
 type = "openai"
@@ -114,7 +118,10 @@ class _Tail:
 
 
 async def _measure(
-    requests: int, profile: cProfile.Profile | None, tail: _Tail | None = None
+    requests: int,
+    profile: cProfile.Profile | None,
+    tail: _Tail | None = None,
+    body: bytes = _body(1),
 ) -> tuple[float, float]:
     # Imported here: the environment names the config and database before settings load.
     from callmissed.app import build_app
@@ -130,7 +137,7 @@ async def _measure(
     key, _ = await create_key(gateway.store, "inprocess", 10**12)
     if tail is not None:
         tail.watch(gateway.store)
-    headers = {"authorization": f"Bearer {key}", "content-length": str(len(_BODY))}
+    headers = {"authorization": f"Bearer {key}", "content-length": str(len(body))}
     endpoint = app.route("POST", "/v1/chat/completions")
     loop = asyncio.get_running_loop()
 
@@ -147,7 +154,7 @@ async def _measure(
         started, first_write = time.perf_counter(), 0.0
         principal, _ = await app.admit(endpoint, headers)  # as rsgi.py does, before the body
         request = Request(
-            "POST", "/v1/chat/completions", headers, _BODY, request_id, None, principal
+            "POST", "/v1/chat/completions", headers, body, request_id, None, principal
         )
         response = await app.respond(endpoint, request, gone)
         assert isinstance(response, StreamResponse), response
@@ -178,6 +185,9 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print a cProfile table")
     parser.add_argument("--tail", action="store_true", help="what the slowest 1 %% overlapped")
     parser.add_argument(
+        "--messages", type=int, default=1, help="turns in the request's conversation (1)"
+    )
+    parser.add_argument(
         "--linger", type=float, help="seconds the ledger and the access log gather a batch (20 ms)"
     )
     args = parser.parse_args()
@@ -197,7 +207,8 @@ def main() -> None:
         os.environ["CALLMISSED_DATABASE_URL"] = f"sqlite:///{home / 'inprocess.sqlite3'}"
         profile = cProfile.Profile() if args.profile else None
         tail = _Tail() if args.tail else None
-        wall, cpu = uvloop.run(_measure(args.requests, profile, tail))
+        body = _body(args.messages)
+        wall, cpu = uvloop.run(_measure(args.requests, profile, tail, body))
     finally:
         upstream.terminate()
         upstream.wait(timeout=10)
