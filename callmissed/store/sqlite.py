@@ -407,7 +407,8 @@ def _settle(db: sqlite3.Connection, entries: Sequence[LedgerEntry], now: float) 
         return
     ids = _json_list(entry.request_id for entry in entries)
     settled = {row[0] for row in db.execute(_SETTLED, (ids,))}
-    touched = [entry.wallet if entry.wallet is not None else entry.request_id for entry in entries]
+    # A set: a batch's entries mostly draw on one wallet, looked up once.
+    touched = {entry.wallet if entry.wallet is not None else entry.request_id for entry in entries}
     holds = dict(db.execute(_HOLDS, (_json_list(touched),)).fetchall())
     keys = {entry.key_id for entry in entries}
     db.execute(_ROLL, _roll_params(keys, now))
