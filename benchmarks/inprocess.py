@@ -12,6 +12,7 @@ instructions, which do not drift:
     python -m benchmarks.inprocess --profile                             # where (cProfile)
     python -m benchmarks.inprocess --tail                                # what the slowest 1 % met
     python -m benchmarks.inprocess --held 1000                           # held streams, see below
+    python -m benchmarks.inprocess --messages 20                         # a longer conversation
     valgrind --tool=callgrind python -m benchmarks.inprocess --requests 50 --linger 5  # then 250:
         # (Ir at 250 - Ir at 50) / 600 = instructions per request, start-up cancelled out
 
@@ -25,6 +26,7 @@ as a served worker's is (edge/collector.py); `--default-gc` leaves CPython's def
 `--linger 5` makes the ledger writer settle in full 64-entry batches whatever the speed: under
 valgrind a request takes ~50x longer, so the usual 20 ms linger would settle a batch of one or
 two requests at random moments, and the counts would swing by several percent between runs.
+It holds the access log's batches (observe.py) as long, for the same reason.
 """
 
 from __future__ import annotations
@@ -50,13 +52,16 @@ from benchmarks.systems import ROOT, drop_schema, free_port, scale_out_env, wait
 
 __all__ = ["main"]
 
-_BODY = orjson.dumps(
-    {
-        "model": "bench-fast",
-        "stream": True,
-        "messages": [{"role": "user", "content": "Say hello in five words, please."}],
-    }
-)
+_QUESTION = {"role": "user", "content": "Say hello in five words, please."}
+_ANSWER = {"role": "assistant", "content": "Hello there, how are you?"}
+
+
+def _body(messages: int) -> bytes:
+    """A streamed chat request whose conversation has `messages` turns, the last a question."""
+    turns = [_QUESTION if (messages - index) % 2 else _ANSWER for index in range(messages)]
+    return orjson.dumps({"model": "bench-fast", "stream": True, "messages": turns})
+
+
 _CONFIG = """
 [providers.bench]
 type = "openai"
@@ -70,7 +75,7 @@ prices = {{ input = 0.15, cached_input = 0.075, output = 0.6 }}
 routes = ["bench:paced"]
 prices = {{ input = 0.15, cached_input = 0.075, output = 0.6 }}
 """
-_PACED_BODY = orjson.dumps({**orjson.loads(_BODY), "model": "bench-paced"})
+_PACED_BODY = orjson.dumps({**orjson.loads(_body(1)), "model": "bench-paced"})
 
 
 class _Tail:
@@ -126,7 +131,10 @@ class _Tail:
 
 
 async def _measure(
-    requests: int, profile: cProfile.Profile | None, tail: _Tail | None = None
+    requests: int,
+    profile: cProfile.Profile | None,
+    tail: _Tail | None = None,
+    body: bytes = _body(1),
 ) -> tuple[float, float]:
     # Imported here: the environment names the config and database before settings load.
     from callmissed.app import build_app
@@ -142,7 +150,7 @@ async def _measure(
     key, _ = await create_key(gateway.store, "inprocess", 10**12)
     if tail is not None:
         tail.watch(gateway.store)
-    headers = {"authorization": f"Bearer {key}", "content-length": str(len(_BODY))}
+    headers = {"authorization": f"Bearer {key}", "content-length": str(len(body))}
     endpoint = app.route("POST", "/v1/chat/completions")
     loop = asyncio.get_running_loop()
 
@@ -159,7 +167,7 @@ async def _measure(
         started, first_write = time.perf_counter(), 0.0
         principal, _ = await app.admit(endpoint, headers)  # as rsgi.py does, before the body
         request = Request(
-            "POST", "/v1/chat/completions", headers, _BODY, request_id, None, principal
+            "POST", "/v1/chat/completions", headers, body, request_id, None, principal
         )
         response = await app.respond(endpoint, request, gone)
         assert isinstance(response, StreamResponse), response
@@ -287,7 +295,10 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print a cProfile table")
     parser.add_argument("--tail", action="store_true", help="what the slowest 1 %% overlapped")
     parser.add_argument(
-        "--linger", type=float, help="seconds the ledger writer waits after a wake-up (20 ms)"
+        "--messages", type=int, default=1, help="turns in the request's conversation (1)"
+    )
+    parser.add_argument(
+        "--linger", type=float, help="seconds the ledger and the access log gather a batch (20 ms)"
     )
     parser.add_argument("--held", type=int, help="N concurrent paced streams instead")
     parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
@@ -297,9 +308,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.linger is not None:
+        from callmissed import observe
         from callmissed.accounting import ledger
 
-        ledger._LINGER = args.linger
+        ledger._LINGER = observe._LINGER = args.linger
     home = Path(tempfile.mkdtemp(prefix="callmissed-inprocess-"))
     schema: str | None = None
     port = free_port()
@@ -319,7 +331,8 @@ def main() -> None:
             return
         profile = cProfile.Profile() if args.profile else None
         tail = _Tail() if args.tail else None
-        wall, cpu = uvloop.run(_measure(args.requests, profile, tail))
+        body = _body(args.messages)
+        wall, cpu = uvloop.run(_measure(args.requests, profile, tail, body))
     finally:
         upstream.terminate()
         upstream.wait(timeout=10)

@@ -11,7 +11,9 @@ new lines are dropped and counted rather than held without bound.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import math
 import os
 import queue
 import select
@@ -23,7 +25,7 @@ from typing import Any
 import orjson
 
 from callmissed.store import LedgerEntry
-from callmissed.timing import RequestTrace
+from callmissed.timing import RequestTrace, round_ms
 
 __all__ = ["AccessLog", "access_record"]
 
@@ -41,7 +43,6 @@ def access_record(
     wall_offset: float,
 ) -> dict[str, Any]:
     """One request's line; `wall_offset` turns its perf_counter() times into epoch seconds."""
-    timings = trace.timings()
     ended = trace.ended if trace.ended is not None else trace.started
     failed = [
         f"{a.target.route.provider}:{a.target.route.upstream_model} {a.outcome}"
@@ -49,9 +50,7 @@ def access_record(
         if a.outcome not in ("ok", "")
     ]
     record: dict[str, Any] = {
-        "time": datetime.fromtimestamp(trace.started + wall_offset, UTC).isoformat(
-            timespec="milliseconds"
-        ),
+        "time": _iso_time(trace.started + wall_offset),
         "request_id": trace.request_id,
         "endpoint": trace.endpoint,
         "key": trace.key_name,
@@ -61,9 +60,9 @@ def access_record(
         "upstream_model": (entry.upstream_model or None) if entry is not None else None,
         "status": status,
         "error": error,
-        "gw_ms": timings.get("gw_ms"),
-        "first_token_ms": timings.get("first_token_ms"),
-        "total_ms": round((ended - trace.started) * 1000, 2),
+        "gw_ms": trace.gateway_ms(),
+        "first_token_ms": trace.first_token_ms(),
+        "total_ms": round_ms((ended - trace.started) * 1000),
         "prompt_tokens": entry.prompt_tokens if entry is not None else 0,
         "completion_tokens": entry.completion_tokens if entry is not None else 0,
         "cost": entry.cost / 1_000_000 if entry is not None else 0.0,
@@ -72,6 +71,21 @@ def access_record(
     if failed:
         record["failed"] = failed
     return record
+
+
+def _iso_time(epoch: float) -> str:
+    """`datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")`, the date and the
+    time of day made once a second: the line's costliest field otherwise (~12,000 instructions)."""
+    fraction, whole = math.modf(epoch)
+    micros = round(fraction * 1e6)  # as datetime rounds a timestamp: half to even
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    return f"{_iso_second(int(whole))}.{micros // 1000:03d}+00:00"
+
+
+@functools.lru_cache(maxsize=2)
+def _iso_second(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat().removesuffix("+00:00")
 
 
 class AccessLog:
@@ -96,7 +110,7 @@ class AccessLog:
 
     def write(self, records: Iterable[dict[str, Any]]) -> None:
         """Queue these lines for the writer; never blocks."""
-        lines = [orjson.dumps(record) + b"\n" for record in records]
+        lines = [orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE) for record in records]
         if self._queued - self._written > _MAX_PENDING:
             self.dropped += len(lines)
             return

@@ -110,10 +110,11 @@ def _walk(value: Any) -> int:
         return len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
     if kind is dict:
         part = value.get("type")
-        if part in _IMAGES:
-            return PART_OVERHEAD + IMAGE_TOKENS
-        if part == "input_audio":
-            return PART_OVERHEAD + _audio(value.get("input_audio"))
+        if part is not None:  # a message has none: it is not looked up
+            if part in _IMAGES:
+                return PART_OVERHEAD + IMAGE_TOKENS
+            if part == "input_audio":
+                return PART_OVERHEAD + _audio(value.get("input_audio"))
         items: Any = value.values()
         total = PART_OVERHEAD
     elif kind is list:

@@ -35,8 +35,14 @@ def estimate_input_tokens(chat: Mapping[str, Any]) -> int:
     """
     total = 0
     for message in chat["messages"]:
-        total += _MESSAGE_TOKENS + _content_tokens(message.get("content"))
-        total += _text_tokens(message.get("reasoning") or "")
+        content = message.get("content")
+        if content.__class__ is str and content.isascii():  # most messages: counted inline
+            total += _MESSAGE_TOKENS + (len(content) + 3) // 4
+        else:
+            total += _MESSAGE_TOKENS + _content_tokens(content)
+        reasoning = message.get("reasoning")
+        if reasoning:
+            total += _text_tokens(reasoning)
         for call in message.get("tool_calls") or ():
             function = call["function"]
             total += _text_tokens(function["name"]) + _text_tokens(function["arguments"])

@@ -4,13 +4,14 @@ default to stderr, or appended to a file, or off (CALLMISSED_ACCESS_LOG)."""
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 
-from callmissed.accesslog import _pieces
+from callmissed.accesslog import _iso_time, _pieces
 from tests.accounting import start_billing_gateway
 from tests.conftest import Gateway, start_gateway, stop_gateway
 
@@ -97,3 +98,13 @@ def test_a_batch_is_written_in_whole_lines_no_write_longer_than_a_pipe_keeps_who
     assert all(len(piece) <= 4096 and piece.endswith(b"\n") for piece in pieces)
     long_line = b"{" + b"y" * 5000 + b"}\n"
     assert list(_pieces(lines[0] + long_line + lines[1])) == [lines[0], long_line, lines[1]]
+
+
+def test_the_time_reads_as_datetime_writes_it_to_the_millisecond():
+    now = 1_765_000_000.0
+    # Rounded to the microsecond half to even, then cut to the millisecond, as datetime does:
+    # just under a second's end rounds up into the next second.
+    for fraction in (0.0, 0.0004999, 0.0005, 0.25, 0.9994999, 0.9999994, 0.9999996):
+        for epoch in (now + fraction, now + 3601 + fraction):
+            expected = datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
+            assert _iso_time(epoch) == expected

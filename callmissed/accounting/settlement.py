@@ -230,38 +230,30 @@ class Charge:
         self.settled = True
         if error_message is not None:
             self._error = error_message
-        elapsed_ms = (time.perf_counter() - self._started) * 1000
+        # Positional: 23 keywords cost ~3x the call itself (LedgerEntry's fields, in order).
         entry = LedgerEntry(
-            request_id=self.request_id,
-            key_id=self.key_id,
-            created_at=self.created_at,
-            model=self.model,
-            route=self.route.provider,
-            upstream_model=self.route.upstream_model,
-            stream=self.stream,
-            status=status,
-            error_code=error_code,
-            prompt_tokens=tokens.prompt,
-            completion_tokens=tokens.completion,
-            reasoning_tokens=tokens.reasoning,
-            cached_tokens=tokens.cached,
-            cost=cost,
-            ttfb_ms=None if self._ttfb is None else round(self._ttfb * 1000, 3),
-            total_ms=round(elapsed_ms, 3),
-            wallet=None if self._wallet is None else self._wallet.hold_id,
-            upstream_id=self.upstream_id,
-            effort_in=self._efforts[0],
-            effort_out=self._efforts[1],
-            attempts=_attempts_worth_keeping(self._trace),
-            tags=list(self._tags) if self._tags else None,
-            error_message=None if self._error is None else self._error[:1000],
-        )
+            self.request_id, self.key_id, self.created_at, self.model, self.route.provider,
+            self.route.upstream_model, self.stream, status, error_code, tokens.prompt,
+            tokens.completion, tokens.reasoning, tokens.cached, cost,
+            None if self._ttfb is None else _ms(self._ttfb),
+            _ms(time.perf_counter() - self._started),
+            None if self._wallet is None else self._wallet.hold_id, self.upstream_id,
+            self._efforts[0], self._efforts[1], _attempts_worth_keeping(self._trace),
+            list(self._tags) if self._tags else None,
+            None if self._error is None else self._error[:1000],
+        )  # fmt: skip
         try:
             self._ledger.append(entry)
         finally:
             if self._wallet is not None:
                 self._wallet.put_back(self._hold, cost)
             self._lease.release(tokens.total)
+
+
+def _ms(seconds: float) -> float:
+    """Milliseconds to three decimals: round(ms, 3) but for an ulp at a tie, without its two
+    trips through dtoa (~1,900 instructions each time)."""
+    return round(seconds * 1_000_000) / 1000
 
 
 def _text(value: Any) -> str | None:

@@ -26,6 +26,9 @@ __all__ = [
 ]
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+# Made once: `isinstance(x, str | list)` makes its union anew each time it runs.
+_NUMBER = (int, float)
+_CONTENT = (str, list)
 
 
 def _bool(value: Any) -> str | None:
@@ -47,7 +50,7 @@ def _integer(low: int | None = None, high: int | None = None) -> Callable[[Any],
 
 def _number(low: float, high: float) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
-        if not isinstance(value, int | float) or isinstance(value, bool):
+        if not isinstance(value, _NUMBER) or isinstance(value, bool):
             return "must be a number"
         if not low <= value <= high:
             return f"must be between {low:g} and {high:g}"
@@ -143,19 +146,20 @@ def _check_messages(messages: Any) -> None:
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("'messages' must be a non-empty array.", param="messages")
     for index, message in enumerate(messages):
-        param = f"messages[{index}]"
+        # The message's name (messages[i]) is made only for an error: this runs per message.
         if not isinstance(message, dict):
+            param = f"messages[{index}]"
             raise InvalidRequest(f"'{param}' must be an object.", param=param)
         if message.get("role") not in _ROLES:
+            param = f"messages[{index}].role"
             raise InvalidRequest(
-                f"'{param}.role' must be one of {', '.join(sorted(_ROLES))}.",
-                param=f"{param}.role",
+                f"'{param}' must be one of {', '.join(sorted(_ROLES))}.", param=param
             )
         content = message.get("content")
-        if content is not None and not isinstance(content, str | list):
+        if content is not None and not isinstance(content, _CONTENT):
+            param = f"messages[{index}].content"
             raise InvalidRequest(
-                f"'{param}.content' must be a string or an array of content parts.",
-                param=f"{param}.content",
+                f"'{param}' must be a string or an array of content parts.", param=param
             )
 
 
