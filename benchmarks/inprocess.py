@@ -29,6 +29,7 @@ import cProfile
 import gc
 import os
 import pstats
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -212,6 +213,7 @@ def main() -> None:
     finally:
         upstream.terminate()
         upstream.wait(timeout=10)
+        shutil.rmtree(home, ignore_errors=True)  # its database and ledger journal
     print(
         f"per streamed request: {wall:.1f} us wall, {cpu:.1f} us CPU (best of 3 x {args.requests})"
     )
