@@ -37,6 +37,7 @@ import cProfile
 import gc
 import os
 import pstats
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -338,6 +339,7 @@ def main() -> None:
         upstream.wait(timeout=10)
         if schema is not None:
             drop_schema(schema)
+        shutil.rmtree(home, ignore_errors=True)  # its database and ledger journal
     print(
         f"per streamed request: {wall:.1f} us wall, {cpu:.1f} us CPU (best of 3 x {args.requests})"
     )

@@ -332,7 +332,9 @@ class ChatStream:
             self._done = True
             return None
         chunk = self._load(data)
-        if b"\n" in data:  # several `data:` lines, which SSE joins with line feeds: make it one
+        # find(), not `in`: on 3.11 `bytes in bytes` first tries the operand as an int and
+        # clears the error it sets (110 against 68 ns a test, timeit).
+        if data.find(b"\n") != -1:  # several `data:` lines, which SSE joins: make it one
             data = orjson.dumps(chunk)
         content = plain_content(chunk)
         if content is not None:

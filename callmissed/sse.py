@@ -57,7 +57,7 @@ class SSEDecoder:
         """The complete events `chunk` finishes, as one run of blank-line-terminated blocks with
         LF line ends (b"" if none); the rest waits for more. For a relay that scans the events
         itself (relay.py), reading each block with event_data()."""
-        if self._cr or b"\r" in chunk:
+        if self._cr or chunk.find(b"\r") != -1:  # not `in`: see relay.py's _accept
             chunk = self._normalise_line_ends(chunk)
         cut = chunk.rfind(b"\n\n")
         if self._parts:

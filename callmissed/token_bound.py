@@ -110,7 +110,7 @@ def _walk(value: Any) -> int:
         return len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
     if kind is dict:
         part = value.get("type")
-        if part is not None:  # a message has none: it is not looked up
+        if part is not None:  # most objects (every message) have no type to look up
             if part in _IMAGES:
                 return PART_OVERHEAD + IMAGE_TOKENS
             if part == "input_audio":

@@ -251,8 +251,8 @@ class Charge:
 
 
 def _ms(seconds: float) -> float:
-    """Milliseconds to three decimals: round(ms, 3) but for an ulp at a tie, without its two
-    trips through dtoa (~1,900 instructions each time)."""
+    """Milliseconds to three decimals: round(ms, 3) but for an ulp at a tie, without its trip
+    through dtoa and back (~2,700 instructions, where this takes ~1,200)."""
     return round(seconds * 1_000_000) / 1000
 
 
