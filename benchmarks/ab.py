@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -113,6 +114,7 @@ def main() -> None:
             if isinstance(gateway, CallMissed):
                 gateway.stop()
         upstream.stop()
+        shutil.rmtree(workdir, ignore_errors=True)  # databases, journals, logs
     _print_table(samples, list(systems), concurrencies)
 
 

@@ -51,6 +51,7 @@ class Peers:
 
     def __init__(self, directory: Path, instance: str, alive: Callable[[str], bool]) -> None:
         self._directory = run_directory(directory, instance)
+        self._private = self._directory != directory  # a directory of its own in /tmp
         self._path = self._directory / f"{instance}{_SUFFIX}"
         self._alive = alive
         self._handlers: dict[str, Handler] = {}
@@ -84,6 +85,9 @@ class Peers:
         self._path.unlink(missing_ok=True)
         self._server.close()
         self._server = None
+        if self._private:  # the last worker out removes it; the others' sockets keep it
+            with contextlib.suppress(OSError):
+                self._directory.rmdir()
 
     async def ask(self, op: str, argument: Any = None, within: float = 0.2) -> Answers:
         """Every other live worker's answer to `op`, asked at once; a worker that has not
