@@ -66,8 +66,9 @@ def test_streaming_shows_the_first_token_long_before_a_whole_answer(gateway):
     streamed, whole = _table(result.stdout)
     assert streamed[2].strip() == "stream · reused · HTTP/2"
     ttfb, total = (_seconds(cell) for cell in (streamed[3], streamed[5]))
-    assert 0.05 <= ttfb < 1.5 <= total
-    assert _seconds(whole[3]) >= 1.5  # a non-streamed answer's first byte is its end
+    # ~1.5 s: the simulator's timers fire on libuv's whole milliseconds, a run came to 1.49 s
+    assert 0.05 <= ttfb < 1.0 and total >= 1.4
+    assert _seconds(whole[3]) >= 1.4  # a non-streamed answer's first byte is its end
 
 
 def _seconds(cell: str) -> float:
