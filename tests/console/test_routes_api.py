@@ -51,7 +51,8 @@ def test_a_failing_route_shows_its_breaker_and_errors(two_workers):
     assert sum(worker["state"] == "open" for worker in failing["live"]["workers"]) >= 1
     answering = routes["fb:console-fallback/ok"]
     assert answering["live"]["state"] == "closed"
-    assert answering["live"]["ttfb_ms"] > 0
+    # Measured on the loop's clock, whose millisecond steps can make a loopback answer's 0.
+    assert answering["live"]["ttfb_ms"] is not None and answering["live"]["ttfb_ms"] >= 0
     assert answering["last_hour"]["requests"] == 6
 
 
