@@ -1,12 +1,12 @@
 """The cyclic garbage collector, tuned for a server process holding many live streams.
 
 CPython collects its youngest generation every 700 net container allocations, and now and
-then every object alive. A worker holding a thousand streams has ~150 live containers per
-stream (its task's frames, the parsed request, its charge and trace), so with the defaults it
-spent about a fifth of its event loop's CPU in the collector (`perf record` of a worker at
-1,000 held streams), and a full collection — every object the process has, the ~200,000 the
-start-up left (modules, catalog, settings) included — paused the loop for ~30 ms at a time,
-which a held stream sees as a gap.
+then every object alive. A worker holding a thousand streams has ~50-80 live containers per
+stream (its task's frames, the parsed request, its charge and trace; counted in-process with
+gc.get_objects()), so with the defaults it spent about a fifth of its event loop's CPU in the
+collector (`perf record` of a worker at 1,000 held streams), and a full collection — every
+container the process has, the ~26,000 start-up left (modules, catalog, settings) included —
+paused the loop for ~30 ms at a time, which a held stream sees as a gap.
 
 A request makes no reference cycles (tests/edge/test_garbage.py), so its objects go when their
 count does and the collector is needed only for the rare cycle. So, once the worker has
